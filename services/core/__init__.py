@@ -1,0 +1,1 @@
+"""The core package every service shares: bus, codec, catalog, crypto, telemetry, config."""

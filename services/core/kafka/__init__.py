@@ -1,0 +1,1 @@
+"""Kafka plumbing: the local broker, broker selection and topic provisioning."""

@@ -1,0 +1,345 @@
+"""A single-node Apache Kafka 4.x broker (KRaft, combined broker and controller) on loopback.
+
+The jars come from Maven Central through Maven, once, and are cached under the project cache.
+Nothing here needs a Docker engine or the release tarball.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from cocoon.core.paths import cache_dir
+
+KAFKA_VERSION = "4.1.1"
+MIN_JAVA_MAJOR = 17
+_JARS_MARKER = ".complete"
+
+LOG4J2_PROPERTIES = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log_file}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = warn
+logger.apache.name = org.apache.kafka
+logger.apache.level = warn
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = info
+"""
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be provisioned, started or stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class BrokerLayout:
+    """Where one broker instance keeps its configuration, data, logs and pid."""
+
+    home: Path
+    port: int = 9092
+    controller_port: int = 9093
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.home / "log4j2.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    @property
+    def stdout_file(self) -> Path:
+        return self.home / "broker.out"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+
+def _require_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BrokerError(f"`{name}` was not found on PATH. {hint}")
+    return path
+
+
+def check_java() -> str:
+    """Return the java executable, or explain what to install."""
+    java = _require_tool(
+        "java", "Install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)."
+    )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        raise BrokerError(f"Could not read the Java version from: {out.strip()!r}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8" style
+        major = int(match.group(2))
+    if major < MIN_JAVA_MAJOR:
+        raise BrokerError(
+            f"Kafka {KAFKA_VERSION} needs Java {MIN_JAVA_MAJOR}+, found Java {major}."
+        )
+    return java
+
+
+def jars_dir(version: str = KAFKA_VERSION) -> Path:
+    return cache_dir() / "kafka" / f"libs-{version}"
+
+
+def ensure_jars(version: str = KAFKA_VERSION, *, echo=print) -> Path:
+    """Fetch the broker's runtime classpath from Maven Central once; later calls reuse it."""
+    target = jars_dir(version)
+    if (target / _JARS_MARKER).exists():
+        return target
+    mvn = _require_tool("mvn", "Install Apache Maven (e.g. `apt-get install maven`).")
+    pom = resources.files("cocoon.core.kafka").joinpath("pom.xml")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    echo(f"Fetching Apache Kafka {version} from Maven Central (once)...")
+    with resources.as_file(pom) as pom_path:
+        result = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom_path),
+                f"-Dkafka.version={version}",
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    if result.returncode != 0:
+        raise BrokerError(f"Maven could not fetch Kafka {version}:\n{result.stdout}{result.stderr}")
+    (staging / _JARS_MARKER).write_text(version)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def _server_properties(layout: BrokerLayout) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{layout.controller_port}",
+        "listeners": (
+            f"PLAINTEXT://127.0.0.1:{layout.port},CONTROLLER://127.0.0.1:{layout.controller_port}"
+        ),
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{layout.port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(layout.data_dir),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        # A local broker: compact and clean quickly so compaction is observable in minutes.
+        "log.cleaner.backoff.ms": "1000",
+        "log.retention.check.interval.ms": "10000",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def read_pid(layout: BrokerLayout) -> int | None:
+    try:
+        pid = int(layout.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True when the broker at `bootstrap` answers a metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        # kafka-python's client blocks for its full bootstrap timeout on a closed port.
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError:
+        return False
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def start(
+    layout: BrokerLayout,
+    *,
+    heap: str = "1g",
+    timeout_s: float = 90.0,
+    version: str = KAFKA_VERSION,
+    echo=print,
+) -> str:
+    """Start the broker (formatting storage on first use) and wait until it answers metadata."""
+    if read_pid(layout) is not None:
+        if broker_answers(layout.bootstrap):
+            return layout.bootstrap
+        raise BrokerError(
+            f"A broker process is running (pid file {layout.pid_file}) but not answering"
+        )
+    java = check_java()
+    libs = ensure_jars(version, echo=echo)
+    layout.home.mkdir(parents=True, exist_ok=True)
+    layout.config_file.write_text(_server_properties(layout))
+    layout.log4j_file.write_text(LOG4J2_PROPERTIES.format(log_file=layout.log_file))
+    classpath = f"{libs}/*"
+    jvm = [
+        java,
+        f"-Xmx{heap}",
+        "-Xms256m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={layout.log4j_file}",
+        "-cp",
+        classpath,
+    ]
+    if not (layout.data_dir / "meta.properties").exists():
+        cluster_id = _random_cluster_id()
+        fmt = subprocess.run(
+            [
+                *jvm,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(layout.config_file),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if fmt.returncode != 0:
+            raise BrokerError(f"Formatting broker storage failed:\n{fmt.stdout}{fmt.stderr}")
+    with layout.stdout_file.open("ab") as out:
+        process = subprocess.Popen(
+            [*jvm, "kafka.Kafka", str(layout.config_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI and gets its own process group
+        )
+    layout.pid_file.write_text(str(process.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerError(
+                f"The broker exited with code {process.returncode}; see {layout.stdout_file} "
+                f"and {layout.log_file}"
+            )
+        if broker_answers(layout.bootstrap, timeout_s=1.0):
+            return layout.bootstrap
+        time.sleep(0.3)
+    stop(layout)
+    raise BrokerError(f"The broker did not answer within {timeout_s:.0f}s; see {layout.log_file}")
+
+
+def _random_cluster_id() -> str:
+    # Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def stop(layout: BrokerLayout, *, timeout_s: float = 30.0) -> bool:
+    """Stop the broker and its process group; returns False when none was running."""
+    pid = read_pid(layout)
+    if pid is None:
+        layout.pid_file.unlink(missing_ok=True)
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        while _pid_alive(pid):
+            time.sleep(0.1)
+    _reap(pid)
+    layout.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def default_layout() -> BrokerLayout:
+    """The developer broker used by `cocoon kafka start` and `cocoon up`."""
+    port = int(os.environ.get("COCOON_KAFKA_PORT", "9092"))
+    return BrokerLayout(home=cache_dir() / "kafka" / "broker", port=port, controller_port=port + 1)
