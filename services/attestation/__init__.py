@@ -1,0 +1,1 @@
+"""Attestation service: TDX quote verification, the policy registry and signed verdicts."""

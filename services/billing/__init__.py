@@ -1,0 +1,1 @@
+"""Billing service: prices, holds, the double-entry ledger, TON deposits and payouts."""

@@ -1,0 +1,1 @@
+"""The Kafka bus: Avro-coded producers and consumers with tracing and dead letters."""

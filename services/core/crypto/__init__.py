@@ -1,0 +1,1 @@
+"""Crypto envelopes: HPKE-sealed requests, AEAD response streams, signed receipts and claims."""

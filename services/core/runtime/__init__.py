@@ -1,0 +1,1 @@
+"""The common service runtime: settings, logging, health, metrics, graceful shutdown."""

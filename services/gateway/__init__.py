@@ -1,0 +1,1 @@
+"""Gateway service: the OpenAI-compatible client API, sealing and stream opening."""

@@ -1,0 +1,1 @@
+"""`cocoon up`: runs the whole network on one machine as separate processes."""

@@ -1,0 +1,1 @@
+"""Scheduler service: the live worker pool, placement, leases and reputation."""

@@ -1,0 +1,1 @@
+"""Worker proxy: runs beside the inference engine inside the TEE."""
