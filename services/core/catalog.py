@@ -61,11 +61,11 @@ class TopicSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TopicSpec:
         has_params = bool(_PARAM.search(self.name))
-        if has_params != self.template or (self.template and self.template_info is None):
+        if has_params != self.template or (self.template != (self.template_info is not None)):
             raise ValueError(
                 f"{self.name}: a name with {{parameters}} is a template and vice versa"
             )
-        if self.template_info:
+        if self.template and self.template_info:
             declared = set(self.template_info.parameters)
             if declared != set(_PARAM.findall(self.name)):
                 raise ValueError(
@@ -158,14 +158,19 @@ def instantiate(spec: TopicSpec, **params: str) -> TopicSpec:
             raise ValueError(f"{name}={value!r} does not match {expected[name]}")
 
     def fill(text: str | None) -> str | None:
-        return None if text is None else text.format(**params)
+        for name, value in params.items():
+            text = None if text is None else text.replace("{" + name + "}", value)
+        return text
 
     return spec.model_copy(
         update={
             "name": fill(spec.name),
+            "description": fill(spec.description),
+            "key_note": fill(spec.key_note),
             "dead_letter": fill(spec.dead_letter),
             "dead_letter_of": fill(spec.dead_letter_of),
             "template": False,
+            "template_info": None,
         }
     )
 

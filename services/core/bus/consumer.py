@@ -1,0 +1,235 @@
+"""A consumer loop that decodes, validates and hands each record to a handler, dead-lettering
+what it cannot handle, and commits only what is done.
+
+Per record: decode (single-object Avro, into the catalog's record, latest version), validate
+into the generated pydantic model, call the handler inside a CONSUMER span parented to the
+producer's trace. Decoding/validation failures and `RejectRecord` from the handler send the
+record to `<topic>.dlq` (see deadletter.py) and the loop carries on. Any other exception from the
+handler is treated as transient or a bug: offsets of the records before it are committed, the
+partition is rewound to the failing record, and the exception propagates (a restart retries it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from pydantic import ValidationError
+
+from cocoon.core import codec
+from cocoon.core.bus.deadletter import (
+    InvalidValue,
+    MissingValue,
+    RejectRecord,
+    dead_letter,
+    reason_of,
+)
+from cocoon.core.bus.settings import ConsumerSettings, ProducerSettings, topic_prefix
+from cocoon.core.bus.tracing import mark_failed, process_span
+from cocoon.core.catalog import DLQ_SUFFIX, TopicSpec, default_catalog, spec_for
+from cocoon.core.codec.models import model_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded record as a handler sees it."""
+
+    topic: str  # logical (catalog) name
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    record: str | None  # Avro full name; None for a tombstone
+    value: Any  # the generated pydantic model (None for a tombstone)
+    data: dict[str, Any] | None  # the same value as a plain dict
+    headers: list[tuple[str, bytes]] = field(repr=False)
+    raw: ConsumerRecord = field(repr=False)
+
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    dead_lettered: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class BusConsumer:
+    """Consume logical topics with a handler; see the module docstring for the guarantees.
+
+        consumer = BusConsumer(bootstrap, ["worker.heartbeats"], group_id="scheduler",
+                               handler=on_heartbeat)
+        async with consumer:
+            await consumer.run()          # until consumer.stop() or a handler bug
+
+    `records` overrides the expected record per topic (topics outside the catalog).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        handler: Handler,
+        client_id: str | None = None,
+        prefix: str | None = None,
+        settings: ConsumerSettings | None = None,
+        catalog: dict[str, TopicSpec] | None = None,
+        store: codec.SchemaStore | None = None,
+        records: dict[str, str] | None = None,
+    ) -> None:
+        self.prefix = topic_prefix() if prefix is None else prefix
+        self.group_id = group_id
+        self.handler = handler
+        self.settings = settings or ConsumerSettings()
+        self.stats = ConsumerStats()
+        self._store = store or codec.default_store()
+        catalog = catalog if catalog is not None else default_catalog()
+        self._specs: dict[str, TopicSpec | None] = {}
+        self._expected: dict[str, str | None] = {}
+        for topic in topics:
+            try:
+                spec: TopicSpec | None = spec_for(topic, catalog)
+            except KeyError:
+                spec = None
+            self._specs[topic] = spec
+            self._expected[topic] = (records or {}).get(topic) or (spec.record if spec else None)
+        self._logical = {self.prefix + t: t for t in topics}
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        client = client_id or group_id
+        self.kafka = AIOKafkaConsumer(
+            *self._logical,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=client,
+            **self.settings.kwargs(),
+        )
+        self._dlq = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, client_id=f"{client}-dlq", **ProducerSettings().kwargs()
+        )
+
+    async def start(self) -> None:
+        await self._dlq.start()
+        await self.kafka.start()
+
+    async def stop(self) -> None:
+        """Finish the record in hand (a running `run()` returns), then close the clients."""
+        self._stopping.set()
+        await self._idle.wait()
+        await self.kafka.stop()
+        await self._dlq.stop()
+
+    async def __aenter__(self) -> BusConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Poll and handle until `stop()`; exceptions other than bad records propagate."""
+        self._idle.clear()
+        try:
+            while not self._stopping.is_set():
+                await self.poll_once()
+        finally:
+            self._idle.set()
+
+    async def poll_once(self, timeout_ms: int | None = None) -> int:
+        """Handle one fetched batch; returns the number of records handled or dead-lettered."""
+        timeout = self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms
+        batch = await self.kafka.getmany(
+            timeout_ms=timeout, max_records=self.settings.max_poll_records
+        )
+        done = 0
+        pending = [(tp, records) for tp, records in batch.items() if records]
+        for position, (tp, records) in enumerate(pending):
+            for index, record in enumerate(records):
+                try:
+                    await self._handle(record)
+                except BaseException:
+                    # Commit what is done and rewind every partition to its first unhandled
+                    # record, so a retry (or the next owner) starts exactly there.
+                    if index:
+                        await self._commit(tp, records[index - 1].offset)
+                    self.kafka.seek(tp, record.offset)
+                    for later_tp, later in pending[position + 1 :]:
+                        self.kafka.seek(later_tp, later[0].offset)
+                    raise
+                done += 1
+            await self._commit(tp, records[-1].offset)
+        return done
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        await self.kafka.commit({tp: OffsetAndMetadata(offset + 1, "")})
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        topic = self._logical.get(record.topic, record.topic.removeprefix(self.prefix))
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        with process_span(
+            record.topic, record.partition, record.offset, key, record.headers, self.group_id
+        ) as span:
+            try:
+                message = self._decode(topic, record)
+                await self.handler(message)
+            except (codec.DecodeError, RejectRecord, InvalidValue, MissingValue) as exc:
+                mark_failed(span, exc)
+                await self._dead_letter(topic, record, exc)
+                return
+        self.stats.handled += 1
+
+    def _decode(self, topic: str, record: ConsumerRecord) -> Message:
+        spec = self._specs.get(topic)
+        key = None
+        if record.key is not None:
+            try:
+                key = record.key.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidValue(f"key is not UTF-8: {exc}") from exc
+        name = model = data = None
+        if record.value is None:
+            if spec is None or not spec.compacted:
+                raise MissingValue(f"null value on {topic}, which is not compacted")
+        else:
+            name, data = self._store.decode(record.value, reader=self._expected.get(topic))
+            try:
+                model = model_for(name).from_avro(data)
+            except ValidationError as exc:
+                raise InvalidValue(str(exc)) from exc
+        return Message(
+            topic=topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            key=key,
+            record=name,
+            value=model,
+            data=data,
+            headers=list(record.headers or ()),
+            raw=record,
+        )
+
+    async def _dead_letter(self, topic: str, record: ConsumerRecord, exc: BaseException) -> None:
+        spec = self._specs.get(topic)
+        dlq = spec.dead_letter if spec and spec.dead_letter else topic + DLQ_SUFFIX
+        value, headers = dead_letter(record, exc, topic=topic, group=self.group_id)
+        # Awaited before the offset is committed: a dead letter is never lost.
+        await self._dlq.send_and_wait(self.prefix + dlq, value, key=record.key, headers=headers)
+        reason = reason_of(exc)
+        self.stats.dead_lettered += 1
+        self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
+        log.warning(
+            "dead-lettered %s/%d/%d to %s: %s", topic, record.partition, record.offset, dlq, exc
+        )
