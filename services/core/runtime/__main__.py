@@ -1,0 +1,3 @@
+from cocoon.core.runtime.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""Service settings: environment (`COCOON_*`), an optional YAML/TOML file, then defaults.
+
+Precedence: values passed in code > environment > `COCOON_CONFIG_FILE` > defaults. Every
+invalid value is reported at once, naming the environment variable or file that supplied it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "COCOON_"
+CONFIG_FILE_ENV = "COCOON_CONFIG_FILE"
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot be used; the message is meant for the operator."""
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _config_file() -> Path | None:
+    value = os.environ.get(CONFIG_FILE_ENV)
+    return Path(value) if value else None
+
+
+class ServiceSettings(BaseSettings):
+    """What every Cocoon service needs; a service subclasses it to add its own fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    service_name: str | None = Field(None, description="defaults to the service's own name")
+    instance_id: str = Field(default_factory=_default_instance_id)
+    listen_host: str = Field("127.0.0.1", description="address for health and metrics")
+    grpc_health_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "human"] = "json"
+    otlp_endpoint: str | None = Field(None, description="else OTEL_EXPORTER_OTLP_ENDPOINT")
+    traces_console: bool = False
+    shutdown_grace_seconds: float = Field(20.0, gt=0, le=600)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_addresses(cls, value: str) -> str:
+        addresses = [part.strip() for part in value.split(",") if part.strip()]
+        if not addresses:
+            raise ValueError("needs at least one host:port")
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} is not host:port")
+        return ",".join(addresses)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_file()
+        if path is None:
+            return init_settings, env_settings
+        if not path.is_file():
+            raise SettingsError(f"{CONFIG_FILE_ENV}={path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            file_source: PydanticBaseSettingsSource = YamlConfigSettingsSource(settings_cls, path)
+        elif suffix == ".toml":
+            file_source = TomlConfigSettingsSource(settings_cls, path)
+        else:
+            raise SettingsError(
+                f"{CONFIG_FILE_ENV}={path}: use a .yaml, .yml or .toml file (got {suffix!r})"
+            )
+        return init_settings, env_settings, file_source
+
+
+def _describe(error: dict[str, Any], settings_cls: type[ServiceSettings]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "(settings)"
+    top = str(error["loc"][0]) if error["loc"] else ""
+    env_name = f"{ENV_PREFIX}{top.upper()}"
+    if error["type"] == "extra_forbidden":
+        origin = f" in {_config_file()}" if _config_file() else ""
+        return f"{field}: unknown setting{origin}"
+    if env_name in os.environ:
+        origin = f"from {env_name}"
+    elif _config_file():
+        origin = f"from {_config_file()} or default"
+    else:
+        origin = f"set {env_name}"
+    message = error["msg"].removeprefix("Value error, ")
+    shown = error.get("input")
+    got = "" if shown is None or isinstance(shown, dict) else f" (got {shown!r})"
+    return f"{field} ({origin}): {message}{got}"
+
+
+S = TypeVar("S", bound="ServiceSettings")
+
+
+def load_settings(settings_cls: type[S], **overrides: Any) -> S:
+    """Build `settings_cls` from code overrides, environment and config file, or raise
+    SettingsError listing every problem in operator terms."""
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(error, settings_cls) for error in exc.errors()]
+        raise SettingsError(
+            f"invalid configuration for {settings_cls.__name__}:\n  " + "\n  ".join(lines)
+        ) from None
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{CONFIG_FILE_ENV}={_config_file()}: cannot parse: {exc}") from None
