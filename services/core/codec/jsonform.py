@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cocoon.core.codec.errors import EncodeError
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PRIMITIVE_JSON = {
     "null": type(None),
     "boolean": bool,
@@ -46,10 +47,13 @@ def from_json(schema: Any, value: Any, named: dict[str, Any] | None = None, path
             raise EncodeError(f"{path or schema['name']}: unknown fields {unknown}")
         out = {}
         for fld in schema["fields"]:
+            where = f"{path}.{fld['name']}".lstrip(".")
             if fld["name"] in value:
-                out[fld["name"]] = from_json(
-                    fld["type"], value[fld["name"]], named, f"{path}.{fld['name']}".lstrip(".")
-                )
+                out[fld["name"]] = from_json(fld["type"], value[fld["name"]], named, where)
+            elif "default" in fld:  # omitted optional fields take their Avro default
+                out[fld["name"]] = _default(fld["type"], fld["default"], named, where)
+            else:
+                raise EncodeError(f"{where}: missing, and the field has no default")
         return out
     if kind == "array":
         return [from_json(schema["items"], v, named, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -62,8 +66,11 @@ def from_json(schema: Any, value: Any, named: dict[str, Any] | None = None, path
     if kind == "fixed":
         return _bytes(value, path)
     logical = schema.get("logicalType")
-    if logical in ("timestamp-millis", "timestamp-micros") and isinstance(value, str):
+    if logical == "timestamp-millis" and isinstance(value, str):
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if logical == "timestamp-millis" and isinstance(value, int) and not isinstance(value, bool):
+        # Exact (no float): what fastavro gives back when it reads the value.
+        return _EPOCH + timedelta(milliseconds=value)
     return from_json(kind, value, named, path)
 
 
@@ -95,8 +102,18 @@ def to_json(schema: Any, value: Any, named: dict[str, Any] | None = None) -> Any
     if kind == "fixed":
         return base64.b64encode(value).decode()
     if isinstance(value, datetime):
-        return int(value.astimezone(UTC).timestamp() * 1000)
+        return (value - _EPOCH) // timedelta(milliseconds=1)
     return to_json(kind, value, named)
+
+
+def _default(schema: Any, default: Any, named: dict[str, Any], path: str) -> Any:
+    # Avro defaults are JSON in the schema's own convention (bytes as ISO-8859-1 text).
+    first = schema[0] if isinstance(schema, list) else schema
+    if first == "bytes" and isinstance(default, str):
+        return default.encode("latin-1")
+    if default is None:
+        return None
+    return from_json(first, default, named, path)
 
 
 def _primitive(kind: str, value: Any, path: str) -> Any:
