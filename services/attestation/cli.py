@@ -1,0 +1,266 @@
+"""`cocoon attest`: parse, verify and simulate TDX quotes (see docs/attestation.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cocoon.attestation.claims import Claims, ClaimsError, Freshness
+from cocoon.attestation.collateral import BundleSource, CollateralError, PcsSource, save_bundle
+from cocoon.attestation.freshness import NonceBook
+from cocoon.attestation.policy import MeasurementSet, Policy, PolicyError
+from cocoon.attestation.quote import QuoteFormatError, decode_quote_input, parse_quote
+from cocoon.attestation.registry import Registry, RegistryError
+from cocoon.attestation.simtdx import SimTdx
+from cocoon.attestation.verify import Verifier
+from cocoon.core.paths import cache_dir
+
+QUOTE_SCHEMA = "cocoon.attestation.quote/1"
+
+attest_app = typer.Typer(help="Parse, verify and simulate Intel TDX quotes.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _read_quote(path: Path) -> bytes:
+    try:
+        return decode_quote_input(path.read_bytes())
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc}") from None
+    except QuoteFormatError as exc:
+        raise _fail(f"malformed quote: {exc}", 1) from None
+
+
+@attest_app.command("parse")
+def parse_cmd(
+    quote: Annotated[Path, typer.Argument(help="Quote file: raw bytes or hex text.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print every header and body field, the FMSPC and the image hash."""
+    try:
+        q = parse_quote(_read_quote(quote))
+    except QuoteFormatError as exc:
+        raise _fail(f"malformed quote: {exc}", 1) from None
+    d = {"schema": QUOTE_SCHEMA, **q.to_dict()}
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    typer.echo(
+        f"quote            v{q.version}, TD report {q.td_report_version}, {len(q.raw)} bytes"
+    )
+    for section in ("header", "body", "pck", "qe_report"):
+        typer.echo(f"[{section}]")
+        for key, value in d[section].items():
+            typer.echo(f"  {key:<30} {value}")
+    typer.echo(f"image_hash       {d['image_hash']}")
+    typer.echo(f"fmspc            {d['pck']['fmspc']}")
+
+
+@attest_app.command("verify")
+def verify_cmd(
+    quote: Annotated[Path, typer.Argument(help="Quote file: raw bytes or hex text.")],
+    collateral: Annotated[
+        Path | None, typer.Option(help="Offline collateral JSON (one object or a bundle).")
+    ] = None,
+    pccs: Annotated[str | None, typer.Option(help="PCCS / Intel PCS base URL (API v4).")] = None,
+    at: Annotated[int | None, typer.Option(help="Verify at this unix time (default: now).")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy JSON (default: production, empty allow-list).")
+    ] = None,
+    claims: Annotated[Path | None, typer.Option(help="Claims JSON the quote must bind.")] = None,
+    nonce: Annotated[
+        str | None, typer.Option(help="Hex nonce to treat as issued (nonce freshness).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable verdict.")] = False,
+) -> None:
+    """Verify a quote; exit 0 only when it is accepted (1 rejected, 2 bad usage)."""
+    if (collateral is None) == (pccs is None):
+        raise _fail("give exactly one of --collateral FILE or --pccs URL")
+    when = int(time.time()) if at is None else at
+    try:
+        pol = Policy.from_file(policy) if policy else Policy.production()
+        source = BundleSource.from_file(collateral) if collateral else PcsSource(str(pccs))
+        claim_obj = Claims.from_dict(json.loads(claims.read_text())) if claims else None
+    except (PolicyError, CollateralError, ClaimsError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    book = NonceBook()
+    if nonce:
+        book.add(bytes.fromhex(nonce), when)
+    verdict = Verifier(pol, source, book).verify(_read_quote(quote), claim_obj, when)
+    if as_json:
+        typer.echo(json.dumps(verdict.to_dict(), indent=2))
+    else:
+        typer.echo(f"tcb_status   {verdict.tcb_status or '-'}")
+        typer.echo(f"advisories   {', '.join(verdict.advisory_ids) or '-'}")
+        typer.echo(f"image_hash   {verdict.image_hash or '-'}")
+        typer.echo(f"root         {verdict.root or '-'}")
+        typer.echo(f"policy       {verdict.policy}")
+        typer.echo(f"verdict      {'ACCEPTED' if verdict.accepted else 'REJECTED'}")
+        typer.echo(f"reason       {verdict.reason}")
+    raise typer.Exit(0 if verdict.accepted else 1)
+
+
+def _fresh_claims(model: str, nonce: str | None, timestamp: int | None) -> Claims:
+    """Claims with freshly generated worker keys (development only; private keys discarded)."""
+    sign = ed25519.Ed25519PrivateKey.generate().public_key()
+    xk = x25519.X25519PrivateKey.generate().public_key()
+    mk = mlkem.MLKEM768PrivateKey.generate().public_key()
+    xk2 = x25519.X25519PrivateKey.generate().public_key()
+    fresh = (
+        Freshness(nonce=bytes.fromhex(nonce))
+        if nonce
+        else Freshness(timestamp=int(time.time()) if timestamp is None else timestamp)
+    )
+    return Claims(
+        sign.public_bytes(Encoding.Raw, PublicFormat.Raw),
+        xk.public_bytes(Encoding.Raw, PublicFormat.Raw),
+        mk.public_bytes_raw() + xk2.public_bytes(Encoding.Raw, PublicFormat.Raw),
+        model,
+        fresh,
+    )
+
+
+@attest_app.command("simulate")
+def simulate_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for quote, collateral, claims, policy.")],
+    model: Annotated[str, typer.Option(help="Model name to put in generated claims.")] = "dev",
+    claims: Annotated[
+        Path | None, typer.Option(help="Claims JSON to bind (default: fresh keys).")
+    ] = None,
+    nonce: Annotated[str | None, typer.Option(help="Hex nonce for generated claims.")] = None,
+    timestamp: Annotated[int | None, typer.Option(help="Timestamp for generated claims.")] = None,
+    version: Annotated[int, typer.Option(help="Quote version, 4 or 5.")] = 4,
+    sim_dir: Annotated[
+        Path | None, typer.Option(help="Test CA directory (default: project cache).")
+    ] = None,
+) -> None:
+    """Emit a simulated TDX quote with matching collateral and a development policy."""
+    try:
+        claim_obj = (
+            Claims.from_dict(json.loads(claims.read_text()))
+            if claims
+            else _fresh_claims(model, nonce, timestamp)
+        )
+    except (ClaimsError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    sim = SimTdx.load_or_create(sim_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quote.bin").write_bytes(sim.quote(claim_obj.report_data(), version=version))
+    save_bundle(out / "collateral.json", [sim.collateral()])
+    (out / "claims.json").write_text(json.dumps(claim_obj.to_dict(), indent=2) + "\n")
+    (out / "policy.json").write_text(json.dumps(sim.development_policy().to_dict(), indent=2))
+    typer.echo(f"wrote {out}/quote.bin, collateral.json, claims.json, policy.json")
+    typer.echo(
+        f"verify: cocoon attest verify {out}/quote.bin --collateral {out}/collateral.json "
+        f"--policy {out}/policy.json --claims {out}/claims.json"
+        + (f" --nonce {nonce}" if nonce else "")
+    )
+
+
+# ---- `cocoon registry`: a local, file-backed registry (the Kafka mirror comes later) --------
+
+registry_app = typer.Typer(
+    help="Edit the attestation registry file (allowed images, measurements, models, TCB).",
+    no_args_is_help=True,
+)
+RegistryFile = Annotated[Path | None, typer.Option("--file", help="Registry JSON file.")]
+
+
+def _registry_path(path: Path | None) -> Path:
+    return path if path is not None else cache_dir() / "attestation" / "registry.json"
+
+
+def _edit(path: Path | None, change: Callable[[Registry], object]) -> None:
+    p = _registry_path(path)
+    try:
+        reg = Registry.load(p)
+        change(reg)
+    except (RegistryError, PolicyError) as exc:
+        raise _fail(str(exc)) from None
+    reg.save(p)
+    typer.echo(f"updated {p}")
+
+
+@registry_app.command("show")
+def registry_show(file: RegistryFile = None) -> None:
+    """Print the registry as JSON."""
+    try:
+        typer.echo(json.dumps(Registry.load(_registry_path(file)).to_dict(), indent=2))
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+
+
+@registry_app.command("add-image")
+def registry_add_image(image_hash: str, file: RegistryFile = None) -> None:
+    """Allow an image hash."""
+    _edit(file, lambda r: r.add_image(image_hash))
+
+
+@registry_app.command("remove-image")
+def registry_remove_image(image_hash: str, file: RegistryFile = None) -> None:
+    """Stop allowing an image hash."""
+    _edit(file, lambda r: r.remove_image(image_hash))
+
+
+@registry_app.command("add-measurements")
+def registry_add_measurements(
+    mrtd: str, rtmr0: str, rtmr1: str, rtmr2: str, rtmr3: str, file: RegistryFile = None
+) -> None:
+    """Allow an MRTD + RTMR0..3 set."""
+    d = {"mrtd": mrtd, "rtmr0": rtmr0, "rtmr1": rtmr1, "rtmr2": rtmr2, "rtmr3": rtmr3}
+    _edit(file, lambda r: r.add_measurements(MeasurementSet.from_dict(d)))
+
+
+@registry_app.command("add-model")
+def registry_add_model(name: str, model_hash: str, file: RegistryFile = None) -> None:
+    """Allow a model (name and SHA-256 of its identity)."""
+    _edit(file, lambda r: r.add_model(name, model_hash))
+
+
+@registry_app.command("remove-model")
+def registry_remove_model(name: str, file: RegistryFile = None) -> None:
+    """Stop allowing a model."""
+    _edit(file, lambda r: r.remove_model(name))
+
+
+@registry_app.command("allow-tcb")
+def registry_allow_tcb(status: str, file: RegistryFile = None) -> None:
+    """Accept a TCB status (UpToDate is accepted by default)."""
+    _edit(file, lambda r: r.allow_tcb(status))
+
+
+@registry_app.command("disallow-tcb")
+def registry_disallow_tcb(status: str, file: RegistryFile = None) -> None:
+    """Stop accepting a TCB status."""
+    _edit(file, lambda r: r.disallow_tcb(status))
+
+
+@registry_app.command("export")
+def registry_export(target: Path, file: RegistryFile = None) -> None:
+    """Write the registry to a file."""
+    try:
+        Registry.load(_registry_path(file)).save(target)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"exported to {target}")
+
+
+@registry_app.command("import")
+def registry_import(source: Path, file: RegistryFile = None) -> None:
+    """Replace the registry with the contents of a file."""
+    try:
+        reg = Registry.from_dict(json.loads(source.read_text()))
+    except (RegistryError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    reg.save(_registry_path(file))
+    typer.echo(f"imported {source}")
