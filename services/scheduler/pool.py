@@ -1,0 +1,378 @@
+"""The scheduler's live view of workers: attestation, health, load, speed and reputation.
+
+Plain data and arithmetic, no Kafka: the scheduler's wiring feeds verdicts, heartbeats and
+outcomes in, and asks `placement.choose_worker` where the next request goes. Times are
+seconds on one monotonic-ish clock chosen by the caller (the wiring passes record timestamps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+# COCOON averages request time over an exponentially decayed 10-minute window.
+DURATION_HALF_LIFE_S = 600.0
+# Reputation forgets more slowly than speed, so one bad hour is not erased by one good minute.
+REPUTATION_HALF_LIFE_S = 3600.0
+HEARTBEAT_TTL_S = 15.0
+# Expected duration of a worker with no history and no peers to learn from.
+PRIOR_DURATION_S = 5.0
+# Beta prior on the success rate: a new worker starts at 0.9 and moves with evidence.
+PRIOR_SUCCESSES = 9.0
+PRIOR_FAILURES = 1.0
+# A receipt billing rejected is a signed claim that did not hold: worse than a failed request.
+REJECTED_RECEIPT_WEIGHT = 5.0
+# Floor so a very bad worker is heavily penalised but the score stays finite.
+MIN_REPUTATION = 0.05
+
+
+class PoolError(ValueError):
+    """An operation that contradicts the pool's state (unknown worker or lease, duplicate)."""
+
+
+@dataclass
+class DecayedAverage:
+    """Ratio of two exponentially decayed sums: recent samples weigh more than old ones.
+
+    Decaying numerator and denominator together keeps the average itself stable while idle;
+    only the weight of old evidence shrinks, so new samples move it faster after a pause.
+    """
+
+    half_life: float
+    total: float = 0.0
+    weight: float = 0.0
+    updated_at: float | None = None
+
+    def _decay(self, now: float) -> None:
+        if self.updated_at is not None and now > self.updated_at:
+            factor = 0.5 ** ((now - self.updated_at) / self.half_life)
+            self.total *= factor
+            self.weight *= factor
+        if self.updated_at is None or now > self.updated_at:
+            self.updated_at = now
+
+    def add(self, value: float, now: float, weight: float = 1.0) -> None:
+        self._decay(now)
+        self.total += value * weight
+        self.weight += weight
+
+    def value(self) -> float | None:
+        return self.total / self.weight if self.weight > 1e-9 else None
+
+
+@dataclass
+class Reputation:
+    """Decayed counts of good and bad outcomes; `score` is a Beta-smoothed success rate."""
+
+    half_life: float = REPUTATION_HALF_LIFE_S
+    successes: float = 0.0
+    failures: float = 0.0
+    updated_at: float | None = None
+
+    def _decay(self, now: float) -> None:
+        if self.updated_at is not None and now > self.updated_at:
+            factor = 0.5 ** ((now - self.updated_at) / self.half_life)
+            self.successes *= factor
+            self.failures *= factor
+        if self.updated_at is None or now > self.updated_at:
+            self.updated_at = now
+
+    def record(self, now: float, *, success: bool, weight: float = 1.0) -> None:
+        self._decay(now)
+        if success:
+            self.successes += weight
+        else:
+            self.failures += weight
+
+    def score(self) -> float:
+        rate = (self.successes + PRIOR_SUCCESSES) / (
+            self.successes + self.failures + PRIOR_SUCCESSES + PRIOR_FAILURES
+        )
+        return max(MIN_REPUTATION, rate)
+
+
+@dataclass
+class WorkerState:
+    """Everything placement needs to know about one worker."""
+
+    worker_id: str
+    models: frozenset[str]
+    capacity: int
+    coefficient: int  # price coefficient, 1000 = 1.0x (as in COCOON)
+    last_heartbeat: float
+    work_topic: str = ""
+    enabled: bool = True  # False while the worker reports STARTING/DISABLED
+    draining: bool = False
+    reported_running: int = 0  # the worker's own count, from heartbeats
+    heartbeat_seq: int | None = None
+    verdict_id: str | None = None
+    verdict_expires_at: float | None = None  # only accepted verdicts are stored
+    verdict_models: frozenset[str] = frozenset()
+    leases: set[str] = field(default_factory=set)
+    duration: DecayedAverage = field(
+        default_factory=lambda: DecayedAverage(half_life=DURATION_HALF_LIFE_S)
+    )
+    reputation: Reputation = field(default_factory=Reputation)
+    receipts_rejected: int = 0
+
+    @property
+    def running(self) -> int:
+        # Our leases are authoritative for what we sent; the worker may know of more
+        # (e.g. a previous scheduler instance's work), so take the larger.
+        return max(len(self.leases), self.reported_running)
+
+    def verdict_valid(self, now: float) -> bool:
+        return self.verdict_expires_at is not None and self.verdict_expires_at > now
+
+    def serves(self, model: str) -> bool:
+        """Advertised by the worker AND allowed by its verdict."""
+        return model in self.models and model in self.verdict_models
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A request placed on a worker, waiting for its first chunk until `first_chunk_deadline`."""
+
+    request_id: str
+    worker_id: str
+    model: str
+    attempt: int
+    granted_at: float
+    first_chunk_deadline: float
+    started: bool = False  # first chunk seen: no longer re-placeable
+
+
+class WorkerPool:
+    """Workers by id, their verdicts, and the leases the scheduler granted on them."""
+
+    def __init__(
+        self,
+        *,
+        heartbeat_ttl: float = HEARTBEAT_TTL_S,
+        prior_duration: float = PRIOR_DURATION_S,
+    ) -> None:
+        self.heartbeat_ttl = heartbeat_ttl
+        self.prior_duration = prior_duration
+        self._workers: dict[str, WorkerState] = {}
+        # Verdicts may arrive before the first heartbeat (separate topics); keep them for later.
+        self._pending_verdicts: dict[str, tuple[str, float, frozenset[str]]] = {}
+        self._leases: dict[str, Lease] = {}
+
+    # ---- worker facts -------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        now: float,
+        *,
+        models: Iterable[str],
+        capacity: int,
+        coefficient: int,
+        work_topic: str = "",
+        enabled: bool = True,
+        draining: bool = False,
+        running: int = 0,
+        seq: int | None = None,
+    ) -> WorkerState:
+        """Register or refresh a worker. A heartbeat with an older `seq` is ignored."""
+        if capacity < 0 or coefficient < 0 or running < 0:
+            raise PoolError("capacity, coefficient and running must be >= 0")
+        state = self._workers.get(worker_id)
+        if state is None:
+            state = WorkerState(
+                worker_id=worker_id,
+                models=frozenset(models),
+                capacity=capacity,
+                coefficient=coefficient,
+                last_heartbeat=now,
+            )
+            self._workers[worker_id] = state
+            pending = self._pending_verdicts.pop(worker_id, None)
+            if pending is not None:
+                state.verdict_id, state.verdict_expires_at, state.verdict_models = pending
+        elif seq is not None and state.heartbeat_seq is not None and seq <= state.heartbeat_seq:
+            return state
+        state.models = frozenset(models)
+        state.capacity = capacity
+        state.coefficient = coefficient
+        state.work_topic = work_topic
+        state.enabled = enabled
+        state.draining = draining
+        state.reported_running = running
+        state.heartbeat_seq = seq
+        state.last_heartbeat = max(state.last_heartbeat, now)
+        return state
+
+    def accept_verdict(
+        self, worker_id: str, verdict_id: str, expires_at: float, models: Iterable[str]
+    ) -> None:
+        """Record an accepted (trusted, signature-checked) verdict; it replaces the previous one."""
+        entry = (verdict_id, expires_at, frozenset(models))
+        state = self._workers.get(worker_id)
+        if state is None:
+            self._pending_verdicts[worker_id] = entry
+            return
+        state.verdict_id, state.verdict_expires_at, state.verdict_models = entry
+
+    def revoke_verdict(self, worker_id: str) -> None:
+        """A rejected or withdrawn verdict: the worker gets no new work from now on."""
+        self._pending_verdicts.pop(worker_id, None)
+        state = self._workers.get(worker_id)
+        if state is not None:
+            state.verdict_id, state.verdict_expires_at = None, None
+            state.verdict_models = frozenset()
+
+    def set_draining(self, worker_id: str, draining: bool = True) -> None:
+        self._get(worker_id).draining = draining
+
+    def remove(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+        self._pending_verdicts.pop(worker_id, None)
+
+    def receipt_rejected(self, worker_id: str, now: float) -> None:
+        """Billing refused a usage receipt signed by this worker."""
+        state = self._get(worker_id)
+        state.receipts_rejected += 1
+        state.reputation.record(now, success=False, weight=REJECTED_RECEIPT_WEIGHT)
+
+    # ---- queries ------------------------------------------------------------------------
+
+    def get(self, worker_id: str) -> WorkerState | None:
+        return self._workers.get(worker_id)
+
+    def workers(self, model: str | None = None) -> list[WorkerState]:
+        """Workers in id order (deterministic), optionally only those advertising `model`."""
+        return [
+            self._workers[w]
+            for w in sorted(self._workers)
+            if model is None or model in self._workers[w].models
+        ]
+
+    def heartbeat_fresh(self, state: WorkerState, now: float) -> bool:
+        return now - state.last_heartbeat <= self.heartbeat_ttl
+
+    def placeable(self, state: WorkerState, model: str, now: float) -> bool:
+        """Attested for `model`, alive, enabled and not draining (capacity and price aside)."""
+        return (
+            state.serves(model)
+            and state.verdict_valid(now)
+            and state.enabled
+            and not state.draining
+            and self.heartbeat_fresh(state, now)
+        )
+
+    def models(self, now: float) -> dict[str, int]:
+        """Model -> number of placeable workers, for models with at least one."""
+        counts: dict[str, int] = {}
+        for state in self._workers.values():
+            for model in state.models:
+                if self.placeable(state, model, now):
+                    counts[model] = counts.get(model, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def expected_duration(self, state: WorkerState, model: str) -> float:
+        """The worker's decayed average duration; without history, the mean of its peers'."""
+        own = state.duration.value()
+        if own is not None:
+            return own
+        peers = [
+            v
+            for w in self._workers.values()
+            if model in w.models and (v := w.duration.value()) is not None
+        ]
+        return sum(peers) / len(peers) if peers else self.prior_duration
+
+    # ---- leases -------------------------------------------------------------------------
+
+    def grant(
+        self,
+        request_id: str,
+        worker_id: str,
+        model: str,
+        now: float,
+        lease_seconds: float,
+        attempt: int = 1,
+    ) -> Lease:
+        if request_id in self._leases:
+            raise PoolError(f"request {request_id} already holds a lease")
+        state = self._get(worker_id)
+        lease = Lease(
+            request_id=request_id,
+            worker_id=worker_id,
+            model=model,
+            attempt=attempt,
+            granted_at=now,
+            first_chunk_deadline=now + lease_seconds,
+        )
+        self._leases[request_id] = lease
+        state.leases.add(request_id)
+        return lease
+
+    def lease(self, request_id: str) -> Lease | None:
+        return self._leases.get(request_id)
+
+    def first_chunk(self, request_id: str) -> Lease | None:
+        """The worker started answering: the lease can no longer expire. Idempotent."""
+        lease = self._leases.get(request_id)
+        if lease is None or lease.started:
+            return lease
+        lease = replace(lease, started=True)
+        self._leases[request_id] = lease
+        return lease
+
+    def finish(self, request_id: str, now: float, *, success: bool) -> Lease | None:
+        """The request ended on its worker: free the slot, learn speed and reliability.
+
+        Unknown ids return None, so a replayed outcome changes nothing.
+        """
+        lease = self._release(request_id)
+        if lease is None:
+            return None
+        state = self._workers.get(lease.worker_id)
+        if state is not None:
+            if success:
+                state.duration.add(max(0.0, now - lease.granted_at), now)
+            state.reputation.record(now, success=success)
+        return lease
+
+    def expired_leases(self, now: float) -> list[Lease]:
+        """Leases with no first chunk by their deadline, oldest first: place them again."""
+        return sorted(
+            (
+                le
+                for le in self._leases.values()
+                if not le.started and le.first_chunk_deadline <= now
+            ),
+            key=lambda le: (le.first_chunk_deadline, le.request_id),
+        )
+
+    def orphaned_leases(self, now: float) -> list[Lease]:
+        """Started leases whose worker stopped heartbeating: the stream cannot finish."""
+        return sorted(
+            (
+                le
+                for le in self._leases.values()
+                if le.started
+                and (
+                    (w := self._workers.get(le.worker_id)) is None
+                    or not self.heartbeat_fresh(w, now)
+                )
+            ),
+            key=lambda le: le.request_id,
+        )
+
+    def reclaim(self, request_id: str, now: float) -> Lease | None:
+        """Take back an expired or orphaned lease; it counts against the worker's reputation."""
+        return self.finish(request_id, now, success=False)
+
+    def _release(self, request_id: str) -> Lease | None:
+        lease = self._leases.pop(request_id, None)
+        if lease is not None and (state := self._workers.get(lease.worker_id)) is not None:
+            state.leases.discard(request_id)
+        return lease
+
+    def _get(self, worker_id: str) -> WorkerState:
+        state = self._workers.get(worker_id)
+        if state is None:
+            raise PoolError(f"unknown worker {worker_id}")
+        return state
