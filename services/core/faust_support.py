@@ -7,10 +7,12 @@ table store unless asked otherwise, and OpenTelemetry tracing of every event and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
 
+from cocoon.core.runtime.service import Service
 from cocoon.core.telemetry.faust_tracing import instrument_faust_app
 
 
@@ -54,3 +56,36 @@ async def start_app(app: faust.App) -> None:
 async def stop_app(app: faust.App) -> None:
     """Stop agents, commit what was processed, and close the app's clients."""
     await app.stop()
+
+
+class FaustService(Service):
+    """Runs a Faust app under cocoon.core.runtime.
+
+    Stopping happens inside `run`, so the runtime's grace period covers it: Faust's own stop
+    halts the flow of new events, waits until every event an agent started is acknowledged,
+    commits, then closes its clients. Cancelled past the grace period, unacknowledged events
+    are not committed and Kafka redelivers them.
+    """
+
+    def __init__(self, app: faust.App, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    async def start(self) -> None:
+        await start_app(self.app)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        app_stopped = asyncio.ensure_future(self.app.wait_until_stopped())
+        try:
+            await asyncio.wait({stop_wait, app_stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            app_stopped.cancel()
+        if self.app.crash_reason is not None:
+            raise RuntimeError(f"Faust app crashed: {self.app.crash_reason!r}")
+        await stop_app(self.app)
+
+    async def close(self) -> None:
+        if not self.app.should_stop:
+            await stop_app(self.app)

@@ -122,7 +122,15 @@ def _committed(bootstrap: str, group: str, topic: str) -> int | None:
 class RelayProcess:
     """The relay in a subprocess, with its JSON log lines collected as they arrive."""
 
-    def __init__(self, bootstrap: str, names: dict[str, str], work_s: float, grace_s: float):
+    def __init__(
+        self,
+        bootstrap: str,
+        names: dict[str, str],
+        work_s: float,
+        grace_s: float,
+        target: str = "test_runtime_process:build",
+    ):
+        self.target = target
         self.health_port, self.metrics_port = _free_port(), _free_port()
         self.env = {
             **os.environ,
@@ -145,7 +153,7 @@ class RelayProcess:
             sys.executable,
             "-m",
             "cocoon.core.runtime",
-            "test_runtime_process:build",
+            self.target,
             env=self.env,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -192,6 +200,7 @@ class RelayProcess:
 
 
 async def _produce_traced(bootstrap: str, topic: str) -> int:
+    install_memory_exporter()  # a recording provider, so the span has a real trace id
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -219,7 +228,6 @@ def _names(unique_name) -> dict[str, str]:
 
 
 async def test_sigterm_finishes_in_flight_work_commits_and_exits_0(kafka_bootstrap, unique_name):
-    install_memory_exporter()
     names = _names(unique_name)
     _create_topics(kafka_bootstrap, names["input"], names["output"])
     trace_id = await _produce_traced(kafka_bootstrap, names["input"])
