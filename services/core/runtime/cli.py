@@ -17,6 +17,7 @@ app = typer.Typer(
     help="Run one Cocoon service: " + ", ".join(SERVICES) + " (or module:function).",
     # A group whose only job is its callback: options may follow the service name.
     context_settings={"allow_interspersed_args": True},
+    subcommand_metavar="",
     pretty_exceptions_show_locals=False,
 )
 
