@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from cocoon.attestation.claims import Claims
 from cocoon.attestation.quote import Quote
 from cocoon.attestation.roots import INTEL_ROOT, TrustAnchor, TrustError
@@ -131,8 +134,6 @@ class Policy:
 
     def anchor_for(self, quote: Quote) -> TrustAnchor | None:
         """The trusted root the quote's PCK chain ends at, matched by DER hash (the pin)."""
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         top = quote.pck_chain[-1].public_bytes(Encoding.DER)
         for anchor in self.trusted_roots:
             if anchor.der == top:
@@ -179,9 +180,6 @@ class Policy:
         return cls.from_dict(doc, base_dir=path.parent)
 
     def to_dict(self) -> dict[str, Any]:
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         roots: list[Any] = []
         for a in self.trusted_roots:
             if a.is_intel:
