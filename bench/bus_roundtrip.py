@@ -1,0 +1,225 @@
+"""Produce-to-consume round trip and produce throughput through a real local broker.
+
+Runs Cocoon's tuned bus settings and aiokafka's library defaults (the baseline) side by side,
+on the same broker, in one run:
+
+    .venv/bin/python bench/bus_roundtrip.py [--samples 2000] [--throughput 100000]
+
+Round trip = encode (Avro single-object) + produce + broker + fetch + decode, one record in flight
+at a time (low load). Throughput = records encoded and produced per second from one process
+(one core) with acks=all and idempotence, waiting for every ack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from cocoon.core import codec
+from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.settings import ConsumerSettings, ProducerSettings
+from cocoon.core.catalog import load_catalog
+from cocoon.core.kafka import broker
+
+TOPIC = "inference.responses"
+RECORD = "cocoon.inference.SealedChunk"
+
+
+def chunk(seq: int) -> dict:
+    return {
+        "request_id": str(uuid.uuid4()),
+        "worker_id": "w-bench",
+        "attempt": 1,
+        "gateway_id": "gw-0",
+        "seq": seq,
+        "final": False,
+        "ciphertext": os.urandom(64),  # about one sealed token chunk
+        "error_code": None,
+        "produced_at": int(time.time() * 1000),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def round_trip(bootstrap: str, topic: str, samples: int, tuned: bool) -> list[float]:
+    producer_kwargs = ProducerSettings().kwargs() if tuned else {"acks": "all"}
+    consumer_kwargs = ConsumerSettings().kwargs() if tuned else {"auto_offset_reset": "earliest"}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
+    )
+    await producer.start()
+    await consumer.start()
+    consumer.subscribe([topic])
+    store = codec.default_store()
+    # Join the group and reach the end of the log before timing.
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+    await consumer.seek_to_end()
+    timings = []
+    try:
+        for seq in range(samples + 50):
+            value = chunk(seq)
+            started = time.perf_counter()
+            await producer.send(topic, store.encode(RECORD, value), key=b"k")
+            received = None
+            while received is None:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        received = store.decode(record.value)
+            elapsed = time.perf_counter() - started
+            if seq >= 50:  # warm-up excluded
+                timings.append(elapsed * 1000)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return timings
+
+
+async def paced_stream(
+    bootstrap: str,
+    topic: str,
+    samples: int,
+    tuned: bool,
+    interval_s: float = 0.005,
+    streams: int = 1,
+) -> list[float]:
+    """Latency of records sent every `interval_s` (a token stream) to a consumer that keeps polling.
+
+    Unlike the ping-pong above, the next record often arrives while the consumer's previous fetch
+    is still being handed out; a fetch then in flight without that partition waits its
+    `fetch_max_wait_ms` before the record can be fetched.
+    """
+    producer_kwargs = ProducerSettings().kwargs() if tuned else {"acks": "all"}
+    consumer_kwargs = ConsumerSettings().kwargs() if tuned else {"auto_offset_reset": "earliest"}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
+    )
+    await producer.start()
+    await consumer.start()
+    consumer.subscribe([topic])
+    store = codec.default_store()
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+    await consumer.seek_to_end()
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    total = samples + 50
+
+    async def consume() -> None:
+        while len(latencies) < total:
+            batch = await consumer.getmany(timeout_ms=1000)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    seq = store.decode(record.value)[1]["seq"]
+                    latencies.append((now - sent_at[seq]) * 1000)
+
+    reader = asyncio.create_task(consume())
+    try:
+        for seq in range(total):
+            sent_at[seq] = time.perf_counter()
+            key = f"stream-{seq % streams}".encode()  # several requests spread over partitions
+            await producer.send(topic, store.encode(RECORD, chunk(seq)), key=key)
+            await asyncio.sleep(interval_s)
+        await asyncio.wait_for(reader, timeout=30)
+    finally:
+        reader.cancel()
+        await consumer.stop()
+        await producer.stop()
+    return latencies[50:]
+
+
+async def throughput(bootstrap: str, topic: str, count: int, tuned: bool) -> float:
+    producer_kwargs = ProducerSettings().kwargs() if tuned else {"acks": "all"}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
+    await producer.start()
+    store = codec.default_store()
+    values = [chunk(i) for i in range(count)]
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    try:
+        futures = [
+            await producer.send(topic, store.encode(RECORD, v), key=v["request_id"].encode())
+            for v in values
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    return count / wall, count / cpu
+
+
+def encode_only(count: int) -> float:
+    store = codec.default_store()
+    values = [chunk(i) for i in range(count)]
+    started = time.perf_counter()
+    for value in values:
+        store.encode(RECORD, value)
+    return count / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--throughput", type=int, default=100_000)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="cocoon-bench-kafka-"))
+    layout = broker.BrokerLayout(home=home, port=39192, controller_port=39193)
+    bootstrap = broker.start(layout)
+    try:
+        spec = load_catalog()[TOPIC]
+        apply_topics(bootstrap, [spec], prefix="bench.rt.")
+        apply_topics(bootstrap, [spec], prefix="bench.base.")
+        apply_topics(bootstrap, [spec], prefix="bench.tp.")
+        print(f"broker Kafka {broker.KAFKA_VERSION} at {bootstrap}; record {RECORD}")
+        print(f"encode only: {encode_only(50_000):,.0f} records/s")
+        for label, tuned, prefix in (
+            ("cocoon (tuned)", True, "bench.rt."),
+            ("aiokafka defaults", False, "bench.base."),
+        ):
+            times = await round_trip(bootstrap, prefix + TOPIC, args.samples, tuned)
+            print(
+                f"round trip, {label:18s} n={len(times):5d}  p50 {statistics.median(times):7.2f} ms"
+                f"  p99 {percentile(times, 0.99):7.2f} ms"
+            )
+        for label, tuned, prefix in (
+            ("cocoon (tuned)", True, "bench.rt."),
+            ("aiokafka defaults", False, "bench.base."),
+        ):
+            for streams in (1, 8):
+                times = await paced_stream(
+                    bootstrap, prefix + TOPIC, args.samples, tuned, streams=streams
+                )
+                print(
+                    f"{streams} stream(s), a record every 5 ms, {label:18s} n={len(times):5d}"
+                    f"  p50 {statistics.median(times):7.2f} ms"
+                    f"  p99 {percentile(times, 0.99):7.2f} ms"
+                )
+        for label, tuned in (("cocoon (tuned)", True), ("aiokafka defaults", False)):
+            wall, per_cpu = await throughput(bootstrap, "bench.tp." + TOPIC, args.throughput, tuned)
+            print(
+                f"encode+produce, {label:18s} {wall:,.0f} records/s wall,"
+                f" {per_cpu:,.0f} records per CPU-second"
+            )
+    finally:
+        broker.stop(layout)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
