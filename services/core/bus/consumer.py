@@ -30,9 +30,9 @@ from cocoon.core.bus.deadletter import (
     reason_of,
 )
 from cocoon.core.bus.settings import ConsumerSettings, ProducerSettings, topic_prefix
-from cocoon.core.bus.tracing import mark_failed, process_span
 from cocoon.core.catalog import DLQ_SUFFIX, TopicSpec, default_catalog, spec_for
 from cocoon.core.codec.models import model_for
+from cocoon.core.telemetry.messaging import consume_span, mark_failed
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +177,7 @@ class BusConsumer:
 
     async def _handle(self, record: ConsumerRecord) -> None:
         topic = self._logical.get(record.topic, record.topic.removeprefix(self.prefix))
-        key = record.key.decode("utf-8", "replace") if record.key is not None else None
-        with process_span(
-            record.topic, record.partition, record.offset, key, record.headers, self.group_id
-        ) as span:
+        with consume_span(record, group=self.group_id) as span:
             try:
                 message = self._decode(topic, record)
                 await self.handler(message)

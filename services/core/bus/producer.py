@@ -11,8 +11,8 @@ from aiokafka.structs import RecordMetadata
 
 from cocoon.core import codec
 from cocoon.core.bus.settings import ProducerSettings, topic_prefix
-from cocoon.core.bus.tracing import send_span
 from cocoon.core.catalog import TopicSpec, default_catalog, spec_for
+from cocoon.core.telemetry.messaging import produce_span, record_sent
 from cocoon.core.telemetry.propagation import Headers, inject_headers
 
 
@@ -110,16 +110,14 @@ class BusProducer:
     ) -> RecordMetadata | asyncio.Future:
         """Send already-encoded bytes (tombstones, dead letters, tests of bad input)."""
         physical = self.prefix + topic
-        shown_key = key.decode("utf-8", "replace") if key is not None else None
-        with send_span(physical, shown_key) as span:
+        with produce_span(physical, key) as span:
             future = await self.kafka.send(
                 physical, value, key=key, partition=partition, headers=inject_headers(headers)
             )
             if not wait:
                 return future
             metadata = await future
-            span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
-            span.set_attribute("messaging.kafka.message.offset", metadata.offset)
+            record_sent(span, metadata)
             return metadata
 
     def _spec(self, topic: str) -> TopicSpec | None:
