@@ -1,0 +1,44 @@
+"""The gateway's OpenAI-compatible HTTP surface, independent of the bus."""
+
+from cocoon.gateway.api.app import create_app
+from cocoon.gateway.api.backend import (
+    ChatChunk,
+    InferenceBackend,
+    InferenceRequest,
+    ModelInfo,
+    Usage,
+)
+from cocoon.gateway.api.errors import (
+    ApiError,
+    AuthenticationFailed,
+    InsufficientFunds,
+    InvalidRequest,
+    NoWorkerAvailable,
+    RateLimited,
+    UnknownModel,
+    UpstreamTimeout,
+    WorkerLost,
+)
+from cocoon.gateway.api.keys import KeyRecord, KeyStore
+from cocoon.gateway.api.settings import ApiSettings
+
+__all__ = [
+    "ApiError",
+    "ApiSettings",
+    "AuthenticationFailed",
+    "ChatChunk",
+    "InferenceBackend",
+    "InferenceRequest",
+    "InsufficientFunds",
+    "InvalidRequest",
+    "KeyRecord",
+    "KeyStore",
+    "ModelInfo",
+    "NoWorkerAvailable",
+    "RateLimited",
+    "UnknownModel",
+    "UpstreamTimeout",
+    "Usage",
+    "WorkerLost",
+    "create_app",
+]

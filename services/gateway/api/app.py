@@ -1,0 +1,255 @@
+"""The OpenAI-compatible HTTP API: `create_app(backend, key_store, settings)`.
+
+Every request is authenticated and rate limited per key, validated against the allow-list,
+then handed to the backend. The first backend item is awaited before any response is sent,
+so errors that stop a request from starting (402, 404, 503, 504) keep their status even when
+the client asked for a stream; later failures become a final SSE error event.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the local `Authenticated`.
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cocoon.gateway.api.backend import ChatChunk, Endpoint, InferenceBackend, Usage
+from cocoon.gateway.api.errors import (
+    ApiError,
+    AuthenticationFailed,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
+    UnknownModel,
+    UpstreamTimeout,
+    WorkerLost,
+)
+from cocoon.gateway.api.keys import KeyRecord, KeyStore
+from cocoon.gateway.api.ratelimit import RateLimiter
+from cocoon.gateway.api.settings import ApiSettings
+from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_error
+from cocoon.gateway.api.validation import parse_body, to_inference_request
+
+log = logging.getLogger(__name__)
+
+Item = ChatChunk | Usage
+CLOSE_GRACE_S = 5.0
+
+
+async def close_quietly(source: object) -> None:
+    """`aclose()` the backend stream, even from a cancelled task (client gone), bounded in time.
+
+    This is how the backend learns to cancel the work on the worker.
+    """
+    aclose = getattr(source, "aclose", None)
+    if aclose is None:
+        return
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_GRACE_S):
+        await aclose()
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+
+def _http_error(exc: StarletteHTTPException, request: Request) -> ApiError:
+    if exc.status_code == 404:
+        return NotFound(f"Unknown route: {request.method} {request.url.path}")
+    if exc.status_code == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+    error = ApiError(str(exc.detail), code=f"http_{exc.status_code}")
+    error.status = exc.status_code
+    return error
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(_http_error(exc, request))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI would answer 422 in its own shape; clients of an OpenAI API expect 400.
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        return error_response(
+            InvalidRequest(
+                f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param=param
+            )
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(InternalError("The gateway failed to handle this request."))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise InvalidRequest(
+            f"The request body is {declared} bytes; the limit is {limit}.",
+            code="request_too_large",
+        )
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise InvalidRequest(
+                f"The request body exceeds {limit} bytes.", code="request_too_large"
+            )
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def next_item(items: AsyncIterator[Item], deadline: float) -> Item | None:
+    """The next backend item before `deadline` (loop time); None at the end."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        raise UpstreamTimeout()
+    try:
+        async with asyncio.timeout(remaining):
+            return await anext(items)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise UpstreamTimeout() from None
+    except ApiError:
+        raise
+    except Exception as exc:
+        log.exception("backend failed", exc_info=exc)
+        raise InternalError("The request failed inside the network.") from exc
+
+
+async def event_stream(
+    first: Item, items: AsyncIterator[Item], fmt: ResponseFormatter, deadline: float
+) -> AsyncGenerator[bytes, None]:
+    try:
+        if (event := fmt.stream_event(first)) is not None:
+            yield event
+        while True:
+            try:
+                item = await next_item(items, deadline)
+            except ApiError as exc:
+                yield sse_error(exc)  # the status line is gone; report in-band and stop
+                return
+            if item is None:
+                break
+            if (event := fmt.stream_event(item)) is not None:
+                yield event
+        yield SSE_DONE
+    finally:
+        await close_quietly(items)
+
+
+def create_app(
+    backend: InferenceBackend,
+    key_store: KeyStore,
+    settings: ApiSettings | None = None,
+    *,
+    clock: Any = time.monotonic,
+) -> FastAPI:
+    settings = settings or ApiSettings()
+    limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock)
+    app = FastAPI(title="Cocoon", summary="Confidential AI inference, OpenAI-compatible")
+    install_error_handlers(app)
+
+    async def authenticate(request: Request) -> KeyRecord:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer sk-cocoon-...'."
+            )
+        record = key_store.authenticate(token.strip())
+        if record is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        if (wait := limiter.acquire(record.key_id)) is not None:
+            raise RateLimited(wait)
+        return record
+
+    Authenticated = Annotated[KeyRecord, Depends(authenticate)]
+
+    async def listed_models() -> list[dict[str, Any]]:
+        models = sorted(await backend.models(), key=lambda m: m.id)
+        return [
+            {
+                "id": m.id,
+                "object": "model",
+                "created": m.created,
+                "owned_by": m.owned_by,
+                "attested_workers": m.attested_workers,
+                "min_coefficient": m.min_coefficient,
+            }
+            for m in models
+            if m.attested_workers > 0
+        ]
+
+    @app.get("/v1/models")
+    async def list_models(_: Authenticated) -> dict[str, Any]:
+        return {"object": "list", "data": await listed_models()}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, _: Authenticated) -> dict[str, Any]:
+        for model in await listed_models():
+            if model["id"] == model_id:
+                return model
+        raise UnknownModel(model_id)
+
+    async def infer(endpoint: Endpoint, request: Request, key: KeyRecord) -> Any:
+        parsed = parse_body(endpoint, await read_body(request, settings.max_body_bytes))
+        inference = to_inference_request(endpoint, parsed, settings)
+        deadline = asyncio.get_running_loop().time() + inference.timeout
+        prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
+        fmt = ResponseFormatter(
+            endpoint=endpoint,
+            response_id=prefix + inference.request_id.replace("-", ""),
+            created=int(time.time()),
+            model=parsed.model,
+            include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
+        )
+        headers = {"X-Request-Id": inference.request_id}
+        items = aiter(backend.submit(key.account_id, inference))
+        try:
+            first = await next_item(items, deadline)
+            if first is None:
+                raise WorkerLost("The worker ended the request without an answer.")
+            if parsed.stream:
+                # Starlette cancels the generator when the client disconnects; its `finally`
+                # then closes the backend stream.
+                return StreamingResponse(
+                    event_stream(first, items, fmt, deadline),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+                )
+            collected = [first]
+            while (item := await next_item(items, deadline)) is not None:
+                collected.append(item)
+        except BaseException:
+            await close_quietly(items)
+            raise
+        await close_quietly(items)
+        return JSONResponse(fmt.complete(collected), headers=headers)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, key: Authenticated) -> Any:
+        return await infer("chat.completions", request, key)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, key: Authenticated) -> Any:
+        return await infer("completions", request, key)
+
+    return app

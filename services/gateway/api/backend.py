@@ -1,0 +1,100 @@
+"""The seam between the HTTP surface and the rest of the network.
+
+The app only ever talks to an `InferenceBackend`. The production implementation sends the
+request through Kafka (billing hold, placement, sealing, worker) and yields the opened chunks;
+tests use an in-process double. Errors are the typed `ApiError`s of `errors.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Endpoint = Literal["chat.completions", "completions"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    attested_workers: int  # placeable workers right now; models with 0 are not listed
+    created: int = 0
+    owned_by: str = "cocoon"
+    min_coefficient: int | None = None  # cheapest worker's price coefficient (1000 = 1.0x)
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One piece of generated text for one choice, for either endpoint.
+
+    For chat it becomes a `delta`, for completions a `text`. `role` is set on a choice's first
+    chunk (chat only); `finish_reason` on its last.
+    """
+
+    text: str = ""
+    index: int = 0
+    role: str | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts as reported by the engine; the backend yields it last, exactly once."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A validated request, ready for the pipeline.
+
+    `body` is what the worker's engine receives: Cocoon extensions removed, `max_tokens` always
+    set (the billing hold is computed from it, so the engine must not exceed it), and always
+    streamed with usage, so the gateway can relay chunks and billing gets token counts.
+    """
+
+    request_id: str
+    endpoint: Endpoint
+    model: str
+    body: dict[str, Any]
+    max_tokens: int
+    max_coefficient: int  # highest worker price coefficient accepted, 1000 = 1.0x
+    timeout: float  # seconds the whole request may take
+    stream: bool  # what the client asked for (the engine always streams)
+    prompt_bytes: int
+    user: str | None = None
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    async def models(self) -> list[ModelInfo]:
+        """Models with at least one attested, placeable worker."""
+        ...
+
+    def submit(
+        self, account_id: str, request: InferenceRequest
+    ) -> AsyncIterator[ChatChunk | Usage]:
+        """Run one request; usually an `async def` generator.
+
+        Raise `InsufficientFunds`, `UnknownModel`, `NoWorkerAvailable` or `UpstreamTimeout`
+        before the first item when the request cannot start; raise `WorkerLost` (or any
+        `ApiError`) later if it fails mid-way. Yield `Usage` once, last. The app calls
+        `aclose()` when the client goes away or the deadline passes: cancel the work then.
+        """
+        ...

@@ -1,0 +1,213 @@
+"""Request bodies of `/v1/chat/completions` and `/v1/completions`: an allow-list, strictly typed.
+
+Like COCOON's worker validation (`ValidateRequest.cpp`), anything not listed is refused, but
+here at the gateway and as a 400 naming the parameter, not a 500 from deep in the network.
+Beyond COCOON's list: `seed` and `user` for chat, and the Cocoon extensions `max_coefficient`
+(price cap, 1000 = 1.0x) and `timeout` (seconds), which never reach the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cocoon.gateway.api.backend import Endpoint, InferenceRequest
+from cocoon.gateway.api.errors import InvalidRequest
+from cocoon.gateway.api.settings import ApiSettings
+
+# Strict: "1" is not an int and 1 is not a bool, as for OpenAI; unknown keys are refused.
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+_EXTENSIONS = {"max_coefficient", "timeout"}
+
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(ge=0.0, le=1.0)]
+TokenCount = Annotated[int, Field(ge=1)]
+Stop = str | Annotated[list[str], Field(max_length=4)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+User = Annotated[str, Field(max_length=256)]
+# Only one choice per request: the engines we run return one, and the hold covers one.
+OneChoice = Annotated[int, Field(ge=1, le=1)]
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class TextPart(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = _STRICT
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: Annotated[str, Field(max_length=64)] | None = None
+
+    def text_length(self) -> int:
+        if isinstance(self.content, str):
+            return len(self.content)
+        return sum(len(part.text) for part in self.content)
+
+
+class ResponseFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatTemplateKwargs(BaseModel):
+    model_config = _STRICT
+    enable_thinking: bool | None = None
+
+
+class _Common(BaseModel):
+    model_config = _STRICT
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    max_tokens: TokenCount | None = None
+    n: OneChoice | None = None
+    seed: Seed | None = None
+    stop: Stop | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    user: User | None = None
+    max_coefficient: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+
+
+class ChatCompletionRequest(_Common):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: TokenCount | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    response_format: ResponseFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    best_of: OneChoice | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    skip_special_tokens: bool | None = None
+
+
+_MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Message,
+    TextPart,
+    StreamOptions,
+    ResponseFormat,
+    ChatTemplateKwargs,
+)
+_FIELD_NAMES = {name for m in _MODELS for name in m.model_fields}
+
+
+def _param(loc: tuple[int | str, ...], *, keep_last: bool = False) -> str | None:
+    """`('messages', 0, 'content')` -> `messages[0].content`; drops pydantic's union tags.
+
+    `keep_last` keeps the final name even if it is no field of ours (an unknown key).
+    """
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _FIELD_NAMES or not out or (keep_last and i == len(loc) - 1):
+            out += f".{part}" if out else part
+    return out or None
+
+
+def invalid_from_validation(error: ValidationError) -> InvalidRequest:
+    """The first problem, worded like OpenAI's and naming the parameter."""
+    first = error.errors(include_url=False)[0]
+    kind = first["type"]
+    param = _param(tuple(first["loc"]), keep_last=kind == "extra_forbidden")
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    if kind == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+    if kind in ("json_invalid", "json_type", "model_type") and not first["loc"]:
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param)
+
+
+def parse_body(endpoint: Endpoint, raw: bytes) -> ChatCompletionRequest | CompletionRequest:
+    model = ChatCompletionRequest if endpoint == "chat.completions" else CompletionRequest
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+
+
+def prompt_chars(request: ChatCompletionRequest | CompletionRequest) -> int:
+    if isinstance(request, ChatCompletionRequest):
+        return sum(m.text_length() for m in request.messages)
+    prompt = request.prompt
+    return len(prompt) if isinstance(prompt, str) else sum(map(len, prompt))
+
+
+def to_inference_request(
+    endpoint: Endpoint,
+    request: ChatCompletionRequest | CompletionRequest,
+    settings: ApiSettings,
+) -> InferenceRequest:
+    """Apply the configured limits and defaults; build the engine-facing body."""
+    prompt_param = "messages" if endpoint == "chat.completions" else "prompt"
+    if (size := prompt_chars(request)) > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"The prompt is {size} characters long; this gateway accepts at most "
+            f"{settings.max_prompt_chars}.",
+            param=prompt_param,
+            code="prompt_too_large",
+        )
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "stream_options is only allowed when stream is true.", param="stream_options"
+        )
+    # As in COCOON, max_completion_tokens wins over the older max_tokens.
+    completion_cap = getattr(request, "max_completion_tokens", None)
+    cap_param = "max_completion_tokens" if completion_cap is not None else "max_tokens"
+    max_tokens = completion_cap or request.max_tokens or settings.default_max_tokens
+    if max_tokens > settings.max_output_tokens:
+        raise InvalidRequest(
+            f"{cap_param} is {max_tokens}; this gateway allows at most "
+            f"{settings.max_output_tokens}.",
+            param=cap_param,
+        )
+    timeout = request.timeout if request.timeout is not None else settings.default_timeout
+    if timeout > settings.max_timeout:
+        raise InvalidRequest(
+            f"timeout is {timeout} s; this gateway allows at most {settings.max_timeout} s.",
+            param="timeout",
+        )
+
+    body = request.model_dump(
+        exclude_none=True,
+        exclude={*_EXTENSIONS, "user", "max_completion_tokens", "stream_options"},
+    )
+    body.update(max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
+    return InferenceRequest(
+        request_id=str(uuid.uuid4()),
+        endpoint=endpoint,
+        model=request.model,
+        body=body,
+        max_tokens=max_tokens,
+        max_coefficient=request.max_coefficient or settings.default_max_coefficient,
+        timeout=timeout,
+        stream=request.stream,
+        prompt_bytes=len(json.dumps(body, separators=(",", ":")).encode()),
+        user=request.user,
+    )

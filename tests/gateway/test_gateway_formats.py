@@ -1,0 +1,109 @@
+"""Validation details and the OpenAI object formats, without HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cocoon.gateway.api import ApiSettings, ChatChunk, InvalidRequest, Usage, WorkerLost
+from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_error
+from cocoon.gateway.api.validation import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_body,
+    to_inference_request,
+)
+
+
+def _parse(endpoint, body: dict):
+    return parse_body(endpoint, json.dumps(body).encode())
+
+
+def test_content_parts_are_accepted_and_counted():
+    req = _parse(
+        "chat.completions",
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "abcd"}]}],
+        },
+    )
+    assert isinstance(req, ChatCompletionRequest)
+    with pytest.raises(InvalidRequest) as caught:
+        to_inference_request("chat.completions", req, ApiSettings(max_prompt_chars=3))
+    assert caught.value.code == "prompt_too_large"
+
+
+def test_bad_content_part_names_the_parameter_without_union_noise():
+    with pytest.raises(InvalidRequest) as caught:
+        _parse(
+            "chat.completions",
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        )
+    assert caught.value.param.startswith("messages[0].content")
+    assert "list[" not in caught.value.param
+
+
+def test_completion_prompt_forms():
+    assert isinstance(_parse("completions", {"model": "m", "prompt": ["one"]}), CompletionRequest)
+    with pytest.raises(InvalidRequest):
+        _parse("completions", {"model": "m", "prompt": ["one", "two"]})
+    with pytest.raises(InvalidRequest) as caught:
+        _parse("completions", {"model": "m", "prompt": "x", "tools": []})
+    assert caught.value.param == "tools"
+
+
+def test_defaults_apply():
+    settings = ApiSettings(default_max_tokens=77, default_timeout=9, default_max_coefficient=3000)
+    req = _parse("chat.completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    inference = to_inference_request("chat.completions", req, settings)
+    assert (inference.max_tokens, inference.timeout, inference.max_coefficient) == (77, 9, 3000)
+    assert inference.body["max_tokens"] == 77
+    assert inference.prompt_bytes == len(json.dumps(inference.body, separators=(",", ":")))
+    assert inference.stream is False
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    req = _parse(
+        "chat.completions",
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1},
+    )
+    assert req.temperature == 1.0
+
+
+def test_first_chat_delta_names_the_role_and_usage_is_null_until_the_end():
+    fmt = ResponseFormatter("chat.completions", "chatcmpl-1", 5, "m", include_usage=True)
+    first = fmt.chunk(ChatChunk(text="a"))
+    second = fmt.chunk(ChatChunk(text="b", finish_reason="length"))
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
+    assert second["choices"][0]["delta"] == {"content": "b"}
+    assert second["choices"][0]["finish_reason"] == "length"
+    assert first["usage"] is None
+    usage = fmt.usage_chunk(Usage(3, 2, cached_tokens=1))
+    assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 5
+    assert usage["usage"]["prompt_tokens_details"] == {"cached_tokens": 1}
+
+
+def test_usage_event_only_when_asked():
+    fmt = ResponseFormatter("completions", "cmpl-1", 5, "m", include_usage=False)
+    assert fmt.stream_event(Usage(1, 1)) is None
+    event = fmt.stream_event(ChatChunk(text="t"))
+    assert event.startswith(b"data: {") and event.endswith(b"\n\n")
+    assert json.loads(event[6:])["choices"][0]["text"] == "t"
+
+
+def test_complete_joins_text_and_keeps_finish_reason():
+    fmt = ResponseFormatter("chat.completions", "chatcmpl-1", 5, "m")
+    body = fmt.complete(
+        [ChatChunk(text="He"), ChatChunk(text="y", finish_reason="length"), Usage(2, 2)]
+    )
+    assert body["choices"][0]["message"]["content"] == "Hey"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 2
+    assert fmt.complete([ChatChunk(text="x")])["usage"] is None
+
+
+def test_sse_error_and_done():
+    assert SSE_DONE == b"data: [DONE]\n\n"
+    event = sse_error(WorkerLost())
+    assert json.loads(event.removeprefix(b"data: "))["error"]["code"] == "worker_lost"
