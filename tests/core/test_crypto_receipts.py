@@ -6,14 +6,18 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cocoon.core.crypto import (
+    RECEIPT_DOMAIN,
     CryptoError,
     SignatureError,
     SignedReceipt,
     UsageReceipt,
     WorkerKeys,
+    receipt_message,
     sign_receipt,
+    signed_message,
     verify_receipt,
 )
 
@@ -109,3 +113,12 @@ def test_record_round_trip_including_avro_datetimes(keys):
 def test_inconsistent_counts_are_refused(bad):
     with pytest.raises(CryptoError):
         dataclasses.replace(RECEIPT, **bad)
+
+
+def test_signed_bytes_are_the_documented_message(keys):
+    # Billing verifies with a raw Ed25519 key over these bytes; the contract must hold exactly.
+    signed = sign_receipt(keys, RECEIPT)
+    fields = {**dataclasses.asdict(RECEIPT), "signing_key": keys.public.signing_key}
+    message = signed_message(RECEIPT_DOMAIN, fields)
+    assert receipt_message(RECEIPT, keys.public.signing_key) == message
+    Ed25519PublicKey.from_public_bytes(signed.signing_key).verify(signed.signature, message)

@@ -7,6 +7,7 @@ from cocoon.core.crypto.canonical import (
     canonical_bytes,
     load_ed25519_public,
     sign_canonical,
+    signed_message,
     verify_canonical,
 )
 from cocoon.core.crypto.errors import (
@@ -24,6 +25,7 @@ from cocoon.core.crypto.receipts import (
     RECEIPT_DOMAIN,
     SignedReceipt,
     UsageReceipt,
+    receipt_message,
     sign_receipt,
     verify_receipt,
 )
@@ -61,10 +63,12 @@ __all__ = [
     "canonical_bytes",
     "load_ed25519_public",
     "open_request",
+    "receipt_message",
     "request_info",
     "seal_request",
     "sign_canonical",
     "sign_receipt",
+    "signed_message",
     "verify_canonical",
     "verify_receipt",
 ]

@@ -93,7 +93,8 @@ def canonical_bytes(mapping: Mapping[str, Any]) -> bytes:
     return b"".join(out)
 
 
-def _signed_message(domain: str, mapping: Mapping[str, Any]) -> bytes:
+def signed_message(domain: str, mapping: Mapping[str, Any]) -> bytes:
+    """The exact bytes `sign_canonical` signs, for verifiers that hold raw Ed25519 keys."""
     # The domain separates kinds of signed documents: a receipt signature can never pass as
     # a verdict signature even if the fields happened to coincide.
     if not domain:
@@ -103,7 +104,7 @@ def _signed_message(domain: str, mapping: Mapping[str, Any]) -> bytes:
 
 def sign_canonical(key: Ed25519PrivateKey, domain: str, mapping: Mapping[str, Any]) -> bytes:
     """Ed25519 signature (64 bytes) over the canonical bytes of `mapping` under `domain`."""
-    return key.sign(_signed_message(domain, mapping))
+    return key.sign(signed_message(domain, mapping))
 
 
 def load_ed25519_public(key: bytes | Ed25519PublicKey) -> Ed25519PublicKey:
@@ -123,7 +124,7 @@ def verify_canonical(
     signature: bytes,
 ) -> None:
     """Raise `SignatureError` unless `signature` is `sign_canonical` of the same inputs."""
-    message = _signed_message(domain, mapping)
+    message = signed_message(domain, mapping)
     try:
         load_ed25519_public(public_key).verify(bytes(signature), message)
     except InvalidSignature:

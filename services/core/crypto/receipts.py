@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cocoon.core.crypto.canonical import sign_canonical, verify_canonical
+from cocoon.core.crypto.canonical import sign_canonical, signed_message, verify_canonical
 from cocoon.core.crypto.errors import CryptoError, SignatureError
 from cocoon.core.crypto.keys import ED25519_LEN, WorkerKeys
 
@@ -91,6 +91,11 @@ class SignedReceipt:
 
 def _signed_fields(receipt: UsageReceipt, signing_key: bytes) -> dict[str, Any]:
     return {**receipt.fields(), "signing_key": signing_key}
+
+
+def receipt_message(receipt: UsageReceipt, signing_key: bytes) -> bytes:
+    """The exact bytes a worker signs: `signed_message(RECEIPT_DOMAIN, fields + signing_key)`."""
+    return signed_message(RECEIPT_DOMAIN, _signed_fields(receipt, signing_key))
 
 
 def sign_receipt(keys: WorkerKeys, receipt: UsageReceipt) -> SignedReceipt:
