@@ -41,6 +41,7 @@ def default_backend() -> ScriptedBackend:
             "dies": lambda req: [ChatChunk(text="Hel"), ChatChunk(text="lo"), WorkerLost()],
             "crashes": lambda req: [ChatChunk(text="x"), RuntimeError("bug in the backend")],
             # One chunk, then silence: a disconnect must be noticed without waiting for a write.
+            "trickle": lambda req: [ChatChunk(text="a"), 2.0, ChatChunk(text="b")],
             "stall": lambda req: [ChatChunk(text="tick"), 30.0, ChatChunk(text="late")],
         },
         listed=[

@@ -227,6 +227,19 @@ async def test_worker_lost_mid_stream_is_an_error_event(client: httpx.AsyncClien
     assert json.loads(events[-1])["error"]["code"] == "worker_lost"
 
 
+async def test_deadline_mid_stream_is_an_error_event(
+    client: httpx.AsyncClient, backend: ScriptedBackend
+):
+    r = await client.post(
+        "/v1/chat/completions", json=_chat(model="trickle", stream=True, timeout=0.3)
+    )
+    assert r.status_code == 200
+    events = _events(r.text)
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "a"
+    assert json.loads(events[-1])["error"]["code"] == "timeout"
+    assert backend.cancelled == [backend.submitted[0][1].request_id]
+
+
 async def test_backend_bug_mid_stream_is_an_error_event_not_a_hang(client: httpx.AsyncClient):
     r = await client.post("/v1/chat/completions", json=_chat(model="crashes", stream=True))
     assert json.loads(_events(r.text)[-1])["error"]["code"] == "internal_error"
