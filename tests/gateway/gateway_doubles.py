@@ -8,10 +8,27 @@ of steps, each a `ChatChunk`/`Usage` to yield, an exception to raise, or a float
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from cocoon.gateway.api import ChatChunk, InferenceRequest, ModelInfo, UnknownModel, Usage
+import uvicorn
+from fastapi import FastAPI
+
+from cocoon.gateway.api import (
+    ChatChunk,
+    InferenceRequest,
+    InsufficientFunds,
+    ModelInfo,
+    NoWorkerAvailable,
+    UnknownModel,
+    UpstreamTimeout,
+    Usage,
+    WorkerLost,
+)
 
 Step = ChatChunk | Usage | BaseException | float
 Plan = Callable[[InferenceRequest], list[Step]]
@@ -58,3 +75,56 @@ class ScriptedBackend:
             done = True
         finally:
             (self.completed if done else self.cancelled).append(request.request_id)
+
+
+MODEL = "smollm2-135m"
+
+
+def default_backend() -> ScriptedBackend:
+    return ScriptedBackend(
+        plans={
+            MODEL: lambda req: reply("Hello from the enclave!"),
+            "poor": lambda req: [InsufficientFunds(1234, required_nanoton=5000)],
+            "busy": lambda req: [NoWorkerAvailable("busy")],
+            "pricey": lambda req: [NoWorkerAvailable("pricey", min_coefficient=2500)],
+            "slow": lambda req: [30.0],
+            "late": lambda req: [UpstreamTimeout()],
+            "silent": lambda req: [],
+            "dies": lambda req: [ChatChunk(text="Hel"), ChatChunk(text="lo"), WorkerLost()],
+            "crashes": lambda req: [ChatChunk(text="x"), RuntimeError("bug in the backend")],
+            # One chunk, then silence: a disconnect must be noticed without waiting for a write.
+            "trickle": lambda req: [ChatChunk(text="a"), 2.0, ChatChunk(text="b")],
+            "stall": lambda req: [ChatChunk(text="tick"), 30.0, ChatChunk(text="late")],
+        },
+        listed=[
+            ModelInfo(MODEL, attested_workers=2, min_coefficient=1000),
+            ModelInfo("nobody-attested", attested_workers=0),
+        ],
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run `app` with uvicorn on a free loopback port in a thread; yield its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import MODEL
 from fastapi import FastAPI
-from gateway_doubles import ScriptedBackend
+from gateway_doubles import MODEL, ScriptedBackend
 
 from cocoon.gateway.api import ApiSettings, KeyStore, create_app
 

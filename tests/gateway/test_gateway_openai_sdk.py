@@ -8,8 +8,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from conftest import MODEL, default_backend, serve
-from gateway_doubles import ScriptedBackend
+from gateway_doubles import MODEL, ScriptedBackend, default_backend, serve
 
 from cocoon.gateway.api import ApiSettings, KeyStore, create_app
 
