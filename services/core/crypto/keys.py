@@ -44,6 +44,36 @@ class HpkeSuite(enum.StrEnum):
 DEFAULT_SUITE = HpkeSuite.MLKEM768_X25519
 
 
+def load_hpke_public_key(
+    suite: HpkeSuite, raw: bytes
+) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+    """The key object for a raw HPKE public key of `suite` (as a verdict carries it)."""
+    try:
+        if suite is HpkeSuite.X25519:
+            return x25519.X25519PublicKey.from_public_bytes(raw)
+        return hpke.MLKEM768X25519PublicKey(
+            mlkem.MLKEM768PublicKey.from_public_bytes(raw[:MLKEM768_LEN]),
+            x25519.X25519PublicKey.from_public_bytes(raw[MLKEM768_LEN:]),
+        )
+    except ValueError as exc:
+        raise CryptoError(f"invalid HPKE public key for {suite.value}: {exc}") from None
+
+
+class SingleHpkeKey:
+    """One attested HPKE public key (a verdict's), usable where `seal_request` wants keys."""
+
+    def __init__(self, suite: HpkeSuite, raw: bytes) -> None:
+        self.suite = HpkeSuite(suite)
+        self._key = load_hpke_public_key(self.suite, raw)
+
+    def hpke_public_key(
+        self, suite: HpkeSuite
+    ) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+        if HpkeSuite(suite) is not self.suite:
+            raise CryptoError(f"this worker attested a {self.suite.value} key, not {suite}")
+        return self._key
+
+
 @dataclass(frozen=True)
 class WorkerPublicKeys:
     """The public identity a worker attests to (raw bytes, layouts as in the claims)."""
@@ -66,16 +96,8 @@ class WorkerPublicKeys:
         self, suite: HpkeSuite
     ) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
         """The cryptography key object HPKE encrypts to under `suite`."""
-        try:
-            if suite is HpkeSuite.X25519:
-                return x25519.X25519PublicKey.from_public_bytes(self.hpke_x25519)
-            blob = self.hpke_mlkem768_x25519
-            return hpke.MLKEM768X25519PublicKey(
-                mlkem.MLKEM768PublicKey.from_public_bytes(blob[:MLKEM768_LEN]),
-                x25519.X25519PublicKey.from_public_bytes(blob[MLKEM768_LEN:]),
-            )
-        except ValueError as exc:
-            raise CryptoError(f"invalid HPKE public key for {suite.value}: {exc}") from None
+        raw = self.hpke_x25519 if suite is HpkeSuite.X25519 else self.hpke_mlkem768_x25519
+        return load_hpke_public_key(suite, raw)
 
     def to_dict(self) -> dict[str, str]:
         return {

@@ -15,7 +15,13 @@ from cryptography.exceptions import InvalidTag
 
 from cocoon.core.crypto.canonical import canonical_bytes
 from cocoon.core.crypto.errors import CryptoError, OpenError
-from cocoon.core.crypto.keys import DEFAULT_SUITE, HpkeSuite, WorkerKeys, WorkerPublicKeys
+from cocoon.core.crypto.keys import (
+    DEFAULT_SUITE,
+    HpkeSuite,
+    SingleHpkeKey,
+    WorkerKeys,
+    WorkerPublicKeys,
+)
 
 RESPONSE_KEY_LEN = 32
 _PURPOSE = "cocoon/request/v1"
@@ -59,7 +65,7 @@ def request_info(request_id: str, worker_id: str, model: str, suite: HpkeSuite) 
 
 
 def seal_request(
-    worker_public: WorkerPublicKeys,
+    worker_public: WorkerPublicKeys | SingleHpkeKey,
     request_id: str,
     worker_id: str,
     model: str,
