@@ -1,0 +1,1 @@
+"""NVIDIA GPU (Hopper confidential computing) attestation evidence: see verify.evaluate_gpu."""
