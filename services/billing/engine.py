@@ -1,0 +1,500 @@
+"""Billing's domain engine: accounts, holds, receipt capture, expiry, deposits, payouts.
+
+Every state change is one ledger entry with a deterministic id, and every piece of state here
+(open accounts, holds, captures, rejections) is derived from the entries, so
+`BillingEngine.replay(entries, ...)` after a crash or a rebalance lands in exactly the same state.
+Entries go to `sink` (the durable log) before they are applied in memory, and only after the
+ledger has checked them, so the log never holds an entry the ledger would refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from cocoon.billing.ledger import (
+    COMMISSION,
+    PAYOUTS_PENDING,
+    TON_DEPOSITS,
+    TON_PAYOUTS,
+    UNCLAIMED,
+    Entry,
+    Ledger,
+    client_account,
+    holds_account,
+    worker_account,
+)
+from cocoon.billing.money import (
+    BillingError,
+    InsufficientFundsError,
+    UnknownAccountError,
+    check_amount,
+    check_count,
+    check_id,
+)
+from cocoon.billing.pricing import Cost, Prices, cost, max_cost
+from cocoon.billing.receipts import Receipt, ReceiptVerify, Rejection, receipt_fields
+
+EntrySink = Callable[[Entry], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    request_id: str
+    client_id: str
+    amount: int
+    max_tokens: int
+    prompt_size: int
+    max_coefficient: int
+    expires_at_ms: int
+    model: str
+    # Prices the client was admitted at; the capture charges at these.
+    prices: Prices
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureResult:
+    status: str  # "captured", "duplicate" or "rejected"
+    request_id: str
+    cost: Cost | None = None
+    released: int = 0
+    reason: Rejection | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRecord:
+    receipt_id: str
+    request_id: str
+    worker_id: str
+    reason: Rejection
+    detail: str
+    # False when the signature did not verify: anyone could have sent it, so the scheduler
+    # must not hold it against the named worker.
+    attributable: bool
+    at_ms: int
+
+
+def receipt_digest(receipt: Receipt) -> str:
+    """A stable digest of a receipt's content, to tell a replay from a different receipt."""
+    fields = receipt_fields(receipt)
+    parts = [f"{k}={v.hex() if isinstance(v, bytes) else v!r}" for k, v in sorted(fields.items())]
+    parts.append(f"signature={bytes(receipt.signature).hex()}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _prices_meta(p: Prices) -> dict[str, int]:
+    return {
+        "price_per_token": p.price_per_token,
+        "worker_fee_per_token": p.worker_fee_per_token,
+        "prompt_bps": p.prompt_bps,
+        "cached_bps": p.cached_bps,
+        "completion_bps": p.completion_bps,
+        "reasoning_bps": p.reasoning_bps,
+    }
+
+
+class BillingEngine:
+    """The billing state machine over one ledger. Not thread-safe: one owner per partition."""
+
+    def __init__(
+        self,
+        prices: Prices,
+        verify: ReceiptVerify,
+        sink: EntrySink | None = None,
+    ) -> None:
+        self.prices = prices
+        self._verify = verify
+        self._sink = sink
+        self.ledger = Ledger()
+        self._clients: set[str] = set()
+        self._holds: dict[str, Hold] = {}  # open holds by request id
+        self._closed: dict[str, str] = {}  # request id -> entry id that closed its hold
+        self._expiry: list[tuple[int, str]] = []  # heap of (expires_at_ms, request id)
+        self._rejections: list[RejectionRecord] = []
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def replay(
+        cls,
+        entries: Iterable[Entry],
+        prices: Prices,
+        verify: ReceiptVerify,
+        sink: EntrySink | None = None,
+    ) -> BillingEngine:
+        """Rebuild the engine exactly from its entries (sink is attached afterwards)."""
+        engine = cls(prices, verify)
+        for entry in entries:
+            engine._apply(entry)
+        engine._sink = sink
+        return engine
+
+    def _record(self, entry: Entry) -> bool:
+        if not self.ledger.check(entry):
+            return False
+        if self._sink is not None:
+            self._sink(entry)
+        self._apply(entry)
+        return True
+
+    def _apply(self, entry: Entry) -> None:
+        if not self.ledger.append(entry):
+            return
+        m = entry.meta
+        if entry.kind == "account_opened":
+            self._clients.add(m["client_id"])
+        elif entry.kind == "hold":
+            hold = Hold(
+                request_id=m["request_id"],
+                client_id=m["client_id"],
+                amount=m["amount"],
+                max_tokens=m["max_tokens"],
+                prompt_size=m["prompt_size"],
+                max_coefficient=m["max_coefficient"],
+                expires_at_ms=m["expires_at_ms"],
+                model=m["model"],
+                prices=Prices(**m["prices"]),
+            )
+            self._holds[hold.request_id] = hold
+            heapq.heappush(self._expiry, (hold.expires_at_ms, hold.request_id))
+        elif entry.kind in ("charge", "release"):
+            self._holds.pop(m["request_id"], None)
+            self._closed[m["request_id"]] = entry.entry_id
+        elif entry.kind == "receipt_rejected":
+            self._rejections.append(
+                RejectionRecord(
+                    receipt_id=m["receipt_id"],
+                    request_id=m["request_id"],
+                    worker_id=m["worker_id"],
+                    reason=Rejection(m["reason"]),
+                    detail=m["detail"],
+                    attributable=m["attributable"],
+                    at_ms=entry.at_ms,
+                )
+            )
+
+    # ---- accounts -----------------------------------------------------------------------
+
+    def open_account(self, client_id: str, at_ms: int = 0) -> bool:
+        """Open a client account (idempotent). API keys map to these ids."""
+        check_id(client_id, "client id")
+        return self._record(
+            Entry(f"open:{client_id}", "account_opened", (), at_ms, {"client_id": client_id})
+        )
+
+    def has_account(self, client_id: str) -> bool:
+        return client_id in self._clients
+
+    def _require(self, client_id: str) -> None:
+        if client_id not in self._clients:
+            raise UnknownAccountError(f"unknown client account {client_id!r}")
+
+    def available(self, client_id: str) -> int:
+        self._require(client_id)
+        return self.ledger.balance(client_account(client_id))
+
+    def held(self, client_id: str) -> int:
+        self._require(client_id)
+        return self.ledger.balance(holds_account(client_id))
+
+    def earnings(self, worker_id: str) -> int:
+        check_id(worker_id, "worker id")
+        return self.ledger.balance(worker_account(worker_id))
+
+    # ---- holds --------------------------------------------------------------------------
+
+    def open_hold(
+        self,
+        request_id: str,
+        client_id: str,
+        *,
+        max_tokens: int,
+        prompt_size: int,
+        max_coefficient: int,
+        expires_at_ms: int,
+        model: str = "",
+        at_ms: int = 0,
+    ) -> Hold:
+        """Hold the request's maximum cost, or raise InsufficientFundsError with the shortfall.
+
+        Idempotent per request id: a replay of the same request returns the same hold.
+        """
+        check_id(request_id, "request id")
+        self._require(client_id)
+        check_count(expires_at_ms, "expires_at_ms")
+        if request_id in self._holds:
+            return self._holds[request_id]
+        if request_id in self._closed:
+            raise BillingError(f"request {request_id} was already settled")
+        amount = max_cost(max_tokens, prompt_size, self.prices, max_coefficient)
+        available = self.ledger.balance(client_account(client_id))
+        if amount > available:
+            raise InsufficientFundsError(client_id, amount, available)
+        postings = (
+            ((client_account(client_id), -amount), (holds_account(client_id), amount))
+            if amount
+            else ()
+        )
+        meta = {
+            "request_id": request_id,
+            "client_id": client_id,
+            "amount": amount,
+            "max_tokens": max_tokens,
+            "prompt_size": prompt_size,
+            "max_coefficient": max_coefficient,
+            "expires_at_ms": expires_at_ms,
+            "model": model,
+            "prices": _prices_meta(self.prices),
+        }
+        self._record(Entry(f"hold:{request_id}", "hold", postings, at_ms, meta))
+        return self._holds[request_id]
+
+    def hold(self, request_id: str) -> Hold | None:
+        return self._holds.get(request_id)
+
+    def open_holds(self) -> list[Hold]:
+        return list(self._holds.values())
+
+    def expire_holds(self, now_ms: int) -> list[str]:
+        """Release every open hold whose expiry has passed; returns their request ids."""
+        released = []
+        while self._expiry and self._expiry[0][0] <= now_ms:
+            _, request_id = heapq.heappop(self._expiry)
+            hold = self._holds.get(request_id)
+            if hold is None:
+                continue  # captured meanwhile
+            self._release(hold, now_ms, "expired")
+            released.append(request_id)
+        return released
+
+    def _release(self, hold: Hold, at_ms: int, reason: str) -> None:
+        postings = (
+            (
+                (holds_account(hold.client_id), -hold.amount),
+                (client_account(hold.client_id), hold.amount),
+            )
+            if hold.amount
+            else ()
+        )
+        meta = {"request_id": hold.request_id, "client_id": hold.client_id, "reason": reason}
+        self._record(Entry(f"release:{hold.request_id}", "release", postings, at_ms, meta))
+
+    # ---- receipts -----------------------------------------------------------------------
+
+    def capture(self, receipt: Receipt, at_ms: int = 0) -> CaptureResult:
+        """Charge a verified receipt against its hold, or reject it with a reason (never both)."""
+        rid = receipt.request_id
+        digest = receipt_digest(receipt)
+        closed_by = self._closed.get(rid)
+        if closed_by is not None:
+            closing = self.ledger.get(closed_by)
+            if closing is not None and closing.meta.get("receipt_digest") == digest:
+                return CaptureResult("duplicate", rid, released=closing.meta["released"])
+        if not self._verify(receipt):
+            return self._reject(
+                receipt,
+                digest,
+                Rejection.BAD_SIGNATURE,
+                "signature not valid for the key in the worker's current verdict",
+                at_ms,
+                attributable=False,
+            )
+        if closed_by is not None:
+            if closed_by.startswith("charge:"):
+                return self._reject(
+                    receipt,
+                    digest,
+                    Rejection.DUPLICATE_REQUEST,
+                    "request already charged by another receipt",
+                    at_ms,
+                )
+            return self._reject(
+                receipt,
+                digest,
+                Rejection.HOLD_CLOSED,
+                "hold released (no receipt before lease end + grace)",
+                at_ms,
+            )
+        hold = self._holds.get(rid)
+        if hold is None:
+            return self._reject(receipt, digest, Rejection.UNKNOWN_REQUEST, "no hold", at_ms)
+        problem = self._capture_problem(receipt, hold)
+        if problem is not None:
+            reason, detail = problem
+            return self._reject(receipt, digest, reason, detail, at_ms)
+        c = cost(receipt.usage, hold.prices, receipt.coefficient)
+        if c.charge > hold.amount:
+            return self._reject(
+                receipt,
+                digest,
+                Rejection.TOKENS_BEYOND_HOLD,
+                f"cost {c.charge} exceeds hold {hold.amount}",
+                at_ms,
+            )
+        released = hold.amount - c.charge
+        moves = [
+            (holds_account(hold.client_id), -hold.amount),
+            (client_account(hold.client_id), released),
+            (worker_account(receipt.worker_id), c.worker_fee),
+            (COMMISSION, c.commission),
+        ]
+        u = receipt.usage
+        meta = {
+            "request_id": rid,
+            "client_id": hold.client_id,
+            "receipt_id": receipt.receipt_id,
+            "receipt_digest": digest,
+            "worker_id": receipt.worker_id,
+            "model": receipt.model,
+            "prompt_tokens": u.prompt,
+            "cached_prompt_tokens": u.cached,
+            "completion_tokens": u.completion,
+            "reasoning_tokens": u.reasoning,
+            "coefficient": receipt.coefficient,
+            "completed": receipt.completed,
+            "price_per_token": hold.prices.price_per_token,
+            "charge": c.charge,
+            "worker_fee": c.worker_fee,
+            "commission": c.commission,
+            "released": released,
+        }
+        postings = tuple((a, n) for a, n in moves if n)
+        self._record(Entry(f"charge:{rid}", "charge", postings, at_ms, meta))
+        return CaptureResult("captured", rid, cost=c, released=released)
+
+    def _capture_problem(self, receipt: Receipt, hold: Hold) -> tuple[Rejection, str] | None:
+        if receipt.coefficient > hold.max_coefficient:
+            return (
+                Rejection.COEFFICIENT_ABOVE_CAP,
+                f"coefficient {receipt.coefficient} above client cap {hold.max_coefficient}",
+            )
+        expected = self.prices.coefficient_of(receipt.worker_id)
+        if receipt.worker_id in self.prices.worker_coefficients and receipt.coefficient != expected:
+            return (
+                Rejection.COEFFICIENT_MISMATCH,
+                f"coefficient {receipt.coefficient} is not the registry's {expected}",
+            )
+        if receipt.usage.completion > hold.max_tokens:
+            return (
+                Rejection.TOKENS_BEYOND_HOLD,
+                f"completion tokens {receipt.usage.completion} exceed max_tokens {hold.max_tokens}",
+            )
+        if receipt.usage.prompt > hold.prompt_size:
+            return (
+                Rejection.TOKENS_BEYOND_HOLD,
+                f"prompt tokens {receipt.usage.prompt} exceed held prompt size {hold.prompt_size}",
+            )
+        return None
+
+    def _reject(
+        self,
+        receipt: Receipt,
+        digest: str,
+        reason: Rejection,
+        detail: str,
+        at_ms: int,
+        *,
+        attributable: bool = True,
+    ) -> CaptureResult:
+        meta = {
+            "receipt_id": receipt.receipt_id,
+            "request_id": receipt.request_id,
+            "worker_id": receipt.worker_id,
+            "reason": reason.value,
+            "detail": detail,
+            "attributable": attributable,
+        }
+        # Keyed by content: a replayed bad receipt is recorded (and counted) once.
+        self._record(Entry(f"reject:{digest}", "receipt_rejected", (), at_ms, meta))
+        return CaptureResult("rejected", receipt.request_id, reason=reason, detail=detail)
+
+    def rejections(self, worker_id: str | None = None) -> list[RejectionRecord]:
+        return [r for r in self._rejections if worker_id is None or r.worker_id == worker_id]
+
+    # ---- deposits -----------------------------------------------------------------------
+
+    def credit_deposit(
+        self,
+        deposit_id: str,
+        amount: int,
+        client_id: str | None,
+        *,
+        at_ms: int = 0,
+        note: str = "",
+        source: str = "",
+        source_address: str = "",
+    ) -> bool:
+        """Credit a chain deposit to a client, or to `unclaimed` when no known client is named.
+
+        `deposit_id` must identify the chain transaction (e.g. `<lt>:<hash>`): a second call with
+        the same id is a no-op, so re-polling the chain never credits twice.
+        """
+        check_amount(amount, "deposit amount")
+        if f"deposit:{deposit_id}" in self.ledger:
+            # Decided once: an account opened later must not turn a replay into a conflict.
+            return False
+        target = client_account(client_id) if client_id in self._clients else UNCLAIMED
+        meta = {
+            "client_id": client_id if target != UNCLAIMED else None,
+            "claimed_by_comment": client_id,
+            "amount": amount,
+            "note": note,
+            "source": source,
+            "source_address": source_address,
+        }
+        postings = ((TON_DEPOSITS, -amount), (target, amount)) if amount else ()
+        return self._record(Entry(f"deposit:{deposit_id}", "deposit", postings, at_ms, meta))
+
+    def claim_unclaimed(self, deposit_id: str, client_id: str, at_ms: int = 0) -> bool:
+        """Move an unclaimed deposit to a client (an operator decision, once per deposit)."""
+        self._require(client_id)
+        deposit = self.ledger.get(f"deposit:{deposit_id}")
+        if deposit is None:
+            raise BillingError(f"no deposit {deposit_id}")
+        amount = dict(deposit.postings).get(UNCLAIMED)
+        if amount is None:
+            raise BillingError(f"deposit {deposit_id} was credited to a client, not unclaimed")
+        meta = {"client_id": client_id, "deposit_id": deposit_id, "amount": amount}
+        postings = ((UNCLAIMED, -amount), (client_account(client_id), amount))
+        return self._record(Entry(f"claim:{deposit_id}", "claim", postings, at_ms, meta))
+
+    # ---- payouts (TON side in cocoon.billing.ton.payouts) ----------------------------------
+
+    def start_payout(self, payout_id: str, worker_id: str, amount: int, at_ms: int = 0) -> bool:
+        """Move earnings into `payouts:pending` before the transfer is signed."""
+        check_id(worker_id, "worker id")
+        check_amount(amount, "payout amount", allow_zero=False)
+        meta = {"worker_id": worker_id, "amount": amount}
+        postings = ((worker_account(worker_id), -amount), (PAYOUTS_PENDING, amount))
+        return self._record(Entry(f"payout:{payout_id}", "payout", postings, at_ms, meta))
+
+    def confirm_payout(self, payout_id: str, at_ms: int = 0, tx: str = "") -> bool:
+        start = self._payout_start(payout_id)
+        if f"payout-reversed:{payout_id}" in self.ledger:
+            raise BillingError(f"payout {payout_id} was reversed; it cannot be confirmed")
+        amount = start.meta["amount"]
+        meta = {"worker_id": start.meta["worker_id"], "amount": amount, "tx": tx}
+        postings = ((PAYOUTS_PENDING, -amount), (TON_PAYOUTS, amount))
+        entry = Entry(f"payout-confirmed:{payout_id}", "payout_confirmed", postings, at_ms, meta)
+        return self._record(entry)
+
+    def reverse_payout(self, payout_id: str, at_ms: int = 0, reason: str = "") -> bool:
+        """A payout proven never to land goes back to the worker's earnings."""
+        start = self._payout_start(payout_id)
+        if f"payout-confirmed:{payout_id}" in self.ledger:
+            raise BillingError(f"payout {payout_id} is confirmed; it cannot be reversed")
+        amount = start.meta["amount"]
+        worker = start.meta["worker_id"]
+        meta = {"worker_id": worker, "amount": amount, "reason": reason}
+        postings = ((PAYOUTS_PENDING, -amount), (worker_account(worker), amount))
+        entry = Entry(f"payout-reversed:{payout_id}", "payout_reversed", postings, at_ms, meta)
+        return self._record(entry)
+
+    def _payout_start(self, payout_id: str) -> Entry:
+        start = self.ledger.get(f"payout:{payout_id}")
+        if start is None:
+            raise BillingError(f"no payout {payout_id}")
+        return start

@@ -1,0 +1,208 @@
+"""The append-only, double-entry ledger.
+
+An entry is a balanced set of postings (signed amounts per account, summing to zero). A positive
+posting increases an account's balance. Balances are derived state: `Ledger.replay(entries)`
+rebuilds them exactly. Every entry has a deterministic id derived from its cause, so appending the
+same entry twice is a no-op, and appending a *different* entry under an existing id is refused
+(two causes colliding on one id would otherwise silently lose money).
+
+Accounts:
+    client:<id>        spendable client funds          holds:<id>       funds held for requests
+    worker:<id>        worker earnings not yet paid    network:commission
+    ton:deposits       source of all TON deposited (the only account allowed below zero)
+    payouts:pending    worker funds in a signed-but-unconfirmed TON transfer
+    ton:payouts        sink of all TON paid out        unclaimed        deposits nobody claimed
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from cocoon.billing.money import INT64_MAX, AmountError, BillingError
+
+TON_DEPOSITS = "ton:deposits"
+TON_PAYOUTS = "ton:payouts"
+PAYOUTS_PENDING = "payouts:pending"
+COMMISSION = "network:commission"
+UNCLAIMED = "unclaimed"
+
+_FIXED = {TON_DEPOSITS, TON_PAYOUTS, PAYOUTS_PENDING, COMMISSION, UNCLAIMED}
+_PREFIXES = ("client:", "holds:", "worker:")
+# Only the outside world's side of deposits may go negative: it mirrors money that came in.
+_MAY_BE_NEGATIVE = {TON_DEPOSITS}
+
+
+def client_account(client_id: str) -> str:
+    return f"client:{client_id}"
+
+
+def holds_account(client_id: str) -> str:
+    return f"holds:{client_id}"
+
+
+def worker_account(worker_id: str) -> str:
+    return f"worker:{worker_id}"
+
+
+def check_account(name: object) -> str:
+    if not isinstance(name, str):
+        raise BillingError(f"account name must be a string, got {name!r}")
+    if name in _FIXED:
+        return name
+    for prefix in _PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix) and " " not in name:
+            return name
+    raise BillingError(f"unknown account name {name!r}")
+
+
+class LedgerConflictError(BillingError):
+    """A different entry was appended under an id already in the ledger."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One balanced, immutable ledger entry."""
+
+    entry_id: str
+    kind: str
+    postings: tuple[tuple[str, int], ...]
+    at_ms: int = 0
+    # Facts for statements and rebuilding state (request, model, tokens...); JSON-compatible.
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entry_id, str) or not self.entry_id:
+            raise BillingError("entry id must be a non-empty string")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise BillingError("entry kind must be a non-empty string")
+        postings = tuple((check_account(a), n) for a, n in self.postings)
+        object.__setattr__(self, "postings", postings)
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+        problem = entry_problem(self)
+        if problem:
+            raise AmountError(f"entry {self.entry_id}: {problem}")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "id": self.entry_id,
+                "kind": self.kind,
+                "postings": [list(p) for p in self.postings],
+                "at_ms": self.at_ms,
+                "meta": dict(self.meta),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        raw = json.loads(text)
+        return cls(
+            entry_id=raw["id"],
+            kind=raw["kind"],
+            postings=tuple((a, n) for a, n in raw["postings"]),
+            at_ms=raw.get("at_ms", 0),
+            meta=raw.get("meta", {}),
+        )
+
+    def same_as(self, other: Entry) -> bool:
+        # at_ms is when it was recorded: a replay at another time is still the same entry.
+        return (self.kind, self.postings, dict(self.meta)) == (
+            other.kind,
+            other.postings,
+            dict(other.meta),
+        )
+
+
+def entry_problem(entry: Entry) -> str | None:
+    """Why `entry` is not a valid balanced entry, or None. Also used by the audit."""
+    seen: set[str] = set()
+    for account, amount in entry.postings:
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            return f"amount for {account} is not an integer: {amount!r}"
+        if amount == 0:
+            return f"zero posting to {account}"
+        if abs(amount) > INT64_MAX:
+            return f"amount for {account} exceeds int64: {amount}"
+        if account in seen:
+            return f"account {account} posted twice"
+        seen.add(account)
+    total = sum(amount for _, amount in entry.postings)
+    if total != 0:
+        return f"postings do not balance (sum {total})"
+    return None
+
+
+class Ledger:
+    """Entries in order, the set of their ids, and balances derived from them."""
+
+    def __init__(self) -> None:
+        self._entries: list[Entry] = []
+        self._by_id: dict[str, Entry] = {}
+        self._balances: dict[str, int] = {}
+
+    @classmethod
+    def replay(cls, entries: Iterable[Entry]) -> Ledger:
+        ledger = cls()
+        for entry in entries:
+            ledger.append(entry)
+        return ledger
+
+    def append(self, entry: Entry) -> bool:
+        """Apply `entry`; False when the same entry is already there (a duplicate is a no-op)."""
+        updates = self._updates(entry)
+        if updates is None:
+            return False
+        self._balances.update(updates)
+        self._entries.append(entry)
+        self._by_id[entry.entry_id] = entry
+        return True
+
+    def check(self, entry: Entry) -> bool:
+        """What `append` would do, without doing it: False for a duplicate, raise if invalid."""
+        return self._updates(entry) is not None
+
+    def _updates(self, entry: Entry) -> dict[str, int] | None:
+        existing = self._by_id.get(entry.entry_id)
+        if existing is not None:
+            if existing.same_as(entry):
+                return None
+            raise LedgerConflictError(f"entry {entry.entry_id} already exists with other content")
+        updates: dict[str, int] = {}
+        for account, amount in entry.postings:
+            after = self._balances.get(account, 0) + amount
+            if after < 0 and account not in _MAY_BE_NEGATIVE:
+                raise AmountError(
+                    f"entry {entry.entry_id} would make {account} negative ({after} nanoTON)"
+                )
+            if abs(after) > INT64_MAX:
+                raise AmountError(f"entry {entry.entry_id} would overflow {account} past int64")
+            updates[account] = after
+        return updates
+
+    def balance(self, account: str) -> int:
+        return self._balances.get(check_account(account), 0)
+
+    def balances(self) -> dict[str, int]:
+        return dict(self._balances)
+
+    def get(self, entry_id: str) -> Entry | None:
+        return self._by_id.get(entry_id)
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._by_id
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return list(self._entries)
