@@ -12,6 +12,8 @@ import pytest
 from cocoon.core.kafka.provider import provide_broker
 from cocoon.core.paths import cache_dir
 
+pytest_plugins = ["support.engine"]  # engine / engine_url: one real llama.cpp server
+
 
 def _free_port_pair() -> int:
     """A port p such that p and p+1 are both free (broker and controller listeners)."""

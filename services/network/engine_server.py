@@ -1,0 +1,215 @@
+"""llama-cpp-python's OpenAI server, made to honour `stream_options.include_usage`.
+
+Run as `python -m cocoon.network.engine_server <llama_cpp.server arguments>`.
+
+Why: llama-cpp-python 0.3.36 drops `stream_options` and never sends `usage` in a stream, while
+vLLM, SGLang and llama.cpp's own `llama-server` all send a last chunk with `choices: []` and
+`usage` when asked. Billing charges from that usage, and the worker-proxy must stay
+engine-agnostic, so the local engine is brought up to the OpenAI contract here, in the engine
+process, instead of teaching the worker-proxy about llama.cpp. Counts come from llama-cpp-python's
+own token lists (the same ones its non-streaming `usage` reports), read from its generator frames;
+`prompt_tokens_details.cached_tokens` is the prompt prefix reused from the KV cache. (Non-streaming
+answers keep llama-cpp-python's own `usage`, without `prompt_tokens_details`: its response model
+drops extra fields, and OpenAI clients read a missing detail as 0.)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import llama_cpp
+
+_Scope = dict[str, Any]
+_Receive = Callable[[], Awaitable[dict[str, Any]]]
+_Send = Callable[[dict[str, Any]], Awaitable[None]]
+_App = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
+
+# Set per HTTP request by the middleware; read where the engine call starts (contextvars follow
+# the request into starlette's thread pool).
+_want_usage: contextvars.ContextVar[bool] = contextvars.ContextVar("want_usage", default=False)
+_USAGE_PATHS = {"/v1/chat/completions", "/v1/completions"}
+_outer = threading.local()
+
+
+def _frame_locals(gen: Any) -> dict[str, Any]:
+    frame = getattr(gen, "gi_frame", None)
+    return dict(frame.f_locals) if frame is not None else {}
+
+
+def _relay(inner: Iterator[Any], on_item: Callable[[Any], None] | None = None) -> Any:
+    """Yield from `inner`, forwarding send() and close(), calling `on_item` after each item."""
+    try:
+        value = next(inner)
+        while True:
+            if on_item is not None:
+                on_item(value)
+            sent = yield value
+            value = inner.send(sent) if sent is not None else next(inner)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _patch_llama() -> None:
+    cls = llama_cpp.Llama
+    if getattr(cls, "_cocoon_usage_patched", False):
+        return
+    orig_generate = cls.generate
+    orig_create = cls._create_completion
+    orig_chat = cls.create_chat_completion
+    orig_completion = cls.create_completion
+
+    def generate(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        tokens = list(tokens)
+        inner = orig_generate(self, tokens, *args, **kwargs)
+        first = True
+
+        def on_token(_token: int) -> None:
+            nonlocal first
+            if first:
+                first = False
+                # At its first yield, generate's `tokens` is what it had to evaluate; the rest
+                # of the prompt was reused from the KV cache.
+                evaluated = _frame_locals(inner).get("tokens")
+                if isinstance(evaluated, list):
+                    self._cocoon_cached = max(0, len(tokens) - len(evaluated))
+
+        return (yield from _relay(inner, on_token))
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._cocoon_cached = 0
+        self._cocoon_usage = None
+        result = orig_create(self, *args, **kwargs)
+        if isinstance(result, dict) or not hasattr(result, "gi_frame"):
+            return result
+        inner = result
+
+        def on_chunk(_chunk: Any) -> None:
+            scope = _frame_locals(inner)
+            prompt, completion = scope.get("prompt_tokens"), scope.get("completion_tokens")
+            if isinstance(prompt, list) and isinstance(completion, list):
+                self._cocoon_usage = (len(prompt), len(completion))
+
+        return _relay(inner, on_chunk)
+
+    def usage_of(self: Any) -> dict[str, Any] | None:
+        if self._cocoon_usage is None:
+            return None
+        prompt, completion = self._cocoon_usage
+        cached = min(getattr(self, "_cocoon_cached", 0), prompt)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+
+    def with_usage(orig: Callable[..., Any], obj: str) -> Callable[..., Any]:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # The chat handler calls create_completion from inside the chat stream: only the
+            # outermost call may add the usage chunk.
+            if getattr(_outer, "active", False):
+                return orig(self, *args, **kwargs)
+            want = _want_usage.get()
+            _outer.active = True  # the chat handler makes its inner call right here ...
+            try:
+                result = orig(self, *args, **kwargs)
+            finally:
+                _outer.active = False
+            if isinstance(result, dict):
+                return result  # non-streaming answers already carry usage
+            return _stream_with_usage(self, iter(result), want, obj)
+
+        return call
+
+    def _stream_with_usage(self: Any, inner: Iterator[Any], want: bool, obj: str) -> Any:
+        last: dict[str, Any] = {}
+        try:
+            while True:
+                _outer.active = True  # ... or lazily here; each next() runs wholly in one thread
+                try:
+                    chunk = next(inner)
+                except StopIteration:
+                    break
+                finally:
+                    _outer.active = False
+                last.update({k: chunk.get(k) for k in ("id", "created", "model")})
+                yield chunk
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+        usage = usage_of(self)
+        if want and usage is not None:
+            yield {**last, "object": obj, "choices": [], "usage": usage}
+
+    cls.generate = generate
+    cls._create_completion = create
+    cls.create_chat_completion = with_usage(orig_chat, "chat.completion.chunk")
+    cls.create_completion = with_usage(orig_completion, "text_completion")
+    cls._cocoon_usage_patched = True
+
+
+class IncludeUsageMiddleware:
+    """Reads the request body once to see whether a stream asked for usage, then replays it."""
+
+    def __init__(self, app: _App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in _USAGE_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away before sending its body
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        try:
+            request = json.loads(body)
+            options = request.get("stream_options") or {}
+            want = bool(request.get("stream")) and bool(options.get("include_usage"))
+        except (ValueError, AttributeError):
+            want = False  # let the server produce its own validation error
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls: disconnect detection
+
+        token = _want_usage.set(want)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            _want_usage.reset(token)
+
+
+def main() -> None:
+    import llama_cpp.server.__main__ as server_main
+
+    _patch_llama()
+    create_app = server_main.create_app
+    server_main.create_app = lambda **kwargs: IncludeUsageMiddleware(create_app(**kwargs))
+    server_main.main()
+
+
+if __name__ == "__main__":
+    main()
