@@ -1,0 +1,276 @@
+"""Static checks of charts/cocoon and deploy/helm (no helm or kubectl needed)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cocoon.core.catalog import load_catalog
+from cocoon.core.paths import REPO_ROOT
+from cocoon.core.runtime.resolve import SERVICES
+from cocoon.core.runtime.settings import ServiceSettings
+from cocoon.core.strimzi import CLUSTER
+
+CHART = REPO_ROOT / "charts" / "cocoon"
+PLATFORM = REPO_ROOT / "deploy" / "helm"
+ENVIRONMENTS = {"default": None, "dev": PLATFORM / "dev.yaml", "prod": PLATFORM / "prod.yaml"}
+# Keys whose values are references to secrets (names, keys, env var names), not secrets.
+REFERENCE_KEYS = {
+    "secretName",
+    "existingSecret",
+    "key",
+    "env",
+    "userKey",
+    "passwordKey",
+    "clusterCaSecret",
+    "userSecretPrefix",
+}
+SECRETISH = re.compile(
+    r"(password|passwd|pepper|private|secret|token|apikey|api_key|mnemonic)", re.I
+)
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _values(env: str) -> dict:
+    values = _load(CHART / "values.yaml")
+    path = ENVIRONMENTS[env]
+    return _merge(values, _load(path)) if path else values
+
+
+def _plain_yaml_files() -> list[Path]:
+    """YAML files that are data, not Go templates."""
+    files = [p for p in PLATFORM.rglob("*.yaml") if "templates" not in p.parts]
+    files += [p for p in PLATFORM.rglob("*.yml") if "templates" not in p.parts]
+    files = [p for p in files if p.relative_to(PLATFORM).parts[0] != "charts"]  # sub-charts
+    return sorted([*files, CHART / "values.yaml", CHART / "Chart.yaml"])
+
+
+def test_every_yaml_file_parses():
+    files = _plain_yaml_files()
+    names = {p.name for p in files}
+    assert {"dev.yaml", "prod.yaml", "values.yaml", "Chart.yaml", "kafka-topics.yaml"} <= names
+    for path in files:
+        docs = list(yaml.safe_load_all(path.read_text()))
+        assert any(d for d in docs), f"{path} is empty"
+
+
+def test_chart_metadata():
+    chart = _load(CHART / "Chart.yaml")
+    assert chart["apiVersion"] == "v2" and chart["name"] == "cocoon"
+    platform = _load(PLATFORM / "Chart.yaml")
+    deps = {d["name"]: d for d in platform["dependencies"]}
+    assert set(deps) == {"strimzi-kafka-operator", "kube-prometheus-stack", "tempo", "grafana"}
+    values = _load(PLATFORM / "values.yaml")
+    for name, dep in deps.items():
+        assert dep["condition"] == f"{name}.enabled"
+        assert values[name]["enabled"] is True
+
+
+def test_services_match_the_runtime_and_each_has_a_template():
+    values = _values("default")
+    assert set(values["services"]) == set(SERVICES), "values.services != `cocoon run` names"
+    for name in values["services"]:
+        template = CHART / "templates" / f"{name}.yaml"
+        assert template.is_file(), f"no template for service {name}"
+        text = template.read_text()
+        if name == "worker-proxy":
+            assert 'index .Values.services "worker-proxy"' in text
+            assert 'include "cocoon.container" $ctx' in text
+            for kind in ("cocoon.service", "cocoon.pdb", "cocoon.hpa", "cocoon.serviceMonitor"):
+                assert f'include "{kind}"' in text, f"worker-proxy lacks {kind}"
+        else:
+            assert f'include "cocoon.standardService" (dict "root" $ "name" "{name}")' in text
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    standard = helpers[helpers.index('define "cocoon.standardService"') :]
+    for kind in ("cocoon.deployment", "cocoon.service", "cocoon.pdb", "cocoon.hpa"):
+        assert f'include "{kind}"' in standard
+    assert 'include "cocoon.serviceMonitor"' in standard
+
+
+def test_container_runs_cocoon_and_probes_use_the_health_port():
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    container = helpers[helpers.index('define "cocoon.container"') :]
+    container = container[: container.index("{{- end -}}\n\n")]
+    assert 'args: ["run", {{ .name | quote }}]' in container
+    probes = re.findall(
+        r"(startupProbe|readinessProbe|livenessProbe):\n\s+grpc:\n\s+port: (.+)", container
+    )
+    assert {p[0] for p in probes} == {"startupProbe", "readinessProbe", "livenessProbe"}
+    assert all(port.strip() == "{{ $v.ports.health }}" for _, port in probes), probes
+    assert "containerPort: {{ $v.ports.health }}" in container
+    assert "containerPort: {{ $v.ports.metrics }}" in container
+    env = helpers[helpers.index('define "cocoon.env"') :]
+    for name, source in {
+        "COCOON_GRPC_HEALTH_PORT": "$v.ports.health",
+        "COCOON_METRICS_PORT": "$v.ports.metrics",
+        "COCOON_KAFKA_BOOTSTRAP": "$v.kafka.bootstrap",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "$v.otel.endpoint",
+    }.items():
+        assert re.search(
+            rf"- name: {name}\n\s+value: {{{{ {re.escape(source)} \| quote }}}}", env
+        ), name
+    monitor = helpers[helpers.index('define "cocoon.serviceMonitor"') :]
+    assert "port: metrics" in monitor and "path: /metrics" in monitor
+    # the runtime's own defaults agree with the chart's ports
+    ports = _values("default")["ports"]
+    fields = ServiceSettings.model_fields
+    assert ports["health"] == fields["grpc_health_port"].default
+    assert ports["metrics"] == fields["metrics_port"].default
+
+
+def test_no_secret_material_in_templates_or_values():
+    for path in [*CHART.rglob("*"), *PLATFORM.rglob("*")]:
+        if not path.is_file() or "charts" in path.relative_to(REPO_ROOT).parts[2:3]:
+            continue
+        text = path.read_text(errors="replace")
+        assert "-----BEGIN" not in text, f"{path}: key material"
+        if path.suffix in (".yaml", ".tpl"):
+            assert not re.search(r"^kind:\s*Secret\s*$", text, re.M), f"{path}: defines a Secret"
+            assert "stringData" not in text, f"{path}: inlines secret data"
+
+    def walk(node, where: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{where}.{key}"
+                if isinstance(value, str) and SECRETISH.search(key) and key not in REFERENCE_KEYS:
+                    pytest.fail(f"{here}: looks like an inlined secret value")
+                walk(value, here)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{where}[{i}]")
+
+    for path in (CHART / "values.yaml", PLATFORM / "values.yaml", *ENVIRONMENTS.values()):
+        if path:
+            walk(_load(path), path.name)
+
+
+def test_secrets_are_referenced_and_mounted_only_where_needed():
+    values = _values("prod")
+    secrets = values["secrets"]
+    for sid, ref in secrets.items():
+        assert set(ref) == {"secretName", "key", "env"}, sid
+        assert ref["env"].startswith("COCOON_") and ref["env"].endswith("_FILE")
+    wanted = {
+        "attestation": ["attestationSigningKey"],
+        "billing": ["tonWalletKey"],
+        "gateway": ["apiKeyPepper"],
+        "scheduler": [],
+        "worker-proxy": [],
+    }
+    assert {name: svc["secrets"] for name, svc in values["services"].items()} == wanted
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert "secretKeyRef" not in helpers, "keys are mounted as files, not env values"
+    assert "readOnly: true" in helpers
+
+
+def test_security_context_and_resources():
+    for env in ENVIRONMENTS:
+        values = _values(env)
+        assert values["podSecurityContext"]["runAsNonRoot"] is True
+        assert values["podSecurityContext"]["runAsUser"] != 0
+        ctx = values["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        if env != "dev":  # Tilt's live update needs a writable root fs (set in the Tiltfile)
+            assert ctx["readOnlyRootFilesystem"] is True
+        for name, svc in values["services"].items():
+            assert svc["resources"]["requests"] and svc["resources"]["limits"]["memory"], name
+            assert ("minAvailable" in svc["pdb"]) != ("maxUnavailable" in svc["pdb"]), name
+
+
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+def test_autoscaling_never_exceeds_consumed_partitions(env):
+    catalog = load_catalog()
+    for name, svc in _values(env)["services"].items():
+        scaling = svc["autoscaling"]
+        if not scaling.get("enabled") or name == "worker-proxy":
+            continue
+        partitions = [
+            s.partitions for s in catalog.values() if name in s.consumers and not s.template
+        ]
+        assert partitions, f"{name} consumes nothing"
+        assert scaling["minReplicas"] <= scaling["maxReplicas"] <= max(partitions), (
+            f"{env}: {name} may scale to {scaling['maxReplicas']} consumers, "
+            f"but its largest topic has {max(partitions)} partitions"
+        )
+
+
+def test_worker_proxy_runs_on_gpu_tdx_nodes_with_a_local_engine():
+    prod = _values("prod")["services"]["worker-proxy"]
+    assert prod["kind"] in ("StatefulSet", "Deployment")
+    assert prod["runtimeClassName"]
+    assert prod["nodeSelector"]["cocoon.io/tdx"] == "true"
+    assert {t["key"] for t in prod["tolerations"]} >= {"nvidia.com/gpu", "cocoon.io/tdx"}
+    assert prod["engine"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for env in ENVIRONMENTS:
+        engine = _values(env)["services"]["worker-proxy"]["engine"]
+        args = " ".join(engine["args"])
+        assert "127.0.0.1" in args and str(engine["port"]) in args, f"{env}: engine not on loopback"
+    template = (CHART / "templates" / "worker-proxy.yaml").read_text()
+    engine_part = template[template.index("- name: engine") :]
+    assert "containerPort" not in engine_part, "the engine must not expose a port"
+    assert "COCOON_ENGINE_URL" in template and "127.0.0.1" in template
+    for key in ("runtimeClassName", "nodeSelector", "tolerations"):
+        assert key in (CHART / "templates" / "_helpers.tpl").read_text()
+
+
+def test_platform_kafka_matches_the_generated_resources():
+    text = (PLATFORM / "templates" / "kafka.yaml").read_text()
+    assert re.search(r"kind: Kafka\nmetadata:\n  name: (\S+)", text).group(1) == CLUSTER
+    assert "kind: KafkaNodePool" in text and "strimzi.io/cluster: cocoon" in text
+    catalog_tpl = (PLATFORM / "templates" / "catalog.yaml").read_text()
+    assert '.Files.Get "generated/kafka-topics.yaml"' in catalog_tpl
+    assert '.Files.Get "generated/kafka-users.yaml"' in catalog_tpl
+    link = PLATFORM / "dashboards"
+    assert link.is_symlink() and link.resolve() == (REPO_ROOT / "deploy" / "grafana").resolve()
+    rules = (PLATFORM / "templates" / "monitoring.yaml").read_text()
+    assert "record: cocoon_consumer_lag" in rules
+    # the chart's default bootstrap is the Strimzi bootstrap Service of that cluster
+    for env in ENVIRONMENTS:
+        assert _values(env)["kafka"]["bootstrap"].startswith(f"{CLUSTER}-kafka-bootstrap:")
+    prod = _merge(_load(PLATFORM / "values.yaml"), _load(PLATFORM / "prod.yaml"))
+    assert prod["kafkaCluster"]["plainListener"] is False, "prod: mTLS listener only"
+    assert _values("prod")["kafka"]["tls"]["enabled"] is True
+
+
+def test_tiltfile_and_dockerfile():
+    tilt = (REPO_ROOT / "Tiltfile").read_text()
+    assert "deploy/docker/Dockerfile" in tilt and "deploy/helm/dev.yaml" in tilt
+    assert "sync('services', '/app/services')" in tilt
+    assert "8080:8080" in tilt and "svc/grafana 3000" in tilt
+    docker = (REPO_ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert docker.startswith("# syntax=") and "FROM python:3.11-slim AS base" in docker
+    assert 'ENTRYPOINT ["cocoon"]' in docker and "USER 10001" in docker
+
+
+@pytest.mark.skipif(shutil.which("helm") is None, reason="helm is not installed")
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+def test_helm_renders_the_chart(env):
+    args = ["helm", "template", "t", str(CHART), "--kube-version", "1.30.0"]
+    if ENVIRONMENTS[env]:
+        args += ["-f", str(ENVIRONMENTS[env])]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("PodDisruptionBudget") == 5 and kinds.count("ServiceMonitor") == 5
