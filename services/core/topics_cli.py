@@ -19,8 +19,10 @@ from cocoon.core.bus.admin import (
 )
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.catalog import load_catalog, topic_config
+from cocoon.core.strimzi_cli import app as strimzi_app
 
 app = typer.Typer(help="Kafka topics from the catalog in schemas/topics/.", no_args_is_help=True)
+app.add_typer(strimzi_app)
 
 Bootstrap = Annotated[
     str | None,
