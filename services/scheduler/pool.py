@@ -190,7 +190,14 @@ class WorkerPool:
             pending = self._pending_verdicts.pop(worker_id, None)
             if pending is not None:
                 state.verdict_id, state.verdict_expires_at, state.verdict_models = pending
-        elif seq is not None and state.heartbeat_seq is not None and seq <= state.heartbeat_seq:
+        elif (
+            seq is not None
+            and state.heartbeat_seq is not None
+            and seq <= state.heartbeat_seq
+            and self.heartbeat_fresh(state, now)
+        ):
+            # A lower seq while the worker is alive is a reordered heartbeat; once it has gone
+            # silent, a lower seq is a restarted worker process (seq restarts) and is accepted.
             return state
         state.models = frozenset(models)
         state.capacity = capacity
@@ -334,6 +341,10 @@ class WorkerPool:
                 state.duration.add(max(0.0, now - lease.granted_at), now)
             state.reputation.record(now, success=success)
         return lease
+
+    def release(self, request_id: str) -> Lease | None:
+        """Free the slot without learning anything (the client cancelled, not the worker)."""
+        return self._release(request_id)
 
     def expired_leases(self, now: float) -> list[Lease]:
         """Leases with no first chunk by their deadline, oldest first: place them again."""

@@ -1,0 +1,314 @@
+"""What the scheduler does with each record and each tick: plain state, no Kafka.
+
+The wiring (service.py) feeds verdicts, heartbeats, reservations, first chunks and outcomes in,
+calls `tick` periodically, and sends whatever records come back (`Assignment` and `Outcome`
+models). Every method is synchronous, so one call is atomic on the event loop, and idempotent:
+Kafka delivers at least once and a replayed record must not place a request twice.
+
+A request's life:
+
+    PENDING --placed--> LEASED --first chunk--> STARTED --outcome--> DONE
+       ^                  |                        |
+       +--lease expired---+                        +--worker silent--> DONE (WORKER_LOST)
+    PENDING --no worker by the wait's end--> DONE (FAILED no_worker / price_cap / lease_expired)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from cocoon.core.codec import models
+from cocoon.scheduler.placement import NoPlacement, NoPlacementReason, choose_worker
+from cocoon.scheduler.pool import Lease, WorkerPool
+
+log = logging.getLogger(__name__)
+
+REPORTED_BY = "scheduler"
+
+
+class ErrorCode(StrEnum):
+    """`Outcome.error_code` values the gateway maps to HTTP statuses (404 / 503)."""
+
+    NO_WORKER = "no_worker"
+    UNKNOWN_MODEL = "unknown_model"
+    PRICE_CAP = "price_cap"
+    LEASE_EXPIRED = "lease_expired"
+    WORKER_LOST = "worker_lost"
+
+
+class Phase(StrEnum):
+    PENDING = "pending"  # waiting for a placeable worker
+    LEASED = "leased"  # assigned, no first chunk yet
+    STARTED = "started"  # first chunk seen: only an outcome or a lost worker ends it
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Timing:
+    lease_seconds: float = 10.0
+    no_worker_wait_seconds: float = 5.0
+    max_attempts: int = 3
+    # Finished requests are remembered this long so a replayed reservation is not placed again.
+    remember_seconds: float = 900.0
+
+
+@dataclass
+class Request:
+    request_id: str
+    model: str
+    max_coefficient: int
+    gateway_id: str
+    deadline: float
+    received_at: float
+    wait_until: float
+    attempt: int = 0  # last attempt assigned; 0 before the first
+    worker_id: str = ""  # worker of the last attempt
+    tried: set[str] = field(default_factory=set)
+    phase: Phase = Phase.PENDING
+    done_at: float | None = None
+    last_miss: NoPlacement | None = None
+    trace: object | None = None  # the wiring's trace context, so re-placements join the trace
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class Dispatcher:
+    def __init__(self, pool: WorkerPool, timing: Timing | None = None) -> None:
+        self.pool = pool
+        self.timing = timing or Timing()
+        self.requests: dict[str, Request] = {}
+        self._pending: dict[str, Request] = {}  # insertion order = arrival order
+        self._finished: deque[tuple[float, str]] = deque()  # (done_at, id), oldest first
+        # Every model a verdict or heartbeat ever named: a model outside it fails at once (404).
+        self.known_models: set[str] = set()
+
+    # ---- worker facts -------------------------------------------------------------------
+
+    def on_verdict(self, worker_id: str, verdict: models.Verdict | None, accepted: bool) -> None:
+        """`accepted`: TRUSTED and its signature checked (see verdicts.py); None = tombstone."""
+        if verdict is not None:
+            self.known_models.update(verdict.models)
+        if verdict is not None and accepted:
+            self.pool.accept_verdict(
+                worker_id, verdict.verdict_id, verdict.expires_at.timestamp(), verdict.models
+            )
+            return
+        self.pool.revoke_verdict(worker_id)
+        state = self.pool.get(worker_id)
+        if verdict is None and state is not None and not state.leases:
+            self.pool.remove(worker_id)  # withdrawn and idle: nothing left to track
+
+    def on_heartbeat(self, heartbeat: models.Heartbeat, now: float) -> list:
+        self.known_models.update(heartbeat.models)
+        self.pool.heartbeat(
+            heartbeat.worker_id,
+            now,
+            models=heartbeat.models,
+            capacity=heartbeat.max_active_requests,
+            coefficient=heartbeat.coefficient,
+            work_topic=heartbeat.work_topic,
+            enabled=heartbeat.state in ("READY", "DRAINING"),
+            draining=heartbeat.state == "DRAINING",
+            running=max(0, heartbeat.active_requests),
+            seq=heartbeat.seq,
+        )
+        # A worker just became available: waiting requests need not wait for the next tick.
+        return self._place_pending(now)
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def on_reservation(self, reservation: models.Reservation, now: float) -> list:
+        if reservation.status != "HELD" or reservation.request_id in self.requests:
+            return []  # rejected (the gateway answers 402) or a duplicate
+        deadline = reservation.deadline_at.timestamp()
+        request = Request(
+            request_id=reservation.request_id,
+            model=reservation.model,
+            max_coefficient=reservation.max_coefficient,
+            gateway_id=reservation.gateway_id,
+            deadline=deadline,
+            received_at=now,
+            wait_until=min(now + self.timing.no_worker_wait_seconds, deadline),
+        )
+        self.requests[request.request_id] = request
+        self._pending[request.request_id] = request
+        if deadline <= now:
+            # Replayed after its deadline: the gateway has answered 504 and reports the outcome.
+            self._done(request, now)
+            return []
+        return self._try_place(request, now)
+
+    def on_first_chunk(self, request_id: str, attempt: int, seq: int) -> bool:
+        """True when this chunk started a leased attempt (it can no longer expire)."""
+        request = self.requests.get(request_id)
+        if seq != 0 or request is None or request.phase is not Phase.LEASED:
+            return False
+        if attempt != request.attempt:
+            return False  # a superseded attempt's worker woke up late; its lease is gone
+        self.pool.first_chunk(request_id)
+        request.phase = Phase.STARTED
+        return True
+
+    def on_outcome(self, outcome: models.Outcome, now: float) -> None:
+        if outcome.reported_by == REPORTED_BY:
+            return  # our own verdict on the request, read back
+        request = self.requests.get(outcome.request_id)
+        if request is None or request.phase is Phase.DONE or outcome.attempt != request.attempt:
+            return  # unknown, finished, or about an attempt we already took back
+        lease = self.pool.lease(outcome.request_id)
+        if lease is not None and lease.attempt == outcome.attempt:
+            if outcome.status == "CANCELLED":
+                self.pool.release(outcome.request_id)  # the client left: not the worker's doing
+            else:
+                self.pool.finish(outcome.request_id, now, success=outcome.status == "SUCCEEDED")
+        self._done(request, now)
+
+    # ---- time ---------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list:
+        """Expire leases, report lost workers, retry or fail waiting requests, forget old ones."""
+        out: list = []
+        for lease in self.pool.expired_leases(now):
+            out += self._take_back(lease, now, ErrorCode.LEASE_EXPIRED)
+        for lease in self._leases_on_silent_workers(now):
+            if lease.started:
+                out += self._worker_lost(lease, now)
+            else:
+                # Nothing was streamed yet, so the request can go elsewhere without waiting
+                # for its lease to run out.
+                out += self._take_back(lease, now, ErrorCode.LEASE_EXPIRED)
+        out += self._place_pending(now)
+        self._forget(now)
+        return out
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _place_pending(self, now: float) -> list:
+        out: list = []
+        for request in list(self._pending.values()):
+            out += self._try_place(request, now)
+        return out
+
+    def _try_place(self, request: Request, now: float) -> list:
+        choice = choose_worker(
+            self.pool, request.model, request.max_coefficient, now, exclude=request.tried
+        )
+        if isinstance(choice, NoPlacement):
+            request.last_miss = choice
+            if request.attempt == 0 and request.model not in self.known_models:
+                return [self._fail(request, now, ErrorCode.UNKNOWN_MODEL)]
+            if now >= request.wait_until:
+                return [self._fail(request, now, self._miss_code(request))]
+            return []
+        request.attempt += 1
+        request.worker_id = choice.worker_id
+        request.tried.add(choice.worker_id)
+        request.phase = Phase.LEASED
+        self._pending.pop(request.request_id, None)
+        lease = self.pool.grant(
+            request.request_id,
+            choice.worker_id,
+            request.model,
+            now,
+            self.timing.lease_seconds,
+            attempt=request.attempt,
+        )
+        return [
+            models.Assignment(
+                assignment_id=f"{request.request_id}:{request.attempt}",
+                request_id=request.request_id,
+                attempt=request.attempt,
+                worker_id=choice.worker_id,
+                model=request.model,
+                work_topic=choice.work_topic or f"work.{choice.worker_id}",
+                verdict_id=choice.verdict_id,
+                coefficient=choice.coefficient,
+                gateway_id=request.gateway_id,
+                lease_expires_at=_ts(lease.first_chunk_deadline),
+                assigned_at=_ts(now),
+            )
+        ]
+
+    def _miss_code(self, request: Request) -> ErrorCode:
+        if request.attempt > 0:
+            return ErrorCode.LEASE_EXPIRED  # it was placed, but nobody ever answered
+        miss = request.last_miss
+        if miss is not None and miss.reason is NoPlacementReason.PRICE_CAP_TOO_LOW:
+            return ErrorCode.PRICE_CAP
+        return ErrorCode.NO_WORKER
+
+    def _take_back(self, lease: Lease, now: float, code: ErrorCode) -> list:
+        self.pool.reclaim(lease.request_id, now)
+        request = self.requests.get(lease.request_id)
+        if request is None or request.phase is Phase.DONE:
+            return []
+        if request.attempt >= self.timing.max_attempts or now >= request.deadline:
+            return [self._fail(request, now, code)]
+        request.phase = Phase.PENDING
+        self._pending[request.request_id] = request
+        request.wait_until = min(now + self.timing.no_worker_wait_seconds, request.deadline)
+        return self._try_place(request, now)
+
+    def _worker_lost(self, lease: Lease, now: float) -> list:
+        self.pool.reclaim(lease.request_id, now)
+        request = self.requests.get(lease.request_id)
+        if request is None or request.phase is Phase.DONE:
+            return []
+        return [self._fail(request, now, ErrorCode.WORKER_LOST, status="WORKER_LOST")]
+
+    def _leases_on_silent_workers(self, now: float) -> list[Lease]:
+        silent = [
+            w.worker_id
+            for w in self.pool.workers()
+            if w.leases and not self.pool.heartbeat_fresh(w, now)
+        ]
+        leases = [self.pool.lease(rid) for wid in silent for rid in self.pool.get(wid).leases]
+        return sorted((le for le in leases if le is not None), key=lambda le: le.request_id)
+
+    def _fail(
+        self, request: Request, now: float, code: ErrorCode, status: str = "FAILED"
+    ) -> models.Outcome:
+        self._done(request, now)
+        log.info(
+            "request %s ends %s (%s) after %d attempt(s)",
+            request.request_id,
+            status,
+            code,
+            request.attempt,
+        )
+        return models.Outcome(
+            request_id=request.request_id,
+            attempt=max(1, request.attempt),
+            worker_id=request.worker_id,
+            model=request.model,
+            status=status,
+            error_code=str(code),
+            reported_by=REPORTED_BY,
+            time_to_first_chunk_ms=None,
+            duration_ms=max(0, int((now - request.received_at) * 1000)),
+            completion_tokens=0,
+            finished_at=_ts(now),
+        )
+
+    def _done(self, request: Request, now: float) -> None:
+        request.phase = Phase.DONE
+        request.done_at = now
+        self._pending.pop(request.request_id, None)
+        self._finished.append((now, request.request_id))
+
+    def _forget(self, now: float) -> None:
+        horizon = now - self.timing.remember_seconds
+        while self._finished and self._finished[0][0] < horizon:
+            _, rid = self._finished.popleft()
+            self.requests.pop(rid, None)
+
+    def count(self, phase: Phase) -> int:
+        if phase is Phase.PENDING:
+            return len(self._pending)
+        return sum(1 for r in self.requests.values() if r.phase is phase)

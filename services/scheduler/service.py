@@ -1,0 +1,315 @@
+"""The scheduler's Kafka wiring: `cocoon run scheduler`.
+
+Reads (see docs/architecture.md, step 4 and 10):
+
+* `attestation.verdicts` from the beginning, no group: every verdict's signature is checked
+  against the pinned attestation key; only TRUSTED, unexpired, correctly signed verdicts admit a
+  worker; anything else (and a tombstone) takes it out of placement.
+* `worker.heartbeats` from the end, no group: liveness and load.
+* `inference.responses` from the end, no group, reading only each chunk's head: seq 0 of the
+  current attempt satisfies its lease.
+* `billing.reservations` and `inference.outcomes` in the consumer group (committed, dead
+  letters): HELD reservations are placed, outcomes free the slot and teach speed/reputation.
+
+Writes `inference.assignments` and, when it ends a request itself, `inference.outcomes`
+(reported_by `scheduler`). Domain logic is in dispatcher.py; this module moves records.
+Runs as one instance: the pool and leases are in memory (see the module docs in dispatcher.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord
+from opentelemetry import context as otel_context
+from pydantic import Field, field_validator
+
+from cocoon.core import codec
+from cocoon.core.bus import BusConsumer, BusProducer, Message
+from cocoon.core.codec import models
+from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.verdicts import VerdictError, load_pinned_key, verify_verdict
+from cocoon.scheduler import metrics
+from cocoon.scheduler.chunks import chunk_head
+from cocoon.scheduler.dispatcher import Dispatcher, Timing
+from cocoon.scheduler.feeds import Feed
+from cocoon.scheduler.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+VERDICTS = "attestation.verdicts"
+HEARTBEATS = "worker.heartbeats"
+RESPONSES = "inference.responses"
+RESERVATIONS = "billing.reservations"
+OUTCOMES = "inference.outcomes"
+ASSIGNMENTS = "inference.assignments"
+RECORDS = {VERDICTS: "cocoon.attestation.Verdict", HEARTBEATS: "cocoon.worker.Heartbeat"}
+METRICS_EVERY_S = 1.0
+
+
+class Settings(ServiceSettings):
+    """COCOON_LEASE_SECONDS, COCOON_NO_WORKER_WAIT_SECONDS, ... (env names = COCOON_<FIELD>)."""
+
+    attestation_public_key: str = Field(
+        description="the attestation service's Ed25519 key: 64 hex digits or a file holding them"
+    )
+    lease_seconds: float = Field(10.0, gt=0, description="assignment -> first chunk deadline")
+    no_worker_wait_seconds: float = Field(
+        5.0, ge=0, description="how long a request waits for a placeable worker"
+    )
+    heartbeat_stale_seconds: float = Field(
+        6.0, gt=0, description="silence after which a worker is lost (heartbeats every 2 s)"
+    )
+    max_attempts: int = Field(3, ge=1, description="placements per request before lease_expired")
+    tick_seconds: float = Field(0.1, gt=0, le=5, description="lease/liveness check period")
+    consumer_group: str = "scheduler"
+    topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
+
+    @field_validator("attestation_public_key")
+    @classmethod
+    def _key_loads(cls, value: str) -> str:
+        load_pinned_key(value)  # VerdictError is a ValueError: reported as a config error
+        return value
+
+
+def admit_verdict(verdict: models.Verdict, pinned_key: bytes, now: float) -> str | None:
+    """None when `verdict` may admit its worker to placement, else why not.
+
+    The one place a verdict is judged: signature under the pinned attestation key (which also
+    refuses expired TRUSTED verdicts), then the status.
+    """
+    try:
+        checked = verify_verdict(verdict, pinned_key, now)
+    except VerdictError as exc:
+        return f"{exc.code}: {exc}"
+    if not checked.trusted:
+        return f"status {checked.status}"
+    return None
+
+
+class Scheduler(Service):
+    name = "scheduler"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pinned_key = load_pinned_key(settings.attestation_public_key)
+        self.pool = WorkerPool(heartbeat_ttl=settings.heartbeat_stale_seconds)
+        self.dispatcher = Dispatcher(
+            self.pool,
+            Timing(
+                lease_seconds=settings.lease_seconds,
+                no_worker_wait_seconds=settings.no_worker_wait_seconds,
+                max_attempts=settings.max_attempts,
+            ),
+        )
+        bootstrap, prefix = settings.kafka_bootstrap, settings.topic_prefix
+        client = f"scheduler-{settings.instance_id}"
+        self.producer = BusProducer(bootstrap, client_id=client, prefix=prefix)
+        self.verdicts = Feed(
+            bootstrap,
+            [VERDICTS],
+            self._on_verdict,
+            start_at="beginning",
+            prefix=prefix,
+            client_id=f"{client}-verdicts",
+        )
+        self.live = Feed(
+            bootstrap,
+            [HEARTBEATS, RESPONSES],
+            self._on_live,
+            start_at="end",
+            prefix=prefix,
+            client_id=f"{client}-live",
+        )
+        self.requests = BusConsumer(
+            bootstrap,
+            [RESERVATIONS, OUTCOMES],
+            group_id=settings.consumer_group,
+            handler=self._on_request_record,
+            client_id=client,
+            prefix=prefix,
+        )
+        # Records produced outside a consumer handler (from the feeds and the tick), sent in
+        # order by one task so each waits for its ack without blocking the feed.
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._started: list[Any] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.producer.start()
+        self._started.append(self.producer)
+        for feed in (self.verdicts, self.live):
+            await feed.start()
+            self._started.append(feed)
+        # Catch up with every verdict before placing anything, so a known model is not
+        # reported unknown just because its verdict was not read yet.
+        loop_stop = asyncio.Event()
+        catch_up = asyncio.create_task(self.verdicts.run(loop_stop))
+        try:
+            await asyncio.wait_for(self.verdicts.caught_up.wait(), 60)
+        finally:
+            loop_stop.set()
+            await catch_up
+        await self.requests.start()
+        self._started.append(self.requests)
+        log.info(
+            "scheduler ready",
+            extra={"workers": len(self.pool.workers()), "models": sorted(self.pool.models(_now()))},
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(self.verdicts.run(stopping), name="verdicts"),
+            asyncio.create_task(self.live.run(stopping), name="live"),
+            asyncio.create_task(self._consume(stopping), name="requests"),
+            asyncio.create_task(self._tick(stopping), name="tick"),
+            asyncio.create_task(self._send_outbox(stopping), name="outbox"),
+        ]
+        try:
+            # Any task failing is a bug or a lost broker: fail the service so it restarts.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def close(self) -> None:
+        for client in reversed(self._started):
+            with contextlib.suppress(Exception):
+                await client.stop()
+        self._started.clear()
+
+    # ---- loops --------------------------------------------------------------------------
+
+    async def _consume(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self.requests.poll_once()
+
+    async def _tick(self, stopping: asyncio.Event) -> None:
+        observed = 0.0
+        while not stopping.is_set():
+            now = _now()
+            self._queue(self.dispatcher.tick(now))
+            if now - observed >= METRICS_EVERY_S:
+                metrics.observe(self.dispatcher, self.pool, now)
+                observed = now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.tick_seconds)
+
+    async def _send_outbox(self, stopping: asyncio.Event) -> None:
+        while not (stopping.is_set() and self._outbox.empty()):
+            try:
+                record = await asyncio.wait_for(self._outbox.get(), 0.2)
+            except TimeoutError:
+                continue
+            await self._send(record)
+
+    # ---- handlers -----------------------------------------------------------------------
+
+    def _on_verdict(self, topic: str, record: ConsumerRecord) -> None:
+        worker_id = record.key.decode("utf-8", "replace") if record.key is not None else None
+        if record.value is None:
+            if worker_id is not None:
+                log.info("verdict tombstone: worker %s removed", worker_id)
+                self.dispatcher.on_verdict(worker_id, None, accepted=False)
+            return
+        verdict = _decode(topic, record)
+        if verdict is None:
+            return
+        why_not = admit_verdict(verdict, self.pinned_key, _now())
+        if why_not is not None:
+            log.info("worker %s not admitted: %s", verdict.worker_id, why_not)
+        self.dispatcher.on_verdict(verdict.worker_id, verdict, accepted=why_not is None)
+
+    def _on_live(self, topic: str, record: ConsumerRecord) -> None:
+        if topic == RESPONSES:
+            self._on_chunk(record)
+            return
+        heartbeat = _decode(topic, record)
+        if heartbeat is not None:
+            # The worker's send time, but never in our future (its clock may run ahead).
+            seen = min(_now(), record.timestamp / 1000)
+            self._queue(self.dispatcher.on_heartbeat(heartbeat, seen))
+
+    def _on_chunk(self, record: ConsumerRecord) -> None:
+        if record.value is None:
+            return
+        try:
+            head = chunk_head(record.value)
+        except codec.DecodeError as exc:
+            log.warning("unreadable chunk at %s/%d: %s", record.partition, record.offset, exc)
+            return
+        if head.seq == 0 and self.dispatcher.on_first_chunk(
+            head.request_id, head.attempt, head.seq
+        ):
+            metrics.FIRST_CHUNKS.inc()
+
+    async def _on_request_record(self, message: Message) -> None:
+        now = _now()
+        if message.topic == RESERVATIONS:
+            emitted = self.dispatcher.on_reservation(message.value, now)
+            request = self.dispatcher.requests.get(message.value.request_id)
+            if request is not None and request.trace is None:
+                request.trace = otel_context.get_current()  # later re-placements join it
+        else:
+            self.dispatcher.on_outcome(message.value, now)
+            emitted = []
+        # Sent before the offset is committed: a placement is never lost, only repeated
+        # (with the same assignment_id) after a crash.
+        for record in emitted:
+            await self._send(record)
+
+    # ---- sending ------------------------------------------------------------------------
+
+    def _queue(self, records: list[Any]) -> None:
+        for record in records:
+            self._outbox.put_nowait(record)
+
+    async def _send(self, record: models.Assignment | models.Outcome) -> None:
+        request = self.dispatcher.requests.get(record.request_id)
+        token = None
+        if request is not None and request.trace is not None:
+            token = otel_context.attach(request.trace)
+        try:
+            if isinstance(record, models.Assignment):
+                await self.producer.send(ASSIGNMENTS, record)
+                metrics.ASSIGNMENTS.labels("first" if record.attempt == 1 else "retry").inc()
+            else:
+                await self.producer.send(OUTCOMES, record)
+                metrics.ENDED.labels(record.error_code or record.status).inc()
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _decode(topic: str, record: ConsumerRecord) -> Any:
+    """The record's model, or None (logged) when it cannot be read: skipped, not fatal."""
+    try:
+        return codec.decode_model(record.value, reader=RECORDS[topic])
+    except (codec.DecodeError, ValueError) as exc:
+        log.warning("skipping unreadable %s record at %d/%d: %s", topic, *_at(record), exc)
+        return None
+
+
+def _at(record: ConsumerRecord) -> tuple[int, int]:
+    return record.partition, record.offset
+
+
+def build(settings: Settings) -> Scheduler:
+    return Scheduler(settings)
+
+
+__all__ = ["Scheduler", "Settings", "admit_verdict", "build"]
