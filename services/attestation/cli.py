@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -18,9 +21,11 @@ from cocoon.attestation.freshness import NonceBook
 from cocoon.attestation.policy import MeasurementSet, Policy, PolicyError
 from cocoon.attestation.quote import QuoteFormatError, decode_quote_input, parse_quote
 from cocoon.attestation.registry import Registry, RegistryError
+from cocoon.attestation.registry_mirror import MirrorError
+from cocoon.attestation.registry_topic import publish_registry, read_registry
 from cocoon.attestation.simtdx import SimTdx
 from cocoon.attestation.verify import Verifier
-from cocoon.core.paths import cache_dir
+from cocoon.core.bus.admin import default_bootstrap
 
 QUOTE_SCHEMA = "cocoon.attestation.quote/1"
 
@@ -167,100 +172,179 @@ def simulate_cmd(
     )
 
 
-# ---- `cocoon registry`: a local, file-backed registry (the Kafka mirror comes later) --------
+# ---- `cocoon registry`: the compacted registry topic, or a local file with --file ------------
 
 registry_app = typer.Typer(
-    help="Edit the attestation registry file (allowed images, measurements, models, TCB).",
+    help="Edit the attestation registry (allowed images, measurements, models, TCB statuses). "
+    "Writes to the attestation.registry topic; --file edits a local JSON file instead.",
     no_args_is_help=True,
 )
-RegistryFile = Annotated[Path | None, typer.Option("--file", help="Registry JSON file.")]
+RegistryFile = Annotated[
+    Path | None, typer.Option("--file", help="Edit this registry JSON file, not the topic.")
+]
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(help="Kafka bootstrap (default: COCOON_KAFKA_BOOTSTRAP or the local broker)."),
+]
+Prefix = Annotated[str | None, typer.Option(help="Topic prefix (default: COCOON_TOPIC_PREFIX).")]
 
 
-def _registry_path(path: Path | None) -> Path:
-    return path if path is not None else cache_dir() / "attestation" / "registry.json"
+def _kafka(bootstrap: str | None) -> str:
+    return bootstrap or default_bootstrap()
 
 
-def _edit(path: Path | None, change: Callable[[Registry], object]) -> None:
-    p = _registry_path(path)
+def _load_registry(file: Path | None, bootstrap: str | None, prefix: str | None) -> Registry:
     try:
-        reg = Registry.load(p)
-        change(reg)
-    except (RegistryError, PolicyError) as exc:
+        if file is not None:
+            return Registry.load(file)
+        return asyncio.run(read_registry(_kafka(bootstrap), prefix=prefix)).registry
+    except (RegistryError, MirrorError, KafkaError) as exc:
         raise _fail(str(exc)) from None
-    reg.save(p)
-    typer.echo(f"updated {p}")
+
+
+def _edit(
+    file: Path | None,
+    bootstrap: str | None,
+    prefix: str | None,
+    change: Callable[[Registry], object],
+) -> None:
+    try:
+        if file is not None:
+            reg = Registry.load(file)
+            change(reg)
+            reg.save(file)
+            typer.echo(f"updated {file}")
+            return
+        state, entries = asyncio.run(publish_registry(_kafka(bootstrap), change, prefix=prefix))
+    except (RegistryError, PolicyError, MirrorError, KafkaError) as exc:
+        raise _fail(str(exc)) from None
+    for e in entries:
+        typer.echo(f"{'allow ' if e.allowed else 'remove'} {e.entry_id}")
+    typer.echo(f"registry version {state.version} ({len(entries)} change(s))")
 
 
 @registry_app.command("show")
-def registry_show(file: RegistryFile = None) -> None:
+def registry_show(
+    file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
     """Print the registry as JSON."""
-    try:
-        typer.echo(json.dumps(Registry.load(_registry_path(file)).to_dict(), indent=2))
-    except RegistryError as exc:
-        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(_load_registry(file, bootstrap, prefix).to_dict(), indent=2))
 
 
 @registry_app.command("add-image")
-def registry_add_image(image_hash: str, file: RegistryFile = None) -> None:
+def registry_add_image(
+    image_hash: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
     """Allow an image hash."""
-    _edit(file, lambda r: r.add_image(image_hash))
+    _edit(file, bootstrap, prefix, lambda r: r.add_image(image_hash))
 
 
 @registry_app.command("remove-image")
-def registry_remove_image(image_hash: str, file: RegistryFile = None) -> None:
-    """Stop allowing an image hash."""
-    _edit(file, lambda r: r.remove_image(image_hash))
+def registry_remove_image(
+    image_hash: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Stop allowing an image hash (revokes the verdicts that rely on it)."""
+    _edit(file, bootstrap, prefix, lambda r: r.remove_image(image_hash))
+
+
+def _measurement_set(mrtd: str, rtmr0: str, rtmr1: str, rtmr2: str, rtmr3: str) -> MeasurementSet:
+    d = {"mrtd": mrtd, "rtmr0": rtmr0, "rtmr1": rtmr1, "rtmr2": rtmr2, "rtmr3": rtmr3}
+    try:
+        return MeasurementSet.from_dict(d)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
 
 
 @registry_app.command("add-measurements")
 def registry_add_measurements(
-    mrtd: str, rtmr0: str, rtmr1: str, rtmr2: str, rtmr3: str, file: RegistryFile = None
+    mrtd: str,
+    rtmr0: str,
+    rtmr1: str,
+    rtmr2: str,
+    rtmr3: str,
+    file: RegistryFile = None,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
 ) -> None:
     """Allow an MRTD + RTMR0..3 set."""
-    d = {"mrtd": mrtd, "rtmr0": rtmr0, "rtmr1": rtmr1, "rtmr2": rtmr2, "rtmr3": rtmr3}
-    _edit(file, lambda r: r.add_measurements(MeasurementSet.from_dict(d)))
+    m = _measurement_set(mrtd, rtmr0, rtmr1, rtmr2, rtmr3)
+    _edit(file, bootstrap, prefix, lambda r: r.add_measurements(m))
+
+
+@registry_app.command("remove-measurements")
+def registry_remove_measurements(
+    mrtd: str,
+    rtmr0: str,
+    rtmr1: str,
+    rtmr2: str,
+    rtmr3: str,
+    file: RegistryFile = None,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+) -> None:
+    """Stop allowing an MRTD + RTMR0..3 set."""
+    m = _measurement_set(mrtd, rtmr0, rtmr1, rtmr2, rtmr3)
+    _edit(file, bootstrap, prefix, lambda r: r.remove_measurements(m))
 
 
 @registry_app.command("add-model")
-def registry_add_model(name: str, model_hash: str, file: RegistryFile = None) -> None:
+def registry_add_model(
+    name: str,
+    model_hash: str,
+    file: RegistryFile = None,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+) -> None:
     """Allow a model (name and SHA-256 of its identity)."""
-    _edit(file, lambda r: r.add_model(name, model_hash))
+    _edit(file, bootstrap, prefix, lambda r: r.add_model(name, model_hash))
 
 
 @registry_app.command("remove-model")
-def registry_remove_model(name: str, file: RegistryFile = None) -> None:
-    """Stop allowing a model."""
-    _edit(file, lambda r: r.remove_model(name))
+def registry_remove_model(
+    name: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Stop allowing a model (revokes the verdicts of workers serving it)."""
+    _edit(file, bootstrap, prefix, lambda r: r.remove_model(name))
 
 
 @registry_app.command("allow-tcb")
-def registry_allow_tcb(status: str, file: RegistryFile = None) -> None:
+def registry_allow_tcb(
+    status: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
     """Accept a TCB status (UpToDate is accepted by default)."""
-    _edit(file, lambda r: r.allow_tcb(status))
+    _edit(file, bootstrap, prefix, lambda r: r.allow_tcb(status))
 
 
 @registry_app.command("disallow-tcb")
-def registry_disallow_tcb(status: str, file: RegistryFile = None) -> None:
+def registry_disallow_tcb(
+    status: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
     """Stop accepting a TCB status."""
-    _edit(file, lambda r: r.disallow_tcb(status))
+    _edit(file, bootstrap, prefix, lambda r: r.disallow_tcb(status))
 
 
 @registry_app.command("export")
-def registry_export(target: Path, file: RegistryFile = None) -> None:
+def registry_export(
+    target: Path, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
     """Write the registry to a file."""
-    try:
-        Registry.load(_registry_path(file)).save(target)
-    except RegistryError as exc:
-        raise _fail(str(exc)) from None
+    _load_registry(file, bootstrap, prefix).save(target)
     typer.echo(f"exported to {target}")
 
 
 @registry_app.command("import")
-def registry_import(source: Path, file: RegistryFile = None) -> None:
-    """Replace the registry with the contents of a file."""
+def registry_import(
+    source: Path, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Make the registry equal to a file: what the file lacks is removed (and revoked)."""
     try:
-        reg = Registry.from_dict(json.loads(source.read_text()))
+        new = Registry.from_dict(json.loads(source.read_text()))
     except (RegistryError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    reg.save(_registry_path(file))
+
+    def replace_all(reg: Registry) -> None:
+        for f in dataclasses.fields(Registry):
+            setattr(reg, f.name, getattr(new, f.name))
+
+    _edit(file, bootstrap, prefix, replace_all)
     typer.echo(f"imported {source}")

@@ -1,0 +1,371 @@
+"""`cocoon run attestation`: evidence in, signed verdicts out, the registry followed live.
+
+    attestation.evidence  --(BusConsumer, group "attestation")-->  verify  -->  attestation.verdicts
+    attestation.registry  --(mirror, every replica reads all)-->   policy allow-lists, revocations
+    attestation.verdicts  --(mirror)-->  outstanding challenges, trusted workers, seen claims
+
+See docs/attestation.md ("The service") for freshness, replay rules and revocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+from pydantic import Field
+
+from cocoon.attestation.claims import Claims, ClaimsError
+from cocoon.attestation.collateral import BundleSource, CollateralSource, PcsSource
+from cocoon.attestation.policy import MeasurementSet, Policy
+from cocoon.attestation.registry_mirror import CompactedMirror
+from cocoon.attestation.registry_topic import REGISTRY_TOPIC, RegistryState
+from cocoon.attestation.replay import ChallengeBook, SeenClaims
+from cocoon.attestation.simtdx import SimTdx
+from cocoon.attestation.verdicts import (
+    ServiceKey,
+    default_key_path,
+    rejected_record,
+    revoked_record,
+    trusted_record,
+)
+from cocoon.attestation.verify import Verdict as Check
+from cocoon.attestation.verify import Verifier
+from cocoon.core.bus import BusConsumer, BusProducer, Message
+from cocoon.core.bus.settings import topic_prefix
+from cocoon.core.codec import models
+from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.verdicts import TRUSTED
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_TOPIC = "attestation.evidence"
+VERDICTS_TOPIC = "attestation.verdicts"
+INTEL_PCS = "https://api.trustedservices.intel.com"
+
+VERDICTS = Counter(
+    "cocoon_attestation_verdicts", "Verdicts published, by status", ["status"]
+)  # _total is added by prometheus_client
+
+
+class Settings(ServiceSettings):
+    topic_prefix: str | None = Field(
+        None, description="physical topic prefix (tests, side by side)"
+    )
+    verdict_ttl_hours: float = Field(6.0, gt=0, le=72, description="lifetime of a TRUSTED verdict")
+    service_key_file: Path | None = Field(None, description="Ed25519 PEM; default in cache dir")
+    create_service_key: bool = Field(True, description="create the key file if it is missing")
+    policy_file: Path | None = Field(None, description="base policy (roots, freshness bounds)")
+    collateral_file: Path | None = Field(None, description="offline collateral bundle")
+    pccs_url: str | None = Field(None, description="PCCS / Intel PCS v4 base URL")
+    dev_simtdx: bool = Field(False, description="trust the local simulated TDX root (dev only)")
+    simtdx_dir: Path | None = Field(None, description="simulated TDX state directory")
+    evidence_group: str = "attestation"
+
+
+def base_policy_and_collateral(settings: Settings) -> tuple[Policy, CollateralSource]:
+    """The policy whose allow-lists the registry fills, and where collateral comes from."""
+    policy = Policy.from_file(settings.policy_file) if settings.policy_file else Policy()
+    if settings.dev_simtdx:
+        # Explicit opt-in: the test root is added to whatever the policy already trusts.
+        sim = SimTdx.load_or_create(settings.simtdx_dir)
+        if sim.trust_anchor not in policy.trusted_roots:
+            policy = replace(
+                policy,
+                name=f"{policy.name}+{sim.trust_anchor.name}",
+                trusted_roots=(*policy.trusted_roots, sim.trust_anchor),
+            )
+        items = [sim.collateral()]
+        if settings.collateral_file:
+            items += BundleSource.from_file(settings.collateral_file).items
+        return policy, BundleSource(items)
+    if settings.collateral_file:
+        return policy, BundleSource.from_file(settings.collateral_file)
+    return policy, PcsSource(settings.pccs_url or INTEL_PCS)
+
+
+def _measurements(check: Check) -> bytes:
+    m = check.measurements
+    return b"".join(bytes.fromhex(m[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
+
+
+class AttestationService(Service):
+    name = "attestation"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policy: Policy | None = None,
+        collateral: CollateralSource | None = None,
+        key: ServiceKey | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.prefix = topic_prefix() if settings.topic_prefix is None else settings.topic_prefix
+        if policy is None or collateral is None:
+            default_policy, default_collateral = base_policy_and_collateral(settings)
+            policy = policy or default_policy
+            collateral = collateral or default_collateral
+        self.base_policy = policy
+        self.key = key or ServiceKey.load(
+            settings.service_key_file or default_key_path(), create=settings.create_service_key
+        )
+        self.clock = clock
+        self.ttl_seconds = int(settings.verdict_ttl_hours * 3600)
+        self.registry = RegistryState()
+        self.challenges = ChallengeBook()
+        self.seen = SeenClaims()
+        self.verifier = Verifier(self.registry.registry.apply(policy), collateral, self.challenges)
+        self.trusted: dict[str, Any] = {}  # worker -> its current TRUSTED verdict model
+        self.last_evidence: dict[str, str] = {}  # worker -> evidence id of its latest verdict
+        self._lock = asyncio.Lock()  # registry changes and verify+publish never interleave
+        self.producer: BusProducer | None = None
+        self.consumer: BusConsumer | None = None
+        self._mirrors: list[CompactedMirror] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        bootstrap, client = (
+            self.settings.kafka_bootstrap,
+            f"attestation-{self.settings.instance_id}",
+        )
+        log.info("attestation service key %s (pin %s)", self.key.key_id, self.key.public.hex())
+        self.producer = BusProducer(bootstrap, client_id=client, prefix=self.prefix)
+        await self.producer.start()
+        registry = CompactedMirror(bootstrap, REGISTRY_TOPIC, prefix=self.prefix, client_id=client)
+        verdicts = CompactedMirror(bootstrap, VERDICTS_TOPIC, prefix=self.prefix, client_id=client)
+        for mirror in (registry, verdicts):
+            await mirror.start()
+            self._mirrors.append(mirror)
+        await registry.catch_up(self._registry_record)
+        await verdicts.catch_up(self._verdict_record)
+        async with self._lock:
+            self._apply_registry()
+            await self._revoke_disallowed()  # changes made while the service was down
+        self.consumer = BusConsumer(
+            bootstrap,
+            [EVIDENCE_TOPIC],
+            group_id=self.settings.evidence_group,
+            client_id=client,
+            handler=self.on_evidence,
+            prefix=self.prefix,
+        )
+        await self.consumer.start()
+        log.info(
+            "attestation ready: registry version %d, %d trusted workers",
+            self.registry.version,
+            len(self.trusted),
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        assert self.consumer is not None
+        registry, verdicts = self._mirrors
+        tasks = [
+            asyncio.ensure_future(self.consumer.run()),
+            asyncio.ensure_future(self._follow(registry, self._on_registry, stopping)),
+            asyncio.ensure_future(self._follow(verdicts, self._verdict_record, stopping)),
+        ]
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        await self.consumer.stop()  # finishes the record in hand and commits
+        for task in tasks[1:]:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # re-raises a crash of the consumer loop or a follower
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        for mirror in self._mirrors:
+            await mirror.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    @staticmethod
+    async def _follow(mirror: CompactedMirror, handler: Any, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await mirror.poll(handler, timeout_ms=100)
+
+    # ---- evidence --------------------------------------------------------------------------
+
+    async def on_evidence(self, message: Message) -> None:
+        ev = message.value
+        if self.last_evidence.get(ev.worker_id) == ev.evidence_id:
+            log.info("evidence %s already judged (redelivery); skipped", ev.evidence_id)
+            return
+        async with self._lock:
+            now = self.clock()
+            verdict = await self._judge(ev, int(now))
+            await self._publish(verdict)
+
+    async def _judge(self, ev: Any, at: int) -> models.Verdict:
+        reject = self._rejecter(ev, at)
+        try:
+            claims = Claims.decode(ev.claims)
+        except ClaimsError as exc:
+            return reject(f"malformed claims: {exc}")
+        nonce = claims.freshness.nonce
+        if ev.nonce is not None and ev.nonce != nonce:
+            return reject("evidence nonce does not match the nonce in the claims")
+        report_data = claims.report_data()
+        if nonce is not None:
+            problem = self.challenges.owner_problem(ev.worker_id, nonce)
+            if problem:
+                return reject(problem)
+        else:
+            earlier = self.seen.seen(report_data, at)
+            if earlier is not None:
+                return reject(f"replay: these claims were already presented in {earlier}")
+        # dcap-qvl and a PCS fetch on a cache miss block; keep the loop (heartbeats) responsive.
+        check = await asyncio.to_thread(self.verifier.verify, ev.tdx_quote, claims, at)
+        if not check.accepted:
+            return reject(check.reason, check)
+        expires = at + self.ttl_seconds
+        if check.collateral_not_after:
+            expires = min(expires, check.collateral_not_after)  # never past the collateral
+        self.challenges.withdraw(ev.worker_id)  # one outstanding challenge per worker
+        challenge = self.challenges.issue_for(ev.worker_id, expires)
+        policy = self.verifier.policy
+        self.seen.remember(report_data, at + policy.max_age_seconds, ev.evidence_id)
+        return self.key.sign(
+            trusted_record(
+                worker_id=ev.worker_id,
+                evidence_id=ev.evidence_id,
+                claims=claims,
+                check=check,
+                now_ms=at * 1000,
+                expires_ms=expires * 1000,
+                registry_version=self.registry.version,
+                challenge=challenge,
+                measurements=_measurements(check),
+            )
+        )
+
+    def _rejecter(self, ev: Any, at: int) -> Callable[..., models.Verdict]:
+        def reject(reason: str, check: Check | None = None) -> models.Verdict:
+            return self.key.sign(
+                rejected_record(
+                    worker_id=ev.worker_id,
+                    evidence_id=ev.evidence_id,
+                    reason=reason,
+                    now_ms=at * 1000,
+                    registry_version=self.registry.version,
+                    check=check,
+                )
+            )
+
+        return reject
+
+    async def _publish(self, verdict: models.Verdict) -> None:
+        assert self.producer is not None
+        await self.producer.send(VERDICTS_TOPIC, verdict)
+        self._verdict_record(verdict.worker_id, verdict)
+        VERDICTS.labels(verdict.status).inc()
+        log.info(
+            "verdict %s for %s: %s",
+            verdict.status,
+            verdict.worker_id,
+            verdict.reason or "accepted",
+            extra={"worker_id": verdict.worker_id, "evidence_id": verdict.evidence_id},
+        )
+
+    def _verdict_record(self, key: str | None, verdict: Any) -> None:
+        """Track the verdicts topic (ours and other replicas'): trust, challenges, seen claims."""
+        if key is None:
+            return
+        if verdict is None:  # tombstone after a revocation
+            self.trusted.pop(key, None)
+            return
+        if verdict.attestor_key_id != self.key.key_id:
+            return  # another key's verdicts (a rotated key) do not restore state
+        if verdict.evidence_id:
+            self.last_evidence[key] = verdict.evidence_id
+        expires = int(verdict.expires_at.timestamp())
+        if verdict.status == TRUSTED and expires > self.clock():
+            self.trusted[key] = verdict
+            if verdict.challenge:
+                self.challenges.withdraw(key)
+                self.challenges.restore(key, verdict.challenge, expires)
+            if verdict.report_data:
+                issued = int(verdict.issued_at.timestamp())
+                until = issued + self.base_policy.max_age_seconds
+                self.seen.remember(verdict.report_data, until, verdict.evidence_id or "")
+        else:
+            self.trusted.pop(key, None)
+
+    # ---- registry --------------------------------------------------------------------------
+
+    def _registry_record(self, key: str | None, value: Any) -> None:
+        try:
+            self.registry.update(key, value)
+        except ValueError as exc:
+            log.warning("ignoring registry entry %s: %s", key, exc)
+
+    async def _on_registry(self, key: str | None, value: Any) -> None:
+        async with self._lock:
+            before = self.registry.version, dict(self.registry.entries)
+            self._registry_record(key, value)
+            if (self.registry.version, self.registry.entries) == before:
+                return
+            self._apply_registry()
+            await self._revoke_disallowed()
+
+    def _apply_registry(self) -> None:
+        self.verifier.policy = self.registry.registry.apply(self.base_policy)
+        log.info("registry version %d applied", self.registry.version)
+
+    def _disallowed(self, verdict: Any) -> str | None:
+        """Why the current registry no longer allows a TRUSTED verdict (None: still allowed)."""
+        policy, version = self.verifier.policy, self.registry.version
+        image = (verdict.image_hash or b"").hex()
+        m = verdict.measurements or b""
+        allowed_set = len(m) == 240 and (
+            MeasurementSet(m[:48], (m[48:96], m[96:144], m[144:192], m[192:240]))
+            in policy.allowed_measurements
+        )
+        if image not in policy.allowed_image_hashes and not allowed_set:
+            return f"image hash {image} revoked by registry version {version}"
+        for model in verdict.models:
+            if policy.allowed_models is not None and model not in policy.allowed_models:
+                return f"model {model!r} revoked by registry version {version}"
+        if verdict.tcb_status not in policy.accepted_tcb_statuses:
+            return (
+                f"TCB status {verdict.tcb_status} no longer accepted (registry version {version})"
+            )
+        return None
+
+    async def _revoke_disallowed(self) -> None:
+        assert self.producer is not None
+        now_ms = int(self.clock() * 1000)
+        for worker, verdict in list(self.trusted.items()):
+            reason = self._disallowed(verdict)
+            if reason is None:
+                continue
+            revoked = self.key.sign(
+                revoked_record(
+                    worker_id=worker,
+                    reason=reason,
+                    now_ms=now_ms,
+                    registry_version=self.registry.version,
+                    previous=verdict,
+                )
+            )
+            await self._publish(revoked)
+            # The tombstone follows, so the compacted topic forgets the worker entirely.
+            await self.producer.send_raw(VERDICTS_TOPIC, None, key=worker.encode())
+            self.trusted.pop(worker, None)
+            self.challenges.withdraw(worker)
+
+
+def build(settings: Settings) -> AttestationService:
+    return AttestationService(settings)

@@ -1,0 +1,219 @@
+"""Attestation verdicts as their readers see them: the signed fields and their verification.
+
+The attestation service signs every record it writes to `attestation.verdicts` with its Ed25519
+key. Gateways, schedulers and billing pin that key's 32 raw bytes and call:
+
+    from cocoon.core.verdicts import VerdictError, verify_verdict
+
+    try:
+        v = verify_verdict(message.value, pinned_key, time.time())
+    except VerdictError as exc:           # bad signature, other key, expired, malformed
+        ...                               # treat the worker as untrusted; exc.code says why
+    if v.trusted:                         # status TRUSTED and not expired
+        keys = v.signing_key, v.hpke_public_key, v.hpke_x25519
+
+Signed message: `canonical_bytes({"domain": VERDICT_DOMAIN, "payload": fields})` (see
+cocoon.core.crypto) where `fields` are exactly SIGNED_FIELDS, timestamps as integer unix
+milliseconds and absent values as None. The list is fixed by the domain, not by the Avro version,
+so a later schema version that adds fields does not change what old verifiers check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cocoon.core.crypto.canonical import load_ed25519_public, signed_message, verify_canonical
+from cocoon.core.crypto.errors import CryptoError
+
+VERDICT_DOMAIN = "cocoon/attestation-verdict/v1"
+TRUSTED, REJECTED, REVOKED, EXPIRED = "TRUSTED", "REJECTED", "REVOKED", "EXPIRED"
+
+SIGNED_FIELDS: tuple[str, ...] = (
+    "verdict_id",
+    "worker_id",
+    "evidence_id",
+    "status",
+    "reason",
+    "image_hash",
+    "models",
+    "signing_key",
+    "hpke_public_key",
+    "hpke_suite",
+    "hpke_x25519",
+    "tcb_status",
+    "registry_version",
+    "issued_at",
+    "expires_at",
+    "report_data",
+    "measurements",
+    "challenge",
+    "attestor_key_id",
+)
+_TIMES = ("issued_at", "expires_at")
+
+
+class VerdictError(ValueError):
+    """A verdict that must not be trusted; `code` is one of the class constants."""
+
+    MALFORMED = "malformed"
+    WRONG_KEY = "wrong_key"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class VerifiedVerdict:
+    """A verdict whose signature checked out under the pinned key."""
+
+    verdict_id: str
+    worker_id: str
+    status: str  # TRUSTED | REJECTED | REVOKED | EXPIRED
+    reason: str | None
+    models: tuple[str, ...]
+    signing_key: bytes | None  # worker's Ed25519 key (receipts)
+    hpke_public_key: bytes | None  # ML-KEM-768+X25519 (1216 bytes), the default suite
+    hpke_suite: str | None
+    hpke_x25519: bytes | None  # classical X25519 suite
+    image_hash: bytes | None
+    tcb_status: str | None
+    registry_version: int
+    issued_at: float  # unix seconds
+    expires_at: float  # unix seconds
+    challenge: bytes | None
+
+    @property
+    def trusted(self) -> bool:
+        """Only TRUSTED verdicts that were unexpired at verification time get here as such."""
+        return self.status == TRUSTED
+
+
+def _millis(value: Any) -> int:
+    # fastavro and the generated models give timestamp-millis as datetime; signing uses int ms.
+    if isinstance(value, datetime):
+        return round(value.timestamp() * 1000)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise VerdictError(VerdictError.MALFORMED, f"timestamp {value!r} is not a time")
+
+
+def _as_mapping(verdict: Any) -> Mapping[str, Any]:
+    if isinstance(verdict, Mapping):
+        return verdict
+    if hasattr(verdict, "model_dump"):  # a generated pydantic model
+        return verdict.model_dump(mode="python")
+    raise VerdictError(VerdictError.MALFORMED, f"not a verdict: {type(verdict).__name__}")
+
+
+def signed_fields(verdict: Any) -> dict[str, Any]:
+    """The mapping the signature covers, from a verdict model or its Avro dict."""
+    d = _as_mapping(verdict)
+    out: dict[str, Any] = {}
+    for name in SIGNED_FIELDS:
+        value = d.get(name)
+        if name in _TIMES:
+            value = _millis(value)
+        elif name == "models":
+            value = [str(m) for m in (value or ())]
+        elif name == "status" and value is not None:
+            value = str(value)
+        elif isinstance(value, bytearray | memoryview):
+            value = bytes(value)
+        out[name] = value
+    return out
+
+
+def verdict_message(verdict: Any) -> bytes:
+    """The exact bytes the service signs, for verifiers with their own Ed25519 code."""
+    return signed_message(VERDICT_DOMAIN, signed_fields(verdict))
+
+
+def key_id(public_key: bytes) -> str:
+    """The `attestor_key_id` of a service key: 'att-' + first 8 bytes of SHA-256, hex."""
+    return "att-" + hashlib.sha256(bytes(public_key)).digest()[:8].hex()
+
+
+def load_pinned_key(value: str | bytes | Path) -> bytes:
+    """32 raw bytes from raw bytes, 64 hex digits, or a file holding the hex (`*.pub`)."""
+    if isinstance(value, bytes | bytearray) and len(value) == 32:
+        return bytes(value)
+    if isinstance(value, Path):
+        text = value.read_text()
+    elif isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("ascii", "replace")
+    else:
+        text = value
+        if len(text.strip()) != 64 and Path(text).is_file():
+            text = Path(text).read_text()
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise VerdictError(VerdictError.MALFORMED, "a pinned key is 32 bytes (64 hex digits)")
+    return raw
+
+
+def verify_verdict(verdict: Any, pinned_public_key: bytes, now: float) -> VerifiedVerdict:
+    """Check the verdict's signature under the pinned key and, for TRUSTED, its expiry.
+
+    `verdict` is the generated `models.Verdict` (or its Avro dict); `now` is unix seconds.
+    Raises `VerdictError` (with `.code`) for anything that must not be trusted. Rejections and
+    revocations verify too and come back with `trusted == False`.
+    """
+    fields = signed_fields(verdict)
+    d = _as_mapping(verdict)
+    signature = d.get("signature")
+    if not isinstance(signature, bytes | bytearray) or len(signature) != 64:
+        raise VerdictError(VerdictError.MALFORMED, "verdict has no 64-byte signature")
+    try:
+        pinned = bytes(pinned_public_key)
+        load_ed25519_public(pinned)
+    except (CryptoError, TypeError) as exc:
+        raise VerdictError(VerdictError.MALFORMED, f"pinned key unusable: {exc}") from None
+    if fields["attestor_key_id"] != key_id(pinned):
+        raise VerdictError(
+            VerdictError.WRONG_KEY,
+            f"verdict signed by {fields['attestor_key_id']!r}, pinned key is {key_id(pinned)!r}",
+        )
+    try:
+        verify_canonical(pinned, VERDICT_DOMAIN, fields, bytes(signature))
+    except CryptoError:
+        raise VerdictError(
+            VerdictError.BAD_SIGNATURE, f"verdict {fields['verdict_id']!r}: bad signature"
+        ) from None
+    expires = fields["expires_at"] / 1000
+    if fields["status"] == TRUSTED:
+        if not fields["signing_key"] or not fields["hpke_public_key"]:
+            raise VerdictError(VerdictError.MALFORMED, "TRUSTED verdict without worker keys")
+        if now >= expires:
+            raise VerdictError(
+                VerdictError.EXPIRED,
+                f"verdict {fields['verdict_id']!r} for {fields['worker_id']!r} expired at "
+                f"{expires:.0f} (now {now:.0f})",
+            )
+    return VerifiedVerdict(
+        verdict_id=str(fields["verdict_id"]),
+        worker_id=str(fields["worker_id"]),
+        status=str(fields["status"]),
+        reason=fields["reason"],
+        models=tuple(fields["models"]),
+        signing_key=fields["signing_key"],
+        hpke_public_key=fields["hpke_public_key"],
+        hpke_suite=fields["hpke_suite"],
+        hpke_x25519=fields["hpke_x25519"],
+        image_hash=fields["image_hash"],
+        tcb_status=fields["tcb_status"],
+        registry_version=int(fields["registry_version"] or 0),
+        issued_at=fields["issued_at"] / 1000,
+        expires_at=expires,
+        challenge=fields["challenge"],
+    )
