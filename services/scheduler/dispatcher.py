@@ -127,6 +127,11 @@ class Dispatcher:
         if reservation.status != "HELD" or reservation.request_id in self.requests:
             return []  # rejected (the gateway answers 402) or a duplicate
         deadline = reservation.deadline_at.timestamp()
+        if deadline <= now:
+            # Replayed after its deadline (e.g. a first start reading old reservations): the
+            # gateway has answered 504 and reports the outcome. Not stored: a replay of it is
+            # skipped by the same rule, and old reservations must not fill memory.
+            return []
         request = Request(
             request_id=reservation.request_id,
             model=reservation.model,
@@ -138,10 +143,6 @@ class Dispatcher:
         )
         self.requests[request.request_id] = request
         self._pending[request.request_id] = request
-        if deadline <= now:
-            # Replayed after its deadline: the gateway has answered 504 and reports the outcome.
-            self._done(request, now)
-            return []
         return self._try_place(request, now)
 
     def on_first_chunk(self, request_id: str, attempt: int, seq: int) -> bool:

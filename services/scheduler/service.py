@@ -31,13 +31,14 @@ from pydantic import Field, field_validator
 from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.codec import models
+from cocoon.core.crypto.errors import CryptoError
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.verdicts import VerdictError, load_pinned_key, verify_verdict
 from cocoon.scheduler import metrics
 from cocoon.scheduler.chunks import chunk_head
 from cocoon.scheduler.dispatcher import Dispatcher, Timing
 from cocoon.scheduler.feeds import Feed
-from cocoon.scheduler.pool import WorkerPool
+from cocoon.scheduler.pool import PoolError, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def admit_verdict(verdict: models.Verdict, pinned_key: bytes, now: float) -> str
         checked = verify_verdict(verdict, pinned_key, now)
     except VerdictError as exc:
         return f"{exc.code}: {exc}"
+    except (CryptoError, ValueError) as exc:  # fields the canonical encoding refuses
+        return f"malformed: {exc}"
     if not checked.trusted:
         return f"status {checked.status}"
     return None
@@ -238,7 +241,10 @@ class Scheduler(Service):
         if heartbeat is not None:
             # The worker's send time, but never in our future (its clock may run ahead).
             seen = min(_now(), record.timestamp / 1000)
-            self._queue(self.dispatcher.on_heartbeat(heartbeat, seen))
+            try:
+                self._queue(self.dispatcher.on_heartbeat(heartbeat, seen))
+            except PoolError as exc:  # e.g. a negative capacity: that worker's problem, not ours
+                log.warning("ignoring heartbeat of %s: %s", heartbeat.worker_id, exc)
 
     def _on_chunk(self, record: ConsumerRecord) -> None:
         if record.value is None:

@@ -270,6 +270,12 @@ async def test_held_reservation_goes_to_an_attested_worker_only(kafka_bootstrap,
         for worker_id in others:
             assert not pool.placeable(pool.get(worker_id), "m", time.time())
 
+        # Records the scheduler cannot use are skipped without stopping it.
+        await net.producer.send_raw("worker.heartbeats", b"junk", key=b"w-junk")
+        await net.producer.send_raw("attestation.verdicts", b"junk", key=b"w-junk")
+        bad = heartbeat("w-bad", 1).model_copy(update={"max_active_requests": -1})
+        await net.send("worker.heartbeats", bad)
+
         sent_at = time.time()
         rids = [f"r-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
         for rid in rids:
