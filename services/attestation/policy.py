@@ -15,8 +15,13 @@ Policy JSON (`Policy.from_dict`; unknown keys are refused so a typo cannot weake
       "allowed_advisories": ["INTEL-SA-…"],
       "mr_service_td": "require-zero",
       "freshness": {"max_age_seconds": 600, "max_skew_seconds": 60},
-      "allowed_models": null
+      "allowed_models": null,
+      "require_gpu_cc_models": []
     }
+
+A model listed in `require_gpu_cc_models` is accepted only with a GPU verdict in
+`PolicyInput.extra["gpu"]` that accepted the worker's NVIDIA CC evidence
+(`cocoon.attestation.gpu.verify.evaluate_gpu`).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ _KEYS = {
     "mr_service_td",
     "freshness",
     "allowed_models",
+    "require_gpu_cc_models",
 }
 
 
@@ -104,6 +110,7 @@ class Policy:
     max_age_seconds: int = 600
     max_skew_seconds: int = 60
     allowed_models: frozenset[str] | None = None  # None: any model (the registry decides)
+    require_gpu_cc_models: frozenset[str] = frozenset()  # need verified GPU CC evidence
 
     def __post_init__(self) -> None:
         if not self.trusted_roots:
@@ -166,6 +173,7 @@ class Policy:
                 allowed_models=(
                     None if d.get("allowed_models") is None else frozenset(d["allowed_models"])
                 ),
+                require_gpu_cc_models=frozenset(d.get("require_gpu_cc_models", [])),
             )
         except (TypeError, AttributeError) as exc:
             raise PolicyError(f"malformed policy: {exc}") from None
@@ -200,6 +208,7 @@ class Policy:
                 "max_skew_seconds": self.max_skew_seconds,
             },
             "allowed_models": None if self.allowed_models is None else sorted(self.allowed_models),
+            "require_gpu_cc_models": sorted(self.require_gpu_cc_models),
         }
 
 
@@ -265,6 +274,8 @@ def evaluate(policy: Policy, inp: PolicyInput) -> list[Check]:
             add("model", True, f"model {claims.model!r} allowed")
         else:
             add("model", False, f"model {claims.model!r} is not allowed by policy")
+        if claims.model in policy.require_gpu_cc_models:
+            add("gpu_cc", *_gpu_cc(claims.model, inp.extra.get("gpu")))
 
     add(
         "debug",
@@ -322,6 +333,15 @@ def _freshness(policy: Policy, claims: Claims, inp: PolicyInput) -> tuple[bool, 
     if ts < inp.at - policy.max_age_seconds:
         return False, f"claims timestamp {ts} is older than {policy.max_age_seconds}s"
     return True, f"claims timestamp within {policy.max_age_seconds}s"
+
+
+def _gpu_cc(model: str, gpu: Any) -> tuple[bool, str]:
+    # `gpu` is a GpuVerdict (duck-typed so this module does not depend on the GPU package).
+    if gpu is None:
+        return False, f"model {model!r} requires a GPU in CC mode; no GPU evidence was verified"
+    if not gpu.accepted:
+        return False, f"model {model!r} requires a GPU in CC mode; GPU evidence: {gpu.reason}"
+    return True, "GPU in CC mode verified"
 
 
 def first_failure(checks: Iterable[Check]) -> Check | None:
