@@ -288,6 +288,12 @@ class BillingEngine:
         """Charge a verified receipt against its hold, or reject it with a reason (never both)."""
         rid = receipt.request_id
         digest = receipt_digest(receipt)
+        earlier = self.ledger.get(f"reject:{digest}")
+        if earlier is not None:
+            # The first decision on a receipt stands, so a replay decides the same way even
+            # if the hold has since expired.
+            m = earlier.meta
+            return CaptureResult("rejected", rid, reason=Rejection(m["reason"]), detail=m["detail"])
         closed_by = self._closed.get(rid)
         if closed_by is not None:
             closing = self.ledger.get(closed_by)

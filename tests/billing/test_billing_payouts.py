@@ -1,0 +1,184 @@
+"""Payouts against the pytvm-backed node: batched, confirmed, and never paid twice, even when the
+payout process is SIGKILLed between signing and confirmation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from billing_support import Workers
+from payout_process import PRICES, THRESHOLD
+from support.ton_node import TonNode
+from ton_support import TON
+
+from cocoon.billing.audit import audit
+from cocoon.billing.engine import BillingEngine
+from cocoon.billing.journal import FileJournal
+from cocoon.billing.pricing import Usage
+from cocoon.billing.ton.api import TonApi, TonApiError
+from cocoon.billing.ton.payouts import PayoutService, PayoutStore
+from cocoon.billing.ton.wallet import PayoutWallet
+
+HERE = Path(__file__).parent
+DESTS = {"w1": "0:" + "a1" * 32, "w2": "0:" + "b2" * 32, "w3": "0:" + "c3" * 32}
+
+
+def earn(engine: BillingEngine, workers: Workers, worker: str, tokens: int, n: int) -> None:
+    """Real client requests captured from signed receipts give the worker its earnings."""
+    rid = f"{worker}-req-{n}"
+    engine.open_hold(rid, "acct", max_tokens=tokens, prompt_size=10, max_coefficient=1000,
+                     expires_at_ms=10**12)  # fmt: skip
+    engine.capture(workers.receipt(rid, worker, Usage(10, 0, tokens, 0)))
+
+
+def funded_engine(tmp_path: Path, workers: Workers) -> tuple[BillingEngine, FileJournal]:
+    journal = FileJournal(tmp_path / "ledger.jsonl")
+    engine = BillingEngine(PRICES, workers.verifier(), sink=journal)
+    engine.open_account("acct")
+    engine.credit_deposit("1:aa", 100 * TON, "acct")
+    return engine, journal
+
+
+@pytest.fixture
+def workers() -> Workers:
+    w = Workers()
+    for worker in DESTS:
+        w.add(worker)
+    return w
+
+
+@pytest.fixture
+def node():
+    with TonNode(block_interval=0.03) as n:
+        yield n
+
+
+async def settle(service: PayoutService, node: TonNode, rounds: int = 40):
+    import asyncio
+
+    reports = []
+    for _ in range(rounds):
+        reports.append(await service.step())
+        if not service.store.batches("signed", "sent") and not service.store.payouts("planned"):
+            return reports
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"payouts did not settle: {reports[-3:]}")
+
+
+async def test_batch_of_workers_is_paid_once_and_the_ledger_follows(tmp_path, node, workers):
+    engine, _ = funded_engine(tmp_path, workers)
+    earn(engine, workers, "w1", 1000, 1)  # 0.8 TON: above the threshold
+    earn(engine, workers, "w2", 2000, 1)  # 1.6 TON
+    earn(engine, workers, "w3", 100, 1)  # 0.088 TON: below, waits
+    seed = os.urandom(32)
+    wallet = PayoutWallet(seed)
+    node.fund(wallet.address, 10 * TON)
+    api = TonApi(node.url)
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    service = PayoutService(engine, api, wallet, store, DESTS.get, threshold=THRESHOLD)
+    await settle(service, node)
+    w1, w2 = 808_000_000, 1_608_000_000  # (10 prompt + tokens) x 0.0008 TON
+    assert node.balance(DESTS["w1"]) == w1 and node.balance(DESTS["w2"]) == w2
+    assert node.balance(DESTS["w3"]) == 0
+    assert engine.ledger.balance("ton:payouts") == w1 + w2
+    assert engine.earnings("w1") == 0 and engine.earnings("w3") == 88_000_000
+    assert [b.status for b in store.batches()] == ["confirmed"]  # one external message, 2 orders
+    assert audit(engine.ledger, require_no_open_holds=True) == []
+    # More steps change nothing.
+    await service.step()
+    assert node.balance(DESTS["w1"]) == w1 and len(node.sent_bocs) == 1
+    await api.aclose()
+
+
+async def test_lost_message_expires_and_is_signed_again_once(tmp_path, node, workers):
+    engine, _ = funded_engine(tmp_path, workers)
+    earn(engine, workers, "w1", 1000, 1)
+    wallet = PayoutWallet(os.urandom(32))
+    node.fund(wallet.address, 10 * TON)
+    api = TonApi(node.url)
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    service = PayoutService(engine, api, wallet, store, DESTS.get, threshold=THRESHOLD,
+                            ttl_s=60, expiry_margin_s=30, clock=node.now)  # fmt: skip
+    node.lose_next_sends = 2  # the first send and the first re-send vanish
+    first = await service.step()
+    assert first.signed and node.balance(DESTS["w1"]) == 0
+    await service.step()  # not expired yet: re-sends the same bytes (lost again)
+    assert node.sent_bocs[0] == node.sent_bocs[1]
+    node.advance_time(91)  # past valid_until + margin: the old message can never land
+    with pytest.raises(TonApiError, match="not accepted"):
+        await api.send_boc(node.sent_bocs[0])
+    report = await service.step()
+    assert report.expired == [first.signed] and report.signed not in (None, first.signed)
+    await settle(service, node)
+    assert node.balance(DESTS["w1"]) == 808_000_000
+    assert [b.status for b in store.batches()] == ["expired", "confirmed"]
+    assert audit(engine.ledger) == []
+    await api.aclose()
+
+
+async def test_unpayable_workers_keep_their_earnings(tmp_path, node, workers):
+    engine, _ = funded_engine(tmp_path, workers)
+    earn(engine, workers, "w1", 1000, 1)
+    earn(engine, workers, "w2", 1000, 1)
+    wallet = PayoutWallet(os.urandom(32))
+    node.fund(wallet.address, TON // 2)  # too little for any transfer above the threshold
+    api = TonApi(node.url)
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    bad = {"w1": "EQnot-an-address", "w2": DESTS["w2"]}
+    service = PayoutService(engine, api, wallet, store, bad.get, threshold=THRESHOLD)
+    report = await service.step()
+    assert "malformed TON address" in report.skipped["w1"]
+    assert engine.earnings("w1") == 808_000_000
+    assert report.signed is None and node.sent_bocs == []
+    assert engine.ledger.balance("payouts:pending") == 808_000_000  # w2 waits, not lost
+    assert audit(engine.ledger) == []
+    await api.aclose()
+
+
+def run_payout_process(node: TonNode, workdir: Path, seed: bytes, crash_at: str):
+    return subprocess.run(
+        [sys.executable, str(HERE / "payout_process.py"), node.url, str(workdir), seed.hex(),
+         json.dumps(DESTS), crash_at],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("crash_at", ["signed", "sent"])
+def test_sigkill_between_signing_and_confirmation_never_pays_twice(tmp_path, node, workers,
+                                                                    crash_at):  # fmt: skip
+    engine, journal = funded_engine(tmp_path, workers)
+    earn(engine, workers, "w1", 1000, 1)
+    earn(engine, workers, "w2", 3000, 1)
+    journal.close()
+    seed = os.urandom(32)
+    node.fund(PayoutWallet(seed).address, 20 * TON)
+
+    killed = run_payout_process(node, tmp_path, seed, crash_at)
+    assert killed.returncode == -9, killed.stderr
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    [batch] = store.batches()
+    assert batch.status == crash_at  # committed before the process died
+    assert len(node.sent_bocs) == (0 if crash_at == "signed" else 1)
+
+    for _ in range(40):  # restart from persisted state until everything settled
+        done = run_payout_process(node, tmp_path, seed, "none")
+        assert done.returncode == 0, done.stderr
+        if not store.batches("signed", "sent") and not store.payouts("planned"):
+            break
+    assert node.balance(DESTS["w1"]) == 808_000_000
+    assert node.balance(DESTS["w2"]) == 2_408_000_000
+    wallet_txs = node.transactions(PayoutWallet(seed).address)
+    paid = [m for t in wallet_txs for m in t["out_msgs"]]
+    assert len(paid) == 2  # exactly one transfer per worker reached the chain
+    assert {b.status for b in store.batches()} == {"confirmed"}
+
+    final = BillingEngine.replay(FileJournal(tmp_path / "ledger.jsonl").entries(), PRICES,
+                                 workers.verifier())  # fmt: skip
+    assert final.ledger.balance("ton:payouts") == 808_000_000 + 2_408_000_000
+    assert final.ledger.balance("payouts:pending") == 0
+    assert final.earnings("w1") == final.earnings("w2") == 0
+    assert audit(final.ledger, require_no_open_holds=True) == []
