@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
@@ -55,9 +56,10 @@ METRICS_EVERY_S = 1.0
 class Settings(ServiceSettings):
     """COCOON_LEASE_SECONDS, COCOON_NO_WORKER_WAIT_SECONDS, ... (env names = COCOON_<FIELD>)."""
 
-    attestation_public_key: str = Field(
-        description="the attestation service's Ed25519 key: 64 hex digits or a file holding them"
-    )
+    # The attestation service's Ed25519 key (the same variables as the gateway's): 64 hex
+    # digits, or a file holding them. One of the two is required: verdicts are never unchecked.
+    attestation_public_key: str = Field("", description="64 hex digits (or a file path)")
+    attestation_public_key_file: Path | None = None
     lease_seconds: float = Field(10.0, gt=0, description="assignment -> first chunk deadline")
     no_worker_wait_seconds: float = Field(
         5.0, ge=0, description="how long a request waits for a placeable worker"
@@ -70,11 +72,20 @@ class Settings(ServiceSettings):
     consumer_group: str = "scheduler"
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
 
-    @field_validator("attestation_public_key")
-    @classmethod
-    def _key_loads(cls, value: str) -> str:
-        load_pinned_key(value)  # VerdictError is a ValueError: reported as a config error
-        return value
+    @model_validator(mode="after")
+    def _key_loads(self) -> Settings:
+        self.pinned_key()  # VerdictError is a ValueError: reported as a config error
+        return self
+
+    def pinned_key(self) -> bytes:
+        if self.attestation_public_key:
+            return load_pinned_key(self.attestation_public_key)
+        if self.attestation_public_key_file is not None:
+            return load_pinned_key(self.attestation_public_key_file)
+        raise ValueError(
+            "the attestation service's public key is required: set "
+            "COCOON_ATTESTATION_PUBLIC_KEY (hex) or COCOON_ATTESTATION_PUBLIC_KEY_FILE"
+        )
 
 
 def admit_verdict(verdict: models.Verdict, pinned_key: bytes, now: float) -> str | None:
@@ -99,7 +110,7 @@ class Scheduler(Service):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pinned_key = load_pinned_key(settings.attestation_public_key)
+        self.pinned_key = settings.pinned_key()
         self.pool = WorkerPool(heartbeat_ttl=settings.heartbeat_stale_seconds)
         self.dispatcher = Dispatcher(
             self.pool,

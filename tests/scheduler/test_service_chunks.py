@@ -92,10 +92,13 @@ def test_settings_from_the_environment(monkeypatch):
 
 def test_settings_refuse_a_missing_or_bad_key(monkeypatch, tmp_path):
     monkeypatch.delenv("COCOON_ATTESTATION_PUBLIC_KEY", raising=False)
-    with pytest.raises(ValidationError, match="attestation_public_key"):
+    monkeypatch.delenv("COCOON_ATTESTATION_PUBLIC_KEY_FILE", raising=False)
+    with pytest.raises(ValidationError, match="COCOON_ATTESTATION_PUBLIC_KEY"):
         Settings()
     with pytest.raises(ValidationError, match="32 bytes"):
         Settings(attestation_public_key="abcd")
     key_file = tmp_path / "attestation.pub"
     key_file.write_text(KEY_HEX + "\n")
-    assert Settings(attestation_public_key=str(key_file)).attestation_public_key == str(key_file)
+    assert Settings(attestation_public_key=str(key_file)).pinned_key() == bytes.fromhex(KEY_HEX)
+    monkeypatch.setenv("COCOON_ATTESTATION_PUBLIC_KEY_FILE", str(key_file))
+    assert Settings().pinned_key() == bytes.fromhex(KEY_HEX)
