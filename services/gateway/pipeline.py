@@ -1,0 +1,310 @@
+"""The production `InferenceBackend`: one request through Kafka, as docs/architecture.md lays out.
+
+The gateway publishes only metadata until a worker is assigned; then it seals the body to that
+worker's attested key, sends it to the worker's own topic, and opens the sealed chunks coming back.
+It never puts the prompt or the answer on the bus in clear text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from cocoon.core.bus import BusProducer
+from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.crypto import OpenError, ResponseOpener, StreamError, seal_request
+from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
+from cocoon.gateway.api.backend import ChatChunk, InferenceRequest, ModelInfo, Usage
+from cocoon.gateway.api.errors import (
+    ApiError,
+    InsufficientFunds,
+    InternalError,
+    NoWorkerAvailable,
+    UnknownModel,
+    UpstreamTimeout,
+    WorkerLost,
+)
+from cocoon.gateway.workers import TrustedWorker, WorkerDirectory
+
+log = logging.getLogger(__name__)
+
+REPLY_TOPICS = (
+    "billing.reservations",
+    "inference.assignments",
+    "inference.responses",
+    "inference.outcomes",
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _InFlight:
+    """What the gateway holds for one request: the plaintext stays here, never on the bus."""
+
+    request: InferenceRequest
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    attempt: int = 0
+    worker_id: str | None = None
+    work_topic: str | None = None
+    opener: ResponseOpener | None = None
+
+
+class KafkaBackend:
+    def __init__(
+        self,
+        producer: BusProducer,
+        workers: WorkerDirectory,
+        *,
+        gateway_id: str,
+        channel: str = "HTTP",
+    ) -> None:
+        self.producer = producer
+        self.workers = workers
+        self.gateway_id = gateway_id
+        self.channel = channel
+        self._inflight: dict[str, _InFlight] = {}
+
+    # -- replies -------------------------------------------------------------------------------
+    def on_reply(self, record: BroadcastRecord) -> None:
+        """Route a record from a reply topic to the request waiting for it (if it is ours)."""
+        value = record.value
+        if value is None:
+            return
+        state = self._inflight.get(value.get("request_id", ""))
+        if state is None:
+            return
+        # Outcomes carry no gateway id: the request id alone says whose they are.
+        if "gateway_id" in value and value["gateway_id"] != self.gateway_id:
+            return
+        state.events.put_nowait((record.topic, value))
+
+    # -- InferenceBackend ----------------------------------------------------------------------
+    async def models(self) -> list[ModelInfo]:
+        counts: dict[str, int] = {}
+        for worker in self.workers.live_workers():
+            for model in worker.models:
+                counts[model] = counts.get(model, 0) + 1
+        return [ModelInfo(id=model, attested_workers=n) for model, n in sorted(counts.items())]
+
+    async def submit(
+        self, account_id: str, request: InferenceRequest
+    ) -> AsyncIterator[ChatChunk | Usage]:
+        if not self.workers.knows_model(request.model):
+            raise UnknownModel(request.model)
+        state = _InFlight(request)
+        self._inflight[request.request_id] = state
+        finished = False
+        try:
+            await self._publish_request(account_id, request)
+            deadline = time.monotonic() + request.timeout
+            while True:
+                topic, value = await self._next_event(state, deadline)
+                if topic == "billing.reservations":
+                    self._on_reservation(value)
+                elif topic == "inference.assignments":
+                    await self._on_assignment(state, value)
+                elif topic == "inference.outcomes":
+                    self._on_outcome(state, value)
+                elif topic == "inference.responses":
+                    items, final = self._open_chunk(state, value)
+                    for item in items:
+                        yield item
+                    if final:
+                        finished = True
+                        return
+        finally:
+            self._inflight.pop(request.request_id, None)
+            if not finished and state.work_topic is not None:
+                # The client went away or the request failed: stop the generation.
+                with contextlib.suppress(Exception):
+                    await self._send_cancel(state)
+
+    # -- steps ---------------------------------------------------------------------------------
+    async def _publish_request(self, account_id: str, request: InferenceRequest) -> None:
+        created = now_ms()
+        await self.producer.send(
+            "inference.requests",
+            {
+                "request_id": request.request_id,
+                "account_id": account_id,
+                "model": request.model,
+                "max_tokens": request.max_tokens,
+                "prompt_bytes": request.prompt_bytes,
+                "max_coefficient": request.max_coefficient,
+                "stream": request.stream,
+                "channel": self.channel,
+                "gateway_id": self.gateway_id,
+                "created_at": created,
+                "deadline_at": created + int(request.timeout * 1000),
+            },
+        )
+
+    @staticmethod
+    async def _next_event(state: _InFlight, deadline: float) -> tuple[str, dict]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeout()
+        try:
+            return await asyncio.wait_for(state.events.get(), remaining)
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+
+    @staticmethod
+    def _on_reservation(value: dict) -> None:
+        if value["status"] == "HELD":
+            return
+        reason = value.get("reject_reason")
+        if reason == "INSUFFICIENT_FUNDS":
+            available = value.get("available_nanoton") or 0
+            required = value["amount_nanoton"]
+            raise InsufficientFunds(max(1, required - available), required_nanoton=required)
+        if reason == "UNKNOWN_MODEL":
+            raise UnknownModel(value["model"])
+        raise ApiError(f"The request was not admitted ({reason}).")
+
+    async def _on_assignment(self, state: _InFlight, value: dict) -> None:
+        if value["attempt"] <= state.attempt:
+            return  # a replayed or superseded assignment
+        worker = self.workers.trusted(value["worker_id"])
+        if worker is None:
+            # Never seal to a key we have not verified; the lease will place it elsewhere.
+            log.warning("assignment to a worker without a trusted verdict: %s", value["worker_id"])
+            return
+        if state.work_topic is not None and state.worker_id != worker.worker_id:
+            with contextlib.suppress(Exception):
+                await self._send_cancel(state)
+        state.attempt = value["attempt"]
+        state.worker_id = worker.worker_id
+        state.work_topic = value["work_topic"]
+        await self._send_work(state, worker, value)
+
+    async def _send_work(self, state: _InFlight, worker: TrustedWorker, assignment: dict) -> None:
+        request = state.request
+        suite = HpkeSuite(worker.hpke_suite)
+        public_key = SingleHpkeKey(suite, worker.hpke_public_key)
+        body = json.dumps(request.body, separators=(",", ":")).encode()
+        sealed, response_key = seal_request(
+            public_key, request.request_id, worker.worker_id, request.model, body, suite
+        )
+        state.opener = ResponseOpener(response_key, request.request_id)
+        await self.producer.send(
+            state.work_topic,
+            {
+                "request_id": request.request_id,
+                "assignment_id": assignment["assignment_id"],
+                "attempt": state.attempt,
+                "model": request.model,
+                "action": "RUN",
+                **sealed.to_record(),
+                "max_tokens": request.max_tokens,
+                "coefficient": assignment["coefficient"],
+                "gateway_id": self.gateway_id,
+                "deadline_at": now_ms() + int(request.timeout * 1000),
+                "sent_at": now_ms(),
+            },
+            record="cocoon.inference.WorkItem",
+        )
+
+    async def _send_cancel(self, state: _InFlight) -> None:
+        request = state.request
+        await self.producer.send(
+            state.work_topic,
+            {
+                "request_id": request.request_id,
+                "assignment_id": f"{request.request_id}:{state.attempt}",
+                "attempt": state.attempt,
+                "model": request.model,
+                "action": "CANCEL",
+                "sealed_request": None,
+                "hpke_enc": None,
+                "hpke_suite": None,
+                "max_tokens": request.max_tokens,
+                "coefficient": 0,
+                "gateway_id": self.gateway_id,
+                "deadline_at": now_ms(),
+                "sent_at": now_ms(),
+            },
+            record="cocoon.inference.WorkItem",
+        )
+
+    @staticmethod
+    def _on_outcome(state: _InFlight, value: dict) -> None:
+        if value["attempt"] < state.attempt:
+            return
+        status, code = value["status"], value.get("error_code")
+        if status == "SUCCEEDED":
+            return  # the final chunk ends the stream; an outcome alone does not
+        model = state.request.model
+        if code == "unknown_model":
+            raise UnknownModel(model)
+        if code in ("no_worker", "price_cap", "lease_expired"):
+            raise NoWorkerAvailable(model)
+        if status == "TIMED_OUT":
+            raise UpstreamTimeout()
+        if status in ("WORKER_LOST", "FAILED", "LEASE_EXPIRED"):
+            raise WorkerLost(f"The worker failed while serving this request ({code or status}).")
+        raise InternalError(f"request ended with {status}")
+
+    def _open_chunk(self, state: _InFlight, value: dict) -> tuple[list[ChatChunk | Usage], bool]:
+        if value["attempt"] != state.attempt or value["worker_id"] != state.worker_id:
+            return [], False  # a chunk from a superseded attempt
+        if state.opener is None:
+            return [], False
+        try:
+            plain = state.opener.open(value["seq"], value["final"], value["ciphertext"])
+        except (OpenError, StreamError) as exc:
+            # Tampered, reordered or truncated: the stream cannot be trusted any more.
+            raise WorkerLost(f"The response stream failed verification: {exc}") from None
+        if value.get("error_code"):
+            raise WorkerLost(f"The worker reported an error ({value['error_code']}).")
+        items = parse_engine_chunk(plain, state.request.endpoint)
+        return items, bool(value["final"])
+
+
+def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
+    """Turn one opened plaintext (an OpenAI streaming chunk from the engine) into API items."""
+    if not plain:
+        return []
+    try:
+        chunk = json.loads(plain)
+    except json.JSONDecodeError:
+        raise InternalError("the worker sent a chunk that is not JSON") from None
+    if not isinstance(chunk, dict):
+        return []
+    if "error" in chunk:
+        raise WorkerLost(f"The engine failed: {chunk['error']}")
+    items: list[ChatChunk | Usage] = []
+    for choice in chunk.get("choices") or []:
+        if endpoint == "chat.completions":
+            delta = choice.get("delta") or {}
+            text, role = delta.get("content") or "", delta.get("role")
+        else:
+            text, role = choice.get("text") or "", None
+        finish = choice.get("finish_reason")
+        if text or role or finish:
+            items.append(
+                ChatChunk(text=text, index=choice.get("index", 0), role=role, finish_reason=finish)
+            )
+    usage = chunk.get("usage")
+    if usage:
+        items.append(
+            Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                cached_tokens=int(
+                    (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                ),
+                reasoning_tokens=int(
+                    (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+                ),
+            )
+        )
+    return items

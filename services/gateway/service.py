@@ -1,0 +1,117 @@
+"""`cocoon run gateway`: the OpenAI-compatible HTTP API in front of the Kafka pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+import uvicorn
+from pydantic import Field
+
+from cocoon.core.bus import BusProducer
+from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.paths import cache_dir
+from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.gateway.api.app import create_app
+from cocoon.gateway.api.keys import KeyStore
+from cocoon.gateway.api.settings import ApiSettings
+from cocoon.gateway.pipeline import REPLY_TOPICS, KafkaBackend
+from cocoon.gateway.trust import verdict_checker
+from cocoon.gateway.workers import WorkerDirectory
+
+log = logging.getLogger(__name__)
+
+
+def _default_gateway_id() -> str:
+    return f"gw-{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(ServiceSettings):
+    gateway_id: str = Field(default_factory=_default_gateway_id)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    keys_file: Path = Field(default_factory=lambda: cache_dir() / "gateway" / "api-keys.json")
+    attestation_public_key: str = Field(
+        "", description="hex Ed25519 key of the attestation service; verdicts must verify with it"
+    )
+    attestation_public_key_file: Path | None = None
+    heartbeat_stale_seconds: float = Field(10.0, gt=0)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+
+class Gateway(Service):
+    name = "gateway"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = BusProducer(settings.kafka_bootstrap, client_id=settings.gateway_id)
+        self.directory = WorkerDirectory(
+            verdict_checker(settings.attestation_public_key, settings.attestation_public_key_file),
+            heartbeat_stale_s=settings.heartbeat_stale_seconds,
+        )
+        self.backend = KafkaBackend(self.producer, self.directory, gateway_id=settings.gateway_id)
+        bootstrap = settings.kafka_bootstrap
+        self.verdicts = BroadcastReader(
+            bootstrap, ["attestation.verdicts"], self.directory.on_record, from_beginning=True
+        )
+        self.heartbeats = BroadcastReader(
+            bootstrap, ["worker.heartbeats"], self.directory.on_record, from_beginning=False
+        )
+        self.replies = BroadcastReader(
+            bootstrap, list(REPLY_TOPICS), self.backend.on_reply, from_beginning=False
+        )
+        keys = KeyStore.load(settings.keys_file) if settings.keys_file.exists() else KeyStore()
+        self.app = create_app(self.backend, keys, settings.api)
+        config = uvicorn.Config(
+            self.app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            lifespan="off",
+        )
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # the runtime owns signals
+
+    async def start(self) -> None:
+        await self.producer.start()
+        for reader in (self.verdicts, self.heartbeats, self.replies):
+            await reader.start()
+        self._tasks = [
+            asyncio.create_task(reader.run(), name=f"gateway-{index}")
+            for index, reader in enumerate((self.verdicts, self.heartbeats, self.replies))
+        ]
+        await self.verdicts.wait_caught_up(timeout_s=30)
+        self._server_task = asyncio.create_task(self.server.serve(), name="gateway-http")
+        while not self.server.started:
+            if self._server_task.done():
+                self._server_task.result()  # raises the bind error
+            await asyncio.sleep(0.05)
+        log.info(
+            "gateway %s listening on http://%s:%d",
+            self.settings.gateway_id,
+            self.settings.http_host,
+            self.settings.http_port,
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        # Stop accepting connections; uvicorn lets in-flight streams finish.
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await self._server_task
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for reader in (self.verdicts, self.heartbeats, self.replies):
+            with contextlib.suppress(Exception):
+                await reader.stop()
+        await self.producer.stop()
+
+
+def build(settings: Settings) -> Gateway:
+    return Gateway(settings)

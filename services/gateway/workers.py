@@ -1,0 +1,81 @@
+"""The gateway's view of the worker pool: verified verdicts and fresh heartbeats.
+
+The gateway seals every prompt to a key it takes from a verdict whose attestation-service
+signature it checked itself, never to a key a worker or the scheduler merely claims.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cocoon.core.bus.broadcast import BroadcastRecord
+
+
+@dataclass(frozen=True)
+class TrustedWorker:
+    worker_id: str
+    models: tuple[str, ...]
+    hpke_public_key: bytes
+    hpke_suite: str
+    signing_key: bytes
+    expires_at_ms: int
+    verdict_id: str
+
+
+# (verdict value dict, now in ms) -> TrustedWorker, or raises ValueError with the reason.
+VerdictCheck = Callable[[dict, int], TrustedWorker]
+
+
+class WorkerDirectory:
+    def __init__(self, check: VerdictCheck, heartbeat_stale_s: float = 10.0) -> None:
+        self._check = check
+        self._stale_ms = int(heartbeat_stale_s * 1000)
+        self._workers: dict[str, TrustedWorker] = {}
+        self._heartbeat_ms: dict[str, int] = {}
+        self._models_ever_seen: set[str] = set()
+        self.rejected: dict[str, str] = {}
+
+    def on_record(self, record: BroadcastRecord) -> None:
+        if record.topic == "attestation.verdicts":
+            self._on_verdict(record)
+        elif record.topic == "worker.heartbeats" and record.value is not None:
+            self._heartbeat_ms[record.value["worker_id"]] = int(time.time() * 1000)
+
+    def _on_verdict(self, record: BroadcastRecord) -> None:
+        worker_id = record.key or (record.value or {}).get("worker_id")
+        if worker_id is None:
+            return
+        if record.value is None:  # tombstone: the registry withdrew this worker
+            self._workers.pop(worker_id, None)
+            return
+        try:
+            worker = self._check(record.value, int(time.time() * 1000))
+        except ValueError as exc:
+            self._workers.pop(worker_id, None)
+            self.rejected[worker_id] = str(exc)
+            return
+        self._workers[worker_id] = worker
+        self._models_ever_seen.update(worker.models)
+
+    def trusted(self, worker_id: str, now_ms: int | None = None) -> TrustedWorker | None:
+        worker = self._workers.get(worker_id)
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if worker is None or worker.expires_at_ms <= now_ms:
+            return None
+        return worker
+
+    def live_workers(self, model: str | None = None) -> list[TrustedWorker]:
+        now_ms = int(time.time() * 1000)
+        return [
+            worker
+            for worker in self._workers.values()
+            if worker.expires_at_ms > now_ms
+            and now_ms - self._heartbeat_ms.get(worker.worker_id, 0) <= self._stale_ms
+            and (model is None or model in worker.models)
+        ]
+
+    def knows_model(self, model: str) -> bool:
+        """Has any attested worker ever served `model`? (Unknown models fail fast with 404.)"""
+        return model in self._models_ever_seen

@@ -1,0 +1,116 @@
+"""`cocoon up`, `cocoon chat` and `cocoon status`: the local network from a terminal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+
+from cocoon.network.chat import ChatError, stream_chat
+from cocoon.network.demo import load_demo
+from cocoon.network.engine_process import SMOLLM2_MODEL
+
+console = Console()
+
+
+def up(
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="worker nodes")] = 1,
+    port: Annotated[int, typer.Option(help="gateway HTTP port")] = 8080,
+) -> None:
+    """Run the whole network on this machine: Kafka, the five services and N workers."""
+    from cocoon.network.local import LocalNetwork, NetworkError
+
+    network = LocalNetwork(
+        workers=workers, http_port=port, echo=lambda msg: console.print(f"[cyan]{msg}")
+    )
+    try:
+        with console.status("Starting the Cocoon network ..."):
+            network.start()
+        _banner(network.gateway_url, network.api_key)
+        network.watch()
+    except NetworkError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("Stopping ...")
+        network.stop()
+        console.print("Stopped.")
+
+
+def _banner(url: str, key: str) -> None:
+    console.print(
+        f"""
+[bold green]Cocoon is up.[/bold green]  API: [bold]{url}/v1[/bold]   demo key: [bold]{key}[/bold]
+
+  cocoon chat "Write a haiku about Kafka"
+
+  curl -N {url}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "{SMOLLM2_MODEL}", "stream": true,
+         "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c 'from openai import OpenAI
+c = OpenAI(base_url="{url}/v1", api_key="{key}")
+for e in c.chat.completions.create(model="{SMOLLM2_MODEL}", stream=True,
+        messages=[{{"role": "user", "content": "Hello!"}}]):
+    print(e.choices[0].delta.content or "" if e.choices else "", end="", flush=True)'
+
+Ctrl-C stops everything."""
+    )
+
+
+def chat(
+    prompt: Annotated[str, typer.Argument(help="what to ask")],
+    model: Annotated[str, typer.Option(help="model id")] = SMOLLM2_MODEL,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    timeout: Annotated[float, typer.Option(help="seconds")] = 120.0,
+) -> None:
+    """Stream an answer from the local gateway (started by `cocoon up`)."""
+    demo = load_demo()
+    if not demo:
+        console.print("[red]error:[/red] no local network found; run `cocoon up` first")
+        raise typer.Exit(1)
+    try:
+        usage = stream_chat(
+            demo["gateway_url"],
+            demo["api_key"],
+            prompt,
+            model=model,
+            max_tokens=max_tokens,
+            timeout=timeout,
+        )
+    except ChatError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except httpx.HTTPError as exc:
+        console.print(f"[red]error:[/red] gateway unreachable ({exc}); is `cocoon up` running?")
+        raise typer.Exit(1) from exc
+    if usage:
+        console.print(
+            f"[dim]{usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} "
+            "completion tokens[/dim]"
+        )
+
+
+def status() -> None:
+    """Workers (verdict, model, load) and account balances, read from the bus."""
+    import asyncio
+
+    from rich.table import Table
+
+    from cocoon.core.bus.admin import default_bootstrap
+    from cocoon.network.snapshot import take_snapshot
+
+    snapshot = asyncio.run(take_snapshot(default_bootstrap()))
+    workers = Table("worker", "verdict", "expires", "models", "state", "load")
+    for row in snapshot.workers:
+        workers.add_row(*row)
+    console.print(workers)
+    balances = Table("account", "balance (nanoTON)", "held (nanoTON)")
+    for row in snapshot.balances:
+        balances.add_row(*row)
+    console.print(balances)

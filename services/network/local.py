@@ -1,0 +1,210 @@
+"""`cocoon up`: the whole network on one machine, each service its own process.
+
+Order matters: broker and topics, then the registry entries the simulated workers need, then
+attestation (it creates its signing key, which the others pin), then billing, scheduler and
+gateway, then the workers with their engines. Everything started here is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from cocoon.core.bus.admin import apply_topics, catalog_topics
+from cocoon.core.catalog import load_catalog
+from cocoon.core.kafka import broker
+from cocoon.core.paths import cache_dir
+from cocoon.network.demo import DEMO_ACCOUNT, save_demo, state_dir
+from cocoon.network.engine_process import (
+    SMOLLM2_MODEL,
+    EngineProcess,
+    smollm2_gguf_path,
+    start_engine,
+)
+from cocoon.network.supervisor import Supervisor
+
+DEMO_BALANCE_NANOTON = 1_000 * 10**9  # 1,000 TON of play money, granted by billing's dev grant
+Echo = Callable[[str], None]
+
+
+@dataclass
+class LocalNetwork:
+    workers: int = 1
+    http_port: int = 8080
+    echo: Echo = print
+    supervisor: Supervisor = field(default_factory=lambda: Supervisor(state_dir() / "logs"))
+    engines: list[EngineProcess] = field(default_factory=list)
+    bootstrap: str = ""
+    started_broker: bool = False
+    api_key: str = ""
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        self._start_broker()
+        self.echo("Applying the topic catalog ...")
+        apply_topics(self.bootstrap, catalog_topics(load_catalog()))
+        self._register_dev_image()
+        key_file = cache_dir() / "attestation" / "service-key.pem"
+        common = {
+            "COCOON_KAFKA_BOOTSTRAP": self.bootstrap,
+            "COCOON_GRPC_HEALTH_PORT": "0",
+            "COCOON_METRICS_PORT": "0",
+            "COCOON_LOG_FORMAT": "human",
+        }
+        self._spawn_service(
+            "attestation",
+            {**common, "COCOON_DEV_SIMTDX": "true", "COCOON_SERVICE_KEY_FILE": str(key_file)},
+        )
+        public_key_file = key_file.with_suffix(".pub")
+        self._wait_for(public_key_file.exists, "the attestation service key", 30)
+        pinned = {**common, "COCOON_ATTESTATION_PUBLIC_KEY_FILE": str(public_key_file)}
+        self._spawn_service(
+            "billing", {**pinned, "COCOON_DEV_GRANTS": f"{DEMO_ACCOUNT}={DEMO_BALANCE_NANOTON}"}
+        )
+        self._spawn_service("scheduler", pinned)
+        self.api_key = self._create_demo_key()
+        self._spawn_service(
+            "gateway",
+            {
+                **pinned,
+                "COCOON_HTTP_PORT": str(self.http_port),
+                "COCOON_GATEWAY_ID": "gw-local",
+            },
+        )
+        for index in range(self.workers):
+            self._start_worker(index, common)
+        self._wait_for(self._model_listed, "the first attested worker", ready_timeout_s)
+        save_demo(self.api_key, self.gateway_url)
+
+    def _start_broker(self) -> None:
+        external = os.environ.get("COCOON_KAFKA_BOOTSTRAP")
+        if external:
+            self.bootstrap = external
+            return
+        layout = broker.default_layout()
+        running = broker.read_pid(layout) is not None
+        self.echo("Starting Kafka ..." if not running else "Kafka is already running")
+        self.bootstrap = broker.start(layout, echo=self.echo)
+        self.started_broker = not running
+
+    def _register_dev_image(self) -> None:
+        """Allow the simulated TDX image and the local model, as an operator would."""
+        from cocoon.attestation.simtdx import DEFAULT_MEASUREMENTS  # the dev image's registers
+
+        image = DEFAULT_MEASUREMENTS.image_hash().hex()
+        model_hash = _sha256_file(smollm2_gguf_path())
+        for args in (["add-image", image], ["add-model", SMOLLM2_MODEL, model_hash]):
+            _cocoon("registry", *args, "--bootstrap", self.bootstrap)
+
+    def _create_demo_key(self) -> str:
+        from cocoon.gateway.api.keys import KeyStore
+
+        keys_file = cache_dir() / "gateway" / "api-keys.json"
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        store = KeyStore.load(keys_file) if keys_file.exists() else KeyStore()
+        key = store.create(DEMO_ACCOUNT, name="cocoon up demo")
+        store.save(keys_file)
+        return key
+
+    def _spawn_service(self, service: str, env: dict[str, str], label: str = "") -> None:
+        self.echo(f"Starting {label or service} ...")
+        argv = [sys.executable, "-m", "cocoon.core.runtime", service]
+        self.supervisor.spawn(label or service, argv, env)
+
+    def _start_worker(self, index: int, common: dict[str, str]) -> None:
+        worker_id = f"w-local-{index}"
+        self.echo(f"Starting worker {worker_id} (llama.cpp engine with SmolLM2-135M on CPU) ...")
+        engine = start_engine(log_dir=state_dir() / "logs")
+        self.engines.append(engine)
+        self._spawn_service(
+            "worker-proxy",
+            {
+                **common,
+                "COCOON_WORKER_ID": worker_id,
+                "COCOON_MODEL": SMOLLM2_MODEL,
+                "COCOON_ENGINE_URL": engine.base_url,
+            },
+            label=worker_id,
+        )
+
+    def _model_listed(self) -> bool:
+        try:
+            response = httpx.get(
+                f"{self.gateway_url}/v1/models",
+                headers={"Authorization": f"Bearer {self.api_key}"},
+                timeout=2,
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and any(
+            m["id"] == SMOLLM2_MODEL for m in response.json().get("data", [])
+        )
+
+    def _wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            dead = self.supervisor.dead_children()
+            if dead:
+                raise NetworkError(
+                    f"{dead[0].name} exited with code {dead[0].process.returncode} "
+                    f"while waiting for {what}; see {dead[0].log_path}"
+                )
+            time.sleep(0.25)
+        raise NetworkError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+    # -- run / stop ----------------------------------------------------------------------------
+    def watch(self) -> None:
+        """Block until a process dies (raises) or Ctrl-C (returns)."""
+        try:
+            while True:
+                dead = self.supervisor.dead_children()
+                if dead:
+                    raise NetworkError(
+                        f"{dead[0].name} exited with code {dead[0].process.returncode}; "
+                        f"see {dead[0].log_path}"
+                    )
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+        for engine in self.engines:
+            engine.stop()
+        self.engines.clear()
+        if self.started_broker:
+            broker.stop(broker.default_layout())
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cocoon(*args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cocoon.cli", *args], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise NetworkError(f"cocoon {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
