@@ -211,3 +211,17 @@ def test_fuzz_mutated_evidence_is_never_accepted(flips: list[tuple[int, int]]) -
         bad[pos] ^= mask
     v = evaluate_gpu(GpuEvidence(bytes(bad), HOPPER_CHAIN), bytes(bad[4:36]), offline_policy(), AT)
     assert v.accepted == (bytes(bad) == HOPPER)
+
+
+CHAIN_DER = b"".join(c.public_bytes(Encoding.DER) for c in load_chain(HOPPER_CHAIN))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(CHAIN_DER) - 1), st.integers(1, 255)), min_size=1))
+def test_fuzz_mutated_chain_is_never_accepted(flips: list[tuple[int, int]]) -> None:
+    bad = bytearray(CHAIN_DER)
+    for pos, mask in flips:
+        bad[pos] ^= mask
+    v = evaluate_gpu(GpuEvidence(HOPPER, bytes(bad)), HOPPER_NONCE, offline_policy(), AT)
+    assert v.reason
+    assert v.accepted == (bytes(bad) == CHAIN_DER)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -48,6 +48,18 @@ NVIDIA_DEVICE_ROOT = TrustAnchor.from_pem(
 )
 
 
+# What `cryptography` raises on a certificate that loads (lazily) but is malformed inside; the
+# fuzz tests found each of these. GpuEvidenceError and der.DerError are ValueErrors.
+MALFORMED: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 class ChainError(GpuEvidenceError):
     """A certificate chain that does not verify."""
 
@@ -67,7 +79,7 @@ def load_chain(blob: bytes) -> list[x509.Certificate]:
                 start = pos
                 _, _, pos = der.read_tlv(blob, pos)
                 certs.append(x509.load_der_x509_certificate(blob[start:pos]))
-    except (ValueError, der.DerError) as exc:
+    except MALFORMED as exc:
         raise GpuEvidenceError(f"unreadable certificate chain: {exc}") from None
     if not 2 <= len(certs) <= MAX_CHAIN_CERTS:
         raise GpuEvidenceError(f"chain has {len(certs)} certificates (want 2..{MAX_CHAIN_CERTS})")

@@ -22,6 +22,7 @@ from cryptography import x509
 
 from cocoon.attestation.claims import Claims
 from cocoon.attestation.gpu.certs import (
+    MALFORMED,
     NVIDIA_DEVICE_ROOT,
     anchor_for,
     leaf_fwids,
@@ -186,8 +187,8 @@ def evaluate_gpu(
     for stage, step in steps:
         try:
             ok(stage, step())
-        except GpuEvidenceError as exc:
-            return fail(stage, str(exc))
+        except MALFORMED as exc:  # includes GpuEvidenceError; certificates parse lazily
+            return fail(stage, str(exc) or type(exc).__name__)
     v.accepted, v.stage, v.reason = True, "accepted", "GPU evidence verified (CC report)"
     return v
 
