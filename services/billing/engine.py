@@ -79,10 +79,9 @@ class RejectionRecord:
 
 def receipt_digest(receipt: Receipt) -> str:
     """A stable digest of a receipt's content, to tell a replay from a different receipt."""
-    fields = receipt_fields(receipt)
-    parts = [f"{k}={v.hex() if isinstance(v, bytes) else v!r}" for k, v in sorted(fields.items())]
-    parts.append(f"signature={bytes(receipt.signature).hex()}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+    # repr of a tuple of str/int/bool/bytes is unambiguous and stable across Python versions.
+    content = (*receipt_fields(receipt).values(), bytes(receipt.signature))
+    return hashlib.sha256(repr(content).encode()).hexdigest()[:32]
 
 
 def _prices_meta(p: Prices) -> dict[str, int]:
@@ -133,16 +132,20 @@ class BillingEngine:
         return engine
 
     def _record(self, entry: Entry) -> bool:
-        if not self.ledger.check(entry):
+        updates = self.ledger.prepare(entry)
+        if updates is None:
             return False
         if self._sink is not None:
             self._sink(entry)
-        self._apply(entry)
+        self.ledger.commit(entry, updates)
+        self._index(entry)
         return True
 
     def _apply(self, entry: Entry) -> None:
-        if not self.ledger.append(entry):
-            return
+        if self.ledger.append(entry):
+            self._index(entry)
+
+    def _index(self, entry: Entry) -> None:
         m = entry.meta
         if entry.kind == "account_opened":
             self._clients.add(m["client_id"])
@@ -269,6 +272,15 @@ class BillingEngine:
             self._release(hold, now_ms, "expired")
             released.append(request_id)
         return released
+
+    def release_hold(self, request_id: str, at_ms: int = 0, reason: str = "released") -> bool:
+        """Release an open hold (e.g. an outcome arrived and no receipt followed); False when
+        there is none (never held, already captured or released)."""
+        hold = self._holds.get(request_id)
+        if hold is None:
+            return False
+        self._release(hold, at_ms, reason)
+        return True
 
     def _release(self, hold: Hold, at_ms: int, reason: str) -> None:
         postings = (
