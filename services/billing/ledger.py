@@ -155,19 +155,21 @@ class Ledger:
 
     def append(self, entry: Entry) -> bool:
         """Apply `entry`; False when the same entry is already there (a duplicate is a no-op)."""
-        updates = self._updates(entry)
+        updates = self.prepare(entry)
         if updates is None:
             return False
+        self.commit(entry, updates)
+        return True
+
+    def commit(self, entry: Entry, updates: dict[str, int]) -> None:
+        """Apply what `prepare(entry)` returned (nothing may be appended in between)."""
         self._balances.update(updates)
         self._entries.append(entry)
         self._by_id[entry.entry_id] = entry
-        return True
 
-    def check(self, entry: Entry) -> bool:
-        """What `append` would do, without doing it: False for a duplicate, raise if invalid."""
-        return self._updates(entry) is not None
-
-    def _updates(self, entry: Entry) -> dict[str, int] | None:
+    def prepare(self, entry: Entry) -> dict[str, int] | None:
+        """Check `entry` without applying it: the new balances it would set, None for a
+        duplicate; raises if it is invalid. Lets a caller make it durable before applying."""
         existing = self._by_id.get(entry.entry_id)
         if existing is not None:
             if existing.same_as(entry):

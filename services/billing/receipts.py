@@ -7,16 +7,19 @@ receipt's key is the one in the worker's *current* verdict, then verifies the Ed
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cocoon.billing.money import check_id
+from cocoon.billing.money import BillingError, check_id
 from cocoon.billing.pricing import Usage
+from cocoon.core.crypto.canonical import signed_message
+from cocoon.core.crypto.receipts import RECEIPT_DOMAIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,46 @@ def receipt_fields(receipt: Receipt) -> dict[str, Any]:
         "finished_at": receipt.finished_at_ms,
         "signing_key": receipt.signing_key,
     }
+
+
+def canonical_message(receipt: Receipt) -> bytes:
+    """The bytes a worker signs with `cocoon.core.crypto.receipts.sign_receipt`."""
+    return signed_message(RECEIPT_DOMAIN, receipt_fields(receipt))
+
+
+def _millis(value: object) -> int:
+    # fastavro decodes timestamp-millis as datetime; the signature covers integer milliseconds.
+    if isinstance(value, datetime):
+        return round(value.timestamp() * 1000)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise BillingError(f"timestamp must be int milliseconds, got {value!r}")
+
+
+def receipt_from_record(record: Mapping[str, object]) -> Receipt:
+    """A billing Receipt from a decoded `cocoon.inference.UsageReceipt` Avro record."""
+    try:
+        return Receipt(
+            receipt_id=str(record["receipt_id"]),
+            request_id=str(record["request_id"]),
+            attempt=int(record["attempt"]),  # type: ignore[arg-type]
+            worker_id=str(record["worker_id"]),
+            model=str(record["model"]),
+            usage=Usage(
+                record["prompt_tokens"],  # type: ignore[arg-type]
+                record["cached_prompt_tokens"],  # type: ignore[arg-type]
+                record["completion_tokens"],  # type: ignore[arg-type]
+                record["reasoning_tokens"],  # type: ignore[arg-type]
+            ),
+            coefficient=int(record["coefficient"]),  # type: ignore[arg-type]
+            completed=bool(record["completed"]),
+            signing_key=bytes(record["signing_key"]),  # type: ignore[arg-type]
+            signature=bytes(record["signature"]),  # type: ignore[arg-type]
+            started_at_ms=_millis(record["started_at"]),
+            finished_at_ms=_millis(record["finished_at"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BillingError(f"malformed usage receipt record: {exc!r}") from None
 
 
 class Rejection(StrEnum):

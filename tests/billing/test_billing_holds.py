@@ -192,3 +192,27 @@ def test_engine_state_is_rebuilt_exactly_from_the_journal(tmp_path, workers):
     receipt = workers.receipt(REQ, "w1", Usage(1, 0, 1, 0))
     assert again.capture(receipt).status == "captured"
     assert again.capture(receipt).status == "duplicate"
+
+
+def test_receipts_signed_by_the_core_crypto_module_verify_in_billing(engine):
+    from cocoon.billing.receipts import (
+        Ed25519ReceiptVerifier,
+        canonical_message,
+        receipt_from_record,
+    )
+    from cocoon.core.crypto.keys import WorkerKeys
+    from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
+
+    keys = WorkerKeys.generate()
+    signed = sign_receipt(
+        keys,
+        UsageReceipt(f"{REQ}:1", REQ, 1, "w9", "m", 40, 10, 60, 20, 1000, True, 1, 2),
+    )
+    current = {"w9": keys.public.signing_key}
+    verify = Ed25519ReceiptVerifier(current.get, canonical_message)
+    receipt = receipt_from_record(signed.to_record())
+    assert verify(receipt)
+    tampered = receipt_from_record({**signed.to_record(), "completion_tokens": 59})
+    assert not verify(tampered)
+    with pytest.raises(BillingError, match="malformed"):
+        receipt_from_record({"receipt_id": "x"})
