@@ -43,6 +43,18 @@ class Settings(ServiceSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the service runtime, which owns SIGTERM/SIGINT.
+
+    uvicorn's own handlers would swallow the signal and re-raise it on exit, which the runtime
+    takes as a second signal and abandons in-flight streams.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
 class Gateway(Service):
     name = "gateway"
 
@@ -73,8 +85,7 @@ class Gateway(Service):
             log_level="warning",
             lifespan="off",
         )
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # the runtime owns signals
+        self.server = _EmbeddedServer(config)
 
     async def start(self) -> None:
         await self.producer.start()
