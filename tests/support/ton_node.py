@@ -332,9 +332,6 @@ class TonNode:
                 if result["success"]:
                     internal += self._commit(acc, result)
 
-    def run_block(self) -> None:
-        self.produce_block()
-
     # ---- API methods ----------------------------------------------------------------------
 
     def api(self, method: str, params: dict[str, Any]) -> Any:
