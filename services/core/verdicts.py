@@ -162,10 +162,13 @@ def load_pinned_key(value: str | bytes | Path) -> bytes:
     return raw
 
 
-def verify_verdict(verdict: Any, pinned_public_key: bytes, now: float) -> VerifiedVerdict:
+def verify_verdict(
+    verdict: Any, pinned_public_key: bytes, now: float, *, worker_id: str | None = None
+) -> VerifiedVerdict:
     """Check the verdict's signature under the pinned key and, for TRUSTED, its expiry.
 
-    `verdict` is the generated `models.Verdict` (or its Avro dict); `now` is unix seconds.
+    `verdict` is the generated `models.Verdict` (or its Avro dict); `now` is unix seconds;
+    `worker_id`, when given (the record's key), must be the worker the verdict is about.
     Raises `VerdictError` (with `.code`) for anything that must not be trusted. Rejections and
     revocations verify too and come back with `trusted == False`.
     """
@@ -190,6 +193,12 @@ def verify_verdict(verdict: Any, pinned_public_key: bytes, now: float) -> Verifi
         raise VerdictError(
             VerdictError.BAD_SIGNATURE, f"verdict {fields['verdict_id']!r}: bad signature"
         ) from None
+    if worker_id is not None and fields["worker_id"] != worker_id:
+        # A correctly signed verdict for worker A must not be accepted under worker B's key.
+        raise VerdictError(
+            VerdictError.MALFORMED,
+            f"verdict is about {fields['worker_id']!r}, record key is {worker_id!r}",
+        )
     expires = fields["expires_at"] / 1000
     if fields["status"] == TRUSTED:
         if not fields["signing_key"] or not fields["hpke_public_key"]:

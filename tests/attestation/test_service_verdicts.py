@@ -96,6 +96,9 @@ def test_wrong_key_and_malformed_inputs() -> None:
     with pytest.raises(VerdictError) as err:
         verify_verdict(forged, key.public, NOW_MS / 1000)
     assert err.value.code == VerdictError.BAD_SIGNATURE
+    assert verify_verdict(verdict, key.public, NOW_MS / 1000, worker_id="w-1").trusted
+    with pytest.raises(VerdictError, match="record key"):
+        verify_verdict(verdict, key.public, NOW_MS / 1000, worker_id="w-2")
     with pytest.raises(VerdictError) as err:
         verify_verdict(verdict, b"short", NOW_MS / 1000)
     assert err.value.code == VerdictError.MALFORMED
