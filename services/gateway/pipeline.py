@@ -162,7 +162,8 @@ class KafkaBackend:
         if value["status"] == "HELD":
             return
         reason = value.get("reject_reason")
-        if reason == "INSUFFICIENT_FUNDS":
+        if reason in ("INSUFFICIENT_FUNDS", "UNKNOWN_ACCOUNT"):
+            # An account billing has never funded has a balance of zero: same answer, same 402.
             available = value.get("available_nanoton") or 0
             required = value["amount_nanoton"]
             raise InsufficientFunds(max(1, required - available), required_nanoton=required)

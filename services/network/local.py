@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from cocoon.core.bus.admin import apply_topics, catalog_topics
+from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.catalog import load_catalog
 from cocoon.core.kafka import broker
 from cocoon.core.paths import cache_dir
@@ -44,7 +45,13 @@ class LocalNetwork:
     engines: list[EngineProcess] = field(default_factory=list)
     bootstrap: str = ""
     started_broker: bool = False
-    api_key: str = ""
+    # account -> dev grant in nanoTON; each account gets an API key (the first is the demo's).
+    grants: dict[str, int] = field(default_factory=lambda: {DEMO_ACCOUNT: DEMO_BALANCE_NANOTON})
+    api_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_key(self) -> str:
+        return self.api_keys[DEMO_ACCOUNT]
 
     @property
     def gateway_url(self) -> str:
@@ -54,7 +61,8 @@ class LocalNetwork:
     def start(self, ready_timeout_s: float = 120.0) -> None:
         self._start_broker()
         self.echo("Applying the topic catalog ...")
-        apply_topics(self.bootstrap, catalog_topics(load_catalog()))
+        # COCOON_TOPIC_PREFIX (inherited by every child) lets several networks share a broker.
+        apply_topics(self.bootstrap, catalog_topics(load_catalog()), prefix=topic_prefix())
         self._register_dev_image()
         key_file = cache_dir() / "attestation" / "service-key.pem"
         common = {
@@ -70,11 +78,10 @@ class LocalNetwork:
         public_key_file = key_file.with_suffix(".pub")
         self._wait_for(public_key_file.exists, "the attestation service key", 30)
         pinned = {**common, "COCOON_ATTESTATION_PUBLIC_KEY_FILE": str(public_key_file)}
-        self._spawn_service(
-            "billing", {**pinned, "COCOON_DEV_GRANTS": f"{DEMO_ACCOUNT}={DEMO_BALANCE_NANOTON}"}
-        )
+        grants = ",".join(f"{account}={amount}" for account, amount in self.grants.items())
+        self._spawn_service("billing", {**pinned, "COCOON_DEV_GRANTS": grants})
         self._spawn_service("scheduler", pinned)
-        self.api_key = self._create_demo_key()
+        self._create_keys()
         self._spawn_service(
             "gateway",
             {
@@ -108,15 +115,15 @@ class LocalNetwork:
         for args in (["add-image", image], ["add-model", SMOLLM2_MODEL, model_hash]):
             _cocoon("registry", *args, "--bootstrap", self.bootstrap)
 
-    def _create_demo_key(self) -> str:
+    def _create_keys(self) -> None:
         from cocoon.gateway.api.keys import KeyStore
 
         keys_file = cache_dir() / "gateway" / "api-keys.json"
         keys_file.parent.mkdir(parents=True, exist_ok=True)
         store = KeyStore.load(keys_file) if keys_file.exists() else KeyStore()
-        key = store.create(DEMO_ACCOUNT, name="cocoon up demo")
+        for account in self.grants:
+            self.api_keys[account] = store.create(account, name="cocoon up")
         store.save(keys_file)
-        return key
 
     def _spawn_service(self, service: str, env: dict[str, str], label: str = "") -> None:
         self.echo(f"Starting {label or service} ...")
