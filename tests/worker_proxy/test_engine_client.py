@@ -103,9 +103,9 @@ async def time_short_request(client: EngineClient, model: str) -> float:
 
 @pytest.mark.parametrize("how", ["context_exit", "generator_aclose", "task_cancel"])
 async def test_cancel_mid_stream_stops_generation(client, engine_model, how):
-    # 1000 forced tokens take >10 s at ~90 tok/s; the engine runs one request at a time, so a
-    # short request right after the cancel finishes fast only if the generation really stopped.
-    long_body = chat_body(engine_model, max_tokens=1000, min_tokens=1000)
+    # 1900 forced tokens take >12 s even at 150 tok/s; the engine runs one request at a time, so
+    # a short request right after the cancel finishes fast only if the generation really stopped.
+    long_body = chat_body(engine_model, max_tokens=1900, min_tokens=1900)
     if how == "context_exit":
         async with client.open_chat_stream(long_body) as stream:
             seen = 0
@@ -130,7 +130,7 @@ async def test_cancel_mid_stream_stops_generation(client, engine_model, how):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert await time_short_request(client, engine_model) < 3.0
+    assert await time_short_request(client, engine_model) < 6.0  # slack for a loaded CPU
 
 
 async def test_engine_down_is_a_clear_error():
