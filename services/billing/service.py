@@ -1,0 +1,401 @@
+"""Billing's Kafka wiring: `cocoon run billing` (docs/architecture.md, steps 2 and 9).
+
+Start:
+1. the transactional producer initialises, which fences any older instance with the same
+   `transactional_id` and aborts its open transaction;
+2. `billing.ledger` is replayed from the beginning (read_committed) into the domain engine, so
+   holds, captures, rejections and balances are exactly what was committed;
+3. dev grants (`COCOON_DEV_GRANTS`) are applied once ever (deterministic entry ids);
+4. `attestation.verdicts` is mirrored from the beginning, every verdict checked against the pinned
+   attestation key, before any receipt is read;
+5. the consumer group resumes `inference.requests`, `usage.receipts`, `inference.outcomes` from
+   its committed offsets.
+
+Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`),
+the balances they changed (`billing.balances`), the reservations (`billing.reservations`), dead
+letters, and the batch's input offsets (`send_offsets_to_transaction`). A crash at any point
+leaves either all of it or none: no charge without its offset, no offset without its charge.
+Timers (holds past deadline + grace, outcomes whose receipt never came) run in the same loop and
+the same transactions.
+
+Runs as ONE active instance: the engine holds every account in memory and receipts are keyed
+by request, not account, so partitions cannot be split between instances. A second instance with
+the same transactional id takes over and fences the first (which then fails and exits).
+aiokafka has no KIP-447 group-metadata fencing, so distinct transactional ids must not share the
+consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
+from pydantic import Field, ValidationError, model_validator
+
+from cocoon.billing.money import BillingError, check_amount, check_id
+from cocoon.billing.pricing import BPS_ONE, Prices
+from cocoon.billing.receipts import Ed25519ReceiptVerifier, canonical_message
+from cocoon.billing.stream import BALANCES_TOPIC, LEDGER_TOPIC, ledger_records, touched
+from cocoon.billing.stream_handlers import BadRecord, Batch, Processor
+from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger
+from cocoon.billing.stream_verdicts import VERDICTS_TOPIC, VerdictKeys
+from cocoon.core import codec
+from cocoon.core.bus import BusProducer
+from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.bus.deadletter import InvalidValue, MissingValue, dead_letter
+from cocoon.core.bus.settings import ConsumerSettings
+from cocoon.core.catalog import default_catalog
+from cocoon.core.codec.models import model_for
+from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.runtime.metrics import MESSAGES
+from cocoon.core.telemetry.messaging import consume_span, mark_failed
+from cocoon.core.verdicts import load_pinned_key
+
+log = logging.getLogger(__name__)
+
+REQUESTS = "inference.requests"
+RECEIPTS = "usage.receipts"
+OUTCOMES = "inference.outcomes"
+RESERVATIONS = "billing.reservations"
+INPUTS = {
+    REQUESTS: "cocoon.inference.InferenceRequest",
+    RECEIPTS: "cocoon.inference.UsageReceipt",
+    OUTCOMES: "cocoon.inference.Outcome",
+}
+BALANCE_RECORD = "cocoon.billing.Balance"
+
+RESERVATIONS_TOTAL = Counter(
+    "cocoon_billing_reservations", "Admission decisions", ["status", "reason"]
+)
+RECEIPTS_TOTAL = Counter("cocoon_billing_receipts", "Receipts by result", ["result", "reason"])
+RELEASES_TOTAL = Counter("cocoon_billing_releases", "Holds released without a charge")
+TRANSACTIONS_TOTAL = Counter("cocoon_billing_transactions", "Committed Kafka transactions")
+
+
+def parse_grants(text: str) -> dict[str, int]:
+    """`"demo=1000000000000,alice=5"` -> {"demo": 10**12, "alice": 5} (nanoTON)."""
+    grants: dict[str, int] = {}
+    for part in text.replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        account, sep, amount = part.partition("=")
+        if not sep:
+            raise ValueError(f"dev grant {part.strip()!r} is not ACCOUNT=NANOTON")
+        account = check_id(account.strip(), "dev grant account")
+        try:
+            value = int(amount.strip())
+        except ValueError:
+            raise ValueError(f"dev grant amount {amount.strip()!r} is not an integer") from None
+        grants[account] = check_amount(value, f"dev grant for {account}")
+    return grants
+
+
+class Settings(ServiceSettings):
+    """COCOON_<FIELD> each (e.g. COCOON_DEV_GRANTS, COCOON_ATTESTATION_PUBLIC_KEY)."""
+
+    # The attestation service's Ed25519 key, as the scheduler and the gateway pin it: 64 hex
+    # digits (or a file path), or a file holding them. Required: receipts are checked against
+    # keys from verdicts this key signed.
+    attestation_public_key: str = Field("", description="64 hex digits (or a file path)")
+    attestation_public_key_file: Path | None = None
+    # Prices until the registry provides them (integer nanoTON per adjusted token).
+    price_per_token_nanoton: int = Field(100, gt=0)
+    worker_fee_per_token_nanoton: int = Field(80, ge=0)
+    prompt_bps: int = Field(BPS_ONE, ge=0)
+    cached_bps: int = Field(BPS_ONE, ge=0)
+    completion_bps: int = Field(BPS_ONE, ge=0)
+    reasoning_bps: int = Field(BPS_ONE, ge=0)
+    # Development funding only: ACCOUNT=NANOTON[,ACCOUNT=NANOTON...], credited once ever per
+    # account. Production funds come only from TON deposits.
+    dev_grants: str = ""
+    hold_grace_seconds: float = Field(30.0, ge=0, description="hold lives past the deadline")
+    outcome_grace_seconds: float = Field(5.0, ge=0, description="wait for a late receipt")
+    tick_seconds: float = Field(0.5, gt=0, le=10, description="timer period (expiry)")
+    max_batch_records: int = Field(500, gt=0, description="records per transaction")
+    consumer_group: str = "billing"
+    transactional_id: str = Field("billing", description="one active billing per id")
+    topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        self.pinned_key()
+        self.prices()
+        self.grants()
+        return self
+
+    def pinned_key(self) -> bytes:
+        if self.attestation_public_key:
+            return load_pinned_key(self.attestation_public_key)
+        if self.attestation_public_key_file is not None:
+            return load_pinned_key(self.attestation_public_key_file)
+        raise ValueError(
+            "the attestation service's public key is required: set "
+            "COCOON_ATTESTATION_PUBLIC_KEY (hex) or COCOON_ATTESTATION_PUBLIC_KEY_FILE"
+        )
+
+    def prices(self) -> Prices:
+        return Prices(
+            price_per_token=self.price_per_token_nanoton,
+            worker_fee_per_token=self.worker_fee_per_token_nanoton,
+            prompt_bps=self.prompt_bps,
+            cached_bps=self.cached_bps,
+            completion_bps=self.completion_bps,
+            reasoning_bps=self.reasoning_bps,
+        )
+
+    def grants(self) -> dict[str, int]:
+        return parse_grants(self.dev_grants)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Billing(Service):
+    name = "billing"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        bootstrap, prefix = settings.kafka_bootstrap, settings.topic_prefix
+        self.prefix = prefix
+        client = f"billing-{settings.instance_id}"
+        self.keys = VerdictKeys(settings.pinned_key())
+        self.verify = Ed25519ReceiptVerifier(self.keys.current_key, canonical_message)
+        self.producer = BusProducer(
+            bootstrap, client_id=client, prefix=prefix, transactional_id=settings.transactional_id
+        )
+        self.verdicts = BroadcastReader(
+            bootstrap,
+            [VERDICTS_TOPIC],
+            self.keys.on_record,
+            from_beginning=True,
+            prefix=prefix,
+            client_id=f"{client}-verdicts",
+        )
+        consumer_settings = ConsumerSettings(max_poll_records=settings.max_batch_records)
+        self.consumer = AIOKafkaConsumer(
+            *(prefix + topic for topic in INPUTS),
+            bootstrap_servers=bootstrap,
+            group_id=settings.consumer_group,
+            client_id=client,
+            **consumer_settings.kwargs(),
+        )
+        self.processor: Processor | None = None
+        self._store = codec.default_store()
+        self._catalog = default_catalog()
+        self._started: list[Any] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.producer.start()  # init_transactions: fences and aborts an older instance
+        self._started.append(self.producer)
+        entries = await read_ledger(s.kafka_bootstrap, prefix=self.prefix)
+        self.processor = Processor(
+            s.prices(),
+            self.verify,
+            entries,
+            hold_grace_ms=int(s.hold_grace_seconds * 1000),
+            outcome_grace_ms=int(s.outcome_grace_seconds * 1000),
+        )
+        await self._apply_grants()
+        await self.verdicts.start()
+        self._started.append(self.verdicts)
+        # Every verdict that exists now is read before any receipt is judged.
+        catch_up_stop = asyncio.Event()
+        catch_up = asyncio.create_task(self.verdicts.run(catch_up_stop))
+        try:
+            await self.verdicts.wait_caught_up(60)
+        finally:
+            catch_up_stop.set()
+            await catch_up
+        await self.consumer.start()
+        self._started.append(self.consumer)
+        engine = self.processor.engine
+        log.info(
+            "billing ready",
+            extra={
+                "ledger_entries": len(engine.ledger),
+                "open_holds": len(engine.open_holds()),
+                "trusted_workers": len(self.keys),
+            },
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(self.verdicts.run(stopping), name="verdicts"),
+            asyncio.create_task(self._consume(stopping), name="consume"),
+        ]
+        try:
+            # A failed task is a lost broker, a fenced producer or a bug: fail, restart, replay.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def close(self) -> None:
+        for client in reversed(self._started):
+            with contextlib.suppress(Exception):
+                await client.stop()
+        self._started.clear()
+
+    # ---- the transactional loop --------------------------------------------------------
+
+    async def _apply_grants(self) -> None:
+        assert self.processor is not None
+        now = _now_ms()
+        for account, amount in self.settings.grants().items():
+            if self.processor.grant(account, amount, now):
+                log.info("dev grant of %d nanoTON to %s", amount, account)
+        batch = self.processor.take()
+        if batch:
+            await self._transaction(batch, {}, [], now)
+
+    async def _consume(self, stopping: asyncio.Event) -> None:
+        last_tick = 0.0
+        while not stopping.is_set():
+            polled = await self.consumer.getmany(
+                timeout_ms=100, max_records=self.settings.max_batch_records
+            )
+            tick = time.monotonic() - last_tick >= self.settings.tick_seconds
+            if not any(polled.values()) and not tick:
+                continue
+            if tick:
+                last_tick = time.monotonic()
+            await self._process(polled, tick)
+
+    async def _process(
+        self, polled: dict[TopicPartition, list[ConsumerRecord]], tick: bool
+    ) -> None:
+        assert self.processor is not None
+        now = _now_ms()
+        offsets: dict[TopicPartition, int] = {}
+        dead: list[tuple[str, ConsumerRecord, Exception]] = []
+        for tp, records in polled.items():
+            for record in records:
+                topic = record.topic.removeprefix(self.prefix)
+                with consume_span(record, group=self.settings.consumer_group) as span:
+                    try:
+                        self._handle(topic, record, now)
+                    except (codec.DecodeError, BadRecord, InvalidValue, MissingValue) as exc:
+                        mark_failed(span, exc)
+                        dead.append((topic, record, exc))
+                        MESSAGES.labels("billing", topic, "dead_letter").inc()
+                    else:
+                        MESSAGES.labels("billing", topic, "ok").inc()
+                offsets[tp] = record.offset + 1
+        if tick:
+            released = self.processor.tick(now)
+            RELEASES_TOTAL.inc(len(released))
+        batch = self.processor.take()
+        if batch or offsets or dead:
+            await self._transaction(batch, offsets, dead, now)
+
+    def _handle(self, topic: str, record: ConsumerRecord, now: int) -> None:
+        assert self.processor is not None
+        if record.value is None:
+            raise MissingValue(f"null value on {topic}")
+        name, data = self._store.decode(record.value, reader=INPUTS[topic])
+        try:
+            value = model_for(name).from_avro(data)
+        except ValidationError as exc:
+            raise InvalidValue(str(exc)) from exc
+        if topic == REQUESTS:
+            if value.deadline_at.timestamp() * 1000 < now:
+                log.info("request %s arrived past its deadline: ignored", value.request_id)
+                return
+            self.processor.on_request(value, now)
+        elif topic == RECEIPTS:
+            try:
+                result = self.processor.on_receipt(data, now)
+            except BillingError as exc:
+                raise BadRecord(str(exc)) from None
+            reason = result.reason.value if result.reason else ""
+            RECEIPTS_TOTAL.labels(result.status, reason).inc()
+            if result.status == "rejected":
+                log.warning(
+                    "receipt for %s from %s rejected: %s (%s)",
+                    value.request_id,
+                    value.worker_id,
+                    reason,
+                    result.detail,
+                )
+        else:
+            self.processor.on_outcome(value, now)
+
+    async def _transaction(
+        self,
+        batch: Batch,
+        offsets: dict[TopicPartition, int],
+        dead: list[tuple[str, ConsumerRecord, Exception]],
+        now: int,
+    ) -> None:
+        """Publish `batch` and commit `offsets` atomically (or neither, and fail)."""
+        assert self.processor is not None
+        kafka = self.producer.kafka
+        await kafka.begin_transaction()
+        try:
+            sends: list[asyncio.Future] = []
+            owners: set[str] = set()
+            for seq, entry in batch.entries:
+                owners |= touched(entry)
+                for record in ledger_records(entry, seq):
+                    sends.append(await self._send(LEDGER_TOPIC, record, LEDGER_RECORD))
+            engine = self.processor.engine
+            for owner in sorted(owners):
+                balance = self.processor.book.record(engine.ledger, owner, now)
+                sends.append(await self._send(BALANCES_TOPIC, balance, BALANCE_RECORD))
+            for reservation in batch.reservations:
+                sends.append(await self._send(RESERVATIONS, reservation, None))
+                RESERVATIONS_TOTAL.labels(
+                    reservation["status"], reservation["reject_reason"] or ""
+                ).inc()
+            for topic, record, exc in dead:
+                sends.append(await self._dead_letter(topic, record, exc))
+            if offsets:
+                await kafka.send_offsets_to_transaction(offsets, self.settings.consumer_group)
+            await asyncio.gather(*sends)
+            await kafka.commit_transaction()
+        except BaseException:
+            # The engine already applied what this transaction would have made durable, so its
+            # memory is ahead of Kafka: never carry on from it. Abort; the service fails, and a
+            # restart replays the ledger.
+            with contextlib.suppress(Exception):
+                await kafka.abort_transaction()
+            raise
+        TRANSACTIONS_TOTAL.inc()
+
+    async def _send(self, topic: str, value: dict[str, Any], record: str | None) -> asyncio.Future:
+        future = await self.producer.send(topic, value, record=record, wait=False)
+        assert isinstance(future, asyncio.Future)
+        return future
+
+    async def _dead_letter(
+        self, topic: str, record: ConsumerRecord, exc: Exception
+    ) -> asyncio.Future:
+        value, headers = dead_letter(record, exc, topic=topic, group=self.settings.consumer_group)
+        spec = self._catalog.get(topic)
+        dlq = spec.dead_letter if spec and spec.dead_letter else f"{topic}.dlq"
+        log.warning("dead-lettered %s/%d/%d: %s", topic, record.partition, record.offset, exc)
+        future = await self.producer.send_raw(
+            dlq, value, key=record.key, headers=headers, wait=False
+        )
+        assert isinstance(future, asyncio.Future)
+        return future
+
+
+def build(settings: Settings) -> Billing:
+    return Billing(settings)

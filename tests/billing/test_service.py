@@ -1,0 +1,147 @@
+"""The billing service on the real broker: holds, receipts, releases, restart from the ledger.
+
+Prices in every test: 100 nanoTON per adjusted token, worker fee 80, cached prompt tokens at
+0.5x. A request with max_tokens 100 and a 400-byte prompt holds (100 + 400) x 100 = 50,000.
+A receipt of 300 prompt (100 cached), 50 completion tokens costs (200 + 50 + 50) x 100 = 30,000:
+24,000 to the worker, 6,000 commission, 20,000 of the hold released.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from billing_service_support import network, outcome, receipt, request, running
+
+from cocoon.billing.audit import audit
+from cocoon.billing.stream_replay import read_ledger
+from cocoon.core.crypto.keys import WorkerKeys
+
+HOLD = 50_000
+CHARGE, FEE, COMMISSION = 30_000, 24_000, 6_000
+
+
+def rid() -> str:
+    return str(uuid.uuid4())
+
+
+async def test_grant_holds_and_refusals_carry_the_exact_available(kafka_bootstrap, unique_name):
+    async with (
+        network(kafka_bootstrap, unique_name, grants="alice=120000") as net,
+        running(net.settings),
+    ):
+        first, big, stranger = rid(), rid(), rid()
+        await net.send("inference.requests", request(first, "alice"))
+        held = (await net.until(lambda: net.seen.reservations.get(first)))[0]
+        assert (held["status"], held["amount_nanoton"], held["reject_reason"]) == (
+            "HELD",
+            HOLD,
+            None,
+        )
+        assert await net.until(lambda: net.balance("alice") == (70_000, HOLD))
+
+        # Needs (1000 + 400) x 100 = 140,000 with 70,000 spendable.
+        await net.send("inference.requests", request(big, "alice", max_tokens=1000))
+        refused = (await net.until(lambda: net.seen.reservations.get(big)))[0]
+        assert refused["status"] == "REJECTED"
+        assert refused["reject_reason"] == "INSUFFICIENT_FUNDS"
+        assert refused["available_nanoton"] == 70_000
+        assert refused["amount_nanoton"] == 140_000  # what was needed: shortfall 70,000
+
+        await net.send("inference.requests", request(stranger, "nobody"))
+        unknown = (await net.until(lambda: net.seen.reservations.get(stranger)))[0]
+        assert (unknown["status"], unknown["reject_reason"]) == ("REJECTED", "UNKNOWN_ACCOUNT")
+
+        # A replayed request holds once: the same HELD answer, no second hold.
+        await net.send("inference.requests", request(first, "alice"))
+        await net.until(lambda: len(net.seen.reservations[first]) == 2)
+        assert net.seen.reservations[first][1]["amount_nanoton"] == HOLD
+        assert net.seen.causes("hold:") == [f"hold:{first}"]
+        assert net.balance("alice") == (70_000, HOLD)
+
+
+async def test_signed_receipt_captures_once_and_a_forged_one_is_rejected(
+    kafka_bootstrap, unique_name
+):
+    worker, forger = WorkerKeys.generate(), WorkerKeys.generate()
+    async with network(kafka_bootstrap, unique_name, grants="alice=1000000") as net:
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        async with running(net.settings):
+            paid, forged = rid(), rid()
+            for r in (paid, forged):
+                await net.send("inference.requests", request(r, "alice"))
+            await net.until(lambda: net.balance("alice") == (1_000_000 - 2 * HOLD, 2 * HOLD))
+
+            signed = receipt(worker, paid, "w-1")
+            await net.send("usage.receipts", signed)
+            after = (1_000_000 - HOLD - CHARGE, HOLD)
+            assert await net.until(lambda: net.balance("alice") == after)
+            assert await net.until(lambda: net.balance("worker:w-1") == (FEE, 0))
+            assert await net.until(lambda: net.balance("network:commission") == (COMMISSION, 0))
+
+            # The same receipt again, and a second receipt for the paid request: no new charge.
+            await net.send("usage.receipts", signed)
+            again = receipt(worker, paid, "w-1", completion=10)
+            await net.send("usage.receipts", again)
+            # Signed by a key that is not in w-1's verdict: never charged.
+            await net.send("usage.receipts", receipt(forger, forged, "w-1"))
+            await net.until(lambda: len(net.seen.causes("reject:")) == 2)
+
+        entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
+        reasons = sorted(e.meta["reason"] for e in entries if e.kind == "receipt_rejected")
+        assert reasons == ["bad_signature", "second_receipt_for_request"]
+        charges = [e for e in entries if e.kind == "charge"]
+        assert [(c.meta["request_id"], c.meta["charge"]) for c in charges] == [(paid, CHARGE)]
+        assert charges[0].meta["cached_prompt_tokens"] == 100
+        assert net.balance("alice") == after  # the forged request's hold is still open
+        assert net.balance("worker:w-1") == (FEE, 0)
+        assert audit(entries) == []
+
+
+async def test_outcome_without_receipt_and_deadline_release_the_hold(kafka_bootstrap, unique_name):
+    async with (
+        network(kafka_bootstrap, unique_name, grants="alice=1000000", outcome_grace_s=0.3) as net,
+        running(net.settings),
+    ):
+        failed, abandoned = rid(), rid()
+        await net.send("inference.requests", request(failed, "alice"))
+        await net.send("inference.requests", request(abandoned, "alice", deadline_s=1.5))
+        await net.until(lambda: net.balance("alice") == (1_000_000 - 2 * HOLD, 2 * HOLD))
+
+        await net.send("inference.outcomes", outcome(failed, "w-1"))
+        await net.until(lambda: f"release:{failed}" in net.seen.causes("release:"))
+        # Nobody reports anything about `abandoned`: its deadline (+ 0 s grace) releases it.
+        await net.until(lambda: f"release:{abandoned}" in net.seen.causes("release:"), 10)
+        assert await net.until(lambda: net.balance("alice") == (1_000_000, 0))
+        assert net.seen.causes("charge:") == []
+
+
+async def test_a_new_instance_rebuilds_the_same_state_from_the_ledger(kafka_bootstrap, unique_name):
+    worker = WorkerKeys.generate()
+    async with network(kafka_bootstrap, unique_name, grants="alice=1000000") as net:
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        paid, open_hold = rid(), rid()
+        async with running(net.settings) as first:
+            for r in (paid, open_hold):
+                await net.send("inference.requests", request(r, "alice"))
+            await net.until(lambda: open_hold in net.seen.reservations)
+            await net.send("usage.receipts", receipt(worker, paid, "w-1"))
+            await net.until(lambda: net.seen.causes("charge:"))
+            before = first.processor.engine.ledger.balances()
+            holds_before = {h.request_id for h in first.processor.engine.open_holds()}
+        seen_reservations = sum(len(v) for v in net.seen.reservations.values())
+
+        async with running(net.settings) as second:
+            engine = second.processor.engine
+            assert engine.ledger.balances() == before  # the dev grant was not applied twice
+            assert {h.request_id for h in engine.open_holds()} == holds_before == {open_hold}
+            # The rebuilt instance still captures against the hold it did not open itself.
+            await net.send("usage.receipts", receipt(worker, open_hold, "w-1"))
+            await net.until(lambda: len(net.seen.causes("charge:")) == 2)
+
+        # Inputs resumed from committed offsets: no request was decided a second time.
+        assert sum(len(v) for v in net.seen.reservations.values()) == seen_reservations
+        assert net.balance("alice") == (1_000_000 - 2 * CHARGE, 0)
+        assert net.balance("worker:w-1") == (2 * FEE, 0)
+        entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
+        assert [e.entry_id for e in entries if e.kind == "deposit"] == ["deposit:dev-grant:alice"]
+        assert audit(entries, require_no_open_holds=True) == []
