@@ -1,0 +1,151 @@
+"""What the worker does to an opened request body and to the engine's stream chunks (no I/O).
+
+* `engine_request` enforces what was paid for: the WorkItem's `max_tokens` (the billing hold was
+  computed from it), the WorkItem's model, and a streamed answer with usage.
+* `UsageMeter` turns the engine's chunks into the token counts the receipt signs: the engine's
+  own `usage` when it reports one, else the content pieces it streamed (one per token in
+  OpenAI-compatible servers), so a cancelled stream still has a count for what was produced.
+* Usage is taken out of the forwarded chunks and sent once, in the final sealed chunk, so the
+  gateway sees exactly one usage and it is the one the receipt signs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Endpoint = Literal["chat.completions", "completions"]
+
+
+class BadRequestBody(ValueError):
+    """The opened body is not an OpenAI request this worker can run (message: no content)."""
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    endpoint: Endpoint
+    body: dict[str, Any]
+
+
+def engine_request(plaintext: bytes, *, model: str, max_tokens: int) -> EngineRequest:
+    """Parse the opened body and force the worker's terms onto it."""
+    try:
+        body = json.loads(plaintext)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequestBody("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequestBody("the request body is not a JSON object")
+    if "messages" in body:
+        endpoint: Endpoint = "chat.completions"
+    elif "prompt" in body:
+        endpoint = "completions"
+    else:
+        raise BadRequestBody("the request body has neither messages nor prompt")
+    body = dict(body)
+    # Never more than the hold covers; `max_completion_tokens` is the newer alias of the cap.
+    body.pop("max_completion_tokens", None)
+    asked = body.get("max_tokens")
+    if not isinstance(asked, int) or isinstance(asked, bool) or not 0 < asked <= max_tokens:
+        body["max_tokens"] = max_tokens
+    body["model"] = model
+    body["stream"] = True
+    options = body.get("stream_options")
+    body["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    body.pop("n", None)  # one choice: the receipt and the gateway count a single stream
+    return EngineRequest(endpoint, body)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+@dataclass
+class UsageMeter:
+    """Token counts of one engine stream."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    reported: bool = False  # the engine sent a usage object
+    pieces: int = 0  # content pieces seen (the count when the engine reports nothing)
+    last_id: str | None = None
+    last_model: str | None = None
+    created: int | None = None
+
+    def observe(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """Record `chunk`; return what to forward (usage removed), or None if nothing is left."""
+        if isinstance(chunk.get("id"), str):
+            self.last_id = chunk["id"]
+        if isinstance(chunk.get("model"), str):
+            self.last_model = chunk["model"]
+        if isinstance(chunk.get("created"), int):
+            self.created = chunk["created"]
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if text:
+                self.pieces += 1
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            return chunk
+        self.reported = True
+        self.prompt_tokens = _int(usage.get("prompt_tokens"))
+        self.completion_tokens = _int(usage.get("completion_tokens"))
+        details = usage.get("prompt_tokens_details")
+        self.cached_prompt_tokens = min(
+            self.prompt_tokens,
+            _int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        )
+        details = usage.get("completion_tokens_details")
+        self.reasoning_tokens = min(
+            self.completion_tokens,
+            _int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0,
+        )
+        rest = {k: v for k, v in chunk.items() if k != "usage"}
+        return rest if rest.get("choices") else None
+
+    @property
+    def completion(self) -> int:
+        """Completion tokens: the engine's count if it gave one, else the pieces streamed."""
+        return self.completion_tokens if self.reported else self.pieces
+
+    def usage(self) -> dict[str, Any]:
+        """The OpenAI usage object matching the receipt."""
+        completion = self.completion
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached_prompt_tokens},
+            "completion_tokens_details": {
+                "reasoning_tokens": min(self.reasoning_tokens, completion)
+            },
+        }
+
+    def usage_chunk(self, endpoint: Endpoint) -> dict[str, Any]:
+        """The closing chunk of a successful stream, shaped as OpenAI's include_usage chunk."""
+        obj = "chat.completion.chunk" if endpoint == "chat.completions" else "text_completion"
+        chunk: dict[str, Any] = {"object": obj, "choices": [], "usage": self.usage()}
+        if self.last_id is not None:
+            chunk["id"] = self.last_id
+        if self.last_model is not None:
+            chunk["model"] = self.last_model
+        if self.created is not None:
+            chunk["created"] = self.created
+        return chunk
+
+
+def error_chunk(code: str, message: str) -> dict[str, Any]:
+    """The closing chunk of a failed stream; `message` must say what happened, never content."""
+    return {"error": {"code": code, "message": message}}
+
+
+def encode(chunk: dict[str, Any]) -> bytes:
+    return json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,48 @@
+"""The worker's attested identity: keys made inside the TEE and the evidence that binds them.
+
+Keys live only in this process (a restarted worker makes new ones and attests again). The
+evidence is the canonical claims (public keys, model, a timestamp as freshness) and a TDX quote
+whose REPORTDATA is SHA-512 of those claims, obtained through the TEE interface.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from cocoon.core import tee
+from cocoon.core.codec import models
+from cocoon.core.crypto import WorkerKeys
+
+
+@dataclass(frozen=True)
+class Identity:
+    worker_id: str
+    model: str
+    keys: WorkerKeys
+
+    @classmethod
+    def generate(cls, worker_id: str, model: str) -> Identity:
+        return cls(worker_id, model, WorkerKeys.generate())
+
+    def evidence(self, *, nonce: bytes | None = None, now_ms: int | None = None) -> models.Evidence:
+        """Fresh evidence: new claims, new quote, new evidence id.
+
+        Freshness is the attestation service's challenge `nonce` when it issued one, else the
+        current time (checked against the policy's max age).
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if nonce is not None:
+            claims = tee.encode_claims(self.keys.public, self.model, nonce=nonce)
+        else:
+            claims = tee.encode_claims(self.keys.public, self.model, timestamp=now_ms // 1000)
+        quote = tee.get_quote(tee.report_data(claims))
+        return models.Evidence(
+            evidence_id=f"ev-{self.worker_id}-{uuid.uuid4().hex}",
+            worker_id=self.worker_id,
+            claims=claims,
+            tdx_quote=quote,
+            nonce=nonce,
+            collected_at=now_ms,
+        )

@@ -1,0 +1,300 @@
+"""One WorkItem RUN, from sealed request to signed receipt (one asyncio task per request).
+
+    wait for a slot -> open (HPKE) -> engine stream -> seal every chunk -> final chunk
+                    -> signed UsageReceipt -> Outcome
+
+The plaintext body and every engine chunk exist only in this task's memory; what it sends is
+ciphertext and metadata. A CANCEL or the deadline stops the engine stream (closing the HTTP
+response stops the generation) and still ends the sealed stream, signs a receipt for the tokens
+produced so far (`completed=false`), and reports the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cocoon.core.bus import BusProducer
+from cocoon.core.codec import models
+from cocoon.core.crypto import (
+    OpenError,
+    ResponseSealer,
+    SealedRequest,
+    SignedReceipt,
+    UsageReceipt,
+    open_request,
+    sign_receipt,
+)
+from cocoon.worker_proxy import chunks
+from cocoon.worker_proxy.engine import EngineClient, EngineError
+from cocoon.worker_proxy.identity import Identity
+
+log = logging.getLogger(__name__)
+
+REPORTED_BY = "worker-proxy"
+
+# Outcome error codes (metadata only, never content).
+UNSEALABLE = "unsealable"  # the payload does not open with this worker's key for this request
+WRONG_MODEL = "wrong_model"  # the item is for a model this worker does not serve
+BAD_REQUEST = "bad_request"  # the opened body is not an OpenAI request
+ENGINE_REJECTED = "engine_rejected"  # the engine refused the request (HTTP 4xx)
+ENGINE_ERROR = "engine_error"  # the engine failed or broke the stream
+CANCELLED = "cancelled"
+TIMED_OUT = "timed_out"
+SHUTDOWN = "shutdown"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ms(value: Any) -> int:
+    # The generated models hold timestamp-millis as datetime.
+    return round(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
+
+
+def engine_error_code(exc: BaseException) -> str:
+    """4xx from the engine means the request was refused, anything else that the engine failed."""
+    status = exc.status if isinstance(exc, EngineError) else None
+    return ENGINE_REJECTED if status is not None and 400 <= status < 500 else ENGINE_ERROR
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every job shares: identity, engine, producer, the slot semaphore."""
+
+    identity: Identity
+    engine: EngineClient
+    producer: BusProducer
+    slots: asyncio.Semaphore
+    engine_model: str  # the name the engine knows the model by
+
+
+@dataclass
+class JobResult:
+    status: str  # models.OutcomeStatus symbol
+    error_code: str | None
+    completion_tokens: int
+    receipt: SignedReceipt | None
+
+
+class Job:
+    def __init__(self, item: models.WorkItem, ctx: JobContext) -> None:
+        self.item = item
+        self.ctx = ctx
+        self.received_ms = now_ms()
+        self.first_chunk_ms: int | None = None
+        self.running = False  # holds an engine slot
+        self._cancel = asyncio.Event()
+        self._sealer: ResponseSealer | None = None
+        self._pending: list[asyncio.Future] = []
+
+    @property
+    def request_id(self) -> str:
+        return self.item.request_id
+
+    def cancel(self) -> None:
+        """CANCEL from the gateway: stop the engine, end the stream, receipt what was produced."""
+        self._cancel.set()
+
+    # -- the task ------------------------------------------------------------------------------
+    async def run(self) -> JobResult:
+        item, identity = self.item, self.ctx.identity
+        if item.model != identity.model:
+            return await self._finish("FAILED", WRONG_MODEL, None, None)
+        try:
+            body, response_key = open_request(
+                identity.keys,
+                item.request_id,
+                identity.worker_id,
+                item.model,
+                SealedRequest.from_record(item.to_avro()),
+            )
+        except OpenError:
+            # Without the response key nothing can be sealed back: report, never log the payload.
+            return await self._finish("FAILED", UNSEALABLE, None, None)
+        self._sealer = ResponseSealer(response_key, item.request_id)
+        try:
+            request = chunks.engine_request(
+                body, model=self.ctx.engine_model, max_tokens=item.max_tokens
+            )
+        except chunks.BadRequestBody as exc:
+            await self._seal_error(BAD_REQUEST, str(exc))
+            return await self._finish("FAILED", BAD_REQUEST, None, None)
+        del body
+        return await self._serve(request)
+
+    async def _serve(self, request: chunks.EngineRequest) -> JobResult:
+        meter = chunks.UsageMeter()
+        deadline_s = max(0.0, (_ms(self.item.deadline_at) - now_ms()) / 1000)
+        stop = asyncio.ensure_future(self._cancel.wait())
+        slot = asyncio.ensure_future(self.ctx.slots.acquire())
+        stream: asyncio.Future | None = None
+        started_ms = finished_ms = 0
+        try:
+            # Waiting for a slot counts against the deadline and can be cancelled too.
+            done, _ = await asyncio.wait(
+                {slot, stop}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if slot not in done:
+                status, code = (
+                    ("CANCELLED", CANCELLED) if stop in done else ("TIMED_OUT", TIMED_OUT)
+                )
+                message = "cancelled" if stop in done else "deadline passed before the request ran"
+                await self._seal_error(code, message)
+                return await self._finish(status, code, None, None)
+            self.running = True
+            started_ms = now_ms()
+            stream = asyncio.ensure_future(self._stream(request, meter))
+            remaining = max(0.0, (_ms(self.item.deadline_at) - now_ms()) / 1000)
+            done, _ = await asyncio.wait(
+                {stream, stop}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stream in done:
+                error = stream.exception()
+                status, code = ("SUCCEEDED", None) if error is None else ("FAILED", None)
+                if error is not None:
+                    code = engine_error_code(error)
+                    # Type and status only: an engine's error text may quote the prompt.
+                    log.warning(
+                        "engine stream failed",
+                        extra={
+                            "request_id": self.request_id,
+                            "error_type": type(error).__name__,
+                            "engine_status": getattr(error, "status", None),
+                        },
+                    )
+            else:
+                # Cancel the stream task: its `async with` closes the engine response.
+                stream.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await stream
+                status, code = (
+                    ("CANCELLED", CANCELLED) if stop in done else ("TIMED_OUT", TIMED_OUT)
+                )
+            finished_ms = now_ms()
+            if status == "SUCCEEDED":
+                await self._seal(chunks.encode(meter.usage_chunk(request.endpoint)), final=True)
+            else:
+                await self._seal_error(code, _messages[code])
+            receipt = self._receipt(meter, status == "SUCCEEDED", started_ms, finished_ms)
+            return await self._finish(status, code, meter, receipt)
+        finally:
+            stop.cancel()
+            if stream is not None and not stream.done():
+                stream.cancel()  # the job itself was cancelled (shutdown past the grace period)
+            if slot.done() and not slot.cancelled():
+                self.running = False
+                self.ctx.slots.release()
+            else:
+                slot.cancel()
+
+    async def _stream(self, request: chunks.EngineRequest, meter: chunks.UsageMeter) -> None:
+        engine = self.ctx.engine
+        opened = (
+            engine.open_chat_stream(request.body)
+            if request.endpoint == "chat.completions"
+            else engine.open_completion_stream(request.body)
+        )
+        async with opened as engine_chunks:
+            async for chunk in engine_chunks:
+                forward = meter.observe(chunk)
+                if forward is not None:
+                    await self._seal(chunks.encode(forward), final=False)
+
+    # -- sending -------------------------------------------------------------------------------
+    async def _seal(self, plaintext: bytes, *, final: bool, error_code: str | None = None) -> None:
+        assert self._sealer is not None
+        sealed = self._sealer.seal(plaintext, final=final)
+        value = {
+            "request_id": self.item.request_id,
+            "worker_id": self.ctx.identity.worker_id,
+            "attempt": self.item.attempt,
+            "gateway_id": self.item.gateway_id,
+            "seq": sealed.seq,
+            "final": sealed.final,
+            "ciphertext": sealed.ciphertext,
+            "error_code": error_code,
+            "produced_at": now_ms(),
+        }
+        if self.first_chunk_ms is None:
+            self.first_chunk_ms = now_ms()
+        # Chunks go out without waiting for each ack (the idempotent producer keeps one key's
+        # records in order); the final chunk waits for every earlier ack and its own.
+        future = await self.ctx.producer.send("inference.responses", value, wait=False)
+        self._pending.append(future)
+        if final:
+            pending, self._pending = self._pending, []
+            await asyncio.gather(*pending)
+
+    async def _seal_error(self, code: str, message: str) -> None:
+        if self._sealer is not None and not self._sealer.finished:
+            await self._seal(
+                chunks.encode(chunks.error_chunk(code, message)), final=True, error_code=code
+            )
+
+    def _receipt(
+        self, meter: chunks.UsageMeter, completed: bool, started_ms: int, finished_ms: int
+    ) -> SignedReceipt:
+        item = self.item
+        receipt = UsageReceipt(
+            receipt_id=f"{item.request_id}:{item.attempt}",
+            request_id=item.request_id,
+            attempt=item.attempt,
+            worker_id=self.ctx.identity.worker_id,
+            model=item.model,
+            prompt_tokens=meter.prompt_tokens,
+            cached_prompt_tokens=meter.cached_prompt_tokens,
+            completion_tokens=meter.completion,
+            reasoning_tokens=min(meter.reasoning_tokens, meter.completion),
+            coefficient=item.coefficient,
+            completed=completed,
+            started_at=started_ms,
+            finished_at=finished_ms,
+        )
+        return sign_receipt(self.ctx.identity.keys, receipt)
+
+    async def _finish(
+        self,
+        status: str,
+        code: str | None,
+        meter: chunks.UsageMeter | None,
+        receipt: SignedReceipt | None,
+    ) -> JobResult:
+        """Receipt first (billing captures from it), then the outcome (which releases the rest)."""
+        item = self.item
+        if receipt is not None:
+            await self.ctx.producer.send("usage.receipts", receipt.to_record())
+        finished = now_ms()
+        completion = meter.completion if meter is not None else 0
+        await self.ctx.producer.send(
+            "inference.outcomes",
+            {
+                "request_id": item.request_id,
+                "attempt": item.attempt,
+                "worker_id": self.ctx.identity.worker_id,
+                "model": item.model,
+                "status": status,
+                "error_code": code,
+                "reported_by": REPORTED_BY,
+                "time_to_first_chunk_ms": (
+                    None if self.first_chunk_ms is None else self.first_chunk_ms - self.received_ms
+                ),
+                "duration_ms": finished - self.received_ms,
+                "completion_tokens": completion,
+                "finished_at": finished,
+            },
+        )
+        return JobResult(status, code, completion, receipt)
+
+
+_messages = {
+    CANCELLED: "the request was cancelled",
+    TIMED_OUT: "the request deadline passed",
+    ENGINE_ERROR: "the inference engine failed",
+    ENGINE_REJECTED: "the inference engine refused the request",
+}

@@ -1,0 +1,318 @@
+"""The worker-proxy service: attests, heartbeats, and runs sealed work on its engine.
+
+    cocoon run worker-proxy        (COCOON_WORKER_ID, COCOON_MODEL, COCOON_ENGINE_URL, ...)
+
+Start-up: keys made in this process (the TEE), its work topic `work.<worker_id>` ensured,
+Evidence -> attestation.evidence, a READY heartbeat. Then: WorkItems from its work topic, one
+task per RUN (see job.py), CANCEL stops that task; heartbeats every `heartbeat_seconds`; evidence
+again before the verdict on the last one expires (see attest.py). SIGTERM: stop taking work,
+heartbeat DRAINING, finish what is in flight.
+
+Offsets of the work topic are committed once an item is dispatched, not when its job ends: a
+restarted worker has new keys and could not open an old item anyway, and a lost job is what the
+scheduler's lease and WORKER_LOST handling are for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+
+from prometheus_client import Counter, Gauge
+from pydantic import Field, field_validator
+
+from cocoon.core.bus import BusConsumer, BusProducer, Message, RejectRecord, topic_prefix
+from cocoon.core.bus.admin import ensure_instance
+from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
+from cocoon.core.catalog import default_catalog
+from cocoon.core.codec import models
+from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.worker_proxy.attest import AttestationSchedule
+from cocoon.worker_proxy.engine import EngineClient
+from cocoon.worker_proxy.identity import Identity
+from cocoon.worker_proxy.job import Job, JobContext, JobResult, now_ms
+
+log = logging.getLogger(__name__)
+
+WORKER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the work topic template's parameter
+
+REQUESTS = Counter(
+    "cocoon_worker_proxy_requests", "Work items finished, by outcome status", ["status"]
+)
+ACTIVE = Gauge("cocoon_worker_proxy_active_requests", "Requests running on the engine")
+
+
+class Settings(ServiceSettings):
+    """COCOON_WORKER_ID, COCOON_MODEL, COCOON_ENGINE_URL, ... (env names are COCOON_<FIELD>)."""
+
+    worker_id: str = Field(description="this worker's id; its work topic is work.<worker_id>")
+    model: str = Field(min_length=1, max_length=256, description="model id the network uses")
+    engine_url: str = Field(
+        "http://127.0.0.1:8080/v1", description="the engine's OpenAI base URL (ends in /v1)"
+    )
+    engine_model: str | None = Field(None, description="model name the engine expects (= model)")
+    max_active_requests: int = Field(4, ge=1, le=1024)
+    coefficient: int = Field(1000, ge=1, description="price coefficient, 1000 = 1.0x")
+    heartbeat_seconds: float = Field(2.0, gt=0, le=60)
+    evidence_refresh_seconds: float = Field(
+        1800.0, gt=0, description="re-attest at least this often (earlier if the verdict asks)"
+    )
+
+    @field_validator("worker_id")
+    @classmethod
+    def _worker_id(cls, value: str) -> str:
+        if not WORKER_ID_RE.match(value):
+            raise ValueError("must match ^[a-z0-9][a-z0-9-]{0,62}$ (it names a Kafka topic)")
+        return value
+
+
+class WorkerProxy(Service):
+    name = "worker-proxy"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.work_topic = f"work.{settings.worker_id}"
+        self.identity: Identity | None = None
+        self.schedule: AttestationSchedule | None = None
+        self.jobs: dict[str, Job] = {}
+        self.results: dict[str, JobResult] = {}  # the last few, for tests and status
+        self.draining = False
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(settings.max_active_requests)
+        self._heartbeat_seq = 0
+        self._avg_ms: float | None = None
+        self._verdict_seen = asyncio.Event()
+        self.producer: BusProducer | None = None
+        self.consumer: BusConsumer | None = None
+        self.verdicts: BroadcastReader | None = None
+        self.engine: EngineClient | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        # Keys are generated here, inside the (simulated) TEE, and never leave this process.
+        self.identity = Identity.generate(self.worker_id, s.model)
+        self.schedule = AttestationSchedule(
+            self.worker_id, self.identity.keys.public.signing_key, s.evidence_refresh_seconds
+        )
+        await asyncio.to_thread(
+            ensure_instance,
+            s.kafka_bootstrap,
+            default_catalog()["work.{worker_id}"],
+            prefix=topic_prefix(),
+            worker_id=self.worker_id,
+        )
+        self.engine = EngineClient(s.engine_url)
+        self.producer = BusProducer(s.kafka_bootstrap, client_id=f"worker-proxy-{self.worker_id}")
+        await self.producer.start()
+        self.verdicts = BroadcastReader(
+            s.kafka_bootstrap,
+            ["attestation.verdicts"],
+            self._on_verdict,
+            from_beginning=True,
+            client_id=f"worker-proxy-{self.worker_id}-verdicts",
+        )
+        await self.verdicts.start()
+        await self._submit_evidence()
+        self.consumer = BusConsumer(
+            s.kafka_bootstrap,
+            [self.work_topic],
+            group_id=f"worker-{self.worker_id}",
+            handler=self._on_work,
+            client_id=f"worker-proxy-{self.worker_id}",
+        )
+        await self.consumer.start()
+        await self._heartbeat()
+        log.info(
+            "worker ready",
+            extra={"worker_id": self.worker_id, "model": s.model, "work_topic": self.work_topic},
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        assert self.consumer is not None and self.verdicts is not None
+        background = [
+            asyncio.create_task(self.consumer.run(), name="work"),
+            asyncio.create_task(self.verdicts.run(stopping), name="verdicts"),
+            asyncio.create_task(self._heartbeats(stopping), name="heartbeats"),
+            asyncio.create_task(self._attestation(stopping), name="attestation"),
+        ]
+        stop_wait = asyncio.create_task(stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                [*background, stop_wait], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stop_wait:
+                    task.result()  # a loop that ended by itself failed: let the runtime see it
+            # Stop taking work first, then tell the scheduler, then let the jobs finish.
+            self.draining = True
+            await self.consumer.stop()
+            await self._heartbeat()
+            if self._tasks:
+                log.info("draining", extra={"in_flight": len(self._tasks)})
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            stop_wait.cancel()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for task in list(self._tasks):
+                task.cancel()  # past the grace period: the runtime cancelled us
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for closer in (
+            self.consumer.stop if self.consumer else None,
+            self.verdicts.stop if self.verdicts else None,
+            self.producer.stop if self.producer else None,
+            self.engine.aclose if self.engine else None,
+        ):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    # -- work ----------------------------------------------------------------------------------
+    async def _on_work(self, message: Message) -> None:
+        item: models.WorkItem = message.value
+        if item.action == "RUN":
+            self._dispatch(item)
+        elif item.action == "CANCEL":
+            job = self.jobs.get(item.request_id)
+            if job is not None and job.item.attempt == item.attempt:
+                job.cancel()
+        else:
+            raise RejectRecord(f"work item action {item.action!r} is not RUN or CANCEL")
+
+    def _dispatch(self, item: models.WorkItem) -> None:
+        current = self.jobs.get(item.request_id)
+        if current is not None and current.item.attempt >= item.attempt:
+            return  # redelivered: that attempt is already running
+        assert self.identity is not None and self.producer is not None
+        assert self.engine is not None
+        context = JobContext(
+            self.identity,
+            self.engine,
+            self.producer,
+            self._slots,
+            engine_model=self.settings.engine_model or self.settings.model,
+        )
+        job = Job(item, context)
+        self.jobs[item.request_id] = job
+        task = asyncio.create_task(self._run_job(job), name=f"job-{item.request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_job(self, job: Job) -> None:
+        ACTIVE.inc()
+        try:
+            result = await job.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job failed", extra={"request_id": job.request_id})
+            return
+        finally:
+            ACTIVE.dec()
+            if self.jobs.get(job.request_id) is job:
+                del self.jobs[job.request_id]
+        REQUESTS.labels(result.status).inc()
+        self.results[job.request_id] = result
+        while len(self.results) > 1000:
+            del self.results[next(iter(self.results))]
+        if result.status == "SUCCEEDED":
+            took = now_ms() - job.received_ms
+            self._avg_ms = took if self._avg_ms is None else 0.8 * self._avg_ms + 0.2 * took
+        log.info(
+            "request finished",
+            extra={
+                "request_id": job.request_id,
+                "attempt": job.item.attempt,
+                "status": result.status,
+                "error_code": result.error_code,
+                "completion_tokens": result.completion_tokens,
+            },
+        )
+
+    # -- heartbeats ----------------------------------------------------------------------------
+    async def _heartbeats(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.heartbeat_seconds)
+            if not stopping.is_set():
+                await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        assert self.producer is not None
+        self._heartbeat_seq += 1
+        waiting = sum(1 for job in self.jobs.values() if not job.running)
+        await self.producer.send(
+            "worker.heartbeats",
+            models.Heartbeat(
+                worker_id=self.worker_id,
+                models=[self.settings.model],
+                state="DRAINING" if self.draining else "READY",
+                max_active_requests=self.settings.max_active_requests,
+                active_requests=len(self.jobs),
+                coefficient=self.settings.coefficient,
+                work_topic=self.work_topic,
+                seq=self._heartbeat_seq,
+                sent_at=now_ms(),
+                engine_queue_depth=waiting,
+                avg_request_ms=self._avg_ms,
+            ),
+        )
+
+    # -- attestation ---------------------------------------------------------------------------
+    def _on_verdict(self, record: BroadcastRecord) -> None:
+        if self.schedule is not None and self.schedule.on_verdict(record.key, record.value):
+            log.info(
+                "verdict",
+                extra={"status": self.schedule.status, "reason": self.schedule.reason},
+            )
+            self._verdict_seen.set()
+
+    async def _submit_evidence(self) -> None:
+        assert self.identity is not None and self.producer is not None
+        assert self.schedule is not None
+        nonce = self.schedule.challenge
+        evidence = await asyncio.to_thread(self.identity.evidence, nonce=nonce)
+        await self.producer.send("attestation.evidence", evidence)
+        self.schedule.submitted(evidence.evidence_id, now_ms())
+        log.info(
+            "evidence submitted",
+            extra={"evidence_id": evidence.evidence_id, "challenged": nonce is not None},
+        )
+
+    async def _attestation(self, stopping: asyncio.Event) -> None:
+        assert self.schedule is not None
+        while not stopping.is_set():
+            wait_s = max(0.0, (self.schedule.next_due_ms() - now_ms()) / 1000)
+            if wait_s > 0:
+                # Wake on a new verdict too: it may bring the due time forward.
+                self._verdict_seen.clear()
+                waiters = [
+                    asyncio.ensure_future(stopping.wait()),
+                    asyncio.ensure_future(self._verdict_seen.wait()),
+                ]
+                try:
+                    await asyncio.wait(waiters, timeout=wait_s, return_when="FIRST_COMPLETED")
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+                continue
+            await self._submit_evidence()
+
+
+def build(settings: Settings) -> WorkerProxy:
+    return WorkerProxy(settings)
+
+
+__all__ = ["Settings", "WorkerProxy", "build"]

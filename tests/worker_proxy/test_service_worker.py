@@ -1,0 +1,507 @@
+"""The worker-proxy on the real broker with the real llama.cpp engine.
+
+The tests play the gateway: seal a request to the worker's keys (taken from the Evidence it
+published), put a WorkItem on its work topic, read the sealed chunks, receipt and outcome back
+from the raw topics and open them with the response key. Nothing here mocks Kafka, crypto or
+the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from cocoon.attestation.claims import Claims
+from cocoon.attestation.collateral import BundleSource
+from cocoon.attestation.simtdx import SimTdx
+from cocoon.attestation.verify import Verifier
+from cocoon.core import codec
+from cocoon.core.bus import BusProducer
+from cocoon.core.bus.admin import apply_topics, list_topics
+from cocoon.core.catalog import dead_letter_spec, load_catalog
+from cocoon.core.crypto import (
+    HpkeSuite,
+    ResponseOpener,
+    SignedReceipt,
+    WorkerKeys,
+    WorkerPublicKeys,
+    seal_request,
+    verify_receipt,
+)
+from cocoon.worker_proxy.service import Settings, WorkerProxy, build
+
+CATALOG = load_catalog()
+TOPICS = [
+    "attestation.evidence",
+    "attestation.verdicts",
+    "worker.heartbeats",
+    "inference.responses",
+    "usage.receipts",
+    "inference.outcomes",
+]
+READ = ["attestation.evidence", "worker.heartbeats", *TOPICS[3:]]
+STORY = "Write a very long story about a lighthouse keeper and the sea, in many chapters."
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Bus:
+    """Every record of the topics the worker writes, raw and decoded, from the beginning."""
+
+    prefix: str
+    raw: list[tuple[str, bytes]] = field(default_factory=list)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def of(self, topic: str, **match: Any) -> list[dict[str, Any]]:
+        return [
+            r for r in self.records.get(topic, []) if all(r.get(k) == v for k, v in match.items())
+        ]
+
+    async def wait_for(self, topic: str, timeout_s: float = 30.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while not (found := self.of(topic, **match)):
+            assert time.monotonic() < deadline, f"nothing on {topic} matching {match}"
+            await asyncio.sleep(0.02)
+        return found[-1]
+
+
+async def read_all(bootstrap: str, bus: Bus, stop: asyncio.Event) -> None:
+    # No group: a subscription then covers every partition, read from the beginning.
+    consumer = AIOKafkaConsumer(
+        *[bus.prefix + t for t in READ],
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            for records in batch.values():
+                for record in records:
+                    topic = record.topic.removeprefix(bus.prefix)
+                    bus.raw.append((topic, record.value))
+                    _, value = codec.decode(record.value)
+                    bus.records.setdefault(topic, []).append(value)
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Network:
+    bootstrap: str
+    prefix: str
+    bus: Bus
+    producer: BusProducer
+    model: str
+
+
+@pytest.fixture(scope="module")
+async def network(kafka_bootstrap: str) -> AsyncIterator[Network]:
+    prefix = f"wp-{uuid.uuid4().hex[:8]}."
+    specs = [CATALOG[t] for t in TOPICS]
+    apply_topics(kafka_bootstrap, specs + [dead_letter_spec(s) for s in specs], prefix=prefix)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COCOON_TOPIC_PREFIX", prefix)  # the service's bus clients read it
+        bus, stop = Bus(prefix), asyncio.Event()
+        reader = asyncio.create_task(read_all(kafka_bootstrap, bus, stop))
+        async with BusProducer(kafka_bootstrap, prefix=prefix) as producer:
+            yield Network(kafka_bootstrap, prefix, bus, producer, "smollm2-135m-instruct")
+        stop.set()
+        await reader
+
+
+@contextlib.asynccontextmanager
+async def running(network: Network, engine_url: str, **overrides: Any) -> AsyncIterator[Any]:
+    settings = Settings(
+        kafka_bootstrap=network.bootstrap,
+        worker_id=f"w-{uuid.uuid4().hex[:10]}",
+        model=network.model,
+        engine_url=engine_url,
+        heartbeat_seconds=0.5,
+        **overrides,
+    )
+    service = build(settings)
+    stopping = asyncio.Event()
+    await service.start()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        yield service, stopping, task
+    finally:
+        stopping.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 30)
+        await service.close()
+
+
+@pytest.fixture(scope="module")
+async def worker(network: Network, engine_url: str) -> AsyncIterator[WorkerProxy]:
+    async with running(network, engine_url, max_active_requests=2) as (service, _, _):
+        yield service
+
+
+def published_keys(network: Network, worker_id: str) -> WorkerPublicKeys:
+    """The worker's public keys as a gateway learns them: from its attested claims."""
+    evidence = network.bus.of("attestation.evidence", worker_id=worker_id)[-1]
+    claims = Claims.decode(evidence["claims"])
+    return WorkerPublicKeys(claims.signing_key, claims.hpke_x25519, claims.hpke_mlkem768_x25519)
+
+
+async def send_work(
+    network: Network,
+    worker_id: str,
+    body: dict[str, Any],
+    *,
+    max_tokens: int,
+    keys: WorkerPublicKeys | None = None,
+    seal_worker_id: str | None = None,
+    deadline_s: float = 60.0,
+    request_id: str | None = None,
+    suite: HpkeSuite = HpkeSuite.MLKEM768_X25519,
+) -> tuple[str, bytes]:
+    """Seal `body` as the gateway does and put a RUN on the worker's topic."""
+    await network.bus.wait_for("attestation.evidence", worker_id=worker_id)
+    request_id = request_id or str(uuid.uuid4())
+    sealed, response_key = seal_request(
+        keys or published_keys(network, worker_id),
+        request_id,
+        seal_worker_id or worker_id,
+        network.model,
+        json.dumps(body).encode(),
+        suite,
+    )
+    await network.producer.send(
+        f"work.{worker_id}",
+        {
+            "request_id": request_id,
+            "assignment_id": f"{request_id}:1",
+            "attempt": 1,
+            "model": network.model,
+            "action": "RUN",
+            **sealed.to_record(),
+            "max_tokens": max_tokens,
+            "coefficient": 1500,
+            "gateway_id": "gw-test",
+            "deadline_at": now_ms() + int(deadline_s * 1000),
+            "sent_at": now_ms(),
+        },
+        record="cocoon.inference.WorkItem",
+    )
+    return request_id, response_key
+
+
+async def send_cancel(network: Network, worker_id: str, request_id: str) -> None:
+    await network.producer.send(
+        f"work.{worker_id}",
+        {
+            "request_id": request_id,
+            "assignment_id": f"{request_id}:1",
+            "attempt": 1,
+            "model": network.model,
+            "action": "CANCEL",
+            "max_tokens": 0,
+            "coefficient": 0,
+            "gateway_id": "gw-test",
+            "deadline_at": now_ms(),
+            "sent_at": now_ms(),
+        },
+        record="cocoon.inference.WorkItem",
+    )
+
+
+def open_stream(network: Network, request_id: str, response_key: bytes) -> list[bytes]:
+    """Open every chunk of the request in order; the opener proves order and the final flag."""
+    chunks = sorted(
+        network.bus.of("inference.responses", request_id=request_id), key=lambda c: c["seq"]
+    )
+    opener = ResponseOpener(response_key, request_id)
+    plain = [opener.open(c["seq"], c["final"], c["ciphertext"]) for c in chunks]
+    opener.end()
+    return plain
+
+
+def text_of(plain: list[bytes]) -> str:
+    out = []
+    for data in plain:
+        chunk = json.loads(data)
+        for choice in chunk.get("choices") or []:
+            out.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
+    return "".join(out)
+
+
+def chat(content: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "ignored", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def verified_receipt(network: Network, worker_id: str, request_id: str) -> SignedReceipt:
+    record = network.bus.of("usage.receipts", request_id=request_id)[-1]
+    signed = SignedReceipt.from_record(record)
+    verify_receipt(signed, expected_signing_key=published_keys(network, worker_id).signing_key)
+    return signed
+
+
+# -- start-up ----------------------------------------------------------------------------------
+
+
+async def test_start_publishes_verifiable_evidence_heartbeats_and_work_topic(
+    network: Network, worker: WorkerProxy
+) -> None:
+    evidence = await network.bus.wait_for("attestation.evidence", worker_id=worker.worker_id)
+    claims = Claims.decode(evidence["claims"])
+    assert claims.signing_key == worker.identity.keys.public.signing_key
+    assert claims.hpke_mlkem768_x25519 == worker.identity.keys.public.hpke_mlkem768_x25519
+    assert claims.model == network.model
+    sim = SimTdx.load_or_create()
+    verdict = Verifier(sim.development_policy(), BundleSource([sim.collateral()])).verify(
+        evidence["tdx_quote"], claims
+    )
+    assert verdict.accepted, verdict.reason
+
+    beat = await network.bus.wait_for("worker.heartbeats", worker_id=worker.worker_id)
+    assert beat["state"] == "READY"
+    assert beat["work_topic"] == f"work.{worker.worker_id}"
+    assert beat["models"] == [network.model] and beat["max_active_requests"] == 2
+    await asyncio.sleep(1.2)  # heartbeat_seconds=0.5: more keep coming, in order
+    seqs = [b["seq"] for b in network.bus.of("worker.heartbeats", worker_id=worker.worker_id)]
+    assert len(seqs) >= 3 and seqs == sorted(seqs)
+
+    topics = list_topics(network.bootstrap, network.prefix + f"work.{worker.worker_id}")
+    assert set(topics) == {
+        network.prefix + f"work.{worker.worker_id}",
+        network.prefix + f"work.{worker.worker_id}.dlq",
+    }
+
+
+# -- one request -------------------------------------------------------------------------------
+
+
+async def test_run_streams_sealed_chunks_then_signed_receipt_and_outcome(
+    network: Network, worker: WorkerProxy
+) -> None:
+    canary = f"canary-{uuid.uuid4().hex}"
+    # The body asks for far more than the WorkItem allows: the WorkItem's cap wins.
+    request_id, key = await send_work(
+        network,
+        worker.worker_id,
+        chat(f"Say hello to {canary} in one sentence.", max_tokens=4000),
+        max_tokens=12,
+    )
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert outcome["status"] == "SUCCEEDED", outcome
+    assert outcome["reported_by"] == "worker-proxy" and outcome["time_to_first_chunk_ms"] >= 0
+
+    plain = open_stream(network, request_id, key)
+    text = text_of(plain)
+    assert text.strip()
+    final = json.loads(plain[-1])
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] > 0
+    chunks = network.bus.of("inference.responses", request_id=request_id)
+    assert all(c["gateway_id"] == "gw-test" and c["attempt"] == 1 for c in chunks)
+    assert [c["final"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+
+    receipt = verified_receipt(network, worker.worker_id, request_id).receipt
+    assert receipt.completed and receipt.worker_id == worker.worker_id
+    assert 0 < receipt.completion_tokens <= 12
+    assert receipt.completion_tokens == final["usage"]["completion_tokens"]
+    assert receipt.prompt_tokens == final["usage"]["prompt_tokens"] > 0
+    assert receipt.coefficient == 1500 and receipt.receipt_id == f"{request_id}:1"
+    assert outcome["completion_tokens"] == receipt.completion_tokens
+
+    # Ciphertext and metadata only: neither the prompt nor the answer is on the bus.
+    everything = b"".join(value for _, value in network.bus.raw)
+    assert canary.encode() not in everything
+    assert text.strip().encode() not in everything
+
+
+async def test_completions_endpoint_and_classical_suite(
+    network: Network, worker: WorkerProxy
+) -> None:
+    request_id, key = await send_work(
+        network,
+        worker.worker_id,
+        {"model": "x", "prompt": "The capital of France is"},
+        max_tokens=6,
+        suite=HpkeSuite.X25519,
+    )
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert outcome["status"] == "SUCCEEDED", outcome
+    plain = open_stream(network, request_id, key)
+    assert text_of(plain).strip()
+    assert json.loads(plain[-1])["object"] == "text_completion"
+    assert verified_receipt(network, worker.worker_id, request_id).receipt.completion_tokens <= 6
+
+
+async def test_concurrent_requests_all_finish(network: Network, worker: WorkerProxy) -> None:
+    sent = [
+        await send_work(network, worker.worker_id, chat(f"Count to {n}."), max_tokens=5)
+        for n in (3, 4, 5)
+    ]
+    for request_id, key in sent:
+        outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+        assert outcome["status"] == "SUCCEEDED", outcome
+        assert text_of(open_stream(network, request_id, key)).strip()
+
+
+# -- cancellation, deadline, refusals ----------------------------------------------------------
+
+
+async def test_cancel_mid_stream_ends_stream_and_receipts_tokens_so_far(
+    network: Network, worker: WorkerProxy
+) -> None:
+    request_id, key = await send_work(network, worker.worker_id, chat(STORY), max_tokens=400)
+    deadline = time.monotonic() + 30
+    while len(network.bus.of("inference.responses", request_id=request_id)) < 4:
+        assert time.monotonic() < deadline, "no chunks"
+        await asyncio.sleep(0.01)
+    cancelled_at = time.monotonic()
+    await send_cancel(network, worker.worker_id, request_id)
+
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert outcome["status"] == "CANCELLED" and outcome["error_code"] == "cancelled"
+    assert time.monotonic() - cancelled_at < 3  # not the 400 tokens (~5 s at 85 tokens/s)
+    receipt = verified_receipt(network, worker.worker_id, request_id).receipt
+    assert receipt.completed is False
+    plain = open_stream(network, request_id, key)  # ends with a final chunk: not truncated
+    produced = sum(1 for p in plain[:-1] if text_of([p]))
+    assert 3 <= receipt.completion_tokens < 400
+    assert receipt.completion_tokens == produced
+    final = network.bus.of("inference.responses", request_id=request_id, final=True)
+    assert final[0]["error_code"] == "cancelled"
+    assert json.loads(plain[-1])["error"]["code"] == "cancelled"
+
+
+async def test_deadline_gives_timed_out_with_partial_receipt(
+    network: Network, worker: WorkerProxy
+) -> None:
+    request_id, key = await send_work(
+        network, worker.worker_id, chat(STORY), max_tokens=400, deadline_s=1.5
+    )
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert outcome["status"] == "TIMED_OUT" and outcome["error_code"] == "timed_out"
+    receipt = verified_receipt(network, worker.worker_id, request_id).receipt
+    assert receipt.completed is False and receipt.completion_tokens < 400
+    assert json.loads(open_stream(network, request_id, key)[-1])["error"]["code"] == "timed_out"
+
+
+async def test_payload_sealed_for_another_worker_fails_unsealable(
+    network: Network, worker: WorkerProxy
+) -> None:
+    other_keys = WorkerKeys.generate().public
+    # Sealed to another worker's key...
+    first, _ = await send_work(
+        network, worker.worker_id, chat("secret"), max_tokens=5, keys=other_keys
+    )
+    # ...and sealed to this worker's key but bound to another worker id (a replay).
+    second, _ = await send_work(
+        network, worker.worker_id, chat("secret"), max_tokens=5, seal_worker_id="w-someone-else"
+    )
+    for request_id in (first, second):
+        outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+        assert outcome["status"] == "FAILED" and outcome["error_code"] == "unsealable"
+        assert outcome["completion_tokens"] == 0 and outcome["time_to_first_chunk_ms"] is None
+        assert not network.bus.of("inference.responses", request_id=request_id)
+        assert not network.bus.of("usage.receipts", request_id=request_id)
+
+
+async def test_body_that_is_not_an_openai_request_fails_sealed(
+    network: Network, worker: WorkerProxy
+) -> None:
+    request_id, key = await send_work(network, worker.worker_id, {"hello": "world"}, max_tokens=5)
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert outcome["status"] == "FAILED" and outcome["error_code"] == "bad_request"
+    plain = open_stream(network, request_id, key)
+    assert json.loads(plain[-1])["error"]["code"] == "bad_request"
+    assert not network.bus.of("usage.receipts", request_id=request_id)
+
+
+# -- attestation refresh, shutdown, engine failure ---------------------------------------------
+
+
+async def test_evidence_resubmitted_with_challenge_before_verdict_expiry(
+    network: Network, worker: WorkerProxy
+) -> None:
+    first = await network.bus.wait_for("attestation.evidence", worker_id=worker.worker_id)
+    challenge = os.urandom(32)
+    issued = now_ms()
+    # The verdict the attestation service would write: trusted for 3 s, with a challenge.
+    await network.producer.send(
+        "attestation.verdicts",
+        {
+            "verdict_id": str(uuid.uuid4()),
+            "worker_id": worker.worker_id,
+            "evidence_id": first["evidence_id"],
+            "status": "TRUSTED",
+            "models": [network.model],
+            "signing_key": worker.identity.keys.public.signing_key,
+            "registry_version": 1,
+            "issued_at": issued,
+            "expires_at": issued + 3000,
+            "challenge": challenge,
+            "attestor_key_id": "att-test",
+            "signature": bytes(64),
+        },
+        record="cocoon.attestation.Verdict",
+    )
+    second = await network.bus.wait_for(
+        "attestation.evidence", timeout_s=10, worker_id=worker.worker_id, nonce=challenge
+    )
+    took = now_ms() - issued
+    assert 1000 <= took < 3000  # halfway to expiry, before it
+    claims = Claims.decode(second["claims"])
+    assert claims.freshness.nonce == challenge
+    assert claims.signing_key == worker.identity.keys.public.signing_key
+
+
+async def test_stopping_drains_in_flight_work_and_heartbeats_draining(
+    network: Network, engine_url: str
+) -> None:
+    async with running(network, engine_url) as (service, stopping, task):
+        request_id, key = await send_work(network, service.worker_id, chat(STORY), max_tokens=40)
+        await network.bus.wait_for("inference.responses", request_id=request_id)
+        stopping.set()  # what the runtime does on SIGTERM
+        await asyncio.wait_for(task, 30)
+        # run() returned only after the in-flight request finished and its outcome was acked.
+        outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+        assert outcome["status"] == "SUCCEEDED"  # finished, not cut off
+        assert text_of(open_stream(network, request_id, key)).strip()
+        beat = await network.bus.wait_for(
+            "worker.heartbeats", worker_id=service.worker_id, state="DRAINING"
+        )
+        assert (
+            beat["seq"] > network.bus.of("worker.heartbeats", worker_id=service.worker_id)[0]["seq"]
+        )
+        # Work sent after the stop is left on the topic for the next process, not started.
+        late, _ = await send_work(network, service.worker_id, chat("hi"), max_tokens=3)
+        await asyncio.sleep(1.0)
+        assert not network.bus.of("inference.outcomes", request_id=late)
+        assert not service.jobs
+
+
+async def test_engine_down_fails_with_sealed_error_and_empty_receipt(network: Network) -> None:
+    async with running(network, "http://127.0.0.1:9/v1") as (service, _, _):
+        request_id, key = await send_work(network, service.worker_id, chat("hi"), max_tokens=5)
+        outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+        assert outcome["status"] == "FAILED" and outcome["error_code"] == "engine_error"
+        assert json.loads(open_stream(network, request_id, key)[-1])["error"]["code"] == (
+            "engine_error"
+        )
+        receipt = verified_receipt(network, service.worker_id, request_id).receipt
+        assert receipt.completed is False and receipt.completion_tokens == 0
+
+
+def test_settings_refuse_a_worker_id_that_cannot_name_a_topic() -> None:
+    with pytest.raises(ValueError, match="worker_id"):
+        Settings(worker_id="Bad_Id", model="m")
