@@ -8,16 +8,27 @@ A receipt of 300 prompt (100 cached), 50 completion tokens costs (200 + 50 + 50)
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from billing_service_support import network, outcome, receipt, request, running
+from typer.testing import CliRunner
 
 from cocoon.billing.audit import audit
+from cocoon.billing.cli import app
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.core.crypto.keys import WorkerKeys
 
+RUNNER = CliRunner()
 HOLD = 50_000
 CHARGE, FEE, COMMISSION = 30_000, 24_000, 6_000
+
+
+async def cli(*args: str) -> str:
+    # In a thread: the CLI runs its own event loop.
+    result = await asyncio.to_thread(RUNNER.invoke, app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def rid() -> str:
@@ -95,6 +106,37 @@ async def test_signed_receipt_captures_once_and_a_forged_one_is_rejected(
         assert net.balance("alice") == after  # the forged request's hold is still open
         assert net.balance("worker:w-1") == (FEE, 0)
         assert audit(entries) == []
+
+        # `cocoon billing` reads the same topic.
+        where = ["--bootstrap", kafka_bootstrap, "--prefix", net.prefix]
+        shown = await cli("balance", "alice", *where)
+        assert f"available  {after[0]} nanoTON" in shown and f"held       {HOLD} nanoTON" in shown
+        assert f"available  {FEE} nanoTON" in await cli("balance", "worker:w-1", *where)
+        rows = (await cli("statement", "alice", "--from", "2000-01-01", *where)).splitlines()
+        charge_row = next(r for r in rows if paid in r)
+        assert charge_row.split()[2:] == [
+            "charge",
+            paid,
+            "m",
+            "300",
+            "100",
+            "50",
+            "0",
+            "1000",
+            "100",
+            f"-{CHARGE}",
+            "w-1",
+        ]
+        assert any("deposit" in r and "1000000" in r for r in rows)
+        assert not any(
+            paid in r
+            for r in (await cli("statement", "alice", "--to", "2000-01-01", *where)).splitlines()
+        )
+        listing = await cli("ledger", "--account", "alice", *where)
+        assert f"charge:{paid}" in listing and f"hold:{forged}" in listing
+        assert (
+            await asyncio.to_thread(RUNNER.invoke, app, ["balance", "bob", *where])
+        ).exit_code == 1
 
 
 async def test_outcome_without_receipt_and_deadline_release_the_hold(kafka_bootstrap, unique_name):
