@@ -5,6 +5,8 @@ Registered for every test through `pytest_plugins` in tests/conftest.py:
     def test_something(engine_url):        # "http://127.0.0.1:<port>/v1", OpenAI base URL
         ...
 
+Fixtures: `engine_process` (the EngineProcess: pid, log), `engine_url`, `engine_model`.
+
 One engine serves the whole session (it starts in about a second; it runs one request at a
 time, so tests that share it see each other's load, never each other's answers).
 """
@@ -19,16 +21,16 @@ from cocoon.network.engine_process import SMOLLM2_MODEL, EngineProcess, running_
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[EngineProcess]:
+def engine_process() -> Iterator[EngineProcess]:
     """The running engine process (pid, log path, base URL)."""
     with running_engine() as process:
         yield process
 
 
 @pytest.fixture(scope="session")
-def engine_url(engine: EngineProcess) -> str:
+def engine_url(engine_process: EngineProcess) -> str:
     """OpenAI base URL of the session's engine, ending in /v1."""
-    return engine.base_url
+    return engine_process.base_url
 
 
 @pytest.fixture(scope="session")
