@@ -91,7 +91,7 @@ class Job:
         self.running = False  # holds an engine slot
         self._cancel = asyncio.Event()
         self._sealer: ResponseSealer | None = None
-        self._pending: list[asyncio.Future] = []
+        self._enqueued: list[asyncio.Future] = []  # per chunk: producer.send -> delivery
 
     @property
     def request_id(self) -> str:
@@ -209,6 +209,9 @@ class Job:
     # -- sending -------------------------------------------------------------------------------
     async def _seal(self, plaintext: bytes, *, final: bool, error_code: str | None = None) -> None:
         assert self._sealer is not None
+        if final:
+            # Every earlier chunk is queued first, even one whose send a cancel interrupted.
+            await asyncio.gather(*self._enqueued)
         sealed = self._sealer.seal(plaintext, final=final)
         value = {
             "request_id": self.item.request_id,
@@ -224,12 +227,16 @@ class Job:
         if self.first_chunk_ms is None:
             self.first_chunk_ms = now_ms()
         # Chunks go out without waiting for each ack (the idempotent producer keeps one key's
-        # records in order); the final chunk waits for every earlier ack and its own.
-        future = await self.ctx.producer.send("inference.responses", value, wait=False)
-        self._pending.append(future)
+        # records in order); the final chunk waits for every earlier ack and its own. The send
+        # is shielded: a sealed chunk that never left would be a gap the gateway must refuse.
+        enqueue = asyncio.ensure_future(
+            self.ctx.producer.send("inference.responses", value, wait=False)
+        )
+        self._enqueued.append(enqueue)
+        await asyncio.shield(enqueue)
         if final:
-            pending, self._pending = self._pending, []
-            await asyncio.gather(*pending)
+            await asyncio.gather(*(task.result() for task in self._enqueued))
+            self._enqueued = []
 
     async def _seal_error(self, code: str, message: str) -> None:
         if self._sealer is not None and not self._sealer.finished:
