@@ -386,6 +386,8 @@ class Billing(Service):
     async def _dead_letter(
         self, topic: str, record: ConsumerRecord, exc: Exception
     ) -> asyncio.Future:
+        if isinstance(exc, BadRecord):  # decoded, but not a value billing can act on
+            exc = InvalidValue(str(exc))
         value, headers = dead_letter(record, exc, topic=topic, group=self.settings.consumer_group)
         spec = self._catalog.get(topic)
         dlq = spec.dead_letter if spec and spec.dead_letter else f"{topic}.dlq"

@@ -144,6 +144,7 @@ class Seen:
     reservations: dict[str, list[dict]] = field(default_factory=dict)
     balances: dict[str, dict] = field(default_factory=dict)
     ledger: list[dict] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
 
     def on_record(self, record: BroadcastRecord) -> None:
         if record.value is None or record.key is None:
@@ -152,6 +153,8 @@ class Seen:
             self.reservations.setdefault(record.key, []).append(record.value)
         elif record.topic == "billing.balances":
             self.balances[record.key] = record.value
+        elif record.topic.endswith(".dlq"):
+            self.dead_letters.append(record.value)
         else:
             self.ledger.append(record.value)
 
@@ -237,7 +240,7 @@ async def network(
     seen = Seen()
     reader = BroadcastReader(
         bootstrap,
-        ["billing.reservations", "billing.balances", "billing.ledger"],
+        ["billing.reservations", "billing.balances", "billing.ledger", "usage.receipts.dlq"],
         seen.on_record,
         from_beginning=True,
         prefix=prefix,

@@ -96,6 +96,12 @@ async def test_signed_receipt_captures_once_and_a_forged_one_is_rejected(
             # Signed by a key that is not in w-1's verdict: never charged.
             await net.send("usage.receipts", receipt(forger, forged, "w-1"))
             await net.until(lambda: len(net.seen.causes("reject:")) == 2)
+            # More cached than prompt tokens: not a receipt billing can judge; dead-lettered.
+            await net.send(
+                "usage.receipts", {**receipt(worker, forged, "w-1"), "cached_prompt_tokens": 999}
+            )
+            letter = await net.until(lambda: net.seen.dead_letters)
+            assert letter[0]["reason"] == "INVALID_VALUE" and "cached" in letter[0]["error"]
 
         entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
         reasons = sorted(e.meta["reason"] for e in entries if e.kind == "receipt_rejected")
