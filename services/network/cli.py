@@ -42,8 +42,8 @@ def up(
 
 
 def _banner(url: str, key: str) -> None:
-    console.print(
-        f"""
+    # soft_wrap: commands must stay copy-pasteable, never folded at the terminal width.
+    text = f"""
 [bold green]Cocoon is up.[/bold green]  API: [bold]{url}/v1[/bold]   demo key: [bold]{key}[/bold]
 
   cocoon chat "Write a haiku about Kafka"
@@ -60,7 +60,7 @@ for e in c.chat.completions.create(model="{SMOLLM2_MODEL}", stream=True,
     print(e.choices[0].delta.content or "" if e.choices else "", end="", flush=True)'
 
 Ctrl-C stops everything."""
-    )
+    console.print(text, soft_wrap=True)
 
 
 def chat(
