@@ -323,6 +323,23 @@ def registry_disallow_tcb(
     _edit(file, bootstrap, prefix, lambda r: r.disallow_tcb(status))
 
 
+@registry_app.command("require-gpu")
+def registry_require_gpu(
+    model: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Require a GPU in CC mode for a model (revokes its workers' verdicts without GPU
+    evidence)."""
+    _edit(file, bootstrap, prefix, lambda r: r.require_gpu(model))
+
+
+@registry_app.command("no-require-gpu")
+def registry_no_require_gpu(
+    model: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Stop requiring a GPU in CC mode for a model (revokes nothing)."""
+    _edit(file, bootstrap, prefix, lambda r: r.no_require_gpu(model))
+
+
 @registry_app.command("export")
 def registry_export(
     target: Path, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None

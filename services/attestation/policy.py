@@ -21,7 +21,8 @@ Policy JSON (`Policy.from_dict`; unknown keys are refused so a typo cannot weake
 
 A model listed in `require_gpu_cc_models` is accepted only with a GPU verdict in
 `PolicyInput.extra["gpu"]` that accepted the worker's NVIDIA CC evidence
-(`cocoon.attestation.gpu.verify.evaluate_gpu`).
+(`cocoon.attestation.gpu.verify.evaluate_gpu`). For any other model, GPU evidence is optional,
+but evidence that was presented must verify: a rejected GPU verdict fails the same check.
 """
 
 from __future__ import annotations
@@ -274,8 +275,11 @@ def evaluate(policy: Policy, inp: PolicyInput) -> list[Check]:
             add("model", True, f"model {claims.model!r} allowed")
         else:
             add("model", False, f"model {claims.model!r} is not allowed by policy")
+        gpu = inp.extra.get("gpu")
         if claims.model in policy.require_gpu_cc_models:
-            add("gpu_cc", *_gpu_cc(claims.model, inp.extra.get("gpu")))
+            add("gpu_cc", *_gpu_cc(claims.model, gpu))
+        elif gpu is not None:  # not required, but evidence that was presented must hold
+            add("gpu_cc", *_gpu_optional(gpu))
 
     add(
         "debug",
@@ -340,8 +344,18 @@ def _gpu_cc(model: str, gpu: Any) -> tuple[bool, str]:
     if gpu is None:
         return False, f"model {model!r} requires a GPU in CC mode; no GPU evidence was verified"
     if not gpu.accepted:
-        return False, f"model {model!r} requires a GPU in CC mode; GPU evidence: {gpu.reason}"
+        return (
+            False,
+            f"model {model!r} requires a GPU in CC mode; GPU evidence rejected at "
+            f"{gpu.stage}: {gpu.reason}",
+        )
     return True, "GPU in CC mode verified"
+
+
+def _gpu_optional(gpu: Any) -> tuple[bool, str]:
+    if not gpu.accepted:
+        return False, f"GPU evidence rejected at {gpu.stage}: {gpu.reason}"
+    return True, "GPU in CC mode verified (not required for this model)"
 
 
 def first_failure(checks: Iterable[Check]) -> Check | None:

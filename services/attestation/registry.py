@@ -1,7 +1,7 @@
 """The registry: what the network allows (COCOON's root contract, minus the chain).
 
 Allowed image hashes, allowed MRTD/RTMR measurement sets, models with their hashes, accepted TCB
-statuses and allowed advisories. Here it is a plain value with a JSON file form (export and
+statuses, allowed advisories, and the models that require a GPU in confidential-computing mode. Here it is a plain value with a JSON file form (export and
 import); the Kafka compacted-topic mirror and revocation records come with the service wiring.
 `Registry.apply(policy)` yields the policy a verifier uses.
 """
@@ -41,6 +41,7 @@ class Registry:
     models: dict[str, str] = field(default_factory=dict)  # name -> SHA-256 hex of the model id
     tcb_statuses: set[str] = field(default_factory=lambda: {"UpToDate"})
     advisories: set[str] = field(default_factory=set)
+    gpu_cc_models: set[str] = field(default_factory=set)  # need verified NVIDIA CC evidence
 
     def add_image(self, image_hash: str) -> None:
         self.image_hashes.add(_hex(image_hash, 32, "image hash"))
@@ -76,8 +77,19 @@ class Registry:
     def disallow_tcb(self, status: str) -> None:
         self.tcb_statuses.discard(status)
 
+    def require_gpu(self, model: str) -> None:
+        if not model:
+            raise RegistryError("model name is empty")
+        self.gpu_cc_models.add(model)
+
+    def no_require_gpu(self, model: str) -> bool:
+        present = model in self.gpu_cc_models
+        self.gpu_cc_models.discard(model)
+        return present
+
     def apply(self, policy: Policy) -> Policy:
-        """`policy` with this registry's allow-lists (roots and freshness stay the policy's)."""
+        """`policy` with this registry's allow-lists (roots and freshness stay the policy's).
+        GPU requirements add to the policy's own `require_gpu_cc_models`."""
         try:
             return replace(
                 policy,
@@ -86,6 +98,7 @@ class Registry:
                 accepted_tcb_statuses=frozenset(self.tcb_statuses),
                 allowed_advisories=frozenset(self.advisories),
                 allowed_models=frozenset(self.models),
+                require_gpu_cc_models=policy.require_gpu_cc_models | frozenset(self.gpu_cc_models),
             )
         except PolicyError as exc:
             raise RegistryError(str(exc)) from None
@@ -98,6 +111,7 @@ class Registry:
             "models": dict(sorted(self.models.items())),
             "tcb_statuses": sorted(self.tcb_statuses),
             "advisories": sorted(self.advisories),
+            "gpu_cc_models": sorted(self.gpu_cc_models),
         }
 
     @classmethod
@@ -115,6 +129,8 @@ class Registry:
             for s in d.get("tcb_statuses", ["UpToDate"]):
                 reg.allow_tcb(s)
             reg.advisories = {str(a) for a in d.get("advisories", [])}
+            for m in d.get("gpu_cc_models", []):
+                reg.require_gpu(str(m))
         except (PolicyError, AttributeError, TypeError) as exc:
             raise RegistryError(f"malformed registry: {exc}") from None
         return reg

@@ -10,8 +10,12 @@ One record per allowed thing, keyed by its entry id; the latest record per id is
     tcb:<status>                     TCB_STATUS    an accepted TCB status (UpToDate unless
                                                    tcb:UpToDate says allowed=false)
     advisory:<id>                    ADVISORY      an allow-listed advisory
+    gpu-cc:<model>                   POLICY        attributes setting=require_gpu_cc: the model
+                                                   needs verified GPU CC evidence
 
 `version` is the registry version after the change (the writer's last seen version + 1).
+For `gpu-cc:` entries `allowed=true` means "required"; `allowed=false` lifts the requirement,
+which loosens the policy and so revokes nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ from cocoon.core.bus import BusProducer
 from cocoon.core.codec import models
 
 REGISTRY_TOPIC = "attestation.registry"
+GPU_CC_SETTING = "require_gpu_cc"  # the POLICY entries' `setting` attribute
+
+
+def gpu_cc_entry_id(model: str) -> str:
+    return f"gpu-cc:{model}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ def entries_of(reg: Registry) -> dict[str, Entry]:
         out.append(Entry(f"model:{name}", "MODEL", name, True, {"sha256": digest}))
     out += [Entry(f"tcb:{s}", "TCB_STATUS", s, True) for s in reg.tcb_statuses]
     out += [Entry(f"advisory:{a}", "ADVISORY", a, True) for a in reg.advisories]
+    out += [
+        Entry(gpu_cc_entry_id(m), "POLICY", m, True, {"setting": GPU_CC_SETTING})
+        for m in reg.gpu_cc_models
+    ]
     return {e.entry_id: e for e in out}
 
 
@@ -97,6 +110,11 @@ def apply_entry(reg: Registry, entry: Entry) -> None:
             _ = reg.allow_tcb(subject) if allow else reg.disallow_tcb(subject)
         elif entry.kind == "ADVISORY":
             _ = reg.advisories.add(subject) if allow else reg.advisories.discard(subject)
+        elif entry.kind == "POLICY":
+            setting = entry.attributes.get("setting")
+            if setting != GPU_CC_SETTING or entry.entry_id != gpu_cc_entry_id(subject):
+                raise RegistryError(f"unknown policy setting {setting!r} in {entry.entry_id!r}")
+            _ = reg.require_gpu(subject) if allow else reg.no_require_gpu(subject)
         else:
             raise RegistryError(f"unknown registry entry kind {entry.kind!r}")
     except PolicyError as exc:
@@ -108,6 +126,7 @@ class RegistryState:
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
+        self.versions: dict[str, int] = {}  # entry id -> registry version its entry carried
         self.version = 0
         self.registry = Registry()
 
@@ -117,6 +136,7 @@ class RegistryState:
         if key is None:
             return False
         if value is None:
+            self.versions.pop(key, None)
             if self.entries.pop(key, None) is None:
                 return False
         else:
@@ -130,9 +150,18 @@ class RegistryState:
             if entry.allowed:
                 apply_entry(Registry(), entry)  # validate before it can change the state
             self.entries[key] = entry
+            self.versions[key] = int(value.version)
             self.version = max(self.version, int(value.version))
         self._rebuild()
         return True
+
+    def gpu_required_since(self, model: str) -> int | None:
+        """The registry version of the entry that requires a GPU for `model`, if one does."""
+        eid = gpu_cc_entry_id(model)
+        entry = self.entries.get(eid)
+        if entry is None or not entry.allowed or model not in self.registry.gpu_cc_models:
+            return None
+        return self.versions.get(eid, 0)
 
     def _rebuild(self) -> None:
         # Rebuilt from the entries rather than patched, so the order in which two entries about

@@ -87,7 +87,14 @@ class Verifier:
         self.collateral = collateral
         self.nonces = nonces
 
-    def verify(self, quote: bytes | Quote, claims: Claims | None, at: int | None = None) -> Verdict:
+    def verify(
+        self,
+        quote: bytes | Quote,
+        claims: Claims | None,
+        at: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Verdict:
+        """`extra` goes to the policy as `PolicyInput.extra` (e.g. `{"gpu": GpuVerdict}`)."""
         at = int(time.time()) if at is None else int(at)
         verdict = Verdict(False, "", "format", self.policy.name, at)
         try:
@@ -140,7 +147,9 @@ class Verifier:
             )
         checks = evaluate(
             self.policy,
-            PolicyInput(q, dcap.status, dcap.advisory_ids, claims, at, nonce_problem),
+            PolicyInput(
+                q, dcap.status, dcap.advisory_ids, claims, at, nonce_problem, dict(extra or {})
+            ),
         )
         verdict.checks = checks
         failed = first_failure(checks)

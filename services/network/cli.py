@@ -46,7 +46,7 @@ def _banner(url: str, key: str) -> None:
     text = f"""
 [bold green]Cocoon is up.[/bold green]  API: [bold]{url}/v1[/bold]   demo key: [bold]{key}[/bold]
 
-  cocoon chat "Write a haiku about Kafka"
+  .venv/bin/cocoon chat "Write a haiku about Kafka"
 
   curl -N {url}/v1/chat/completions -H "Authorization: Bearer {key}" \\
     -H "Content-Type: application/json" \\

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,16 +36,18 @@ from cocoon.attestation.gpu.report import NONCE_LEN, GpuEvidenceError, GpuReport
 from cocoon.attestation.gpu.rim import RimFiles, RimService, RimSource, golden_for, mismatches
 from cocoon.attestation.policy import Check
 from cocoon.attestation.roots import TrustAnchor, TrustError
+from cocoon.core import gpu_evidence as wire
 
 GPU_VERDICT_SCHEMA = "cocoon.attestation.gpu-verdict/1"
 NVIDIA_RIM_SERVICE = "https://rim.attestation.nvidia.com"
 NVIDIA_OCSP_SERVICE = "https://ocsp.ndis.nvidia.com/"
-_NONCE_DOMAIN = b"cocoon/gpu-nonce/v1\n"
+_NONCE_DOMAIN = wire.GPU_NONCE_DOMAIN
 
 
 def gpu_nonce(claims: Claims) -> bytes:
     """The 32-byte nonce a worker passes to the GPU: binds the GPU report to the same claims
-    (keys, model, freshness) as the TDX quote, so it cannot be replayed for another worker."""
+    (keys, model, freshness) as the TDX quote, so it cannot be replayed for another worker.
+    Workers compute it from the claims bytes with `cocoon.core.gpu_evidence.gpu_nonce`."""
     return hashlib.sha256(_NONCE_DOMAIN + claims.report_data()).digest()
 
 
@@ -68,6 +71,21 @@ class GpuEvidence:
             raise GpuEvidenceError(f"bad GPU evidence document: {exc!r}") from None
         return cls(report, chain)
 
+    @classmethod
+    def decode(cls, data: bytes) -> GpuEvidence:
+        """From `Evidence.gpu_evidence` (`cocoon/gpu-evidence/v1`, cocoon.core.gpu_evidence)."""
+        try:
+            return cls(*wire.decode_gpu_evidence(data))
+        except wire.GpuEvidenceFormatError as exc:
+            raise GpuEvidenceError(f"malformed GPU evidence container: {exc}") from None
+
+    def encode(self) -> bytes:
+        """The `Evidence.gpu_evidence` bytes (what a worker sends)."""
+        try:
+            return wire.encode_gpu_evidence(self.report, self.cert_chain)
+        except wire.GpuEvidenceFormatError as exc:
+            raise GpuEvidenceError(str(exc)) from None
+
 
 @dataclass(frozen=True)
 class GpuPolicy:
@@ -79,6 +97,21 @@ class GpuPolicy:
     def __post_init__(self) -> None:
         if not self.trusted_roots:
             raise GpuEvidenceError("a GPU policy must trust at least one root")
+
+    @classmethod
+    def offline_sources(self) -> bool:
+        """True when RIMs and OCSP come from files: evaluation does no network I/O."""
+        return isinstance(self.rims, RimFiles) and isinstance(self.ocsp, OcspResponses)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> GpuPolicy:
+        """A JSON policy file (`from_dict`); relative paths are resolved from its directory."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise GpuEvidenceError(f"cannot read GPU policy {path}: {exc}") from None
+        return cls.from_dict(doc, base_dir=path.parent)
 
     @classmethod
     def online(
