@@ -9,25 +9,20 @@ responses feed must not decode whole chunks (see chunks.py).
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from cocoon.core.bus.settings import ConsumerSettings
-
-log = logging.getLogger(__name__)
+from cocoon.core.bus.broadcast import BroadcastReader
 
 # (logical topic, record); synchronous so one record is handled atomically on the loop.
 FeedHandler = Callable[[str, ConsumerRecord], None]
 
-_GROUP_ONLY = ("enable_auto_commit", "session_timeout_ms", "heartbeat_interval_ms")
 
+class Feed(BroadcastReader):
+    """A `BroadcastReader` that hands over raw records: the scheduler decodes only what it needs."""
 
-class Feed:
     def __init__(
         self,
         bootstrap: str,
@@ -38,58 +33,15 @@ class Feed:
         prefix: str,
         client_id: str,
     ) -> None:
-        self.handler = handler
-        self.start_at = start_at
-        self._logical = {prefix + t: t for t in topics}
-        kwargs = ConsumerSettings().kwargs()
-        for name in (*_GROUP_ONLY, "max_poll_interval_ms"):
-            kwargs.pop(name, None)
-        self.kafka = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
+        super().__init__(
+            bootstrap,
+            topics,
+            handler=None,
+            from_beginning=start_at == "beginning",
+            prefix=prefix,
             client_id=client_id,
-            **kwargs,
         )
-        self._ends: dict[TopicPartition, int] = {}
-        self.caught_up = asyncio.Event()
+        self.raw_handler = handler
 
-    async def start(self) -> None:
-        await self.kafka.start()
-        partitions: list[TopicPartition] = []
-        for physical in self._logical:
-            ids = self.kafka.partitions_for_topic(physical)
-            if not ids:
-                await self.kafka._client.force_metadata_update()  # first contact with the topic
-                ids = self.kafka.partitions_for_topic(physical)
-            if not ids:
-                raise RuntimeError(f"topic {physical} does not exist (run `cocoon topics apply`)")
-            partitions += [TopicPartition(physical, p) for p in sorted(ids)]
-        self.kafka.assign(partitions)
-        self._ends = await self.kafka.end_offsets(partitions)
-        if self.start_at == "beginning":
-            await self.kafka.seek_to_beginning(*partitions)
-        else:
-            for tp, end in self._ends.items():
-                self.kafka.seek(tp, end)
-        await self._check_caught_up()
-
-    async def stop(self) -> None:
-        await self.kafka.stop()
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            batch = await self.kafka.getmany(timeout_ms=100, max_records=1000)
-            for tp, records in batch.items():
-                topic = self._logical.get(tp.topic, tp.topic)
-                for record in records:
-                    self.handler(topic, record)
-            await self._check_caught_up()
-
-    async def _check_caught_up(self) -> None:
-        if self.caught_up.is_set():
-            return
-        for tp, end in self._ends.items():
-            if await self.kafka.position(tp) < end:
-                return
-        self.caught_up.set()
+    async def _handle(self, record: ConsumerRecord) -> None:
+        self.raw_handler(self._logical.get(record.topic, record.topic), record)

@@ -41,7 +41,7 @@ class BroadcastReader:
         self,
         bootstrap: str,
         topics: Sequence[str],
-        handler: BroadcastHandler,
+        handler: BroadcastHandler | None,
         *,
         from_beginning: bool,
         prefix: str | None = None,
@@ -95,9 +95,13 @@ class BroadcastReader:
         """Return once everything that was in the topics at start has been handled."""
         await asyncio.wait_for(self._caught_up.wait(), timeout_s)
 
+    @property
+    def caught_up(self) -> asyncio.Event:
+        return self._caught_up
+
     async def run(self, stopping: asyncio.Event | None = None) -> None:
         while stopping is None or not stopping.is_set():
-            batch = await self.kafka.getmany(timeout_ms=100)
+            batch = await self.kafka.getmany(timeout_ms=100, max_records=1000)
             for records in batch.values():
                 for record in records:
                     await self._handle(record)
