@@ -55,6 +55,7 @@ from cocoon.core.catalog import default_catalog
 from cocoon.core.codec.models import model_for
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.metrics import MESSAGES
+from cocoon.core.runtime.tasks import run_together
 from cocoon.core.telemetry.messaging import consume_span, mark_failed
 from cocoon.core.verdicts import load_pinned_key
 
@@ -230,21 +231,7 @@ class Billing(Service):
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
-        tasks = [
-            asyncio.create_task(self.verdicts.run(stopping), name="verdicts"),
-            asyncio.create_task(self._consume(stopping), name="consume"),
-        ]
-        try:
-            # A failed task is a lost broker, a fenced producer or a bug: fail, restart, replay.
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await run_together(verdicts=self.verdicts.run(stopping), consume=self._consume(stopping))
 
     async def close(self) -> None:
         for client in reversed(self._started):

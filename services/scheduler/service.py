@@ -34,6 +34,7 @@ from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.codec import models
 from cocoon.core.crypto.errors import CryptoError
 from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.runtime.tasks import run_together
 from cocoon.core.verdicts import VerdictError, load_pinned_key, verify_verdict
 from cocoon.scheduler import metrics
 from cocoon.scheduler.chunks import chunk_head
@@ -177,24 +178,13 @@ class Scheduler(Service):
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
-        tasks = [
-            asyncio.create_task(self.verdicts.run(stopping), name="verdicts"),
-            asyncio.create_task(self.live.run(stopping), name="live"),
-            asyncio.create_task(self._consume(stopping), name="requests"),
-            asyncio.create_task(self._tick(stopping), name="tick"),
-            asyncio.create_task(self._send_outbox(stopping), name="outbox"),
-        ]
-        try:
-            # Any task failing is a bug or a lost broker: fail the service so it restarts.
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await run_together(
+            verdicts=self.verdicts.run(stopping),
+            live=self.live.run(stopping),
+            requests=self._consume(stopping),
+            tick=self._tick(stopping),
+            outbox=self._send_outbox(stopping),
+        )
 
     async def close(self) -> None:
         for client in reversed(self._started):
