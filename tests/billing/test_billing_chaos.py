@@ -1,0 +1,812 @@
+"""Exact money on the real broker while billing is SIGKILLed, fenced and fed duplicates.
+
+The test plays gateway and workers against billing running as its own process
+(`python -m cocoon.core.runtime billing`):
+
+* ~2,400 inference requests in pipelined batches (sends with wait=False), from seven clients,
+  one of them with funds for only five holds;
+* per request one fate, drawn from a seeded RNG: a signed receipt (completed or not), a forged
+  receipt followed by the genuine one, a receipt beyond the hold, a forged one, a coefficient
+  above the client's cap, an outcome and no receipt, or nothing at all (the deadline releases);
+  plus receipts for requests that never existed, requests for unknown accounts, requests and
+  receipts sent twice at once, second receipts for charged requests, and a late replay of
+  requests, receipts and outcomes long after they were settled;
+* meanwhile the service is SIGKILLed at random moments (seeded) and restarted each time, and a
+  second instance with the same transactional id joins (a consumer-group rebalance that fences
+  the first, which must die), runs alone, and is fenced in turn when the first comes back.
+
+Expected money is computed here, independently, from the prices and the token counts of the
+receipts that must be accepted (exact fractions, rounded down once). At the end the committed
+`billing.ledger`, replayed into the domain ledger, must equal it to the nanoTON, with no hold
+open, every entry balanced (audit), every client at grants minus charges, every worker at fees
+(billing's Kafka service makes no payouts, so payouts are zero), and every record once.
+
+COCOON_CHAOS_SEED picks another run; a failure prints the seed and each instance's log tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from billing_service_support import MODEL, Attestor, _provision
+from typer.testing import CliRunner
+
+from cocoon.billing.audit import audit
+from cocoon.billing.cli import app
+from cocoon.billing.ledger import Entry, Ledger
+from cocoon.billing.stream import entry_from_record, order_entries
+from cocoon.billing.stream_replay import read_ledger
+from cocoon.core.bus import BusProducer
+from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
+from cocoon.core.codec import models
+from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
+
+SEED = int(os.environ.get("COCOON_CHAOS_SEED", "20261124"))
+
+# Small prices with uneven multipliers, so rounding happens on almost every receipt.
+PRICE, FEE = 7, 5
+PROMPT_BPS, CACHED_BPS, COMPLETION_BPS, REASONING_BPS = 10_000, 5_000, 15_000, 12_000
+MAX_BPS = max(PROMPT_BPS, CACHED_BPS, COMPLETION_BPS, REASONING_BPS)
+WORKER_COEFFICIENT = {"w-0": 1000, "w-1": 750, "w-2": 1000}
+
+BATCHES, BATCH_SIZE = 8, 300  # 2,400 requests with a receipt or a fate, plus extras
+RICH = [f"c{i}" for i in range(6)]
+RICH_GRANT = 10_000_000_000
+POOR, POOR_REQUESTS, POOR_FUNDED = "poor", 8, 5
+POOR_MAX_TOKENS, POOR_PROMPT = 20, 40
+POOR_HOLD = -(-(POOR_MAX_TOKENS + POOR_PROMPT) * MAX_BPS * PRICE // 10_000)  # cap 1000 = 1.0x
+POOR_GRANT = POOR_FUNDED * POOR_HOLD + POOR_HOLD // 2
+
+LONG_DEADLINE_S = 600.0  # money-bearing requests: their receipts always find the hold open
+SHORT_DEADLINE_S = 6.0  # money-neutral requests: released by outcome or by the deadline
+HOLD_GRACE_S = 1.0
+OUTCOME_GRACE_S = 0.3
+
+KILLS = 6  # SIGKILLs of the main instance, at random moments
+PAID_KINDS = ("paid", "partial", "forged_then_paid")
+KINDS = {  # fate -> weight
+    "paid": 52,
+    "partial": 10,
+    "forged_then_paid": 6,
+    "beyond_hold": 6,
+    "forged": 6,
+    "above_cap": 4,
+    "outcome_only": 8,
+    "abandoned": 8,
+}
+
+
+# ---- expected money, computed independently of cocoon.billing.pricing -----------------------
+
+
+def expected_cost(prompt: int, cached: int, completion: int, reasoning: int, coefficient: int):
+    """(charge, fee): adjusted tokens summed exactly, each amount rounded down once."""
+    adjusted = (
+        Fraction((prompt - cached) * PROMPT_BPS, 10_000)
+        + Fraction(cached * CACHED_BPS, 10_000)
+        + Fraction((completion - reasoning) * COMPLETION_BPS, 10_000)
+        + Fraction(reasoning * REASONING_BPS, 10_000)
+    ) * Fraction(coefficient, 1000)
+    return int(adjusted * PRICE), int(adjusted * FEE)  # int() of a positive Fraction = floor
+
+
+def expected_hold(max_tokens: int, prompt_bytes: int) -> int:
+    exact = Fraction((max_tokens + prompt_bytes) * MAX_BPS * PRICE, 10_000)
+    return -(-exact.numerator // exact.denominator)
+
+
+# ---- billing as a process ---------------------------------------------------------------
+
+
+def _dt(offset_s: float) -> datetime:
+    now = datetime.now(UTC) + timedelta(seconds=offset_s)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class BillingProcess:
+    """One billing instance name; every (re)start is a new OS process with its own log."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        self.name, self.env, self.logs = name, env, logs
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.spawned_at = 0.0
+        self.log_path: Path | None = None
+
+    def spawn(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        self.starts += 1
+        self.spawned_at = time.monotonic()
+        self.log_path = self.logs / f"{self.name}-{self.starts}.log"
+        env = {**self.env, "COCOON_INSTANCE_ID": f"{self.name}-{self.starts}"}
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cocoon.core.runtime", "billing"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def ready(self) -> bool:
+        return "billing ready" in self.log()
+
+    async def until_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            assert self.alive(), f"{self.name} exited {self.proc.returncode}:\n{self.tail()}"
+            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.tail()}"
+            await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    async def exited(self, timeout_s: float) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"{self.name} still running:\n{self.tail()}"
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    async def stop(self) -> int | None:
+        """SIGTERM (graceful: finish the batch, commit, leave the group); the exit code."""
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await self.exited(30)
+        except AssertionError:
+            self.kill()
+            raise
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+
+class Chaos:
+    """SIGKILLs the main instance at seeded random moments and restarts it at once."""
+
+    def __init__(self, main: BillingProcess, rng: random.Random) -> None:
+        self.main, self.rng = main, rng
+        self.kills = 0
+        self.kill_ages: list[tuple[float, str]] = []  # seconds after spawn, phase
+        self.allowed = asyncio.Event()  # cleared while the test fences instances itself
+        self.allowed.set()
+        self.unexpected: list[str] = []
+
+    async def run(self, total: int) -> None:
+        in_start_up = False
+        while self.kills < total:
+            await self.allowed.wait()
+            if in_start_up:
+                # Do not let kills starve progress: after one that landed in start-up (ledger
+                # replay, grants, group join), the next comes some time after ready.
+                with contextlib.suppress(AssertionError):
+                    await self.main.until_ready(90)
+                since = time.monotonic()
+            else:
+                since = self.main.spawned_at
+            await asyncio.sleep(max(0.0, since + self.rng.uniform(0.5, 9.0) - time.monotonic()))
+            await self.allowed.wait()
+            if not self.main.alive():
+                self.unexpected.append(
+                    f"exit {self.main.proc.returncode} before a kill:\n{self.main.tail()}"
+                )
+                return
+            in_start_up = not self.main.ready()
+            self.kill_ages.append(
+                (
+                    round(time.monotonic() - self.main.spawned_at, 1),
+                    "start-up" if in_start_up else "running",
+                )
+            )
+            self.main.kill()
+            self.kills += 1
+            self.main.spawn()
+
+
+# ---- what billing committed, read back from the broker ----------------------------------
+
+
+@dataclass
+class Observed:
+    reservations: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    record_ids: Counter = field(default_factory=Counter)
+    entries: dict[str, tuple[int, Entry]] = field(default_factory=dict)
+    open_holds: set[str] = field(default_factory=set)
+    balances: dict[str, dict] = field(default_factory=dict)
+
+    def on_record(self, record: BroadcastRecord) -> None:
+        if record.value is None:
+            return
+        if record.topic == "billing.reservations":
+            self.reservations[record.value["request_id"]].append(record.value)
+        elif record.topic == "billing.balances":
+            self.balances[record.value["account_id"]] = record.value
+        elif record.topic == "billing.ledger":
+            self.record_ids[record.value["entry_id"]] += 1
+            seq, entry = entry_from_record(record.value)
+            if entry.entry_id in self.entries:
+                return
+            self.entries[entry.entry_id] = (seq, entry)
+            rid = entry.meta.get("request_id")
+            if entry.kind == "hold":
+                self.open_holds.add(rid)
+            elif entry.kind in ("charge", "release"):
+                self.open_holds.discard(rid)
+
+    def has(self, entry_id: str) -> bool:
+        return entry_id in self.entries
+
+
+# ---- the traffic -----------------------------------------------------------------------
+
+
+@dataclass
+class Req:
+    rid: str
+    client: str
+    kind: str
+    max_tokens: int
+    prompt_bytes: int
+    deadline_s: float
+    sends: int = 1  # sends before it could have been settled (each answered once)
+    charge: tuple[int, int, str] | None = None  # (charge, fee, worker) expected
+    receipt: dict | None = None  # the receipt that charges it
+    _record: models.InferenceRequest | None = None
+
+    def record(self) -> models.InferenceRequest:
+        """The request as the gateway published it (a replay is the same record)."""
+        if self._record is None:
+            self._record = self._build()
+        return self._record
+
+    def _build(self) -> models.InferenceRequest:
+        return models.InferenceRequest(
+            request_id=self.rid,
+            account_id=self.client,
+            model=MODEL,
+            max_tokens=self.max_tokens,
+            prompt_bytes=self.prompt_bytes,
+            max_coefficient=1000,
+            stream=True,
+            channel="HTTP",
+            gateway_id="gw-chaos",
+            created_at=_dt(0),
+            deadline_at=_dt(self.deadline_s),
+        )
+
+
+class Traffic:
+    def __init__(self, rng: random.Random, workers: dict[str, WorkerKeys], forger: WorkerKeys):
+        self.rng, self.workers, self.forger = rng, workers, forger
+        self.requests: dict[str, Req] = {}
+        self.unknown_account: list[str] = []
+        # (request id, receipt id) -> the reason billing must record, for receipts whose fate
+        # does not depend on timing.
+        self.must_reject: dict[tuple[str, str], str] = {}
+        self.late_receipts: list[dict] = []
+        self.sent = Counter()
+
+    def signed(
+        self,
+        rid: str,
+        worker: str,
+        *,
+        receipt_id: str,
+        usage: tuple[int, int, int, int],
+        coefficient: int | None = None,
+        completed: bool = True,
+        keys: WorkerKeys | None = None,
+    ) -> dict[str, Any]:
+        prompt, cached, completion, reasoning = usage
+        now = int(time.time() * 1000)
+        body = UsageReceipt(
+            receipt_id=receipt_id,
+            request_id=rid,
+            attempt=1,
+            worker_id=worker,
+            model=MODEL,
+            prompt_tokens=prompt,
+            cached_prompt_tokens=cached,
+            completion_tokens=completion,
+            reasoning_tokens=reasoning,
+            coefficient=WORKER_COEFFICIENT[worker] if coefficient is None else coefficient,
+            completed=completed,
+            started_at=now - 300,
+            finished_at=now,
+        )
+        return sign_receipt(keys or self.workers[worker], body).to_record()
+
+    def usage(self, req: Req, *, partial: bool = False) -> tuple[int, int, int, int]:
+        r = self.rng
+        prompt = r.randint(1, req.prompt_bytes)
+        cached = r.randint(0, prompt)
+        completion = r.randint(0, req.max_tokens // 3 if partial else req.max_tokens)
+        reasoning = r.randint(0, completion)
+        return prompt, cached, completion, reasoning
+
+    def new_batch(self, b: int) -> list[Req]:
+        r = self.rng
+        kinds, weights = zip(*KINDS.items(), strict=True)
+        batch = []
+        for i in range(BATCH_SIZE):
+            kind = r.choices(kinds, weights)[0]
+            money = kind in PAID_KINDS
+            req = Req(
+                rid=f"r{b}-{i:03d}-{r.getrandbits(32):08x}",
+                client=r.choice(RICH),
+                kind=kind,
+                max_tokens=r.randint(5, 60),
+                prompt_bytes=r.randint(10, 150),
+                deadline_s=LONG_DEADLINE_S if money else SHORT_DEADLINE_S,
+            )
+            if r.random() < 0.08:
+                req.sends = 2  # sent twice at once: both answered HELD, one hold
+            batch.append(req)
+        if b == 0:  # the poor client: five holds fit, three are refused with the exact shortfall
+            for i in range(POOR_REQUESTS):
+                batch.append(
+                    Req(
+                        f"poor-{i}",
+                        POOR,
+                        "paid" if i < POOR_FUNDED else "refused",
+                        POOR_MAX_TOKENS,
+                        POOR_PROMPT,
+                        LONG_DEADLINE_S,
+                    )
+                )
+        for req in batch:
+            self.requests[req.rid] = req
+        return batch
+
+    def receipts_for(self, req: Req) -> list[dict]:
+        """The receipts (in order, same partition) a batch sends for `req`."""
+        r = self.rng
+        worker = r.choice(sorted(self.workers))
+        out: list[dict] = []
+        if req.kind == "refused":  # no hold: the receipt names an unknown request
+            rec = self.signed(req.rid, worker, receipt_id=f"{req.rid}:1", usage=self.usage(req))
+            self.must_reject[(req.rid, f"{req.rid}:1")] = "unknown_request"
+            return [rec]
+        if req.kind in ("forged", "forged_then_paid"):
+            fake = self.signed(
+                req.rid, worker, receipt_id=f"{req.rid}:forged", usage=self.usage(req)
+            )
+            fake = {**fake, **self._forge(fake)}
+            out.append(fake)
+            self.must_reject[(req.rid, f"{req.rid}:forged")] = "bad_signature"
+            if r.random() < 0.3:
+                self.late_receipts.append(fake)
+        if req.kind in PAID_KINDS:
+            partial = req.kind == "partial"
+            usage = self.usage(req, partial=partial)
+            rec = self.signed(
+                req.rid, worker, receipt_id=f"{req.rid}:1", usage=usage, completed=not partial
+            )
+            charge, fee = expected_cost(*usage, WORKER_COEFFICIENT[worker])
+            req.charge, req.receipt = (charge, fee, worker), rec
+            out.append(rec)
+            if r.random() < 0.1:
+                out.append(rec)  # a retried produce: the same receipt twice
+            if r.random() < 0.05:  # another attempt's receipt for the charged request
+                second = self.signed(
+                    req.rid, worker, receipt_id=f"{req.rid}:2", usage=self.usage(req)
+                )
+                out.append(second)
+                self.must_reject[(req.rid, f"{req.rid}:2")] = "second_receipt_for_request"
+                self.late_receipts.append(second)
+            if r.random() < 0.08:
+                self.late_receipts.append(rec)
+        elif req.kind == "beyond_hold":
+            prompt, cached, _, _ = self.usage(req)
+            beyond = (prompt, cached, req.max_tokens + r.randint(1, 5), 0)
+            out.append(self.signed(req.rid, worker, receipt_id=f"{req.rid}:1", usage=beyond))
+        elif req.kind == "above_cap":
+            out.append(
+                self.signed(
+                    req.rid,
+                    worker,
+                    receipt_id=f"{req.rid}:1",
+                    usage=self.usage(req),
+                    coefficient=1500,
+                )
+            )
+        return out
+
+    def _forge(self, genuine: dict) -> dict:
+        """The same receipt signed by a key no verdict names (anyone can produce one)."""
+        fields = {
+            k: genuine[k]
+            for k in UsageReceipt.__dataclass_fields__  # every signed field
+        }
+        return sign_receipt(self.forger, UsageReceipt(**fields)).to_record()
+
+    def unknown_receipts(self, n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            rid = f"ghost-{self.rng.getrandbits(48):012x}"
+            worker = self.rng.choice(sorted(self.workers))
+            usage = (10, 0, 5, 0)
+            out.append(self.signed(rid, worker, receipt_id=f"{rid}:1", usage=usage))
+            self.must_reject[(rid, f"{rid}:1")] = "unknown_request"
+        return out
+
+
+def outcome(rid: str, worker: str, status: str) -> models.Outcome:
+    return models.Outcome(
+        request_id=rid,
+        attempt=1,
+        worker_id=worker,
+        model=MODEL,
+        status=status,
+        error_code=None if status == "SUCCEEDED" else "engine_error",
+        reported_by="worker-proxy",
+        duration_ms=10,
+        completion_tokens=0,
+        finished_at=_dt(0),
+    )
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+async def until(predicate, timeout_s: float, what: str, chaos: Chaos | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if chaos is not None and chaos.unexpected:
+            raise AssertionError("\n".join(chaos.unexpected))
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def send_all(producer: BusProducer, sends: list[tuple[str, Any]]) -> None:
+    futures = [await producer.send(topic, value, wait=False) for topic, value in sends]
+    await asyncio.gather(*futures)
+
+
+async def lag(bootstrap: str, prefix: str, group: str) -> int:
+    """Input records the group has not committed yet (committed offsets vs log end)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(prefix + t, p)
+            for t in ("inference.requests", "usage.receipts", "inference.outcomes")
+            for p in range(12)
+        ]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
+
+
+def worker_env(bootstrap: str, prefix: str, key_file: Path, tag: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COCOON_", "OTEL_"))}
+    grants = ",".join([f"{c}={RICH_GRANT}" for c in RICH] + [f"{POOR}={POOR_GRANT}"])
+    env.update(
+        PYTHONUNBUFFERED="1",
+        COCOON_KAFKA_BOOTSTRAP=bootstrap,
+        COCOON_TOPIC_PREFIX=prefix,
+        COCOON_DEV_GRANTS=grants,
+        COCOON_ATTESTATION_PUBLIC_KEY_FILE=str(key_file),
+        COCOON_CONSUMER_GROUP=f"billing-{tag}",
+        COCOON_TRANSACTIONAL_ID=f"billing-tx-{tag}",
+        COCOON_GRPC_HEALTH_PORT="0",
+        COCOON_METRICS_PORT="0",
+        COCOON_LOG_LEVEL="INFO",
+        COCOON_TICK_SECONDS="0.1",
+        COCOON_HOLD_GRACE_SECONDS=str(HOLD_GRACE_S),
+        COCOON_OUTCOME_GRACE_SECONDS=str(OUTCOME_GRACE_S),
+        COCOON_PRICE_PER_TOKEN_NANOTON=str(PRICE),
+        COCOON_WORKER_FEE_PER_TOKEN_NANOTON=str(FEE),
+        COCOON_PROMPT_BPS=str(PROMPT_BPS),
+        COCOON_CACHED_BPS=str(CACHED_BPS),
+        COCOON_COMPLETION_BPS=str(COMPLETION_BPS),
+        COCOON_REASONING_BPS=str(REASONING_BPS),
+        COCOON_SHUTDOWN_GRACE_SECONDS="10",
+    )
+    return env
+
+
+# ---- the test --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(480)
+async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
+    kafka_bootstrap, unique_name, tmp_path
+):
+    started = time.monotonic()
+    rng = random.Random(SEED)
+    print(f"COCOON_CHAOS_SEED={SEED}")
+    prefix = unique_name("chaos") + "."
+    await _provision(kafka_bootstrap, prefix)
+    attestor = Attestor()
+    key_file = tmp_path / "attestation.pub"
+    key_file.write_text(attestor.public.hex())
+    env = worker_env(kafka_bootstrap, prefix, key_file, uuid.uuid4().hex[:8])
+    main = BillingProcess("main", env, tmp_path)
+    second = BillingProcess("second", env, tmp_path)  # same group, same transactional id
+    chaos = Chaos(main, random.Random(rng.getrandbits(64)))
+    workers = {w: WorkerKeys.generate() for w in WORKER_COEFFICIENT}
+    traffic = Traffic(random.Random(rng.getrandbits(64)), workers, WorkerKeys.generate())
+    seen = Observed()
+    reader = BroadcastReader(
+        kafka_bootstrap,
+        ["billing.reservations", "billing.ledger", "billing.balances"],
+        seen.on_record,
+        from_beginning=True,
+        prefix=prefix,
+        client_id="chaos-reader",
+    )
+    await reader.start()
+    reading = asyncio.create_task(reader.run())
+    chaos_task: asyncio.Task | None = None
+    fenced: dict[str, int] = {}
+    fenced_logs: dict[str, str] = {}
+    marks: list[tuple[str, float]] = []
+
+    def mark(what: str) -> None:
+        marks.append((what, round(time.monotonic() - started, 1)))
+
+    try:
+        async with BusProducer(kafka_bootstrap, client_id="chaos", prefix=prefix) as producer:
+            await send_all(
+                producer,
+                [("attestation.verdicts", attestor.verdict(w, k)) for w, k in workers.items()],
+            )
+            main.spawn()
+            await main.until_ready()
+            chaos_task = asyncio.create_task(chaos.run(KILLS))
+
+            async def batch(b: int) -> None:
+                reqs = traffic.new_batch(b)
+                sends: list[tuple[str, Any]] = []
+                for req in reqs:
+                    sends += [("inference.requests", req.record())] * req.sends
+                for _ in range(4):  # unknown accounts: refused, never held
+                    ghost = f"nobody-{rng.getrandbits(32):08x}"
+                    traffic.unknown_account.append(ghost)
+                    sends.append(
+                        ("inference.requests", Req(ghost, "nobody", "x", 5, 5, 600).record())
+                    )
+                await send_all(producer, sends)
+                # Receipts only once the request is held (a receipt may not overtake it): wait
+                # for every answer the money-bearing requests must get.
+                money = [q for q in reqs if q.kind in PAID_KINDS or q.kind == "refused"]
+                await until(
+                    lambda: all(len(seen.reservations.get(q.rid, ())) >= q.sends for q in money),
+                    120,
+                    f"reservations of batch {b}",
+                    chaos,
+                )
+                sends = []
+                for req in reqs:
+                    sends += [("usage.receipts", rec) for rec in traffic.receipts_for(req)]
+                    worker = rng.choice(sorted(workers))
+                    if req.kind in ("beyond_hold", "forged", "above_cap", "outcome_only"):
+                        sends.append(("inference.outcomes", outcome(req.rid, worker, "FAILED")))
+                sends += [("usage.receipts", rec) for rec in traffic.unknown_receipts(8)]
+                await send_all(producer, sends)  # one producer: per key, in this order
+
+            for b in range(BATCHES):
+                if b == 3:
+                    # Rebalance + fencing: a second instance with the same transactional id
+                    # joins the group. Its init_transactions fences the main instance, which
+                    # must fail on its next transaction and exit; the second then owns every
+                    # partition.
+                    chaos.allowed.clear()
+                    await until(main.ready, 90, "main ready before the rebalance", chaos)
+                    second.spawn()
+                    await batch(b)
+                    fenced["main"] = await main.exited(60)
+                    fenced_logs["main"] = main.log()
+                    await second.until_ready()
+                elif b == 4:
+                    # The main instance comes back while the second still runs: it fences the
+                    # second (another rebalance), which must die the same way.
+                    main.spawn()
+                    await main.until_ready()
+                    await batch(b)
+                    fenced["second"] = await second.exited(60)
+                    fenced_logs["second"] = second.log()
+                    chaos.allowed.set()
+                else:
+                    await batch(b)
+                mark(f"batch {b}")
+            await asyncio.wait_for(chaos_task, 120)
+            mark("kills done")
+            assert not chaos.unexpected, chaos.unexpected
+            assert main.alive(), main.tail()
+
+            # Every expected charge, and every hold closed (outcomes + deadlines).
+            paid = [q for q in traffic.requests.values() if q.charge]
+            await until(lambda: all(seen.has(f"charge:{q.rid}") for q in paid), 120, "all charges")
+            await until(lambda: not seen.open_holds, 60, "every hold closed")
+            mark("settled")
+
+            # Much later: the same requests, receipts and outcomes again, long settled.
+            late: list[tuple[str, Any]] = []
+            settled = sorted(q for q, r in traffic.requests.items() if r.kind != "refused")
+            for req in traffic.rng.sample(settled, 300):
+                late.append(("inference.requests", traffic.requests[req].record()))
+            late += [("usage.receipts", rec) for rec in traffic.late_receipts]
+            for req in traffic.rng.sample(paid, 200):
+                late.append(("inference.outcomes", outcome(req.rid, req.charge[2], "SUCCEEDED")))
+            entries_before = len(seen.entries)
+            reservations_before = sum(map(len, seen.reservations.values()))
+            await send_all(producer, late)
+            # The late records are consumed and committed, and they changed nothing.
+            deadline = time.monotonic() + 60
+            while (pending := await lag(kafka_bootstrap, prefix, env["COCOON_CONSUMER_GROUP"])) > 0:
+                assert time.monotonic() < deadline, f"billing did not catch up: lag {pending}"
+                await asyncio.sleep(0.3)
+            await asyncio.sleep(0.5)  # the reader sees what was committed with those offsets
+            assert len(seen.entries) == entries_before
+            assert sum(map(len, seen.reservations.values())) == reservations_before
+            mark("late replays")
+
+            # A last SIGKILL after catching up, then the state a restart rebuilds.
+            main.kill()
+            main.spawn()
+            await main.until_ready()
+            assert await main.stop() == 0, main.tail()
+    except BaseException:
+        for proc in (main, second):
+            print(f"--- {proc.name} (start {proc.starts}) ---\n{proc.tail(60)}")
+        print(f"COCOON_CHAOS_SEED={SEED}")
+        raise
+    finally:
+        if chaos_task is not None and not chaos_task.done():
+            chaos_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chaos_task
+        for proc in (main, second):
+            if proc.alive():
+                proc.kill()
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        await reader.stop()
+
+    # ---- the proof -------------------------------------------------------------------
+    # Both instances were fenced by the other (exit 1: a failed transaction, not a kill).
+    assert fenced == {"main": 1, "second": 1}
+    for name, text in fenced_logs.items():
+        assert "ProducerFenced" in text, f"{name} did not die of fencing:\n{text[-3000:]}"
+    assert chaos.kills == KILLS
+
+    entries = await read_ledger(kafka_bootstrap, prefix=prefix)
+    ledger = Ledger.replay(entries)
+    # Every committed record exactly once: no transaction was applied twice across kills.
+    assert [rid for rid, n in seen.record_ids.items() if n > 1] == []
+    assert [e.entry_id for e in entries] == [
+        e.entry_id for e in order_entries(seen.entries.values())
+    ]
+    assert audit(ledger, require_no_open_holds=True) == []
+
+    requests = traffic.requests
+    paid = {q.rid: q for q in requests.values() if q.charge}
+    charges = {e.meta["request_id"]: e for e in entries if e.kind == "charge"}
+    assert sorted(charges) == sorted(paid)
+    for rid, entry in charges.items():
+        want_charge, want_fee, want_worker = paid[rid].charge
+        m = entry.meta
+        assert (m["charge"], m["worker_fee"], m["commission"], m["worker_id"]) == (
+            want_charge,
+            want_fee,
+            want_charge - want_fee,
+            want_worker,
+        ), rid
+        assert m["receipt_id"] == f"{rid}:1"
+        assert m["completed"] == (paid[rid].kind != "partial")
+        hold = expected_hold(paid[rid].max_tokens, paid[rid].prompt_bytes)
+        assert m["released"] == hold - want_charge
+
+    total_charge = sum(q.charge[0] for q in paid.values())
+    total_fee = sum(q.charge[1] for q in paid.values())
+    by_client = Counter()
+    for q in paid.values():
+        by_client[q.client] += q.charge[0]
+    by_worker = Counter()
+    for q in paid.values():
+        by_worker[q.charge[2]] += q.charge[1]
+    grants = {**dict.fromkeys(RICH, RICH_GRANT), POOR: POOR_GRANT}
+    for client, grant in grants.items():
+        assert ledger.balance(f"client:{client}") == grant - by_client[client], client
+        assert ledger.balance(f"holds:{client}") == 0, client
+    for worker in WORKER_COEFFICIENT:
+        assert ledger.balance(f"worker:{worker}") == by_worker[worker] - 0, worker  # no payouts
+    assert ledger.balance("network:commission") == total_charge - total_fee
+    assert ledger.balance("ton:deposits") == -sum(grants.values())
+    expected = {
+        **{f"client:{c}": g - by_client[c] for c, g in grants.items()},
+        **{f"worker:{w}": n for w, n in by_worker.items() if n},
+        "network:commission": total_charge - total_fee,
+        "ton:deposits": -sum(grants.values()),
+    }
+    assert {a: n for a, n in ledger.balances().items() if n} == expected  # nothing else moved
+
+    # billing.balances (the compacted view) agrees with the ledger, to the nanoTON.
+    for client in grants:
+        row = seen.balances[client]
+        assert (row["available_nanoton"], row["held_nanoton"]) == (expected[f"client:{client}"], 0)
+    for worker, n in by_worker.items():
+        assert seen.balances[f"worker:{worker}"]["available_nanoton"] == n
+
+    # Every decision billing had to take the same way whatever the timing was taken once.
+    rejected = Counter(
+        (e.meta["request_id"], e.meta["receipt_id"], e.meta["reason"])
+        for e in entries
+        if e.kind == "receipt_rejected"
+    )
+    for (rid, receipt_id), reason in traffic.must_reject.items():
+        assert rejected[(rid, receipt_id, reason)] == 1, (rid, receipt_id, reason)
+    assert not any(k[2] == "bad_signature" and k[1].endswith(":1") for k in rejected)
+    for q in requests.values():
+        answers = seen.reservations.get(q.rid, [])
+        if q.kind in PAID_KINDS:
+            assert [a["status"] for a in answers] == ["HELD"] * q.sends, q.rid
+            assert {a["amount_nanoton"] for a in answers} == {
+                expected_hold(q.max_tokens, q.prompt_bytes)
+            }
+        elif q.kind == "refused":
+            assert [(a["status"], a["reject_reason"]) for a in answers] == [
+                ("REJECTED", "INSUFFICIENT_FUNDS")
+            ]
+            assert (answers[0]["amount_nanoton"], answers[0]["available_nanoton"]) == (
+                POOR_HOLD,
+                POOR_HOLD // 2,
+            )
+        else:  # a short deadline may pass while billing is down: then it is never held
+            assert len(answers) <= q.sends and all(a["status"] == "HELD" for a in answers)
+    for ghost in traffic.unknown_account:
+        assert [a["reject_reason"] for a in seen.reservations[ghost]] == ["UNKNOWN_ACCOUNT"]
+
+    # `cocoon billing` replays the same topic and shows the same numbers.
+    where = ["--bootstrap", kafka_bootstrap, "--prefix", prefix]
+    shown = await asyncio.to_thread(CliRunner().invoke, app, ["balance", POOR, *where])
+    assert shown.exit_code == 0, shown.output
+    assert f"available  {expected[f'client:{POOR}']} nanoTON" in shown.output
+    assert "held       0 nanoTON" in shown.output
+
+    elapsed = time.monotonic() - started
+    print(
+        f"chaos: {len(requests)} requests ({len(paid)} charged, {total_charge} nanoTON), "
+        f"{len(entries)} ledger entries, {chaos.kills} SIGKILLs at "
+        f"{chaos.kill_ages} s after spawn, main started {main.starts}x, "
+        f"second {second.starts}x, {elapsed:.0f} s; timeline {marks}"
+    )
