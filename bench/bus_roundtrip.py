@@ -180,7 +180,8 @@ async def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="cocoon-bench-kafka-"))
-    layout = broker.BrokerLayout(home=home, port=39192, controller_port=39193)
+    port = broker.free_port_pair()
+    layout = broker.BrokerLayout(home=home, port=port, controller_port=port + 1)
     bootstrap = broker.start(layout)
     try:
         spec = load_catalog()[TOPIC]

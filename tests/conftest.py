@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from cocoon.core.kafka.broker import free_port_pair
 from cocoon.core.kafka.provider import provide_broker
 from cocoon.core.paths import cache_dir
 
 pytest_plugins = ["support.engine"]  # engine / engine_url: one real llama.cpp server
-
-
-def _free_port_pair() -> int:
-    """A port p such that p and p+1 are both free (broker and controller listeners)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of loopback ports")
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +20,7 @@ def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap address of a real broker, chosen by the same setting as `cocoon up`."""
     home = cache_dir() / "kafka" / f"test-{uuid.uuid4().hex[:8]}"
     try:
-        with provide_broker(home, _free_port_pair()) as bootstrap:
+        with provide_broker(home, free_port_pair()) as bootstrap:
             yield bootstrap
     finally:
         shutil.rmtree(home, ignore_errors=True)

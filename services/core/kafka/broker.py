@@ -339,6 +339,23 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def free_port_pair() -> int:
+    """A loopback port p such that p and p+1 are both free (broker and controller listeners)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise BrokerError("no free pair of loopback ports")
+
+
 def default_layout() -> BrokerLayout:
     """The developer broker used by `cocoon kafka start` and `cocoon up`."""
     port = int(os.environ.get("COCOON_KAFKA_PORT", "9092"))
