@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -52,9 +53,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def round_trip(bootstrap: str, topic: str, samples: int, tuned: bool) -> list[float]:
-    producer_kwargs = ProducerSettings().kwargs() if tuned else {"acks": "all"}
-    consumer_kwargs = ConsumerSettings().kwargs() if tuned else {"auto_offset_reset": "earliest"}
+def client_kwargs(tuned: bool, **consumer_overrides) -> tuple[dict, dict]:
+    """(producer kwargs, consumer kwargs): Cocoon's bus settings, or aiokafka's defaults."""
+    if not tuned:
+        return {"acks": "all"}, {"auto_offset_reset": "earliest"}
+    consumer = dataclasses.replace(ConsumerSettings(), **consumer_overrides)
+    return ProducerSettings().kwargs(), consumer.kwargs()
+
+
+async def round_trip(
+    bootstrap: str, topic: str, samples: int, clients: tuple[dict, dict]
+) -> list[float]:
+    producer_kwargs, consumer_kwargs = clients
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
@@ -92,7 +102,7 @@ async def paced_stream(
     bootstrap: str,
     topic: str,
     samples: int,
-    tuned: bool,
+    clients: tuple[dict, dict],
     interval_s: float = 0.005,
     streams: int = 1,
 ) -> list[float]:
@@ -102,8 +112,7 @@ async def paced_stream(
     is still being handed out; a fetch then in flight without that partition waits its
     `fetch_max_wait_ms` before the record can be fetched.
     """
-    producer_kwargs = ProducerSettings().kwargs() if tuned else {"acks": "all"}
-    consumer_kwargs = ConsumerSettings().kwargs() if tuned else {"auto_offset_reset": "earliest"}
+    producer_kwargs, consumer_kwargs = clients
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
@@ -143,8 +152,8 @@ async def paced_stream(
     return latencies[50:]
 
 
-async def throughput(bootstrap: str, topic: str, count: int, tuned: bool) -> float:
-    producer_kwargs = ProducerSettings().kwargs() if tuned else {"acks": "all"}
+async def throughput(bootstrap: str, topic: str, count: int, tuned: bool) -> tuple[float, float]:
+    producer_kwargs = client_kwargs(tuned)[0]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
     await producer.start()
     store = codec.default_store()
@@ -177,6 +186,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--throughput", type=int, default=100_000)
+    parser.add_argument(
+        "--sweep", action="store_true", help="also sweep fetch_max_wait_ms and isolation level"
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="cocoon-bench-kafka-"))
@@ -194,7 +206,7 @@ async def main() -> None:
             ("cocoon (tuned)", True, "bench.rt."),
             ("aiokafka defaults", False, "bench.base."),
         ):
-            times = await round_trip(bootstrap, prefix + TOPIC, args.samples, tuned)
+            times = await round_trip(bootstrap, prefix + TOPIC, args.samples, client_kwargs(tuned))
             print(
                 f"round trip, {label:18s} n={len(times):5d}  p50 {statistics.median(times):7.2f} ms"
                 f"  p99 {percentile(times, 0.99):7.2f} ms"
@@ -205,7 +217,7 @@ async def main() -> None:
         ):
             for streams in (1, 8):
                 times = await paced_stream(
-                    bootstrap, prefix + TOPIC, args.samples, tuned, streams=streams
+                    bootstrap, prefix + TOPIC, args.samples, client_kwargs(tuned), streams=streams
                 )
                 print(
                     f"{streams} stream(s), a record every 5 ms, {label:18s} n={len(times):5d}"
@@ -218,8 +230,26 @@ async def main() -> None:
                 f"encode+produce, {label:18s} {wall:,.0f} records/s wall,"
                 f" {per_cpu:,.0f} records per CPU-second"
             )
+        if args.sweep:
+            await sweep(bootstrap, spec, args.samples)
     finally:
         broker.stop(layout)
+
+
+async def sweep(bootstrap: str, spec, samples: int) -> None:
+    """Cocoon's settings with other fetch waits: where the 500 ms default hurts."""
+    for wait in (500, 100, 20, 5):
+        for isolation in ("read_committed", "read_uncommitted"):
+            prefix = f"bench.sweep.{wait}.{isolation[5]}."
+            apply_topics(bootstrap, [spec], prefix=prefix)
+            clients = client_kwargs(True, fetch_max_wait_ms=wait, isolation_level=isolation)
+            rt = await round_trip(bootstrap, prefix + TOPIC, samples, clients)
+            st = await paced_stream(bootstrap, prefix + TOPIC, samples, clients, streams=8)
+            print(
+                f"fetch wait {wait:3d} ms, {isolation:16s}"
+                f" round trip p50 {statistics.median(rt):6.2f} p99 {percentile(rt, 0.99):7.2f} ms"
+                f" | 8 streams p50 {statistics.median(st):6.2f} p99 {percentile(st, 0.99):7.2f} ms"
+            )
 
 
 if __name__ == "__main__":
