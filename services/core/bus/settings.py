@@ -2,12 +2,11 @@
 
 Every value is explicit here (not left to library defaults) so a reader knows what runs:
 
-* `fetch_max_wait_ms=20`: the longest the broker holds a fetch that has no new record. With
-  `fetch_min_bytes=1` the broker answers a waiting fetch as soon as a record lands, so on a drained
-  consumer this is not on the latency path (bench/bus_roundtrip.py measures both). It bounds the
-  stall when a partition was left out of the fetch in flight (its previous records were still
-  buffered): aiokafka's default 500 ms would add up to half a second to such a token; 20 ms costs an
-  idle consumer ~50 empty fetches a second, where 5 ms spent visibly more CPU on a 2-core machine.
+* `fetch_max_wait_ms=20`: the longest the broker holds a fetch with nothing to return. A
+  `read_committed` consumer (the default here; billing must never act on aborted writes) is not
+  answered the moment a record lands: it waits out the fetch wait. With aiokafka's 500 ms default
+  that measured 7 ms p50 / 130 ms p99 for a token stream; 20 ms gives 1.5 ms p50 for ~50 empty
+  fetches a second per idle consumer (bench/bus_roundtrip.py --sweep, docs/performance.md).
 * `fetch_min_bytes=1`: answer as soon as one record is there.
 * `linger_ms=0`: no batching delay on send (1 ms measurably raised the round trip); under load,
   records queued behind an in-flight request batch anyway.
