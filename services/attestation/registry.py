@@ -1,8 +1,9 @@
 """The registry: what the network allows (COCOON's root contract, minus the chain).
 
 Allowed image hashes, allowed MRTD/RTMR measurement sets, models with their hashes, accepted TCB
-statuses, allowed advisories, and the models that require a GPU in confidential-computing mode. Here it is a plain value with a JSON file form (export and
-import); the Kafka compacted-topic mirror and revocation records come with the service wiring.
+statuses, allowed advisories, and the models that require a GPU in confidential-computing mode.
+Here it is a plain value with a JSON file form (export and import); the Kafka compacted-topic
+mirror is `registry_topic`.
 `Registry.apply(policy)` yields the policy a verifier uses.
 """
 

@@ -4,7 +4,10 @@
     attestation.registry  --(mirror, every replica reads all)-->   policy allow-lists, revocations
     attestation.verdicts  --(mirror)-->  outstanding challenges, trusted workers, seen claims
 
-See docs/attestation.md ("The service") for freshness, replay rules and revocation.
+Evidence that carries `gpu_evidence` (cocoon.core.gpu_evidence) is checked with `evaluate_gpu`
+against `gpu_nonce(claims)` under the GPU policy from settings, and the GPU verdict goes to the
+policy as `PolicyInput.extra["gpu"]`, where `require_gpu_cc_models` (base policy + registry)
+decides. See docs/attestation.md ("The service") for freshness, replay rules and revocation.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,14 @@ from pydantic import Field
 
 from cocoon.attestation.claims import Claims, ClaimsError
 from cocoon.attestation.collateral import BundleSource, CollateralSource, PcsSource
+from cocoon.attestation.gpu.report import GpuEvidenceError
+from cocoon.attestation.gpu.verify import (
+    GpuEvidence,
+    GpuPolicy,
+    GpuVerdict,
+    evaluate_gpu,
+    gpu_nonce,
+)
 from cocoon.attestation.policy import MeasurementSet, Policy
 from cocoon.attestation.registry_mirror import CompactedMirror
 from cocoon.attestation.registry_topic import REGISTRY_TOPIC, RegistryState
@@ -66,6 +78,9 @@ class Settings(ServiceSettings):
     pccs_url: str | None = Field(None, description="PCCS / Intel PCS v4 base URL")
     dev_simtdx: bool = Field(False, description="trust the local simulated TDX root (dev only)")
     simtdx_dir: Path | None = Field(None, description="simulated TDX state directory")
+    gpu_policy_file: Path | None = Field(
+        None, description="GPU policy JSON (RIM and OCSP: files or URLs); default NVIDIA online"
+    )
     evidence_group: str = "attestation"
 
 
@@ -90,6 +105,14 @@ def base_policy_and_collateral(settings: Settings) -> tuple[Policy, CollateralSo
     return policy, PcsSource(settings.pccs_url or INTEL_PCS)
 
 
+def gpu_policy_from(settings: Settings) -> GpuPolicy:
+    """The GPU policy: the settings' file (offline reference data or URLs), else NVIDIA's RIM
+    service and OCSP responder."""
+    if settings.gpu_policy_file:
+        return GpuPolicy.from_file(settings.gpu_policy_file)
+    return GpuPolicy.online()
+
+
 def _measurements(check: Check) -> bytes:
     m = check.measurements
     return b"".join(bytes.fromhex(m[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
@@ -105,6 +128,7 @@ class AttestationService(Service):
         policy: Policy | None = None,
         collateral: CollateralSource | None = None,
         key: ServiceKey | None = None,
+        gpu_policy: GpuPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -115,6 +139,7 @@ class AttestationService(Service):
             collateral = collateral or default_collateral
         self.base_policy = policy
         self._offline = isinstance(collateral, BundleSource)
+        self.gpu_policy = gpu_policy or gpu_policy_from(settings)
         self.key = key or ServiceKey.load(
             settings.service_key_file or default_key_path(), create=settings.create_service_key
         )
@@ -126,6 +151,8 @@ class AttestationService(Service):
         self.verifier = Verifier(self.registry.registry.apply(policy), collateral, self.challenges)
         self.trusted: dict[str, Any] = {}  # worker -> its current TRUSTED verdict model
         self.last_evidence: dict[str, str] = {}  # worker -> evidence id of its latest verdict
+        # worker -> verdict id of a TRUSTED verdict this process issued with verified GPU evidence
+        self.gpu_verified: dict[str, str] = {}
         self._lock = asyncio.Lock()  # registry changes and verify+publish never interleave
         self.producer: BusProducer | None = None
         self.consumer: BusConsumer | None = None
@@ -227,10 +254,18 @@ class AttestationService(Service):
             earlier = self.seen.seen(report_data, at)
             if earlier is not None:
                 return reject(f"replay: these claims were already presented in {earlier}")
+        gpu: GpuVerdict | None = None
+        if ev.gpu_evidence is not None:
+            try:
+                evidence = GpuEvidence.decode(ev.gpu_evidence)
+            except GpuEvidenceError as exc:
+                return reject(f"gpu_cc: {exc}")
+            gpu = await self._evaluate_gpu(evidence, claims, at)
+        extra = {"gpu": gpu}  # the policy's gpu_cc check decides (required models, or bad GPU)
         if self._offline:  # ~1.2 ms of CPU and no I/O: a thread hand-off would only add latency
-            check = self.verifier.verify(ev.tdx_quote, claims, at)
+            check = self.verifier.verify(ev.tdx_quote, claims, at, extra)
         else:  # a PCS fetch on a cache miss blocks; keep the loop (group heartbeats) responsive
-            check = await asyncio.to_thread(self.verifier.verify, ev.tdx_quote, claims, at)
+            check = await asyncio.to_thread(self.verifier.verify, ev.tdx_quote, claims, at, extra)
         if not check.accepted:
             return reject(check.reason, check)
         expires = at + self.ttl_seconds
@@ -240,7 +275,7 @@ class AttestationService(Service):
         challenge = self.challenges.issue_for(ev.worker_id, expires)
         policy = self.verifier.policy
         self.seen.remember(report_data, at + policy.max_age_seconds, ev.evidence_id)
-        return self.key.sign(
+        verdict = self.key.sign(
             trusted_record(
                 worker_id=ev.worker_id,
                 evidence_id=ev.evidence_id,
@@ -253,6 +288,16 @@ class AttestationService(Service):
                 measurements=_measurements(check),
             )
         )
+        if gpu is not None and gpu.accepted:
+            self.gpu_verified[ev.worker_id] = verdict.verdict_id
+        return verdict
+
+    async def _evaluate_gpu(self, evidence: GpuEvidence, claims: Claims, at: int) -> GpuVerdict:
+        when = datetime.fromtimestamp(at, UTC)
+        args = (evidence, gpu_nonce(claims), self.gpu_policy, when)
+        if self.gpu_policy.offline_sources():  # files only: CPU, no I/O
+            return evaluate_gpu(*args)
+        return await asyncio.to_thread(evaluate_gpu, *args)  # RIM service / OCSP responder
 
     def _rejecter(self, ev: Any, at: int) -> Callable[..., models.Verdict]:
         def reject(reason: str, check: Check | None = None) -> models.Verdict:
@@ -345,7 +390,25 @@ class AttestationService(Service):
             return (
                 f"TCB status {verdict.tcb_status} no longer accepted (registry version {version})"
             )
+        for model in verdict.models:
+            if model in policy.require_gpu_cc_models and not self._gpu_shown(verdict, model):
+                return (
+                    f"model {model!r} requires a GPU in CC mode since registry version {version}; "
+                    "this verdict was issued without verified GPU evidence"
+                )
         return None
+
+    def _gpu_shown(self, verdict: Any, model: str) -> bool:
+        """Whether a TRUSTED verdict is known to rest on verified GPU evidence: this process
+        verified it, or it was issued under a registry that already required the GPU (so the
+        policy's gpu_cc check passed). The verdict record itself does not carry the GPU result,
+        so one restored from the topic and issued before the requirement counts as without."""
+        if self.gpu_verified.get(verdict.worker_id) == verdict.verdict_id:
+            return True
+        if model in self.base_policy.require_gpu_cc_models:
+            return True  # the base policy never changes at runtime: every verdict passed gpu_cc
+        since = self.registry.gpu_required_since(model)
+        return since is not None and verdict.registry_version >= since
 
     async def _revoke_disallowed(self) -> None:
         assert self.producer is not None
@@ -367,6 +430,7 @@ class AttestationService(Service):
             # The tombstone follows, so the compacted topic forgets the worker entirely.
             await self.producer.send_raw(VERDICTS_TOPIC, None, key=worker.encode())
             self.trusted.pop(worker, None)
+            self.gpu_verified.pop(worker, None)
             self.challenges.withdraw(worker)
 
 

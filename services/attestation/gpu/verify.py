@@ -98,7 +98,6 @@ class GpuPolicy:
         if not self.trusted_roots:
             raise GpuEvidenceError("a GPU policy must trust at least one root")
 
-    @classmethod
     def offline_sources(self) -> bool:
         """True when RIMs and OCSP come from files: evaluation does no network I/O."""
         return isinstance(self.rims, RimFiles) and isinstance(self.ocsp, OcspResponses)
