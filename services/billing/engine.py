@@ -261,15 +261,16 @@ class BillingEngine:
     def open_holds(self) -> list[Hold]:
         return list(self._holds.values())
 
-    def expire_holds(self, now_ms: int) -> list[str]:
-        """Release every open hold whose expiry has passed; returns their request ids."""
+    def expire_holds(self, now_ms: int, at_ms: int | None = None) -> list[str]:
+        """Release every open hold whose expiry is at or before `now_ms` (recorded at `at_ms`,
+        default `now_ms`); returns their request ids."""
         released = []
         while self._expiry and self._expiry[0][0] <= now_ms:
             _, request_id = heapq.heappop(self._expiry)
             hold = self._holds.get(request_id)
             if hold is None:
                 continue  # captured meanwhile
-            self._release(hold, now_ms, "expired")
+            self._release(hold, now_ms if at_ms is None else at_ms, "expired")
             released.append(request_id)
         return released
 

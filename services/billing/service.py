@@ -189,6 +189,8 @@ class Billing(Service):
             **consumer_settings.kwargs(),
         )
         self.processor: Processor | None = None
+        # Per usage.receipts partition: the timestamp of the last record read (hold expiry).
+        self._receipt_read_ms: dict[TopicPartition, int] = {}
         self._store = codec.default_store()
         self._catalog = default_catalog()
         self._started: list[Any] = []
@@ -284,12 +286,35 @@ class Billing(Service):
                     else:
                         MESSAGES.labels("billing", topic, "ok").inc()
                 offsets[tp] = record.offset + 1
+            if records and tp.topic == self.prefix + RECEIPTS:
+                self._receipt_read_ms[tp] = records[-1].timestamp
         if tick:
-            released = self.processor.tick(now)
+            released = self.processor.tick(now, await self._receipts_read_to(now))
             RELEASES_TOTAL.inc(len(released))
         batch = self.processor.take()
         if batch or offsets or dead:
             await self._transaction(batch, offsets, dead, now)
+
+    async def _receipts_read_to(self, now: int) -> int | None:
+        """How far in time every assigned `usage.receipts` partition has been read: `now` for
+        a partition read to its end, else the timestamp of its last record read; None while
+        any is unknown (no fetch answered yet, nothing read yet, or nothing assigned)."""
+        topic = self.prefix + RECEIPTS
+        partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
+        if not partitions:
+            return None
+        read_to = now
+        for tp in partitions:
+            end = self.consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = self.consumer.highwater(tp)
+            if end is not None and await self.consumer.position(tp) >= end:
+                continue  # read to the end
+            seen = self._receipt_read_ms.get(tp)
+            if seen is None:
+                return None
+            read_to = min(read_to, seen)
+        return read_to
 
     def _handle(self, topic: str, record: ConsumerRecord, now: int) -> None:
         assert self.processor is not None

@@ -179,15 +179,22 @@ class Processor:
 
     # ---- time -------------------------------------------------------------------------
 
-    def tick(self, now_ms: int) -> list[str]:
-        """Release holds whose outcome came without a receipt, and expired holds."""
+    def tick(self, now_ms: int, receipts_read_to_ms: int | None = None) -> list[str]:
+        """Release holds whose outcome came without a receipt, and expired holds.
+
+        A hold expires only once every receipt sent before its expiry has been read:
+        `receipts_read_to_ms` is how far in (record) time `usage.receipts` has been consumed
+        (None: not known yet, so nothing expires). After downtime the backlog still holds
+        receipts sent in time; expiring by the wall clock first would refuse them.
+        """
         released = []
         for rid, at in list(self.release_due.items()):
             if at <= now_ms:
                 del self.release_due[rid]
                 if self.engine.release_hold(rid, now_ms, "outcome without receipt"):
                     released.append(rid)
-        released += self.engine.expire_holds(now_ms)
+        if receipts_read_to_ms is not None:
+            released += self.engine.expire_holds(min(now_ms, receipts_read_to_ms), at_ms=now_ms)
         return released
 
 

@@ -193,3 +193,26 @@ async def test_a_new_instance_rebuilds_the_same_state_from_the_ledger(kafka_boot
         entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
         assert [e.entry_id for e in entries if e.kind == "deposit"] == ["deposit:dev-grant:alice"]
         assert audit(entries, require_no_open_holds=True) == []
+
+
+async def test_a_receipt_sent_in_time_captures_even_if_billing_restarts_past_the_deadline(
+    kafka_bootstrap, unique_name
+):
+    worker = WorkerKeys.generate()
+    async with network(kafka_bootstrap, unique_name, grants="alice=1000000") as net:
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        late, abandoned = rid(), rid()
+        async with running(net.settings):
+            for r in (late, abandoned):
+                await net.send("inference.requests", request(r, "alice", deadline_s=2.0))
+            await net.until(lambda: abandoned in net.seen.reservations)
+        # Billing is down. The worker's receipt lands before the deadline; the deadline (+ 0 s
+        # grace) passes before billing is back.
+        await net.send("usage.receipts", receipt(worker, late, "w-1"))
+        await asyncio.sleep(2.5)
+        async with running(net.settings):
+            await net.until(lambda: f"release:{abandoned}" in net.seen.causes("release:"))
+            await net.until(lambda: net.seen.causes("charge:") or net.seen.causes("reject:"))
+        assert net.seen.causes("charge:") == [f"charge:{late}"]
+        assert net.seen.causes("reject:") == []
+        assert net.balance("alice") == (1_000_000 - CHARGE, 0)
