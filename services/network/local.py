@@ -146,7 +146,7 @@ class LocalNetwork:
             label=worker_id,
         )
 
-    def _model_listed(self) -> bool:
+    def _model_listed(self, workers: int = 1) -> bool:
         try:
             response = httpx.get(
                 f"{self.gateway_url}/v1/models",
@@ -156,7 +156,14 @@ class LocalNetwork:
         except httpx.HTTPError:
             return False
         return response.status_code == 200 and any(
-            m["id"] == SMOLLM2_MODEL for m in response.json().get("data", [])
+            m["id"] == SMOLLM2_MODEL and m["attested_workers"] >= workers
+            for m in response.json().get("data", [])
+        )
+
+    def wait_for_workers(self, ready_timeout_s: float = 120.0) -> None:
+        """Wait until the gateway lists every worker as attested and alive."""
+        self._wait_for(
+            lambda: self._model_listed(self.workers), "every attested worker", ready_timeout_s
         )
 
     def _wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float) -> None:
@@ -172,6 +179,20 @@ class LocalNetwork:
                 )
             time.sleep(0.25)
         raise NetworkError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+    # -- workers (for failure tests and operators) -----------------------------------------------
+    @property
+    def worker_ids(self) -> list[str]:
+        return [f"w-local-{index}" for index in range(self.workers)]
+
+    def signal_worker(self, worker_id: str, sig: int) -> None:
+        """Signal a worker's worker-proxy (not its engine): SIGSTOP freezes, SIGKILL kills it."""
+        self.supervisor.signal(worker_id, sig)
+
+    def restart_worker(self, worker_id: str) -> None:
+        """Start the worker-proxy again (new keys, new evidence) on the same engine."""
+        self.echo(f"Restarting worker {worker_id} ...")
+        self.supervisor.respawn(worker_id)
 
     # -- run / stop ----------------------------------------------------------------------------
     def watch(self) -> None:

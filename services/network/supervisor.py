@@ -21,6 +21,8 @@ class Child:
     name: str
     process: subprocess.Popen
     log_path: Path
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
 
     @property
     def alive(self) -> bool:
@@ -45,9 +47,27 @@ class Supervisor:
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
             )
-        child = Child(name, process, log_path)
+        child = Child(name, process, log_path, tuple(argv), dict(env or {}))
         self.children.append(child)
         return child
+
+    def child(self, name: str) -> Child:
+        for child in self.children:
+            if child.name == name:
+                return child
+        raise KeyError(name)
+
+    def signal(self, name: str, sig: int) -> None:
+        """Send `sig` (e.g. SIGSTOP, SIGCONT, SIGKILL) to the child's process group."""
+        _signal_group(self.child(name).process.pid, sig)
+
+    def respawn(self, name: str) -> Child:
+        """Kill the child if it still runs and start it again with the same command."""
+        old = self.child(name)
+        _signal_group(old.process.pid, signal.SIGKILL)
+        old.process.wait()
+        self.children.remove(old)
+        return self.spawn(name, old.argv, old.env)
 
     def dead_children(self) -> list[Child]:
         return [child for child in self.children if not child.alive]

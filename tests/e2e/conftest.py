@@ -22,6 +22,14 @@ def network(kafka_bootstrap, tmp_path_factory) -> Iterator[LocalNetwork]:
         "COCOON_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "COCOON_TOPIC_PREFIX": f"e2e{uuid.uuid4().hex[:6]}.",
         "COCOON_CACHE_DIR": str(tmp_path_factory.mktemp("cocoon-cache")),
+        # Short, explicit waits so the failure tests (test_failures.py) stay quick and can
+        # assert against the configured values.
+        "COCOON_NO_WORKER_WAIT_SECONDS": "3",
+        "COCOON_OUTCOME_GRACE_SECONDS": "2",
+        # On a loaded 2-core machine the CPU engine can take more than the default 10 s to a
+        # first token; a lease that expires then re-places healthy requests. Lost workers are
+        # still noticed after the heartbeat silence (6 s), which is what the tests exercise.
+        "COCOON_LEASE_SECONDS": "30",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -33,6 +41,8 @@ def network(kafka_bootstrap, tmp_path_factory) -> Iterator[LocalNetwork]:
     )
     try:
         net.start(ready_timeout_s=120)
+        # start() returns once the first worker is attested; the tests expect every worker.
+        net.wait_for_workers(ready_timeout_s=120)
         yield net
     finally:
         net.stop()
