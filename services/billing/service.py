@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 from pydantic import Field, ValidationError, model_validator
@@ -308,7 +309,11 @@ class Billing(Service):
             end = self.consumer.last_stable_offset(tp)
             if end is None or end < 0:
                 end = self.consumer.highwater(tp)
-            if end is not None and await self.consumer.position(tp) >= end:
+            try:
+                position = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile (a rebalance): ask again next tick
+                return None
+            if end is not None and position >= end:
                 continue  # read to the end
             seen = self._receipt_read_ms.get(tp)
             if seen is None:
