@@ -156,12 +156,12 @@ class Dispatcher:
         request.phase = Phase.STARTED
         return True
 
-    def on_outcome(self, outcome: models.Outcome, now: float) -> None:
+    def on_outcome(self, outcome: models.Outcome, now: float) -> list:
         if outcome.reported_by == REPORTED_BY:
-            return  # our own verdict on the request, read back
+            return []  # our own verdict on the request, read back
         request = self.requests.get(outcome.request_id)
         if request is None or request.phase is Phase.DONE or outcome.attempt != request.attempt:
-            return  # unknown, finished, or about an attempt we already took back
+            return []  # unknown, finished, or about an attempt we already took back
         lease = self.pool.lease(outcome.request_id)
         if lease is not None and lease.attempt == outcome.attempt:
             if outcome.status == "CANCELLED":
@@ -169,6 +169,8 @@ class Dispatcher:
             else:
                 self.pool.finish(outcome.request_id, now, success=outcome.status == "SUCCEEDED")
         self._done(request, now)
+        # A slot just freed up: a request waiting for capacity need not wait for the next tick.
+        return self._place_pending(now)
 
     # ---- time ---------------------------------------------------------------------------
 

@@ -268,8 +268,7 @@ class Scheduler(Service):
             if request is not None and request.trace is None:
                 request.trace = otel_context.get_current()  # later re-placements join it
         else:
-            self.dispatcher.on_outcome(message.value, now)
-            emitted = []
+            emitted = self.dispatcher.on_outcome(message.value, now)
         # Sent before the offset is committed: a placement is never lost, only repeated
         # (with the same assignment_id) after a crash.
         for record in emitted:

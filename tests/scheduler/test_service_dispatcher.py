@@ -243,3 +243,13 @@ def test_price_cap_is_reported_when_only_pricier_workers_exist():
     assert cap.error_code == "price_cap"
     assert d.pool.get("w-a").coefficient == 8000
     assert timedelta(milliseconds=cap.duration_ms) == timedelta(seconds=5)
+
+
+def test_an_outcome_places_a_request_waiting_for_capacity_at_once():
+    d = dispatcher("w-a")  # capacity 2
+    for rid in ("r1", "r2"):
+        (placed,) = d.on_reservation(reservation(rid), T0)
+        assert placed.worker_id == "w-a"
+    assert d.on_reservation(reservation("r3"), T0) == []  # full: waits
+    (placed,) = d.on_outcome(outcome("r1", 1, "w-a", "SUCCEEDED"), T0 + 1)
+    assert placed.request_id == "r3" and placed.worker_id == "w-a"

@@ -1,0 +1,354 @@
+"""Overhead of the full Cocoon path against calling the llama.cpp server directly, in one run.
+
+Starts the whole network on one machine (`LocalNetwork`: a private broker, the five services,
+one worker with its llama.cpp engine) and sends the SAME streamed chat request, by the same
+httpx client code, either straight to that worker's engine (`network.engines[0].base_url`) or
+through the gateway (gateway -> billing hold -> scheduler -> sealed work item -> worker-proxy ->
+engine -> sealed chunks -> gateway). Since one engine serves both, the difference is the path:
+
+    .venv/bin/python bench/e2e_overhead.py [--rounds1 60] [--rounds8 6] [--max-tokens 32]
+
+* 1 stream: `--rounds1` pairs, each one direct and one via Cocoon request, in random order.
+* 8 streams: `--rounds8` pairs of rounds; a round sends 8 requests at once by one path and waits
+  for all of them; the two rounds of a pair run in random order. The engine runs one request at
+  a time, so the 8 queue inside it; overhead is (cocoon - direct) at that matched concurrency.
+
+TTFT = from sending the request to the first SSE `data:` line carrying content; total = until
+`[DONE]`. Per-hop breakdown (1 stream, via Cocoon): the bench reads the records of every hop from
+the bus and subtracts their timestamps (`created_at`, Kafka record times, `sent_at`,
+`produced_at`), all on one machine's clock, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from cocoon.core import codec
+from cocoon.core.kafka import broker
+from cocoon.network.engine_process import SMOLLM2_MODEL, free_port, start_engine
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+HOP_TOPICS = (
+    "inference.requests",
+    "billing.reservations",
+    "inference.assignments",
+    "work.w-local-0",
+    "inference.responses",
+    "inference.outcomes",
+)
+
+
+@dataclass
+class Sample:
+    path: str  # "direct" | "cocoon"
+    streams: int
+    ttft_ms: float
+    total_ms: float
+    tokens: int
+    request_id: str | None = None
+    sent_wall_ms: float = 0.0  # time.time() when the request was sent (for the hop breakdown)
+    first_wall_ms: float = 0.0  # time.time() at the first content line
+
+
+def body(max_tokens: int) -> dict:
+    return {
+        "model": SMOLLM2_MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def one_request(
+    client: httpx.AsyncClient, url: str, headers: dict, payload: dict, path: str, streams: int
+) -> Sample:
+    ttft = None
+    first_wall = 0.0
+    tokens = 0
+    sent_wall = time.time() * 1000
+    started = time.perf_counter()
+    async with client.stream("POST", url, json=payload, headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{path}: HTTP {response.status_code}: {await response.aread()}")
+        request_id = response.headers.get("x-request-id")
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise RuntimeError(f"{path}: stream error {chunk['error']}")
+            for choice in chunk.get("choices") or ():
+                if ttft is None and (choice.get("delta") or {}).get("content"):
+                    ttft = time.perf_counter() - started
+                    first_wall = time.time() * 1000
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    total = time.perf_counter() - started
+    if ttft is None:
+        raise RuntimeError(f"{path}: no content in the stream")
+    return Sample(
+        path, streams, ttft * 1000, total * 1000, tokens, request_id, sent_wall, first_wall
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of 60 samples is the largest one)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# -- the hop breakdown: every record of one request, read from the bus -----------------------------
+@dataclass
+class Hops:
+    records: dict[str, dict] = field(default_factory=dict)  # request_id -> {step: ms}
+
+
+async def collect_hops(bootstrap: str, prefix: str, hops: Hops, stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+        isolation_level="read_uncommitted",  # see billing's transactional writes as they land
+    )
+    await consumer.start()
+    try:
+        partitions = []
+        for topic in HOP_TOPICS:
+            await consumer._client.force_metadata_update()
+            ids = consumer.partitions_for_topic(prefix + topic) or set()
+            partitions += [TopicPartition(prefix + topic, p) for p in ids]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100)
+            received = time.time() * 1000
+            for records in batch.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        _, value = codec.decode(record.value)
+                    except codec.DecodeError:
+                        continue
+                    topic = record.topic[len(prefix) :]
+                    steps = hops.records.setdefault(value.get("request_id", "?"), {})
+                    note_hop(steps, topic, value, record.timestamp, received)
+    finally:
+        await consumer.stop()
+
+
+def _ms(value) -> float:
+    return value.timestamp() * 1000 if hasattr(value, "timestamp") else float(value)
+
+
+def note_hop(steps: dict, topic: str, value: dict, record_ms: int, seen_ms: float) -> None:
+    if topic == "inference.requests":
+        steps["created"] = _ms(value["created_at"])
+        steps["request_log"] = record_ms
+    elif topic == "billing.reservations":
+        steps["decided"] = _ms(value["decided_at"])
+        steps["held_log"] = record_ms
+    elif topic == "inference.assignments":
+        steps["assigned"] = _ms(value["assigned_at"])
+        steps["assigned_log"] = record_ms
+    elif topic.startswith("work.") and value.get("action") == "RUN":
+        steps["work_sent"] = _ms(value["sent_at"])
+    elif topic == "inference.responses" and value.get("seq") == 0:
+        steps["chunk0"] = _ms(value["produced_at"])
+    elif topic == "inference.outcomes":
+        steps["ttfc_worker"] = value.get("time_to_first_chunk_ms")
+
+
+# -- runs ----------------------------------------------------------------------------------------
+async def run(args: argparse.Namespace, gateway: str, engine: str, api_key: str, bootstrap: str):
+    payload = body(args.max_tokens)
+    targets = {
+        "direct": (f"{engine}/chat/completions", {}),
+        "cocoon": (
+            f"{gateway}/v1/chat/completions",
+            {"Authorization": f"Bearer {api_key}"},
+        ),
+    }
+    rng = random.Random(args.seed)
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    samples: list[Sample] = []
+    failures: list[str] = []
+    hops = Hops()
+    stop = asyncio.Event()
+    collector = asyncio.create_task(
+        collect_hops(bootstrap, os.environ["COCOON_TOPIC_PREFIX"], hops, stop)
+    )
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def send(path: str, streams: int) -> Sample | None:
+            url, headers = targets[path]
+            try:
+                return await one_request(client, url, headers, payload, path, streams)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                failures.append(f"{streams} stream(s) {path}: {exc}"[:300])
+                return None
+
+        print(f"warm-up: {args.warmup} requests per path ...", flush=True)
+        for _ in range(args.warmup):
+            for path in ("direct", "cocoon"):
+                await send(path, 1)
+        print(f"1 stream: {args.rounds1} pairs ...", flush=True)
+        for index in range(args.rounds1):
+            if index and index % 20 == 0:
+                print(f"  {index} pairs", flush=True)
+            order = ["direct", "cocoon"]
+            rng.shuffle(order)
+            for path in order:
+                samples.append(await send(path, 1))
+        samples = [s for s in samples if s is not None]
+        print(f"8 streams: {args.rounds8} pairs of rounds of 8 ...", flush=True)
+        for index in range(args.rounds8):
+            if index:
+                print(f"  {index} pairs of rounds", flush=True)
+            order = ["direct", "cocoon"]
+            rng.shuffle(order)
+            for path in order:
+                done = await asyncio.gather(*(send(path, 8) for _ in range(8)))
+                samples += [s for s in done if s is not None]
+    stop.set()
+    await collector
+    for failure in failures:
+        print("FAILED:", failure)
+    return samples, hops
+
+
+def report(samples: list[Sample], hops: Hops) -> None:
+    print()
+    header = (
+        f"{'streams':>7} {'path':>8} {'n':>4} {'TTFT p50':>9} {'TTFT p99':>9}"
+        f" {'total p50':>10} {'total p99':>10} {'tok':>4}"
+    )
+    print(header)
+    rows = {}
+    for streams in (1, 8):
+        for path in ("direct", "cocoon"):
+            chosen = [s for s in samples if s.streams == streams and s.path == path]
+            if not chosen:
+                continue
+            ttft = [s.ttft_ms for s in chosen]
+            total = [s.total_ms for s in chosen]
+            row = (
+                statistics.median(ttft),
+                percentile(ttft, 0.99),
+                statistics.median(total),
+                percentile(total, 0.99),
+            )
+            rows[(streams, path)] = row
+            tokens = statistics.median(s.tokens for s in chosen)
+            print(
+                f"{streams:>7} {path:>8} {len(chosen):>4} {row[0]:>9.1f} {row[1]:>9.1f}"
+                f" {row[2]:>10.1f} {row[3]:>10.1f} {tokens:>4.0f}"
+            )
+        if (streams, "cocoon") in rows and (streams, "direct") in rows:
+            c, d = rows[(streams, "cocoon")], rows[(streams, "direct")]
+            print(
+                f"{streams:>7} {'added':>8} {'':>4} {c[0] - d[0]:>+9.1f} {c[1] - d[1]:>+9.1f}"
+                f" {c[2] - d[2]:>+10.1f} {c[3] - d[3]:>+10.1f}"
+            )
+    # Hops for the 1-stream via-Cocoon requests.
+    via = [s for s in samples if s.streams == 1 and s.path == "cocoon" and s.request_id]
+    legs: dict[str, list[float]] = {}
+
+    def leg(name: str, value: float | None) -> None:
+        if value is not None:
+            legs.setdefault(name, []).append(value)
+
+    for s in via:
+        steps = hops.records.get(s.request_id, {})
+        need = ("created", "decided", "held_log", "assigned", "assigned_log", "work_sent", "chunk0")
+        if not all(k in steps for k in need):
+            continue
+        leg("client send -> gateway created_at", steps["created"] - s.sent_wall_ms)
+        leg("created_at -> billing decided_at", steps["decided"] - steps["created"])
+        leg("decided_at -> reservation sent (in txn)", steps["held_log"] - steps["decided"])
+        leg("reservation sent -> scheduler assigned_at", steps["assigned"] - steps["held_log"])
+        leg("assigned_at -> assignment sent", steps["assigned_log"] - steps["assigned"])
+        leg("assignment -> work item sent (sealed)", steps["work_sent"] - steps["assigned_log"])
+        leg("work sent -> first chunk produced", steps["chunk0"] - steps["work_sent"])
+        leg("  of which: worker receive -> first chunk", steps.get("ttfc_worker"))
+        leg("first chunk -> client first content", s.first_wall_ms - steps["chunk0"])
+    if legs:
+        print(f"\nper hop, 1 stream via Cocoon (ms, n={len(next(iter(legs.values())))}):")
+        print(f"{'hop':<44} {'p50':>7} {'p99':>7}")
+        for name, values in legs.items():
+            print(f"{name:<44} {statistics.median(values):>7.1f} {percentile(values, 0.99):>7.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds1", type=int, default=60, help="1-stream pairs")
+    parser.add_argument("--rounds8", type=int, default=6, help="8-stream pairs of rounds")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--engine-threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads (0 = the network's default); see docs/performance.md",
+    )
+    args = parser.parse_args()
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the network on SIGTERM too
+    # A private broker (jars from the project cache), then a private cache for the network.
+    home = Path(tempfile.mkdtemp(prefix="cocoon-bench-e2e-"))
+    port = free_port()
+    layout = broker.BrokerLayout(home=home / "kafka", port=port, controller_port=free_port())
+    bootstrap = broker.start(layout, echo=lambda _m: None)
+    os.environ.update(
+        {
+            "COCOON_KAFKA_BOOTSTRAP": bootstrap,
+            "COCOON_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
+            "COCOON_CACHE_DIR": str(home / "cache"),
+        }
+    )
+    from cocoon.network import local  # after the environment is set
+
+    if args.engine_threads:
+        local.start_engine = functools.partial(start_engine, n_threads=args.engine_threads)
+    network = local.LocalNetwork(workers=1, http_port=free_port(), echo=lambda _m: None)
+    try:
+        started = time.monotonic()
+        network.start(ready_timeout_s=120)
+        print(f"network up in {time.monotonic() - started:.1f} s; broker {bootstrap}")
+        print(f"load average before: {os.getloadavg()}")
+        began = time.monotonic()
+        samples, hops = asyncio.run(
+            run(args, network.gateway_url, network.engines[0].base_url, network.api_key, bootstrap)
+        )
+        print(f"measured in {time.monotonic() - began:.0f} s; load average: {os.getloadavg()}")
+        report(samples, hops)
+    finally:
+        network.stop()
+        broker.stop(layout)
+
+
+if __name__ == "__main__":
+    main()
