@@ -77,13 +77,19 @@ POOR_GRANT = POOR_FUNDED * POOR_HOLD + POOR_HOLD // 2
 
 LONG_DEADLINE_S = 600.0  # money-bearing requests: their receipts always find the hold open
 SHORT_DEADLINE_S = 6.0  # money-neutral requests: released by outcome or by the deadline
+# Paid if the receipt could be sent well before the hold expires (a kill then often leaves it in
+# the backlog past the expiry: it must still capture); else no receipt is sent and it expires.
+TIGHT_DEADLINE_S = 3.0
+TIGHT_MARGIN_MS = 1500
 HOLD_GRACE_S = 1.0
 OUTCOME_GRACE_S = 0.3
 
 KILLS = 6  # SIGKILLs of the main instance, at random moments
-PAID_KINDS = ("paid", "partial", "forged_then_paid")
+PAID_KINDS = ("paid", "partial", "forged_then_paid")  # long deadlines: always charged
+CHARGED_KINDS = (*PAID_KINDS, "tight_paid")
 KINDS = {  # fate -> weight
-    "paid": 52,
+    "paid": 46,
+    "tight": 8,
     "partial": 10,
     "forged_then_paid": 6,
     "beyond_hold": 6,
@@ -198,6 +204,8 @@ class Chaos:
         self.kills = 0
         self.kill_ages: list[tuple[float, str]] = []  # seconds after spawn, phase
         self.allowed = asyncio.Event()  # cleared while the test fences instances itself
+        self.receipts_sent = asyncio.Event()  # a batch's receipts were just sent
+        self.traffic_done = False
         self.allowed.set()
         self.unexpected: list[str] = []
 
@@ -210,10 +218,16 @@ class Chaos:
                 # replay, grants, group join), the next comes some time after ready.
                 with contextlib.suppress(AssertionError):
                     await self.main.until_ready(90)
-                since = time.monotonic()
+                at = time.monotonic() + self.rng.uniform(0.5, 9.0)
+            elif not self.traffic_done and self.rng.random() < 0.5:
+                # Right after a batch's receipts were sent: they wait in the backlog, past
+                # the expiry of the tight holds, while billing restarts.
+                self.receipts_sent.clear()
+                await self.receipts_sent.wait()
+                at = time.monotonic() + self.rng.uniform(0.0, 1.5)
             else:
-                since = self.main.spawned_at
-            await asyncio.sleep(max(0.0, since + self.rng.uniform(0.5, 9.0) - time.monotonic()))
+                at = self.main.spawned_at + self.rng.uniform(0.5, 9.0)
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
             await self.allowed.wait()
             if not self.main.alive():
                 self.unexpected.append(
@@ -264,6 +278,9 @@ class Observed:
 
     def has(self, entry_id: str) -> bool:
         return entry_id in self.entries
+
+    def about(self, request_id: str) -> list[tuple[int, Entry]]:
+        return [(n, e) for n, e in self.entries.values() if e.meta.get("request_id") == request_id]
 
 
 # ---- the traffic -----------------------------------------------------------------------
@@ -366,7 +383,13 @@ class Traffic:
                 kind=kind,
                 max_tokens=r.randint(5, 60),
                 prompt_bytes=r.randint(10, 150),
-                deadline_s=LONG_DEADLINE_S if money else SHORT_DEADLINE_S,
+                deadline_s=(
+                    LONG_DEADLINE_S
+                    if money
+                    else TIGHT_DEADLINE_S
+                    if kind == "tight"
+                    else SHORT_DEADLINE_S
+                ),
             )
             if r.random() < 0.08:
                 req.sends = 2  # sent twice at once: both answered HELD, one hold
@@ -405,7 +428,7 @@ class Traffic:
             self.must_reject[(req.rid, f"{req.rid}:forged")] = "bad_signature"
             if r.random() < 0.3:
                 self.late_receipts.append(fake)
-        if req.kind in PAID_KINDS:
+        if req.kind in CHARGED_KINDS:
             partial = req.kind == "partial"
             usage = self.usage(req, partial=partial)
             rec = self.signed(
@@ -440,6 +463,12 @@ class Traffic:
                 )
             )
         return out
+
+    def drop(self, req: Req) -> None:
+        """Send nothing for `req` after all: forget the receipts made for it."""
+        req.kind, req.charge, req.receipt = "tight_dropped", None, None
+        self.must_reject = {k: v for k, v in self.must_reject.items() if k[0] != req.rid}
+        self.late_receipts = [r for r in self.late_receipts if r["request_id"] != req.rid]
 
     def _forge(self, genuine: dict) -> dict:
         """The same receipt signed by a key no verdict names (anyone can produce one)."""
@@ -478,12 +507,12 @@ def outcome(rid: str, worker: str, status: str) -> models.Outcome:
 # ---- helpers ---------------------------------------------------------------------------
 
 
-async def until(predicate, timeout_s: float, what: str, chaos: Chaos | None = None) -> None:
+async def until(predicate, timeout_s: float, what: str, chaos: Chaos | None = None, why=None):
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if chaos is not None and chaos.unexpected:
             raise AssertionError("\n".join(chaos.unexpected))
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {why() if why else ''}"
         await asyncio.sleep(0.05)
 
 
@@ -614,13 +643,31 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                     chaos,
                 )
                 sends = []
+                tight = []
                 for req in reqs:
+                    if req.kind == "tight":
+                        tight.append(req)
+                        continue
                     sends += [("usage.receipts", rec) for rec in traffic.receipts_for(req)]
                     worker = rng.choice(sorted(workers))
                     if req.kind in ("beyond_hold", "forged", "above_cap", "outcome_only"):
                         sends.append(("inference.outcomes", outcome(req.rid, worker, "FAILED")))
                 sends += [("usage.receipts", rec) for rec in traffic.unknown_receipts(8)]
+                # Tight holds last decided, first sent: a receipt is sent (and stamped) only
+                # well before the hold's expiry, else none is (the hold then expires).
+                first = []
+                for req in tight:
+                    req.kind = "tight_paid"
+                    receipts = traffic.receipts_for(req)
+                    held = any(a["status"] == "HELD" for a in seen.reservations.get(req.rid, ()))
+                    expires_ms = req.record().deadline_at.timestamp() * 1000 + HOLD_GRACE_S * 1000
+                    if held and time.time() * 1000 < expires_ms - TIGHT_MARGIN_MS:
+                        first += [("usage.receipts", rec) for rec in receipts]
+                    else:
+                        traffic.drop(req)
+                sends = first + sends
                 await send_all(producer, sends)  # one producer: per key, in this order
+                chaos.receipts_sent.set()
 
             for b in range(BATCHES):
                 if b == 3:
@@ -647,6 +694,8 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                 else:
                     await batch(b)
                 mark(f"batch {b}")
+            chaos.traffic_done = True
+            chaos.receipts_sent.set()
             await asyncio.wait_for(chaos_task, 120)
             mark("kills done")
             assert not chaos.unexpected, chaos.unexpected
@@ -654,7 +703,17 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
 
             # Every expected charge, and every hold closed (outcomes + deadlines).
             paid = [q for q in traffic.requests.values() if q.charge]
-            await until(lambda: all(seen.has(f"charge:{q.rid}") for q in paid), 120, "all charges")
+
+            def missing() -> list:
+                return [
+                    (q.rid, q.kind, [(e.kind, e.meta.get("reason")) for _, e in seen.about(q.rid)])
+                    for q in paid
+                    if not seen.has(f"charge:{q.rid}")
+                ][:10]
+
+            await until(
+                lambda: all(seen.has(f"charge:{q.rid}") for q in paid), 90, "charges", why=missing
+            )
             await until(lambda: not seen.open_holds, 60, "every hold closed")
             mark("settled")
 
@@ -815,9 +874,13 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     assert f"available  {expected[f'client:{POOR}']} nanoTON" in shown.output
     assert "held       0 nanoTON" in shown.output
 
+    holds = {e.meta["request_id"]: e.meta["expires_at_ms"] for e in entries if e.kind == "hold"}
+    after_expiry = sum(1 for rid, e in charges.items() if e.at_ms > holds[rid])
+    tight_paid = sum(1 for q in paid.values() if q.kind == "tight_paid")
     elapsed = time.monotonic() - started
     print(
-        f"chaos: {len(requests)} requests ({len(paid)} charged, {total_charge} nanoTON), "
+        f"chaos: {len(requests)} requests ({len(paid)} charged, {total_charge} nanoTON; "
+        f"{tight_paid} on tight holds, {after_expiry} read after their hold's expiry time), "
         f"{len(entries)} ledger entries, {chaos.kills} SIGKILLs at "
         f"{chaos.kill_ages} s after spawn, main started {main.starts}x, "
         f"second {second.starts}x, {elapsed:.0f} s; timeline {marks}"
