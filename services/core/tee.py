@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
+from pathlib import Path
 from typing import Any
 
 from cocoon.core.crypto.keys import WorkerPublicKeys
@@ -74,18 +75,20 @@ def report_data(claims: bytes) -> bytes:
 
 
 _sim_lock = threading.Lock()
-_sim: Any = None
+_sims: dict[Path, Any] = {}
 
 
 def _simulated_tdx() -> Any:
-    # Loaded once per process: opening the shared test CA takes a file lock and key parsing.
-    global _sim
-    with _sim_lock:
-        if _sim is None:
-            from cocoon.attestation.simtdx import SimTdx  # the hardware stand-in, see above
+    # Loaded once per process and CA directory: opening the shared test CA takes a file lock and
+    # key parsing. Keyed by directory so a process that changes COCOON_CACHE_DIR (tests, several
+    # local networks) never signs with another network's test CA.
+    from cocoon.attestation.simtdx import SimTdx  # the hardware stand-in, see above
 
-            _sim = SimTdx.load_or_create()
-        return _sim
+    directory = SimTdx.default_dir().resolve()
+    with _sim_lock:
+        if directory not in _sims:
+            _sims[directory] = SimTdx.load_or_create(directory)
+        return _sims[directory]
 
 
 def get_quote(report_data: bytes) -> bytes:
