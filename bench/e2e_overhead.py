@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import statistics
 import tempfile
@@ -348,6 +349,7 @@ def main() -> None:
     finally:
         network.stop()
         broker.stop(layout)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
