@@ -266,8 +266,8 @@ def start(
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                cluster_id,
+                # `=` form: a random id may start with '-', which would parse as an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(layout.config_file),
             ],
