@@ -297,8 +297,13 @@ class BillingEngine:
 
     # ---- receipts -----------------------------------------------------------------------
 
-    def capture(self, receipt: Receipt, at_ms: int = 0) -> CaptureResult:
-        """Charge a verified receipt against its hold, or reject it with a reason (never both)."""
+    def capture(self, receipt: Receipt, at_ms: int = 0, latest_attempt: int = 0) -> CaptureResult:
+        """Charge a verified receipt against its hold, or reject it with a reason (never both).
+
+        `latest_attempt` is the request's newest placement known to the caller: a receipt from
+        an earlier attempt is refused (the gateway dropped that attempt's stream, so the client
+        received none of it), and the hold stays open for the current attempt's receipt.
+        """
         rid = receipt.request_id
         digest = receipt_digest(receipt)
         earlier = self.ledger.get(f"reject:{digest}")
@@ -340,6 +345,14 @@ class BillingEngine:
         hold = self._holds.get(rid)
         if hold is None:
             return self._reject(receipt, digest, Rejection.UNKNOWN_REQUEST, "no hold", at_ms)
+        if receipt.attempt < latest_attempt:
+            return self._reject(
+                receipt,
+                digest,
+                Rejection.SUPERSEDED_ATTEMPT,
+                f"attempt {receipt.attempt} was placed again as attempt {latest_attempt}",
+                at_ms,
+            )
         problem = self._capture_problem(receipt, hold)
         if problem is not None:
             reason, detail = problem

@@ -111,6 +111,7 @@ class Rejection(StrEnum):
     UNKNOWN_REQUEST = "unknown_request"
     DUPLICATE_REQUEST = "second_receipt_for_request"
     HOLD_CLOSED = "hold_already_released"
+    SUPERSEDED_ATTEMPT = "superseded_attempt"
     BAD_SIGNATURE = "bad_signature"
     TOKENS_BEYOND_HOLD = "tokens_beyond_hold"
     COEFFICIENT_ABOVE_CAP = "coefficient_above_client_cap"

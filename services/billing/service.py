@@ -8,8 +8,11 @@ Start:
 3. dev grants (`COCOON_DEV_GRANTS`) are applied once ever (deterministic entry ids);
 4. `attestation.verdicts` is mirrored from the beginning, every verdict checked against the pinned
    attestation key, before any receipt is read;
-5. the consumer group resumes `inference.requests`, `usage.receipts`, `inference.outcomes` from
-   its committed offsets.
+5. the consumer group resumes `inference.requests`, `usage.receipts`, `inference.outcomes` and
+   `inference.assignments` from its committed offsets. Which attempt of a request is current
+   lives in memory, so before that the placements of the open holds are re-read (from the oldest
+   open hold to the end): a late receipt of a superseded attempt is refused even right after a
+   restart.
 
 Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`),
 the balances they changed (`billing.balances`), the reservations (`billing.reservations`), dead
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 from pydantic import Field, ValidationError, model_validator
@@ -49,10 +52,11 @@ from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger
 from cocoon.billing.stream_verdicts import VERDICTS_TOPIC, VerdictKeys
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
-from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.bus.deadletter import InvalidValue, MissingValue, dead_letter
 from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import default_catalog
+from cocoon.core.codec import models
 from cocoon.core.codec.models import model_for
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.metrics import MESSAGES
@@ -65,9 +69,11 @@ log = logging.getLogger(__name__)
 REQUESTS = "inference.requests"
 RECEIPTS = "usage.receipts"
 OUTCOMES = "inference.outcomes"
+ASSIGNMENTS = "inference.assignments"
 RESERVATIONS = "billing.reservations"
-INPUTS = {
+INPUTS = {  # in the order a polled batch is handled
     REQUESTS: "cocoon.inference.InferenceRequest",
+    ASSIGNMENTS: "cocoon.inference.Assignment",
     RECEIPTS: "cocoon.inference.UsageReceipt",
     OUTCOMES: "cocoon.inference.Outcome",
 }
@@ -190,6 +196,7 @@ class Billing(Service):
             **consumer_settings.kwargs(),
         )
         self.processor: Processor | None = None
+        self._order = {prefix + topic: rank for rank, topic in enumerate(INPUTS)}
         # Per usage.receipts partition: the timestamp of the last record read (hold expiry).
         self._receipt_read_ms: dict[TopicPartition, int] = {}
         self._store = codec.default_store()
@@ -211,16 +218,11 @@ class Billing(Service):
             outcome_grace_ms=int(s.outcome_grace_seconds * 1000),
         )
         await self._apply_grants()
+        await self._reread_assignments()
         await self.verdicts.start()
         self._started.append(self.verdicts)
         # Every verdict that exists now is read before any receipt is judged.
-        catch_up_stop = asyncio.Event()
-        catch_up = asyncio.create_task(self.verdicts.run(catch_up_stop))
-        try:
-            await self.verdicts.wait_caught_up(60)
-        finally:
-            catch_up_stop.set()
-            await catch_up
+        await _until_caught_up(self.verdicts, timeout_s=60)
         await self.consumer.start()
         self._started.append(self.consumer)
         engine = self.processor.engine
@@ -232,6 +234,33 @@ class Billing(Service):
                 "trusted_workers": len(self.keys),
             },
         )
+
+    async def _reread_assignments(self) -> None:
+        assert self.processor is not None
+        engine = self.processor.engine
+        opened = [engine.ledger.get(f"hold:{h.request_id}") for h in engine.open_holds()]
+        since = min((e.at_ms for e in opened if e is not None), default=None)
+        if since is None:
+            return  # no open hold: no placement matters
+
+        def on_record(record: BroadcastRecord) -> None:
+            if record.value is not None and record.record == INPUTS[ASSIGNMENTS]:
+                self.processor.on_assignment(models.Assignment.from_avro(record.value))
+
+        reader = BroadcastReader(
+            self.settings.kafka_bootstrap,
+            [ASSIGNMENTS],
+            on_record,
+            from_beginning=False,
+            since_ms=since,
+            prefix=self.prefix,
+            client_id=f"billing-{self.settings.instance_id}-assignments",
+        )
+        await reader.start()
+        try:
+            await _until_caught_up(reader, timeout_s=60)
+        finally:
+            await reader.stop()
 
     async def run(self, stopping: asyncio.Event) -> None:
         await run_together(verdicts=self.verdicts.run(stopping), consume=self._consume(stopping))
@@ -274,7 +303,8 @@ class Billing(Service):
         now = _now_ms()
         offsets: dict[TopicPartition, int] = {}
         dead: list[tuple[str, ConsumerRecord, Exception]] = []
-        for tp, records in polled.items():
+        # Within a batch, placements before the receipts and outcomes they decide on.
+        for tp, records in sorted(polled.items(), key=lambda item: self._order[item[0].topic]):
             for record in records:
                 topic = record.topic.removeprefix(self.prefix)
                 with consume_span(record, group=self.settings.consumer_group) as span:
@@ -290,8 +320,15 @@ class Billing(Service):
             if records and tp.topic == self.prefix + RECEIPTS:
                 self._receipt_read_ms[tp] = records[-1].timestamp
         if tick:
-            released = self.processor.tick(now, await self._receipts_read_to(now))
+            read_to = await self._receipts_read_to(now)
+            released = self.processor.tick(now, read_to)
             RELEASES_TOTAL.inc(len(released))
+            if released:
+                log.info(
+                    "released %d hold(s) without a charge",
+                    len(released),
+                    extra={"receipts_read_to_ms": read_to, "request_ids": released[:20]},
+                )
         batch = self.processor.take()
         if batch or offsets or dead:
             await self._transaction(batch, offsets, dead, now)
@@ -299,16 +336,26 @@ class Billing(Service):
     async def _receipts_read_to(self, now: int) -> int | None:
         """How far in time every assigned `usage.receipts` partition has been read: `now` for
         a partition read to its end, else the timestamp of its last record read; None while
-        any is unknown (no fetch answered yet, nothing read yet, or nothing assigned)."""
+        any is unknown (no fetch answered yet, nothing read yet, or not every partition ours)."""
         topic = self.prefix + RECEIPTS
         partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
-        if not partitions:
+        if not partitions or len(partitions) != len(
+            self.consumer.partitions_for_topic(topic) or ()
+        ):
+            # Not every partition is ours (mid-rebalance, e.g. a killed instance not yet evicted
+            # from the group): a receipt may wait in one we cannot see, so nothing expires.
+            return None
+        # Ask the broker (ListOffsets, read_committed: the stable end) rather than trust the
+        # end cached from the last fetch: a receipt appended since then would be taken as read,
+        # and its hold expired under it.
+        try:
+            ends = await self.consumer.end_offsets(partitions)
+        except KafkaError as exc:
+            log.info("receipts end offsets unknown (%s): no hold expires this tick", exc)
             return None
         read_to = now
         for tp in partitions:
-            end = self.consumer.last_stable_offset(tp)
-            if end is None or end < 0:
-                end = self.consumer.highwater(tp)
+            end = ends.get(tp)
             try:
                 position = await self.consumer.position(tp)
             except IllegalStateError:  # revoked meanwhile (a rebalance): ask again next tick
@@ -350,6 +397,8 @@ class Billing(Service):
                     reason,
                     result.detail,
                 )
+        elif topic == ASSIGNMENTS:
+            self.processor.on_assignment(value)
         else:
             self.processor.on_outcome(value, now)
 
@@ -414,6 +463,17 @@ class Billing(Service):
         )
         assert isinstance(future, asyncio.Future)
         return future
+
+
+async def _until_caught_up(reader: BroadcastReader, timeout_s: float) -> None:
+    """Run `reader` until it has handled everything its topics held when it started."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(reader.run(stop))
+    try:
+        await reader.wait_caught_up(timeout_s)
+    finally:
+        stop.set()
+        await running
 
 
 def build(settings: Settings) -> Billing:

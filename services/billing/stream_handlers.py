@@ -55,6 +55,10 @@ class Processor:
         # Outcomes seen for requests still held: request id -> when to release (if no receipt).
         # In memory only: after a restart the hold's own expiry is the backstop.
         self.release_due: dict[str, int] = {}
+        # Newest placement (`inference.assignments`) per open hold. Receipts and outcomes of an
+        # older attempt neither charge nor release: the request went on to another worker.
+        # Rebuilt after a restart by re-reading the assignments of the open holds.
+        self.latest_attempt: dict[str, int] = {}
         self._batch = Batch()
 
     def _noted(self, entries: Iterable[Entry]) -> Iterable[Entry]:
@@ -164,7 +168,8 @@ class Processor:
             receipt = receipt_from_record(data)
         except BillingError as exc:
             raise BadRecord(str(exc)) from None
-        result = self.engine.capture(receipt, now_ms)
+        latest = self.latest_attempt.get(receipt.request_id, 0)
+        result = self.engine.capture(receipt, now_ms, latest_attempt=latest)
         if result.status != "rejected" or self.engine.hold(receipt.request_id) is None:
             self.release_due.pop(receipt.request_id, None)
         return result
@@ -174,8 +179,22 @@ class Processor:
     def on_outcome(self, outcome: models.Outcome, now_ms: int) -> None:
         if self.engine.hold(outcome.request_id) is None:
             return  # captured already, released, or never held
+        if outcome.attempt < self.latest_attempt.get(outcome.request_id, 0):
+            return  # the end of an attempt that was placed again: the hold waits for the new one
         # The receipt may be just behind the outcome (another topic): wait a little for it.
         self.release_due.setdefault(outcome.request_id, now_ms + self.outcome_grace_ms)
+
+    # ---- inference.assignments --------------------------------------------------------
+
+    def on_assignment(self, assignment: models.Assignment) -> None:
+        """Note the request's newest attempt (idempotent: re-reading assignments is harmless)."""
+        rid = assignment.request_id
+        if self.engine.hold(rid) is None:
+            return
+        if assignment.attempt > self.latest_attempt.get(rid, 0):
+            self.latest_attempt[rid] = assignment.attempt
+            # An outcome of an earlier attempt must not release the hold under the new one.
+            self.release_due.pop(rid, None)
 
     # ---- time -------------------------------------------------------------------------
 
@@ -195,6 +214,8 @@ class Processor:
                     released.append(rid)
         if receipts_read_to_ms is not None:
             released += self.engine.expire_holds(min(now_ms, receipts_read_to_ms), at_ms=now_ms)
+        for rid in [r for r in self.latest_attempt if self.engine.hold(r) is None]:
+            del self.latest_attempt[rid]
         return released
 
 

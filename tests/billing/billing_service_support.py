@@ -32,6 +32,7 @@ TOPICS = [
     "inference.requests",
     "usage.receipts",
     "inference.outcomes",
+    "inference.assignments",
     "attestation.verdicts",
     "billing.reservations",
     "billing.ledger",
@@ -102,12 +103,14 @@ def receipt(
     prompt: int = 300,
     cached: int = 100,
     completion: int = 50,
+    attempt: int = 1,
+    completed: bool = True,
 ) -> dict[str, Any]:
     now = int(time.time() * 1000)
     body = UsageReceipt(
-        receipt_id=f"{request_id}:1",
+        receipt_id=f"{request_id}:{attempt}",
         request_id=request_id,
-        attempt=1,
+        attempt=attempt,
         worker_id=worker_id,
         model=MODEL,
         prompt_tokens=prompt,
@@ -115,17 +118,19 @@ def receipt(
         completion_tokens=completion,
         reasoning_tokens=0,
         coefficient=1000,
-        completed=True,
+        completed=completed,
         started_at=now - 500,
         finished_at=now,
     )
     return sign_receipt(keys, body).to_record()
 
 
-def outcome(request_id: str, worker_id: str, status: str = "FAILED") -> models.Outcome:
+def outcome(
+    request_id: str, worker_id: str, status: str = "FAILED", attempt: int = 1
+) -> models.Outcome:
     return models.Outcome(
         request_id=request_id,
-        attempt=1,
+        attempt=attempt,
         worker_id=worker_id,
         model=MODEL,
         status=status,
@@ -134,6 +139,23 @@ def outcome(request_id: str, worker_id: str, status: str = "FAILED") -> models.O
         duration_ms=10,
         completion_tokens=0,
         finished_at=now_ms_dt(),
+    )
+
+
+def assignment(request_id: str, worker_id: str, attempt: int) -> models.Assignment:
+    """The scheduler's placement of `request_id` (again, when `attempt` > 1)."""
+    return models.Assignment(
+        assignment_id=f"{request_id}:{attempt}",
+        request_id=request_id,
+        attempt=attempt,
+        worker_id=worker_id,
+        model=MODEL,
+        work_topic=f"work.{worker_id}",
+        verdict_id=f"v-{worker_id}",
+        coefficient=1000,
+        gateway_id="gw-test",
+        lease_expires_at=now_ms_dt(30),
+        assigned_at=now_ms_dt(),
     )
 
 

@@ -706,7 +706,14 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
 
             def missing() -> list:
                 return [
-                    (q.rid, q.kind, [(e.kind, e.meta.get("reason")) for _, e in seen.about(q.rid)])
+                    (
+                        q.rid,
+                        q.kind,
+                        [
+                            (e.kind, e.meta.get("reason"), e.at_ms, e.meta.get("expires_at_ms"))
+                            for _, e in seen.about(q.rid)
+                        ],
+                    )
                     for q in paid
                     if not seen.has(f"charge:{q.rid}")
                 ][:10]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from billing_service_support import network, outcome, receipt, request, running
+from billing_service_support import assignment, network, outcome, receipt, request, running
 from typer.testing import CliRunner
 
 from cocoon.billing.audit import audit
@@ -216,3 +216,60 @@ async def test_a_receipt_sent_in_time_captures_even_if_billing_restarts_past_the
         assert net.seen.causes("charge:") == [f"charge:{late}"]
         assert net.seen.causes("reject:") == []
         assert net.balance("alice") == (1_000_000 - CHARGE, 0)
+
+
+async def test_only_the_current_attempt_is_charged_or_releases_the_hold(
+    kafka_bootstrap, unique_name
+):
+    """The scheduler placed each request again (attempt 2) after attempt 1's lease ran out.
+
+    Attempt 1's worker woke up late: its receipt (the gateway dropped that stream, the client got
+    none of it) is refused, its outcome does not release the hold, and attempt 2 pays. The same
+    holds for an instance started after the placements were read (it re-reads them).
+    """
+    w1, w2 = WorkerKeys.generate(), WorkerKeys.generate()
+    async with network(
+        kafka_bootstrap, unique_name, grants="alice=1000000", outcome_grace_s=0.3
+    ) as net:
+        for worker_id, keys in (("w-1", w1), ("w-2", w2)):
+            await net.send("attestation.verdicts", net.attestor.verdict(worker_id, keys))
+        late_receipt, late_outcome, across_restart = rid(), rid(), rid()
+        async with running(net.settings):
+            for r in (late_receipt, late_outcome, across_restart):
+                await net.send("inference.requests", request(r, "alice"))
+            # As in the network: the scheduler places a request once its hold is published.
+            await net.until(lambda: across_restart in net.seen.reservations)
+            for r in (late_receipt, late_outcome, across_restart):
+                await net.send("inference.assignments", assignment(r, "w-1", 1))
+                await net.send("inference.assignments", assignment(r, "w-2", 2))
+
+            stale = receipt(w1, late_receipt, "w-1", completion=3, completed=False)
+            await net.send("usage.receipts", stale)
+            await net.send("inference.outcomes", outcome(late_outcome, "w-1", "CANCELLED"))
+            await net.until(lambda: net.seen.causes("reject:"))
+            await asyncio.sleep(1.0)  # > outcome grace: attempt 1's outcome must not release
+            for r in (late_receipt, late_outcome):
+                await net.send("usage.receipts", receipt(w2, r, "w-2", attempt=2))
+            await net.until(lambda: len(net.seen.causes("charge:")) == 2)
+
+        async with running(net.settings):  # knows the placements only by re-reading them
+            await net.send("usage.receipts", receipt(w1, across_restart, "w-1"))
+            await net.until(lambda: len(net.seen.causes("reject:")) == 2)
+            await net.send("usage.receipts", receipt(w2, across_restart, "w-2", attempt=2))
+            await net.until(lambda: len(net.seen.causes("charge:")) == 3)
+
+        entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
+        charges = {e.meta["request_id"]: e.meta["worker_id"] for e in entries if e.kind == "charge"}
+        assert charges == {late_receipt: "w-2", late_outcome: "w-2", across_restart: "w-2"}
+        rejected = [
+            (e.meta["request_id"], e.meta["reason"])
+            for e in entries
+            if e.kind == "receipt_rejected"
+        ]
+        assert sorted(rejected) == sorted(
+            [(late_receipt, "superseded_attempt"), (across_restart, "superseded_attempt")]
+        )
+        assert net.seen.causes("release:") == []
+        assert net.balance("alice") == (1_000_000 - 3 * CHARGE, 0)
+        assert net.balance("worker:w-2") == (3 * FEE, 0)
+        assert audit(entries, require_no_open_holds=True) == []

@@ -44,6 +44,7 @@ class BroadcastReader:
         handler: BroadcastHandler | None,
         *,
         from_beginning: bool,
+        since_ms: int | None = None,
         prefix: str | None = None,
         settings: ConsumerSettings | None = None,
         client_id: str = "cocoon-broadcast",
@@ -51,6 +52,7 @@ class BroadcastReader:
         self.prefix = topic_prefix() if prefix is None else prefix
         self.handler = handler
         self.from_beginning = from_beginning
+        self.since_ms = since_ms  # start at the first record stamped at or after this (epoch ms)
         self.skipped = 0
         self._logical = {self.prefix + t: t for t in topics}
         kwargs = (settings or ConsumerSettings()).kwargs()
@@ -83,6 +85,11 @@ class BroadcastReader:
         self._end_at_start = await self.kafka.end_offsets(partitions)
         if self.from_beginning:
             await self.kafka.seek_to_beginning(*partitions)
+        elif self.since_ms is not None:
+            found = await self.kafka.offsets_for_times({tp: self.since_ms for tp in partitions})
+            for tp, end in self._end_at_start.items():
+                at = found.get(tp)
+                self.kafka.seek(tp, end if at is None else at.offset)
         else:
             for tp, end in self._end_at_start.items():
                 self.kafka.seek(tp, end)
