@@ -34,6 +34,12 @@ class AttestationSchedule:
     expires_at_ms: int | None = None
     issued_at_ms: int | None = None
     challenge: bytes | None = None
+    # Until when this key holds a TRUSTED verdict; kept across re-submissions, so a worker stays
+    # READY while its next evidence is being verified.
+    trusted_until_ms: int = 0
+
+    def trusted(self, now_ms: int) -> bool:
+        return now_ms < self.trusted_until_ms
 
     def submitted(self, evidence_id: str, at_ms: int) -> None:
         self.last_evidence_id = evidence_id
@@ -55,6 +61,10 @@ class AttestationSchedule:
         self.expires_at_ms = _ms(value["expires_at"])
         challenge = value.get("challenge")
         self.challenge = bytes(challenge) if challenge else None
+        if self.status == "TRUSTED":
+            self.trusted_until_ms = max(self.trusted_until_ms, self.expires_at_ms)
+        elif self.status in ("REVOKED", "REJECTED", "EXPIRED"):
+            self.trusted_until_ms = 0
         return True
 
     def next_due_ms(self) -> int:

@@ -29,6 +29,7 @@ from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.runtime.tasks import wait_any
 from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.engine import EngineClient
 from cocoon.worker_proxy.identity import Identity
@@ -85,6 +86,8 @@ class WorkerProxy(Service):
         self._heartbeat_seq = 0
         self._avg_ms: float | None = None
         self._verdict_seen = asyncio.Event()
+        self._state_changed = asyncio.Event()
+        self._last_state = ""
         self.producer: BusProducer | None = None
         self.consumer: BusConsumer | None = None
         self.verdicts: BroadcastReader | None = None
@@ -244,21 +247,30 @@ class WorkerProxy(Service):
     # -- heartbeats ----------------------------------------------------------------------------
     async def _heartbeats(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.settings.heartbeat_seconds)
+            await wait_any(stopping, self._state_changed, timeout_s=self.settings.heartbeat_seconds)
+            self._state_changed.clear()
             if not stopping.is_set():
                 await self._heartbeat()
+
+    def _state(self) -> str:
+        if self.draining:
+            return "DRAINING"
+        # Not placeable until this process's own key is attested: an earlier process with the
+        # same worker id may still hold an unexpired verdict for a key that is gone.
+        assert self.schedule is not None
+        return "READY" if self.schedule.trusted(now_ms()) else "STARTING"
 
     async def _heartbeat(self) -> None:
         assert self.producer is not None
         self._heartbeat_seq += 1
+        self._last_state = self._state()
         waiting = sum(1 for job in self.jobs.values() if not job.running)
         await self.producer.send(
             "worker.heartbeats",
             models.Heartbeat(
                 worker_id=self.worker_id,
                 models=[self.settings.model],
-                state="DRAINING" if self.draining else "READY",
+                state=self._last_state,
                 max_active_requests=self.settings.max_active_requests,
                 active_requests=len(self.jobs),
                 coefficient=self.settings.coefficient,
@@ -278,6 +290,8 @@ class WorkerProxy(Service):
                 extra={"status": self.schedule.status, "reason": self.schedule.reason},
             )
             self._verdict_seen.set()
+            if self._last_state != self._state():
+                self._state_changed.set()  # READY (or not) at once, not at the next beat
 
     async def _submit_evidence(self) -> None:
         assert self.identity is not None and self.producer is not None
@@ -298,15 +312,7 @@ class WorkerProxy(Service):
             if wait_s > 0:
                 # Wake on a new verdict too: it may bring the due time forward.
                 self._verdict_seen.clear()
-                waiters = [
-                    asyncio.ensure_future(stopping.wait()),
-                    asyncio.ensure_future(self._verdict_seen.wait()),
-                ]
-                try:
-                    await asyncio.wait(waiters, timeout=wait_s, return_when="FIRST_COMPLETED")
-                finally:
-                    for waiter in waiters:
-                        waiter.cancel()
+                await wait_any(stopping, self._verdict_seen, timeout_s=wait_s)
                 continue
             await self._submit_evidence()
 

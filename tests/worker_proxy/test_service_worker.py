@@ -271,7 +271,6 @@ async def test_start_publishes_verifiable_evidence_heartbeats_and_work_topic(
     assert verdict.accepted, verdict.reason
 
     beat = await network.bus.wait_for("worker.heartbeats", worker_id=worker.worker_id)
-    assert beat["state"] == "READY"
     assert beat["work_topic"] == f"work.{worker.worker_id}"
     assert beat["models"] == [network.model] and beat["max_active_requests"] == 2
     await asyncio.sleep(1.2)  # heartbeat_seconds=0.5: more keep coming, in order
@@ -283,6 +282,58 @@ async def test_start_publishes_verifiable_evidence_heartbeats_and_work_topic(
         network.prefix + f"work.{worker.worker_id}",
         network.prefix + f"work.{worker.worker_id}.dlq",
     }
+
+
+async def send_verdict(
+    network: Network,
+    worker: WorkerProxy,
+    evidence: dict[str, Any],
+    *,
+    valid_ms: int,
+    signing_key: bytes | None = None,
+    challenge: bytes | None = None,
+) -> int:
+    """Write the verdict the attestation service would write; returns its issue time."""
+    issued = now_ms()
+    await network.producer.send(
+        "attestation.verdicts",
+        {
+            "verdict_id": str(uuid.uuid4()),
+            "worker_id": worker.worker_id,
+            "evidence_id": evidence["evidence_id"],
+            "status": "TRUSTED",
+            "models": [network.model],
+            "signing_key": signing_key or worker.identity.keys.public.signing_key,
+            "registry_version": 1,
+            "issued_at": issued,
+            "expires_at": issued + valid_ms,
+            "challenge": challenge,
+            "attestor_key_id": "att-test",
+            "signature": bytes(64),
+        },
+        record="cocoon.attestation.Verdict",
+    )
+    return issued
+
+
+async def test_heartbeats_starting_until_its_own_key_is_trusted(
+    network: Network, engine_url: str
+) -> None:
+    async with running(network, engine_url) as (service, _, _):
+        wid = service.worker_id
+        evidence = await network.bus.wait_for("attestation.evidence", worker_id=wid)
+        await network.bus.wait_for("worker.heartbeats", worker_id=wid)
+        # A trusted verdict for another key (an earlier process with this worker id) does not
+        # make this process placeable: the gateway would seal prompts to a key that is gone.
+        other_key = WorkerKeys.generate().public.signing_key
+        await send_verdict(network, service, evidence, valid_ms=60_000, signing_key=other_key)
+        await asyncio.sleep(1.2)  # heartbeat_seconds=0.5
+        beats = network.bus.of("worker.heartbeats", worker_id=wid)
+        assert len(beats) >= 3 and {b["state"] for b in beats} == {"STARTING"}
+
+        issued = await send_verdict(network, service, evidence, valid_ms=60_000)
+        ready = await network.bus.wait_for("worker.heartbeats", worker_id=wid, state="READY")
+        assert ready["sent_at"].timestamp() * 1000 - issued < 400  # at once, not at the next beat
 
 
 # -- one request -------------------------------------------------------------------------------
@@ -435,26 +486,8 @@ async def test_evidence_resubmitted_with_challenge_before_verdict_expiry(
 ) -> None:
     first = await network.bus.wait_for("attestation.evidence", worker_id=worker.worker_id)
     challenge = os.urandom(32)
-    issued = now_ms()
-    # The verdict the attestation service would write: trusted for 3 s, with a challenge.
-    await network.producer.send(
-        "attestation.verdicts",
-        {
-            "verdict_id": str(uuid.uuid4()),
-            "worker_id": worker.worker_id,
-            "evidence_id": first["evidence_id"],
-            "status": "TRUSTED",
-            "models": [network.model],
-            "signing_key": worker.identity.keys.public.signing_key,
-            "registry_version": 1,
-            "issued_at": issued,
-            "expires_at": issued + 3000,
-            "challenge": challenge,
-            "attestor_key_id": "att-test",
-            "signature": bytes(64),
-        },
-        record="cocoon.attestation.Verdict",
-    )
+    # Trusted for 3 s, with a challenge for the next claims.
+    issued = await send_verdict(network, worker, first, valid_ms=3000, challenge=challenge)
     second = await network.bus.wait_for(
         "attestation.evidence", timeout_s=10, worker_id=worker.worker_id, nonce=challenge
     )

@@ -25,3 +25,13 @@ async def run_together(**loops: Coroutine[Any, Any, None]) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def wait_any(*events: asyncio.Event, timeout_s: float) -> None:
+    """Return when any of `events` is set, or after `timeout_s`, whichever comes first."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
