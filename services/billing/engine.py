@@ -352,6 +352,8 @@ class BillingEngine:
                 Rejection.SUPERSEDED_ATTEMPT,
                 f"attempt {receipt.attempt} was placed again as attempt {latest_attempt}",
                 at_ms,
+                # Late, not dishonest: its lease already expired, which the scheduler counted.
+                attributable=False,
             )
         problem = self._capture_problem(receipt, hold)
         if problem is not None:

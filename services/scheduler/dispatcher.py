@@ -156,6 +156,10 @@ class Dispatcher:
         request.phase = Phase.STARTED
         return True
 
+    def on_receipt_rejected(self, worker_id: str, now: float) -> None:
+        if self.pool.get(worker_id) is not None:
+            self.pool.receipt_rejected(worker_id, now)
+
     def on_outcome(self, outcome: models.Outcome, now: float) -> list:
         if outcome.reported_by == REPORTED_BY:
             return []  # our own verdict on the request, read back

@@ -18,6 +18,11 @@ ENDED = Counter(
     ["code"],
 )
 FIRST_CHUNKS = Counter("cocoon_scheduler_first_chunks", "Leases satisfied by a first chunk")
+RECEIPTS_REJECTED = Counter(
+    "cocoon_scheduler_receipts_rejected",
+    "Receipts billing refused that count against the worker's reputation",
+    ["reason"],
+)
 REQUESTS = Gauge("cocoon_scheduler_requests", "Requests the scheduler tracks, by phase", ["phase"])
 PLACEABLE = Gauge(
     "cocoon_scheduler_placeable_workers", "Workers that can take a request now", ["model"]

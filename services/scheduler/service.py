@@ -6,6 +6,8 @@ Reads (see docs/architecture.md, step 4 and 10):
   against the pinned attestation key; only TRUSTED, unexpired, correctly signed verdicts admit a
   worker; anything else (and a tombstone) takes it out of placement.
 * `worker.heartbeats` from the end, no group: liveness and load.
+* `billing.ledger` from the end, no group (read_committed): each receipt billing refused for a
+  reason the worker answers for costs it reputation.
 * `inference.responses` from the end, no group, reading only each chunk's head: seq 0 of the
   current attempt satisfies its lease.
 * `billing.reservations` and `inference.outcomes` in the consumer group (committed, dead
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -47,10 +50,15 @@ log = logging.getLogger(__name__)
 VERDICTS = "attestation.verdicts"
 HEARTBEATS = "worker.heartbeats"
 RESPONSES = "inference.responses"
+LEDGER = "billing.ledger"
 RESERVATIONS = "billing.reservations"
 OUTCOMES = "inference.outcomes"
 ASSIGNMENTS = "inference.assignments"
-RECORDS = {VERDICTS: "cocoon.attestation.Verdict", HEARTBEATS: "cocoon.worker.Heartbeat"}
+RECORDS = {
+    VERDICTS: "cocoon.attestation.Verdict",
+    HEARTBEATS: "cocoon.worker.Heartbeat",
+    LEDGER: "cocoon.billing.LedgerEntry",
+}
 METRICS_EVERY_S = 1.0
 
 
@@ -134,7 +142,7 @@ class Scheduler(Service):
         )
         self.live = Feed(
             bootstrap,
-            [HEARTBEATS, RESPONSES],
+            [HEARTBEATS, RESPONSES, LEDGER],
             self._on_live,
             start_at="end",
             prefix=prefix,
@@ -238,6 +246,9 @@ class Scheduler(Service):
         if topic == RESPONSES:
             self._on_chunk(record)
             return
+        if topic == LEDGER:
+            self._on_ledger(record)
+            return
         heartbeat = _decode(topic, record)
         if heartbeat is not None:
             # The worker's send time, but never in our future (its clock may run ahead).
@@ -246,6 +257,21 @@ class Scheduler(Service):
                 self._queue(self.dispatcher.on_heartbeat(heartbeat, seen))
             except PoolError as exc:  # e.g. a negative capacity: that worker's problem, not ours
                 log.warning("ignoring heartbeat of %s: %s", heartbeat.worker_id, exc)
+
+    def _on_ledger(self, record: ConsumerRecord) -> None:
+        """A receipt billing refused counts against its worker's reputation, unless anyone
+        could have sent it (bad signature) or it was only late (a superseded attempt)."""
+        entry = _decode(LEDGER, record)
+        if entry is None or not entry.cause_id.startswith("reject:"):
+            return
+        try:
+            meta = json.loads(entry.memo)["entry"]["meta"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable rejection memo %s: %s", entry.cause_id, exc)
+            return
+        if meta.get("attributable") and isinstance(meta.get("worker_id"), str):
+            self.dispatcher.on_receipt_rejected(meta["worker_id"], _now())
+            metrics.RECEIPTS_REJECTED.labels(meta.get("reason", "")).inc()
 
     def _on_chunk(self, record: ConsumerRecord) -> None:
         if record.value is None:

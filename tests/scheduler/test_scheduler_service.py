@@ -21,6 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from cocoon.billing.ledger import Entry
+from cocoon.billing.stream import ledger_records
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
@@ -37,6 +39,7 @@ TOPICS = [
     "inference.assignments",
     "inference.responses",
     "inference.outcomes",
+    "billing.ledger",
 ]
 LEASE_S = 1.0
 WAIT_S = 1.0
@@ -408,3 +411,61 @@ async def test_silent_worker_mid_stream_is_reported_lost(kafka_bootstrap, unique
         (again,) = await net.until(lambda: net.seen.for_request("r-again"))
         assert again.worker_id == "w-a"
         assert [o.request_id for o in net.seen.outcomes] == ["r-stream"]
+
+
+def rejection(worker_id: str, *, attributable: bool, reason: str) -> dict:
+    """A `billing.ledger` record of a refused receipt, as billing writes it."""
+    rid = uuid.uuid4().hex
+    meta = {
+        "receipt_id": f"{rid}:1",
+        "request_id": rid,
+        "worker_id": worker_id,
+        "reason": reason,
+        "detail": "test",
+        "attributable": attributable,
+    }
+    entry = Entry(f"reject:{rid}", "receipt_rejected", (), int(time.time() * 1000), meta)
+    (record,) = ledger_records(entry, 0)
+    return record
+
+
+async def test_receipts_billing_refused_cost_the_worker_placements(kafka_bootstrap, unique_name):
+    async with network(
+        kafka_bootstrap, unique_name, lambda a: [a.verdict("w-a"), a.verdict("w-b")]
+    ) as net:
+        net.beating.update({"w-a": 1000, "w-b": 1000})
+        await net.until(_placeable(net, "w-a", "w-b"))
+        pool = net.scheduler.pool
+        before = {w: pool.get(w).reputation.score() for w in ("w-a", "w-b")}
+
+        # Neither a forgery in w-b's name nor a late (superseded) receipt is held against it.
+        for reason in ("bad_signature", "superseded_attempt"):
+            record = rejection("w-b", attributable=False, reason=reason)
+            await net.producer.send("billing.ledger", record, record="cocoon.billing.LedgerEntry")
+        for _ in range(3):
+            record = rejection("w-a", attributable=True, reason="tokens_beyond_hold")
+            await net.producer.send("billing.ledger", record, record="cocoon.billing.LedgerEntry")
+        await net.until(lambda: pool.get("w-a").receipts_rejected == 3)
+        await asyncio.sleep(0.3)  # room for the w-b records, read in the same feed
+        assert pool.get("w-b").receipts_rejected == 0
+        assert pool.get("w-b").reputation.score() == pytest.approx(before["w-b"], rel=0.01)
+        assert pool.get("w-a").reputation.score() < before["w-a"] / 2
+
+        rids = [f"r-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+        for rid in rids:  # one at a time: each finishes before the next is placed
+            await net.send("billing.reservations", reservation(rid))
+            (assignment,) = await net.until(lambda rid=rid: net.seen.for_request(rid))
+            assert assignment.worker_id == "w-b"
+            done = models.Outcome(
+                request_id=rid,
+                attempt=1,
+                worker_id="w-b",
+                model="m",
+                status="SUCCEEDED",
+                reported_by="worker-proxy",
+                duration_ms=100,
+                completion_tokens=5,
+                finished_at=_now(),
+            )
+            await net.send("inference.outcomes", done)
+            await net.until(lambda rid=rid: pool.lease(rid) is None)
