@@ -340,6 +340,56 @@ def registry_no_require_gpu(
     _edit(file, bootstrap, prefix, lambda r: r.no_require_gpu(model))
 
 
+@registry_app.command("set-prices")
+def registry_set_prices(
+    price_per_token: Annotated[int, typer.Option(help="client nanoTON per adjusted token")],
+    worker_fee_per_token: Annotated[int, typer.Option(help="worker nanoTON per adjusted token")],
+    prompt_bps: Annotated[int, typer.Option(help="prompt tokens multiplier")] = 10_000,
+    cached_bps: Annotated[int, typer.Option(help="cached prompt tokens multiplier")] = 10_000,
+    completion_bps: Annotated[int, typer.Option(help="completion tokens multiplier")] = 10_000,
+    reasoning_bps: Annotated[int, typer.Option(help="reasoning tokens multiplier")] = 10_000,
+    file: RegistryFile = None,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+) -> None:
+    """Set the network's price list (billing holds and charges new requests at it)."""
+    values = {
+        "price_per_token": price_per_token,
+        "worker_fee_per_token": worker_fee_per_token,
+        "prompt_bps": prompt_bps,
+        "cached_bps": cached_bps,
+        "completion_bps": completion_bps,
+        "reasoning_bps": reasoning_bps,
+    }
+    _edit(file, bootstrap, prefix, lambda r: r.set_prices(values))
+
+
+@registry_app.command("set-worker")
+def registry_set_worker(
+    worker_id: str,
+    coefficient: Annotated[int, typer.Option(help="price coefficient, 1000 = 1.0x")] = 1000,
+    payout_address: Annotated[str, typer.Option(help="TON address for its earnings")] = "",
+    file: RegistryFile = None,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+) -> None:
+    """Set a worker's price coefficient and payout address."""
+    _edit(
+        file,
+        bootstrap,
+        prefix,
+        lambda r: r.set_worker(worker_id, coefficient=coefficient, payout_address=payout_address),
+    )
+
+
+@registry_app.command("remove-worker")
+def registry_remove_worker(
+    worker_id: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Forget a worker's coefficient and payout address (earnings stay until an address is set)."""
+    _edit(file, bootstrap, prefix, lambda r: r.remove_worker(worker_id))
+
+
 @registry_app.command("export")
 def registry_export(
     target: Path, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None

@@ -1,7 +1,9 @@
 """The registry: what the network allows (COCOON's root contract, minus the chain).
 
 Allowed image hashes, allowed MRTD/RTMR measurement sets, models with their hashes, accepted TCB
-statuses, allowed advisories, and the models that require a GPU in confidential-computing mode.
+statuses, allowed advisories, the models that require a GPU in confidential-computing mode, and,
+as COCOON's root contract does, the network's prices and each worker's price coefficient and
+payout address (read by billing; they never change a verdict).
 Here it is a plain value with a JSON file form (export and import); the Kafka compacted-topic
 mirror is `registry_topic`.
 `Registry.apply(policy)` yields the policy a verifier uses.
@@ -18,6 +20,17 @@ from typing import Any
 from cocoon.attestation.policy import TCB_STATUSES, MeasurementSet, Policy, PolicyError
 
 REGISTRY_FORMAT = "cocoon.attestation.registry/1"
+# The network price list (integers; see docs/billing.md): nanoTON per adjusted token for the client
+# and for the worker, and the per-category multipliers in basis points.
+PRICE_FIELDS = (
+    "price_per_token",
+    "worker_fee_per_token",
+    "prompt_bps",
+    "cached_bps",
+    "completion_bps",
+    "reasoning_bps",
+)
+_MAX_PRICE = 10**15  # far above any sane price, far below int64 overflow in cost arithmetic
 
 
 class RegistryError(ValueError):
@@ -35,6 +48,20 @@ def _hex(value: str, size: int, what: str) -> str:
     return v
 
 
+def _bounded_int(value: Any, what: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise RegistryError(f"{what} must be an integer, got {value!r}") from None
+    if (
+        isinstance(value, bool)
+        or str(number) != str(value).strip()
+        or not 0 <= number <= _MAX_PRICE
+    ):
+        raise RegistryError(f"{what} must be an integer in 0..{_MAX_PRICE}, got {value!r}")
+    return number
+
+
 @dataclass
 class Registry:
     image_hashes: set[str] = field(default_factory=set)
@@ -43,6 +70,40 @@ class Registry:
     tcb_statuses: set[str] = field(default_factory=lambda: {"UpToDate"})
     advisories: set[str] = field(default_factory=set)
     gpu_cc_models: set[str] = field(default_factory=set)  # need verified NVIDIA CC evidence
+    prices: dict[str, int] = field(default_factory=dict)  # PRICE_FIELDS, all or none
+    workers: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> coefficient, address
+
+    def set_prices(self, values: dict[str, Any]) -> None:
+        """Set the whole price list (every PRICE_FIELDS key, integers)."""
+        missing = [f for f in PRICE_FIELDS if f not in values]
+        unknown = sorted(set(values) - set(PRICE_FIELDS))
+        if missing or unknown:
+            raise RegistryError(
+                f"prices need exactly {list(PRICE_FIELDS)}; missing {missing}, unknown {unknown}"
+            )
+        prices = {f: _bounded_int(values[f], f) for f in PRICE_FIELDS}
+        if prices["price_per_token"] == 0:
+            raise RegistryError("price_per_token must be positive")
+        if prices["worker_fee_per_token"] > prices["price_per_token"]:
+            raise RegistryError(
+                "worker_fee_per_token exceeds price_per_token (negative commission)"
+            )
+        self.prices = prices
+
+    def set_worker(self, worker_id: str, *, coefficient: int, payout_address: str = "") -> None:
+        """A worker's price coefficient (1000 = 1.0x) and the TON address its earnings go to."""
+        if not worker_id:
+            raise RegistryError("worker id is empty")
+        coefficient = _bounded_int(coefficient, "coefficient")
+        if coefficient == 0:
+            raise RegistryError("coefficient must be positive")
+        entry = {"coefficient": str(coefficient)}
+        if payout_address:
+            entry["payout_address"] = payout_address  # checked by billing before any payout
+        self.workers[worker_id] = entry
+
+    def remove_worker(self, worker_id: str) -> bool:
+        return self.workers.pop(worker_id, None) is not None
 
     def add_image(self, image_hash: str) -> None:
         self.image_hashes.add(_hex(image_hash, 32, "image hash"))
@@ -113,6 +174,8 @@ class Registry:
             "tcb_statuses": sorted(self.tcb_statuses),
             "advisories": sorted(self.advisories),
             "gpu_cc_models": sorted(self.gpu_cc_models),
+            "prices": dict(self.prices),
+            "workers": {w: dict(v) for w, v in sorted(self.workers.items())},
         }
 
     @classmethod
@@ -132,6 +195,14 @@ class Registry:
             reg.advisories = {str(a) for a in d.get("advisories", [])}
             for m in d.get("gpu_cc_models", []):
                 reg.require_gpu(str(m))
+            if d.get("prices"):
+                reg.set_prices(d["prices"])
+            for worker_id, w in d.get("workers", {}).items():
+                reg.set_worker(
+                    worker_id,
+                    coefficient=w.get("coefficient", 1000),
+                    payout_address=w.get("payout_address", ""),
+                )
         except (PolicyError, AttributeError, TypeError) as exc:
             raise RegistryError(f"malformed registry: {exc}") from None
         return reg

@@ -12,6 +12,10 @@ One record per allowed thing, keyed by its entry id; the latest record per id is
     advisory:<id>                    ADVISORY      an allow-listed advisory
     gpu-cc:<model>                   POLICY        attributes setting=require_gpu_cc: the model
                                                    needs verified GPU CC evidence
+    prices:network                   POLICY        attributes setting=prices and every
+                                                   registry.PRICE_FIELDS value (decimal strings)
+    worker:<worker id>               POLICY        attributes setting=worker, coefficient,
+                                                   payout_address (optional)
 
 `version` is the registry version after the change (the writer's last seen version + 1).
 For `gpu-cc:` entries `allowed=true` means "required"; `allowed=false` lifts the requirement,
@@ -36,6 +40,8 @@ from cocoon.core.codec import models
 
 REGISTRY_TOPIC = "attestation.registry"
 GPU_CC_SETTING = "require_gpu_cc"  # the POLICY entries' `setting` attribute
+PRICES_SETTING, PRICES_ENTRY_ID = "prices", "prices:network"
+WORKER_SETTING = "worker"
 
 
 def gpu_cc_entry_id(model: str) -> str:
@@ -70,6 +76,13 @@ def entries_of(reg: Registry) -> dict[str, Entry]:
     out += [
         Entry(gpu_cc_entry_id(m), "POLICY", m, True, {"setting": GPU_CC_SETTING})
         for m in reg.gpu_cc_models
+    ]
+    if reg.prices:
+        attributes = {"setting": PRICES_SETTING, **{k: str(v) for k, v in reg.prices.items()}}
+        out.append(Entry(PRICES_ENTRY_ID, "POLICY", "network", True, attributes))
+    out += [
+        Entry(f"worker:{w}", "POLICY", w, True, {"setting": WORKER_SETTING, **attrs})
+        for w, attrs in reg.workers.items()
     ]
     return {e.entry_id: e for e in out}
 
@@ -111,14 +124,33 @@ def apply_entry(reg: Registry, entry: Entry) -> None:
         elif entry.kind == "ADVISORY":
             _ = reg.advisories.add(subject) if allow else reg.advisories.discard(subject)
         elif entry.kind == "POLICY":
-            setting = entry.attributes.get("setting")
-            if setting != GPU_CC_SETTING or entry.entry_id != gpu_cc_entry_id(subject):
-                raise RegistryError(f"unknown policy setting {setting!r} in {entry.entry_id!r}")
-            _ = reg.require_gpu(subject) if allow else reg.no_require_gpu(subject)
+            _apply_policy(reg, entry)
         else:
             raise RegistryError(f"unknown registry entry kind {entry.kind!r}")
     except PolicyError as exc:
         raise RegistryError(str(exc)) from None
+
+
+def _apply_policy(reg: Registry, entry: Entry) -> None:
+    setting, subject, allow = entry.attributes.get("setting"), entry.subject, entry.allowed
+    if setting == GPU_CC_SETTING and entry.entry_id == gpu_cc_entry_id(subject):
+        _ = reg.require_gpu(subject) if allow else reg.no_require_gpu(subject)
+    elif setting == PRICES_SETTING and entry.entry_id == PRICES_ENTRY_ID:
+        if allow:
+            reg.set_prices({k: v for k, v in entry.attributes.items() if k != "setting"})
+        else:
+            reg.prices = {}
+    elif setting == WORKER_SETTING and entry.entry_id == f"worker:{subject}":
+        if allow:
+            reg.set_worker(
+                subject,
+                coefficient=entry.attributes.get("coefficient", "1000"),
+                payout_address=entry.attributes.get("payout_address", ""),
+            )
+        else:
+            reg.remove_worker(subject)
+    else:
+        raise RegistryError(f"unknown policy setting {setting!r} in {entry.entry_id!r}")
 
 
 class RegistryState:

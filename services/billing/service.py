@@ -6,8 +6,9 @@ Start:
 2. `billing.ledger` is replayed from the beginning (read_committed) into the domain engine, so
    holds, captures, rejections and balances are exactly what was committed;
 3. dev grants (`COCOON_DEV_GRANTS`) are applied once ever (deterministic entry ids);
-4. `attestation.verdicts` is mirrored from the beginning, every verdict checked against the pinned
-   attestation key, before any receipt is read;
+4. `attestation.verdicts` and `attestation.registry` are mirrored from the beginning (every
+   verdict checked against the pinned attestation key; prices, worker coefficients and payout
+   addresses from the registry) before any record is read;
 5. the consumer group resumes `inference.requests`, `usage.receipts`, `inference.outcomes` and
    `inference.assignments` from its committed offsets. Which attempt of a request is current
    lives in memory, so before that the placements of the open holds are re-read (from the oldest
@@ -48,6 +49,7 @@ from cocoon.billing.pricing import BPS_ONE, Prices
 from cocoon.billing.receipts import Ed25519ReceiptVerifier, canonical_message
 from cocoon.billing.stream import BALANCES_TOPIC, LEDGER_TOPIC, ledger_records, touched
 from cocoon.billing.stream_handlers import BadRecord, Batch, Processor
+from cocoon.billing.stream_registry import REGISTRY_TOPIC, RegistryPrices
 from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger
 from cocoon.billing.stream_verdicts import VERDICTS_TOPIC, VerdictKeys
 from cocoon.core import codec
@@ -113,7 +115,8 @@ class Settings(ServiceSettings):
     # keys from verdicts this key signed.
     attestation_public_key: str = Field("", description="64 hex digits (or a file path)")
     attestation_public_key_file: Path | None = None
-    # Prices until the registry provides them (integer nanoTON per adjusted token).
+    # Prices until the registry holds a price list (`cocoon registry set-prices`): integer
+    # nanoTON per adjusted token. Development networks may rely on these alone.
     price_per_token_nanoton: int = Field(100, gt=0)
     worker_fee_per_token_nanoton: int = Field(80, ge=0)
     prompt_bps: int = Field(BPS_ONE, ge=0)
@@ -179,10 +182,11 @@ class Billing(Service):
         self.producer = BusProducer(
             bootstrap, client_id=client, prefix=prefix, transactional_id=settings.transactional_id
         )
-        self.verdicts = BroadcastReader(
+        self.registry = RegistryPrices(settings.prices())
+        self.mirrors = BroadcastReader(
             bootstrap,
-            [VERDICTS_TOPIC],
-            self.keys.on_record,
+            [VERDICTS_TOPIC, REGISTRY_TOPIC],
+            self._on_mirrored,
             from_beginning=True,
             prefix=prefix,
             client_id=f"{client}-verdicts",
@@ -211,7 +215,7 @@ class Billing(Service):
         self._started.append(self.producer)
         entries = await read_ledger(s.kafka_bootstrap, prefix=self.prefix)
         self.processor = Processor(
-            s.prices(),
+            self.registry.prices,
             self.verify,
             entries,
             hold_grace_ms=int(s.hold_grace_seconds * 1000),
@@ -219,10 +223,10 @@ class Billing(Service):
         )
         await self._apply_grants()
         await self._reread_assignments()
-        await self.verdicts.start()
-        self._started.append(self.verdicts)
-        # Every verdict that exists now is read before any receipt is judged.
-        await _until_caught_up(self.verdicts, timeout_s=60)
+        await self.mirrors.start()
+        self._started.append(self.mirrors)
+        # Every verdict and registry entry that exists now is read before any record is judged.
+        await _until_caught_up(self.mirrors, timeout_s=60)
         await self.consumer.start()
         self._started.append(self.consumer)
         engine = self.processor.engine
@@ -263,7 +267,15 @@ class Billing(Service):
             await reader.stop()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await run_together(verdicts=self.verdicts.run(stopping), consume=self._consume(stopping))
+        await run_together(mirrors=self.mirrors.run(stopping), consume=self._consume(stopping))
+
+    def _on_mirrored(self, record: BroadcastRecord) -> None:
+        if record.topic == REGISTRY_TOPIC:
+            if self.registry.on_record(record) and self.processor is not None:
+                # New holds are priced at this; open holds keep the prices they were taken at.
+                self.processor.engine.prices = self.registry.prices
+        else:
+            self.keys.on_record(record)
 
     async def close(self) -> None:
         for client in reversed(self._started):

@@ -107,12 +107,18 @@ class LocalNetwork:
         self.started_broker = not running
 
     def _register_dev_image(self) -> None:
-        """Allow the simulated TDX image and the local model, as an operator would."""
+        """Allow the simulated TDX image and the local model and set the network's prices (100
+        nanoTON per adjusted token, 80 to the worker), as an operator would."""
         from cocoon.attestation.simtdx import DEFAULT_MEASUREMENTS  # the dev image's registers
 
         image = DEFAULT_MEASUREMENTS.image_hash().hex()
         model_hash = _sha256_file(smollm2_gguf_path())
-        for args in (["add-image", image], ["add-model", SMOLLM2_MODEL, model_hash]):
+        prices = ["--price-per-token", "100", "--worker-fee-per-token", "80"]
+        for args in (
+            ["add-image", image],
+            ["add-model", SMOLLM2_MODEL, model_hash],
+            ["set-prices", *prices],
+        ):
             _cocoon("registry", *args, "--bootstrap", self.bootstrap)
 
     def _create_keys(self) -> None:

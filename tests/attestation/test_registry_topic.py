@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cocoon.attestation.cli import registry_app
-from cocoon.attestation.policy import MeasurementSet
+from cocoon.attestation.policy import MeasurementSet, Policy
 from cocoon.attestation.registry import Registry
 from cocoon.attestation.registry_topic import RegistryState, diff, read_registry
 from cocoon.core.bus.admin import apply_topics
@@ -88,6 +88,56 @@ def test_a_malformed_entry_changes_nothing() -> None:
     with pytest.raises(ValueError, match="image hash"):
         state.update("image:zz", bad)
     assert state.registry.to_dict() == before and state.version == 5
+
+
+PRICES = {
+    "price_per_token": 100,
+    "worker_fee_per_token": 80,
+    "prompt_bps": 10_000,
+    "cached_bps": 5_000,
+    "completion_bps": 10_000,
+    "reasoning_bps": 12_000,
+}
+
+
+def test_prices_and_workers_are_entries_that_fold_back() -> None:
+    target = _registry()
+    target.set_prices(PRICES)
+    target.set_worker("w-1", coefficient=1500, payout_address="EQ-test")
+    target.set_worker("w-2", coefficient=900)
+    changes = diff(Registry(), target)
+    prices = next(e for e in changes if e.entry_id == "prices:network")
+    assert prices.kind == "POLICY" and prices.attributes["price_per_token"] == "100"
+    state = _fold(changes)
+    assert state.registry.to_dict() == target.to_dict()
+    # They change no allow-list: the policy a verifier uses is the same without them.
+    assert state.registry.apply(Policy()) == _registry().apply(Policy())
+
+    later = Registry.from_dict(target.to_dict())
+    later.remove_worker("w-2")
+    later.prices = {}
+    removals = diff(target, later)
+    assert {(e.entry_id, e.allowed) for e in removals} == {
+        ("prices:network", False),
+        ("worker:w-2", False),
+    }
+    assert _fold(removals, state).registry.to_dict() == later.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"price_per_token": 0}, "positive"),
+        ({"worker_fee_per_token": 101}, "negative commission"),
+        ({"prompt_bps": -1}, "0.."),
+        ({"cached_bps": "1e3"}, "integer"),
+        ({"reasoning_bps": 10**16}, "0.."),
+        ({"surprise": 1}, "unknown"),
+    ],
+)
+def test_a_bad_price_list_is_refused(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Registry().set_prices({**PRICES, **change})
 
 
 @pytest.fixture

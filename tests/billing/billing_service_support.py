@@ -34,6 +34,7 @@ TOPICS = [
     "inference.outcomes",
     "inference.assignments",
     "attestation.verdicts",
+    "attestation.registry",
     "billing.reservations",
     "billing.ledger",
     "billing.balances",

@@ -14,6 +14,7 @@ import uuid
 from billing_service_support import assignment, network, outcome, receipt, request, running
 from typer.testing import CliRunner
 
+from cocoon.attestation.registry_topic import publish_registry
 from cocoon.billing.audit import audit
 from cocoon.billing.cli import app
 from cocoon.billing.stream_replay import read_ledger
@@ -22,6 +23,14 @@ from cocoon.core.crypto.keys import WorkerKeys
 RUNNER = CliRunner()
 HOLD = 50_000
 CHARGE, FEE, COMMISSION = 30_000, 24_000, 6_000
+PRICE_LIST = {  # the registry's form of the test prices
+    "price_per_token": 100,
+    "worker_fee_per_token": 80,
+    "prompt_bps": 10_000,
+    "cached_bps": 5_000,
+    "completion_bps": 10_000,
+    "reasoning_bps": 10_000,
+}
 
 
 async def cli(*args: str) -> str:
@@ -273,3 +282,52 @@ async def test_only_the_current_attempt_is_charged_or_releases_the_hold(
         assert net.balance("alice") == (1_000_000 - 3 * CHARGE, 0)
         assert net.balance("worker:w-2") == (3 * FEE, 0)
         assert audit(entries, require_no_open_holds=True) == []
+
+
+async def test_prices_and_worker_coefficients_come_from_the_registry(kafka_bootstrap, unique_name):
+    """Written with the operator's path (`cocoon registry set-prices` / `set-worker`)."""
+    worker = WorkerKeys.generate()
+    async with network(kafka_bootstrap, unique_name, grants="alice=1000000") as net:
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+
+        async def registry(change) -> None:
+            await publish_registry(kafka_bootstrap, change, prefix=net.prefix, updated_by="test")
+
+        async with running(net.settings) as billing:
+            old = rid()
+            await net.send("inference.requests", request(old, "alice"))
+            await net.until(lambda: old in net.seen.reservations)
+            assert net.seen.reservations[old][-1]["amount_nanoton"] == HOLD  # settings' prices
+
+            await registry(lambda r: r.set_prices({**PRICE_LIST, "price_per_token": 300}))
+            await net.until(lambda: billing.processor.engine.prices.price_per_token == 300)
+            new = rid()
+            await net.send("inference.requests", request(new, "alice"))
+            await net.until(lambda: new in net.seen.reservations)
+            assert net.seen.reservations[new][-1]["amount_nanoton"] == 3 * HOLD
+
+            # The old hold is charged at the prices it was taken at, the new one at 300 per token.
+            for r in (old, new):
+                await net.send("usage.receipts", receipt(worker, r, "w-1"))
+            await net.until(lambda: len(net.seen.causes("charge:")) == 2)
+            assert net.balance("worker:w-1") == (2 * FEE, 0)  # the fee per token is unchanged
+            assert net.balance("alice") == (1_000_000 - CHARGE - 3 * CHARGE, 0)
+
+            # A registry coefficient for w-1 other than its receipts' is refused, not charged.
+            await registry(lambda r: r.set_worker("w-1", coefficient=1500))
+            await net.until(lambda: billing.processor.engine.prices.coefficient_of("w-1") == 1500)
+            mismatched = rid()
+            await net.send("inference.requests", request(mismatched, "alice"))
+            await net.until(lambda: mismatched in net.seen.reservations)
+            await net.send("usage.receipts", receipt(worker, mismatched, "w-1"))
+            await net.until(lambda: net.seen.causes("reject:"))
+
+        entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
+        (rejected,) = [e for e in entries if e.kind == "receipt_rejected"]
+        assert rejected.meta["reason"] == "coefficient_not_registry_price"
+        holds = {
+            e.meta["request_id"]: e.meta["prices"]["price_per_token"]
+            for e in entries
+            if e.kind == "hold"
+        }
+        assert holds == {old: 100, new: 300, mismatched: 300}
