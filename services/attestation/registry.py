@@ -18,18 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cocoon.attestation.policy import TCB_STATUSES, MeasurementSet, Policy, PolicyError
+from cocoon.core.registry_entries import PRICE_FIELDS
 
 REGISTRY_FORMAT = "cocoon.attestation.registry/1"
-# The network price list (integers; see docs/billing.md): nanoTON per adjusted token for the client
-# and for the worker, and the per-category multipliers in basis points.
-PRICE_FIELDS = (
-    "price_per_token",
-    "worker_fee_per_token",
-    "prompt_bps",
-    "cached_bps",
-    "completion_bps",
-    "reasoning_bps",
-)
 _MAX_PRICE = 10**15  # far above any sane price, far below int64 overflow in cost arithmetic
 
 

@@ -37,11 +37,15 @@ from cocoon.attestation.registry import Registry, RegistryError
 from cocoon.attestation.registry_mirror import CompactedMirror
 from cocoon.core.bus import BusProducer
 from cocoon.core.codec import models
+from cocoon.core.registry_entries import (
+    PRICES_ENTRY_ID,
+    PRICES_SETTING,
+    REGISTRY_TOPIC,
+    WORKER_SETTING,
+    worker_entry_id,
+)
 
-REGISTRY_TOPIC = "attestation.registry"
 GPU_CC_SETTING = "require_gpu_cc"  # the POLICY entries' `setting` attribute
-PRICES_SETTING, PRICES_ENTRY_ID = "prices", "prices:network"
-WORKER_SETTING = "worker"
 
 
 def gpu_cc_entry_id(model: str) -> str:
@@ -81,7 +85,7 @@ def entries_of(reg: Registry) -> dict[str, Entry]:
         attributes = {"setting": PRICES_SETTING, **{k: str(v) for k, v in reg.prices.items()}}
         out.append(Entry(PRICES_ENTRY_ID, "POLICY", "network", True, attributes))
     out += [
-        Entry(f"worker:{w}", "POLICY", w, True, {"setting": WORKER_SETTING, **attrs})
+        Entry(worker_entry_id(w), "POLICY", w, True, {"setting": WORKER_SETTING, **attrs})
         for w, attrs in reg.workers.items()
     ]
     return {e.entry_id: e for e in out}
@@ -140,7 +144,7 @@ def _apply_policy(reg: Registry, entry: Entry) -> None:
             reg.set_prices({k: v for k, v in entry.attributes.items() if k != "setting"})
         else:
             reg.prices = {}
-    elif setting == WORKER_SETTING and entry.entry_id == f"worker:{subject}":
+    elif setting == WORKER_SETTING and entry.entry_id == worker_entry_id(subject):
         if allow:
             reg.set_worker(
                 subject,

@@ -22,20 +22,16 @@ from typing import Any
 from cocoon.billing.money import BillingError
 from cocoon.billing.pricing import Prices
 from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.registry_entries import (
+    PRICE_FIELDS,
+    PRICES_ENTRY_ID,
+    REGISTRY_TOPIC,
+    WORKER_PREFIX,
+)
+
+__all__ = ["REGISTRY_TOPIC", "RegistryPrices"]
 
 log = logging.getLogger(__name__)
-
-REGISTRY_TOPIC = "attestation.registry"
-PRICES_ENTRY_ID = "prices:network"
-WORKER_PREFIX = "worker:"
-PRICE_FIELDS = (
-    "price_per_token",
-    "worker_fee_per_token",
-    "prompt_bps",
-    "cached_bps",
-    "completion_bps",
-    "reasoning_bps",
-)
 
 
 class RegistryPrices:

@@ -310,8 +310,9 @@ async def test_prices_and_worker_coefficients_come_from_the_registry(kafka_boots
             for r in (old, new):
                 await net.send("usage.receipts", receipt(worker, r, "w-1"))
             await net.until(lambda: len(net.seen.causes("charge:")) == 2)
-            assert net.balance("worker:w-1") == (2 * FEE, 0)  # the fee per token is unchanged
-            assert net.balance("alice") == (1_000_000 - CHARGE - 3 * CHARGE, 0)
+            # The fee per token is unchanged.
+            await net.until(lambda: net.balance("worker:w-1") == (2 * FEE, 0))
+            await net.until(lambda: net.balance("alice") == (1_000_000 - CHARGE - 3 * CHARGE, 0))
 
             # A registry coefficient for w-1 other than its receipts' is refused, not charged.
             await registry(lambda r: r.set_worker("w-1", coefficient=1500))

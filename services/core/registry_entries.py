@@ -1,0 +1,32 @@
+"""The registry entries that more than one service reads: the contract, not the logic.
+
+`attestation.registry` (a compacted topic, key = entry id) is written by `cocoon registry` and
+folded by the attestation service; billing reads the price list and the worker entries from it.
+Both sides name those entries through this module so the ids and attribute names cannot drift.
+"""
+
+from __future__ import annotations
+
+REGISTRY_TOPIC = "attestation.registry"
+
+# POLICY entries carry their meaning in the `setting` attribute.
+SETTING = "setting"
+PRICES_SETTING = "prices"
+PRICES_ENTRY_ID = "prices:network"
+WORKER_SETTING = "worker"
+WORKER_PREFIX = "worker:"  # + worker id; attributes coefficient, payout_address (optional)
+
+# The price list's attributes, integers written as decimal strings: nanoTON per adjusted token
+# for the client and for the worker, and the per-category multipliers in basis points.
+PRICE_FIELDS = (
+    "price_per_token",
+    "worker_fee_per_token",
+    "prompt_bps",
+    "cached_bps",
+    "completion_bps",
+    "reasoning_bps",
+)
+
+
+def worker_entry_id(worker_id: str) -> str:
+    return WORKER_PREFIX + worker_id
