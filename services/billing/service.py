@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ from cocoon.billing.stream import BALANCES_TOPIC, LEDGER_TOPIC, ledger_records, 
 from cocoon.billing.stream_handlers import BadRecord, Batch, Processor
 from cocoon.billing.stream_registry import REGISTRY_TOPIC, RegistryPrices
 from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger
+from cocoon.billing.stream_ton import TonLink
 from cocoon.billing.stream_verdicts import VERDICTS_TOPIC, VerdictKeys
+from cocoon.billing.ton.config import TonSettings
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
@@ -60,6 +63,7 @@ from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.models import model_for
+from cocoon.core.paths import cache_dir
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.metrics import MESSAGES
 from cocoon.core.runtime.tasks import run_together
@@ -130,6 +134,9 @@ class Settings(ServiceSettings):
     outcome_grace_seconds: float = Field(5.0, ge=0, description="wait for a late receipt")
     tick_seconds: float = Field(0.5, gt=0, le=10, description="timer period (expiry)")
     max_batch_records: int = Field(500, gt=0, description="records per transaction")
+    # TON (deposits and payouts) is on when COCOON_TON_NETWORK is set; see billing/ton/config.py.
+    ton_poll_seconds: float = Field(5.0, gt=0, description="deposit and payout step period")
+    payout_store: Path | None = Field(None, description="SQLite file of payouts in flight")
     consumer_group: str = "billing"
     transactional_id: str = Field("billing", description="one active billing per id")
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
@@ -163,6 +170,13 @@ class Settings(ServiceSettings):
 
     def grants(self) -> dict[str, int]:
         return parse_grants(self.dev_grants)
+
+    def ton(self) -> TonSettings | None:
+        return TonSettings.from_env() if os.environ.get("COCOON_TON_NETWORK") else None
+
+    def payout_store_path(self) -> Path:
+        default = cache_dir() / "billing" / f"payouts-{self.transactional_id}.sqlite"
+        return self.payout_store or default
 
 
 def _now_ms() -> int:
@@ -200,6 +214,7 @@ class Billing(Service):
             **consumer_settings.kwargs(),
         )
         self.processor: Processor | None = None
+        self.ton: TonLink | None = None
         self._order = {prefix + topic: rank for rank, topic in enumerate(INPUTS)}
         # Per usage.receipts partition: the timestamp of the last record read (hold expiry).
         self._receipt_read_ms: dict[TopicPartition, int] = {}
@@ -227,6 +242,12 @@ class Billing(Service):
         self._started.append(self.mirrors)
         # Every verdict and registry entry that exists now is read before any record is judged.
         await _until_caught_up(self.mirrors, timeout_s=60)
+        ton = s.ton()
+        if ton is not None:  # after the registry is read: payouts go to its addresses
+            self.ton = TonLink(
+                ton, self.processor.engine, self.registry.payout_address, s.payout_store_path()
+            )
+            self._started.append(self.ton)
         await self.consumer.start()
         self._started.append(self.consumer)
         engine = self.processor.engine
@@ -267,7 +288,10 @@ class Billing(Service):
             await reader.stop()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await run_together(mirrors=self.mirrors.run(stopping), consume=self._consume(stopping))
+        loops = {"mirrors": self.mirrors.run(stopping), "consume": self._consume(stopping)}
+        if self.ton is not None:
+            loops["ton"] = self.ton.run(stopping, self.settings.ton_poll_seconds)
+        await run_together(**loops)
 
     def _on_mirrored(self, record: BroadcastRecord) -> None:
         if record.topic == REGISTRY_TOPIC:
@@ -280,7 +304,7 @@ class Billing(Service):
     async def close(self) -> None:
         for client in reversed(self._started):
             with contextlib.suppress(Exception):
-                await client.stop()
+                await (client.close() if isinstance(client, TonLink) else client.stop())
         self._started.clear()
 
     # ---- the transactional loop --------------------------------------------------------

@@ -1,0 +1,102 @@
+"""The Kafka billing service with TON on: deposits credited and workers paid, on the ledger.
+
+The chain is the pytvm-backed node double (tests/support/ton_node.py): the wallet contract's
+real code checks every signature and seqno. Prices as in test_billing_service.py: a receipt of
+300 prompt (100 cached) and 50 completion tokens earns the worker 24,000 nanoTON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from billing_service_support import network, receipt, request, running
+from support.ton_node import TonNode
+from ton_support import TON, UserWallet
+
+from cocoon.attestation.registry_topic import publish_registry
+from cocoon.billing.audit import audit
+from cocoon.billing.stream_replay import read_ledger
+from cocoon.billing.ton.wallet import Order, PayoutWallet
+from cocoon.core.crypto.keys import WorkerKeys
+
+FEE = 24_000
+THRESHOLD = 40_000  # two receipts' fees
+DESTINATION = "0:" + "d1" * 32
+
+
+@pytest.fixture
+def node():
+    with TonNode(block_interval=0.05) as n:
+        yield n
+
+
+def _deployed_wallet(node: TonNode, balance: int) -> PayoutWallet:
+    wallet = PayoutWallet(os.urandom(32), testnet=True)
+    node.fund(wallet.address, balance)
+    node.send_boc(wallet.sign(0, [Order(wallet.address, 1, "deploy")], node.now() + 60).boc)
+    return wallet
+
+
+async def test_deposits_are_credited_and_earnings_paid_out_once(
+    kafka_bootstrap, unique_name, node, tmp_path, monkeypatch
+):
+    deposit_wallet = _deployed_wallet(node, TON)
+    payout_seed = os.urandom(32)
+    payout_wallet = PayoutWallet(payout_seed, testnet=True)
+    node.fund(payout_wallet.address, 10 * TON)
+    secret = tmp_path / "wallet.hex"
+    secret.write_text(payout_seed.hex())
+    for name, value in {
+        "COCOON_TON_NETWORK": "testnet",
+        "COCOON_TON_API_URL": node.url,
+        "COCOON_TON_DEPOSIT_ADDRESS": deposit_wallet.address,
+        "COCOON_TON_WALLET_SECRET_FILE": str(secret),
+        "COCOON_TON_CONFIRMATIONS": "1",
+        "COCOON_TON_PAYOUT_THRESHOLD": str(THRESHOLD),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    worker = WorkerKeys.generate()
+    async with network(kafka_bootstrap, unique_name, grants="alice=1000000") as net:
+        net.settings = net.settings.model_copy(
+            update={"ton_poll_seconds": 0.2, "payout_store": tmp_path / "payouts.sqlite"}
+        )
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        await publish_registry(
+            kafka_bootstrap,
+            lambda r: r.set_worker("w-1", coefficient=1000, payout_address=DESTINATION),
+            prefix=net.prefix,
+            updated_by="test",
+        )
+        async with running(net.settings):
+            # A client tops up with a transfer whose comment names its account.
+            UserWallet(node).send(deposit_wallet.address, 2 * TON, "alice", bounceable=True)
+            await net.until(lambda: net.seen.causes("deposit:") != ["deposit:dev-grant:alice"], 20)
+
+            rids = [f"r-{n}-{os.urandom(3).hex()}" for n in range(2)]
+            for rid in rids:
+                await net.send("inference.requests", request(rid, "alice"))
+            await net.until(lambda: all(r in net.seen.reservations for r in rids))
+            for rid in rids:
+                await net.send("usage.receipts", receipt(worker, rid, "w-1"))
+            # The earnings cross the threshold: one payout, confirmed on chain.
+            await net.until(lambda: net.seen.causes("payout-confirmed:"), 30)
+            await net.until(lambda: net.balance("worker:w-1") == (0, 0))
+            assert node.balance(DESTINATION) == 2 * FEE
+
+        entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
+        kinds = [e.kind for e in entries]
+        assert kinds.count("payout") == kinds.count("payout_confirmed") == 1
+        deposits = [e for e in entries if e.kind == "deposit"]
+        assert sorted(e.meta["amount"] for e in deposits) == [1_000_000, 2 * TON]
+        assert net.balance("alice")[0] == 1_000_000 + 2 * TON - 2 * 30_000
+        assert audit(entries, require_no_open_holds=True) == []
+
+        # A new instance with the same payout store pays nothing again.
+        sent_before = len(node.sent_bocs)
+        async with running(net.settings):
+            await asyncio.sleep(1.5)  # several TON steps (0.2 s) over new blocks
+        assert len(node.sent_bocs) == sent_before
+        assert node.balance(DESTINATION) == 2 * FEE
