@@ -215,6 +215,8 @@ class Billing(Service):
         )
         self.processor: Processor | None = None
         self.ton: TonLink | None = None
+        # One transaction at a time: the consume loop's and the TON side's pre-signing commit.
+        self._committing = asyncio.Lock()
         self._order = {prefix + topic: rank for rank, topic in enumerate(INPUTS)}
         # Per usage.receipts partition: the timestamp of the last record read (hold expiry).
         self._receipt_read_ms: dict[TopicPartition, int] = {}
@@ -245,7 +247,11 @@ class Billing(Service):
         ton = s.ton()
         if ton is not None:  # after the registry is read: payouts go to its addresses
             self.ton = TonLink(
-                ton, self.processor.engine, self.registry.payout_address, s.payout_store_path()
+                ton,
+                self.processor.engine,
+                self.registry.payout_address,
+                s.payout_store_path(),
+                commit=self._commit_pending,
             )
             self._started.append(self.ton)
         await self.consumer.start()
@@ -330,7 +336,8 @@ class Billing(Service):
                 continue
             if tick:
                 last_tick = time.monotonic()
-            await self._process(polled, tick)
+            async with self._committing:  # records, their entries and offsets: one unit
+                await self._process(polled, tick)
 
     async def _process(
         self, polled: dict[TopicPartition, list[ConsumerRecord]], tick: bool
@@ -368,6 +375,15 @@ class Billing(Service):
         batch = self.processor.take()
         if batch or offsets or dead:
             await self._transaction(batch, offsets, dead, now)
+
+    async def _commit_pending(self) -> None:
+        """Commit what the engine holds beyond the last transaction (the TON side calls this
+        before signing a payout). Raises when the transaction fails, e.g. fenced."""
+        assert self.processor is not None
+        async with self._committing:
+            batch = self.processor.take()
+            if batch:
+                await self._transaction(batch, {}, [], _now_ms())
 
     async def _receipts_read_to(self, now: int) -> int | None:
         """How far in time every assigned `usage.receipts` partition has been read: `now` for

@@ -7,9 +7,11 @@ and its ledger entries go out in the service's next Kafka transaction like any o
 Crash safety is that of the parts (`ton.deposits`, `ton.payouts`):
 * a deposit is credited once per (lt, hash) entry id; after a crash that lost the transaction,
   the watcher resumes from the committed ledger and credits it again, once;
-* a payout is written to the SQLite store before its transfer is signed and sent; after a crash
-  that lost the ledger move, `PayoutService.recover` re-applies it from the store, and the
-  signed transfer is found on chain, re-sent byte for byte, or proven dead. Never paid twice.
+* a payout is written to the SQLite store, and its ledger move (earnings -> payouts:pending)
+  committed to Kafka (`commit`), before its transfer is signed and sent. An instance that was
+  fenced by a newer one fails at that commit and never signs, so two instances cannot pay the
+  same earnings; after a crash the signed transfer is found on chain, re-sent byte for byte, or
+  proven dead (`ton.payouts`). Never paid twice.
 
 Enabled by `COCOON_TON_NETWORK` (see `ton.config` for the other variables); a development
 network without it has no deposits and no payouts.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cocoon.billing.engine import BillingEngine
@@ -41,6 +43,7 @@ class TonLink:
         engine: BillingEngine,
         payout_address: Callable[[str], str | None],
         store_path: Path,
+        commit: Callable[[], Awaitable[None]],
     ) -> None:
         self.settings = settings
         self.api = TonApi(settings.api_url, settings.api_key)
@@ -58,6 +61,7 @@ class TonLink:
                 PayoutStore(store_path),
                 payout_address,
                 threshold=settings.payout_threshold,
+                before_sign=commit,
             )
             self.payouts.recover()  # before any record: the ledger must show what is in flight
         else:

@@ -139,6 +139,37 @@ async def test_unpayable_workers_keep_their_earnings(tmp_path, node, workers):
     await api.aclose()
 
 
+async def test_nothing_is_signed_unless_the_ledger_move_is_made_durable_first(
+    tmp_path, node, workers
+):
+    engine, _ = funded_engine(tmp_path, workers)
+    earn(engine, workers, "w1", 1000, 1)
+    wallet = PayoutWallet(os.urandom(32))
+    node.fund(wallet.address, 10 * TON)
+    api = TonApi(node.url)
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    durable: list[float] = []
+
+    async def fenced() -> None:  # what the Kafka service's commit does once it is fenced
+        raise RuntimeError("ProducerFenced")
+
+    service = PayoutService(engine, api, wallet, store, DESTS.get, threshold=THRESHOLD,
+                            before_sign=fenced)  # fmt: skip
+    with pytest.raises(RuntimeError, match="ProducerFenced"):
+        await service.step()
+    assert node.sent_bocs == [] and store.batches() == []  # planned, never signed
+
+    async def commit() -> None:
+        durable.append(engine.ledger.balance("payouts:pending"))
+
+    service = PayoutService(engine, api, wallet, store, DESTS.get, threshold=THRESHOLD,
+                            before_sign=commit)  # fmt: skip
+    await settle(service, node)
+    assert durable[0] == 808_000_000  # the move was in the ledger when it was made durable
+    assert node.balance(DESTS["w1"]) == 808_000_000
+    await api.aclose()
+
+
 def run_payout_process(node: TonNode, workdir: Path, seed: bytes, crash_at: str):
     return subprocess.run(
         [sys.executable, str(HERE / "payout_process.py"), node.url, str(workdir), seed.hex(),

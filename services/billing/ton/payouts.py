@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +191,7 @@ class PayoutService:
         clock: Callable[[], float] = time.time,
         on_signed: Callable[[SignedTransfer], None] | None = None,
         on_sent: Callable[[SignedTransfer], None] | None = None,
+        before_sign: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.engine = engine
         self.api = api
@@ -206,6 +207,9 @@ class PayoutService:
         # Hooks after the signed transfer is persisted / after it was sent (crash tests, metrics).
         self._on_signed = on_signed
         self._on_sent = on_sent
+        # Makes the ledger moves durable before any transfer is signed (the Kafka service
+        # commits its pending transaction here; a fenced instance fails here and never signs).
+        self._before_sign = before_sign
 
     def _now(self) -> int:
         return int(self._clock())
@@ -238,7 +242,9 @@ class PayoutService:
                 reversed_ += outcome[1]
         planned, skipped = self.plan()
         signed = None
-        if not self.store.batches("signed", "sent"):
+        if not self.store.batches("signed", "sent") and self.store.payouts("planned"):
+            if self._before_sign is not None:
+                await self._before_sign()
             signed = await self._sign_and_send()
         return StepReport(planned, signed, confirmed, reversed_, expired, skipped)
 
