@@ -15,11 +15,15 @@ The test plays gateway and workers against billing running as its own process
   second instance with the same transactional id joins (a consumer-group rebalance that fences
   the first, which must die), runs alone, and is fenced in turn when the first comes back.
 
+TON is on: the service pays each worker's earnings above a threshold to the payout address of
+its registry entry, on the pytvm-backed TON node double, while it is being killed and fenced.
+
 Expected money is computed here, independently, from the prices and the token counts of the
 receipts that must be accepted (exact fractions, rounded down once). At the end the committed
 `billing.ledger`, replayed into the domain ledger, must equal it to the nanoTON, with no hold
 open, every entry balanced (audit), every client at grants minus charges, every worker at fees
-(billing's Kafka service makes no payouts, so payouts are zero), and every record once.
+minus confirmed payouts, every payout on chain exactly once (each worker's address holds what
+the ledger says it was paid), and every record once.
 
 COCOON_CHAOS_SEED picks another run; a failure prints the seed and each instance's log tail.
 """
@@ -46,13 +50,18 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from billing_service_support import MODEL, Attestor, _provision
+from support.ton_node import TonNode
+from ton_support import TON, deployed_wallet
 from typer.testing import CliRunner
 
+from cocoon.attestation.registry_topic import publish_registry
 from cocoon.billing.audit import audit
 from cocoon.billing.cli import app
 from cocoon.billing.ledger import Entry, Ledger
 from cocoon.billing.stream import entry_from_record, order_entries
 from cocoon.billing.stream_replay import read_ledger
+from cocoon.billing.ton.api import TonApi
+from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.codec import models
@@ -66,6 +75,8 @@ PRICE, FEE = 7, 5
 PROMPT_BPS, CACHED_BPS, COMPLETION_BPS, REASONING_BPS = 10_000, 5_000, 15_000, 12_000
 MAX_BPS = max(PROMPT_BPS, CACHED_BPS, COMPLETION_BPS, REASONING_BPS)
 WORKER_COEFFICIENT = {"w-0": 1000, "w-1": 750, "w-2": 1000}
+PAYOUT_ADDRESS = {w: f"0:{n + 1:02x}" + "e0" * 31 for n, w in enumerate(WORKER_COEFFICIENT)}
+PAYOUT_THRESHOLD = 20_000  # nanoTON; a worker earns ~100,000 in a run: paid several times
 
 BATCHES, BATCH_SIZE = 8, 300  # 2,400 requests with a receipt or a fate, plus extras
 RICH = [f"c{i}" for i in range(6)]
@@ -543,8 +554,11 @@ async def lag(bootstrap: str, prefix: str, group: str) -> int:
     return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
 
 
-def worker_env(bootstrap: str, prefix: str, key_file: Path, tag: str) -> dict[str, str]:
+def worker_env(
+    bootstrap: str, prefix: str, key_file: Path, tag: str, ton: dict[str, str]
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COCOON_", "OTEL_"))}
+    env.update(ton)
     grants = ",".join([f"{c}={RICH_GRANT}" for c in RICH] + [f"{POOR}={POOR_GRANT}"])
     env.update(
         PYTHONUNBUFFERED="1",
@@ -574,9 +588,43 @@ def worker_env(bootstrap: str, prefix: str, key_file: Path, tag: str) -> dict[st
 # ---- the test --------------------------------------------------------------------------
 
 
+@pytest.fixture
+def node():
+    with TonNode(block_interval=0.05) as n:
+        yield n
+
+
+def ton_env(node: TonNode, tmp_path: Path) -> dict[str, str]:
+    """TON on, against the node double: a deployed deposit wallet and a funded payout wallet."""
+    seed = os.urandom(32)
+    payout_wallet = PayoutWallet(seed, testnet=True)
+    node.fund(payout_wallet.address, 1000 * TON)
+    secret = tmp_path / "payout-wallet.hex"
+    secret.write_text(seed.hex())
+    return {
+        "COCOON_TON_NETWORK": "testnet",
+        "COCOON_TON_API_URL": node.url,
+        "COCOON_TON_DEPOSIT_ADDRESS": deployed_wallet(node, TON, testnet=True).address,
+        "COCOON_TON_WALLET_SECRET_FILE": str(secret),
+        "COCOON_TON_CONFIRMATIONS": "1",
+        "COCOON_TON_PAYOUT_THRESHOLD": str(PAYOUT_THRESHOLD),
+        "COCOON_TON_POLL_SECONDS": "0.2",
+        # Shared by both instances, as one volume would be: the store knows what is in flight.
+        "COCOON_PAYOUT_STORE": str(tmp_path / "payouts.sqlite"),
+    }
+
+
+def paid_out(entries: list[Entry]) -> Counter:
+    paid = Counter()
+    for e in entries:
+        if e.kind == "payout_confirmed":
+            paid[e.meta["worker_id"]] += e.meta["amount"]
+    return paid
+
+
 @pytest.mark.timeout(480)
 async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
-    kafka_bootstrap, unique_name, tmp_path
+    kafka_bootstrap, unique_name, tmp_path, node
 ):
     started = time.monotonic()
     rng = random.Random(SEED)
@@ -586,7 +634,18 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     attestor = Attestor()
     key_file = tmp_path / "attestation.pub"
     key_file.write_text(attestor.public.hex())
-    env = worker_env(kafka_bootstrap, prefix, key_file, uuid.uuid4().hex[:8])
+    env = worker_env(
+        kafka_bootstrap, prefix, key_file, uuid.uuid4().hex[:8], ton_env(node, tmp_path)
+    )
+    await publish_registry(
+        kafka_bootstrap,
+        lambda r: [
+            r.set_worker(w, coefficient=c, payout_address=PAYOUT_ADDRESS[w])
+            for w, c in WORKER_COEFFICIENT.items()
+        ],
+        prefix=prefix,
+        updated_by="chaos",
+    )
     main = BillingProcess("main", env, tmp_path)
     second = BillingProcess("second", env, tmp_path)  # same group, same transactional id
     chaos = Chaos(main, random.Random(rng.getrandbits(64)))
@@ -722,6 +781,15 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                 lambda: all(seen.has(f"charge:{q.rid}") for q in paid), 90, "charges", why=missing
             )
             await until(lambda: not seen.open_holds, 60, "every hold closed")
+
+            def payouts_settled() -> bool:
+                # Nothing in flight and nobody left above the threshold: no payout can start.
+                now = Ledger.replay(order_entries(seen.entries.values()))
+                return now.balance("payouts:pending") == 0 and all(
+                    now.balance(f"worker:{w}") < PAYOUT_THRESHOLD for w in WORKER_COEFFICIENT
+                )
+
+            await until(payouts_settled, 90, "payouts settled")
             mark("settled")
 
             # Much later: the same requests, receipts and outcomes again, long settled.
@@ -816,15 +884,34 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     for client, grant in grants.items():
         assert ledger.balance(f"client:{client}") == grant - by_client[client], client
         assert ledger.balance(f"holds:{client}") == 0, client
+    # Payouts: each worker's chain address holds exactly what the ledger says it was paid (never
+    # twice through the kills and the fencing), and every payout started was confirmed.
+    payouts = paid_out(entries)
+    assert all(payouts[w] >= PAYOUT_THRESHOLD for w in WORKER_COEFFICIENT), (payouts, by_worker)
+    api = TonApi(node.url)
+    try:
+        for worker, address in PAYOUT_ADDRESS.items():
+            # What arrived, not the balance: an uninitialised account pays storage fees.
+            txs = await api.iter_transactions_since(address, 0)
+            received = [tx.in_msg.value for tx in txs if tx.in_msg is not None]
+            assert sum(received) == payouts[worker], (worker, received)
+            assert len(received) == len([e for e in entries if e.kind == "payout_confirmed"
+                                         and e.meta["worker_id"] == worker])  # fmt: skip
+    finally:
+        await api.aclose()
+    started_payouts = [e for e in entries if e.kind == "payout"]
+    assert sum(e.meta["amount"] for e in started_payouts) == sum(payouts.values())
+    assert not [e for e in entries if e.kind == "payout_reversed"]
     for worker in WORKER_COEFFICIENT:
-        assert ledger.balance(f"worker:{worker}") == by_worker[worker] - 0, worker  # no payouts
+        assert ledger.balance(f"worker:{worker}") == by_worker[worker] - payouts[worker], worker
     assert ledger.balance("network:commission") == total_charge - total_fee
     assert ledger.balance("ton:deposits") == -sum(grants.values())
     expected = {
         **{f"client:{c}": g - by_client[c] for c, g in grants.items()},
-        **{f"worker:{w}": n for w, n in by_worker.items() if n},
+        **{f"worker:{w}": n - payouts[w] for w, n in by_worker.items() if n - payouts[w]},
         "network:commission": total_charge - total_fee,
         "ton:deposits": -sum(grants.values()),
+        "ton:payouts": sum(payouts.values()),
     }
     assert {a: n for a, n in ledger.balances().items() if n} == expected  # nothing else moved
 
@@ -833,7 +920,7 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
         row = seen.balances[client]
         assert (row["available_nanoton"], row["held_nanoton"]) == (expected[f"client:{client}"], 0)
     for worker, n in by_worker.items():
-        assert seen.balances[f"worker:{worker}"]["available_nanoton"] == n
+        assert seen.balances[f"worker:{worker}"]["available_nanoton"] == n - payouts[worker]
 
     # Every decision billing had to take the same way whatever the timing was taken once.
     rejected = Counter(
@@ -888,7 +975,8 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     print(
         f"chaos: {len(requests)} requests ({len(paid)} charged, {total_charge} nanoTON; "
         f"{tight_paid} on tight holds, {after_expiry} read after their hold's expiry time), "
-        f"{len(entries)} ledger entries, {chaos.kills} SIGKILLs at "
+        f"{len(entries)} ledger entries, {len(started_payouts)} payouts "
+        f"({sum(payouts.values())} nanoTON), {chaos.kills} SIGKILLs at "
         f"{chaos.kill_ages} s after spawn, main started {main.starts}x, "
         f"second {second.starts}x, {elapsed:.0f} s; timeline {marks}"
     )

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from billing_support import Workers, engine_with
 from support.ton_node import TonNode
-from ton_support import TON, UserWallet
+from ton_support import TON, UserWallet, deployed_wallet
 
 from cocoon.billing.audit import audit
 from cocoon.billing.engine import BillingEngine
 from cocoon.billing.ton.api import TonApi
 from cocoon.billing.ton.deposits import DepositWatcher
-from cocoon.billing.ton.wallet import PayoutWallet
 
 
 @pytest.fixture
@@ -40,17 +37,9 @@ def engine() -> BillingEngine:
 @pytest.fixture
 def deposit_address(node) -> str:
     # The deposit wallet is a real deployed v4r2 wallet (so bounceable transfers are accepted).
-    wallet = PayoutWallet(os.urandom(32))
-    node.fund(wallet.address, TON)
-    node.send_boc(wallet.sign(0, [_self_order(wallet)], node.now() + 60).boc)
+    wallet = deployed_wallet(node, TON)
     node.produce_block()
     return wallet.address
-
-
-def _self_order(wallet):
-    from cocoon.billing.ton.wallet import Order
-
-    return Order(wallet.address, 1, "deploy")
 
 
 async def test_credit_after_confirmations_exactly_once_across_repolls_and_restart(

@@ -13,12 +13,12 @@ import os
 import pytest
 from billing_service_support import network, receipt, request, running
 from support.ton_node import TonNode
-from ton_support import TON, UserWallet
+from ton_support import TON, UserWallet, deployed_wallet
 
 from cocoon.attestation.registry_topic import publish_registry
 from cocoon.billing.audit import audit
 from cocoon.billing.stream_replay import read_ledger
-from cocoon.billing.ton.wallet import Order, PayoutWallet
+from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.crypto.keys import WorkerKeys
 
 FEE = 24_000
@@ -32,17 +32,10 @@ def node():
         yield n
 
 
-def _deployed_wallet(node: TonNode, balance: int) -> PayoutWallet:
-    wallet = PayoutWallet(os.urandom(32), testnet=True)
-    node.fund(wallet.address, balance)
-    node.send_boc(wallet.sign(0, [Order(wallet.address, 1, "deploy")], node.now() + 60).boc)
-    return wallet
-
-
 async def test_deposits_are_credited_and_earnings_paid_out_once(
     kafka_bootstrap, unique_name, node, tmp_path, monkeypatch
 ):
-    deposit_wallet = _deployed_wallet(node, TON)
+    deposit_wallet = deployed_wallet(node, TON, testnet=True)
     payout_seed = os.urandom(32)
     payout_wallet = PayoutWallet(payout_seed, testnet=True)
     node.fund(payout_wallet.address, 10 * TON)

@@ -7,7 +7,7 @@ import os
 from tonsdk.contract.wallet import WalletV4ContractR2
 
 from cocoon.billing.ton.address import friendly
-from cocoon.billing.ton.wallet import PayoutWallet
+from cocoon.billing.ton.wallet import Order, PayoutWallet
 
 TON = 1_000_000_000
 
@@ -34,3 +34,11 @@ class UserWallet:
         self.node.send_boc(self.transfer_boc(dest, amount, payload, bounceable=bounceable))
         self.seqno += 1
         self.node.produce_block()
+
+
+def deployed_wallet(node, balance: int, *, testnet: bool = False) -> PayoutWallet:
+    """A funded v4r2 wallet whose contract is deployed (so bounceable transfers land)."""
+    wallet = PayoutWallet(os.urandom(32), testnet=testnet)
+    node.fund(wallet.address, balance)
+    node.send_boc(wallet.sign(0, [Order(wallet.address, 1, "deploy")], node.now() + 60).boc)
+    return wallet
