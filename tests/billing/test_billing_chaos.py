@@ -61,6 +61,7 @@ from cocoon.billing.ledger import Entry, Ledger
 from cocoon.billing.stream import entry_from_record, order_entries
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.billing.ton.api import TonApi
+from cocoon.billing.ton.payouts import PayoutStore
 from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
@@ -789,7 +790,20 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                     now.balance(f"worker:{w}") < PAYOUT_THRESHOLD for w in WORKER_COEFFICIENT
                 )
 
-            await until(payouts_settled, 90, "payouts settled")
+            def payouts_state() -> str:
+                now = Ledger.replay(order_entries(seen.entries.values()))
+                store = PayoutStore(Path(env["COCOON_PAYOUT_STORE"]))
+                try:
+                    rows = [(p.payout_id, p.status, p.batch_id) for p in store.payouts()]
+                    batches = [(b.batch_id, b.status, b.sends) for b in store.batches()]
+                finally:
+                    store.close()
+                balances = {
+                    a: n for a, n in now.balances().items() if "payout" in a or "worker" in a
+                }
+                return f"{balances}; payouts {rows}; batches {batches}; node time {node.now()}"
+
+            await until(payouts_settled, 90, "payouts settled", why=payouts_state)
             mark("settled")
 
             # Much later: the same requests, receipts and outcomes again, long settled.

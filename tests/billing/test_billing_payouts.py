@@ -21,7 +21,7 @@ from cocoon.billing.journal import FileJournal
 from cocoon.billing.pricing import Usage
 from cocoon.billing.ton.api import TonApi, TonApiError
 from cocoon.billing.ton.payouts import PayoutService, PayoutStore
-from cocoon.billing.ton.wallet import PayoutWallet
+from cocoon.billing.ton.wallet import Order, PayoutWallet
 
 HERE = Path(__file__).parent
 DESTS = {"w1": "0:" + "a1" * 32, "w2": "0:" + "b2" * 32, "w3": "0:" + "c3" * 32}
@@ -213,3 +213,22 @@ def test_sigkill_between_signing_and_confirmation_never_pays_twice(tmp_path, nod
     assert final.ledger.balance("payouts:pending") == 0
     assert final.earnings("w1") == final.earnings("w2") == 0
     assert audit(final.ledger, require_no_open_holds=True) == []
+
+
+@pytest.mark.parametrize("orders", [1, 3, 4])
+async def test_a_first_transfer_deploys_the_wallet_and_carries_up_to_four_orders(node, orders):
+    # tonsdk alone inlined the state init and the body into one cell of up to 6 refs at seqno 0:
+    # a first batch of 3 or 4 payouts could never be sent.
+    wallet = PayoutWallet(os.urandom(32))
+    node.fund(wallet.address, 10 * TON)
+    dests = [f"0:{n + 1:02x}" + "f0" * 31 for n in range(orders)]
+    transfer = wallet.sign(0, [Order(d, 1000 + n, f"p{n}") for n, d in enumerate(dests)],
+                           node.now() + 60)  # fmt: skip
+    node.send_boc(transfer.boc)
+    node.produce_block()
+    api = TonApi(node.url)
+    assert await api.get_seqno(wallet.address) == 1
+    for n, d in enumerate(dests):
+        [tx] = await api.iter_transactions_since(d, 0)
+        assert tx.in_msg.value == 1000 + n
+    await api.aclose()

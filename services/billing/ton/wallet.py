@@ -6,7 +6,8 @@ and a valid_until they choose and remember: after a crash, "the message can no l
 decided from that expiry and the wallet's seqno. So the signing message is laid out here exactly
 as tonsdk's `WalletV4ContractBase.create_signing_message` does (wallet_id, valid_until, seqno,
 op 0), each order is built with tonsdk's own message helpers, and tonsdk's
-`create_external_message` signs it and attaches the state init at seqno 0.
+`create_external_message` signs it and builds the state init at seqno 0; the external message
+cell itself is assembled here (see `_external_message`).
 """
 
 from __future__ import annotations
@@ -80,13 +81,41 @@ class PayoutWallet:
             header = Contract.create_internal_message_header(dest, order.amount)
             signing.bits.write_uint8(PAYOUT_MODE)
             signing.refs.append(Contract.create_common_msg_info(header, None, _comment(order)))
-        message = self._contract.create_external_message(signing, seqno)["message"]
+        parts = self._contract.create_external_message(signing, seqno)
+        header = Contract.create_external_message_header(self._contract.address)
+        message = _external_message(header, parts["state_init"], parts["body"])
         return SignedTransfer(
             boc=bytes(message.to_boc(False)),
             message_hash=bytes(message.bytes_hash()).hex(),
             seqno=seqno,
             valid_until=valid_until,
         )
+
+
+def _external_message(header: Cell, state_init: Cell | None, body: Cell) -> Cell:
+    """The external message, as tonsdk's `create_common_msg_info` lays it out, except that it
+    also counts references: tonsdk inlines the state init (2 refs: code, data) and the body
+    (1 ref per order) whenever the *bits* fit, so a first transfer (seqno 0, deploying the
+    wallet) with 3 or 4 orders became a cell with 5-6 refs, which no node can deserialize."""
+    message = Cell()
+    message.write_cell(header)
+    if state_init is None:
+        message.bits.write_bit(0)
+    else:
+        message.bits.write_bit(1)  # Maybe StateInit: present
+        message.bits.write_bit(1)  # Either StateInit ^StateInit: by reference
+        message.refs.append(state_init)
+    inline = (
+        message.bits.get_free_bits() - 1 >= body.bits.get_used_bits()
+        and len(message.refs) + len(body.refs) <= 4
+    )
+    if inline:
+        message.bits.write_bit(0)
+        message.write_cell(body)
+    else:
+        message.bits.write_bit(1)
+        message.refs.append(body)
+    return message
 
 
 def _comment(order: Order) -> Cell:
