@@ -83,8 +83,8 @@ def configure_logging(
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    # Client libraries log every reconnect at INFO; keep them at WARNING unless debugging.
+    # Client libraries log every reconnect (httpx: every request) at INFO; WARNING unless debugging.
     if level != "DEBUG":
-        for noisy in ("aiokafka", "kafka", "faust", "mode"):
+        for noisy in ("aiokafka", "kafka", "faust", "mode", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler
