@@ -42,6 +42,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry import context as otel_context
 from prometheus_client import Counter
 from pydantic import Field, ValidationError, model_validator
 
@@ -218,6 +219,8 @@ class Billing(Service):
         # One transaction at a time: the consume loop's and the TON side's pre-signing commit.
         self._committing = asyncio.Lock()
         self._order = {prefix + topic: rank for rank, topic in enumerate(INPUTS)}
+        # Request id -> the context of its consume span, until its reservation is sent.
+        self._request_traces: dict[str, otel_context.Context] = {}
         # Per usage.receipts partition: the timestamp of the last record read (hold expiry).
         self._receipt_read_ms: dict[TopicPartition, int] = {}
         self._store = codec.default_store()
@@ -375,6 +378,7 @@ class Billing(Service):
         batch = self.processor.take()
         if batch or offsets or dead:
             await self._transaction(batch, offsets, dead, now)
+        self._request_traces.clear()  # a request that made no reservation (a replay) left one
 
     async def _commit_pending(self) -> None:
         """Commit what the engine holds beyond the last transaction (the TON side calls this
@@ -434,6 +438,7 @@ class Billing(Service):
                 log.info("request %s arrived past its deadline: ignored", value.request_id)
                 return
             self.processor.on_request(value, now)
+            self._request_traces[value.request_id] = otel_context.get_current()
         elif topic == RECEIPTS:
             try:
                 result = self.processor.on_receipt(data, now)
@@ -477,7 +482,14 @@ class Billing(Service):
                 balance = self.processor.book.record(engine.ledger, owner, now)
                 sends.append(await self._send(BALANCES_TOPIC, balance, BALANCE_RECORD))
             for reservation in batch.reservations:
-                sends.append(await self._send(RESERVATIONS, reservation, None))
+                # In the request's trace: the scheduler and the gateway continue it from here.
+                trace = self._request_traces.pop(reservation["request_id"], None)
+                token = otel_context.attach(trace) if trace is not None else None
+                try:
+                    sends.append(await self._send(RESERVATIONS, reservation, None, traced=True))
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
                 RESERVATIONS_TOTAL.labels(
                     reservation["status"], reservation["reject_reason"] or ""
                 ).inc()
@@ -496,8 +508,10 @@ class Billing(Service):
             raise
         TRANSACTIONS_TOTAL.inc()
 
-    async def _send(self, topic: str, value: dict[str, Any], record: str | None) -> asyncio.Future:
-        future = await self.producer.send(topic, value, record=record, wait=False)
+    async def _send(
+        self, topic: str, value: dict[str, Any], record: str | None, *, traced: bool = False
+    ) -> asyncio.Future:
+        future = await self.producer.send(topic, value, record=record, wait=False, traced=traced)
         assert isinstance(future, asyncio.Future)
         return future
 

@@ -19,6 +19,7 @@ from cocoon.billing.audit import audit
 from cocoon.billing.cli import app
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.core.telemetry import install_memory_exporter
 
 RUNNER = CliRunner()
 HOLD = 50_000
@@ -332,3 +333,22 @@ async def test_prices_and_worker_coefficients_come_from_the_registry(kafka_boots
             if e.kind == "hold"
         }
         assert holds == {old: 100, new: 300, mismatched: 300}
+
+
+async def test_the_reservation_continues_the_request_trace(kafka_bootstrap, unique_name):
+    exporter = install_memory_exporter()
+    async with (
+        network(kafka_bootstrap, unique_name, grants="alice=1000000") as net,
+        running(net.settings),
+    ):
+        r = rid()
+        await net.send("inference.requests", request(r, "alice"))  # in a PRODUCER span
+        await net.until(lambda: r in net.seen.reservations)
+    spans = exporter.get_finished_spans()
+    sent = next(s for s in spans if s.name.endswith("inference.requests send"))
+    reserved = next(s for s in spans if s.name.endswith("billing.reservations send"))
+    assert reserved.context.trace_id == sent.context.trace_id
+    consumed = next(s for s in spans if s.context.span_id == reserved.parent.span_id)
+    assert consumed.name.endswith("inference.requests process")
+    # Ledger and balance records get no span each (several per receipt, nobody follows them).
+    assert not [s for s in spans if s.name.endswith(("billing.ledger send", "balances send"))]

@@ -91,11 +91,18 @@ class BusProducer:
         headers: Headers | None = None,
         partition: int | None = None,
         wait: bool = True,
+        traced: bool = True,
     ) -> RecordMetadata | asyncio.Future:
         """Encode and send; returns the broker's ack (or, with wait=False, a future of it)."""
         key_bytes, data = self.encode(topic, value, key=key, record=record)
         return await self.send_raw(
-            topic, data, key=key_bytes, headers=headers, partition=partition, wait=wait
+            topic,
+            data,
+            key=key_bytes,
+            headers=headers,
+            partition=partition,
+            wait=wait,
+            traced=traced,
         )
 
     async def send_raw(
@@ -107,9 +114,19 @@ class BusProducer:
         headers: Headers | None = None,
         partition: int | None = None,
         wait: bool = True,
+        traced: bool = True,
     ) -> RecordMetadata | asyncio.Future:
-        """Send already-encoded bytes (tombstones, dead letters, tests of bad input)."""
+        """Send already-encoded bytes (tombstones, dead letters, tests of bad input).
+
+        `traced=False` skips the PRODUCER span (the current context still goes into the
+        headers): for bulk records no trace follows, where a span each would cost more than
+        the send (billing writes several ledger records per receipt)."""
         physical = self.prefix + topic
+        if not traced:
+            future = await self.kafka.send(
+                physical, value, key=key, partition=partition, headers=inject_headers(headers)
+            )
+            return future if not wait else await future
         with produce_span(physical, key) as span:
             future = await self.kafka.send(
                 physical, value, key=key, partition=partition, headers=inject_headers(headers)

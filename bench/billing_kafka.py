@@ -1,0 +1,231 @@
+"""Receipts captured per second by the billing *service*: Kafka in, Kafka transactions out.
+
+    .venv/bin/python bench/billing_kafka.py [--receipts 20000]
+
+Where bench/billing_receipts.py times the domain engine alone, this times the whole service as
+it runs in the network: billing as its own process (`python -m cocoon.core.runtime billing`)
+on a private local broker. Setup (not timed): verdicts for 8 workers signed by an attestation
+key the service pins, one funded client, N requests held (N reservations read back). Timed:
+N pre-signed receipts produced at once; the clock stops when billing's consumer group has
+committed every one of them, which it does only in the Kafka transaction that also writes
+their ledger entries (3 LedgerEntry records per charge) and the balances. Then the ledger is
+read back and must hold exactly N charges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from cocoon.attestation.verdicts import ServiceKey
+from cocoon.billing.stream_replay import read_ledger
+from cocoon.core.bus import BusProducer
+from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.catalog import dead_letter_spec, load_catalog
+from cocoon.core.codec import models
+from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
+from cocoon.core.kafka import broker
+
+TOPICS = [
+    "inference.requests",
+    "inference.assignments",
+    "usage.receipts",
+    "inference.outcomes",
+    "attestation.verdicts",
+    "attestation.registry",
+    "billing.reservations",
+    "billing.ledger",
+    "billing.balances",
+]
+WORKERS = 8
+GROUP = "billing-bench"
+MODEL = "bench-model"
+
+
+def verdict(key: ServiceKey, worker_id: str, keys: WorkerKeys) -> models.Verdict:
+    now = int(time.time() * 1000)
+    return key.sign(
+        {
+            "verdict_id": f"vd-{uuid.uuid4().hex}",
+            "worker_id": worker_id,
+            "evidence_id": None,
+            "registry_version": 1,
+            "issued_at": now,
+            "expires_at": now + 3_600_000,
+            "models": [MODEL],
+            "status": "TRUSTED",
+            "reason": None,
+            "image_hash": None,
+            "signing_key": keys.public.signing_key,
+            "hpke_public_key": keys.public.hpke_mlkem768_x25519,
+            "hpke_suite": "mlkem768-x25519",
+            "hpke_x25519": keys.public.hpke_x25519,
+            "tcb_status": None,
+            "report_data": None,
+            "measurements": None,
+            "challenge": None,
+        }
+    )
+
+
+def request(rid: str, now_ms: int) -> models.InferenceRequest:
+    return models.InferenceRequest(
+        request_id=rid,
+        account_id="acct-bench",
+        model=MODEL,
+        max_tokens=512,
+        prompt_bytes=2048,
+        max_coefficient=1000,
+        stream=True,
+        channel="HTTP",
+        gateway_id="gw-bench",
+        created_at=now_ms,
+        deadline_at=now_ms + 3_600_000,
+    )
+
+
+def receipt(keys: WorkerKeys, rid: str, worker_id: str) -> dict:
+    now = int(time.time() * 1000)
+    body = UsageReceipt(receipt_id=f"{rid}:1", request_id=rid, attempt=1, worker_id=worker_id,
+                        model=MODEL, prompt_tokens=900, cached_prompt_tokens=300,
+                        completion_tokens=256, reasoning_tokens=64, coefficient=1000,
+                        completed=True, started_at=now - 500, finished_at=now)  # fmt: skip
+    return sign_receipt(keys, body).to_record()
+
+
+async def receipts_lag(bootstrap: str, prefix: str) -> int:
+    """Receipts billing has not yet committed (it commits only with their ledger entries)."""
+    topic = prefix + "usage.receipts"
+    parts = [TopicPartition(topic, p) for p in range(load_catalog()["usage.receipts"].partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(GROUP)
+        ends = await consumer.end_offsets(parts)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
+
+
+def billing_env(bootstrap: str, prefix: str, key_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COCOON_", "OTEL_"))}
+    env.update(
+        COCOON_KAFKA_BOOTSTRAP=bootstrap,
+        COCOON_TOPIC_PREFIX=prefix,
+        COCOON_ATTESTATION_PUBLIC_KEY_FILE=str(key_file),
+        COCOON_DEV_GRANTS=f"acct-bench={10**17}",
+        COCOON_CONSUMER_GROUP=GROUP,
+        COCOON_TRANSACTIONAL_ID="billing-bench-tx",
+        COCOON_GRPC_HEALTH_PORT="0",
+        COCOON_METRICS_PORT="0",
+        COCOON_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+async def run(
+    bootstrap: str, prefix: str, n: int, attestation: ServiceKey, billing: subprocess.Popen
+) -> None:
+    workers = {f"w-{i}": WorkerKeys.generate() for i in range(WORKERS)}
+    died = "billing exited; see its log"
+    held: set[str] = set()
+    reservations = BroadcastReader(
+        bootstrap,
+        ["billing.reservations"],
+        lambda r: held.add(r.key) if r.value and r.value["status"] == "HELD" else None,
+        from_beginning=True,
+        prefix=prefix,
+        client_id="bench-reservations",
+    )
+    await reservations.start()
+    reading = asyncio.create_task(reservations.run())
+    try:
+        async with BusProducer(bootstrap, client_id="bench", prefix=prefix) as producer:
+            for worker_id, keys in workers.items():
+                await producer.send("attestation.verdicts", verdict(attestation, worker_id, keys))
+            rids = [f"req-{i:08d}" for i in range(n)]
+            now = int(time.time() * 1000)
+            sends = [await producer.send("inference.requests", request(r, now), wait=False)
+                     for r in rids]  # fmt: skip
+            await asyncio.gather(*sends)
+            deadline = time.monotonic() + 600
+            while len(held) < n:
+                assert billing.poll() is None, died
+                assert time.monotonic() < deadline, f"only {len(held)} of {n} held"
+                await asyncio.sleep(0.2)
+            names = sorted(workers)
+            signed = [receipt(workers[names[i % WORKERS]], r, names[i % WORKERS])
+                      for i, r in enumerate(rids)]  # fmt: skip
+
+            start, cpu = time.perf_counter(), time.process_time()
+            sends = [await producer.send("usage.receipts", rec, wait=False) for rec in signed]
+            await asyncio.gather(*sends)
+            produced = time.perf_counter() - start
+            while await receipts_lag(bootstrap, prefix) > 0:
+                assert billing.poll() is None, died
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            bench_cpu = time.process_time() - cpu
+    finally:
+        reading.cancel()
+        await reservations.stop()
+    entries = await read_ledger(bootstrap, prefix=prefix)
+    charges = sum(1 for e in entries if e.kind == "charge")
+    assert charges == n, f"{charges} charges for {n} receipts"
+    print(f"{n} receipts through the billing service on Kafka (8 workers, 1 client)")
+    print(f"  produced in {produced:.2f} s by this process ({bench_cpu:.1f} CPU-s here)")
+    print(f"  all committed (ledger + balances + offsets) after {elapsed:.2f} s:"
+          f" {n / elapsed:,.0f} receipts/s")  # fmt: skip
+    print(f"  ledger read back: {charges} charges, {len(entries)} entries")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--receipts", type=int, default=20_000)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="cocoon-bench-billing-"))
+    port = broker.free_port_pair()
+    layout = broker.BrokerLayout(home=home / "kafka", port=port, controller_port=port + 1)
+    bootstrap = broker.start(layout)
+    try:
+        prefix = f"bench.billing.{uuid.uuid4().hex[:6]}."
+        catalog = load_catalog()
+        specs = [catalog[t] for t in TOPICS]
+        apply_topics(bootstrap, specs + [dead_letter_spec(s) for s in specs], prefix=prefix)
+        attestation = ServiceKey.generate()
+        key_file = home / "attestation.pub"
+        key_file.write_text(attestation.public.hex())
+        with open(home / "billing.log", "w") as log:
+            billing = subprocess.Popen(
+                [sys.executable, "-m", "cocoon.core.runtime", "billing"],
+                env=billing_env(bootstrap, prefix, key_file),
+                stdout=log,
+                stderr=log,
+            )
+            try:
+                asyncio.run(run(bootstrap, prefix, args.receipts, attestation, billing))
+            finally:
+                billing.terminate()
+                billing.wait(30)
+        print(f"  billing's log: {home / 'billing.log'}")
+    finally:
+        broker.stop(layout)
+
+
+if __name__ == "__main__":
+    main()
