@@ -1,6 +1,6 @@
 """Receipts captured per second by the billing *service*: Kafka in, Kafka transactions out.
 
-    .venv/bin/python bench/billing_kafka.py [--receipts 20000]
+    .venv/bin/python bench/billing_kafka.py [--receipts 20000] [--trace-ratio 0.01]
 
 Where bench/billing_receipts.py times the domain engine alone, this times the whole service as
 it runs in the network: billing as its own process (`python -m cocoon.core.runtime billing`)
@@ -122,8 +122,13 @@ async def receipts_lag(bootstrap: str, prefix: str) -> int:
     return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
 
 
-def billing_env(bootstrap: str, prefix: str, key_file: Path) -> dict[str, str]:
+def billing_env(
+    bootstrap: str, prefix: str, key_file: Path, trace_ratio: float | None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COCOON_", "OTEL_"))}
+    if trace_ratio is not None:  # the SDK's standard sampler settings, as a deployment sets them
+        env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                   OTEL_TRACES_SAMPLER_ARG=str(trace_ratio))  # fmt: skip
     env.update(
         COCOON_KAFKA_BOOTSTRAP=bootstrap,
         COCOON_TOPIC_PREFIX=prefix,
@@ -197,6 +202,9 @@ async def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--receipts", type=int, default=20_000)
+    parser.add_argument(
+        "--trace-ratio", type=float, default=None, help="sample this share of traces (default: all)"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="cocoon-bench-billing-"))
     port = broker.free_port_pair()
@@ -213,7 +221,7 @@ def main() -> None:
         with open(home / "billing.log", "w") as log:
             billing = subprocess.Popen(
                 [sys.executable, "-m", "cocoon.core.runtime", "billing"],
-                env=billing_env(bootstrap, prefix, key_file),
+                env=billing_env(bootstrap, prefix, key_file, args.trace_ratio),
                 stdout=log,
                 stderr=log,
             )
@@ -222,7 +230,8 @@ def main() -> None:
             finally:
                 billing.terminate()
                 billing.wait(30)
-        print(f"  billing's log: {home / 'billing.log'}")
+        sampled = "every trace" if args.trace_ratio is None else f"{args.trace_ratio:g} of traces"
+        print(f"  billing sampled {sampled}; its log: {home / 'billing.log'}")
     finally:
         broker.stop(layout)
 
