@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -531,3 +532,22 @@ class SimTdx:
                 .build()
             )
         return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+_devices_lock = threading.Lock()
+_devices: dict[Path, SimTdx] = {}
+
+
+def quote_device(report_data: bytes) -> bytes:
+    """The `simulated` quote device of `cocoon.core.tee` (entry point group `cocoon.tee`).
+
+    Loaded once per process and CA directory: opening the shared test CA takes a file lock and
+    key parsing. Keyed by directory so a process that changes COCOON_CACHE_DIR (tests, several
+    local networks) never signs with another network's test CA.
+    """
+    directory = SimTdx.default_dir().resolve()
+    with _devices_lock:
+        if directory not in _devices:
+            _devices[directory] = SimTdx.load_or_create(directory)
+        sim = _devices[directory]
+    return sim.quote(report_data)

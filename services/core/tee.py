@@ -2,11 +2,11 @@
 
 `get_quote(report_data)` is the stand-in for the hardware call a TDX guest makes
 (`tdx_att_get_quote` in Intel's DCAP library, or the kernel's configfs-tsm report): hand in 64
-bytes of REPORTDATA, get back a signed TDX quote. Here it is backed by the simulated TDX
-(`cocoon.attestation.simtdx`), which writes real-format quotes under a local test CA shared
-with the attestation service through the project cache. That import is the one place outside
-the attestation package that touches it, and only lazily: it plays the part of the hardware,
-not of another service, so no worker code depends on attestation's domain logic.
+bytes of REPORTDATA, get back a signed TDX quote. The device is a plugin chosen by `COCOON_TEE`
+(an entry point of the `cocoon.tee` group). The one installed here, `simulated`, is the
+simulated TDX of the attestation package (`cocoon.attestation.simtdx:quote_device`): real-format
+quotes under a local test CA shared with the attestation service through the project cache,
+which only a development policy trusts. A real TDX guest registers its own device.
 
 The claims encoding (`cocoon/claims/v1`, docs/attestation.md) is repeated here so a worker can
 build the bytes it attests to without importing the attestation service; the layout is pinned
@@ -15,11 +15,12 @@ by a test against `cocoon.attestation.claims.Claims.encode`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import struct
-import threading
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from importlib.metadata import entry_points
 
 from cocoon.core.crypto.keys import WorkerPublicKeys
 
@@ -74,25 +75,23 @@ def report_data(claims: bytes) -> bytes:
     return hashlib.sha512(claims).digest()
 
 
-_sim_lock = threading.Lock()
-_sims: dict[Path, Any] = {}
+TEE_SETTING = "COCOON_TEE"  # which quote device: an entry point name, default "simulated"
+ENTRY_POINT_GROUP = "cocoon.tee"
 
 
-def _simulated_tdx() -> Any:
-    # Loaded once per process and CA directory: opening the shared test CA takes a file lock and
-    # key parsing. Keyed by directory so a process that changes COCOON_CACHE_DIR (tests, several
-    # local networks) never signs with another network's test CA.
-    from cocoon.attestation.simtdx import SimTdx  # the hardware stand-in, see above
-
-    directory = SimTdx.default_dir().resolve()
-    with _sim_lock:
-        if directory not in _sims:
-            _sims[directory] = SimTdx.load_or_create(directory)
-        return _sims[directory]
+@functools.cache
+def _device(name: str) -> Callable[[bytes], bytes]:
+    # Quote devices are plugins (entry points of the `cocoon.tee` group), so this module names
+    # no implementation: the simulated TDX ships with the attestation package, which registers it.
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise TeeError(f"no TEE quote device {name!r} ({TEE_SETTING}); installed: {known}")
+    return found[0].load()
 
 
 def get_quote(report_data: bytes) -> bytes:
     """A TDX quote over `report_data` (64 bytes), as `tdx_att_get_quote` would return it."""
     if len(report_data) != REPORT_DATA_LEN:
         raise TeeError(f"REPORTDATA is {REPORT_DATA_LEN} bytes, got {len(report_data)}")
-    return _simulated_tdx().quote(bytes(report_data))
+    return _device(os.environ.get(TEE_SETTING) or "simulated")(bytes(report_data))

@@ -71,3 +71,9 @@ def test_quote_binds_the_claims_and_verifies() -> None:
 def test_report_data_must_be_64_bytes() -> None:
     with pytest.raises(tee.TeeError):
         tee.get_quote(bytes(63))
+
+
+def test_an_unknown_quote_device_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv(tee.TEE_SETTING, "no-such-tee")
+    with pytest.raises(tee.TeeError, match=r"no TEE quote device 'no-such-tee'.*simulated"):
+        tee.get_quote(bytes(64))
