@@ -20,7 +20,7 @@ from cocoon.billing.engine import BillingEngine
 from cocoon.billing.journal import FileJournal
 from cocoon.billing.pricing import Usage
 from cocoon.billing.ton.api import TonApi, TonApiError
-from cocoon.billing.ton.payouts import PayoutService, PayoutStore
+from cocoon.billing.ton.payouts import PayoutRow, PayoutService, PayoutStore
 from cocoon.billing.ton.wallet import Order, PayoutWallet
 
 HERE = Path(__file__).parent
@@ -231,4 +231,28 @@ async def test_a_first_transfer_deploys_the_wallet_and_carries_up_to_four_orders
     for n, d in enumerate(dests):
         [tx] = await api.iter_transactions_since(d, 0)
         assert tx.in_msg.value == 1000 + n
+    await api.aclose()
+
+
+async def test_a_planned_payout_whose_earnings_were_lost_is_cancelled_not_fatal(
+    tmp_path, node, workers
+):
+    # Another instance planned it on earnings that never got committed (it was fenced): the
+    # replayed ledger cannot fund it. It was never signed, so it is dropped, and the earnings
+    # that are in the ledger are paid by a new payout.
+    engine, _ = funded_engine(tmp_path, workers)
+    earn(engine, workers, "w1", 1000, 1)  # 808_000_000 in the ledger
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    store.add_payout(PayoutRow("w1.1", "w1", DESTS["w1"], 900_000_000, "planned", None, None), 1)
+    wallet = PayoutWallet(os.urandom(32))
+    node.fund(wallet.address, 10 * TON)
+    api = TonApi(node.url)
+    service = PayoutService(engine, api, wallet, store, DESTS.get, threshold=THRESHOLD)
+    await settle(service, node)
+    assert [(p.payout_id, p.status) for p in store.payouts()] == [
+        ("w1.1", "cancelled"),
+        ("w1.2", "confirmed"),
+    ]
+    assert node.balance(DESTS["w1"]) == 808_000_000 and engine.earnings("w1") == 0
+    assert audit(engine.ledger) == []
     await api.aclose()

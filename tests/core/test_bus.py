@@ -65,7 +65,7 @@ async def test_send_and_consume_with_key_trace_and_commit(kafka_bootstrap, uniqu
         received.append((message, trace.get_current_span().get_span_context().trace_id))
 
     parent = SpanContext(
-        trace_id=0xC0C0, span_id=0xBEEF, is_remote=False, trace_flags=TraceFlags.SAMPLED
+        trace_id=0xC0C0, span_id=0xBEEF, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
     )
     async with BusProducer(kafka_bootstrap, prefix=prefix) as producer:
         token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))

@@ -20,6 +20,7 @@ Rules that make a crash anywhere safe:
 from __future__ import annotations
 
 import base64
+import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -27,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocoon.billing.engine import BillingEngine
-from cocoon.billing.money import check_amount
+from cocoon.billing.money import BillingError, check_amount
 from cocoon.billing.ton.address import AddressError, parse_address
 from cocoon.billing.ton.api import TonApi, TonApiError, TonTransaction
 from cocoon.billing.ton.wallet import MAX_ORDERS, Order, PayoutWallet, SignedTransfer
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS payouts (
@@ -53,7 +56,7 @@ class PayoutRow:
     worker_id: str
     destination: str
     amount: int
-    status: str  # planned, signed, confirmed, reversed
+    status: str  # planned, signed, confirmed, reversed, cancelled (planned, never signed)
     batch_id: str | None
     tx: str | None
 
@@ -218,7 +221,16 @@ class PayoutService:
         """Make the ledger agree with the store after a crash (all ledger calls idempotent)."""
         now = self._now()
         for row in self.store.payouts():
-            if row.status in OPEN_PAYOUT:
+            if row.status == "planned":
+                try:
+                    self.engine.start_payout(row.payout_id, row.worker_id, row.amount, now * 1000)
+                except BillingError as exc:
+                    # Never signed, and its ledger move was never made durable: it was planned
+                    # on earnings that a crash or a takeover lost before they were committed.
+                    # Dropping it is safe; the earnings will be paid once they are committed.
+                    self.store.set_payout(row.payout_id, "cancelled", now)
+                    log.warning("payout %s cancelled before signing: %s", row.payout_id, exc)
+            elif row.status == "signed":
                 self.engine.start_payout(row.payout_id, row.worker_id, row.amount, now * 1000)
             elif row.status == "confirmed":
                 self.engine.start_payout(row.payout_id, row.worker_id, row.amount, now * 1000)
