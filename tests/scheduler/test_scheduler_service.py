@@ -118,6 +118,21 @@ def reservation(
     )
 
 
+def succeeded(request_id: str, worker_id: str) -> models.Outcome:
+    """The worker-proxy's outcome for a request it finished (attempt 1)."""
+    return models.Outcome(
+        request_id=request_id,
+        attempt=1,
+        worker_id=worker_id,
+        model="m",
+        status="SUCCEEDED",
+        reported_by="worker-proxy",
+        duration_ms=100,
+        completion_tokens=5,
+        finished_at=_now(),
+    )
+
+
 def chunk(request_id: str, worker_id: str, attempt: int, seq: int = 0) -> models.SealedChunk:
     return models.SealedChunk(
         request_id=request_id,
@@ -337,18 +352,7 @@ async def test_lease_without_first_chunk_moves_to_the_other_worker(kafka_bootstr
         assert not net.seen.outcomes
 
         # The worker's own outcome frees the slot and ends the request.
-        done = models.Outcome(
-            request_id=answered,
-            attempt=1,
-            worker_id=first[0].worker_id,
-            model="m",
-            status="SUCCEEDED",
-            reported_by="worker-proxy",
-            duration_ms=100,
-            completion_tokens=5,
-            finished_at=_now(),
-        )
-        await net.send("inference.outcomes", done)
+        await net.send("inference.outcomes", succeeded(answered, first[0].worker_id))
         await net.until(lambda: net.scheduler.pool.lease(answered) is None)
         assert net.scheduler.pool.get(first[0].worker_id).duration.value() is not None
 
@@ -456,16 +460,5 @@ async def test_receipts_billing_refused_cost_the_worker_placements(kafka_bootstr
             await net.send("billing.reservations", reservation(rid))
             (assignment,) = await net.until(lambda rid=rid: net.seen.for_request(rid))
             assert assignment.worker_id == "w-b"
-            done = models.Outcome(
-                request_id=rid,
-                attempt=1,
-                worker_id="w-b",
-                model="m",
-                status="SUCCEEDED",
-                reported_by="worker-proxy",
-                duration_ms=100,
-                completion_tokens=5,
-                finished_at=_now(),
-            )
-            await net.send("inference.outcomes", done)
+            await net.send("inference.outcomes", succeeded(rid, "w-b"))
             await net.until(lambda rid=rid: pool.lease(rid) is None)
