@@ -1,4 +1,5 @@
-"""llama-cpp-python's OpenAI server, made to honour `stream_options.include_usage`.
+"""llama-cpp-python's OpenAI server, made to honour `stream_options.include_usage` (and
+`continuous_usage_stats`).
 
 Run as `python -m cocoon.network.engine_server <llama_cpp.server arguments>`.
 
@@ -31,6 +32,11 @@ _App = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
 # Set per HTTP request by the middleware; read where the engine call starts (contextvars follow
 # the request into starlette's thread pool).
 _want_usage: contextvars.ContextVar[bool] = contextvars.ContextVar("want_usage", default=False)
+# `stream_options.continuous_usage_stats` (vLLM's and SGLang's extension): usage on every chunk,
+# so a stream cut short (a cancel) still knows its prompt and completion counts.
+_want_continuous: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "want_continuous", default=False
+)
 _USAGE_PATHS = {"/v1/chat/completions", "/v1/completions"}
 _outer = threading.local()
 
@@ -117,7 +123,7 @@ def _patch_llama() -> None:
             # outermost call may add the usage chunk.
             if getattr(_outer, "active", False):
                 return orig(self, *args, **kwargs)
-            want = _want_usage.get()
+            want, continuous = _want_usage.get(), _want_continuous.get()
             _outer.active = True  # the chat handler makes its inner call right here ...
             try:
                 result = orig(self, *args, **kwargs)
@@ -125,11 +131,13 @@ def _patch_llama() -> None:
                 _outer.active = False
             if isinstance(result, dict):
                 return result  # non-streaming answers already carry usage
-            return _stream_with_usage(self, iter(result), want, obj)
+            return _stream_with_usage(self, iter(result), want, continuous, obj)
 
         return call
 
-    def _stream_with_usage(self: Any, inner: Iterator[Any], want: bool, obj: str) -> Any:
+    def _stream_with_usage(
+        self: Any, inner: Iterator[Any], want: bool, continuous: bool, obj: str
+    ) -> Any:
         last: dict[str, Any] = {}
         try:
             while True:
@@ -141,7 +149,8 @@ def _patch_llama() -> None:
                 finally:
                     _outer.active = False
                 last.update({k: chunk.get(k) for k in ("id", "created", "model")})
-                yield chunk
+                usage = usage_of(self) if continuous else None
+                yield chunk if usage is None else {**chunk, "usage": usage}
         finally:
             close = getattr(inner, "close", None)
             if close is not None:
@@ -184,8 +193,9 @@ class IncludeUsageMiddleware:
             request = json.loads(body)
             options = request.get("stream_options") or {}
             want = bool(request.get("stream")) and bool(options.get("include_usage"))
+            continuous = want and bool(options.get("continuous_usage_stats"))
         except (ValueError, AttributeError):
-            want = False  # let the server produce its own validation error
+            want = continuous = False  # let the server produce its own validation error
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -195,11 +205,12 @@ class IncludeUsageMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # later calls: disconnect detection
 
-        token = _want_usage.set(want)
+        token, continuous_token = _want_usage.set(want), _want_continuous.set(continuous)
         try:
             await self.app(scope, replay, send)
         finally:
             _want_usage.reset(token)
+            _want_continuous.reset(continuous_token)
 
 
 def main() -> None:

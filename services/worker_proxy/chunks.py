@@ -54,6 +54,9 @@ def engine_request(plaintext: bytes, *, model: str, max_tokens: int) -> EngineRe
     body["stream_options"] = {
         **(options if isinstance(options, dict) else {}),
         "include_usage": True,
+        # vLLM's and SGLang's extension (engines without it ignore it): usage on every chunk, so
+        # a cancelled stream's receipt still carries its prompt tokens.
+        "continuous_usage_stats": True,
     }
     body.pop("n", None)  # one choice: the receipt and the gateway count a single stream
     return EngineRequest(endpoint, body)
@@ -71,7 +74,10 @@ class UsageMeter:
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
-    reported: bool = False  # the engine sent a usage object
+    # The engine's closing usage chunk (no choices) came: its counts are the whole answer's.
+    # Usage on every chunk (continuous stats) gives the prompt count before that, but the
+    # completion count of a stream cut short stays the pieces the client received.
+    reported: bool = False
     pieces: int = 0  # content pieces seen (the count when the engine reports nothing)
     last_id: str | None = None
     last_model: str | None = None
@@ -95,7 +101,8 @@ class UsageMeter:
         usage = chunk.get("usage")
         if not isinstance(usage, dict):
             return chunk
-        self.reported = True
+        if not chunk.get("choices"):
+            self.reported = True
         self.prompt_tokens = _int(usage.get("prompt_tokens"))
         self.completion_tokens = _int(usage.get("completion_tokens"))
         details = usage.get("prompt_tokens_details")

@@ -69,6 +69,24 @@ def test_usage_chunk_only_when_asked(engine_url, engine_model, include_usage):
         assert with_usage == []
 
 
+def test_continuous_usage_stats_put_usage_on_every_token_chunk(engine_url, engine_model):
+    body = {
+        "model": engine_model,
+        "messages": [{"role": "user", "content": "Count to five"}],
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    chunks = [json.loads(d) for d in stream_lines(engine_url, body)[:-1]]
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert content and all("usage" in c for c in content)
+    prompts = {c["usage"]["prompt_tokens"] for c in content}
+    assert len(prompts) == 1 and prompts.pop() > 0  # known from the first token on
+    completions = [c["usage"]["completion_tokens"] for c in content]
+    assert completions == sorted(completions) and completions[0] >= 1
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+
+
 async def test_engine_killed_mid_stream_is_an_error_and_stop_leaves_nothing(tmp_path):
     engine = start_engine(log_dir=tmp_path)
     try:

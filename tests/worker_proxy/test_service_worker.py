@@ -429,6 +429,8 @@ async def test_cancel_mid_stream_ends_stream_and_receipts_tokens_so_far(
     produced = sum(1 for p in plain[:-1] if text_of([p]))
     assert 3 <= receipt.completion_tokens < 400
     assert receipt.completion_tokens == produced
+    # The prompt was evaluated: it is paid for even though the engine's closing usage never came.
+    assert receipt.prompt_tokens > 10
     final = network.bus.of("inference.responses", request_id=request_id, final=True)
     assert final[0]["error_code"] == "cancelled"
     assert json.loads(plain[-1])["error"]["code"] == "cancelled"
