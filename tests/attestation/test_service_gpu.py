@@ -204,7 +204,9 @@ async def test_gpu_requirement_decides_and_revokes(
         assert f"remove gpu-cc:{MODEL}" in out
         p4 = Worker(sim)
         assert (await judged(p4.evidence(p4.claims()))).status == "TRUSTED"
-        assert {p1.id, g1.id, p4.id} <= set(svc.trusted)
+        # The service records a verdict as trusted once its send is acked: maybe just after
+        # the test has read it.
+        await _until(lambda: {p1.id, g1.id, p4.id} <= set(svc.trusted))
         assert [k for k, v in verdicts.seen if v is not None and v.status == "REVOKED"] == [p0.id]
 
     state = await read_registry(kafka_bootstrap, prefix=prefix)
@@ -215,3 +217,10 @@ async def test_gpu_requirement_decides_and_revokes(
     restarted = AttestationService(conf)
     async with running(restarted):
         assert {p1.id, g1.id, p4.id} <= set(restarted.trusted)
+
+
+async def _until(predicate: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
