@@ -159,6 +159,30 @@ def sdk(network, timeout: float = 90) -> openai.OpenAI:
 
 
 # -- the proofs ------------------------------------------------------------------------------------
+def test_a_refused_hold_never_lets_the_prompt_reach_a_worker(network, bus, poor_account):
+    # Whatever the scheduler does while billing decides, a refused hold sends nothing to a worker.
+    account, _ = poor_account
+    since = now_ms()
+    response = httpx.post(
+        f"{network.gateway_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {network.api_keys[account]}"},
+        json={"model": SMOLLM2_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert response.status_code == 402
+    (request,) = [r for r in bus.records("inference.requests", since) if r["account_id"] == account]
+    rid = request["request_id"]
+    time.sleep(1.0)  # room for a wrongly sent work item to land
+    runs = [
+        item
+        for worker in network.worker_ids
+        for item in bus.about(f"work.{worker}", rid)
+        if item.get("action") == "RUN"
+    ]
+    assert runs == []
+    assert [r["status"] for r in bus.about("billing.reservations", rid)] == ["REJECTED"]
+
+
 def test_no_worker_is_503_within_the_configured_wait(network, restore_workers):
     wait_s = float(os.environ["COCOON_NO_WORKER_WAIT_SECONDS"])
     # Freeze every worker until the scheduler sees their heartbeats go stale: the model is
