@@ -246,7 +246,7 @@ class Billing(Service):
         await self.mirrors.start()
         self._started.append(self.mirrors)
         # Every verdict and registry entry that exists now is read before any record is judged.
-        await _until_caught_up(self.mirrors, timeout_s=60)
+        await self.mirrors.catch_up(timeout_s=60)
         ton = s.ton()
         if ton is not None:  # after the registry is read: payouts go to its addresses
             self.ton = TonLink(
@@ -292,7 +292,7 @@ class Billing(Service):
         )
         await reader.start()
         try:
-            await _until_caught_up(reader, timeout_s=60)
+            await reader.catch_up(timeout_s=60)
         finally:
             await reader.stop()
 
@@ -529,17 +529,6 @@ class Billing(Service):
         )
         assert isinstance(future, asyncio.Future)
         return future
-
-
-async def _until_caught_up(reader: BroadcastReader, timeout_s: float) -> None:
-    """Run `reader` until it has handled everything its topics held when it started."""
-    stop = asyncio.Event()
-    running = asyncio.create_task(reader.run(stop))
-    try:
-        await reader.wait_caught_up(timeout_s)
-    finally:
-        stop.set()
-        await running
 
 
 def build(settings: Settings) -> Billing:

@@ -171,13 +171,7 @@ class Scheduler(Service):
             self._started.append(feed)
         # Catch up with every verdict before placing anything, so a known model is not
         # reported unknown just because its verdict was not read yet.
-        loop_stop = asyncio.Event()
-        catch_up = asyncio.create_task(self.verdicts.run(loop_stop))
-        try:
-            await asyncio.wait_for(self.verdicts.caught_up.wait(), 60)
-        finally:
-            loop_stop.set()
-            await catch_up
+        await self.verdicts.catch_up(timeout_s=60)
         await self.requests.start()
         self._started.append(self.requests)
         log.info(

@@ -106,6 +106,17 @@ class BroadcastReader:
     def caught_up(self) -> asyncio.Event:
         return self._caught_up
 
+    async def catch_up(self, timeout_s: float) -> None:
+        """Run until everything the topics held at start has been handled, then return (a
+        start-up step: `run` may follow to keep reading)."""
+        stop = asyncio.Event()
+        running = asyncio.create_task(self.run(stop))
+        try:
+            await self.wait_caught_up(timeout_s)
+        finally:
+            stop.set()
+            await running
+
     async def run(self, stopping: asyncio.Event | None = None) -> None:
         while stopping is None or not stopping.is_set():
             batch = await self.kafka.getmany(timeout_ms=100, max_records=1000)
