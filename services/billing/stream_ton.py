@@ -63,7 +63,6 @@ class TonLink:
                 threshold=settings.payout_threshold,
                 before_sign=commit,
             )
-            self.payouts.recover()  # before any record: the ledger must show what is in flight
         else:
             log.warning("no payout wallet (COCOON_TON_WALLET_SECRET_FILE): deposits only")
 
