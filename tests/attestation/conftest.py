@@ -11,6 +11,7 @@ import pytest
 
 from cocoon.attestation.claims import Claims, Freshness
 from cocoon.attestation.simtdx import SimTdx
+from cocoon.attestation.verdicts import ServiceKey
 
 DATA = Path(__file__).parent / "data"
 
@@ -23,6 +24,21 @@ def data() -> Path:
 @pytest.fixture(scope="session")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> SimTdx:
     return SimTdx.load_or_create(tmp_path_factory.mktemp("simtdx"))
+
+
+# Per module, for the service tests: a simulated TDX CA and an attestation service key.
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("simtdx")
+    SimTdx.load_or_create(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def service_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("attestation-key") / "service-key.pem"
+    ServiceKey.load(path, create=True)
+    return path
 
 
 @pytest.fixture(scope="session")

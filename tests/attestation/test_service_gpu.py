@@ -71,20 +71,6 @@ def gpu_policy_file(world: World) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("simtdx")
-    SimTdx.load_or_create(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def service_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("attestation-key") / "service-key.pem"
-    ServiceKey.load(path, create=True)
-    return path
-
-
 @pytest.fixture
 def prefix(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> str:
     p = unique_name("attgpu") + "."
