@@ -46,6 +46,7 @@ TOPICS = [
     "attestation.verdicts",
     "attestation.registry",
     "billing.reservations",
+    "billing.grants",
     "billing.ledger",
     "billing.balances",
 ]

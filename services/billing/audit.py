@@ -34,6 +34,7 @@ def audit(ledger: Ledger | Iterable[Entry], *, require_no_open_holds: bool = Fal
     balances: dict[str, int] = defaultdict(int)
     expected: dict[str, int] = defaultdict(int)
     open_holds: dict[str, tuple[str, int]] = {}
+    open_grants: dict[str, list] = {}  # grant id -> [client, remaining]
     seen: set[str] = set()
 
     for entry in entries:
@@ -45,7 +46,7 @@ def audit(ledger: Ledger | Iterable[Entry], *, require_no_open_holds: bool = Fal
             problems.append(f"{entry.entry_id}: {problem}")
         for account, amount in entry.postings:
             balances[account] += amount
-        _expect(entry, expected, open_holds, problems)
+        _expect(entry, expected, open_holds, open_grants, problems)
 
     nonzero = {a: n for a, n in balances.items() if n}
     if isinstance(ledger, Ledger) and {a: n for a, n in ledger.balances().items() if n} != nonzero:
@@ -65,6 +66,8 @@ def audit(ledger: Ledger | Iterable[Entry], *, require_no_open_holds: bool = Fal
             )
     if require_no_open_holds and open_holds:
         problems.append(f"{len(open_holds)} hold(s) left open: {sorted(open_holds)[:5]}")
+    if require_no_open_holds and open_grants:
+        problems.append(f"{len(open_grants)} grant(s) left open: {sorted(open_grants)[:5]}")
     return problems
 
 
@@ -72,6 +75,7 @@ def _expect(
     entry: Entry,
     expected: dict[str, int],
     open_holds: dict[str, tuple[str, int]],
+    open_grants: dict[str, list],
     problems: list[str],
 ) -> None:
     """Add what the entry's facts say each account should gain; check per-entry arithmetic."""
@@ -86,12 +90,34 @@ def _expect(
         amount = m["amount"]
         expected[UNCLAIMED] -= amount
         expected[client_account(m["client_id"])] += amount
-    elif kind == "hold":
-        # Moves money between a client's own two accounts: its total is unchanged.
+    elif kind == "grant":
         client, amount = m["client_id"], m["amount"]
         expected[client_account(client)] -= amount
         expected[holds_account(client)] += amount
+        open_grants[m["grant_id"]] = [client, amount]
+    elif kind == "grant_closed":
+        grant = open_grants.pop(m["grant_id"], None)
+        if grant is None:
+            problems.append(f"{entry.entry_id}: closes a grant that is not open")
+            return
+        if m["returned"] != grant[1]:
+            problems.append(f"{entry.entry_id}: returns {m['returned']}, {grant[1]} was left")
+        expected[holds_account(grant[0])] -= m["returned"]
+        expected[client_account(grant[0])] += m["returned"]
+    elif kind == "hold":
+        # Moves money between a client's own two accounts: its total is unchanged.
+        client, amount = m["client_id"], m["amount"]
         open_holds[m["request_id"]] = (client, amount)
+        grant = open_grants.get(m["grant_id"]) if m.get("grant_id") else None
+        if m.get("grant_id") and (grant is None or grant[0] != client):
+            problems.append(f"{entry.entry_id}: carved out of a grant that is not open")
+        elif grant is not None:
+            grant[1] -= amount  # the grant's funds are held already
+            if grant[1] < 0:
+                problems.append(f"{entry.entry_id}: overdraws grant {m['grant_id']}")
+        else:
+            expected[client_account(client)] -= amount
+            expected[holds_account(client)] += amount
     elif kind in ("charge", "release"):
         held = open_holds.pop(m["request_id"], None)
         if held is None:

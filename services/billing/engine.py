@@ -28,6 +28,7 @@ from cocoon.billing.ledger import (
 )
 from cocoon.billing.money import (
     BillingError,
+    GrantError,
     InsufficientFundsError,
     UnknownAccountError,
     check_amount,
@@ -51,6 +52,28 @@ class Hold:
     expires_at_ms: int
     model: str
     # Prices the client was admitted at; the capture charges at these.
+    prices: Prices
+    # The admission grant it was carved from (None: held from the client's balance).
+    grant_id: str | None = None
+    # When the gateway accepted the request (its placements are not older than this).
+    requested_at_ms: int = 0
+
+
+@dataclass(slots=True)
+class Grant:
+    """Funds held ahead of time for one gateway instance to admit one account's requests.
+
+    The gateway carves each request's hold out of `remaining` itself (same formula, same
+    prices), so it admits without waiting for billing; billing carves the same holds when it
+    reads those requests, and returns what is left when the grant is closed.
+    """
+
+    grant_id: str
+    client_id: str
+    gateway_id: str
+    amount: int
+    remaining: int
+    usable_until_ms: int
     prices: Prices
 
 
@@ -112,6 +135,7 @@ class BillingEngine:
         self._holds: dict[str, Hold] = {}  # open holds by request id
         self._closed: dict[str, str] = {}  # request id -> entry id that closed its hold
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_at_ms, request id)
+        self._grants: dict[str, Grant] = {}  # open admission grants by grant id
         self._rejections: list[RejectionRecord] = []
 
     # ---- construction -------------------------------------------------------------------
@@ -160,9 +184,25 @@ class BillingEngine:
                 expires_at_ms=m["expires_at_ms"],
                 model=m["model"],
                 prices=Prices(**m["prices"]),
+                grant_id=m.get("grant_id"),
+                requested_at_ms=m.get("requested_at_ms", entry.at_ms),
             )
             self._holds[hold.request_id] = hold
             heapq.heappush(self._expiry, (hold.expires_at_ms, hold.request_id))
+            if hold.grant_id is not None:
+                self._grants[hold.grant_id].remaining -= hold.amount
+        elif entry.kind == "grant":
+            self._grants[m["grant_id"]] = Grant(
+                grant_id=m["grant_id"],
+                client_id=m["client_id"],
+                gateway_id=m["gateway_id"],
+                amount=m["amount"],
+                remaining=m["amount"],
+                usable_until_ms=m["usable_until_ms"],
+                prices=Prices(**m["prices"]),
+            )
+        elif entry.kind == "grant_closed":
+            self._grants.pop(m["grant_id"], None)
         elif entry.kind in ("charge", "release"):
             self._holds.pop(m["request_id"], None)
             self._closed[m["request_id"]] = entry.entry_id
@@ -220,9 +260,13 @@ class BillingEngine:
         expires_at_ms: int,
         model: str = "",
         at_ms: int = 0,
+        grant_id: str | None = None,
+        requested_at_ms: int | None = None,
     ) -> Hold:
         """Hold the request's maximum cost, or raise InsufficientFundsError with the shortfall.
 
+        With `grant_id` the hold is carved out of that open admission grant of the same client
+        (at the grant's prices) instead of the balance, or GrantError says why it cannot be.
         Idempotent per request id: a replay of the same request returns the same hold.
         """
         check_id(request_id, "request id")
@@ -232,15 +276,28 @@ class BillingEngine:
             return self._holds[request_id]
         if request_id in self._closed:
             raise BillingError(f"request {request_id} was already settled")
-        amount = max_cost(max_tokens, prompt_size, self.prices, max_coefficient)
-        available = self.ledger.balance(client_account(client_id))
-        if amount > available:
-            raise InsufficientFundsError(client_id, amount, available)
-        postings = (
-            ((client_account(client_id), -amount), (holds_account(client_id), amount))
-            if amount
-            else ()
-        )
+        if grant_id is not None:
+            grant = self._grants.get(grant_id)
+            if grant is None or grant.client_id != client_id:
+                raise GrantError(f"no open grant {grant_id!r} of {client_id}")
+            prices = grant.prices
+            amount = max_cost(max_tokens, prompt_size, prices, max_coefficient)
+            if amount > grant.remaining:
+                raise GrantError(
+                    f"grant {grant_id} has {grant.remaining} nanoTON left, the hold needs {amount}"
+                )
+            postings: tuple[tuple[str, int], ...] = ()  # the grant's funds are already held
+        else:
+            prices = self.prices
+            amount = max_cost(max_tokens, prompt_size, prices, max_coefficient)
+            available = self.ledger.balance(client_account(client_id))
+            if amount > available:
+                raise InsufficientFundsError(client_id, amount, available)
+            postings = (
+                ((client_account(client_id), -amount), (holds_account(client_id), amount))
+                if amount
+                else ()
+            )
         meta = {
             "request_id": request_id,
             "client_id": client_id,
@@ -250,8 +307,11 @@ class BillingEngine:
             "max_coefficient": max_coefficient,
             "expires_at_ms": expires_at_ms,
             "model": model,
-            "prices": _prices_meta(self.prices),
+            "prices": _prices_meta(prices),
+            "requested_at_ms": at_ms if requested_at_ms is None else requested_at_ms,
         }
+        if grant_id is not None:
+            meta["grant_id"] = grant_id
         self._record(Entry(f"hold:{request_id}", "hold", postings, at_ms, meta))
         return self._holds[request_id]
 
@@ -294,6 +354,74 @@ class BillingEngine:
         )
         meta = {"request_id": hold.request_id, "client_id": hold.client_id, "reason": reason}
         self._record(Entry(f"release:{hold.request_id}", "release", postings, at_ms, meta))
+
+    # ---- admission grants ---------------------------------------------------------------
+
+    def open_grant(
+        self,
+        grant_id: str,
+        client_id: str,
+        *,
+        gateway_id: str,
+        amount: int,
+        usable_until_ms: int,
+        at_ms: int = 0,
+    ) -> Grant:
+        """Hold `amount` of the client's balance for `gateway_id` to admit against, or raise
+        InsufficientFundsError. Idempotent per grant id while the grant is open."""
+        check_id(grant_id, "grant id")
+        self._require(client_id)
+        check_amount(amount, "grant amount", allow_zero=False)
+        check_count(usable_until_ms, "usable_until_ms")
+        if grant_id in self._grants:
+            return self._grants[grant_id]
+        if f"grant:{grant_id}" in self.ledger:
+            raise GrantError(f"grant {grant_id} was already closed")
+        available = self.ledger.balance(client_account(client_id))
+        if amount > available:
+            raise InsufficientFundsError(client_id, amount, available)
+        postings = ((client_account(client_id), -amount), (holds_account(client_id), amount))
+        meta = {
+            "grant_id": grant_id,
+            "client_id": client_id,
+            "gateway_id": gateway_id,
+            "amount": amount,
+            "usable_until_ms": usable_until_ms,
+            "prices": _prices_meta(self.prices),
+        }
+        self._record(Entry(f"grant:{grant_id}", "grant", postings, at_ms, meta))
+        return self._grants[grant_id]
+
+    def grant(self, grant_id: str) -> Grant | None:
+        return self._grants.get(grant_id)
+
+    def open_grants(self) -> list[Grant]:
+        return list(self._grants.values())
+
+    def close_grant(self, grant_id: str, at_ms: int = 0, reason: str = "expired") -> int | None:
+        """Return an open grant's remainder to its client; the amount, or None if not open.
+
+        Only once every request admitted against it has been read: their holds come out of it.
+        """
+        grant = self._grants.get(grant_id)
+        if grant is None:
+            return None
+        returned = grant.remaining
+        client = grant.client_id
+        postings = (
+            ((holds_account(client), -returned), (client_account(client), returned))
+            if returned
+            else ()
+        )
+        meta = {
+            "grant_id": grant_id,
+            "client_id": client,
+            "gateway_id": grant.gateway_id,
+            "returned": returned,
+            "reason": reason,
+        }
+        self._record(Entry(f"grant-closed:{grant_id}", "grant_closed", postings, at_ms, meta))
+        return returned
 
     # ---- receipts -----------------------------------------------------------------------
 

@@ -27,6 +27,10 @@ class UnknownAccountError(BillingError):
     """An operation named an account that was never opened."""
 
 
+class GrantError(BillingError):
+    """A request named an admission grant that cannot fund it (unknown, closed, exhausted)."""
+
+
 class InsufficientFundsError(BillingError):
     """A hold larger than the client's available balance; `shortfall` is exact."""
 

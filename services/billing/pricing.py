@@ -19,10 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cocoon.billing.money import BillingError, check_amount, check_count
-
-COEFFICIENT_ONE = 1000  # 1.0x, as COCOON
-BPS_ONE = 10_000  # 1.0x multiplier
-_SCALE = COEFFICIENT_ONE * BPS_ONE
+from cocoon.core.holds import BPS_ONE, COEFFICIENT_ONE, max_hold_nanoton
+from cocoon.core.holds import SCALE as _SCALE
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +129,10 @@ def max_cost(max_tokens: int, prompt_size: int, prices: Prices, max_coefficient:
     check_count(max_tokens, "max_tokens")
     check_count(prompt_size, "prompt size")
     _check_factor(max_coefficient, "max_coefficient")
-    scaled = (max_tokens + prompt_size) * prices.max_bps * max_coefficient * prices.price_per_token
-    return check_amount(-(-scaled // _SCALE), "hold amount")
+    amount = max_hold_nanoton(
+        max_tokens, prompt_size, prices.price_per_token, prices.max_bps, max_coefficient
+    )
+    return check_amount(amount, "hold amount")
 
 
 def cocoon_adjusted_tokens(usage: Usage, prices: Prices, coefficient: int) -> int:

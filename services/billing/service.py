@@ -50,7 +50,13 @@ from cocoon.billing.money import BillingError, check_amount, check_id
 from cocoon.billing.pricing import BPS_ONE, Prices
 from cocoon.billing.receipts import Ed25519ReceiptVerifier, canonical_message
 from cocoon.billing.stream import BALANCES_TOPIC, LEDGER_TOPIC, ledger_records, touched
-from cocoon.billing.stream_handlers import BadRecord, Batch, Processor
+from cocoon.billing.stream_handlers import (
+    BadRecord,
+    Batch,
+    GrantPolicy,
+    Processor,
+    ReceiptTooEarly,
+)
 from cocoon.billing.stream_registry import REGISTRY_TOPIC, RegistryPrices
 from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger
 from cocoon.billing.stream_ton import TonLink
@@ -78,6 +84,8 @@ RECEIPTS = "usage.receipts"
 OUTCOMES = "inference.outcomes"
 ASSIGNMENTS = "inference.assignments"
 RESERVATIONS = "billing.reservations"
+GRANTS = "billing.grants"
+GRANT_RECORD = "cocoon.billing.Grant"
 INPUTS = {  # in the order a polled batch is handled
     REQUESTS: "cocoon.inference.InferenceRequest",
     ASSIGNMENTS: "cocoon.inference.Assignment",
@@ -134,6 +142,15 @@ class Settings(ServiceSettings):
     hold_grace_seconds: float = Field(30.0, ge=0, description="hold lives past the deadline")
     outcome_grace_seconds: float = Field(5.0, ge=0, description="wait for a late receipt")
     tick_seconds: float = Field(0.5, gt=0, le=10, description="timer period (expiry)")
+    # Admission grants (docs/billing-service.md): how long a gateway may admit against one, the
+    # share of an account's remaining balance one may take, and how far behind billing's the
+    # gateways' and workers' clocks may be.
+    grant_usable_seconds: float = Field(30.0, gt=0)
+    grant_max_share_bps: int = Field(5_000, gt=0, le=BPS_ONE)
+    clock_skew_seconds: float = Field(2.0, ge=0)
+    # How far back placements are re-read at start, besides those of the open holds: a granted
+    # request is placed before billing reads it, so its placement may precede its hold.
+    assignment_lookback_seconds: float = Field(900.0, ge=0)
     max_batch_records: int = Field(500, gt=0, description="records per transaction")
     # TON (deposits and payouts) is on when COCOON_TON_NETWORK is set; see billing/ton/config.py.
     ton_poll_seconds: float = Field(5.0, gt=0, description="deposit and payout step period")
@@ -221,8 +238,11 @@ class Billing(Service):
         self._order = {prefix + topic: rank for rank, topic in enumerate(INPUTS)}
         # Request id -> the context of its consume span, until its reservation is sent.
         self._request_traces: dict[str, otel_context.Context] = {}
-        # Per usage.receipts partition: the timestamp of the last record read (hold expiry).
-        self._receipt_read_ms: dict[TopicPartition, int] = {}
+        # Per usage.receipts and inference.requests partition: the timestamp of the last record
+        # handled (hold expiry, grant closing, receipts that came before their request).
+        self._read_ms: dict[TopicPartition, int] = {}
+        # usage.receipts partitions stopped at a receipt that came before its request.
+        self._parked: set[TopicPartition] = set()
         self._store = codec.default_store()
         self._catalog = default_catalog()
         self._started: list[Any] = []
@@ -240,6 +260,11 @@ class Billing(Service):
             entries,
             hold_grace_ms=int(s.hold_grace_seconds * 1000),
             outcome_grace_ms=int(s.outcome_grace_seconds * 1000),
+            grants=GrantPolicy(
+                usable_ms=int(s.grant_usable_seconds * 1000),
+                max_share_bps=s.grant_max_share_bps,
+                clock_skew_ms=int(s.clock_skew_seconds * 1000),
+            ),
         )
         await self._apply_grants()
         await self._reread_assignments()
@@ -272,14 +297,13 @@ class Billing(Service):
     async def _reread_assignments(self) -> None:
         assert self.processor is not None
         engine = self.processor.engine
-        opened = [engine.ledger.get(f"hold:{h.request_id}") for h in engine.open_holds()]
-        since = min((e.at_ms for e in opened if e is not None), default=None)
-        if since is None:
-            return  # no open hold: no placement matters
+        now = _now_ms()
+        lookback = now - int(self.settings.assignment_lookback_seconds * 1000)
+        since = min([h.requested_at_ms for h in engine.open_holds()] + [lookback])
 
         def on_record(record: BroadcastRecord) -> None:
             if record.value is not None and record.record == INPUTS[ASSIGNMENTS]:
-                self.processor.on_assignment(models.Assignment.from_avro(record.value))
+                self.processor.on_assignment(models.Assignment.from_avro(record.value), now)
 
         reader = BroadcastReader(
             self.settings.kafka_bootstrap,
@@ -339,6 +363,9 @@ class Billing(Service):
                 continue
             if tick:
                 last_tick = time.monotonic()
+                if self._parked:  # look at the receipts that came too early again
+                    self.consumer.resume(*self._parked)
+                    self._parked.clear()
             async with self._committing:  # records, their entries and offsets: one unit
                 await self._process(polled, tick)
 
@@ -349,13 +376,19 @@ class Billing(Service):
         now = _now_ms()
         offsets: dict[TopicPartition, int] = {}
         dead: list[tuple[str, ConsumerRecord, Exception]] = []
-        # Within a batch, placements before the receipts and outcomes they decide on.
+        parked: dict[TopicPartition, int] = {}
+        # Within a batch, requests and placements before the receipts and outcomes they decide.
         for tp, records in sorted(polled.items(), key=lambda item: self._order[item[0].topic]):
             for record in records:
                 topic = record.topic.removeprefix(self.prefix)
                 with consume_span(record, group=self.settings.consumer_group) as span:
                     try:
                         self._handle(topic, record, now)
+                    except ReceiptTooEarly:
+                        # Stop this partition here: its offset stays on this receipt, which is
+                        # read again after the next tick has read further into the requests.
+                        parked[tp] = record.offset
+                        break
                     except (codec.DecodeError, BadRecord, InvalidValue, MissingValue) as exc:
                         mark_failed(span, exc)
                         dead.append((topic, record, exc))
@@ -363,11 +396,17 @@ class Billing(Service):
                     else:
                         MESSAGES.labels("billing", topic, "ok").inc()
                 offsets[tp] = record.offset + 1
-            if records and tp.topic == self.prefix + RECEIPTS:
-                self._receipt_read_ms[tp] = records[-1].timestamp
+                self._read_ms[tp] = record.timestamp
+        for tp, offset in parked.items():
+            # Before the tick asks how far each partition is read: the fetch position is past
+            # the parked receipt (and whatever followed it in the batch), none of them read.
+            self.consumer.seek(tp, offset)
+            self.consumer.pause(tp)
+            self._parked.add(tp)
         if tick:
-            read_to = await self._receipts_read_to(now)
-            released = self.processor.tick(now, read_to)
+            read_to = await self._read_to(RECEIPTS, now)
+            requests_read_to = await self._read_to(REQUESTS, now)
+            released = self.processor.tick(now, read_to, requests_read_to)
             RELEASES_TOTAL.inc(len(released))
             if released:
                 log.info(
@@ -389,17 +428,17 @@ class Billing(Service):
             if batch:
                 await self._transaction(batch, {}, [], _now_ms())
 
-    async def _receipts_read_to(self, now: int) -> int | None:
-        """How far in time every assigned `usage.receipts` partition has been read: `now` for
-        a partition read to its end, else the timestamp of its last record read; None while
+    async def _read_to(self, name: str, now: int) -> int | None:
+        """How far in time every partition of input topic `name` has been read: `now` for a
+        partition read to its end, else the timestamp of its last record handled; None while
         any is unknown (no fetch answered yet, nothing read yet, or not every partition ours)."""
-        topic = self.prefix + RECEIPTS
+        topic = self.prefix + name
         partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
         if not partitions or len(partitions) != len(
             self.consumer.partitions_for_topic(topic) or ()
         ):
             # Not every partition is ours (mid-rebalance, e.g. a killed instance not yet evicted
-            # from the group): a receipt may wait in one we cannot see, so nothing expires.
+            # from the group): a record may wait in one we cannot see, so nothing expires.
             return None
         # Ask the broker (ListOffsets, read_committed: the stable end) rather than trust the
         # end cached from the last fetch: a receipt appended since then would be taken as read,
@@ -407,7 +446,7 @@ class Billing(Service):
         try:
             ends = await self.consumer.end_offsets(partitions)
         except KafkaError as exc:
-            log.info("receipts end offsets unknown (%s): no hold expires this tick", exc)
+            log.info("%s end offsets unknown (%s): nothing expires this tick", name, exc)
             return None
         read_to = now
         for tp in partitions:
@@ -416,9 +455,9 @@ class Billing(Service):
                 position = await self.consumer.position(tp)
             except IllegalStateError:  # revoked meanwhile (a rebalance): ask again next tick
                 return None
-            if end is not None and position >= end:
+            if end is not None and position >= end and tp not in self._parked:
                 continue  # read to the end
-            seen = self._receipt_read_ms.get(tp)
+            seen = self._read_ms.get(tp)
             if seen is None:
                 return None
             read_to = min(read_to, seen)
@@ -434,14 +473,15 @@ class Billing(Service):
         except ValidationError as exc:
             raise InvalidValue(str(exc)) from exc
         if topic == REQUESTS:
-            if value.deadline_at.timestamp() * 1000 < now:
+            # A granted request may have been served already: its hold is carved regardless.
+            if value.grant_id is None and value.deadline_at.timestamp() * 1000 < now:
                 log.info("request %s arrived past its deadline: ignored", value.request_id)
                 return
             self.processor.on_request(value, now)
             self._request_traces[value.request_id] = otel_context.get_current()
         elif topic == RECEIPTS:
             try:
-                result = self.processor.on_receipt(data, now)
+                result = self.processor.on_receipt(data, now, sent_at_ms=record.timestamp)
             except BillingError as exc:
                 raise BadRecord(str(exc)) from None
             reason = result.reason.value if result.reason else ""
@@ -455,7 +495,7 @@ class Billing(Service):
                     result.detail,
                 )
         elif topic == ASSIGNMENTS:
-            self.processor.on_assignment(value)
+            self.processor.on_assignment(value, now)
         else:
             self.processor.on_outcome(value, now)
 
@@ -493,6 +533,8 @@ class Billing(Service):
                 RESERVATIONS_TOTAL.labels(
                     reservation["status"], reservation["reject_reason"] or ""
                 ).inc()
+            for grant in batch.grants:
+                sends.append(await self._send(GRANTS, grant, GRANT_RECORD))
             for topic, record, exc in dead:
                 sends.append(await self._dead_letter(topic, record, exc))
             if offsets:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from cocoon.billing.ledger import (
@@ -32,7 +31,9 @@ MEMO_VERSION = 1
 # WORKER_CREDIT / COMMISSION on a charge).
 _KIND = {
     "hold": "HOLD",
+    "grant": "HOLD",
     "release": "RELEASE",
+    "grant_closed": "RELEASE",
     "charge": "CHARGE",
     "deposit": "DEPOSIT",
     "claim": "DEPOSIT",
@@ -195,12 +196,3 @@ class BalanceBook:
             "entries_applied": s.entries_applied,
             "updated_at": at_ms,
         }
-
-
-def millis(value: datetime | int) -> int:
-    """Integer unix milliseconds from a decoded timestamp-millis (datetime) or an int."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return round(value.timestamp() * 1000)
-    return int(value)

@@ -12,15 +12,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.billing.engine import BillingEngine, CaptureResult
+from cocoon.billing.engine import BillingEngine, CaptureResult, Grant
 from cocoon.billing.ledger import Entry
-from cocoon.billing.money import BillingError, InsufficientFundsError, check_id
-from cocoon.billing.pricing import Prices
+from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
+from cocoon.billing.pricing import BPS_ONE, Prices
 from cocoon.billing.receipts import ReceiptVerify, receipt_from_record
-from cocoon.billing.stream import BalanceBook, millis
+from cocoon.billing.stream import BalanceBook
 from cocoon.core.codec import models
+from cocoon.core.codec.timestamps import epoch_millis
 
 log = logging.getLogger(__name__)
+
+# A placement read before its request is kept this long for the request to arrive.
+ATTEMPTS_KEPT_MS = 15 * 60 * 1000
 
 
 class BadRecord(ValueError):
@@ -33,9 +37,29 @@ class Batch:
 
     entries: list[tuple[int, Entry]] = field(default_factory=list)
     reservations: list[dict[str, Any]] = field(default_factory=list)
+    grants: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.entries or self.reservations)
+        return bool(self.entries or self.reservations or self.grants)
+
+
+@dataclass(frozen=True)
+class GrantPolicy:
+    """How big and how long-lived the admission grants billing gives gateways are."""
+
+    usable_ms: int = 30_000
+    # A grant takes at most this share of what the account has left after the asking request,
+    # so the account's other gateways (and the slow path) keep funds to admit with.
+    max_share_bps: int = 5_000
+    max_requests: int = 1_000
+    # How far the gateways' and workers' clocks may be behind billing's: a grant closes, and a
+    # receipt for a request not read yet is refused, only that long after the records are read.
+    clock_skew_ms: int = 2_000
+
+
+class ReceiptTooEarly(Exception):
+    """A receipt for a request billing has not read yet, though it may still come (a request
+    admitted against a grant is placed before billing reads it): decide it later."""
 
 
 class Processor:
@@ -47,6 +71,7 @@ class Processor:
         *,
         hold_grace_ms: int,
         outcome_grace_ms: int,
+        grants: GrantPolicy | None = None,
     ) -> None:
         self.book = BalanceBook()
         self.engine = BillingEngine.replay(self._noted(entries), prices, verify, sink=self._collect)
@@ -59,6 +84,12 @@ class Processor:
         # older attempt neither charge nor release: the request went on to another worker.
         # Rebuilt after a restart by re-reading the assignments of the open holds.
         self.latest_attempt: dict[str, int] = {}
+        # When each latest_attempt entry was noted: a placement read before its request (a
+        # granted request is placed before billing reads it) is kept a while, not forever.
+        self._attempt_noted_ms: dict[str, int] = {}
+        self.grant_policy = grants or GrantPolicy()
+        # How far (record time) `inference.requests` has been read, as of the last tick.
+        self.requests_read_to_ms: int | None = None
         self._batch = Batch()
 
     def _noted(self, entries: Iterable[Entry]) -> Iterable[Entry]:
@@ -103,6 +134,11 @@ class Processor:
             return
         if not _valid_id(account) or not engine.has_account(account):
             self._reserve(request, now_ms, "REJECTED", 0, reason="UNKNOWN_ACCOUNT", available=0)
+            self._refuse_grant(request, now_ms)
+            return
+        if request.grant_return_id:
+            self._return_grant(request, now_ms)
+        if request.grant_id and self._hold_from_grant(request, now_ms):
             return
         try:
             hold = engine.open_hold(
@@ -111,9 +147,10 @@ class Processor:
                 max_tokens=request.max_tokens,
                 prompt_size=request.prompt_bytes,
                 max_coefficient=request.max_coefficient,
-                expires_at_ms=millis(request.deadline_at) + self.hold_grace_ms,
+                expires_at_ms=epoch_millis(request.deadline_at) + self.hold_grace_ms,
                 model=request.model,
                 at_ms=now_ms,
+                requested_at_ms=epoch_millis(request.created_at),
             )
         except InsufficientFundsError as exc:
             # amount_nanoton carries what was needed: the gateway states the shortfall.
@@ -125,13 +162,126 @@ class Processor:
                 reason="INSUFFICIENT_FUNDS",
                 available=exc.available,
             )
+            self._refuse_grant(request, now_ms)
             return
         except BillingError as exc:  # negative sizes, overflowing caps: nothing is held
             log.warning("request %s not admitted: %s", rid, exc)
             available = engine.available(account)
             self._reserve(request, now_ms, "REJECTED", 0, reason="UNKNOWN", available=available)
+            self._refuse_grant(request, now_ms)
             return
         self._reserve(request, now_ms, "HELD", hold.amount, reason=None, available=None)
+        self._open_grant(request, hold.amount, now_ms)
+
+    # ---- admission grants ---------------------------------------------------------------
+
+    def _hold_from_grant(self, request: models.InferenceRequest, now_ms: int) -> bool:
+        """Carve a granted request's hold out of its grant (no reservation: the gateway admitted
+        it and the scheduler placed it already). False when the grant cannot fund it: a gateway
+        bug or a clock far off; the request then goes through the ordinary decision, whose
+        REJECTED reservation makes the scheduler withdraw it and the gateway fail it."""
+        assert request.grant_id is not None
+        try:
+            hold = self.engine.open_hold(
+                request.request_id,
+                request.account_id,
+                max_tokens=request.max_tokens,
+                prompt_size=request.prompt_bytes,
+                max_coefficient=request.max_coefficient,
+                expires_at_ms=epoch_millis(request.deadline_at) + self.hold_grace_ms,
+                model=request.model,
+                at_ms=now_ms,
+                grant_id=request.grant_id,
+                requested_at_ms=epoch_millis(request.created_at),
+            )
+        except GrantError as exc:
+            log.error("granted request %s not funded by its grant: %s", request.request_id, exc)
+            return False
+        except BillingError as exc:
+            log.warning("granted request %s not admitted: %s", request.request_id, exc)
+            return False
+        self._open_grant(request, hold.amount, now_ms)
+        return True
+
+    def _open_grant(self, request: models.InferenceRequest, hold_amount: int, now_ms: int) -> None:
+        """Answer the request's ask for a new grant (if any): GRANTED or REFUSED."""
+        asked = min(request.grant_ask_requests, self.grant_policy.max_requests)
+        if asked <= 0:
+            return
+        engine, policy = self.engine, self.grant_policy
+        share = engine.available(request.account_id) * policy.max_share_bps // BPS_ONE
+        amount = min(asked * hold_amount, share)
+        if amount <= 0 or amount < hold_amount:
+            self._refuse_grant(request, now_ms)
+            return
+        try:
+            grant = engine.open_grant(
+                _grant_id(request.request_id),
+                request.account_id,
+                gateway_id=request.gateway_id,
+                amount=amount,
+                usable_until_ms=now_ms + policy.usable_ms,
+                at_ms=now_ms,
+            )
+        except BillingError as exc:  # e.g. an id too long to derive a grant id from
+            log.warning("no grant for request %s: %s", request.request_id, exc)
+            self._refuse_grant(request, now_ms)
+            return
+        self._grant_record(request.request_id, grant, "GRANTED", grant.amount, now_ms)
+
+    def _refuse_grant(self, request: models.InferenceRequest, now_ms: int) -> None:
+        if request.grant_ask_requests <= 0:
+            return
+        prices = self.engine.prices
+        self._batch.grants.append(
+            {
+                "grant_id": _grant_id(request.request_id),
+                "account_id": request.account_id,
+                "gateway_id": request.gateway_id,
+                "status": "REFUSED",
+                "amount_nanoton": 0,
+                "price_per_token": prices.price_per_token,
+                "max_bps": prices.max_bps,
+                "asked_by": request.request_id,
+                "usable_until": now_ms,
+                "decided_at": now_ms,
+            }
+        )
+
+    def _return_grant(self, request: models.InferenceRequest, now_ms: int) -> None:
+        """The gateway retired one of its grants: every request it funded is on this partition
+        before this one, so it can be closed now."""
+        assert request.grant_return_id is not None
+        grant = self.engine.grant(request.grant_return_id)
+        if grant is None:
+            return  # closed already (expired, or a replay)
+        if grant.client_id != request.account_id or grant.gateway_id != request.gateway_id:
+            log.warning("request %s returns a grant that is not its own", request.request_id)
+            return
+        self._close_grant(grant, now_ms, "returned by the gateway")
+
+    def _close_grant(self, grant: Grant, now_ms: int, reason: str) -> None:
+        returned = self.engine.close_grant(grant.grant_id, now_ms, reason)
+        if returned is not None:
+            self._grant_record("", grant, "CLOSED", returned, now_ms)
+
+    def _grant_record(
+        self, asked_by: str, grant: Grant, status: str, amount: int, now_ms: int
+    ) -> None:
+        self._batch.grants.append(
+            {
+                "grant_id": grant.grant_id,
+                "account_id": grant.client_id,
+                "gateway_id": grant.gateway_id,
+                "status": status,
+                "amount_nanoton": amount,
+                "price_per_token": grant.prices.price_per_token,
+                "max_bps": grant.prices.max_bps,
+                "asked_by": asked_by,
+                "usable_until": grant.usable_until_ms,
+                "decided_at": now_ms,
+            }
+        )
 
     def _reserve(
         self,
@@ -156,18 +306,32 @@ class Processor:
                 "reject_reason": reason,
                 "available_nanoton": available,
                 "gateway_id": request.gateway_id,
-                "deadline_at": millis(request.deadline_at),
+                "deadline_at": epoch_millis(request.deadline_at),
                 "decided_at": now_ms,
             }
         )
 
     # ---- usage.receipts ---------------------------------------------------------------
 
-    def on_receipt(self, data: dict[str, Any], now_ms: int) -> CaptureResult:
+    def on_receipt(
+        self, data: dict[str, Any], now_ms: int, sent_at_ms: int | None = None
+    ) -> CaptureResult:
+        """Capture or reject a receipt. With `sent_at_ms` (its record time), a receipt for a
+        request not read yet raises ReceiptTooEarly until `inference.requests` has been read
+        past that time (plus the clock skew allowance): only then is it an unknown request."""
         try:
             receipt = receipt_from_record(data)
         except BillingError as exc:
             raise BadRecord(str(exc)) from None
+        rid = receipt.request_id
+        if (
+            sent_at_ms is not None
+            and self.engine.hold(rid) is None
+            and f"hold:{rid}" not in self.engine.ledger
+        ):
+            read_to = self.requests_read_to_ms
+            if read_to is None or read_to < sent_at_ms + self.grant_policy.clock_skew_ms:
+                raise ReceiptTooEarly(rid)
         latest = self.latest_attempt.get(receipt.request_id, 0)
         result = self.engine.capture(receipt, now_ms, latest_attempt=latest)
         if result.status != "rejected" or self.engine.hold(receipt.request_id) is None:
@@ -186,26 +350,44 @@ class Processor:
 
     # ---- inference.assignments --------------------------------------------------------
 
-    def on_assignment(self, assignment: models.Assignment) -> None:
-        """Note the request's newest attempt (idempotent: re-reading assignments is harmless)."""
+    def on_assignment(self, assignment: models.Assignment, now_ms: int) -> None:
+        """Note the request's newest attempt (idempotent: re-reading assignments is harmless).
+
+        Noted even before its request is read: a granted request is placed at once.
+        """
         rid = assignment.request_id
-        if self.engine.hold(rid) is None:
-            return
+        if self.engine.hold(rid) is None and f"hold:{rid}" in self.engine.ledger:
+            return  # settled
         if assignment.attempt > self.latest_attempt.get(rid, 0):
             self.latest_attempt[rid] = assignment.attempt
+            self._attempt_noted_ms[rid] = now_ms
             # An outcome of an earlier attempt must not release the hold under the new one.
             self.release_due.pop(rid, None)
 
     # ---- time -------------------------------------------------------------------------
 
-    def tick(self, now_ms: int, receipts_read_to_ms: int | None = None) -> list[str]:
-        """Release holds whose outcome came without a receipt, and expired holds.
+    def tick(
+        self,
+        now_ms: int,
+        receipts_read_to_ms: int | None = None,
+        requests_read_to_ms: int | None = None,
+    ) -> list[str]:
+        """Release holds whose outcome came without a receipt, and expired holds; close grants
+        past their use.
 
         A hold expires only once every receipt sent before its expiry has been read:
         `receipts_read_to_ms` is how far in (record) time `usage.receipts` has been consumed
         (None: not known yet, so nothing expires). After downtime the backlog still holds
-        receipts sent in time; expiring by the wall clock first would refuse them.
+        receipts sent in time; expiring by the wall clock first would refuse them. Likewise a
+        grant closes only once `inference.requests` is read past its end (`requests_read_to_ms`):
+        every request admitted against it has then carved its hold.
         """
+        self.requests_read_to_ms = requests_read_to_ms
+        if requests_read_to_ms is not None:
+            skew = self.grant_policy.clock_skew_ms
+            for grant in self.engine.open_grants():
+                if grant.usable_until_ms + skew <= requests_read_to_ms:
+                    self._close_grant(grant, now_ms, "expired")
         released = []
         for rid, at in list(self.release_due.items()):
             if at <= now_ms:
@@ -214,9 +396,24 @@ class Processor:
                     released.append(rid)
         if receipts_read_to_ms is not None:
             released += self.engine.expire_holds(min(now_ms, receipts_read_to_ms), at_ms=now_ms)
-        for rid in [r for r in self.latest_attempt if self.engine.hold(r) is None]:
-            del self.latest_attempt[rid]
+        self._forget_attempts(now_ms)
         return released
+
+    def _forget_attempts(self, now_ms: int) -> None:
+        """Drop placements of settled requests, and of requests never read within the grant
+        skew window after a placement (no hold will come)."""
+        engine, keep_ms = self.engine, ATTEMPTS_KEPT_MS
+        for rid in list(self.latest_attempt):
+            if engine.hold(rid) is not None:
+                continue
+            settled = f"hold:{rid}" in engine.ledger
+            if settled or self._attempt_noted_ms.get(rid, 0) + keep_ms <= now_ms:
+                del self.latest_attempt[rid]
+                self._attempt_noted_ms.pop(rid, None)
+
+
+def _grant_id(request_id: str) -> str:
+    return f"g-{request_id}"
 
 
 def _valid_id(value: str) -> bool:

@@ -19,6 +19,7 @@ from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.crypto import OpenError, ResponseOpener, StreamError, seal_request
 from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
+from cocoon.gateway.admission import Admission, AdmissionGrants
 from cocoon.gateway.api.backend import ChatChunk, InferenceRequest, ModelInfo, Usage
 from cocoon.gateway.api.errors import (
     ApiError,
@@ -33,7 +34,9 @@ from cocoon.gateway.workers import TrustedWorker, WorkerDirectory
 
 log = logging.getLogger(__name__)
 
+GRANTS_TOPIC = "billing.grants"
 REPLY_TOPICS = (
+    GRANTS_TOPIC,
     "billing.reservations",
     "inference.assignments",
     "inference.responses",
@@ -65,11 +68,14 @@ class KafkaBackend:
         *,
         gateway_id: str,
         channel: str = "HTTP",
+        grants: AdmissionGrants | None = None,
     ) -> None:
         self.producer = producer
         self.workers = workers
         self.gateway_id = gateway_id
         self.channel = channel
+        # None: every request waits for billing's reservation (no admission grants).
+        self.grants = grants
         self._inflight: dict[str, _InFlight] = {}
 
     # -- replies -------------------------------------------------------------------------------
@@ -77,6 +83,10 @@ class KafkaBackend:
         """Route a record from a reply topic to the request waiting for it (if it is ours)."""
         value = record.value
         if value is None:
+            return
+        if record.topic == GRANTS_TOPIC:
+            if self.grants is not None:
+                self.grants.on_record(value)
             return
         state = self._inflight.get(value.get("request_id", ""))
         if state is None:
@@ -129,6 +139,14 @@ class KafkaBackend:
 
     # -- steps ---------------------------------------------------------------------------------
     async def _publish_request(self, account_id: str, request: InferenceRequest) -> None:
+        admission = Admission(None, 0, None)
+        if self.grants is not None:
+            admission = self.grants.admit(
+                account_id,
+                max_tokens=request.max_tokens,
+                prompt_size=request.prompt_bytes,
+                max_coefficient=request.max_coefficient,
+            )
         created = now_ms()
         await self.producer.send(
             "inference.requests",
@@ -144,6 +162,9 @@ class KafkaBackend:
                 "gateway_id": self.gateway_id,
                 "created_at": created,
                 "deadline_at": created + int(request.timeout * 1000),
+                "grant_id": admission.grant_id,
+                "grant_ask_requests": admission.ask_requests,
+                "grant_return_id": admission.return_grant_id,
             },
         )
 

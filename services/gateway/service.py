@@ -16,6 +16,7 @@ from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader
 from cocoon.core.paths import cache_dir
 from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.gateway.admission import AdmissionGrants
 from cocoon.gateway.api.app import create_app
 from cocoon.gateway.api.keys import KeyStore
 from cocoon.gateway.api.settings import ApiSettings
@@ -40,6 +41,10 @@ class Settings(ServiceSettings):
     )
     attestation_public_key_file: Path | None = None
     heartbeat_stale_seconds: float = Field(10.0, gt=0)
+    # Admission grants: admit an account's requests against funds billing holds for this
+    # gateway ahead of time, asking for holds worth this many requests at once (0: off, every
+    # request waits for billing's decision).
+    grant_ask_requests: int = Field(32, ge=0, le=1000)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
 
@@ -65,7 +70,14 @@ class Gateway(Service):
             verdict_checker(settings.attestation_public_key, settings.attestation_public_key_file),
             heartbeat_stale_s=settings.heartbeat_stale_seconds,
         )
-        self.backend = KafkaBackend(self.producer, self.directory, gateway_id=settings.gateway_id)
+        grants = (
+            AdmissionGrants(settings.gateway_id, ask_requests=settings.grant_ask_requests)
+            if settings.grant_ask_requests
+            else None
+        )
+        self.backend = KafkaBackend(
+            self.producer, self.directory, gateway_id=settings.gateway_id, grants=grants
+        )
         bootstrap = settings.kafka_bootstrap
         self.verdicts = BroadcastReader(
             bootstrap, ["attestation.verdicts"], self.directory.on_record, from_beginning=True

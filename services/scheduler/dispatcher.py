@@ -1,6 +1,7 @@
 """What the scheduler does with each record and each tick: plain state, no Kafka.
 
-The wiring (service.py) feeds verdicts, heartbeats, reservations, first chunks and outcomes in,
+The wiring (service.py) feeds verdicts, heartbeats, granted requests, reservations, first chunks
+and outcomes in,
 calls `tick` periodically, and sends whatever records come back (`Assignment` and `Outcome`
 models). Every method is synchronous, so one call is atomic on the event loop, and idempotent:
 Kafka delivers at least once and a replayed record must not place a request twice.
@@ -123,27 +124,54 @@ class Dispatcher:
 
     # ---- requests -----------------------------------------------------------------------
 
-    def on_reservation(self, reservation: models.Reservation, now: float) -> list:
-        if reservation.status != "HELD" or reservation.request_id in self.requests:
-            return []  # rejected (the gateway answers 402) or a duplicate
-        deadline = reservation.deadline_at.timestamp()
-        if deadline <= now:
-            # Replayed after its deadline (e.g. a first start reading old reservations): the
-            # gateway has answered 504 and reports the outcome. Not stored: a replay of it is
-            # skipped by the same rule, and old reservations must not fill memory.
+    def on_request(self, request: models.InferenceRequest, now: float) -> list:
+        """Place a request the gateway admitted against an admission grant at once: its hold is
+        carved out of funds billing already holds. Any other request waits for its reservation."""
+        if request.grant_id is None:
             return []
+        return self._admit(request, now)
+
+    def on_reservation(self, reservation: models.Reservation, now: float) -> list:
+        if reservation.status == "HELD":
+            return self._admit(reservation, now)
+        # REJECTED: the gateway answers 402. A granted request billing could not fund after all
+        # (a gateway bug) is taken back, and remembered so a late copy of it is not placed.
+        request = self.requests.get(reservation.request_id)
+        if request is None:
+            self._done(self._track(reservation, now), now)
+            return []
+        if request.phase is Phase.DONE:
+            return []
+        self._done(request, now)
+        if self.pool.release(request.request_id) is None:
+            return []
+        return self._place_pending(now)  # its slot is free again
+
+    def _admit(self, admitted: models.InferenceRequest | models.Reservation, now: float) -> list:
+        if admitted.request_id in self.requests:
+            return []  # a duplicate, or both the granted request and its reservation
+        if admitted.deadline_at.timestamp() <= now:
+            # Replayed after its deadline (e.g. a first start reading old records): the
+            # gateway has answered 504 and reports the outcome. Not stored: a replay of it is
+            # skipped by the same rule, and old records must not fill memory.
+            return []
+        request = self._track(admitted, now)
+        self._pending[request.request_id] = request
+        return self._try_place(request, now)
+
+    def _track(self, admitted: models.InferenceRequest | models.Reservation, now: float) -> Request:
+        deadline = admitted.deadline_at.timestamp()
         request = Request(
-            request_id=reservation.request_id,
-            model=reservation.model,
-            max_coefficient=reservation.max_coefficient,
-            gateway_id=reservation.gateway_id,
+            request_id=admitted.request_id,
+            model=admitted.model,
+            max_coefficient=admitted.max_coefficient,
+            gateway_id=admitted.gateway_id,
             deadline=deadline,
             received_at=now,
             wait_until=min(now + self.timing.no_worker_wait_seconds, deadline),
         )
         self.requests[request.request_id] = request
-        self._pending[request.request_id] = request
-        return self._try_place(request, now)
+        return request
 
     def on_first_chunk(self, request_id: str, attempt: int, seq: int) -> bool:
         """True when this chunk started a leased attempt (it can no longer expire)."""

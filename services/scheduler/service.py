@@ -10,8 +10,10 @@ Reads (see docs/architecture.md, step 4 and 10):
   reason the worker answers for costs it reputation.
 * `inference.responses` from the end, no group, reading only each chunk's head: seq 0 of the
   current attempt satisfies its lease.
-* `billing.reservations` and `inference.outcomes` in the consumer group (committed, dead
-  letters): HELD reservations are placed, outcomes free the slot and teach speed/reputation.
+* `inference.requests`, `billing.reservations` and `inference.outcomes` in the consumer group
+  (committed, dead letters): a request the gateway admitted against an admission grant is placed
+  at once, any other once its reservation is HELD (a REJECTED one takes a granted request back);
+  outcomes free the slot and teach speed/reputation.
 
 Writes `inference.assignments` and, when it ends a request itself, `inference.outcomes`
 (reported_by `scheduler`). Domain logic is in dispatcher.py; this module moves records.
@@ -51,6 +53,7 @@ VERDICTS = "attestation.verdicts"
 HEARTBEATS = "worker.heartbeats"
 RESPONSES = "inference.responses"
 LEDGER = "billing.ledger"
+REQUESTS = "inference.requests"
 RESERVATIONS = "billing.reservations"
 OUTCOMES = "inference.outcomes"
 ASSIGNMENTS = "inference.assignments"
@@ -150,7 +153,7 @@ class Scheduler(Service):
         )
         self.requests = BusConsumer(
             bootstrap,
-            [RESERVATIONS, OUTCOMES],
+            [REQUESTS, RESERVATIONS, OUTCOMES],
             group_id=settings.consumer_group,
             handler=self._on_request_record,
             client_id=client,
@@ -282,8 +285,11 @@ class Scheduler(Service):
 
     async def _on_request_record(self, message: Message) -> None:
         now = _now()
-        if message.topic == RESERVATIONS:
-            emitted = self.dispatcher.on_reservation(message.value, now)
+        if message.topic in (REQUESTS, RESERVATIONS):
+            if message.topic == REQUESTS:
+                emitted = self.dispatcher.on_request(message.value, now)
+            else:
+                emitted = self.dispatcher.on_reservation(message.value, now)
             request = self.dispatcher.requests.get(message.value.request_id)
             if request is not None and request.trace is None:
                 request.trace = otel_context.get_current()  # later re-placements join it

@@ -36,6 +36,7 @@ TOPICS = [
     "attestation.verdicts",
     "attestation.registry",
     "billing.reservations",
+    "billing.grants",
     "billing.ledger",
     "billing.balances",
 ]
@@ -80,7 +81,9 @@ def request(
     max_tokens: int = 100,
     prompt_bytes: int = 400,
     deadline_s: float = 60.0,
+    **grant: Any,
 ) -> models.InferenceRequest:
+    """`grant`: grant_id, grant_ask_requests, grant_return_id (admission grants)."""
     return models.InferenceRequest(
         request_id=request_id,
         account_id=account,
@@ -93,6 +96,7 @@ def request(
         gateway_id="gw-test",
         created_at=now_ms_dt(),
         deadline_at=now_ms_dt(deadline_s),
+        **grant,
     )
 
 
@@ -165,6 +169,7 @@ class Seen:
     """What billing published, read back (read_committed) from the broker."""
 
     reservations: dict[str, list[dict]] = field(default_factory=dict)
+    grants: list[dict] = field(default_factory=list)
     balances: dict[str, dict] = field(default_factory=dict)
     ledger: list[dict] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
@@ -174,6 +179,8 @@ class Seen:
             return
         if record.topic == "billing.reservations":
             self.reservations.setdefault(record.key, []).append(record.value)
+        elif record.topic == "billing.grants":
+            self.grants.append(record.value)
         elif record.topic == "billing.balances":
             self.balances[record.key] = record.value
         elif record.topic.endswith(".dlq"):
@@ -263,7 +270,13 @@ async def network(
     seen = Seen()
     reader = BroadcastReader(
         bootstrap,
-        ["billing.reservations", "billing.balances", "billing.ledger", "usage.receipts.dlq"],
+        [
+            "billing.reservations",
+            "billing.grants",
+            "billing.balances",
+            "billing.ledger",
+            "usage.receipts.dlq",
+        ],
         seen.on_record,
         from_beginning=True,
         prefix=prefix,

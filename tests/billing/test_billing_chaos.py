@@ -5,6 +5,11 @@ The test plays gateway and workers against billing running as its own process
 
 * ~2,400 inference requests in pipelined batches (sends with wait=False), from seven clients,
   one of them with funds for only five holds;
+* two clients' money-bearing requests mostly admitted the way a gateway does with admission
+  grants: the test asks billing for grants, carves each hold out of one itself, and sends the
+  request with its receipts at once, without waiting for billing (so receipts often reach billing
+  before their request); a grant that cannot fund a request is handed back on the next one, and
+  grants run out of time and are closed by billing while it is being killed;
 * per request one fate, drawn from a seeded RNG: a signed receipt (completed or not), a forged
   receipt followed by the genuine one, a receipt beyond the hold, a forged one, a coefficient
   above the client's cap, an outcome and no receipt, or nothing at all (the deadline releases);
@@ -86,6 +91,11 @@ POOR, POOR_REQUESTS, POOR_FUNDED = "poor", 8, 5
 POOR_MAX_TOKENS, POOR_PROMPT = 20, 40
 POOR_HOLD = -(-(POOR_MAX_TOKENS + POOR_PROMPT) * MAX_BPS * PRICE // 10_000)  # cap 1000 = 1.0x
 POOR_GRANT = POOR_FUNDED * POOR_HOLD + POOR_HOLD // 2
+
+GRANTED_CLIENTS = RICH[:2]  # their money-bearing requests are admitted against grants
+GRANT_ASK_REQUESTS = 60  # holds' worth per ask: several grants per client in a run
+GRANT_USABLE_S = 12.0
+GRANT_MARGIN_MS = 2_000  # the test's gateway stops using a grant this long before its end
 
 LONG_DEADLINE_S = 600.0  # money-bearing requests: their receipts always find the hold open
 SHORT_DEADLINE_S = 6.0  # money-neutral requests: released by outcome or by the deadline
@@ -266,13 +276,22 @@ class Observed:
     reservations: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     record_ids: Counter = field(default_factory=Counter)
     entries: dict[str, tuple[int, Entry]] = field(default_factory=dict)
-    open_holds: set[str] = field(default_factory=set)
+    # An entry's records are spread over partitions (one per account), so a charge may be read
+    # before the hold it closes when both were in one transaction: keep both sides.
+    held: set[str] = field(default_factory=set)
+    settled: set[str] = field(default_factory=set)
+    granted: set[str] = field(default_factory=set)
+    returned: set[str] = field(default_factory=set)
     balances: dict[str, dict] = field(default_factory=dict)
+    on_grant: Any = None  # the test's gateway, told of every billing.grants record
 
     def on_record(self, record: BroadcastRecord) -> None:
         if record.value is None:
             return
-        if record.topic == "billing.reservations":
+        if record.topic == "billing.grants":
+            if self.on_grant is not None:
+                self.on_grant(record.value)
+        elif record.topic == "billing.reservations":
             self.reservations[record.value["request_id"]].append(record.value)
         elif record.topic == "billing.balances":
             self.balances[record.value["account_id"]] = record.value
@@ -284,9 +303,21 @@ class Observed:
             self.entries[entry.entry_id] = (seq, entry)
             rid = entry.meta.get("request_id")
             if entry.kind == "hold":
-                self.open_holds.add(rid)
+                self.held.add(rid)
             elif entry.kind in ("charge", "release"):
-                self.open_holds.discard(rid)
+                self.settled.add(rid)
+            elif entry.kind == "grant":
+                self.granted.add(entry.meta["grant_id"])
+            elif entry.kind == "grant_closed":
+                self.returned.add(entry.meta["grant_id"])
+
+    @property
+    def open_holds(self) -> set[str]:
+        return self.held - self.settled
+
+    @property
+    def open_grants(self) -> set[str]:
+        return self.granted - self.returned
 
     def has(self, entry_id: str) -> bool:
         return entry_id in self.entries
@@ -309,6 +340,9 @@ class Req:
     sends: int = 1  # sends before it could have been settled (each answered once)
     charge: tuple[int, int, str] | None = None  # (charge, fee, worker) expected
     receipt: dict | None = None  # the receipt that charges it
+    grant_id: str | None = None  # admitted by the test's gateway against this grant
+    grant_ask_requests: int = 0
+    grant_return_id: str | None = None
     _record: models.InferenceRequest | None = None
 
     def record(self) -> models.InferenceRequest:
@@ -330,7 +364,53 @@ class Req:
             gateway_id="gw-chaos",
             created_at=_dt(0),
             deadline_at=_dt(self.deadline_s),
+            grant_id=self.grant_id,
+            grant_ask_requests=self.grant_ask_requests,
+            grant_return_id=self.grant_return_id,
         )
+
+
+class GrantingGateway:
+    """The gateway's side of admission grants, played by the test (one grant per client)."""
+
+    def __init__(self) -> None:
+        self.grants: dict[str, dict] = {}  # client -> {"id", "remaining", "until_ms"}
+        self.known: set[str] = set()  # every grant id adopted (a replayed GRANTED is not new)
+        self.asked: set[str] = set()
+        self.admitted = 0
+
+    def on_grant(self, value: dict) -> None:
+        if value["gateway_id"] != "gw-chaos":
+            return
+        client = value["account_id"]
+        if value["status"] == "GRANTED" and value["grant_id"] not in self.known:
+            self.known.add(value["grant_id"])
+            self.grants[client] = {
+                "id": value["grant_id"],
+                "remaining": value["amount_nanoton"],
+                "until_ms": value["usable_until"].timestamp() * 1000,
+            }
+            self.asked.discard(client)
+        elif value["status"] == "REFUSED":
+            self.asked.discard(client)
+
+    def admit(self, req: Req) -> None:
+        """Fund `req` from the client's grant, or send it to billing (asking for a grant and
+        handing back one that has too little left or too little time)."""
+        grant = self.grants.get(req.client)
+        hold = expected_hold(req.max_tokens, req.prompt_bytes)
+        if grant is not None:
+            usable = grant["until_ms"] - GRANT_MARGIN_MS > time.time() * 1000
+            if usable and grant["remaining"] >= hold:
+                grant["remaining"] -= hold
+                req.grant_id = grant["id"]
+                self.admitted += 1
+                return
+            req.grant_return_id = grant["id"]
+            del self.grants[req.client]
+        if req.client not in self.asked:
+            req.grant_ask_requests = GRANT_ASK_REQUESTS
+            self.asked.add(req.client)
 
 
 class Traffic:
@@ -582,6 +662,7 @@ def worker_env(
         COCOON_COMPLETION_BPS=str(COMPLETION_BPS),
         COCOON_REASONING_BPS=str(REASONING_BPS),
         COCOON_SHUTDOWN_GRACE_SECONDS="10",
+        COCOON_GRANT_USABLE_SECONDS=str(GRANT_USABLE_S),
     )
     return env
 
@@ -652,10 +733,11 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     chaos = Chaos(main, random.Random(rng.getrandbits(64)))
     workers = {w: WorkerKeys.generate() for w in WORKER_COEFFICIENT}
     traffic = Traffic(random.Random(rng.getrandbits(64)), workers, WorkerKeys.generate())
-    seen = Observed()
+    gateway = GrantingGateway()
+    seen = Observed(on_grant=gateway.on_grant)
     reader = BroadcastReader(
         kafka_bootstrap,
-        ["billing.reservations", "billing.ledger", "billing.balances"],
+        ["billing.reservations", "billing.grants", "billing.ledger", "billing.balances"],
         seen.on_record,
         from_beginning=True,
         prefix=prefix,
@@ -684,18 +766,29 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
             async def batch(b: int) -> None:
                 reqs = traffic.new_batch(b)
                 sends: list[tuple[str, Any]] = []
+                early: list[tuple[str, Any]] = []
                 for req in reqs:
+                    if req.kind in PAID_KINDS and req.client in GRANTED_CLIENTS:
+                        gateway.admit(req)
                     sends += [("inference.requests", req.record())] * req.sends
+                    if req.grant_id is not None:
+                        # Admitted by the gateway: placed and served at once, so its receipts
+                        # race the request to billing.
+                        early += [("usage.receipts", rec) for rec in traffic.receipts_for(req)]
                 for _ in range(4):  # unknown accounts: refused, never held
                     ghost = f"nobody-{rng.getrandbits(32):08x}"
                     traffic.unknown_account.append(ghost)
                     sends.append(
                         ("inference.requests", Req(ghost, "nobody", "x", 5, 5, 600).record())
                     )
-                await send_all(producer, sends)
-                # Receipts only once the request is held (a receipt may not overtake it): wait
-                # for every answer the money-bearing requests must get.
-                money = [q for q in reqs if q.kind in PAID_KINDS or q.kind == "refused"]
+                await send_all(producer, sends + early)
+                # Other receipts only once the request is held (without a grant, a worker gets
+                # nothing before): wait for every answer the money-bearing requests must get.
+                money = [
+                    q
+                    for q in reqs
+                    if (q.kind in PAID_KINDS and q.grant_id is None) or q.kind == "refused"
+                ]
                 await until(
                     lambda: all(len(seen.reservations.get(q.rid, ())) >= q.sends for q in money),
                     120,
@@ -708,6 +801,8 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                     if req.kind == "tight":
                         tight.append(req)
                         continue
+                    if req.grant_id is not None:
+                        continue  # its receipts went with it
                     sends += [("usage.receipts", rec) for rec in traffic.receipts_for(req)]
                     worker = rng.choice(sorted(workers))
                     if req.kind in ("beyond_hold", "forged", "above_cap", "outcome_only"):
@@ -781,7 +876,12 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
             await until(
                 lambda: all(seen.has(f"charge:{q.rid}") for q in paid), 90, "charges", why=missing
             )
-            await until(lambda: not seen.open_holds, 60, "every hold closed")
+            await until(
+                lambda: not seen.open_holds and not seen.open_grants,
+                60,
+                "every hold and grant closed",
+                why=lambda: f"holds {sorted(seen.open_holds)[:5]} grants {seen.open_grants}",
+            )
 
             def payouts_settled() -> bool:
                 # Nothing in flight and nobody left above the threshold: no payout can start.
@@ -861,6 +961,10 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
 
     entries = await read_ledger(kafka_bootstrap, prefix=prefix)
     ledger = Ledger.replay(entries)
+    # Grants funded many requests, and were closed both by time and by the gateway.
+    assert gateway.admitted >= 150, gateway.admitted
+    closed = Counter(e.meta["reason"] for e in entries if e.kind == "grant_closed")
+    assert closed["expired"] >= 1 and closed["returned by the gateway"] >= 1, closed
     # Every committed record exactly once: no transaction was applied twice across kills.
     assert [rid for rid, n in seen.record_ids.items() if n > 1] == []
     assert [e.entry_id for e in entries] == [
@@ -957,7 +1061,12 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
         )
     for q in requests.values():
         answers = seen.reservations.get(q.rid, [])
-        if q.kind in PAID_KINDS:
+        if q.grant_id is not None:  # admitted by the gateway: no answer, a hold from the grant
+            assert answers == [], q.rid
+            (hold,) = [e for _, e in seen.about(q.rid) if e.kind == "hold"]
+            assert (hold.meta["grant_id"], hold.postings) == (q.grant_id, ()), q.rid
+            assert hold.meta["amount"] == expected_hold(q.max_tokens, q.prompt_bytes)
+        elif q.kind in PAID_KINDS:
             assert [a["status"] for a in answers] == ["HELD"] * q.sends, q.rid
             assert {a["amount_nanoton"] for a in answers} == {
                 expected_hold(q.max_tokens, q.prompt_bytes)

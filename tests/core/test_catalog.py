@@ -23,6 +23,7 @@ CATALOG = load_catalog()
 EXPECTED = {
     "inference.requests",
     "billing.reservations",
+    "billing.grants",
     "inference.assignments",
     "work.{worker_id}",
     "inference.responses",

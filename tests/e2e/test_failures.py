@@ -22,7 +22,9 @@ import openai
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from cocoon.billing.engine import BillingEngine
 from cocoon.billing.ledger import Entry, Ledger, holds_account
+from cocoon.billing.pricing import Prices
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.core import codec
 from cocoon.network.demo import DEMO_ACCOUNT
@@ -96,8 +98,14 @@ def bus(kafka_bootstrap) -> Bus:
 
 
 def held(entries: list[Entry]) -> int:
-    """What the demo account still has on hold: 0 once every request's hold is closed."""
-    return Ledger.replay(entries).balance(holds_account(DEMO_ACCOUNT))
+    """What the demo account still has on hold for requests: 0 once every request's hold is
+    closed. (Its held balance also carries the unused rest of the gateway's admission grants;
+    the engine's own index of the entries tells the two apart.)"""
+    engine = BillingEngine.replay(entries, Prices(1, 0), lambda _receipt: False)
+    by_requests = sum(h.amount for h in engine.open_holds() if h.client_id == DEMO_ACCOUNT)
+    by_grants = sum(g.remaining for g in engine.open_grants() if g.client_id == DEMO_ACCOUNT)
+    assert by_requests + by_grants == Ledger.replay(entries).balance(holds_account(DEMO_ACCOUNT))
+    return by_requests
 
 
 def closing_entry(bus: Bus, request_id: str, timeout_s: float = 30) -> tuple[Entry, list[Entry]]:
@@ -181,6 +189,36 @@ def test_a_refused_hold_never_lets_the_prompt_reach_a_worker(network, bus, poor_
     ]
     assert runs == []
     assert [r["status"] for r in bus.about("billing.reservations", rid)] == ["REJECTED"]
+
+
+def test_requests_admitted_against_a_grant_skip_billing_and_pay_exactly(network, bus):
+    # The gateway asks billing for an admission grant on an account's first request and then
+    # admits its next ones itself: they carry the grant's id, get no reservation, and are
+    # charged from the receipt like any other, out of a hold carved from the grant.
+    since = now_ms()
+    client = sdk(network)
+    usages = []
+    for n in range(4):
+        reply = client.chat.completions.create(
+            model=SMOLLM2_MODEL, messages=[{"role": "user", "content": f"Say {n}"}], max_tokens=8
+        )
+        usages.append(reply.usage)
+    sent = [r for r in bus.records("inference.requests", since) if r["account_id"] == DEMO_ACCOUNT]
+    granted = [r for r in sent if r["grant_id"]]
+    assert len(sent) == 4 and len(granted) >= 2, [
+        (r["grant_id"], r["grant_ask_requests"]) for r in sent
+    ]
+    for request in granted:
+        rid = request["request_id"]
+        assert bus.about("billing.reservations", rid) == []
+        charge, entries = closing_entry(bus, rid)
+        assert charge.kind == "charge"
+        hold = next(e for e in entries if e.entry_id == f"hold:{rid}")
+        assert hold.meta["grant_id"] == request["grant_id"] and hold.postings == ()
+        usage = usages[sent.index(request)]
+        assert charge.meta["prompt_tokens"] == usage.prompt_tokens
+        assert charge.meta["completion_tokens"] == usage.completion_tokens
+        assert charge.meta["charge"] + charge.meta["released"] == hold.meta["amount"]
 
 
 def test_no_worker_is_503_within_the_configured_wait(network, restore_workers):

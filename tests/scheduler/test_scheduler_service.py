@@ -36,6 +36,8 @@ TOPICS = [
     "attestation.verdicts",
     "worker.heartbeats",
     "billing.reservations",
+    "inference.requests",
+    "billing.grants",
     "inference.assignments",
     "inference.responses",
     "inference.outcomes",

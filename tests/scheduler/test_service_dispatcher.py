@@ -253,3 +253,42 @@ def test_an_outcome_places_a_request_waiting_for_capacity_at_once():
     assert d.on_reservation(reservation("r3"), T0) == []  # full: waits
     (placed,) = d.on_outcome(outcome("r1", 1, "w-a", "SUCCEEDED"), T0 + 1)
     assert placed.request_id == "r3" and placed.worker_id == "w-a"
+
+
+def request(rid: str, grant_id: str | None) -> models.InferenceRequest:
+    return models.InferenceRequest(
+        request_id=rid,
+        account_id="a",
+        model="m",
+        max_tokens=8,
+        prompt_bytes=10,
+        max_coefficient=5000,
+        stream=True,
+        channel="HTTP",
+        gateway_id="gw",
+        created_at=at(T0),
+        deadline_at=at(T0 + 120),
+        grant_id=grant_id,
+    )
+
+
+def test_a_granted_request_is_placed_at_once_any_other_waits_for_its_reservation():
+    d = dispatcher("w1")
+    assert d.on_request(request("r-plain", None), T0) == []
+    assert "r-plain" not in d.requests
+    placed = d.on_request(request("r-granted", "g-1"), T0)
+    assert [(a.request_id, a.attempt) for a in placed] == [("r-granted", 1)]
+    # Billing's reservation for the same request (if it sends one) places nothing again.
+    assert d.on_reservation(reservation("r-granted"), T0) == []
+    assert d.on_request(request("r-granted", "g-1"), T0) == []
+
+
+def test_a_granted_request_billing_refused_is_taken_back_and_never_placed_later():
+    d = dispatcher("w1")
+    d.on_request(request("r-1", "g-1"), T0)
+    assert d.pool.lease("r-1") is not None
+    d.on_reservation(reservation("r-1", status="REJECTED"), T0 + 0.01)
+    assert d.pool.lease("r-1") is None and d.requests["r-1"].phase is Phase.DONE
+    # Refused before the request itself was read: a late copy is not placed either.
+    d.on_reservation(reservation("r-2", status="REJECTED"), T0)
+    assert d.on_request(request("r-2", "g-1"), T0 + 0.01) == []
