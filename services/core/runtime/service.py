@@ -180,6 +180,15 @@ def run_service(service: Service | Callable[[], Service], settings: ServiceSetti
         return await serve(built, settings)
 
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            return runner.run(main())
     finally:
         shutdown_tracing()
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None  # asyncio's default

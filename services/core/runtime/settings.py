@@ -57,6 +57,9 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = Field(None, description="else OTEL_EXPORTER_OTLP_ENDPOINT")
     traces_console: bool = False
     shutdown_grace_seconds: float = Field(20.0, gt=0, le=600)
+    # uvloop: libuv's event loop, faster per socket read/write than asyncio's own, on every hop
+    # of a request (docs/performance.md).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
