@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.billing.engine import BillingEngine, CaptureResult, Grant
+from cocoon.billing.engine import BillingEngine, CaptureResult, Grant, Hold
 from cocoon.billing.ledger import Entry
 from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
 from cocoon.billing.pricing import BPS_ONE, Prices
@@ -141,17 +141,7 @@ class Processor:
         if request.grant_id and self._hold_from_grant(request, now_ms):
             return
         try:
-            hold = engine.open_hold(
-                rid,
-                account,
-                max_tokens=request.max_tokens,
-                prompt_size=request.prompt_bytes,
-                max_coefficient=request.max_coefficient,
-                expires_at_ms=epoch_millis(request.deadline_at) + self.hold_grace_ms,
-                model=request.model,
-                at_ms=now_ms,
-                requested_at_ms=epoch_millis(request.created_at),
-            )
+            hold = self._open_hold(request, now_ms)
         except InsufficientFundsError as exc:
             # amount_nanoton carries what was needed: the gateway states the shortfall.
             self._reserve(
@@ -173,6 +163,22 @@ class Processor:
         self._reserve(request, now_ms, "HELD", hold.amount, reason=None, available=None)
         self._open_grant(request, hold.amount, now_ms)
 
+    def _open_hold(
+        self, request: models.InferenceRequest, now_ms: int, grant_id: str | None = None
+    ) -> Hold:
+        return self.engine.open_hold(
+            request.request_id,
+            request.account_id,
+            max_tokens=request.max_tokens,
+            prompt_size=request.prompt_bytes,
+            max_coefficient=request.max_coefficient,
+            expires_at_ms=epoch_millis(request.deadline_at) + self.hold_grace_ms,
+            model=request.model,
+            at_ms=now_ms,
+            grant_id=grant_id,
+            requested_at_ms=epoch_millis(request.created_at),
+        )
+
     # ---- admission grants ---------------------------------------------------------------
 
     def _hold_from_grant(self, request: models.InferenceRequest, now_ms: int) -> bool:
@@ -182,18 +188,7 @@ class Processor:
         REJECTED reservation makes the scheduler withdraw it and the gateway fail it."""
         assert request.grant_id is not None
         try:
-            hold = self.engine.open_hold(
-                request.request_id,
-                request.account_id,
-                max_tokens=request.max_tokens,
-                prompt_size=request.prompt_bytes,
-                max_coefficient=request.max_coefficient,
-                expires_at_ms=epoch_millis(request.deadline_at) + self.hold_grace_ms,
-                model=request.model,
-                at_ms=now_ms,
-                grant_id=request.grant_id,
-                requested_at_ms=epoch_millis(request.created_at),
-            )
+            hold = self._open_hold(request, now_ms, grant_id=request.grant_id)
         except GrantError as exc:
             log.error("granted request %s not funded by its grant: %s", request.request_id, exc)
             return False

@@ -27,6 +27,8 @@ from cocoon.core.registry_entries import (
     PRICES_ENTRY_ID,
     REGISTRY_TOPIC,
     WORKER_PREFIX,
+    decimal_integer,
+    worker_coefficient,
 )
 
 __all__ = ["REGISTRY_TOPIC", "RegistryPrices"]
@@ -72,7 +74,7 @@ class RegistryPrices:
             self._coefficients.pop(worker_id, None)
             self._addresses.pop(worker_id, None)
             return
-        self._coefficients[worker_id] = _integer(attributes.get("coefficient", "1000"))
+        self._coefficients[worker_id] = worker_coefficient(attributes)
         address = str(attributes.get("payout_address") or "")
         if address:
             self._addresses[worker_id] = address
@@ -90,11 +92,4 @@ def _price_list(attributes: Mapping[str, Any]) -> dict[str, int]:
     missing = [f for f in PRICE_FIELDS if f not in attributes]
     if missing:
         raise ValueError(f"price list lacks {missing}")
-    return {f: _integer(attributes[f]) for f in PRICE_FIELDS}
-
-
-def _integer(text: Any) -> int:
-    value = int(str(text).strip())
-    if str(value) != str(text).strip():
-        raise ValueError(f"{text!r} is not a plain decimal integer")
-    return value
+    return {f: decimal_integer(attributes[f]) for f in PRICE_FIELDS}

@@ -7,6 +7,8 @@ Both sides name those entries through this module so the ids and attribute names
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 REGISTRY_TOPIC = "attestation.registry"
 
 # POLICY entries carry their meaning in the `setting` attribute.
@@ -30,3 +32,16 @@ PRICE_FIELDS = (
 
 def worker_entry_id(worker_id: str) -> str:
     return WORKER_PREFIX + worker_id
+
+
+def decimal_integer(text: object) -> int:
+    """A registry attribute holding an integer, written as a plain decimal string."""
+    value = int(str(text).strip())
+    if str(value) != str(text).strip():
+        raise ValueError(f"{text!r} is not a plain decimal integer")
+    return value
+
+
+def worker_coefficient(attributes: Mapping[str, object]) -> int:
+    """The price coefficient of a `worker:<id>` entry (1000 = 1.0x, the default)."""
+    return decimal_integer(attributes.get("coefficient", "1000"))

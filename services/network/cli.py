@@ -110,7 +110,7 @@ def status() -> None:
     for row in snapshot.workers:
         workers.add_row(*row)
     console.print(workers)
-    balances = Table("account", "balance (nanoTON)", "held (nanoTON)")
+    balances = Table("account", "balance (nanoTON)", "held: requests + admission grants")
     for row in snapshot.balances:
         balances.add_row(*row)
     console.print(balances)

@@ -88,6 +88,9 @@ class Dispatcher:
         self._finished: deque[tuple[float, str]] = deque()  # (done_at, id), oldest first
         # Every model a verdict or heartbeat ever named: a model outside it fails at once (404).
         self.known_models: set[str] = set()
+        # Price coefficients from the registry (`worker:<id>` entries). They win over what a
+        # worker's heartbeat says: billing charges at the registry's and refuses other receipts.
+        self.registry_coefficients: dict[str, int] = {}
 
     # ---- worker facts -------------------------------------------------------------------
 
@@ -105,14 +108,32 @@ class Dispatcher:
         if verdict is None and state is not None and not state.leases:
             self.pool.remove(worker_id)  # withdrawn and idle: nothing left to track
 
+    def on_registry_coefficient(self, worker_id: str, coefficient: int | None) -> None:
+        """The registry's coefficient for a worker (None: it has no entry any more)."""
+        if coefficient is None:
+            self.registry_coefficients.pop(worker_id, None)
+            return
+        self.registry_coefficients[worker_id] = coefficient
+        state = self.pool.get(worker_id)
+        if state is not None:
+            state.coefficient = coefficient  # placements from now on; until its next heartbeat
+
     def on_heartbeat(self, heartbeat: models.Heartbeat, now: float) -> list:
         self.known_models.update(heartbeat.models)
+        coefficient = self.registry_coefficients.get(heartbeat.worker_id, heartbeat.coefficient)
+        if coefficient != heartbeat.coefficient:
+            log.debug(
+                "worker %s heartbeats coefficient %d, registry says %d",
+                heartbeat.worker_id,
+                heartbeat.coefficient,
+                coefficient,
+            )
         self.pool.heartbeat(
             heartbeat.worker_id,
             now,
             models=heartbeat.models,
             capacity=heartbeat.max_active_requests,
-            coefficient=heartbeat.coefficient,
+            coefficient=coefficient,
             work_topic=heartbeat.work_topic,
             enabled=heartbeat.state in ("READY", "DRAINING"),
             draining=heartbeat.state == "DRAINING",

@@ -5,6 +5,8 @@ Reads (see docs/architecture.md, step 4 and 10):
 * `attestation.verdicts` from the beginning, no group: every verdict's signature is checked
   against the pinned attestation key; only TRUSTED, unexpired, correctly signed verdicts admit a
   worker; anything else (and a tombstone) takes it out of placement.
+* `attestation.registry` from the beginning, no group: a worker's `worker:<id>` entry sets the
+  price coefficient it is placed (and paid) at, over what its heartbeats say.
 * `worker.heartbeats` from the end, no group: liveness and load.
 * `billing.ledger` from the end, no group (read_committed): each receipt billing refused for a
   reason the worker answers for costs it reputation.
@@ -38,6 +40,7 @@ from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.codec import models
 from cocoon.core.crypto.errors import CryptoError
+from cocoon.core.registry_entries import WORKER_PREFIX, worker_coefficient
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import run_together
 from cocoon.core.verdicts import VerdictError, load_pinned_key, verify_verdict
@@ -53,12 +56,14 @@ VERDICTS = "attestation.verdicts"
 HEARTBEATS = "worker.heartbeats"
 RESPONSES = "inference.responses"
 LEDGER = "billing.ledger"
+REGISTRY = "attestation.registry"
 REQUESTS = "inference.requests"
 RESERVATIONS = "billing.reservations"
 OUTCOMES = "inference.outcomes"
 ASSIGNMENTS = "inference.assignments"
 RECORDS = {
     VERDICTS: "cocoon.attestation.Verdict",
+    REGISTRY: "cocoon.attestation.RegistryEntry",
     HEARTBEATS: "cocoon.worker.Heartbeat",
     LEDGER: "cocoon.billing.LedgerEntry",
 }
@@ -137,7 +142,7 @@ class Scheduler(Service):
         self.producer = BusProducer(bootstrap, client_id=client, prefix=prefix)
         self.verdicts = Feed(
             bootstrap,
-            [VERDICTS],
+            [VERDICTS, REGISTRY],
             self._on_verdict,
             start_at="beginning",
             prefix=prefix,
@@ -225,6 +230,9 @@ class Scheduler(Service):
     # ---- handlers -----------------------------------------------------------------------
 
     def _on_verdict(self, topic: str, record: ConsumerRecord) -> None:
+        if topic == REGISTRY:
+            self._on_registry(record)
+            return
         worker_id = record.key.decode("utf-8", "replace") if record.key is not None else None
         if record.value is None:
             if worker_id is not None:
@@ -238,6 +246,23 @@ class Scheduler(Service):
         if why_not is not None:
             log.info("worker %s not admitted: %s", verdict.worker_id, why_not)
         self.dispatcher.on_verdict(verdict.worker_id, verdict, accepted=why_not is None)
+
+    def _on_registry(self, record: ConsumerRecord) -> None:
+        """`worker:<id>` entries: the coefficient placement, price caps and receipts use."""
+        entry_id = record.key.decode("utf-8", "replace") if record.key is not None else ""
+        if not entry_id.startswith(WORKER_PREFIX):
+            return  # allow-lists and prices are not the scheduler's business
+        worker_id = entry_id.removeprefix(WORKER_PREFIX)
+        entry = _decode(REGISTRY, record) if record.value is not None else None
+        if entry is None or not entry.allowed:
+            self.dispatcher.on_registry_coefficient(worker_id, None)
+            return
+        try:
+            coefficient = worker_coefficient(entry.attributes)
+        except ValueError as exc:
+            log.warning("registry entry %s not applied: %s", entry_id, exc)
+            return
+        self.dispatcher.on_registry_coefficient(worker_id, coefficient)
 
     def _on_live(self, topic: str, record: ConsumerRecord) -> None:
         if topic == RESPONSES:

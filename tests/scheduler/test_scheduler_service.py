@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from cocoon.attestation.registry_topic import publish_registry
 from cocoon.billing.ledger import Entry
 from cocoon.billing.stream import ledger_records
 from cocoon.core import codec
@@ -34,6 +35,7 @@ from cocoon.scheduler.service import Scheduler, Settings, build
 CATALOG = load_catalog()
 TOPICS = [
     "attestation.verdicts",
+    "attestation.registry",
     "worker.heartbeats",
     "billing.reservations",
     "inference.requests",
@@ -464,3 +466,25 @@ async def test_receipts_billing_refused_cost_the_worker_placements(kafka_bootstr
             assert assignment.worker_id == "w-b"
             await net.send("inference.outcomes", succeeded(rid, "w-b"))
             await net.until(lambda rid=rid: pool.lease(rid) is None)
+
+
+async def test_the_registry_coefficient_is_what_a_worker_is_placed_and_paid_at(
+    kafka_bootstrap, unique_name
+):
+    async with network(kafka_bootstrap, unique_name, lambda a: [a.verdict("w-claims")]) as net:
+        net.beating["w-claims"] = 500  # the worker's heartbeats claim 0.5x
+        await net.until(_placeable(net, "w-claims"))
+        prefix = net.scheduler.settings.topic_prefix
+        await publish_registry(
+            kafka_bootstrap,
+            lambda r: [r.set_worker("w-claims", coefficient=3000)],
+            prefix=prefix,
+            updated_by="test",
+        )
+        await net.until(lambda: net.scheduler.pool.get("w-claims").coefficient == 3000)
+        # A client capped at 1.0x is not placed on a 3.0x worker, whatever it claims.
+        await net.send("billing.reservations", reservation("r-capped", max_coefficient=1000))
+        assert (await net.until(lambda: net.seen.outcome("r-capped"))).error_code == "price_cap"
+        await net.send("billing.reservations", reservation("r-ok", max_coefficient=4000))
+        (placed,) = await net.until(lambda: net.seen.for_request("r-ok"))
+        assert placed.coefficient == 3000  # the receipt is signed at this, as billing expects

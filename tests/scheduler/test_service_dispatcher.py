@@ -292,3 +292,19 @@ def test_a_granted_request_billing_refused_is_taken_back_and_never_placed_later(
     # Refused before the request itself was read: a late copy is not placed either.
     d.on_reservation(reservation("r-2", status="REJECTED"), T0)
     assert d.on_request(request("r-2", "g-1"), T0 + 0.01) == []
+
+
+def test_the_registry_coefficient_wins_over_the_heartbeat_for_caps_and_assignments():
+    d = dispatcher("w1")  # heartbeats 1.0x
+    d.on_registry_coefficient("w1", 6000)
+    # The client's cap (5000 = 5.0x) is below the registry's 6.0x: no placement at that price.
+    assert d.on_reservation(reservation("r-1"), T0) == []
+    beat(d, T0 + 0.1, "w1")  # the worker keeps claiming 1.0x: still the registry's
+    assert d.pool.get("w1").coefficient == 6000
+    d.on_registry_coefficient("w1", 2000)
+    (placed,) = d.on_reservation(reservation("r-2"), T0 + 0.2)
+    assert (placed.worker_id, placed.coefficient) == ("w1", 2000)
+    # Its entry removed: the heartbeat's own figure counts again, from the next heartbeat.
+    d.on_registry_coefficient("w1", None)
+    beat(d, T0 + 0.3, "w1")
+    assert d.pool.get("w1").coefficient == 1000
