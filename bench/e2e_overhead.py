@@ -31,6 +31,8 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -42,7 +44,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cocoon.core import codec
 from cocoon.core.kafka import broker
-from cocoon.network.engine_process import SMOLLM2_MODEL, free_port, start_engine
+from cocoon.network.engine_process import (
+    SMOLLM2_MODEL,
+    EngineProcess,
+    free_port,
+    start_engine,
+)
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 HOP_TOPICS = (
@@ -312,6 +319,30 @@ def report(samples: list[Sample], hops: Hops) -> None:
             print(f"{name:<44} {p50:>7.1f} {p99:>7.1f} n={len(values)}")
 
 
+def start_paced_engine(*, port: int | None = None, **_: object) -> EngineProcess:
+    """bench/paced_engine.py as the worker's engine (same interface as start_engine)."""
+    chosen = port or free_port()
+    log_path = Path(tempfile.mkdtemp(prefix="paced-engine-")) / "engine.log"
+    script = Path(__file__).with_name("paced_engine.py")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script), "--port", str(chosen), "--model", SMOLLM2_MODEL],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    engine = EngineProcess(f"http://127.0.0.1:{chosen}/v1", SMOLLM2_MODEL, process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{engine.base_url}/models", timeout=1).status_code == 200:
+                return engine
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    engine.stop()
+    raise RuntimeError(f"the paced engine did not start; log {log_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds1", type=int, default=60, help="1-stream pairs")
@@ -319,6 +350,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--engine",
+        choices=("llama", "paced"),
+        default="llama",
+        help="paced: bench/paced_engine.py instead of llama.cpp (sleeps, leaves the CPU free)",
+    )
     parser.add_argument(
         "--no-grants",
         action="store_true",
@@ -349,7 +386,9 @@ def main() -> None:
         os.environ["COCOON_GRANT_ASK_REQUESTS"] = "0"
     from cocoon.network import local  # after the environment is set
 
-    if args.engine_threads:
+    if args.engine == "paced":
+        local.start_engine = start_paced_engine
+    elif args.engine_threads:
         local.start_engine = functools.partial(start_engine, n_threads=args.engine_threads)
     network = local.LocalNetwork(workers=1, http_port=free_port(), echo=lambda _m: None)
     try:
