@@ -183,8 +183,8 @@ def note_hop(steps: dict, topic: str, value: dict, record_ms: int, seen_ms: floa
         steps["assigned_log"] = record_ms
     elif topic.startswith("work.") and value.get("action") == "RUN":
         steps["work_sent"] = _ms(value["sent_at"])
-    elif topic == "inference.responses" and value.get("seq") in (0, 1):
-        steps[f"chunk{value['seq']}"] = _ms(value["produced_at"])
+    elif topic == "inference.responses" and value.get("seq") == 0:
+        steps["chunk0"] = _ms(value["produced_at"])
     elif topic == "inference.outcomes":
         steps["ttfc_worker"] = value.get("time_to_first_chunk_ms")
 
@@ -305,10 +305,9 @@ def report(samples: list[Sample], hops: Hops) -> None:
         leg("assignment -> work item sent (sealed)", steps["work_sent"] - steps["assigned_log"])
         leg("work sent -> first chunk produced", steps["chunk0"] - steps["work_sent"])
         leg("  of which: worker receive -> first chunk", steps.get("ttfc_worker"))
+        # The worker forwards no role-only opening chunk: the first sealed chunk is the first
+        # content, so this is its hop to the client (gateway fetch, open, SSE).
         leg("first chunk -> client first content", s.first_wall_ms - steps["chunk0"])
-        if "chunk1" in steps:  # the first chunk is the engine's role chunk; content comes next
-            leg("  of which: engine's next chunk", steps["chunk1"] - steps["chunk0"])
-            leg("  of which: its chunk produced -> client", s.first_wall_ms - steps["chunk1"])
     granted = sum(1 for s in via if "decided" not in hops.records.get(s.request_id, {"decided": 0}))
     print(f"\n1-stream requests via Cocoon admitted against a grant: {granted} of {len(via)}")
     if legs:
