@@ -21,6 +21,8 @@ from typing import Any
 from cocoon.core.codec.timestamps import epoch_millis
 from cocoon.core.holds import max_hold_nanoton
 
+SWEEP_EVERY = 1024  # admissions between sweeps of idle accounts
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -68,12 +70,16 @@ class AdmissionGrants:
         self.ask_timeout_ms = ask_timeout_ms
         self._clock = clock
         self._accounts: dict[str, _Account] = {}
+        self._admitted = 0
 
     def admit(
         self, account_id: str, *, max_tokens: int, prompt_size: int, max_coefficient: int
     ) -> Admission:
         """Carve the request's hold out of a usable grant, or say it must go to billing."""
         now = self._clock()
+        self._admitted += 1
+        if self._admitted % SWEEP_EVERY == 0:
+            self._forget_idle(now)
         account = self._accounts.setdefault(account_id, _Account())
         account.grants = [g for g in account.grants if g.usable_until_ms - self.margin_ms > now]
         chosen: _Grant | None = None
@@ -126,6 +132,16 @@ class AdmissionGrants:
             account.asked_until_ms = self._clock() + self.ask_timeout_ms
         elif status == "CLOSED":
             account.grants = [g for g in account.grants if g.grant_id != value["grant_id"]]
+
+    def _forget_idle(self, now: int) -> None:
+        """Drop accounts with nothing usable and no ask outstanding (memory stays bounded)."""
+        for account_id, account in list(self._accounts.items()):
+            usable = any(g.usable_until_ms - self.margin_ms > now for g in account.grants)
+            if not usable and account.asked_until_ms <= now:
+                del self._accounts[account_id]
+
+    def tracked_accounts(self) -> int:
+        return len(self._accounts)
 
     def remaining(self, account_id: str) -> int:
         account = self._accounts.get(account_id)

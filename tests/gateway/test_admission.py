@@ -83,3 +83,16 @@ def test_a_grant_is_not_used_near_its_end_closed_or_after_a_refusal():
     assert admit(grants).grant_id is None
     grants.on_record(granted("g-3", 0, clock.ms, status="REFUSED"))
     assert admit(grants).ask_requests == 0  # refused: no new ask for a while
+
+
+def test_accounts_with_nothing_usable_are_forgotten():
+    clock = Clock()
+    grants = AdmissionGrants("gw-1", ask_timeout_ms=5_000, clock=clock)
+    for n in range(1023):
+        grants.admit(f"acct-{n}", max_tokens=1, prompt_size=1, max_coefficient=1000)
+    grants.on_record({**granted("g-1", 10 * HOLD, clock.ms + 60_000), "account_id": "keep"})
+    assert grants.tracked_accounts() == 1024
+    clock.ms += 5_000  # every ask timed out; only "keep" has a usable grant
+    grants.admit("acct-new", max_tokens=1, prompt_size=1, max_coefficient=1000)  # the 1024th
+    assert grants.tracked_accounts() == 2  # "keep" and the one just admitted
+    assert grants.remaining("keep") == 10 * HOLD
