@@ -124,9 +124,11 @@ async def receipts_lag(bootstrap: str, prefix: str) -> int:
 
 
 def billing_env(
-    bootstrap: str, prefix: str, key_file: Path, trace_ratio: float | None
+    bootstrap: str, prefix: str, key_file: Path, trace_ratio: float | None, batch: int | None
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COCOON_", "OTEL_"))}
+    if batch is not None:
+        env["COCOON_MAX_BATCH_RECORDS"] = str(batch)
     if trace_ratio is not None:  # the SDK's standard sampler settings, as a deployment sets them
         env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio",
                    OTEL_TRACES_SAMPLER_ARG=str(trace_ratio))  # fmt: skip
@@ -206,6 +208,9 @@ def main() -> None:
     parser.add_argument(
         "--trace-ratio", type=float, default=None, help="sample this share of traces (default: all)"
     )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="COCOON_MAX_BATCH_RECORDS (default: the service's)"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="cocoon-bench-billing-"))
     port = broker.free_port_pair()
@@ -222,7 +227,7 @@ def main() -> None:
         with open(home / "billing.log", "w") as log:
             billing = subprocess.Popen(
                 [sys.executable, "-m", "cocoon.core.runtime", "billing"],
-                env=billing_env(bootstrap, prefix, key_file, args.trace_ratio),
+                env=billing_env(bootstrap, prefix, key_file, args.trace_ratio, args.batch),
                 stdout=log,
                 stderr=log,
             )

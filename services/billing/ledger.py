@@ -86,18 +86,18 @@ class Entry:
         if problem:
             raise AmountError(f"entry {self.entry_id}: {problem}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form `to_json` writes (and `from_json` reads)."""
+        return {
+            "id": self.entry_id,
+            "kind": self.kind,
+            "postings": [list(p) for p in self.postings],
+            "at_ms": self.at_ms,
+            "meta": dict(self.meta),
+        }
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "id": self.entry_id,
-                "kind": self.kind,
-                "postings": [list(p) for p in self.postings],
-                "at_ms": self.at_ms,
-                "meta": dict(self.meta),
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Entry:

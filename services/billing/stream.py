@@ -90,7 +90,7 @@ def _record_kind(entry: Entry, kind: str) -> str:
 
 def memo_of(entry: Entry, seq: int) -> str:
     return json.dumps(
-        {"v": MEMO_VERSION, "seq": seq, "entry": json.loads(entry.to_json())},
+        {"v": MEMO_VERSION, "seq": seq, "entry": entry.to_dict()},
         sort_keys=True,
         separators=(",", ":"),
     )
