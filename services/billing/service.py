@@ -16,8 +16,11 @@ Start:
    restart.
 
 Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`),
-the balances they changed (`billing.balances`), the reservations (`billing.reservations`), dead
-letters, and the batch's input offsets (`send_offsets_to_transaction`). A crash at any point
+the balances they changed (`billing.balances`), the reservations (`billing.reservations`), the
+admission grants given, refused or closed (`billing.grants`), dead letters, and the batch's input
+offsets (`send_offsets_to_transaction`). A receipt for a request not read yet stops its partition
+there (not committed) until the requests are read past it: a request admitted against a grant is
+placed before billing reads it (docs/architecture.md, "Admission grants"). A crash at any point
 leaves either all of it or none: no charge without its offset, no offset without its charge.
 Timers (holds past deadline + grace, outcomes whose receipt never came) run in the same loop and
 the same transactions.
