@@ -52,6 +52,9 @@ class Phase(StrEnum):
 class Timing:
     lease_seconds: float = 10.0
     no_worker_wait_seconds: float = 5.0
+    # A request whose workers are all busy is queued, not refused: it waits this long (within
+    # its deadline) for a slot; no worker at all still fails after no_worker_wait_seconds.
+    busy_wait_seconds: float = 60.0
     max_attempts: int = 3
     # Finished requests are remembered this long so a replayed reservation is not placed again.
     remember_seconds: float = 900.0
@@ -66,6 +69,7 @@ class Request:
     deadline: float
     received_at: float
     wait_until: float
+    busy_until: float = 0.0  # how long it may wait while every worker for it is busy
     attempt: int = 0  # last attempt assigned; 0 before the first
     worker_id: str = ""  # worker of the last attempt
     tried: set[str] = field(default_factory=set)
@@ -190,6 +194,7 @@ class Dispatcher:
             deadline=deadline,
             received_at=now,
             wait_until=min(now + self.timing.no_worker_wait_seconds, deadline),
+            busy_until=min(now + self.timing.busy_wait_seconds, deadline),
         )
         self.requests[request.request_id] = request
         return request
@@ -259,7 +264,8 @@ class Dispatcher:
             request.last_miss = choice
             if request.attempt == 0 and request.model not in self.known_models:
                 return [self._fail(request, now, ErrorCode.UNKNOWN_MODEL)]
-            if now >= request.wait_until:
+            busy = choice.reason is NoPlacementReason.ALL_BUSY
+            if now >= (request.busy_until if busy else request.wait_until):
                 return [self._fail(request, now, self._miss_code(request))]
             return []
         request.attempt += 1
@@ -309,6 +315,7 @@ class Dispatcher:
         request.phase = Phase.PENDING
         self._pending[request.request_id] = request
         request.wait_until = min(now + self.timing.no_worker_wait_seconds, request.deadline)
+        request.busy_until = min(now + self.timing.busy_wait_seconds, request.deadline)
         return self._try_place(request, now)
 
     def _worker_lost(self, lease: Lease, now: float) -> list:

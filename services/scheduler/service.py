@@ -81,6 +81,9 @@ class Settings(ServiceSettings):
     no_worker_wait_seconds: float = Field(
         5.0, ge=0, description="how long a request waits for a placeable worker"
     )
+    busy_wait_seconds: float = Field(
+        60.0, ge=0, description="how long a request queues while every worker for it is busy"
+    )
     heartbeat_stale_seconds: float = Field(
         6.0, gt=0, description="silence after which a worker is lost (heartbeats every 2 s)"
     )
@@ -134,6 +137,7 @@ class Scheduler(Service):
             Timing(
                 lease_seconds=settings.lease_seconds,
                 no_worker_wait_seconds=settings.no_worker_wait_seconds,
+                busy_wait_seconds=settings.busy_wait_seconds,
                 max_attempts=settings.max_attempts,
             ),
         )

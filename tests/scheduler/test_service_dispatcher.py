@@ -255,6 +255,32 @@ def test_an_outcome_places_a_request_waiting_for_capacity_at_once():
     assert placed.request_id == "r3" and placed.worker_id == "w-a"
 
 
+def test_a_request_queues_while_its_workers_are_busy_but_not_while_there_are_none():
+    timing = Timing(lease_seconds=100, no_worker_wait_seconds=5, busy_wait_seconds=30)
+    d = dispatcher("w-a", timing=timing)  # capacity 2
+    for rid in ("r1", "r2"):
+        d.on_reservation(reservation(rid), T0)
+    assert d.on_reservation(reservation("r3"), T0) == []  # full
+    beat(d, T0 + 10, "w-a")
+    assert d.tick(T0 + 10) == []  # past the no-worker wait: still queued, not a 503
+    beat(d, T0 + 20, "w-a")
+    (placed,) = d.on_outcome(outcome("r1", 1, "w-a", "SUCCEEDED"), T0 + 20)
+    assert placed.request_id == "r3"
+    # Queued past the busy wait: fails as no_worker (the gateway's 503).
+    assert d.on_reservation(reservation("r4"), T0 + 20) == []
+    for t in (25, 30, 35, 40, 45, 49):  # alive and busy all along
+        beat(d, T0 + t, "w-a")
+        assert d.tick(T0 + t) == []
+    (failed,) = d.on_heartbeat(heartbeat("w-a", seq=500), T0 + 50) + d.tick(T0 + 50)
+    assert (failed.request_id, failed.error_code) == ("r4", "no_worker")
+    # No worker at all for the model: the short wait applies.
+    d2 = dispatcher(timing=timing)
+    d2.known_models.add("m")
+    assert d2.on_reservation(reservation("r5"), T0) == []
+    (gone,) = d2.tick(T0 + 5)
+    assert (gone.request_id, gone.error_code) == ("r5", "no_worker")
+
+
 def request(rid: str, grant_id: str | None) -> models.InferenceRequest:
     return models.InferenceRequest(
         request_id=rid,
