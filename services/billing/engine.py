@@ -318,6 +318,13 @@ class BillingEngine:
     def hold(self, request_id: str) -> Hold | None:
         return self._holds.get(request_id)
 
+    def settled(self, request_id: str) -> bool:
+        """The request was held and its hold is closed (charged or released)."""
+        return request_id in self._closed
+
+    def ever_held(self, request_id: str) -> bool:
+        return request_id in self._holds or request_id in self._closed
+
     def open_holds(self) -> list[Hold]:
         return list(self._holds.values())
 

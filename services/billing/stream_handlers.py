@@ -129,7 +129,7 @@ class Processor:
         except BillingError as exc:
             raise BadRecord(str(exc)) from None
         engine = self.engine
-        if engine.hold(rid) is None and f"hold:{rid}" in engine.ledger:
+        if engine.settled(rid):
             log.info("request %s replayed after it was settled: ignored", rid)
             return
         if not _valid_id(account) or not engine.has_account(account):
@@ -227,21 +227,16 @@ class Processor:
     def _refuse_grant(self, request: models.InferenceRequest, now_ms: int) -> None:
         if request.grant_ask_requests <= 0:
             return
-        prices = self.engine.prices
-        self._batch.grants.append(
-            {
-                "grant_id": _grant_id(request.request_id),
-                "account_id": request.account_id,
-                "gateway_id": request.gateway_id,
-                "status": "REFUSED",
-                "amount_nanoton": 0,
-                "price_per_token": prices.price_per_token,
-                "max_bps": prices.max_bps,
-                "asked_by": request.request_id,
-                "usable_until": now_ms,
-                "decided_at": now_ms,
-            }
+        refused = Grant(
+            grant_id=_grant_id(request.request_id),
+            client_id=request.account_id,
+            gateway_id=request.gateway_id,
+            amount=0,
+            remaining=0,
+            usable_until_ms=now_ms,
+            prices=self.engine.prices,
         )
+        self._grant_record(request.request_id, refused, "REFUSED", 0, now_ms)
 
     def _return_grant(self, request: models.InferenceRequest, now_ms: int) -> None:
         """The gateway retired one of its grants: every request it funded is on this partition
@@ -319,11 +314,7 @@ class Processor:
         except BillingError as exc:
             raise BadRecord(str(exc)) from None
         rid = receipt.request_id
-        if (
-            sent_at_ms is not None
-            and self.engine.hold(rid) is None
-            and f"hold:{rid}" not in self.engine.ledger
-        ):
+        if sent_at_ms is not None and not self.engine.ever_held(rid):
             read_to = self.requests_read_to_ms
             if read_to is None or read_to < sent_at_ms + self.grant_policy.clock_skew_ms:
                 raise ReceiptTooEarly(rid)
@@ -351,8 +342,8 @@ class Processor:
         Noted even before its request is read: a granted request is placed at once.
         """
         rid = assignment.request_id
-        if self.engine.hold(rid) is None and f"hold:{rid}" in self.engine.ledger:
-            return  # settled
+        if self.engine.settled(rid):
+            return
         if assignment.attempt > self.latest_attempt.get(rid, 0):
             self.latest_attempt[rid] = assignment.attempt
             self._attempt_noted_ms[rid] = now_ms
@@ -401,8 +392,7 @@ class Processor:
         for rid in list(self.latest_attempt):
             if engine.hold(rid) is not None:
                 continue
-            settled = f"hold:{rid}" in engine.ledger
-            if settled or self._attempt_noted_ms.get(rid, 0) + keep_ms <= now_ms:
+            if engine.settled(rid) or self._attempt_noted_ms.get(rid, 0) + keep_ms <= now_ms:
                 del self.latest_attempt[rid]
                 self._attempt_noted_ms.pop(rid, None)
 
