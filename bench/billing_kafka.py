@@ -1,6 +1,7 @@
 """Receipts captured per second by the billing *service*: Kafka in, Kafka transactions out.
 
     .venv/bin/python bench/billing_kafka.py [--receipts 20000] [--trace-ratio 0.01]
+        [--verify-threads 1,2]
 
 Where bench/billing_receipts.py times the domain engine alone, this times the whole service as
 it runs in the network: billing as its own process (`python -m cocoon.core.runtime billing`)
@@ -10,6 +11,11 @@ N pre-signed receipts produced at once; the clock stops when billing's consumer 
 committed every one of them, which it does only in the Kafka transaction that also writes
 their ledger entries (3 LedgerEntry records per charge) and the balances. Then the ledger is
 read back and must hold exactly N charges.
+
+`--verify-threads` runs the service once per value, one after the other on the same broker
+(fresh topics each): 1 verifies every signature inline, as the service did before signatures
+were checked ahead on several threads; that run is the baseline. Each row also gives the CPU
+time billing's process used during the timed part, per receipt (from /proc, so Linux only).
 """
 
 from __future__ import annotations
@@ -124,11 +130,17 @@ async def receipts_lag(bootstrap: str, prefix: str) -> int:
 
 
 def billing_env(
-    bootstrap: str, prefix: str, key_file: Path, trace_ratio: float | None, batch: int | None
+    bootstrap: str,
+    prefix: str,
+    key_file: Path,
+    trace_ratio: float | None,
+    batch: int | None,
+    verify_threads: int,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COCOON_", "OTEL_"))}
     if batch is not None:
         env["COCOON_MAX_BATCH_RECORDS"] = str(batch)
+    env["COCOON_VERIFY_THREADS"] = str(verify_threads)
     if trace_ratio is not None:  # the SDK's standard sampler settings, as a deployment sets them
         env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio",
                    OTEL_TRACES_SAMPLER_ARG=str(trace_ratio))  # fmt: skip
@@ -148,7 +160,7 @@ def billing_env(
 
 async def run(
     bootstrap: str, prefix: str, n: int, attestation: ServiceKey, billing: subprocess.Popen
-) -> None:
+) -> float:
     workers = {f"w-{i}": WorkerKeys.generate() for i in range(WORKERS)}
     died = "billing exited; see its log"
     held: set[str] = set()
@@ -181,6 +193,7 @@ async def run(
                       for i, r in enumerate(rids)]  # fmt: skip
 
             start, cpu = time.perf_counter(), time.process_time()
+            billing_cpu = cpu_seconds(billing.pid)
             sends = [await producer.send("usage.receipts", rec, wait=False) for rec in signed]
             await asyncio.gather(*sends)
             produced = time.perf_counter() - start
@@ -189,6 +202,7 @@ async def run(
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - start
             bench_cpu = time.process_time() - cpu
+            billing_cpu = cpu_seconds(billing.pid) - billing_cpu
     finally:
         reading.cancel()
         await reservations.stop()
@@ -199,7 +213,15 @@ async def run(
     print(f"  produced in {produced:.2f} s by this process ({bench_cpu:.1f} CPU-s here)")
     print(f"  all committed (ledger + balances + offsets) after {elapsed:.2f} s:"
           f" {n / elapsed:,.0f} receipts/s")  # fmt: skip
+    print(f"  billing used {billing_cpu:.1f} CPU-s: {billing_cpu / n * 1e6:.0f} us per receipt")
     print(f"  ledger read back: {charges} charges, {len(entries)} entries")
+    return n / elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -211,35 +233,52 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, default=None, help="COCOON_MAX_BATCH_RECORDS (default: the service's)"
     )
+    parser.add_argument(
+        "--verify-threads",
+        default="1,2",
+        help="comma-separated COCOON_VERIFY_THREADS values, one run each (default: 1,2)",
+    )
     args = parser.parse_args()
+    threads = [int(value) for value in args.verify_threads.split(",")]
     home = Path(tempfile.mkdtemp(prefix="cocoon-bench-billing-"))
     port = broker.free_port_pair()
     layout = broker.BrokerLayout(home=home / "kafka", port=port, controller_port=port + 1)
     bootstrap = broker.start(layout)
+    rates: dict[int, float] = {}
     try:
-        prefix = f"bench.billing.{uuid.uuid4().hex[:6]}."
-        catalog = load_catalog()
-        specs = [catalog[t] for t in TOPICS]
-        apply_topics(bootstrap, specs + [dead_letter_spec(s) for s in specs], prefix=prefix)
-        attestation = ServiceKey.generate()
-        key_file = home / "attestation.pub"
-        key_file.write_text(attestation.public.hex())
-        with open(home / "billing.log", "w") as log:
-            billing = subprocess.Popen(
-                [sys.executable, "-m", "cocoon.core.runtime", "billing"],
-                env=billing_env(bootstrap, prefix, key_file, args.trace_ratio, args.batch),
-                stdout=log,
-                stderr=log,
-            )
-            try:
-                asyncio.run(run(bootstrap, prefix, args.receipts, attestation, billing))
-            finally:
-                billing.terminate()
-                billing.wait(30)
+        for count in threads:
+            print(f"COCOON_VERIFY_THREADS={count}:")
+            rates[count] = one_run(bootstrap, home, args, count)
         sampled = "every trace" if args.trace_ratio is None else f"{args.trace_ratio:g} of traces"
-        print(f"  billing sampled {sampled}; its log: {home / 'billing.log'}")
+        print(f"billing sampled {sampled}; its logs: {home}/billing-*.log")
+        print("receipts/s by verify threads: "
+              + ", ".join(f"{t}: {r:,.0f}" for t, r in rates.items()))  # fmt: skip
     finally:
         broker.stop(layout)
+
+
+def one_run(bootstrap: str, home: Path, args: argparse.Namespace, verify_threads: int) -> float:
+    """One billing process on fresh topics; its receipts per second."""
+    prefix = f"bench.billing.{uuid.uuid4().hex[:6]}."
+    catalog = load_catalog()
+    specs = [catalog[t] for t in TOPICS]
+    apply_topics(bootstrap, specs + [dead_letter_spec(s) for s in specs], prefix=prefix)
+    attestation = ServiceKey.generate()
+    key_file = home / "attestation.pub"
+    key_file.write_text(attestation.public.hex())
+    env = billing_env(bootstrap, prefix, key_file, args.trace_ratio, args.batch, verify_threads)
+    with open(home / f"billing-{verify_threads}.log", "w") as log:
+        billing = subprocess.Popen(
+            [sys.executable, "-m", "cocoon.core.runtime", "billing"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            return asyncio.run(run(bootstrap, prefix, args.receipts, attestation, billing))
+        finally:
+            billing.terminate()
+            billing.wait(30)
 
 
 if __name__ == "__main__":

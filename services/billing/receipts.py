@@ -7,7 +7,8 @@ receipt's key is the one in the worker's *current* verdict, then verifies the Ed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -127,30 +128,88 @@ class Ed25519ReceiptVerifier:
 
     `current_key(worker_id)` returns the 32-byte Ed25519 key of the worker's current, trusted
     verdict (None when it has none); `message(receipt)` returns the exact signed bytes.
+
+    With `threads` > 1, `check_ahead` verifies a batch's signatures on that many threads before
+    the batch is captured in order (OpenSSL's Ed25519 verify releases the GIL, and it is most of
+    a capture's cost). Only the signature is checked ahead; whether the key is the worker's
+    *current* one is still decided at capture, in order.
     """
 
     def __init__(
         self,
         current_key: Callable[[str], bytes | None],
         message: Callable[[Receipt], bytes],
+        *,
+        threads: int = 1,
     ) -> None:
         self._current_key = current_key
         self._message = message
         self._loaded: dict[bytes, Ed25519PublicKey] = {}
+        self._threads = max(1, threads)
+        self._pool = (
+            ThreadPoolExecutor(self._threads - 1, thread_name_prefix="receipt-verify")
+            if self._threads > 1
+            else None
+        )
+        # Signature verdicts of the last batch checked ahead. Keyed by the whole receipt: an
+        # equal receipt has the same key, signature and signed bytes.
+        self._checked: dict[Receipt, bool] = {}
 
     def __call__(self, receipt: Receipt) -> bool:
         key = self._current_key(receipt.worker_id)
         if key is None or bytes(receipt.signing_key) != bytes(key):
             return False
+        checked = self._checked.pop(receipt, None)
+        if checked is not None:
+            return checked
+        public = self._public(key)
+        return public is not None and _valid(public, receipt.signature, self._message(receipt))
+
+    def check_ahead(self, receipts: Sequence[Receipt]) -> None:
+        """Verify the signatures of `receipts` across the threads (this one included)."""
+        self._checked = {}
+        if self._pool is None or len(receipts) < 2:
+            return
+        jobs: list[tuple[Receipt, Ed25519PublicKey, bytes, bytes]] = []
+        for receipt in receipts:
+            key = self._current_key(receipt.worker_id)
+            if key is None or bytes(receipt.signing_key) != bytes(key):
+                continue  # refused at capture without a signature check
+            public = self._public(key)
+            if public is None:
+                continue
+            # The signed bytes are built here: that is Python work, which holds the GIL.
+            jobs.append((receipt, public, bytes(receipt.signature), self._message(receipt)))
+        share = -(-len(jobs) // self._threads)
+        chunks = [jobs[i : i + share] for i in range(0, len(jobs), share)]
+        others = [self._pool.submit(_verify_all, chunk) for chunk in chunks[1:]]
+        results = _verify_all(chunks[0]) if chunks else []
+        for future in others:
+            results += future.result()
+        self._checked.update(zip((job[0] for job in jobs), results, strict=True))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _public(self, key: bytes) -> Ed25519PublicKey | None:
         public = self._loaded.get(key)
         if public is None:
             try:
                 public = Ed25519PublicKey.from_public_bytes(key)
             except ValueError:
-                return False
+                return None
             self._loaded[key] = public
-        try:
-            public.verify(bytes(receipt.signature), self._message(receipt))
-        except InvalidSignature:
-            return False
-        return True
+        return public
+
+
+def _valid(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    try:
+        public.verify(bytes(signature), message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _verify_all(jobs: Sequence[tuple[Receipt, Ed25519PublicKey, bytes, bytes]]) -> list[bool]:
+    return [_valid(public, signature, message) for _, public, signature, message in jobs]

@@ -51,7 +51,12 @@ from pydantic import Field, ValidationError, model_validator
 
 from cocoon.billing.money import BillingError, check_amount, check_id
 from cocoon.billing.pricing import BPS_ONE, Prices
-from cocoon.billing.receipts import Ed25519ReceiptVerifier, canonical_message
+from cocoon.billing.receipts import (
+    Ed25519ReceiptVerifier,
+    Receipt,
+    canonical_message,
+    receipt_from_record,
+)
 from cocoon.billing.stream import BALANCES_TOPIC, LEDGER_TOPIC, ledger_records, touched
 from cocoon.billing.stream_handlers import (
     BadRecord,
@@ -158,6 +163,9 @@ class Settings(ServiceSettings):
     # per partition it wrote, so larger batches commit more per second (500: 1,578/s, 2,000:
     # 1,875/s, 5,000: 1,905/s in bench/billing_kafka.py); under light load batches are small.
     max_batch_records: int = Field(2000, gt=0, description="records per transaction")
+    # Threads that verify a batch's receipt signatures ahead of its in-order capture (Ed25519
+    # verify releases the GIL and is most of a capture's cost); 1 verifies inline.
+    verify_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=64)
     # TON (deposits and payouts) is on when COCOON_TON_NETWORK is set; see billing/ton/config.py.
     ton_poll_seconds: float = Field(5.0, gt=0, description="deposit and payout step period")
     payout_store: Path | None = Field(None, description="SQLite file of payouts in flight")
@@ -216,7 +224,9 @@ class Billing(Service):
         self.prefix = prefix
         client = f"billing-{settings.instance_id}"
         self.keys = VerdictKeys(settings.pinned_key())
-        self.verify = Ed25519ReceiptVerifier(self.keys.current_key, canonical_message)
+        self.verify = Ed25519ReceiptVerifier(
+            self.keys.current_key, canonical_message, threads=settings.verify_threads
+        )
         self.producer = BusProducer(
             bootstrap, client_id=client, prefix=prefix, transactional_id=settings.transactional_id
         )
@@ -345,6 +355,7 @@ class Billing(Service):
             with contextlib.suppress(Exception):
                 await (client.close() if isinstance(client, TonLink) else client.stop())
         self._started.clear()
+        self.verify.close()
 
     # ---- the transactional loop --------------------------------------------------------
 
@@ -383,13 +394,14 @@ class Billing(Service):
         offsets: dict[TopicPartition, int] = {}
         dead: list[tuple[str, ConsumerRecord, Exception]] = []
         parked: dict[TopicPartition, int] = {}
+        decoded = self._check_receipts_ahead(polled)
         # Within a batch, requests and placements before the receipts and outcomes they decide.
         for tp, records in sorted(polled.items(), key=lambda item: self._order[item[0].topic]):
             for record in records:
                 topic = record.topic.removeprefix(self.prefix)
                 with consume_span(record, group=self.settings.consumer_group) as span:
                     try:
-                        self._handle(topic, record, now)
+                        self._handle(topic, record, now, decoded.pop(id(record), None))
                     except ReceiptTooEarly:
                         # Stop this partition here: its offset stays on this receipt, which is
                         # read again after the next tick has read further into the requests.
@@ -469,11 +481,41 @@ class Billing(Service):
             read_to = min(read_to, seen)
         return read_to
 
-    def _handle(self, topic: str, record: ConsumerRecord, now: int) -> None:
+    def _check_receipts_ahead(
+        self, polled: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Decode the batch's receipts and verify their signatures on several threads; the
+        decoded values by record (`id`), for `_handle`. A record that does not decode is left
+        for `_handle`, which dead-letters it in order."""
+        topic = self.prefix + RECEIPTS
+        decoded: dict[int, tuple[str, dict[str, Any]]] = {}
+        receipts: list[Receipt] = []
+        for tp, records in polled.items():
+            if tp.topic != topic:
+                continue
+            for record in records:
+                if record.value is None:
+                    continue
+                try:
+                    name, data = self._store.decode(record.value, reader=INPUTS[RECEIPTS])
+                    receipts.append(receipt_from_record(data))
+                except (codec.DecodeError, BillingError):
+                    continue
+                decoded[id(record)] = (name, data)
+        self.verify.check_ahead(receipts)
+        return decoded
+
+    def _handle(
+        self,
+        topic: str,
+        record: ConsumerRecord,
+        now: int,
+        decoded: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
         assert self.processor is not None
         if record.value is None:
             raise MissingValue(f"null value on {topic}")
-        name, data = self._store.decode(record.value, reader=INPUTS[topic])
+        name, data = decoded or self._store.decode(record.value, reader=INPUTS[topic])
         if topic == RECEIPTS:
             # No model: `receipt_from_record` validates every field it uses (BadRecord if not),
             # and this is the hot path (docs/performance.md).

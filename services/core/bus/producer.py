@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from cocoon.core import codec
+from cocoon.core.bus.partitioner import CachedKeyPartitioner
 from cocoon.core.bus.settings import ProducerSettings, topic_prefix
 from cocoon.core.catalog import TopicSpec, default_catalog, spec_for
 from cocoon.core.telemetry.messaging import produce_span, record_sent
@@ -45,6 +46,7 @@ class BusProducer:
             bootstrap_servers=bootstrap,
             client_id=client_id,
             transactional_id=transactional_id,
+            partitioner=CachedKeyPartitioner(),
             **self.settings.kwargs(),
         )
 
