@@ -30,7 +30,7 @@ from cocoon.billing.ton.api import TonApi
 from cocoon.billing.ton.config import TonSettings
 from cocoon.billing.ton.deposits import DepositWatcher
 from cocoon.billing.ton.payouts import PayoutService, PayoutStore
-from cocoon.billing.ton.wallet import PayoutWallet
+from cocoon.billing.ton.wallet import payout_wallet
 from cocoon.core.runtime.tasks import wait_any
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ class TonLink:
         )
         self.payouts: PayoutService | None = None
         if settings.wallet_secret_file is not None:
-            wallet = PayoutWallet(settings.wallet_seed(), testnet=settings.testnet)
+            wallet = payout_wallet(
+                settings.wallet, settings.wallet_seed(), testnet=settings.testnet
+            )
             self.payouts = PayoutService(
                 engine,
                 self.api,

@@ -1,9 +1,10 @@
 """One run of the payout service as its own process, from persisted state only.
 
-    python payout_process.py NODE_URL WORKDIR SEED_HEX DESTINATIONS_JSON CRASH_AT
+    python payout_process.py NODE_URL WORKDIR SEED_HEX DESTINATIONS_JSON CRASH_AT WALLET
 
 CRASH_AT is "signed" (SIGKILL right after the signed transfer is committed, before sending),
-"sent" (SIGKILL right after sending, before any confirmation) or "none".
+"sent" (SIGKILL right after sending, before any confirmation) or "none"; WALLET is a
+`cocoon.billing.ton.wallet.WALLETS` name.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cocoon.billing.journal import FileJournal
 from cocoon.billing.pricing import Prices
 from cocoon.billing.ton.api import TonApi
 from cocoon.billing.ton.payouts import PayoutService, PayoutStore
-from cocoon.billing.ton.wallet import PayoutWallet
+from cocoon.billing.ton.wallet import payout_wallet
 
 PRICES = Prices(price_per_token=1_000_000, worker_fee_per_token=800_000)
 THRESHOLD = 500_000_000
@@ -30,14 +31,16 @@ def _die(_transfer: object) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def main(url: str, workdir: Path, seed: bytes, destinations: dict, crash_at: str) -> None:
+async def main(
+    url: str, workdir: Path, seed: bytes, destinations: dict, crash_at: str, kind: str
+) -> None:
     journal = FileJournal(workdir / "ledger.jsonl")
     engine = BillingEngine.replay(journal.entries(), PRICES, lambda r: False, sink=journal)
     api = TonApi(url)
     service = PayoutService(
         engine,
         api,
-        PayoutWallet(seed),
+        payout_wallet(kind, seed),
         PayoutStore(workdir / "payouts.sqlite"),
         destinations.get,
         threshold=THRESHOLD,
@@ -51,5 +54,7 @@ async def main(url: str, workdir: Path, seed: bytes, destinations: dict, crash_a
 
 
 if __name__ == "__main__":
-    url, workdir, seed, destinations, crash_at = sys.argv[1:6]
-    asyncio.run(main(url, Path(workdir), bytes.fromhex(seed), json.loads(destinations), crash_at))
+    url, workdir, seed, destinations, crash_at, kind = sys.argv[1:7]
+    asyncio.run(
+        main(url, Path(workdir), bytes.fromhex(seed), json.loads(destinations), crash_at, kind)
+    )

@@ -18,10 +18,17 @@ from ton_support import TON
 from cocoon.billing.audit import audit
 from cocoon.billing.engine import BillingEngine
 from cocoon.billing.journal import FileJournal
+from cocoon.billing.money import BillingError
 from cocoon.billing.pricing import Usage
 from cocoon.billing.ton.api import TonApi, TonApiError
 from cocoon.billing.ton.payouts import PayoutRow, PayoutService, PayoutStore
-from cocoon.billing.ton.wallet import Order, PayoutWallet
+from cocoon.billing.ton.wallet import (
+    HIGHLOAD_MAX_ORDERS,
+    HighloadPayoutWallet,
+    Order,
+    PayoutWallet,
+    payout_wallet,
+)
 
 HERE = Path(__file__).parent
 DESTS = {"w1": "0:" + "a1" * 32, "w2": "0:" + "b2" * 32, "w3": "0:" + "c3" * 32}
@@ -51,6 +58,12 @@ def workers() -> Workers:
     return w
 
 
+@pytest.fixture(params=["v4r2", "highload-v2"])
+def kind(request) -> str:
+    """Every payout rule holds for both wallets (docs/billing.md)."""
+    return request.param
+
+
 @pytest.fixture
 def node():
     with TonNode(block_interval=0.03) as n:
@@ -69,13 +82,12 @@ async def settle(service: PayoutService, node: TonNode, rounds: int = 40):
     raise AssertionError(f"payouts did not settle: {reports[-3:]}")
 
 
-async def test_batch_of_workers_is_paid_once_and_the_ledger_follows(tmp_path, node, workers):
+async def test_batch_of_workers_is_paid_once_and_the_ledger_follows(tmp_path, node, workers, kind):
     engine, _ = funded_engine(tmp_path, workers)
     earn(engine, workers, "w1", 1000, 1)  # 0.8 TON: above the threshold
     earn(engine, workers, "w2", 2000, 1)  # 1.6 TON
     earn(engine, workers, "w3", 100, 1)  # 0.088 TON: below, waits
-    seed = os.urandom(32)
-    wallet = PayoutWallet(seed)
+    wallet = payout_wallet(kind, os.urandom(32))
     node.fund(wallet.address, 10 * TON)
     api = TonApi(node.url)
     store = PayoutStore(tmp_path / "payouts.sqlite")
@@ -94,10 +106,10 @@ async def test_batch_of_workers_is_paid_once_and_the_ledger_follows(tmp_path, no
     await api.aclose()
 
 
-async def test_lost_message_expires_and_is_signed_again_once(tmp_path, node, workers):
+async def test_lost_message_expires_and_is_signed_again_once(tmp_path, node, workers, kind):
     engine, _ = funded_engine(tmp_path, workers)
     earn(engine, workers, "w1", 1000, 1)
-    wallet = PayoutWallet(os.urandom(32))
+    wallet = payout_wallet(kind, os.urandom(32))
     node.fund(wallet.address, 10 * TON)
     api = TonApi(node.url)
     store = PayoutStore(tmp_path / "payouts.sqlite")
@@ -170,25 +182,26 @@ async def test_nothing_is_signed_unless_the_ledger_move_is_made_durable_first(
     await api.aclose()
 
 
-def run_payout_process(node: TonNode, workdir: Path, seed: bytes, crash_at: str):
+def run_payout_process(node: TonNode, workdir: Path, seed: bytes, crash_at: str, kind: str):
     return subprocess.run(
         [sys.executable, str(HERE / "payout_process.py"), node.url, str(workdir), seed.hex(),
-         json.dumps(DESTS), crash_at],
+         json.dumps(DESTS), crash_at, kind],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("crash_at", ["signed", "sent"])
 def test_sigkill_between_signing_and_confirmation_never_pays_twice(tmp_path, node, workers,
-                                                                    crash_at):  # fmt: skip
+                                                                    crash_at, kind):  # fmt: skip
     engine, journal = funded_engine(tmp_path, workers)
     earn(engine, workers, "w1", 1000, 1)
     earn(engine, workers, "w2", 3000, 1)
     journal.close()
     seed = os.urandom(32)
-    node.fund(PayoutWallet(seed).address, 20 * TON)
+    address = payout_wallet(kind, seed).address
+    node.fund(address, 20 * TON)
 
-    killed = run_payout_process(node, tmp_path, seed, crash_at)
+    killed = run_payout_process(node, tmp_path, seed, crash_at, kind)
     assert killed.returncode == -9, killed.stderr
     store = PayoutStore(tmp_path / "payouts.sqlite")
     [batch] = store.batches()
@@ -196,13 +209,13 @@ def test_sigkill_between_signing_and_confirmation_never_pays_twice(tmp_path, nod
     assert len(node.sent_bocs) == (0 if crash_at == "signed" else 1)
 
     for _ in range(40):  # restart from persisted state until everything settled
-        done = run_payout_process(node, tmp_path, seed, "none")
+        done = run_payout_process(node, tmp_path, seed, "none", kind)
         assert done.returncode == 0, done.stderr
         if not store.batches("signed", "sent") and not store.payouts("planned"):
             break
     assert node.balance(DESTS["w1"]) == 808_000_000
     assert node.balance(DESTS["w2"]) == 2_408_000_000
-    wallet_txs = node.transactions(PayoutWallet(seed).address)
+    wallet_txs = node.transactions(address)
     paid = [m for t in wallet_txs for m in t["out_msgs"]]
     assert len(paid) == 2  # exactly one transfer per worker reached the chain
     assert {b.status for b in store.batches()} == {"confirmed"}
@@ -256,3 +269,43 @@ async def test_a_planned_payout_whose_earnings_were_lost_is_cancelled_not_fatal(
     assert node.balance(DESTS["w1"]) == 808_000_000 and engine.earnings("w1") == 0
     assert audit(engine.ledger) == []
     await api.aclose()
+
+
+async def test_a_large_payout_run_goes_out_in_as_few_messages_as_the_wallet_allows(
+    tmp_path, node, kind
+):
+    workers = Workers()
+    destinations = {}
+    for i in range(85):
+        workers.add(f"x{i}")
+        destinations[f"x{i}"] = f"0:{i + 1:064x}"
+    engine, _ = funded_engine(tmp_path, workers)
+    for i in range(85):
+        earn(engine, workers, f"x{i}", 1000, 1)
+    wallet = payout_wallet(kind, os.urandom(32))
+    node.fund(wallet.address, 100 * TON)
+    api = TonApi(node.url)
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    service = PayoutService(engine, api, wallet, store, destinations.get, threshold=THRESHOLD)
+    await settle(service, node, rounds=200)
+    assert all(node.balance(d) == 808_000_000 for d in destinations.values())
+    batches = store.batches()
+    assert len(batches) == -(-85 // wallet.max_orders)  # v4r2: 22 messages; highload: 2
+    assert {b.status for b in batches} == {"confirmed"}
+    paid = [m for t in node.transactions(wallet.address) for m in t["out_msgs"]]
+    assert len(paid) == 85
+    assert engine.ledger.balance("ton:payouts") == 85 * 808_000_000
+    assert audit(engine.ledger, require_no_open_holds=True) == []
+    await api.aclose()
+
+
+async def test_a_highload_first_transfer_deploys_and_carries_its_most_orders(node):
+    wallet = HighloadPayoutWallet(os.urandom(32))
+    node.fund(wallet.address, 10 * TON)
+    dests = [f"0:{n + 1:064x}" for n in range(HIGHLOAD_MAX_ORDERS)]
+    orders = [Order(d, 1000 + n, f"cocoon payout x{n}.1") for n, d in enumerate(dests)]
+    with pytest.raises(BillingError, match="1 to 80 orders"):
+        wallet.sign(1, [*orders, orders[0]], node.now() + 60, deploy=True)
+    node.send_boc(wallet.sign(1, orders, node.now() + 60, deploy=True).boc)
+    node.produce_block()
+    assert [node.balance(d) for d in dests] == [1000 + n for n in range(HIGHLOAD_MAX_ORDERS)]

@@ -184,6 +184,28 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
     assert "readOnly: true" in helpers
 
 
+def test_the_mounted_wallet_key_reaches_billing_under_the_name_it_reads():
+    from cocoon.billing.ton.config import TonSettings
+
+    name = _values("prod")["secrets"]["tonWalletKey"]["env"]
+    env = {
+        "COCOON_TON_NETWORK": "testnet",
+        "COCOON_TON_API_URL": "https://testnet.toncenter.com/api/v2",
+        "COCOON_TON_DEPOSIT_ADDRESS": "0:" + "ab" * 32,
+        name: "/var/run/secrets/cocoon/tonWalletKey/wallet-key",
+    }
+    assert TonSettings.from_env(env).wallet_secret_file is not None
+
+
+def test_billing_runs_as_one_replica_without_an_autoscaler_everywhere():
+    # Its replicas share one transactional id: a second one would fence the first, forever.
+    for env in ENVIRONMENTS:
+        billing = _values(env)["services"]["billing"]
+        assert billing["replicas"] == 1, env
+        assert billing["autoscaling"]["enabled"] is False, env
+        assert billing["pdb"] == {"maxUnavailable": 1}, env
+
+
 def test_security_context_and_resources():
     for env in ENVIRONMENTS:
         values = _values(env)

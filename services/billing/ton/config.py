@@ -10,6 +10,7 @@ COCOON_TON_DEPOSIT_ADDRESS      the deposit wallet's address
 COCOON_TON_CONFIRMATIONS        masterchain blocks to wait before crediting (default 3)
 COCOON_TON_PAYOUT_THRESHOLD     nanoTON a worker must have earned to be paid (default 10 TON,
                                 as COCOON)
+COCOON_TON_WALLET               v4r2 (default; 4 transfers per message) or highload-v2 (80)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from cocoon.billing.money import NANO_PER_TON, BillingError, check_amount
 from cocoon.billing.ton.address import parse_address
+from cocoon.billing.ton.wallet import WALLETS
 
 NETWORKS = ("mainnet", "testnet")
 
@@ -34,6 +36,7 @@ class TonSettings:
     api_key: str | None = field(default=None, repr=False)
     confirmations: int = 3
     payout_threshold: int = 10 * NANO_PER_TON
+    wallet: str = "v4r2"
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -44,6 +47,8 @@ class TonSettings:
         if self.confirmations < 0:
             raise BillingError("confirmations must not be negative")
         check_amount(self.payout_threshold, "payout threshold", allow_zero=False)
+        if self.wallet not in WALLETS:
+            raise BillingError(f"TON wallet must be one of {sorted(WALLETS)}, got {self.wallet!r}")
 
     @property
     def testnet(self) -> bool:
@@ -80,4 +85,5 @@ class TonSettings:
             api_key=env.get("COCOON_TON_API_KEY") or None,
             confirmations=int(env.get("COCOON_TON_CONFIRMATIONS", "3")),
             payout_threshold=int(env.get("COCOON_TON_PAYOUT_THRESHOLD", str(10 * NANO_PER_TON))),
+            wallet=env.get("COCOON_TON_WALLET", "v4r2"),
         )

@@ -2,16 +2,17 @@
 
     planned  --sign-->  signed --send--> sent --chain shows our message--> confirmed | reversed
                           \\______________________/
-                           expired (seqno unused and valid_until passed) -> planned again
+                           expired (never accepted and valid_until passed) -> planned again
 
 Rules that make a crash anywhere safe:
-* The signed transfer (BOC, seqno, valid_until, message hash) is committed to SQLite *before*
-  it is sent. After a restart it is either found on chain (by the external message hash in the
-  wallet's transactions), re-sent byte for byte (same seqno: the wallet contract accepts it at
-  most once), or proven dead: the wallet's seqno still equals ours *and* valid_until has passed,
-  so the contract can never accept it. Only then are its payouts signed again.
-* One batch in flight at a time, so seqno bookkeeping is trivial: the next batch uses the
-  wallet's seqno.
+* The signed transfer (BOC, seqno or query number, valid_until, message hash) is committed to
+  SQLite *before* it is sent. After a restart it is either found on chain (by the external
+  message hash in the wallet's transactions), re-sent byte for byte (the wallet contract accepts
+  it at most once: v4r2 by its seqno, the highload wallet by its query id), or proven dead:
+  valid_until has passed (and, for v4r2, the wallet's seqno still equals ours), so the contract
+  can never accept it. Only then are its payouts signed again.
+* One batch in flight at a time (up to 4 orders with v4r2, 80 with the highload wallet), so seqno
+  bookkeeping is trivial: the next batch uses the wallet's seqno.
 * The ledger moves a worker's earnings to `payouts:pending` before signing, and to `ton:payouts`
   (or back to the worker when the wallet skipped the message) once the chain shows the outcome.
   Ledger operations are idempotent by payout id, so replaying them after a crash is harmless.
@@ -31,7 +32,7 @@ from cocoon.billing.engine import BillingEngine
 from cocoon.billing.money import BillingError, check_amount
 from cocoon.billing.ton.address import AddressError, parse_address
 from cocoon.billing.ton.api import TonApi, TonApiError, TonTransaction
-from cocoon.billing.ton.wallet import MAX_ORDERS, Order, PayoutWallet, SignedTransfer
+from cocoon.billing.ton.wallet import Order, SignedTransfer, Wallet
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class PayoutService:
         self,
         engine: BillingEngine,
         api: TonApi,
-        wallet: PayoutWallet,
+        wallet: Wallet,
         store: PayoutStore,
         destination_of: Callable[[str], str | None],
         *,
@@ -286,7 +287,7 @@ class PayoutService:
         return planned, skipped
 
     async def _sign_and_send(self) -> str | None:
-        rows = self.store.payouts("planned")[:MAX_ORDERS]
+        rows = self.store.payouts("planned")[: self.wallet.max_orders]
         if not rows:
             return None
         info = await self.api.get_address_information(self.wallet.address)
@@ -298,10 +299,13 @@ class PayoutService:
                 total += row.amount + self._fee_allowance
         if not chosen:
             return None  # wallet needs topping up; earnings stay safely in payouts:pending
-        seqno = await self.api.get_seqno(self.wallet.address)
+        if self.wallet.uses_seqno:
+            seqno = await self.api.get_seqno(self.wallet.address)
+        else:  # the query id's low half: tells apart batches signed in the same second
+            seqno = len(self.store.batches()) + 1
         now = self._now()
         orders = [Order(r.destination, r.amount, f"cocoon payout {r.payout_id}") for r in chosen]
-        transfer = self.wallet.sign(seqno, orders, now + self._ttl)
+        transfer = self.wallet.sign(seqno, orders, now + self._ttl, deploy=info.state != "active")
         batch = BatchRow(
             batch_id=f"b{seqno}.{transfer.message_hash[:16]}",
             seqno=seqno,
@@ -345,11 +349,12 @@ class PayoutService:
         now = self._now()
         if tx is not None:
             return self._settle(batch, tx, now)
-        seqno = await self.api.get_seqno(self.wallet.address)
-        if seqno > batch.seqno:
+        if self.wallet.uses_seqno and await self.api.get_seqno(self.wallet.address) > batch.seqno:
             # Our seqno is used but our message is not (yet) in the history we read: wait, and
             # never sign again for these payouts until the chain explains it.
             return None
+        # Past valid_until neither wallet accepts the message (v4r2 checks it with the seqno,
+        # the highload wallet with the query id), so not found by then means never.
         if now > batch.valid_until + self._margin:
             self.store.expire_batch(batch.batch_id, now)
             return "expired"
