@@ -173,7 +173,7 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
         assert ref["env"].startswith("COCOON_") and ref["env"].endswith("_FILE")
     wanted = {
         "attestation": ["attestationSigningKey"],
-        "billing": ["tonWalletKey"],
+        "billing": ["tonWalletKey", "tonApiUrl", "tonApiKey"],
         "gateway": ["apiKeyPepper"],
         "scheduler": [],
         "worker-proxy": [],
@@ -184,17 +184,19 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
     assert "readOnly: true" in helpers
 
 
-def test_the_mounted_wallet_key_reaches_billing_under_the_name_it_reads():
+def test_the_mounted_ton_secrets_reach_billing_under_the_names_it_reads(tmp_path):
     from cocoon.billing.ton.config import TonSettings
 
-    name = _values("prod")["secrets"]["tonWalletKey"]["env"]
-    env = {
-        "COCOON_TON_NETWORK": "testnet",
-        "COCOON_TON_API_URL": "https://testnet.toncenter.com/api/v2",
-        "COCOON_TON_DEPOSIT_ADDRESS": "0:" + "ab" * 32,
-        name: "/var/run/secrets/cocoon/tonWalletKey/wallet-key",
-    }
-    assert TonSettings.from_env(env).wallet_secret_file is not None
+    secrets = _values("prod")["secrets"]
+    files = {sid: tmp_path / sid for sid in ("tonWalletKey", "tonApiUrl", "tonApiKey")}
+    files["tonApiUrl"].write_text("https://testnet.toncenter.com/api/v2\n")
+    files["tonApiKey"].write_text("k-123\n")
+    env = {secrets[sid]["env"]: str(path) for sid, path in files.items()}
+    env |= {"COCOON_TON_NETWORK": "testnet", "COCOON_TON_DEPOSIT_ADDRESS": "0:" + "ab" * 32}
+    settings = TonSettings.from_env(env)
+    assert settings.wallet_secret_file == files["tonWalletKey"]
+    assert settings.api_url == "https://testnet.toncenter.com/api/v2"
+    assert settings.api_key == "k-123"
 
 
 def test_billing_runs_as_one_replica_without_an_autoscaler_everywhere():

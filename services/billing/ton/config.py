@@ -4,6 +4,8 @@ COCOON_TON_NETWORK              mainnet | testnet (required; no default to pay r
                                 mistake)
 COCOON_TON_API_URL              toncenter v2 compatible base URL, e.g. .../api/v2
 COCOON_TON_API_KEY              optional API key (sent as X-API-Key)
+    Each of these two may instead be given as a file (COCOON_TON_API_URL_FILE,
+    COCOON_TON_API_KEY_FILE): a mounted secret, which is how the Helm chart passes them.
 COCOON_TON_WALLET_SECRET_FILE   file holding the payout wallet's 32-byte Ed25519 seed in hex
                                 (a mounted Kubernetes secret)
 COCOON_TON_DEPOSIT_ADDRESS      the deposit wallet's address
@@ -69,21 +71,40 @@ class TonSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TonSettings:
         env = os.environ if env is None else env
+        api_url = _value_or_file(env, "COCOON_TON_API_URL")
         missing = [
-            k
-            for k in ("COCOON_TON_NETWORK", "COCOON_TON_API_URL", "COCOON_TON_DEPOSIT_ADDRESS")
-            if not env.get(k)
+            name
+            for name, value in (
+                ("COCOON_TON_NETWORK", env.get("COCOON_TON_NETWORK")),
+                ("COCOON_TON_API_URL (or _FILE)", api_url),
+                ("COCOON_TON_DEPOSIT_ADDRESS", env.get("COCOON_TON_DEPOSIT_ADDRESS")),
+            )
+            if not value
         ]
         if missing:
             raise BillingError(f"missing TON settings: {', '.join(missing)}")
         secret = env.get("COCOON_TON_WALLET_SECRET_FILE")
         return cls(
             network=env["COCOON_TON_NETWORK"],
-            api_url=env["COCOON_TON_API_URL"],
+            api_url=str(api_url),
             deposit_address=env["COCOON_TON_DEPOSIT_ADDRESS"],
             wallet_secret_file=Path(secret) if secret else None,
-            api_key=env.get("COCOON_TON_API_KEY") or None,
+            api_key=_value_or_file(env, "COCOON_TON_API_KEY"),
             confirmations=int(env.get("COCOON_TON_CONFIRMATIONS", "3")),
             payout_threshold=int(env.get("COCOON_TON_PAYOUT_THRESHOLD", str(10 * NANO_PER_TON))),
             wallet=env.get("COCOON_TON_WALLET", "v4r2"),
         )
+
+
+def _value_or_file(env: Mapping[str, str], name: str) -> str | None:
+    """`name`'s value, or the stripped contents of the file `name`_FILE points at; None if
+    neither is set. Both set is refused: which one wins would be a guess."""
+    value, path = env.get(name) or None, env.get(f"{name}_FILE") or None
+    if value is not None and path is not None:
+        raise BillingError(f"set {name} or {name}_FILE, not both")
+    if path is None:
+        return value
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise BillingError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
