@@ -100,16 +100,15 @@ def _signed(
     )
 
 
-class PayoutWallet:
-    """Wallet v4r2: up to four transfers per external message, replay-protected by its seqno."""
+class _Wallet:
+    """A tonsdk wallet contract of the seed's Ed25519 key."""
 
-    max_orders = MAX_ORDERS
-    uses_seqno = True
+    contract_class: type[WalletV4ContractR2] | type[HighloadWalletV2Contract]
 
     def __init__(self, seed: bytes, *, testnet: bool = False, workchain: int = 0) -> None:
         public = _public_key(seed)
         # tonsdk signs with NaCl's 64-byte secret key layout (seed || public key).
-        self._contract = WalletV4ContractR2(
+        self._contract = self.contract_class(
             public_key=public, private_key=seed + public, wc=workchain
         )
         self.testnet = testnet
@@ -118,6 +117,14 @@ class PayoutWallet:
     @property
     def address(self) -> str:
         return self._contract.address.to_string(False)
+
+
+class PayoutWallet(_Wallet):
+    """Wallet v4r2: up to four transfers per external message, replay-protected by its seqno."""
+
+    contract_class = WalletV4ContractR2
+    max_orders = MAX_ORDERS
+    uses_seqno = True
 
     def sign(
         self, seqno: int, orders: list[Order], valid_until: int, *, deploy: bool = False
@@ -136,24 +143,13 @@ class PayoutWallet:
         return _signed(self._contract, parts["state_init"], parts["body"], seqno, valid_until)
 
 
-class HighloadPayoutWallet:
-    """Highload wallet v2: up to 254 transfers per external message, replay-protected by a
-    query id that expires (no seqno)."""
+class HighloadPayoutWallet(_Wallet):
+    """Highload wallet v2: up to 80 transfers per external message, replay-protected by a query
+    id that expires (no seqno)."""
 
+    contract_class = HighloadWalletV2Contract
     max_orders = HIGHLOAD_MAX_ORDERS
     uses_seqno = False
-
-    def __init__(self, seed: bytes, *, testnet: bool = False, workchain: int = 0) -> None:
-        public = _public_key(seed)
-        self._contract = HighloadWalletV2Contract(
-            public_key=public, private_key=seed + public, wc=workchain
-        )
-        self.testnet = testnet
-        self.public_key = public
-
-    @property
-    def address(self) -> str:
-        return self._contract.address.to_string(False)
 
     def sign(
         self, number: int, orders: list[Order], valid_until: int, *, deploy: bool = False
