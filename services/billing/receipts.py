@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cocoon.billing.money import BillingError, check_id
 from cocoon.billing.pricing import Usage
+from cocoon.core.codec.timestamps import epoch_millis
 from cocoon.core.crypto.canonical import signed_message
 from cocoon.core.crypto.receipts import RECEIPT_DOMAIN
 
@@ -71,15 +71,6 @@ def canonical_message(receipt: Receipt) -> bytes:
     return signed_message(RECEIPT_DOMAIN, receipt_fields(receipt))
 
 
-def _millis(value: object) -> int:
-    # fastavro decodes timestamp-millis as datetime; the signature covers integer milliseconds.
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise BillingError(f"timestamp must be int milliseconds, got {value!r}")
-
-
 def receipt_from_record(record: Mapping[str, object]) -> Receipt:
     """A billing Receipt from a decoded `cocoon.inference.UsageReceipt` Avro record."""
     try:
@@ -99,8 +90,8 @@ def receipt_from_record(record: Mapping[str, object]) -> Receipt:
             completed=bool(record["completed"]),
             signing_key=bytes(record["signing_key"]),  # type: ignore[arg-type]
             signature=bytes(record["signature"]),  # type: ignore[arg-type]
-            started_at_ms=_millis(record["started_at"]),
-            finished_at_ms=_millis(record["finished_at"]),
+            started_at_ms=epoch_millis(record["started_at"]),  # type: ignore[arg-type]
+            finished_at_ms=epoch_millis(record["finished_at"]),  # type: ignore[arg-type]
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BillingError(f"malformed usage receipt record: {exc!r}") from None

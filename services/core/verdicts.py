@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cocoon.core.codec.timestamps import epoch_millis
 from cocoon.core.crypto.canonical import load_ed25519_public, signed_message, verify_canonical
 from cocoon.core.crypto.errors import CryptoError
 
@@ -97,12 +97,10 @@ class VerifiedVerdict:
 
 
 def _millis(value: Any) -> int:
-    # fastavro and the generated models give timestamp-millis as datetime; signing uses int ms.
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise VerdictError(VerdictError.MALFORMED, f"timestamp {value!r} is not a time")
+    try:
+        return epoch_millis(value)
+    except TypeError as exc:
+        raise VerdictError(VerdictError.MALFORMED, str(exc)) from None
 
 
 def _as_mapping(verdict: Any) -> Mapping[str, Any]:

@@ -209,3 +209,18 @@ def test_property_random_bytes_never_decode_silently(data):
         return
     # The only way random bytes decode is a valid header of a known schema plus a valid body.
     assert data[:2] == MAGIC
+
+
+def test_epoch_millis_takes_times_and_integers_only():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from cocoon.core.codec.timestamps import epoch_millis
+
+    aware = datetime(2026, 11, 25, 1, 2, 3, 456000, tzinfo=UTC)
+    assert epoch_millis(aware) == 1795568523456
+    assert epoch_millis(aware.astimezone(timezone(timedelta(hours=5)))) == 1795568523456
+    assert epoch_millis(aware.replace(tzinfo=None)) == 1795568523456  # naive means UTC
+    assert epoch_millis(1795568523456) == 1795568523456
+    for bad in (True, 1.5, "1795568523456", None):
+        with pytest.raises(TypeError, match="is not a time"):
+            epoch_millis(bad)

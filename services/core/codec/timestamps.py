@@ -6,9 +6,14 @@ from datetime import UTC, datetime
 
 
 def epoch_millis(value: datetime | int) -> int:
-    """Unix milliseconds of a decoded timestamp-millis (a datetime; naive means UTC) or an int."""
+    """Unix milliseconds of a decoded timestamp-millis (a datetime; naive means UTC) or an int.
+
+    Anything else (a bool, a float, a string, None) raises TypeError: a signature covers these
+    integers, so nothing is guessed."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return round(value.timestamp() * 1000)
-    return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"timestamp {value!r} is not a time")

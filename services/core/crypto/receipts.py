@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from cocoon.core.codec.timestamps import epoch_millis
 from cocoon.core.crypto.canonical import sign_canonical, signed_message, verify_canonical
 from cocoon.core.crypto.errors import CryptoError, SignatureError
 from cocoon.core.crypto.keys import ED25519_LEN, WorkerKeys
 
 RECEIPT_DOMAIN = "cocoon/usage-receipt/v1"
-
-
-def _millis(value: int | datetime) -> int:
-    # fastavro decodes timestamp-millis as datetime; the signature covers integer milliseconds.
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -80,8 +73,8 @@ class SignedReceipt:
     def from_record(cls, record: dict[str, Any]) -> SignedReceipt:
         try:
             values = {f.name: record[f.name] for f in dataclasses.fields(UsageReceipt)}
-            values["started_at"] = _millis(values["started_at"])
-            values["finished_at"] = _millis(values["finished_at"])
+            values["started_at"] = epoch_millis(values["started_at"])
+            values["finished_at"] = epoch_millis(values["finished_at"])
             return cls(
                 UsageReceipt(**values), bytes(record["signing_key"]), bytes(record["signature"])
             )
