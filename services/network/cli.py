@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
 from typing import Annotated
 
 import httpx
@@ -25,6 +27,7 @@ def up(
     network = LocalNetwork(
         workers=workers, http_port=port, echo=lambda msg: console.print(f"[cyan]{msg}")
     )
+    stop_on_signals()
     try:
         with console.status("Starting the Cocoon network ..."):
             network.start()
@@ -37,8 +40,22 @@ def up(
         pass
     finally:
         console.print("Stopping ...")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the stop short
         network.stop()
         console.print("Stopped.")
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGHUP (a closed terminal) stop the network as Ctrl-C does, and Ctrl-C
+    work even when the shell started us with SIGINT ignored (as it does for background jobs):
+    otherwise the broker, the services and the engines would outlive `cocoon up`."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 def _banner(url: str, key: str) -> None:
