@@ -61,11 +61,16 @@ def test_a_signal_stops_the_children_too(sig):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     child = int(proc.stdout.readline())
-    assert _alive(child)
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=20)
-    assert "stopped" in out
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    try:
+        assert _alive(child)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=20)
+        assert "stopped" in out
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:  # a failed run must not leave either process behind
+        proc.kill()
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
