@@ -107,6 +107,23 @@ def receipt_digest(receipt: Receipt) -> str:
     return hashlib.sha256(repr(content).encode()).hexdigest()[:32]
 
 
+Postings = tuple[tuple[str, int], ...]
+
+
+def _to_held(client_id: str, amount: int) -> Postings:
+    """Move `amount` of a client's funds from available to held (nothing for 0)."""
+    if not amount:
+        return ()
+    return ((client_account(client_id), -amount), (holds_account(client_id), amount))
+
+
+def _to_available(client_id: str, amount: int) -> Postings:
+    """Move `amount` of a client's funds from held back to available (nothing for 0)."""
+    if not amount:
+        return ()
+    return ((holds_account(client_id), -amount), (client_account(client_id), amount))
+
+
 def _prices_meta(p: Prices) -> dict[str, int]:
     return {
         "price_per_token": p.price_per_token,
@@ -286,18 +303,14 @@ class BillingEngine:
                 raise GrantError(
                     f"grant {grant_id} has {grant.remaining} nanoTON left, the hold needs {amount}"
                 )
-            postings: tuple[tuple[str, int], ...] = ()  # the grant's funds are already held
+            postings: Postings = ()  # the grant's funds are already held
         else:
             prices = self.prices
             amount = max_cost(max_tokens, prompt_size, prices, max_coefficient)
             available = self.ledger.balance(client_account(client_id))
             if amount > available:
                 raise InsufficientFundsError(client_id, amount, available)
-            postings = (
-                ((client_account(client_id), -amount), (holds_account(client_id), amount))
-                if amount
-                else ()
-            )
+            postings = _to_held(client_id, amount)
         meta = {
             "request_id": request_id,
             "client_id": client_id,
@@ -351,14 +364,7 @@ class BillingEngine:
         return True
 
     def _release(self, hold: Hold, at_ms: int, reason: str) -> None:
-        postings = (
-            (
-                (holds_account(hold.client_id), -hold.amount),
-                (client_account(hold.client_id), hold.amount),
-            )
-            if hold.amount
-            else ()
-        )
+        postings = _to_available(hold.client_id, hold.amount)
         meta = {"request_id": hold.request_id, "client_id": hold.client_id, "reason": reason}
         self._record(Entry(f"release:{hold.request_id}", "release", postings, at_ms, meta))
 
@@ -387,7 +393,7 @@ class BillingEngine:
         available = self.ledger.balance(client_account(client_id))
         if amount > available:
             raise InsufficientFundsError(client_id, amount, available)
-        postings = ((client_account(client_id), -amount), (holds_account(client_id), amount))
+        postings = _to_held(client_id, amount)
         meta = {
             "grant_id": grant_id,
             "client_id": client_id,
@@ -415,11 +421,7 @@ class BillingEngine:
             return None
         returned = grant.remaining
         client = grant.client_id
-        postings = (
-            ((holds_account(client), -returned), (client_account(client), returned))
-            if returned
-            else ()
-        )
+        postings = _to_available(client, returned)
         meta = {
             "grant_id": grant_id,
             "client_id": client,
