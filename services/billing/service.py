@@ -55,7 +55,6 @@ from cocoon.billing.receipts import (
     Ed25519ReceiptVerifier,
     Receipt,
     canonical_message,
-    receipt_from_record,
 )
 from cocoon.billing.stream import BALANCES_TOPIC, LEDGER_TOPIC, ledger_records, touched
 from cocoon.billing.stream_handlers import (
@@ -64,6 +63,7 @@ from cocoon.billing.stream_handlers import (
     GrantPolicy,
     Processor,
     ReceiptTooEarly,
+    receipt_of,
 )
 from cocoon.billing.stream_registry import REGISTRY_TOPIC, RegistryPrices
 from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger
@@ -394,14 +394,14 @@ class Billing(Service):
         offsets: dict[TopicPartition, int] = {}
         dead: list[tuple[str, ConsumerRecord, Exception]] = []
         parked: dict[TopicPartition, int] = {}
-        decoded = self._check_receipts_ahead(polled)
+        receipts = self._check_receipts_ahead(polled)
         # Within a batch, requests and placements before the receipts and outcomes they decide.
         for tp, records in sorted(polled.items(), key=lambda item: self._order[item[0].topic]):
             for record in records:
                 topic = record.topic.removeprefix(self.prefix)
                 with consume_span(record, group=self.settings.consumer_group) as span:
                     try:
-                        self._handle(topic, record, now, decoded.pop(id(record), None))
+                        self._handle(topic, record, now, receipts.pop(id(record), None))
                     except ReceiptTooEarly:
                         # Stop this partition here: its offset stays on this receipt, which is
                         # read again after the next tick has read further into the requests.
@@ -483,13 +483,12 @@ class Billing(Service):
 
     def _check_receipts_ahead(
         self, polled: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> dict[int, tuple[str, dict[str, Any]]]:
-        """Decode the batch's receipts and verify their signatures on several threads; the
-        decoded values by record (`id`), for `_handle`. A record that does not decode is left
-        for `_handle`, which dead-letters it in order."""
+    ) -> dict[int, Receipt]:
+        """Build the batch's receipts and verify their signatures on several threads; the
+        receipts by record (`id`), for `_handle`. A record that does not decode or is not a
+        valid receipt is left for `_handle`, which dead-letters it in order."""
         topic = self.prefix + RECEIPTS
-        decoded: dict[int, tuple[str, dict[str, Any]]] = {}
-        receipts: list[Receipt] = []
+        receipts: dict[int, Receipt] = {}
         for tp, records in polled.items():
             if tp.topic != topic:
                 continue
@@ -497,30 +496,28 @@ class Billing(Service):
                 if record.value is None:
                     continue
                 try:
-                    name, data = self._store.decode(record.value, reader=INPUTS[RECEIPTS])
-                    receipts.append(receipt_from_record(data))
-                except (codec.DecodeError, BillingError):
+                    _, data = self._store.decode(record.value, reader=INPUTS[RECEIPTS])
+                    receipts[id(record)] = receipt_of(data)
+                except (codec.DecodeError, BadRecord):
                     continue
-                decoded[id(record)] = (name, data)
-        self.verify.check_ahead(receipts)
-        return decoded
+        self.verify.check_ahead(list(receipts.values()))
+        return receipts
 
     def _handle(
-        self,
-        topic: str,
-        record: ConsumerRecord,
-        now: int,
-        decoded: tuple[str, dict[str, Any]] | None = None,
+        self, topic: str, record: ConsumerRecord, now: int, receipt: Receipt | None = None
     ) -> None:
         assert self.processor is not None
         if record.value is None:
             raise MissingValue(f"null value on {topic}")
-        name, data = decoded or self._store.decode(record.value, reader=INPUTS[topic])
         if topic == RECEIPTS:
-            # No model: `receipt_from_record` validates every field it uses (BadRecord if not),
-            # and this is the hot path (docs/performance.md).
-            self._on_receipt(data, record.timestamp, now)
+            # No model: `receipt_from_record` validates every field it uses, and this is the
+            # hot path (docs/performance.md). Not built ahead: this raises why (dead-lettered).
+            if receipt is None:
+                _, data = self._store.decode(record.value, reader=INPUTS[RECEIPTS])
+                receipt = receipt_of(data)
+            self._on_receipt(receipt, record.timestamp, now)
             return
+        name, data = self._store.decode(record.value, reader=INPUTS[topic])
         try:
             value = model_for(name).from_avro(data)
         except ValidationError as exc:
@@ -537,10 +534,10 @@ class Billing(Service):
         else:
             self.processor.on_outcome(value, now)
 
-    def _on_receipt(self, data: dict[str, Any], sent_at_ms: int, now: int) -> None:
+    def _on_receipt(self, receipt: Receipt, sent_at_ms: int, now: int) -> None:
         assert self.processor is not None
         try:
-            result = self.processor.on_receipt(data, now, sent_at_ms=sent_at_ms)
+            result = self.processor.on_receipt(receipt, now, sent_at_ms=sent_at_ms)
         except BillingError as exc:
             raise BadRecord(str(exc)) from None
         reason = result.reason.value if result.reason else ""
@@ -548,8 +545,8 @@ class Billing(Service):
         if result.status == "rejected":
             log.warning(
                 "receipt for %s from %s rejected: %s (%s)",
-                data.get("request_id"),
-                data.get("worker_id"),
+                receipt.request_id,
+                receipt.worker_id,
                 reason,
                 result.detail,
             )

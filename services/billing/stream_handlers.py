@@ -16,7 +16,7 @@ from cocoon.billing.engine import BillingEngine, CaptureResult, Grant, Hold
 from cocoon.billing.ledger import Entry
 from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
 from cocoon.billing.pricing import BPS_ONE, Prices
-from cocoon.billing.receipts import ReceiptVerify, receipt_from_record
+from cocoon.billing.receipts import Receipt, ReceiptVerify, receipt_from_record
 from cocoon.billing.stream import BalanceBook
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis
@@ -304,24 +304,21 @@ class Processor:
     # ---- usage.receipts ---------------------------------------------------------------
 
     def on_receipt(
-        self, data: dict[str, Any], now_ms: int, sent_at_ms: int | None = None
+        self, receipt: Receipt, now_ms: int, sent_at_ms: int | None = None
     ) -> CaptureResult:
-        """Capture or reject a receipt. With `sent_at_ms` (its record time), a receipt for a
-        request not read yet raises ReceiptTooEarly until `inference.requests` has been read
-        past that time (plus the clock skew allowance): only then is it an unknown request."""
-        try:
-            receipt = receipt_from_record(data)
-        except BillingError as exc:
-            raise BadRecord(str(exc)) from None
+        """Capture or reject a receipt (`receipt_of` builds it from its record). With
+        `sent_at_ms` (its record time), a receipt for a request not read yet raises
+        ReceiptTooEarly until `inference.requests` has been read past that time (plus the clock
+        skew allowance): only then is it an unknown request."""
         rid = receipt.request_id
         if sent_at_ms is not None and not self.engine.ever_held(rid):
             read_to = self.requests_read_to_ms
             if read_to is None or read_to < sent_at_ms + self.grant_policy.clock_skew_ms:
                 raise ReceiptTooEarly(rid)
-        latest = self.latest_attempt.get(receipt.request_id, 0)
+        latest = self.latest_attempt.get(rid, 0)
         result = self.engine.capture(receipt, now_ms, latest_attempt=latest)
-        if result.status != "rejected" or self.engine.hold(receipt.request_id) is None:
-            self.release_due.pop(receipt.request_id, None)
+        if result.status != "rejected" or self.engine.hold(rid) is None:
+            self.release_due.pop(rid, None)
         return result
 
     # ---- inference.outcomes -----------------------------------------------------------
@@ -395,6 +392,14 @@ class Processor:
             if engine.settled(rid) or self._attempt_noted_ms.get(rid, 0) + keep_ms <= now_ms:
                 del self.latest_attempt[rid]
                 self._attempt_noted_ms.pop(rid, None)
+
+
+def receipt_of(data: dict[str, Any]) -> Receipt:
+    """The receipt in a decoded `usage.receipts` record, or BadRecord saying what is wrong."""
+    try:
+        return receipt_from_record(data)
+    except BillingError as exc:
+        raise BadRecord(str(exc)) from None
 
 
 def _grant_id(request_id: str) -> str:

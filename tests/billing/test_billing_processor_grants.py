@@ -8,7 +8,7 @@ from billing_service_support import assignment, receipt, request
 
 from cocoon.billing.pricing import Prices
 from cocoon.billing.receipts import Ed25519ReceiptVerifier, canonical_message
-from cocoon.billing.stream_handlers import GrantPolicy, Processor, ReceiptTooEarly
+from cocoon.billing.stream_handlers import GrantPolicy, Processor, ReceiptTooEarly, receipt_of
 from cocoon.core.crypto.keys import WorkerKeys
 
 PRICES = Prices(price_per_token=100, worker_fee_per_token=80, cached_bps=5000)
@@ -64,7 +64,7 @@ def test_a_request_its_grant_cannot_fund_is_decided_on_the_balance(processor):
 
 def test_a_receipt_before_its_request_waits_then_captures_or_is_refused(processor, keys):
     grant_id = granted(processor)
-    early = receipt(keys, "r-early", "w1")
+    early = receipt_of(receipt(keys, "r-early", "w1"))
     processor.tick(NOW, receipts_read_to_ms=None, requests_read_to_ms=NOW)
     with pytest.raises(ReceiptTooEarly):
         processor.on_receipt(early, NOW, sent_at_ms=NOW)
@@ -72,7 +72,7 @@ def test_a_receipt_before_its_request_waits_then_captures_or_is_refused(processo
     processor.on_request(request("r-early", "alice", grant_id=grant_id), NOW)
     assert processor.on_receipt(early, NOW, sent_at_ms=NOW).status == "captured"
     # A receipt whose request never comes: refused once the requests are read past it + skew.
-    ghost = receipt(keys, "r-ghost", "w1")
+    ghost = receipt_of(receipt(keys, "r-ghost", "w1"))
     with pytest.raises(ReceiptTooEarly):
         processor.on_receipt(ghost, NOW, sent_at_ms=NOW)
     processor.tick(NOW + 2_000, receipts_read_to_ms=None, requests_read_to_ms=NOW + 2_000)
@@ -85,10 +85,11 @@ def test_a_placement_read_before_its_request_still_supersedes(processor, keys):
     # Billing reads the re-placement (attempt 2) before the request itself.
     processor.on_assignment(assignment("r-1", "w1", attempt=2), NOW)
     processor.on_request(request("r-1", "alice", grant_id=grant_id), NOW)
-    stale = receipt(keys, "r-1", "w1", attempt=1)
+    stale = receipt_of(receipt(keys, "r-1", "w1", attempt=1))
     result = processor.on_receipt(stale, NOW)
     assert (result.status, result.reason.value) == ("rejected", "superseded_attempt")
-    assert processor.on_receipt(receipt(keys, "r-1", "w1", attempt=2), NOW).status == "captured"
+    current = receipt_of(receipt(keys, "r-1", "w1", attempt=2))
+    assert processor.on_receipt(current, NOW).status == "captured"
 
 
 def test_grants_close_only_once_the_requests_are_read_past_their_end(processor):
