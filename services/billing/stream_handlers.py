@@ -383,8 +383,8 @@ class Processor:
         return released
 
     def _forget_attempts(self, now_ms: int) -> None:
-        """Drop placements of settled requests, and of requests never read within the grant
-        skew window after a placement (no hold will come)."""
+        """Drop placements of settled requests, and of requests still not read
+        `ATTEMPTS_KEPT_MS` after their placement was (no hold will come)."""
         engine, keep_ms = self.engine, ATTEMPTS_KEPT_MS
         for rid in list(self.latest_attempt):
             if engine.hold(rid) is not None:
