@@ -78,6 +78,7 @@ from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.models import model_for
+from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.paths import cache_dir
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.metrics import MESSAGES
@@ -211,10 +212,6 @@ class Settings(ServiceSettings):
         return self.payout_store or default
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Billing(Service):
     name = "billing"
 
@@ -313,7 +310,7 @@ class Billing(Service):
     async def _reread_assignments(self) -> None:
         assert self.processor is not None
         engine = self.processor.engine
-        now = _now_ms()
+        now = now_millis()
         lookback = now - int(self.settings.assignment_lookback_seconds * 1000)
         since = min([h.requested_at_ms for h in engine.open_holds()] + [lookback])
 
@@ -361,7 +358,7 @@ class Billing(Service):
 
     async def _apply_grants(self) -> None:
         assert self.processor is not None
-        now = _now_ms()
+        now = now_millis()
         for account, amount in self.settings.grants().items():
             if self.processor.grant(account, amount, now):
                 log.info("dev grant of %d nanoTON to %s", amount, account)
@@ -390,7 +387,7 @@ class Billing(Service):
         self, polled: dict[TopicPartition, list[ConsumerRecord]], tick: bool
     ) -> None:
         assert self.processor is not None
-        now = _now_ms()
+        now = now_millis()
         offsets: dict[TopicPartition, int] = {}
         dead: list[tuple[str, ConsumerRecord, Exception]] = []
         parked: dict[TopicPartition, int] = {}
@@ -444,7 +441,7 @@ class Billing(Service):
         async with self._committing:
             batch = self.processor.take()
             if batch:
-                await self._transaction(batch, {}, [], _now_ms())
+                await self._transaction(batch, {}, [], now_millis())
 
     async def _read_to(self, name: str, now: int) -> int | None:
         """How far in time every partition of input topic `name` has been read: `now` for a

@@ -13,19 +13,14 @@ closes the old ones when their time is up.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.core.codec.timestamps import epoch_millis
+from cocoon.core.codec.timestamps import epoch_millis, now_millis
 from cocoon.core.holds import max_hold_nanoton
 
 SWEEP_EVERY = 1024  # admissions between sweeps of idle accounts
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +54,7 @@ class AdmissionGrants:
         refill_below_requests: int = 8,
         margin_ms: int = 1_000,
         ask_timeout_ms: int = 5_000,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_millis,
     ) -> None:
         self.gateway_id = gateway_id
         self.ask_requests = ask_requests

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.crypto import OpenError, ResponseOpener, StreamError, seal_request
 from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
 from cocoon.gateway.admission import Admission, AdmissionGrants
@@ -42,10 +43,6 @@ REPLY_TOPICS = (
     "inference.responses",
     "inference.outcomes",
 )
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -147,7 +144,7 @@ class KafkaBackend:
                 prompt_size=request.prompt_bytes,
                 max_coefficient=request.max_coefficient,
             )
-        created = now_ms()
+        created = now_millis()
         await self.producer.send(
             "inference.requests",
             {
@@ -229,8 +226,8 @@ class KafkaBackend:
                 "max_tokens": request.max_tokens,
                 "coefficient": assignment["coefficient"],
                 "gateway_id": self.gateway_id,
-                "deadline_at": now_ms() + int(request.timeout * 1000),
-                "sent_at": now_ms(),
+                "deadline_at": now_millis() + int(request.timeout * 1000),
+                "sent_at": now_millis(),
             },
             record="cocoon.inference.WorkItem",
         )
@@ -251,8 +248,8 @@ class KafkaBackend:
                 "max_tokens": request.max_tokens,
                 "coefficient": 0,
                 "gateway_id": self.gateway_id,
-                "deadline_at": now_ms(),
-                "sent_at": now_ms(),
+                "deadline_at": now_millis(),
+                "sent_at": now_millis(),
             },
             record="cocoon.inference.WorkItem",
         )

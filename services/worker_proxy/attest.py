@@ -12,14 +12,9 @@ most make it attest early; the gateway, scheduler and billing are the ones that 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-
-def _ms(value: Any) -> int:
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    return int(value)
+from cocoon.core.codec.timestamps import epoch_millis
 
 
 @dataclass
@@ -57,8 +52,8 @@ class AttestationSchedule:
             return False
         self.status = str(value.get("status"))
         self.reason = value.get("reason")
-        self.issued_at_ms = _ms(value["issued_at"])
-        self.expires_at_ms = _ms(value["expires_at"])
+        self.issued_at_ms = epoch_millis(value["issued_at"])
+        self.expires_at_ms = epoch_millis(value["expires_at"])
         challenge = value.get("challenge")
         self.challenge = bytes(challenge) if challenge else None
         if self.status == "TRUSTED":

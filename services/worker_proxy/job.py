@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
-from typing import Any
 
 from cocoon.core.bus import BusProducer
 from cocoon.core.codec import models
+from cocoon.core.codec.timestamps import epoch_millis, now_millis
 from cocoon.core.crypto import (
     OpenError,
     ResponseSealer,
@@ -46,15 +45,6 @@ ENGINE_ERROR = "engine_error"  # the engine failed or broke the stream
 CANCELLED = "cancelled"
 TIMED_OUT = "timed_out"
 SHUTDOWN = "shutdown"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _ms(value: Any) -> int:
-    # The generated models hold timestamp-millis as datetime.
-    return round(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
 
 
 def engine_error_code(exc: BaseException) -> str:
@@ -86,7 +76,7 @@ class Job:
     def __init__(self, item: models.WorkItem, ctx: JobContext) -> None:
         self.item = item
         self.ctx = ctx
-        self.received_ms = now_ms()
+        self.received_ms = now_millis()
         self.first_chunk_ms: int | None = None
         self.running = False  # holds an engine slot
         self._cancel = asyncio.Event()
@@ -130,7 +120,7 @@ class Job:
 
     async def _serve(self, request: chunks.EngineRequest) -> JobResult:
         meter = chunks.UsageMeter()
-        deadline_s = max(0.0, (_ms(self.item.deadline_at) - now_ms()) / 1000)
+        deadline_s = max(0.0, (epoch_millis(self.item.deadline_at) - now_millis()) / 1000)
         stop = asyncio.ensure_future(self._cancel.wait())
         slot = asyncio.ensure_future(self.ctx.slots.acquire())
         stream: asyncio.Future | None = None
@@ -148,9 +138,9 @@ class Job:
                 await self._seal_error(code, message)
                 return await self._finish(status, code, None, None)
             self.running = True
-            started_ms = now_ms()
+            started_ms = now_millis()
             stream = asyncio.ensure_future(self._stream(request, meter))
-            remaining = max(0.0, (_ms(self.item.deadline_at) - now_ms()) / 1000)
+            remaining = max(0.0, (epoch_millis(self.item.deadline_at) - now_millis()) / 1000)
             done, _ = await asyncio.wait(
                 {stream, stop}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
@@ -176,7 +166,7 @@ class Job:
                 status, code = (
                     ("CANCELLED", CANCELLED) if stop in done else ("TIMED_OUT", TIMED_OUT)
                 )
-            finished_ms = now_ms()
+            finished_ms = now_millis()
             if status == "SUCCEEDED":
                 await self._seal(chunks.encode(meter.usage_chunk(request.endpoint)), final=True)
             else:
@@ -222,10 +212,10 @@ class Job:
             "final": sealed.final,
             "ciphertext": sealed.ciphertext,
             "error_code": error_code,
-            "produced_at": now_ms(),
+            "produced_at": now_millis(),
         }
         if self.first_chunk_ms is None:
-            self.first_chunk_ms = now_ms()
+            self.first_chunk_ms = now_millis()
         # Chunks go out without waiting for each ack (the idempotent producer keeps one key's
         # records in order); the final chunk waits for every earlier ack and its own. The send
         # is shielded: a sealed chunk that never left would be a gap the gateway must refuse.
@@ -276,7 +266,7 @@ class Job:
         item = self.item
         if receipt is not None:
             await self.ctx.producer.send("usage.receipts", receipt.to_record())
-        finished = now_ms()
+        finished = now_millis()
         completion = meter.completion if meter is not None else 0
         await self.ctx.producer.send(
             "inference.outcomes",

@@ -28,12 +28,13 @@ from cocoon.core.bus.admin import ensure_instance
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
+from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import wait_any
 from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.engine import EngineClient
 from cocoon.worker_proxy.identity import Identity
-from cocoon.worker_proxy.job import Job, JobContext, JobResult, now_ms
+from cocoon.worker_proxy.job import Job, JobContext, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class WorkerProxy(Service):
         while len(self.results) > 1000:
             del self.results[next(iter(self.results))]
         if result.status == "SUCCEEDED":
-            took = now_ms() - job.received_ms
+            took = now_millis() - job.received_ms
             self._avg_ms = took if self._avg_ms is None else 0.8 * self._avg_ms + 0.2 * took
         log.info(
             "request finished",
@@ -258,7 +259,7 @@ class WorkerProxy(Service):
         # Not placeable until this process's own key is attested: an earlier process with the
         # same worker id may still hold an unexpired verdict for a key that is gone.
         assert self.schedule is not None
-        return "READY" if self.schedule.trusted(now_ms()) else "STARTING"
+        return "READY" if self.schedule.trusted(now_millis()) else "STARTING"
 
     async def _heartbeat(self) -> None:
         assert self.producer is not None
@@ -276,7 +277,7 @@ class WorkerProxy(Service):
                 coefficient=self.settings.coefficient,
                 work_topic=self.work_topic,
                 seq=self._heartbeat_seq,
-                sent_at=now_ms(),
+                sent_at=now_millis(),
                 engine_queue_depth=waiting,
                 avg_request_ms=self._avg_ms,
             ),
@@ -299,7 +300,7 @@ class WorkerProxy(Service):
         nonce = self.schedule.challenge
         evidence = await asyncio.to_thread(self.identity.evidence, nonce=nonce)
         await self.producer.send("attestation.evidence", evidence)
-        self.schedule.submitted(evidence.evidence_id, now_ms())
+        self.schedule.submitted(evidence.evidence_id, now_millis())
         log.info(
             "evidence submitted",
             extra={"evidence_id": evidence.evidence_id, "challenged": nonce is not None},
@@ -308,7 +309,7 @@ class WorkerProxy(Service):
     async def _attestation(self, stopping: asyncio.Event) -> None:
         assert self.schedule is not None
         while not stopping.is_set():
-            wait_s = max(0.0, (self.schedule.next_due_ms() - now_ms()) / 1000)
+            wait_s = max(0.0, (self.schedule.next_due_ms() - now_millis()) / 1000)
             if wait_s > 0:
                 # Wake on a new verdict too: it may bring the due time forward.
                 self._verdict_seen.clear()

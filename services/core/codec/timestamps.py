@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+
+
+def now_millis() -> int:
+    """The wall clock as Unix milliseconds, the unit of every timestamp on the bus."""
+    return int(time.time() * 1000)
 
 
 def epoch_millis(value: datetime | int) -> int:
