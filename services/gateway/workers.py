@@ -6,11 +6,11 @@ signature it checked itself, never to a key a worker or the scheduler merely cla
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.codec.timestamps import now_millis
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class WorkerDirectory:
         if record.topic == "attestation.verdicts":
             self._on_verdict(record)
         elif record.topic == "worker.heartbeats" and record.value is not None:
-            self._heartbeat_ms[record.value["worker_id"]] = int(time.time() * 1000)
+            self._heartbeat_ms[record.value["worker_id"]] = now_millis()
 
     def _on_verdict(self, record: BroadcastRecord) -> None:
         worker_id = record.key or (record.value or {}).get("worker_id")
@@ -51,7 +51,7 @@ class WorkerDirectory:
             self._workers.pop(worker_id, None)
             return
         try:
-            worker = self._check(record.value, int(time.time() * 1000))
+            worker = self._check(record.value, now_millis())
         except ValueError as exc:
             self._workers.pop(worker_id, None)
             self.rejected[worker_id] = str(exc)
@@ -61,13 +61,13 @@ class WorkerDirectory:
 
     def trusted(self, worker_id: str, now_ms: int | None = None) -> TrustedWorker | None:
         worker = self._workers.get(worker_id)
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = now_millis() if now_ms is None else now_ms
         if worker is None or worker.expires_at_ms <= now_ms:
             return None
         return worker
 
     def live_workers(self, model: str | None = None) -> list[TrustedWorker]:
-        now_ms = int(time.time() * 1000)
+        now_ms = now_millis()
         return [
             worker
             for worker in self._workers.values()

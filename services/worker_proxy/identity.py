@@ -7,12 +7,12 @@ whose REPORTDATA is SHA-512 of those claims, obtained through the TEE interface.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
 from cocoon.core import tee
 from cocoon.core.codec import models
+from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.crypto import WorkerKeys
 
 
@@ -32,7 +32,7 @@ class Identity:
         Freshness is the attestation service's challenge `nonce` when it issued one, else the
         current time (checked against the policy's max age).
         """
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = now_millis() if now_ms is None else now_ms
         if nonce is not None:
             claims = tee.encode_claims(self.keys.public, self.model, nonce=nonce)
         else:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from cocoon.billing.engine import BillingEngine
 from cocoon.billing.money import BillingError, check_id
 from cocoon.billing.ton.address import parse_address
 from cocoon.billing.ton.api import TonApi, TonTransaction
+from cocoon.core.codec.timestamps import now_millis
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ class DepositWatcher:
         deposit_address: str,
         *,
         confirmations: int = 3,
-        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        now_ms: Callable[[], int] = now_millis,
     ) -> None:
         if confirmations < 0:
             raise BillingError("confirmations must not be negative")
