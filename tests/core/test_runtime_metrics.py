@@ -6,8 +6,8 @@ import json
 import re
 
 from prometheus_client import REGISTRY, generate_latest
+from support.repo import REPO_ROOT
 
-from cocoon.core.paths import REPO_ROOT
 from cocoon.core.runtime.metrics import IN_FLIGHT, MESSAGES, PROCESSING_SECONDS, SERVICE_READY
 
 

@@ -9,19 +9,16 @@ import sys
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from faust.sensors.distributed_tracing import TracingSensor
 from kafka.admin import KafkaAdminClient, NewTopic
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.trace import SpanKind, StatusCode
 
-from cocoon.core.faust_support import create_app
 from cocoon.core.telemetry import (
     consume_span,
     inject_headers,
     install_memory_exporter,
     traced_send,
 )
-from cocoon.core.telemetry.faust_tracing import instrument_faust_app
 
 
 async def test_consume_span_is_child_of_the_produce_span(kafka_bootstrap, unique_name):
@@ -109,10 +106,3 @@ async def test_spans_are_exported_over_otlp_when_the_endpoint_is_set():
     names = [span.name for scope in resource_spans.scope_spans for span in scope.spans]
     assert names == ["settle"]
     assert inject_headers([], None) == []  # no current span: nothing to propagate
-
-
-def test_faust_app_refuses_a_second_tracing_scheme():
-    app = create_app("tracing-guard", "127.0.0.1:9", traced=False)
-    app.sensors.add(TracingSensor())
-    with pytest.raises(ValueError, match="opentracing"):
-        instrument_faust_app(app)

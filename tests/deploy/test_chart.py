@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.repo import REPO_ROOT
 
 from cocoon.core.catalog import load_catalog
-from cocoon.core.paths import REPO_ROOT
 from cocoon.core.runtime.resolve import SERVICES
 from cocoon.core.runtime.settings import ServiceSettings
 from cocoon.core.strimzi import CLUSTER

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from cocoon.core.paths import REPO_ROOT
+from support.repo import REPO_ROOT
 
 GRAFANA = REPO_ROOT / "deploy" / "grafana"
 CONTRACT = GRAFANA / "contract"

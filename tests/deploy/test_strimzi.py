@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 import yaml
+from support.repo import REPO_ROOT
 from typer.testing import CliRunner
 
 from cocoon.core.catalog import load_catalog, topic_config
-from cocoon.core.paths import REPO_ROOT
 from cocoon.core.strimzi import (
     CLUSTER,
     render_files,

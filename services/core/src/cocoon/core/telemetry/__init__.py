@@ -1,8 +1,4 @@
-"""OpenTelemetry set-up and W3C trace-context propagation through Kafka headers.
-
-Faust helpers live in `cocoon.core.telemetry.faust_tracing` (not imported here: Faust is
-heavy and most users of this package only need aiokafka).
-"""
+"""OpenTelemetry set-up and W3C trace-context propagation through Kafka headers."""
 
 from cocoon.core.telemetry.messaging import (
     consume_span,

@@ -238,7 +238,7 @@ def _sha256_file(path: Path) -> str:
 
 def _cocoon(*args: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cocoon.cli", *args], capture_output=True, text=True
+        [sys.executable, "-m", "cocoon.core.cli", *args], capture_output=True, text=True
     )
     if result.returncode != 0:
         raise NetworkError(f"cocoon {' '.join(args)} failed:\n{result.stdout}{result.stderr}")

@@ -85,6 +85,6 @@ def configure_logging(
     root.setLevel(level)
     # Client libraries log every reconnect (httpx: every request) at INFO; WARNING unless debugging.
     if level != "DEBUG":
-        for noisy in ("aiokafka", "kafka", "faust", "mode", "httpx", "httpcore"):
+        for noisy in ("aiokafka", "kafka", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler

@@ -1,3 +1,0 @@
-"""Cocoon: a confidential AI inference network on Apache Kafka."""
-
-__version__ = "0.1.0"
