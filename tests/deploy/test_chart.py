@@ -281,10 +281,10 @@ def test_platform_kafka_matches_the_generated_resources():
 def test_tiltfile_and_dockerfile():
     tilt = (REPO_ROOT / "Tiltfile").read_text()
     assert "deploy/docker/Dockerfile" in tilt and "deploy/helm/dev.yaml" in tilt
-    assert "sync('services', '/app/services')" in tilt
+    assert "target='dev'" in tilt
     assert "8080:8080" in tilt and "svc/grafana 3000" in tilt
     docker = (REPO_ROOT / "deploy" / "docker" / "Dockerfile").read_text()
-    assert docker.startswith("# syntax=") and "FROM python:3.11-slim AS base" in docker
+    assert docker.startswith("# syntax=") and "FROM runtime AS dev\n" in docker
     assert 'ENTRYPOINT ["cocoon"]' in docker and "USER 10001" in docker
 
 
