@@ -107,3 +107,31 @@ def test_sse_error_and_done():
     assert SSE_DONE == b"data: [DONE]\n\n"
     event = sse_error(WorkerLost())
     assert json.loads(event.removeprefix(b"data: "))["error"]["code"] == "worker_lost"
+
+
+def test_json_schema_format_needs_its_schema_object_and_keeps_the_wire_names():
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "strict": True, "schema": schema},
+    }
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": fmt}
+    inference = to_inference_request(
+        "chat.completions", _parse("chat.completions", body), ApiSettings()
+    )
+    assert inference.body["response_format"] == fmt  # `schema`, not the model's `schema_`
+    for bad, param in [
+        ({"type": "json_schema"}, "response_format"),
+        (
+            {"type": "json_schema", "json_schema": {"schema": schema}},
+            "response_format.json_schema.name",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "a b"}},
+            "response_format.json_schema.name",
+        ),
+        ({"type": "text", "json_schema": {"name": "a"}}, "response_format"),
+    ]:
+        with pytest.raises(InvalidRequest) as caught:
+            _parse("chat.completions", {**body, "response_format": bad})
+        assert caught.value.param == param

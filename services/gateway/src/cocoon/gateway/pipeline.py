@@ -26,6 +26,7 @@ from cocoon.gateway.api.errors import (
     ApiError,
     InsufficientFunds,
     InternalError,
+    InvalidRequest,
     NoWorkerAvailable,
     UnknownModel,
     UpstreamTimeout,
@@ -264,7 +265,9 @@ class KafkaBackend:
         model = state.request.model
         if code == "unknown_model":
             raise UnknownModel(model)
-        if code in ("no_worker", "price_cap", "lease_expired"):
+        if code == "price_cap":
+            raise NoWorkerAvailable(model, min_coefficient=value.get("min_coefficient"))
+        if code in ("no_worker", "lease_expired"):
             raise NoWorkerAvailable(model)
         if status == "TIMED_OUT":
             raise UpstreamTimeout()
@@ -283,9 +286,26 @@ class KafkaBackend:
             # Tampered, reordered or truncated: the stream cannot be trusted any more.
             raise WorkerLost(f"The response stream failed verification: {exc}") from None
         if value.get("error_code"):
-            raise WorkerLost(f"The worker reported an error ({value['error_code']}).")
+            raise worker_error(plain, value["error_code"])
         items = parse_engine_chunk(plain, state.request.endpoint)
         return items, bool(value["final"])
+
+
+def worker_error(plain: bytes, code: str) -> ApiError:
+    """The client's error for a worker's sealed error chunk.
+
+    A request the engine refused as invalid (the chunk's error `type` is OpenAI's
+    `invalid_request_error`) is the client's to fix: a 400 with the engine's reason. Anything
+    else is the worker's failure.
+    """
+    try:
+        chunk = json.loads(plain)
+    except ValueError:
+        chunk = None
+    error = chunk.get("error") if isinstance(chunk, dict) else None
+    if isinstance(error, dict) and error.get("type") == InvalidRequest.type:
+        return InvalidRequest(str(error.get("message") or "The engine refused the request."))
+    return WorkerLost(f"The worker reported an error ({code}).")
 
 
 def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:

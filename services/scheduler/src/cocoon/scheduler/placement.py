@@ -91,6 +91,9 @@ def choose_worker(
     if not free:
         return NoPlacement(NoPlacementReason.ALL_BUSY, model)
     affordable = [w for w in free if w.coefficient <= max_coefficient]
+    if not affordable and any(w.coefficient <= max_coefficient for w in ready):
+        # A worker at this price exists but is busy: wait for it, as for any busy pool.
+        return NoPlacement(NoPlacementReason.ALL_BUSY, model)
     if not affordable:
         return NoPlacement(
             NoPlacementReason.PRICE_CAP_TOO_LOW,

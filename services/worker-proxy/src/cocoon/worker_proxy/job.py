@@ -113,7 +113,7 @@ class Job:
                 body, model=self.ctx.engine_model, max_tokens=item.max_tokens
             )
         except chunks.BadRequestBody as exc:
-            await self._seal_error(BAD_REQUEST, str(exc))
+            await self._seal_error(BAD_REQUEST, str(exc), error_type=chunks.INVALID_REQUEST)
             return await self._finish("FAILED", BAD_REQUEST, None, None)
         del body
         return await self._serve(request)
@@ -169,6 +169,11 @@ class Job:
             finished_ms = now_millis()
             if status == "SUCCEEDED":
                 await self._seal(chunks.encode(meter.usage_chunk(request.endpoint)), final=True)
+            elif code == ENGINE_REJECTED:
+                # The request's own fault: the client gets the engine's reason (sealed to it,
+                # never logged here) and the gateway answers 400, not a lost worker.
+                reason = getattr(stream.exception(), "reason", "") or _messages[code]
+                await self._seal_error(code, reason, error_type=chunks.INVALID_REQUEST)
             else:
                 await self._seal_error(code, _messages[code])
             receipt = self._receipt(meter, status == "SUCCEEDED", started_ms, finished_ms)
@@ -228,11 +233,10 @@ class Job:
             await asyncio.gather(*(task.result() for task in self._enqueued))
             self._enqueued = []
 
-    async def _seal_error(self, code: str, message: str) -> None:
+    async def _seal_error(self, code: str, message: str, error_type: str | None = None) -> None:
         if self._sealer is not None and not self._sealer.finished:
-            await self._seal(
-                chunks.encode(chunks.error_chunk(code, message)), final=True, error_code=code
-            )
+            chunk = chunks.error_chunk(code, message, error_type)
+            await self._seal(chunks.encode(chunk), final=True, error_code=code)
 
     def _receipt(
         self, meter: chunks.UsageMeter, completed: bool, started_ms: int, finished_ms: int

@@ -12,7 +12,7 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cocoon.gateway.api.backend import Endpoint, InferenceRequest
 from cocoon.gateway.api.errors import InvalidRequest
@@ -35,7 +35,7 @@ OneChoice = Annotated[int, Field(ge=1, le=1)]
 
 class StreamOptions(BaseModel):
     model_config = _STRICT
-    include_usage: bool = False
+    include_usage: bool | None = None
     include_obfuscation: bool | None = None
 
 
@@ -57,10 +57,25 @@ class Message(BaseModel):
         return sum(len(part.text) for part in self.content)
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = _STRICT.copy() | {"populate_by_name": True}
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    # `schema` would shadow BaseModel.schema; the wire name is kept by the alias.
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
     model_config = _STRICT
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given_for_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema' and only then")
+        return self
 
 
 class ChatTemplateKwargs(BaseModel):
@@ -77,7 +92,8 @@ class _Common(BaseModel):
     n: OneChoice | None = None
     seed: Seed | None = None
     stop: Stop | None = None
-    stream: bool = False
+    # The specification allows an explicit null for every optional parameter: null = default.
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -111,9 +127,10 @@ _MODELS: tuple[type[BaseModel], ...] = (
     TextPart,
     StreamOptions,
     ResponseFormat,
+    JsonSchemaFormat,
     ChatTemplateKwargs,
 )
-_FIELD_NAMES = {name for m in _MODELS for name in m.model_fields}
+_FIELD_NAMES = {f.alias or name for m in _MODELS for name, f in m.model_fields.items()}
 
 
 def _param(loc: tuple[int | str, ...], *, keep_last: bool = False) -> str | None:
@@ -163,6 +180,7 @@ def to_inference_request(
     endpoint: Endpoint,
     request: ChatCompletionRequest | CompletionRequest,
     settings: ApiSettings,
+    request_id: str | None = None,
 ) -> InferenceRequest:
     """Apply the configured limits and defaults; build the engine-facing body."""
     prompt_param = "messages" if endpoint == "chat.completions" else "prompt"
@@ -173,7 +191,8 @@ def to_inference_request(
             param=prompt_param,
             code="prompt_too_large",
         )
-    if request.stream_options is not None and not request.stream:
+    stream = bool(request.stream)
+    if request.stream_options is not None and not stream:
         raise InvalidRequest(
             "stream_options is only allowed when stream is true.", param="stream_options"
         )
@@ -195,19 +214,20 @@ def to_inference_request(
         )
 
     body = request.model_dump(
+        by_alias=True,
         exclude_none=True,
         exclude={*_EXTENSIONS, "user", "max_completion_tokens", "stream_options"},
     )
     body.update(max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
     return InferenceRequest(
-        request_id=str(uuid.uuid4()),
+        request_id=request_id or str(uuid.uuid4()),
         endpoint=endpoint,
         model=request.model,
         body=body,
         max_tokens=max_tokens,
         max_coefficient=request.max_coefficient or settings.default_max_coefficient,
         timeout=timeout,
-        stream=request.stream,
+        stream=stream,
         prompt_bytes=len(json.dumps(body, separators=(",", ":")).encode()),
         user=request.user,
     )
