@@ -75,8 +75,9 @@ async def test_strict_json_schema_answers_validate(network, stream):
 def test_json_object_answers_are_json(network):
     answer = client(network).chat.completions.create(
         model=SMOLLM2_MODEL,
-        messages=[{"role": "user", "content": "Reply with a JSON object."}],
+        messages=[{"role": "user", "content": 'Return {"answer": "yes"} as JSON.'}],
         max_tokens=60,
+        temperature=0,
         response_format={"type": "json_object"},
     )
     assert answer.choices[0].finish_reason == "stop"

@@ -135,3 +135,35 @@ def test_json_schema_format_needs_its_schema_object_and_keeps_the_wire_names():
         with pytest.raises(InvalidRequest) as caught:
             _parse("chat.completions", {**body, "response_format": bad})
         assert caught.value.param == param
+
+
+def test_tool_call_deltas_take_openais_shape_and_join_into_the_message():
+    from cocoon.gateway.api import ToolCallDelta
+    from cocoon.gateway.pipeline import parse_engine_chunk
+
+    # llama-cpp-python repeats id and name on every delta; clients concatenate what they get.
+    def engine_delta(arguments: str) -> bytes:
+        call = {"index": 0, "id": "call_x", "type": "function",
+                "function": {"name": "get_weather", "arguments": arguments}}  # fmt: skip
+        delta = {"role": None, "content": None, "tool_calls": [call]}
+        return json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode()
+
+    items = [*parse_engine_chunk(engine_delta('{"city": '), "chat.completions")]
+    items += parse_engine_chunk(engine_delta('"Paris"}'), "chat.completions")
+    items.append(ChatChunk(finish_reason="tool_calls"))
+    assert items[0].tool_calls == (ToolCallDelta(0, "call_x", "get_weather", '{"city": '),)
+    fmt = ResponseFormatter("chat.completions", "chatcmpl-1", 5, "m")
+    first, second = (fmt.chunk(i)["choices"][0]["delta"] for i in items[:2])
+    assert first == {
+        "role": "assistant",
+        "tool_calls": [{"index": 0, "id": "call_x", "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": '}}],
+    }  # fmt: skip
+    assert second == {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}
+    message = fmt.complete(items)["choices"][0]
+    assert message["finish_reason"] == "tool_calls"
+    assert message["message"]["content"] is None
+    assert message["message"]["tool_calls"] == [
+        {"id": "call_x", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    ]  # fmt: skip

@@ -28,6 +28,19 @@ def _chat(**extra) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **extra}
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _named(name: str) -> dict:
+    return {"type": "function", "function": {"name": name}}
+
+
 def _error(response: httpx.Response) -> dict:
     body = response.json()
     assert set(body) == {"error"}
@@ -117,7 +130,14 @@ async def test_engine_body_strips_extensions(client: httpx.AsyncClient, backend:
 @pytest.mark.parametrize(
     ("body", "param", "fragment"),
     [
-        (_chat(tools=[]), "tools", "Unrecognized request argument"),
+        (_chat(functions=[]), "functions", "Unrecognized request argument"),
+        (_chat(tool_choice="required"), "tool_choice", "needs tools"),
+        (_chat(tools=[WEATHER], tool_choice=_named("other")), "tool_choice", "not in tools"),
+        (
+            _chat(tools=[{"type": "function", "function": {"name": "a b"}}]),
+            "tools[0].function.name",
+            "pattern",
+        ),
         (_chat(logit_bias={}), "logit_bias", "Unrecognized request argument"),
         (_chat(temperature="hot"), "temperature", "Invalid value"),
         (_chat(stream="yes"), "stream", "Invalid value"),
@@ -130,7 +150,9 @@ async def test_engine_body_strips_extensions(client: httpx.AsyncClient, backend:
         (_chat(stream_options={"include_usage": True}), "stream_options", "only allowed"),
         ({"model": MODEL}, "messages", "Missing required parameter"),
         (_chat(messages=[{"role": "user", "content": "x", "x": 1}]), "messages[0].x", "Unrec"),
-        (_chat(messages=[{"role": "tool", "content": "x"}]), "messages[0].role", "Invalid"),
+        (_chat(messages=[{"role": "tool", "content": "x"}]), "messages[0]", "tool_call_id"),
+        (_chat(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role", "Invalid"),
+        (_chat(messages=[{"role": "user"}]), "messages[0]", "content is required"),
         (_chat(messages=[]), "messages", "at least 1"),
     ],
 )

@@ -27,11 +27,11 @@ PERSON = {
 
 
 def _post(engine_url: str, path: str, body: dict) -> httpx.Response:
-    return httpx.post(f"{engine_url}{path}", json=body, timeout=120)
+    return httpx.post(f"{engine_url}{path}", json=body, timeout=300)
 
 
 def _stream_events(engine_url: str, path: str, body: dict) -> list[dict]:
-    with httpx.stream("POST", f"{engine_url}{path}", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{engine_url}{path}", json=body, timeout=300) as response:
         assert response.status_code == 200, response.read()
         data = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert data[-1] == "[DONE]"
@@ -161,3 +161,90 @@ def test_streamed_completion_echoes_the_prompt(engine_url, engine_model):
     plain = _stream_events(engine_url, "/completions", {**body, "stream": True, "seed": 1})
     answer = "".join(c["choices"][0]["text"] for c in plain if c["choices"])
     assert streamed == prompt + answer
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "get_time"}}
+WEATHER_CHOICE = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize("choice", [WEATHER_CHOICE, "required"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forced_tool_call_validates_against_its_schema(engine_url, engine_model, choice, stream):
+    body = {
+        "model": engine_model,
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER],
+        "tool_choice": choice,
+        "stream": stream,
+    }
+    if stream:
+        events = _stream_events(engine_url, "/chat/completions", body)
+        deltas = [c["choices"][0]["delta"] for c in events if c["choices"]]
+        calls = [call for d in deltas for call in d.get("tool_calls") or ()]
+        assert {c["function"]["name"] for c in calls} == {"get_weather"}
+        arguments = "".join(c["function"]["arguments"] for c in calls)
+        finish = [c["choices"][0]["finish_reason"] for c in events if c["choices"]][-1]
+    else:
+        response = _post(engine_url, "/chat/completions", body)
+        assert response.status_code == 200, response.text
+        (call,) = response.json()["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather"
+        arguments = call["function"]["arguments"]
+        finish = response.json()["choices"][0]["finish_reason"]
+    assert finish == "tool_calls"
+    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+
+
+def test_tool_choices_this_engine_cannot_honour_are_400(engine_url, engine_model):
+    body = {
+        "model": engine_model,
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [WEATHER, CLOCK],
+        "tool_choice": "required",
+    }
+    response = _post(engine_url, "/chat/completions", body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "tool_choice"
+
+
+def test_auto_answers_in_text_and_a_past_call_is_part_of_the_conversation(engine_url, engine_model):
+    arguments = '{"city": "Paris", "unit": "celsius"}'
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": arguments},
+    }
+    response = _post(
+        engine_url,
+        "/chat/completions",
+        {
+            "model": engine_model,
+            "max_tokens": 12,
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "21 degrees, sunny"},
+            ],
+            "tools": [WEATHER],
+            "tool_choice": "auto",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"]

@@ -21,7 +21,13 @@ from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.crypto import OpenError, ResponseOpener, StreamError, seal_request
 from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
 from cocoon.gateway.admission import Admission, AdmissionGrants
-from cocoon.gateway.api.backend import ChatChunk, InferenceRequest, ModelInfo, Usage
+from cocoon.gateway.api.backend import (
+    ChatChunk,
+    InferenceRequest,
+    ModelInfo,
+    ToolCallDelta,
+    Usage,
+)
 from cocoon.gateway.api.errors import (
     ApiError,
     InsufficientFunds,
@@ -308,6 +314,27 @@ def worker_error(plain: bytes, code: str) -> ApiError:
     return WorkerLost(f"The worker reported an error ({code}).")
 
 
+def tool_call_deltas(raw: object) -> tuple[ToolCallDelta, ...]:
+    """The tool-call pieces of an engine's delta (OpenAI's shape; anything else is ignored)."""
+    if not isinstance(raw, list):
+        return ()
+    out = []
+    for position, call in enumerate(raw):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        index = call.get("index")
+        out.append(
+            ToolCallDelta(
+                index=index if isinstance(index, int) else position,
+                id=call.get("id") if isinstance(call.get("id"), str) else None,
+                name=function.get("name") if isinstance(function.get("name"), str) else None,
+                arguments=function.get("arguments") or "",
+            )
+        )
+    return tuple(out)
+
+
 def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
     """Turn one opened plaintext (an OpenAI streaming chunk from the engine) into API items."""
     if not plain:
@@ -322,15 +349,23 @@ def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
         raise WorkerLost(f"The engine failed: {chunk['error']}")
     items: list[ChatChunk | Usage] = []
     for choice in chunk.get("choices") or []:
+        calls: tuple[ToolCallDelta, ...] = ()
         if endpoint == "chat.completions":
             delta = choice.get("delta") or {}
             text, role = delta.get("content") or "", delta.get("role")
+            calls = tool_call_deltas(delta.get("tool_calls"))
         else:
             text, role = choice.get("text") or "", None
         finish = choice.get("finish_reason")
-        if text or role or finish:
+        if text or role or finish or calls:
             items.append(
-                ChatChunk(text=text, index=choice.get("index", 0), role=role, finish_reason=finish)
+                ChatChunk(
+                    text=text,
+                    index=choice.get("index", 0),
+                    role=role,
+                    finish_reason=finish,
+                    tool_calls=calls,
+                )
             )
     usage = chunk.get("usage")
     if usage:

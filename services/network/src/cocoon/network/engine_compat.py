@@ -58,7 +58,47 @@ def adapt_chat(body: dict[str, Any]) -> dict[str, Any]:
         body["messages"] = [_message(m) for m in messages]
     if isinstance(fmt := body.get("response_format"), dict):
         body["response_format"] = _response_format(fmt)
+    _tools(body)
     return body
+
+
+def _tools(body: dict[str, Any]) -> None:
+    """Tool calling, as this engine does it: a forced call, constrained by a grammar.
+
+    llama-cpp-python's default handler (the model's own chat template) generates a call to a
+    *named* function with a grammar built from its parameters schema, streamed as OpenAI's
+    tool-call deltas. It cannot let the model choose (`auto`) or choose among several
+    (`required`): `auto` is answered in text (the model is free not to call a tool), `required`
+    with one tool is that tool named, with several a 400.
+    """
+    tools = body.pop("tools", None)
+    choice = body.pop("tool_choice", None)
+    body.pop("parallel_tool_calls", None)  # one call per answer here, whatever is asked
+    if not isinstance(tools, list) or not tools or choice in (None, "none", "auto"):
+        return
+    if choice == "required":
+        if len(tools) != 1:
+            raise UnsupportedRequest(
+                "This engine can force a call only to one function: name it in tool_choice "
+                "or send a single tool.",
+                "tool_choice",
+            )
+        choice = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
+    name = choice["function"]["name"] if isinstance(choice, dict) else None
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("name") == name:
+            # The handler reads `parameters` unconditionally; none means no arguments.
+            schema = function.get("parameters") or {"type": "object", "properties": {}}
+            check_enforceable(
+                schema,
+                strict=function.get("strict") is True,
+                param=f"tools[{i}].function.parameters",
+            )
+            body["tools"] = [{**tool, "function": {**function, "parameters": schema}}]
+            body["tool_choice"] = choice
+            return
+    raise UnsupportedRequest(f"tool_choice names '{name}', which is not in tools", "tool_choice")
 
 
 def _message(message: Any) -> Any:
@@ -69,7 +109,16 @@ def _message(message: Any) -> Any:
         message["role"] = "system"
     content = message.get("content")
     if isinstance(content, list) and all(_is_text_part(p) for p in content):
-        message["content"] = "\n".join(part["text"] for part in content)
+        message["content"] = content = "\n".join(part["text"] for part in content)
+    if message.get("role") == "assistant" and isinstance(
+        calls := message.pop("tool_calls", None), list
+    ):
+        # The model's template has no place for earlier calls: show them as text, so the
+        # conversation still reads call -> result to the model.
+        shown = json.dumps([c.get("function") for c in calls if isinstance(c, dict)])
+        message["content"] = f"{content}\n{shown}" if content else shown
+    elif message.get("content") is None:
+        message.pop("content", None)
     return message
 
 

@@ -12,7 +12,15 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cocoon.gateway.api.backend import Endpoint, InferenceRequest
 from cocoon.gateway.api.errors import InvalidRequest
@@ -45,16 +53,71 @@ class TextPart(BaseModel):
     text: str
 
 
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class FunctionCall(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+    arguments: str  # JSON text, as the model produced it
+
+
+class ToolCall(BaseModel):
+    model_config = _STRICT
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Null only for an assistant message that made tool calls.
+    content: str | list[TextPart] | None = None
     name: Annotated[str, Field(max_length=64)] | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant only
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None  # tool only
+
+    @model_validator(mode="after")
+    def _fields_fit_the_role(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("tool messages, and only they, need tool_call_id")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required unless an assistant message has tool_calls")
+        return self
 
     def text_length(self) -> int:
-        if isinstance(self.content, str):
-            return len(self.content)
-        return sum(len(part.text) for part in self.content)
+        calls = sum(len(c.function.arguments) for c in self.tool_calls or ())
+        if self.content is None or isinstance(self.content, str):
+            return len(self.content or "") + calls
+        return sum(len(part.text) for part in self.content) + calls
+
+
+class FunctionDefinition(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: no arguments
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaFormat(BaseModel):
@@ -105,11 +168,24 @@ class _Common(BaseModel):
 class ChatCompletionRequest(_Common):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: TokenCount | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     response_format: ResponseFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        # `tools` is declared first, so it is validated (and in info.data) by now.
+        names = {tool.function.name for tool in info.data.get("tools") or ()}
+        if choice in ("auto", "required") and not names:
+            raise ValueError(f"tool_choice '{choice}' needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
+        return choice
 
 
 class CompletionRequest(_Common):
@@ -128,6 +204,12 @@ _MODELS: tuple[type[BaseModel], ...] = (
     StreamOptions,
     ResponseFormat,
     JsonSchemaFormat,
+    FunctionCall,
+    ToolCall,
+    FunctionDefinition,
+    Tool,
+    NamedFunction,
+    NamedToolChoice,
     ChatTemplateKwargs,
 )
 _FIELD_NAMES = {f.alias or name for m in _MODELS for name, f in m.model_fields.items()}
