@@ -167,3 +167,13 @@ def test_tool_call_deltas_take_openais_shape_and_join_into_the_message():
         {"id": "call_x", "type": "function",
          "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
     ]  # fmt: skip
+
+
+def test_a_sealed_engine_refusal_is_a_400_and_anything_else_a_lost_worker():
+    from cocoon.gateway.pipeline import worker_error
+
+    refused = json.dumps({"error": {"type": "invalid_request_error", "message": "bad schema"}})
+    error = worker_error(refused.encode(), "engine_rejected")
+    assert isinstance(error, InvalidRequest) and error.message == "bad schema"
+    for plain in (b'{"error": {"code": "engine_error", "message": "x"}}', b"not json", b"[]"):
+        assert isinstance(worker_error(plain, "engine_error"), WorkerLost)
