@@ -8,7 +8,6 @@ import typer
 from support.repo import REPO_ROOT, SERVICES_DIR
 from typer.testing import CliRunner
 
-from cocoon.core.codec.store import SchemaStore
 from cocoon.core.codegen import MODELS_MODULE, render_all, stale_files
 from cocoon.core.topics_cli import app as topics_app
 
@@ -33,7 +32,7 @@ def test_committed_generated_code_is_up_to_date():
 def test_a_schema_change_makes_the_generated_code_stale(tmp_path):
     """The up-to-date check can fail: a field added to the latest Heartbeat changes the models."""
     schemas = tmp_path / "schemas"
-    shutil.copytree(REPO_ROOT / "schemas" / "avro", schemas / "avro")
+    shutil.copytree(REPO_ROOT / "schemas", schemas)
     latest = schemas / "avro" / "cocoon.worker.Heartbeat" / "v2.avsc"
     latest.write_text(
         latest.read_text().replace(
@@ -42,7 +41,7 @@ def test_a_schema_change_makes_the_generated_code_stale(tmp_path):
             1,
         )
     )
-    changed = render_all(SchemaStore(schemas / "avro"))[MODELS_MODULE]
+    changed = render_all(schemas)[MODELS_MODULE]
     assert "    zone: str | None = Field(default=None)" in changed
     assert stale_files(CORE_SRC, {MODELS_MODULE: changed}) == [CORE_SRC / MODELS_MODULE]
     assert _check("--schemas", str(schemas)) == 1

@@ -6,6 +6,9 @@ committed file is stale):
 * `cocoon/core/codec/models.py`: one frozen pydantic model per Avro record (the latest version of
   each `.avsc`, nested records included) and one `StrEnum` per Avro enum. Enum fields are typed
   with the `Literal` of their symbols and hold the plain strings, as the codec writes them.
+* `cocoon/core/contracts.py`: the names that cross the bus as constants: topics and topic
+  templates (`schemas/topics/`), consumer groups (`schemas/groups.yaml`) and error codes
+  (`schemas/error_codes.yaml`).
 
 The output is formatted as `ruff format` would leave it, so the committed files are lint clean.
 """
@@ -13,14 +16,18 @@ The output is formatted as `ruff format` would leave it, so the committed files 
 from __future__ import annotations
 
 import keyword
+import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cocoon.core.catalog import GroupSpec, TopicSpec, load_catalog, load_groups
 from cocoon.core.codec.store import SchemaStore, default_store
+from cocoon.core.vocabulary import Vocabulary, load_error_codes
 
 MODELS_MODULE = "cocoon/core/codec/models.py"
+CONTRACTS_MODULE = "cocoon/core/contracts.py"
 LINE = 100  # the project's line length (pyproject: [tool.ruff])
 
 _HEADER = """\
@@ -252,9 +259,128 @@ def render_models(store: SchemaStore) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_all(store: SchemaStore | None = None) -> dict[str, str]:
-    """Path under a distribution's `src/` -> the generated source."""
-    return {MODELS_MODULE: render_models(store or default_store())}
+def _constant(name: str) -> str:
+    """`attestation.evidence` -> `ATTESTATION_EVIDENCE`; a template keeps its literal parts."""
+    literal = re.sub(r"\{[a-z_][a-z0-9_]*\}", "", name)
+    return re.sub(r"[^A-Za-z0-9]+", "_", literal).strip("_").upper()
+
+
+def _enum(name: str, doc: str, members: list[tuple[str, str, str | None]]) -> list[str]:
+    """A StrEnum class; each member is (NAME, value, comment)."""
+    lines = [f"class {name}(StrEnum):", *_docstring(doc, 4), ""]
+    for member, value, comment in members:
+        if comment:
+            lines += [f"    # {line}" for line in textwrap.wrap(comment, LINE - 6)]
+        lines.append(f"    {member} = {_quote(value)}")
+    return lines
+
+
+def render_contracts(
+    catalog: dict[str, TopicSpec], groups: dict[str, GroupSpec], errors: Vocabulary
+) -> str:
+    """The source of `cocoon.core.contracts`: topic, group and error-code constants."""
+    topics = sorted(s.name for s in catalog.values() if not s.template and not s.dead_letter_of)
+    templates = sorted(
+        (s for s in catalog.values() if s.template and not s.dead_letter_of), key=lambda s: s.name
+    )
+    parameters: dict[str, str] = {}
+    for spec in templates:
+        assert spec.template_info is not None
+        for param, pattern in spec.template_info.parameters.items():
+            if parameters.setdefault(param, pattern) != pattern:
+                raise ValueError(f"parameter {param} has two patterns in the catalog")
+    fixed_groups = sorted(g.name for g in groups.values() if not g.template)
+    template_groups = sorted(g.name for g in groups.values() if g.template)
+    lines = [
+        _HEADER.format(source="schemas/").rstrip("\n"),
+        '"""Names that cross the bus: topics, consumer groups and error codes of `schemas/`.',
+        "",
+        "Services use these constants, never the strings (tests/test_contracts.py):",
+        "",
+        "    from cocoon.core.contracts import ErrorCode, Topic, work_topic",
+        "    await producer.send(Topic.INFERENCE_OUTCOMES, outcome)",
+        '"""',
+        "",
+        "import re",
+        "from enum import StrEnum",
+        "",
+        "",
+        *_enum(
+            "Topic",
+            "Every concrete topic of the catalog; its dead-letter topic is `<topic>.dlq`.",
+            [(_constant(t), t, None) for t in topics],
+        ),
+        "",
+        "",
+        *_enum(
+            "TopicTemplate",
+            "Template topics: one instance per parameter value (e.g. `work_topic`).",
+            [(_constant(s.name), s.name, None) for s in templates],
+        ),
+        "",
+        "",
+        *_enum(
+            "Group",
+            "Consumer groups of `schemas/groups.yaml` (the default each service joins).",
+            [(_constant(g), g, None) for g in fixed_groups],
+        ),
+        "",
+        "",
+        *_enum(
+            "GroupTemplate",
+            "Consumer groups with a parameter: one group per instance (e.g. `worker_group`).",
+            [(_constant(g), g, None) for g in template_groups],
+        ),
+        "",
+        "",
+        *_enum(
+            errors.name,
+            errors.description,
+            [(c.code.upper(), c.code, c.description) for c in errors.codes],
+        ),
+        "",
+        "",
+        *_exploded(
+            "PARAMETERS: dict[str, str] = {",
+            [f"{_quote(p)}: {_quote(pattern)}" for p, pattern in sorted(parameters.items())],
+            "}",
+        ),
+    ]
+    helpers = [("topic", "TopicTemplate", s.name) for s in templates]
+    helpers += [("group", "GroupTemplate", g) for g in template_groups]
+    for kind, enum, template in helpers:
+        params = re.findall(r"\{([a-z_][a-z0-9_]*)\}", template)
+        signature = ", ".join(f"{p}: str" for p in params)
+        arguments = ", ".join(f"{p}={p}" for p in params)
+        lines += [
+            "",
+            "",
+            f"def {_constant(template).lower()}_{kind}({signature}) -> str:",
+            f'    """The {kind} `{template}` of one {params[0].removesuffix("_id")}."""',
+            f"    return _fill({enum}.{_constant(template)}, {arguments})",
+        ]
+    lines += [
+        "",
+        "",
+        "def _fill(template: str, **params: str) -> str:",
+        "    for name, value in params.items():",
+        "        if not re.fullmatch(PARAMETERS[name], value):",
+        '            raise ValueError(f"{name}={value!r} does not match {PARAMETERS[name]}")',
+        "    return template.format(**params)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_all(schemas: Path | None = None) -> dict[str, str]:
+    """Path under a distribution's `src/` -> the generated source (default: shipped schemas/)."""
+    store = SchemaStore(schemas / "avro") if schemas else default_store()
+    catalog = load_catalog(schemas / "topics" if schemas else None)
+    groups = load_groups(schemas / "groups.yaml" if schemas else None, catalog)
+    errors = load_error_codes(schemas / "error_codes.yaml" if schemas else None, store)
+    return {
+        MODELS_MODULE: render_models(store),
+        CONTRACTS_MODULE: render_contracts(catalog, groups, errors),
+    }
 
 
 def source_root() -> Path:

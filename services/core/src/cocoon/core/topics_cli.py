@@ -19,7 +19,6 @@ from cocoon.core.bus.admin import (
 )
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.catalog import load_catalog, topic_config
-from cocoon.core.codec.store import SchemaStore
 from cocoon.core.codegen import render_all, source_root, stale_files
 from cocoon.core.strimzi_cli import app as strimzi_app
 
@@ -113,7 +112,7 @@ def codegen(
 ) -> None:
     """Generate the Python models (and contract constants) from schemas/."""
     src = src or source_root()
-    files = render_all(SchemaStore(schemas / "avro") if schemas else None)
+    files = render_all(schemas)
     stale = stale_files(src, files)
     if check:
         for path in stale:
