@@ -52,13 +52,14 @@ from cocoon.attestation.verify import Verifier
 from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.codec import models
+from cocoon.core.contracts import Group, Topic
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.verdicts import TRUSTED
 
 log = logging.getLogger(__name__)
 
-EVIDENCE_TOPIC = "attestation.evidence"
-VERDICTS_TOPIC = "attestation.verdicts"
+EVIDENCE_TOPIC = Topic.ATTESTATION_EVIDENCE
+VERDICTS_TOPIC = Topic.ATTESTATION_VERDICTS
 INTEL_PCS = "https://api.trustedservices.intel.com"
 
 VERDICTS = Counter(
@@ -81,7 +82,7 @@ class Settings(ServiceSettings):
     gpu_policy_file: Path | None = Field(
         None, description="GPU policy JSON (RIM and OCSP: files or URLs); default NVIDIA online"
     )
-    evidence_group: str = "attestation"
+    evidence_group: str = Group.ATTESTATION
 
 
 def base_policy_and_collateral(settings: Settings) -> tuple[Policy, CollateralSource]:

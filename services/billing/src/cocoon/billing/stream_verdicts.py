@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 
 from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.contracts import Topic
 from cocoon.core.crypto.errors import CryptoError
 from cocoon.core.verdicts import VerdictError, verify_verdict
 
 log = logging.getLogger(__name__)
 
-VERDICTS_TOPIC = "attestation.verdicts"
+VERDICTS_TOPIC = Topic.ATTESTATION_VERDICTS
 
 
 class VerdictKeys:

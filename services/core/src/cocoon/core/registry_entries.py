@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-REGISTRY_TOPIC = "attestation.registry"
+from cocoon.core.contracts import Topic
+
+REGISTRY_TOPIC = Topic.ATTESTATION_REGISTRY
 
 # POLICY entries carry their meaning in the `setting` attribute.
 SETTING = "setting"

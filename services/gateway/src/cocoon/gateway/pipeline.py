@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.contracts import ErrorCode, Topic
 from cocoon.core.crypto import OpenError, ResponseOpener, StreamError, seal_request
 from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
 from cocoon.gateway.admission import Admission, AdmissionGrants
@@ -42,13 +43,13 @@ from cocoon.gateway.workers import TrustedWorker, WorkerDirectory
 
 log = logging.getLogger(__name__)
 
-GRANTS_TOPIC = "billing.grants"
+GRANTS_TOPIC = Topic.BILLING_GRANTS
 REPLY_TOPICS = (
     GRANTS_TOPIC,
-    "billing.reservations",
-    "inference.assignments",
-    "inference.responses",
-    "inference.outcomes",
+    Topic.BILLING_RESERVATIONS,
+    Topic.INFERENCE_ASSIGNMENTS,
+    Topic.INFERENCE_RESPONSES,
+    Topic.INFERENCE_OUTCOMES,
 )
 
 
@@ -121,13 +122,13 @@ class KafkaBackend:
             deadline = time.monotonic() + request.timeout
             while True:
                 topic, value = await self._next_event(state, deadline)
-                if topic == "billing.reservations":
+                if topic == Topic.BILLING_RESERVATIONS:
                     self._on_reservation(value)
-                elif topic == "inference.assignments":
+                elif topic == Topic.INFERENCE_ASSIGNMENTS:
                     await self._on_assignment(state, value)
-                elif topic == "inference.outcomes":
+                elif topic == Topic.INFERENCE_OUTCOMES:
                     self._on_outcome(state, value)
-                elif topic == "inference.responses":
+                elif topic == Topic.INFERENCE_RESPONSES:
                     items, final = self._open_chunk(state, value)
                     for item in items:
                         yield item
@@ -153,7 +154,7 @@ class KafkaBackend:
             )
         created = now_millis()
         await self.producer.send(
-            "inference.requests",
+            Topic.INFERENCE_REQUESTS,
             {
                 "request_id": request.request_id,
                 "account_id": account_id,
@@ -269,11 +270,11 @@ class KafkaBackend:
         if status == "SUCCEEDED":
             return  # the final chunk ends the stream; an outcome alone does not
         model = state.request.model
-        if code == "unknown_model":
+        if code == ErrorCode.UNKNOWN_MODEL:
             raise UnknownModel(model)
-        if code == "price_cap":
+        if code == ErrorCode.PRICE_CAP:
             raise NoWorkerAvailable(model, min_coefficient=value.get("min_coefficient"))
-        if code in ("no_worker", "lease_expired"):
+        if code in (ErrorCode.NO_WORKER, ErrorCode.LEASE_EXPIRED):
             raise NoWorkerAvailable(model)
         if status == "TIMED_OUT":
             raise UpstreamTimeout()

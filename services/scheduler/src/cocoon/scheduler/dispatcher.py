@@ -24,22 +24,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from cocoon.core.codec import models
+from cocoon.core.contracts import ErrorCode, work_topic
 from cocoon.scheduler.placement import NoPlacement, NoPlacementReason, choose_worker
 from cocoon.scheduler.pool import Lease, WorkerPool
 
 log = logging.getLogger(__name__)
 
 REPORTED_BY = "scheduler"
-
-
-class ErrorCode(StrEnum):
-    """`Outcome.error_code` values the gateway maps to HTTP statuses (404 / 503)."""
-
-    NO_WORKER = "no_worker"
-    UNKNOWN_MODEL = "unknown_model"
-    PRICE_CAP = "price_cap"
-    LEASE_EXPIRED = "lease_expired"
-    WORKER_LOST = "worker_lost"
 
 
 class Phase(StrEnum):
@@ -293,7 +284,7 @@ class Dispatcher:
                 attempt=request.attempt,
                 worker_id=choice.worker_id,
                 model=request.model,
-                work_topic=choice.work_topic or f"work.{choice.worker_id}",
+                work_topic=choice.work_topic or work_topic(choice.worker_id),
                 verdict_id=choice.verdict_id,
                 coefficient=choice.coefficient,
                 gateway_id=request.gateway_id,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from cocoon.core.bus import BusProducer
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
+from cocoon.core.contracts import ErrorCode, Topic
 from cocoon.core.crypto import (
     OpenError,
     ResponseSealer,
@@ -36,15 +37,14 @@ log = logging.getLogger(__name__)
 
 REPORTED_BY = "worker-proxy"
 
-# Outcome error codes (metadata only, never content).
-UNSEALABLE = "unsealable"  # the payload does not open with this worker's key for this request
-WRONG_MODEL = "wrong_model"  # the item is for a model this worker does not serve
-BAD_REQUEST = "bad_request"  # the opened body is not an OpenAI request
-ENGINE_REJECTED = "engine_rejected"  # the engine refused the request (HTTP 4xx)
-ENGINE_ERROR = "engine_error"  # the engine failed or broke the stream
-CANCELLED = "cancelled"
-TIMED_OUT = "timed_out"
-SHUTDOWN = "shutdown"
+# Outcome error codes (metadata only, never content): schemas/error_codes.yaml.
+UNSEALABLE = ErrorCode.UNSEALABLE
+WRONG_MODEL = ErrorCode.WRONG_MODEL
+BAD_REQUEST = ErrorCode.BAD_REQUEST
+ENGINE_REJECTED = ErrorCode.ENGINE_REJECTED
+ENGINE_ERROR = ErrorCode.ENGINE_ERROR
+CANCELLED = ErrorCode.CANCELLED
+TIMED_OUT = ErrorCode.TIMED_OUT
 
 
 def engine_error_code(exc: BaseException) -> str:
@@ -134,7 +134,9 @@ class Job:
                 status, code = (
                     ("CANCELLED", CANCELLED) if stop in done else ("TIMED_OUT", TIMED_OUT)
                 )
-                message = "cancelled" if stop in done else "deadline passed before the request ran"
+                message = (
+                    _messages[CANCELLED] if stop in done else "the deadline passed before it ran"
+                )
                 await self._seal_error(code, message)
                 return await self._finish(status, code, None, None)
             self.running = True
@@ -225,7 +227,7 @@ class Job:
         # records in order); the final chunk waits for every earlier ack and its own. The send
         # is shielded: a sealed chunk that never left would be a gap the gateway must refuse.
         enqueue = asyncio.ensure_future(
-            self.ctx.producer.send("inference.responses", value, wait=False)
+            self.ctx.producer.send(Topic.INFERENCE_RESPONSES, value, wait=False)
         )
         self._enqueued.append(enqueue)
         await asyncio.shield(enqueue)
@@ -269,11 +271,11 @@ class Job:
         """Receipt first (billing captures from it), then the outcome (which releases the rest)."""
         item = self.item
         if receipt is not None:
-            await self.ctx.producer.send("usage.receipts", receipt.to_record())
+            await self.ctx.producer.send(Topic.USAGE_RECEIPTS, receipt.to_record())
         finished = now_millis()
         completion = meter.completion if meter is not None else 0
         await self.ctx.producer.send(
-            "inference.outcomes",
+            Topic.INFERENCE_OUTCOMES,
             {
                 "request_id": item.request_id,
                 "attempt": item.attempt,

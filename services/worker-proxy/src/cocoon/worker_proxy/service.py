@@ -29,6 +29,7 @@ from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.contracts import Topic, TopicTemplate, work_topic, worker_group
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import wait_any
 from cocoon.worker_proxy.attest import AttestationSchedule
@@ -76,7 +77,7 @@ class WorkerProxy(Service):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
-        self.work_topic = f"work.{settings.worker_id}"
+        self.work_topic = work_topic(settings.worker_id)
         self.identity: Identity | None = None
         self.schedule: AttestationSchedule | None = None
         self.jobs: dict[str, Job] = {}
@@ -105,7 +106,7 @@ class WorkerProxy(Service):
         await asyncio.to_thread(
             ensure_instance,
             s.kafka_bootstrap,
-            default_catalog()["work.{worker_id}"],
+            default_catalog()[TopicTemplate.WORK],
             prefix=topic_prefix(),
             worker_id=self.worker_id,
         )
@@ -114,7 +115,7 @@ class WorkerProxy(Service):
         await self.producer.start()
         self.verdicts = BroadcastReader(
             s.kafka_bootstrap,
-            ["attestation.verdicts"],
+            [Topic.ATTESTATION_VERDICTS],
             self._on_verdict,
             from_beginning=True,
             client_id=f"worker-proxy-{self.worker_id}-verdicts",
@@ -124,7 +125,7 @@ class WorkerProxy(Service):
         self.consumer = BusConsumer(
             s.kafka_bootstrap,
             [self.work_topic],
-            group_id=f"worker-{self.worker_id}",
+            group_id=worker_group(self.worker_id),
             handler=self._on_work,
             client_id=f"worker-proxy-{self.worker_id}",
         )
@@ -267,7 +268,7 @@ class WorkerProxy(Service):
         self._last_state = self._state()
         waiting = sum(1 for job in self.jobs.values() if not job.running)
         await self.producer.send(
-            "worker.heartbeats",
+            Topic.WORKER_HEARTBEATS,
             models.Heartbeat(
                 worker_id=self.worker_id,
                 models=[self.settings.model],
@@ -299,7 +300,7 @@ class WorkerProxy(Service):
         assert self.schedule is not None
         nonce = self.schedule.challenge
         evidence = await asyncio.to_thread(self.identity.evidence, nonce=nonce)
-        await self.producer.send("attestation.evidence", evidence)
+        await self.producer.send(Topic.ATTESTATION_EVIDENCE, evidence)
         self.schedule.submitted(evidence.evidence_id, now_millis())
         log.info(
             "evidence submitted",
