@@ -246,6 +246,9 @@ class AttestationService(Service):
         nonce = claims.freshness.nonce
         if ev.nonce is not None and ev.nonce != nonce:
             return reject("evidence nonce does not match the nonce in the claims")
+        banned = self._banned(claims.payout_address)
+        if banned:
+            return reject(banned)
         report_data = claims.report_data()
         if nonce is not None:
             problem = self.challenges.owner_problem(ev.worker_id, nonce)
@@ -373,8 +376,19 @@ class AttestationService(Service):
         self.verifier.policy = self.registry.registry.apply(self.base_policy)
         log.info("registry version %d applied", self.registry.version)
 
+    def _banned(self, payout_address: str | None) -> str | None:
+        if payout_address is None or payout_address not in self.registry.registry.banned_addresses:
+            return None
+        return (
+            f"payout_address: {payout_address} is banned by registry version "
+            f"{self.registry.version}"
+        )
+
     def _disallowed(self, verdict: Any) -> str | None:
         """Why the current registry no longer allows a TRUSTED verdict (None: still allowed)."""
+        banned = self._banned(verdict.payout_address)
+        if banned:
+            return banned
         policy, version = self.verifier.policy, self.registry.version
         image = (verdict.image_hash or b"").hex()
         m = verdict.measurements or b""

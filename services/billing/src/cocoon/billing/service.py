@@ -279,6 +279,7 @@ class Billing(Service):
                 max_share_bps=s.grant_max_share_bps,
                 clock_skew_ms=int(s.clock_skew_seconds * 1000),
             ),
+            attested_address=self.keys.payout_address,
         )
         await self._apply_grants()
         await self._reread_assignments()
@@ -292,6 +293,7 @@ class Billing(Service):
                 ton,
                 self.processor.engine,
                 self.registry.payout_address,
+                self.registry.banned,
                 s.payout_store_path(),
                 commit=self._commit_pending,
             )

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.billing.engine import BillingEngine, CaptureResult, Grant, Hold
+from cocoon.billing.engine import AttestedAddress, BillingEngine, CaptureResult, Grant, Hold
 from cocoon.billing.ledger import Entry
 from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
 from cocoon.billing.pricing import BPS_ONE, Prices
@@ -72,9 +72,16 @@ class Processor:
         hold_grace_ms: int,
         outcome_grace_ms: int,
         grants: GrantPolicy | None = None,
+        attested_address: AttestedAddress | None = None,
     ) -> None:
         self.book = BalanceBook()
-        self.engine = BillingEngine.replay(self._noted(entries), prices, verify, sink=self._collect)
+        self.engine = BillingEngine.replay(
+            self._noted(entries),
+            prices,
+            verify,
+            sink=self._collect,
+            **({} if attested_address is None else {"attested_address": attested_address}),
+        )
         self.hold_grace_ms = hold_grace_ms
         self.outcome_grace_ms = outcome_grace_ms
         # Outcomes seen for requests still held: request id -> when to release (if no receipt).

@@ -32,6 +32,7 @@ from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import Topic, TopicTemplate, work_topic, worker_group
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import wait_any
+from cocoon.core.ton_address import TonAddressError, parse_ton_address
 from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.engine import EngineClient
 from cocoon.worker_proxy.identity import Identity
@@ -62,6 +63,20 @@ class Settings(ServiceSettings):
     evidence_refresh_seconds: float = Field(
         1800.0, gt=0, description="re-attest at least this often (earlier if the verdict asks)"
     )
+    payout_address: str | None = Field(
+        None,
+        description="TON address the earnings are paid to, attested in the claims (claims v2)",
+    )
+
+    @field_validator("payout_address")
+    @classmethod
+    def _payout_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            return parse_ton_address(value).raw
+        except TonAddressError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("worker_id")
     @classmethod
@@ -99,7 +114,7 @@ class WorkerProxy(Service):
     async def start(self) -> None:
         s = self.settings
         # Keys are generated here, inside the (simulated) TEE, and never leave this process.
-        self.identity = Identity.generate(self.worker_id, s.model)
+        self.identity = Identity.generate(self.worker_id, s.model, s.payout_address)
         self.schedule = AttestationSchedule(
             self.worker_id, self.identity.keys.public.signing_key, s.evidence_refresh_seconds
         )
