@@ -113,11 +113,12 @@ VerdictStatusSymbol = Literal["UNKNOWN", "TRUSTED", "REJECTED", "REVOKED", "EXPI
 class Verdict(AvroModel):
     """The attestation service's signed judgement of a worker. The latest per worker wins
     (compacted topic). v2 adds the classical HPKE key, the quote's REPORTDATA and
-    measurements, and the next challenge nonce.
+    measurements, and the next challenge nonce; v3 adds the payout address the worker
+    attested.
     """
 
     avro_name: ClassVar[str] = "cocoon.attestation.Verdict"
-    avro_version: ClassVar[int] = 2
+    avro_version: ClassVar[int] = 3
 
     verdict_id: str = Field(description="Unique id of this verdict.")
     worker_id: str = Field(description="Worker judged.")
@@ -172,6 +173,13 @@ class Verdict(AvroModel):
         default=None,
         description=(
             "Nonce the worker puts in its next claims to re-attest before expires_at (single use)."
+        ),
+    )
+    payout_address: str | None = Field(
+        default=None,
+        description=(
+            "TON address (raw form, workchain:hex) the worker's claims bind (claims v2); billing "
+            "pays the earnings made under this verdict there. Null for claims v1."
         ),
     )
     attestor_key_id: str = Field(description="Which attestation-service key signed it.")
