@@ -22,6 +22,7 @@ from cocoon.billing.ledger import (
     Ledger,
     client_account,
     entry_problem,
+    topup_account,
     holds_account,
     worker_account,
 )
@@ -86,6 +87,10 @@ def _expect(
         target = client_account(m["client_id"]) if m.get("client_id") else UNCLAIMED
         expected[TON_DEPOSITS] -= amount
         expected[target] += amount
+    elif kind == "topup":
+        amount = m["amount"]
+        expected[topup_account(m["source"])] -= amount
+        expected[client_account(m["client_id"])] += amount
     elif kind == "claim":
         amount = m["amount"]
         expected[UNCLAIMED] -= amount

@@ -94,12 +94,14 @@ OUTCOMES = "inference.outcomes"
 ASSIGNMENTS = "inference.assignments"
 RESERVATIONS = "billing.reservations"
 GRANTS = "billing.grants"
+TOPUPS = "billing.topups"
 GRANT_RECORD = "cocoon.billing.Grant"
 INPUTS = {  # in the order a polled batch is handled
     REQUESTS: "cocoon.inference.InferenceRequest",
     ASSIGNMENTS: "cocoon.inference.Assignment",
     RECEIPTS: "cocoon.inference.UsageReceipt",
     OUTCOMES: "cocoon.inference.Outcome",
+    TOPUPS: "cocoon.billing.TopUp",
 }
 BALANCE_RECORD = "cocoon.billing.Balance"
 
@@ -528,6 +530,11 @@ class Billing(Service):
             self._request_traces[value.request_id] = otel_context.get_current()
         elif topic == ASSIGNMENTS:
             self.processor.on_assignment(value, now)
+        elif topic == TOPUPS:
+            try:
+                self.processor.on_topup(value, now)
+            except BillingError as exc:
+                raise BadRecord(str(exc)) from None
         else:
             self.processor.on_outcome(value, now)
 
