@@ -22,8 +22,8 @@ from cocoon.billing.ledger import (
     Ledger,
     client_account,
     entry_problem,
-    topup_account,
     holds_account,
+    topup_account,
     worker_account,
 )
 from cocoon.billing.money import INT64_MAX

@@ -633,8 +633,8 @@ class BillingEngine:
     ) -> bool:
         """Credit a payment made outside TON (or a trial) to a client, opening its account.
 
-        `topup_id` is derived from the payment (`stars-<hash of the telegram charge id>`): a second call with
-        the same id is a no-op, so a payment delivered twice is credited once.
+        `topup_id` is derived from the payment (`stars-<hash of the telegram charge id>`): a
+        second call with the same id is a no-op, so a payment delivered twice is credited once.
         """
         check_id(topup_id, "top-up id")
         check_amount(amount, "top-up amount", allow_zero=False)

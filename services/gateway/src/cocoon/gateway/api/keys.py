@@ -62,7 +62,9 @@ class KeyStore:
             if key_id not in self._by_id:
                 break
         key = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
-        self._by_id[key_id] = KeyRecord(key_id, account_id, hash_key(key), name, False, delegate_prefix)
+        self._by_id[key_id] = KeyRecord(
+            key_id, account_id, hash_key(key), name, delegate_prefix=delegate_prefix
+        )
         return key
 
     def authenticate(self, key: str) -> KeyRecord | None:
