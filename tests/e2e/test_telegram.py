@@ -80,6 +80,14 @@ async def until_balance(service: TelegramService, account: str, wanted: int) -> 
         await asyncio.sleep(0.1)
 
 
+async def until_served(service: TelegramService, user: int, count: int) -> None:
+    """Wait until `user` has had `count` answers, whole or stopped."""
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    while len(service.cocoon.served.get(user, ())) < count or service.cocoon.active:
+        assert time.monotonic() < deadline, f"no answer for {user} in {ANSWER_TIMEOUT_S} s"
+        await asyncio.sleep(0.1)
+
+
 async def test_commands_a_streamed_answer_and_what_it_cost(telegram, network):
     api, service = telegram
     user = 1001
@@ -91,17 +99,8 @@ async def test_commands_a_streamed_answer_and_what_it_cost(telegram, network):
     await reply_to(api, user, "/balance", ton(TELEGRAM_TRIAL_NANOTON))
 
     api.say(user, "Write a haiku about Kafka")
-    final = await api.wait_for(
-        lambda c: (
-            c.method == "sendMessage"
-            and int(c.params["chat_id"]) == user
-            and c.params.get("text", "").strip()
-            and c.at > api.sent("sendMessageDraft", user)[0].at
-            if api.sent("sendMessageDraft", user)
-            else False
-        ),
-        ANSWER_TIMEOUT_S,
-    )
+    await until_served(service, user, 1)
+    final = api.sent("sendMessage", user)[-1]
     drafts = api.sent("sendMessageDraft", user)
     assert drafts and all(d.params["can_stop"] in ("true", True) for d in drafts)
     assert len({d.params["draft_id"] for d in drafts}) == 1
@@ -210,14 +209,12 @@ async def test_groups_answer_only_when_mentioned_and_edit_at_most_once_a_second(
     await until_balance(service, f"tg-{user}", TELEGRAM_TRIAL_NANOTON)
     api.say(user, "just chatting, not to the bot", chat=group)
     api.say(user, f"@{BOT_USERNAME} name three colours", chat=group)
-    final = await api.wait_for(
-        lambda c: (
-            c.method == "editMessageText"
-            and int(c.params["chat_id"]) == group["id"]
-            and "reply_markup" not in c.params
-        ),
-        ANSWER_TIMEOUT_S,
-    )
+    await until_served(service, user, 1)
+    calls = [c for c in api.calls if int(c.params.get("chat_id", 0)) == group["id"]]
+    final = calls[-1]
+    assert final.method == "editMessageText" and "reply_markup" not in final.params, [
+        (c.method, text_of(c)[:80]) for c in calls
+    ]
     assert text_of(final).strip()
     posted = api.sent("sendMessage", group["id"])
     assert len(posted) == 1  # one message, edited: the unaddressed one got no answer

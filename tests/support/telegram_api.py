@@ -307,9 +307,10 @@ class FakeBotApi:
             and (chat_id is None or int(c.params.get("chat_id", 0)) == chat_id)
         ]
 
-    async def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> Call:
+    async def wait_for(self, predicate: Any, timeout_s: float = 30.0, *, since: int = 0) -> Call:
+        """The first call matching `predicate` among those from index `since` on."""
         deadline = time.monotonic() + timeout_s
-        seen = 0
+        seen = since
         while True:
             for call in self.calls[seen:]:
                 if predicate(call):
