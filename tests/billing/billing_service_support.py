@@ -37,6 +37,7 @@ TOPICS = [
     "attestation.registry",
     "billing.reservations",
     "billing.grants",
+    "billing.topups",
     "billing.ledger",
     "billing.balances",
 ]
@@ -283,6 +284,7 @@ async def network(
             "billing.balances",
             "billing.ledger",
             "usage.receipts.dlq",
+            "billing.topups.dlq",
         ],
         seen.on_record,
         from_beginning=True,

@@ -23,6 +23,7 @@ from cocoon.billing.ledger import (
     client_account,
     entry_problem,
     holds_account,
+    topup_account,
     worker_account,
 )
 from cocoon.billing.money import INT64_MAX
@@ -115,6 +116,10 @@ def _expect(
         target = client_account(m["client_id"]) if m.get("client_id") else UNCLAIMED
         expected[TON_DEPOSITS] -= amount
         expected[target] += amount
+    elif kind == "topup":
+        amount = m["amount"]
+        expected[topup_account(m["source"])] -= amount
+        expected[client_account(m["client_id"])] += amount
     elif kind == "claim":
         amount = m["amount"]
         expected[UNCLAIMED] -= amount

@@ -24,6 +24,7 @@ from cocoon.billing.ledger import (
     Ledger,
     client_account,
     holds_account,
+    topup_account,
     worker_account,
 )
 from cocoon.billing.money import (
@@ -658,6 +659,38 @@ class BillingEngine:
         }
         postings = ((TON_DEPOSITS, -amount), (target, amount)) if amount else ()
         return self._record(Entry(f"deposit:{deposit_id}", "deposit", postings, at_ms, meta))
+
+    def credit_topup(
+        self,
+        topup_id: str,
+        client_id: str,
+        amount: int,
+        source: str,
+        *,
+        at_ms: int = 0,
+        paid_amount: int = 0,
+        reference: str = "",
+    ) -> bool:
+        """Credit a payment made outside TON (or a trial) to a client, opening its account.
+
+        `topup_id` is derived from the payment (`stars-<hash of the telegram charge id>`): a
+        second call with the same id is a no-op, so a payment delivered twice is credited once.
+        """
+        check_id(topup_id, "top-up id")
+        check_amount(amount, "top-up amount", allow_zero=False)
+        source_account = topup_account(source)
+        if f"topup:{topup_id}" in self.ledger:
+            return False
+        self.open_account(client_id, at_ms)
+        meta = {
+            "client_id": client_id,
+            "amount": amount,
+            "source": source,
+            "paid_amount": paid_amount,
+            "reference": reference,
+        }
+        postings = ((source_account, -amount), (client_account(client_id), amount))
+        return self._record(Entry(f"topup:{topup_id}", "topup", postings, at_ms, meta))
 
     def claim_unclaimed(self, deposit_id: str, client_id: str, at_ms: int = 0) -> bool:
         """Move an unclaimed deposit to a client (an operator decision, once per deposit)."""

@@ -95,12 +95,14 @@ OUTCOMES = Topic.INFERENCE_OUTCOMES
 ASSIGNMENTS = Topic.INFERENCE_ASSIGNMENTS
 RESERVATIONS = Topic.BILLING_RESERVATIONS
 GRANTS = Topic.BILLING_GRANTS
+TOPUPS = Topic.BILLING_TOPUPS
 GRANT_RECORD = "cocoon.billing.Grant"
 INPUTS = {  # in the order a polled batch is handled
     REQUESTS: "cocoon.inference.InferenceRequest",
     ASSIGNMENTS: "cocoon.inference.Assignment",
     RECEIPTS: "cocoon.inference.UsageReceipt",
     OUTCOMES: "cocoon.inference.Outcome",
+    TOPUPS: "cocoon.billing.TopUp",
 }
 BALANCE_RECORD = "cocoon.billing.Balance"
 
@@ -531,6 +533,11 @@ class Billing(Service):
             self._request_traces[value.request_id] = otel_context.get_current()
         elif topic == ASSIGNMENTS:
             self.processor.on_assignment(value, now)
+        elif topic == TOPUPS:
+            try:
+                self.processor.on_topup(value, now)
+            except BillingError as exc:
+                raise BadRecord(str(exc)) from None
         else:
             self.processor.on_outcome(value, now)
 

@@ -127,6 +127,20 @@ class Processor:
             source="dev_grant",
         )
 
+    # ---- billing.topups ---------------------------------------------------------------
+
+    def on_topup(self, topup: models.TopUp, now_ms: int) -> bool:
+        """Credit a Stars payment or a trial once per topup_id; False when seen before."""
+        return self.engine.credit_topup(
+            topup.topup_id,
+            topup.account_id,
+            topup.amount_nanoton,
+            topup.source.lower(),
+            at_ms=now_ms,
+            paid_amount=topup.paid_amount,
+            reference=topup.reference,
+        )
+
     # ---- inference.requests -----------------------------------------------------------
 
     def on_request(self, request: models.InferenceRequest, now_ms: int) -> None:

@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cocoon.core.paths import schemas_dir
 
 # Services that may appear as producers/consumers; "operator" is people and their tools.
-SERVICES = frozenset({"gateway", "attestation", "scheduler", "billing", "worker-proxy", "operator"})
+SERVICES = frozenset(
+    {"gateway", "attestation", "scheduler", "billing", "worker-proxy", "telegram", "operator"}
+)
 DLQ_SUFFIX = ".dlq"
 DEAD_LETTER_RECORD = "cocoon.bus.DeadLetter"
 DLQ_PARTITIONS = 1  # dead letters are rare; one partition keeps them in arrival order

@@ -424,6 +424,55 @@ class Reservation(AvroModel):
     decided_at: datetime = Field(description="When billing decided.")
 
 
+class TopUpSource(StrEnum):
+    """What paid for it."""
+
+    UNKNOWN = "UNKNOWN"
+    TELEGRAM_STARS = "TELEGRAM_STARS"
+    TRIAL = "TRIAL"
+
+
+TopUpSourceSymbol = Literal["UNKNOWN", "TELEGRAM_STARS", "TRIAL"]
+
+
+class TopUp(AvroModel):
+    """Funds paid to the operator outside TON (Telegram Stars) or granted by a front end (a
+    trial), to be credited to an account exactly once: billing's ledger entry id is
+    topup:<topup_id>.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.TopUp"
+    avro_version: ClassVar[int] = 1
+
+    topup_id: str = Field(
+        description=(
+            "Unique per payment, derived from the payment itself (stars-<sha256 of the "
+            "telegram_payment_charge_id, 32 hex>, trial-<account>), so a repeated delivery is the "
+            "same top-up."
+        ),
+    )
+    account_id: str = Field(description="Account credited (the record key).")
+    amount_nanoton: int = Field(description="Credit in nanoTON (> 0).")
+    source: TopUpSourceSymbol = Field(
+        default="UNKNOWN",
+        description=(
+            "What paid for it. Each source has its own ledger account, so the audit can tell them "
+            "apart."
+        ),
+    )
+    paid_amount: int = Field(
+        description=(
+            "What the user paid, in the source's own unit (Stars for TELEGRAM_STARS, 0 for TRIAL)."
+        ),
+    )
+    reference: str = Field(
+        description=(
+            "The payment's own reference (telegram_payment_charge_id), for refunds and support."
+        ),
+    )
+    created_at: datetime = Field(description="When the front end learned of the payment.")
+
+
 class DeadLetterReason(StrEnum):
     """Why the record was dead-lettered."""
 
@@ -819,6 +868,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.billing.LedgerEntry": LedgerEntry,
     "cocoon.billing.Payout": Payout,
     "cocoon.billing.Reservation": Reservation,
+    "cocoon.billing.TopUp": TopUp,
     "cocoon.bus.Header": Header,
     "cocoon.bus.DeadLetter": DeadLetter,
     "cocoon.inference.Assignment": Assignment,
@@ -838,6 +888,7 @@ ENUMS: dict[str, type[StrEnum]] = {
     "cocoon.billing.PayoutStatus": PayoutStatus,
     "cocoon.billing.ReservationStatus": ReservationStatus,
     "cocoon.billing.RejectReason": RejectReason,
+    "cocoon.billing.TopUpSource": TopUpSource,
     "cocoon.bus.DeadLetterReason": DeadLetterReason,
     "cocoon.inference.RequestChannel": RequestChannel,
     "cocoon.inference.OutcomeStatus": OutcomeStatus,

@@ -27,6 +27,7 @@ from cocoon.gateway.api.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     RateLimited,
     UnknownModel,
     UpstreamTimeout,
@@ -165,6 +166,10 @@ async def event_stream(
         await close_quietly(items)
 
 
+# Names the end user's account when a delegating key (KeyRecord.delegate_prefix) calls.
+ACCOUNT_HEADER = "x-cocoon-account"
+
+
 def create_app(
     backend: InferenceBackend,
     key_store: KeyStore,
@@ -189,7 +194,13 @@ def create_app(
             raise AuthenticationFailed("Incorrect API key provided.")
         if (wait := limiter.acquire(record.key_id)) is not None:
             raise RateLimited(wait)
-        return record
+        acting_for = request.headers.get(ACCOUNT_HEADER)
+        if acting_for is None:
+            return record
+        delegated = record.acting_for(acting_for)
+        if delegated is None:
+            raise PermissionDenied(f"This API key may not act for the account {acting_for!r}.")
+        return delegated
 
     Authenticated = Annotated[KeyRecord, Depends(authenticate)]
 

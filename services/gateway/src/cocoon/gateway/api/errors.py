@@ -50,6 +50,12 @@ class AuthenticationFailed(ApiError):
     default_code = "invalid_api_key"
 
 
+class PermissionDenied(ApiError):
+    status = 403
+    type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
 class InsufficientFunds(ApiError):
     """The hold for this request's maximum cost exceeds the account's available balance."""
 
