@@ -24,6 +24,8 @@ from cocoon.telegram.settings import Settings
 from cocoon.telegram.texts import say, ton
 
 NANOTON_PER_STAR = 10_000_000
+# Each test waits for up to a few answers from the CPU model, which a loaded machine slows.
+pytestmark = pytest.mark.timeout(900)
 # The CPU model writes a short answer in a few seconds; far slower on a loaded 2-core machine.
 ANSWER_TIMEOUT_S = 240
 
@@ -80,10 +82,13 @@ async def until_balance(service: TelegramService, account: str, wanted: int) -> 
         await asyncio.sleep(0.1)
 
 
-async def until_served(service: TelegramService, user: int, count: int) -> None:
-    """Wait until `user` has had `count` answers, whole or stopped."""
+async def until_served(
+    service: TelegramService, user: int, count: int, chat: int | None = None
+) -> None:
+    """Wait until `user` has had `count` answers, whole or stopped, and their chat is idle."""
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
-    while len(service.cocoon.served.get(user, ())) < count or service.cocoon.active:
+    chat = user if chat is None else chat
+    while len(service.cocoon.served.get(user, ())) < count or chat in service.cocoon.active:
         assert time.monotonic() < deadline, f"no answer for {user} in {ANSWER_TIMEOUT_S} s"
         await asyncio.sleep(0.1)
 
@@ -121,7 +126,15 @@ async def test_commands_a_streamed_answer_and_what_it_cost(telegram, network):
     assert charge.meta["client_id"] == f"tg-{user}" and charge.meta["charge"] > 0
     await until_balance(service, f"tg-{user}", TELEGRAM_TRIAL_NANOTON - charge.meta["charge"])
 
+
+async def test_every_command_answers(telegram):
+    api, service = telegram
+    user = 1010
+    await reply_to(api, user, "/start", say("welcome")[:30])
+    service.cocoon.conversations.add_turn(user, "an earlier question", "an earlier answer")
     for command, expect in (
+        ("/usage", say("usage_empty")),
+        ("/verify", say("verify_none")),
         ("/help", "/model chooses"),
         ("/privacy", "Who can read"),
         ("/settings", "Conversation memory"),
@@ -209,7 +222,7 @@ async def test_groups_answer_only_when_mentioned_and_edit_at_most_once_a_second(
     await until_balance(service, f"tg-{user}", TELEGRAM_TRIAL_NANOTON)
     api.say(user, "just chatting, not to the bot", chat=group)
     api.say(user, f"@{BOT_USERNAME} name three colours", chat=group)
-    await until_served(service, user, 1)
+    await until_served(service, user, 1, group["id"])
     calls = [c for c in api.calls if int(c.params.get("chat_id", 0)) == group["id"]]
     final = calls[-1]
     assert final.method == "editMessageText" and "reply_markup" not in final.params, [
