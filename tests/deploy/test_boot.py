@@ -17,13 +17,17 @@ with the topics of the platform chart's KafkaTopics and two listeners, plaintext
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
@@ -39,6 +43,8 @@ from support.repo import REPO_ROOT
 from cocoon.core.kafka import broker
 from cocoon.core.kafka.provider import selected_provider
 from cocoon.core.paths import cache_dir
+from cocoon.core.runtime.resolve import resolve
+from cocoon.core.runtime.settings import ENV_PREFIX
 
 # Quote devices that talk to TDX hardware, which this machine does not have: a worker asking
 # for one must refuse to start, saying so, rather than fall back to a simulated quote.
@@ -138,19 +144,42 @@ def _pods(env: str, image_venvs, tmp_path) -> list[Pod]:
     for workload in rendered("cocoon", env):
         if workload["kind"] not in ("Deployment", "StatefulSet"):
             continue
-        for container in cocoon_containers(workload, _built_here):
+        for container in cocoon_containers(workload, _runs_a_service):
             target = target_of(container["image"])
             root = tmp_path / f"{workload['metadata']['name']}-{container['name']}"
             pods.append(Pod(workload, container, image_config(target), image_venvs(target), root))
     return pods
 
 
-def _built_here(image: str) -> bool:
+def _runs_a_service(container: dict) -> bool:
+    """A container of an image built here running `cocoon run <service>` (not the engine
+    sidecar, which the dev image also serves: the worker-proxy needs it to serve, not to start).
+    """
     try:
-        target_of(image)
+        config = image_config(target_of(container["image"]))
     except LookupError:
         return False
-    return True
+    command = container.get("command") or list(config.entrypoint)
+    args = container["args"] if "args" in container else list(config.cmd)
+    return command == ["cocoon"] and args[:1] == ["run"]
+
+
+def _names_read(pod: Pod) -> set[str]:
+    """COCOON_* variables the code in the pod's image reads: its Settings fields, and every
+    such name written out in its sources (os.environ reads; `X_FILE` where `X` is read)."""
+    service = pod.argv[pod.argv.index("run") + 1]
+    fields = resolve(service).settings_cls.model_fields
+    names = {f"{ENV_PREFIX}{field.upper()}" for field in fields}
+    probe = "import cocoon, json; print(json.dumps(list(cocoon.__path__)))"
+    out = subprocess.run(
+        [pod.venv / "bin" / "python", "-c", probe], capture_output=True, text=True, check=True
+    )
+    for root in json.loads(out.stdout):
+        for path in Path(root).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    names.update(re.findall(r"\bCOCOON_[A-Z0-9_]+\b", node.value))
+    return names | {f"{name}_FILE" for name in names}
 
 
 def _hardware_tee(pod: Pod) -> str | None:
@@ -191,6 +220,10 @@ async def test_every_pod_boots_to_serving(env, boot_broker, image_venvs, tmp_pat
     }
     for pod in pods:
         pod.prepare(objects, NAMESPACE, boot_broker.bootstrap)
+        # A variable nobody reads is a setting that silently does nothing.
+        given = {var["name"] for var in pod.container.get("env", [])}
+        unread = {n for n in given if n.startswith(ENV_PREFIX)} - _names_read(pod)
+        assert not unread, f"{pod.name}: the chart sets {sorted(unread)}, which nothing reads"
     try:
         failures = await _boot(pods)
     finally:
@@ -205,7 +238,10 @@ async def test_every_pod_boots_to_serving(env, boot_broker, image_venvs, tmp_pat
             assert "exited with" in failure and tee in failure, failure or f"{pod.name} served"
             codes.pop(pod.name)
     assert failures == {}, "\n\n".join(failures.values())
-    assert codes == dict.fromkeys(codes, 0), f"not a clean stop on SIGTERM: {codes}"
+    unclean = [
+        f"{p.name} exited {codes[p.name]}:\n{p.log_tail()}" for p in pods if codes.get(p.name)
+    ]
+    assert not unclean, "not a clean stop on SIGTERM:\n" + "\n\n".join(unclean)
 
 
 def test_the_dockerfile_is_read_as_docker_would():

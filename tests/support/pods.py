@@ -300,6 +300,6 @@ class Pod:
         return self.process.returncode
 
 
-def cocoon_containers(workload: dict, built_here: Callable[[str], bool]) -> list[dict]:
-    """The containers of `workload` whose image deploy/docker/Dockerfile builds."""
-    return [c for c in workload["spec"]["template"]["spec"]["containers"] if built_here(c["image"])]
+def cocoon_containers(workload: dict, wanted: Callable[[dict], bool]) -> list[dict]:
+    """The containers of `workload` that `wanted` picks."""
+    return [c for c in workload["spec"]["template"]["spec"]["containers"] if wanted(c)]

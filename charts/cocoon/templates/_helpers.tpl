@@ -383,6 +383,9 @@ spec:
   endpoints:
     - port: metrics
       path: /metrics
+      # The runtime's metrics carry their own `service` label (cocoon_service_ready{service}):
+      # keep it, instead of Prometheus renaming it exported_service under its target label.
+      honorLabels: true
       interval: {{ $sm.interval }}
       scrapeTimeout: {{ $sm.scrapeTimeout }}
 {{- end }}
