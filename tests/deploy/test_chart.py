@@ -26,6 +26,7 @@ from cocoon.core.strimzi import CLUSTER
 
 REFERENCE_KEYS = {
     "secretName",
+    "configMapName",
     "existingSecret",
     "key",
     "env",
@@ -159,13 +160,15 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
     values = _values("prod")
     secrets = values["secrets"]
     for sid, ref in secrets.items():
-        assert set(ref) == {"secretName", "key", "env"}, sid
+        # a Secret, or a ConfigMap for public material (the verdict key's public half)
+        assert set(ref) in ({"secretName", "key", "env"}, {"configMapName", "key", "env"}), sid
         assert ref["env"].startswith("COCOON_") and ref["env"].endswith("_FILE")
+    assert "configMapName" in secrets["attestationPublicKey"]
     wanted = {
         "attestation": ["attestationSigningKey"],
-        "billing": ["tonWalletKey", "tonApiUrl", "tonApiKey"],
-        "gateway": ["apiKeyPepper"],
-        "scheduler": [],
+        "billing": ["attestationPublicKey", "tonWalletKey", "tonApiUrl", "tonApiKey"],
+        "gateway": ["apiKeys", "attestationPublicKey"],
+        "scheduler": ["attestationPublicKey"],
         "worker-proxy": [],
     }
     assert {name: svc["secrets"] for name, svc in values["services"].items()} == wanted
@@ -273,6 +276,10 @@ def test_tiltfile_and_dockerfile():
     assert "deploy/docker/Dockerfile" in tilt and "deploy/helm/dev.yaml" in tilt
     assert "target='dev'" in tilt
     assert "8080:8080" in tilt and "svc/grafana 3000" in tilt
+    # the dev Secrets the chart mounts, and every add-on with its dev overlay
+    assert "bash deploy/dev/secrets.sh" in tilt
+    for addon in ADDONS.glob("*-dev.yaml"):
+        assert f"'{addon.stem.removesuffix('-dev')}'" in tilt, addon.name
     docker = (REPO_ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     assert docker.startswith("# syntax=") and "FROM runtime AS dev\n" in docker
     assert 'ENTRYPOINT ["cocoon"]' in docker and "USER 10001" in docker

@@ -72,6 +72,9 @@ class KafkaSecurity:
     def ssl_context(self) -> ssl.SSLContext:
         """Verifies the broker against the CA (and its host name); presents the client cert."""
         context = ssl.create_default_context(cafile=str(self.cafile))
+        # TLS 1.2: a TLS 1.3 broker (Java) does not answer the client's close_notify, and the
+        # event loop then waits out its SSL shutdown timeout on every connection at stop.
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
         if self.certfile is not None:
             context.load_cert_chain(str(self.certfile), str(self.keyfile))
         return context
