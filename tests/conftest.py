@@ -3,27 +3,62 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
+from support.pki import TestCA, write_broker_tls
 
-from cocoon.core.kafka.broker import free_port_pair
-from cocoon.core.kafka.provider import provide_broker
+from cocoon.core.kafka.broker import BrokerTls, free_port_pair
+from cocoon.core.kafka.provider import provide_broker, selected_provider
 from cocoon.core.paths import cache_dir
 
 pytest_plugins = ["support.engine"]  # engine / engine_url: one real llama.cpp server
 
 
+@dataclass(frozen=True)
+class KafkaTls:
+    """The session broker's mTLS listener: client certificates must chain to `ca`."""
+
+    bootstrap: str
+    ca: TestCA
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap address of a real broker, chosen by the same setting as `cocoon up`."""
+def _session_broker() -> Iterator[tuple[str, KafkaTls | None]]:
     home = cache_dir() / "kafka" / f"test-{uuid.uuid4().hex[:8]}"
     try:
-        with provide_broker(home, free_port_pair()) as bootstrap:
-            yield bootstrap
+        ca = TestCA()
+        keystore, truststore = write_broker_tls(ca, home / "tls")
+        tls = BrokerTls(_free_port(), keystore, truststore)
+        local = selected_provider() == "local"  # only the local broker gets the TLS listener
+        with provide_broker(home, free_port_pair(), tls=tls) as bootstrap:
+            yield bootstrap, KafkaTls(tls.bootstrap, ca) if local else None
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_session_broker) -> str:
+    """Bootstrap address of a real broker, chosen by the same setting as `cocoon up`."""
+    return _session_broker[0]
+
+
+@pytest.fixture(scope="session")
+def kafka_tls(_session_broker) -> KafkaTls:
+    """The same broker's second listener: TLS with client certificates required (production's
+    listener shape). Only the local broker has it."""
+    if _session_broker[1] is None:
+        pytest.skip(f"the {selected_provider()} Kafka provider has no mTLS listener")
+    return _session_broker[1]
 
 
 @pytest.fixture

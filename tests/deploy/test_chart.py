@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from support.charts import (
+    ADDONS,
+    CHART,
+    CHARTS,
+    ENVIRONMENTS,
+    PLATFORM,
+    lint,
+    merged_values,
+    rendered,
+)
 from support.repo import REPO_ROOT
 
 from cocoon.core.catalog import load_catalog
@@ -17,12 +24,9 @@ from cocoon.core.runtime.resolve import SERVICES
 from cocoon.core.runtime.settings import ServiceSettings
 from cocoon.core.strimzi import CLUSTER
 
-CHART = REPO_ROOT / "charts" / "cocoon"
-PLATFORM = REPO_ROOT / "deploy" / "helm"
-ENVIRONMENTS = {"default": None, "dev": PLATFORM / "dev.yaml", "prod": PLATFORM / "prod.yaml"}
-# Keys whose values are references to secrets (names, keys, env var names), not secrets.
 REFERENCE_KEYS = {
     "secretName",
+    "configMapName",
     "existingSecret",
     "key",
     "env",
@@ -40,22 +44,10 @@ def _load(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _values(env: str) -> dict:
-    values = _load(CHART / "values.yaml")
+    """charts/cocoon's values for `env`, merged by helm itself."""
     path = ENVIRONMENTS[env]
-    return _merge(values, _load(path)) if path else values
+    return merged_values(CHART / "values.yaml", *([path] if path else []))
 
 
 def _plain_yaml_files() -> list[Path]:
@@ -79,12 +71,11 @@ def test_chart_metadata():
     chart = _load(CHART / "Chart.yaml")
     assert chart["apiVersion"] == "v2" and chart["name"] == "cocoon"
     platform = _load(PLATFORM / "Chart.yaml")
-    deps = {d["name"]: d for d in platform["dependencies"]}
-    assert set(deps) == {"strimzi-kafka-operator", "kube-prometheus-stack", "tempo", "grafana"}
-    values = _load(PLATFORM / "values.yaml")
-    for name, dep in deps.items():
-        assert dep["condition"] == f"{name}.enabled"
-        assert values[name]["enabled"] is True
+    # No sub-charts: the add-ons are releases of their own, so the chart renders from a clone.
+    assert "dependencies" not in platform
+    addons = {p.stem for p in ADDONS.glob("*.yaml")}
+    for name in ("strimzi-kafka-operator", "kube-prometheus-stack", "tempo", "grafana"):
+        assert {name, f"{name}-dev"} <= addons, name
 
 
 def test_services_match_the_runtime_and_each_has_a_template():
@@ -169,13 +160,15 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
     values = _values("prod")
     secrets = values["secrets"]
     for sid, ref in secrets.items():
-        assert set(ref) == {"secretName", "key", "env"}, sid
+        # a Secret, or a ConfigMap for public material (the verdict key's public half)
+        assert set(ref) in ({"secretName", "key", "env"}, {"configMapName", "key", "env"}), sid
         assert ref["env"].startswith("COCOON_") and ref["env"].endswith("_FILE")
+    assert "configMapName" in secrets["attestationPublicKey"]
     wanted = {
         "attestation": ["attestationSigningKey"],
-        "billing": ["tonWalletKey", "tonApiUrl", "tonApiKey"],
-        "gateway": ["apiKeyPepper"],
-        "scheduler": [],
+        "billing": ["attestationPublicKey", "tonWalletKey", "tonApiUrl", "tonApiKey"],
+        "gateway": ["apiKeys", "attestationPublicKey"],
+        "scheduler": ["attestationPublicKey"],
         "worker-proxy": [],
     }
     assert {name: svc["secrets"] for name, svc in values["services"].items()} == wanted
@@ -273,7 +266,7 @@ def test_platform_kafka_matches_the_generated_resources():
     # the chart's default bootstrap is the Strimzi bootstrap Service of that cluster
     for env in ENVIRONMENTS:
         assert _values(env)["kafka"]["bootstrap"].startswith(f"{CLUSTER}-kafka-bootstrap:")
-    prod = _merge(_load(PLATFORM / "values.yaml"), _load(PLATFORM / "prod.yaml"))
+    prod = merged_values(PLATFORM / "values.yaml", PLATFORM / "prod.yaml")
     assert prod["kafkaCluster"]["plainListener"] is False, "prod: mTLS listener only"
     assert _values("prod")["kafka"]["tls"]["enabled"] is True
 
@@ -283,18 +276,43 @@ def test_tiltfile_and_dockerfile():
     assert "deploy/docker/Dockerfile" in tilt and "deploy/helm/dev.yaml" in tilt
     assert "target='dev'" in tilt
     assert "8080:8080" in tilt and "svc/grafana 3000" in tilt
+    # the dev Secrets the chart mounts, and every add-on with its dev overlay
+    assert "bash deploy/dev/secrets.sh" in tilt
+    for addon in ADDONS.glob("*-dev.yaml"):
+        assert f"'{addon.stem.removesuffix('-dev')}'" in tilt, addon.name
     docker = (REPO_ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     assert docker.startswith("# syntax=") and "FROM runtime AS dev\n" in docker
     assert 'ENTRYPOINT ["cocoon"]' in docker and "USER 10001" in docker
 
 
-@pytest.mark.skipif(shutil.which("helm") is None, reason="helm is not installed")
 @pytest.mark.parametrize("env", list(ENVIRONMENTS))
-def test_helm_renders_the_chart(env):
-    args = ["helm", "template", "t", str(CHART), "--kube-version", "1.30.0"]
-    if ENVIRONMENTS[env]:
-        args += ["-f", str(ENVIRONMENTS[env])]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
-    kinds = [d["kind"] for d in docs]
-    assert kinds.count("PodDisruptionBudget") == 5 and kinds.count("ServiceMonitor") == 5
+@pytest.mark.parametrize("chart", list(CHARTS))
+def test_helm_lints_and_renders(chart, env):
+    lint(chart, env)
+    kinds = [doc["kind"] for doc in rendered(chart, env)]
+    if chart == "cocoon":
+        assert kinds.count("PodDisruptionBudget") == 5 and kinds.count("ServiceMonitor") == 5
+        assert kinds.count("Deployment") + kinds.count("StatefulSet") == 5
+    else:
+        assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ConfigMap"} <= set(kinds)
+        assert {"PodMonitor", "PrometheusRule"} <= set(kinds)
+
+
+def _addon(name: str, env: str) -> dict:
+    files = [ADDONS / f"{name}.yaml"] + ([ADDONS / f"{name}-dev.yaml"] if env == "dev" else [])
+    return merged_values(*files)
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_addon_values(env):
+    prometheus = _addon("kube-prometheus-stack", env)["prometheus"]["prometheusSpec"]
+    claim = prometheus.get("storageSpec", {}).get("volumeClaimTemplate")
+    assert (claim is None) == (env == "dev"), f"{env}: Prometheus storage {claim}"
+    # Grafana asks Tempo on the port Tempo serves its query API on.
+    tempo_port = _addon("tempo", env)["tempo"]["server"]["http_listen_port"]
+    sources = _addon("grafana", env)["datasources"]["datasources.yaml"]["datasources"]
+    (tempo,) = [s for s in sources if s["type"] == "tempo"]
+    assert tempo["url"] == f"http://tempo:{tempo_port}"
+    assert _addon("grafana", env)["admin"]["existingSecret"] == (
+        "" if env == "dev" else "grafana-admin"
+    )

@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support.repo import REPO_ROOT
 
-SCRIPT = REPO_ROOT / "deploy" / "docker" / "install-service.sh"
 DOCKERFILE = REPO_ROOT / "deploy" / "docker" / "Dockerfile"
 SERVICES = ["gateway", "attestation", "scheduler", "billing", "worker-proxy"]
-
-
-def _install(service: str, venv: Path) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("VIRTUAL_ENV", None)
-    subprocess.run(
-        ["bash", str(SCRIPT), service, str(venv), sys.executable],
-        cwd=REPO_ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
 
 
 def _importable(venv: Path, module: str) -> bool:
@@ -34,9 +19,8 @@ def _importable(venv: Path, module: str) -> bool:
     return subprocess.run([venv / "bin" / "python", "-c", probe]).returncode == 0
 
 
-def test_the_worker_image_holds_core_and_the_worker_proxy_only(tmp_path: Path) -> None:
-    venv = tmp_path / "worker-proxy"
-    _install("worker-proxy", venv)
+def test_the_worker_image_holds_core_and_the_worker_proxy_only(tmp_path: Path, image_venvs) -> None:
+    venv = image_venvs("worker-proxy")
     assert _importable(venv, "cocoon.core") and _importable(venv, "cocoon.worker_proxy.service")
     for other in ("cocoon.gateway", "cocoon.billing", "cocoon.scheduler", "cocoon.attestation"):
         assert not _importable(venv, other), f"{other} is in the worker image"

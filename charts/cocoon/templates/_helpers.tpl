@@ -21,9 +21,12 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 
+{{/* Each service's image is its own repository, <repository>-<service> (the Dockerfile's
+target of that name); `image.perService: false` runs one image for all (Tilt's dev image). */}}
 {{- define "cocoon.image" -}}
 {{- $image := .root.Values.image -}}
-{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) -}}
+{{- $repository := ternary (printf "%s-%s" $image.repository .name) $image.repository $image.perService -}}
+{{- printf "%s:%s" $repository (default .root.Chart.AppVersion $image.tag) -}}
 {{- end -}}
 
 {{/* Environment every service gets. Secrets appear only as file paths. */}}
@@ -31,6 +34,8 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- $v := .root.Values -}}
 - name: COCOON_SERVICE_NAME
   value: {{ .name | quote }}
+- name: COCOON_ENVIRONMENT
+  value: {{ $v.environment | quote }}
 - name: COCOON_INSTANCE_ID
   valueFrom:
     fieldRef:
@@ -98,6 +103,10 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
   mountPath: {{ printf "/var/run/secrets/cocoon/%s" (kebabcase $id) }}
   readOnly: true
 {{- end }}
+{{- with .svc.persistence }}{{ if .enabled }}
+- name: data
+  mountPath: {{ .mountPath }}
+{{- end }}{{ end }}
 {{- end -}}
 
 {{- define "cocoon.volumes" -}}
@@ -118,12 +127,23 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- range $id := .svc.secrets }}
 {{- $secret := index $v.secrets $id }}
 - name: {{ printf "secret-%s" (kebabcase $id) }}
+  {{- if $secret.configMapName }}
+  configMap:
+    name: {{ $secret.configMapName }}
+    defaultMode: 0444
+  {{- else }}
   secret:
     secretName: {{ $secret.secretName }}
     defaultMode: 0440
+  {{- end }}
     items:
       - {key: {{ $secret.key }}, path: {{ $secret.key }}}
 {{- end }}
+{{- with .svc.persistence }}{{ if .enabled }}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ include "cocoon.fullname" $ }}-data
+{{- end }}{{ end }}
 {{- end -}}
 
 {{/* The service's own container: `cocoon run <name>` with gRPC health probes. */}}
@@ -148,6 +168,9 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
   env:
     {{- include "cocoon.env" . | nindent 4 }}
     {{- if .svc.http }}
+    # The API must be reachable through the pod's IP (the Service), not only its loopback.
+    - name: COCOON_HTTP_HOST
+      value: "0.0.0.0"
     - name: COCOON_HTTP_PORT
       value: {{ $v.ports.http | quote }}
     {{- end }}
@@ -226,8 +249,12 @@ spec:
   {{- end }}
   revisionHistoryLimit: 5
   strategy:
+    {{- if eq (default "RollingUpdate" .svc.strategy) "Recreate" }}
+    type: Recreate  # never two pods at once (billing: one transactional id)
+    {{- else }}
     type: RollingUpdate
     rollingUpdate: {maxSurge: 25%, maxUnavailable: 0}
+    {{- end }}
   selector:
     matchLabels:
       {{- include "cocoon.selectorLabels" . | nindent 6 }}
@@ -241,6 +268,28 @@ spec:
         {{- include "cocoon.container" . | nindent 8 }}
       volumes:
         {{- include "cocoon.volumes" . | nindent 8 }}
+{{- end -}}
+
+{{/* The service's own PersistentVolumeClaim (`persistence:`), e.g. billing's payout store. */}}
+{{- define "cocoon.pvc" -}}
+{{- with .svc.persistence }}{{ if .enabled }}
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {{ include "cocoon.fullname" $ }}-data
+  labels:
+    {{- include "cocoon.labels" $ | nindent 4 }}
+  annotations:
+    helm.sh/resource-policy: keep  # payouts in flight outlive an uninstall
+spec:
+  accessModes: [ReadWriteOnce]
+  {{- with .storageClassName }}
+  storageClassName: {{ . }}
+  {{- end }}
+  resources:
+    requests:
+      storage: {{ .size }}
+{{- end }}{{ end }}
 {{- end -}}
 
 {{- define "cocoon.service" -}}
@@ -334,6 +383,9 @@ spec:
   endpoints:
     - port: metrics
       path: /metrics
+      # The runtime's metrics carry their own `service` label (cocoon_service_ready{service}):
+      # keep it, instead of Prometheus renaming it exported_service under its target label.
+      honorLabels: true
       interval: {{ $sm.interval }}
       scrapeTimeout: {{ $sm.scrapeTimeout }}
 {{- end }}
@@ -349,6 +401,10 @@ spec:
 ---
 {{ include "cocoon.pdb" $ctx }}
 {{- with (include "cocoon.hpa" $ctx) }}
+---
+{{ . }}
+{{- end }}
+{{- with (include "cocoon.pvc" $ctx) }}
 ---
 {{ . }}
 {{- end }}

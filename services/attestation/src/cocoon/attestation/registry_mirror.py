@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cocoon.core import codec
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.codec.models import model_for
 
@@ -40,6 +41,7 @@ class CompactedMirror:
             enable_auto_commit=False,
             fetch_max_wait_ms=20,
             isolation_level="read_committed",
+            **aiokafka_security(),
         )
         self._tps: list[TopicPartition] = []
 

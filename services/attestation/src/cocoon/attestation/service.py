@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cocoon.attestation.claims import Claims, ClaimsError
 from cocoon.attestation.collateral import BundleSource, CollateralSource, PcsSource
@@ -78,11 +78,21 @@ class Settings(ServiceSettings):
     collateral_file: Path | None = Field(None, description="offline collateral bundle")
     pccs_url: str | None = Field(None, description="PCCS / Intel PCS v4 base URL")
     dev_simtdx: bool = Field(False, description="trust the local simulated TDX root (dev only)")
+    allow_simulated_tee: bool = Field(False, description="allow dev_simtdx in production")
     simtdx_dir: Path | None = Field(None, description="simulated TDX state directory")
     gpu_policy_file: Path | None = Field(
         None, description="GPU policy JSON (RIM and OCSP: files or URLs); default NVIDIA online"
     )
     evidence_group: str = Group.ATTESTATION
+
+    @model_validator(mode="after")
+    def _simulated_only_in_dev(self) -> Settings:
+        if self.dev_simtdx and self.production and not self.allow_simulated_tee:
+            raise ValueError(
+                f"COCOON_DEV_SIMTDX=true in COCOON_ENVIRONMENT={self.environment!r}: production "
+                "never trusts the simulated TDX root (COCOON_ALLOW_SIMULATED_TEE=true overrides)"
+            )
+        return self
 
 
 def base_policy_and_collateral(settings: Settings) -> tuple[Policy, CollateralSource]:

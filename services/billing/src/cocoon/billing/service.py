@@ -74,6 +74,7 @@ from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.bus.deadletter import InvalidValue, MissingValue, dead_letter
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import dead_letter_topic, default_catalog
 from cocoon.core.codec import models
@@ -246,6 +247,7 @@ class Billing(Service):
             group_id=settings.consumer_group,
             client_id=client,
             **consumer_settings.kwargs(),
+            **aiokafka_security(),
         )
         self.processor: Processor | None = None
         self.ton: TonLink | None = None

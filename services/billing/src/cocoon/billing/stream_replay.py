@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from cocoon.billing.ledger import Entry
 from cocoon.billing.stream import LEDGER_TOPIC, LedgerRecordError, entry_from_record, order_entries
 from cocoon.core import codec
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,11 @@ async def read_ledger(
     for name in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms"):
         kwargs.pop(name)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, client_id=f"{client_id}-replay", **kwargs
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        client_id=f"{client_id}-replay",
+        **kwargs,
+        **aiokafka_security(),
     )
     await consumer.start()
     found: list[tuple[int, Entry]] = []

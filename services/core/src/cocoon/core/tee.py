@@ -88,6 +88,12 @@ def report_data(claims: bytes) -> bytes:
 
 TEE_SETTING = "COCOON_TEE"  # which quote device: an entry point name, default "simulated"
 ENTRY_POINT_GROUP = "cocoon.tee"
+SIMULATED = "simulated"  # the development device: quotes under a local test CA, never trusted
+
+
+def installed_devices() -> list[str]:
+    """Names of the quote devices installed in this environment (a setting picks one)."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 @functools.cache
@@ -96,8 +102,9 @@ def _device(name: str) -> Callable[[bytes], bytes]:
     # no implementation: the simulated TDX ships with the attestation package, which registers it.
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
-        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-        raise TeeError(f"no TEE quote device {name!r} ({TEE_SETTING}); installed: {known}")
+        raise TeeError(
+            f"no TEE quote device {name!r} ({TEE_SETTING}); installed: {installed_devices()}"
+        )
     return found[0].load()
 
 
@@ -105,4 +112,4 @@ def get_quote(report_data: bytes) -> bytes:
     """A TDX quote over `report_data` (64 bytes), as `tdx_att_get_quote` would return it."""
     if len(report_data) != REPORT_DATA_LEN:
         raise TeeError(f"REPORTDATA is {REPORT_DATA_LEN} bytes, got {len(report_data)}")
-    return _device(os.environ.get(TEE_SETTING) or "simulated")(bytes(report_data))
+    return _device(os.environ.get(TEE_SETTING) or SIMULATED)(bytes(report_data))

@@ -21,7 +21,7 @@ import logging
 import re
 
 from prometheus_client import Counter, Gauge
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cocoon.core.bus import BusConsumer, BusProducer, Message, RejectRecord, topic_prefix
 from cocoon.core.bus.admin import ensure_instance
@@ -32,6 +32,7 @@ from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import Topic, TopicTemplate, work_topic, worker_group
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import wait_any
+from cocoon.core.tee import SIMULATED, installed_devices
 from cocoon.core.ton_address import TonAddressError, parse_ton_address
 from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.engine import EngineClient
@@ -77,6 +78,26 @@ class Settings(ServiceSettings):
             return parse_ton_address(value).raw
         except TonAddressError as exc:
             raise ValueError(str(exc)) from None
+
+    # The quote device (cocoon.core.tee reads the same COCOON_TEE). The simulated one signs with
+    # a local test CA: a production worker refuses it unless explicitly allowed (staging).
+    tee: str = Field(SIMULATED, min_length=1, description="TEE quote device (entry point name)")
+    allow_simulated_tee: bool = False
+
+    @model_validator(mode="after")
+    def _tee(self) -> Settings:
+        installed = installed_devices()
+        if self.tee not in installed:
+            raise ValueError(
+                f"COCOON_TEE={self.tee!r}: no such quote device in this image (installed: "
+                f"{', '.join(installed) or 'none'})"
+            )
+        if self.tee == SIMULATED and self.production and not self.allow_simulated_tee:
+            raise ValueError(
+                f"COCOON_TEE=simulated in COCOON_ENVIRONMENT={self.environment!r}: a production "
+                "worker needs a real TEE (or COCOON_ALLOW_SIMULATED_TEE=true, e.g. for staging)"
+            )
+        return self
 
     @field_validator("worker_id")
     @classmethod

@@ -22,6 +22,7 @@ from kafka.admin import (
 )
 from kafka.errors import TopicAlreadyExistsError
 
+from cocoon.core.bus.security import kafka_python_security
 from cocoon.core.catalog import (
     TopicSpec,
     concrete_topics,
@@ -57,7 +58,9 @@ def default_bootstrap() -> str:
 
 
 def _admin(bootstrap: str) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cocoon-topics")
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="cocoon-topics", **kafka_python_security()
+    )
 
 
 def apply_topics(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cocoon.core import codec
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings, topic_prefix
 from cocoon.core.telemetry.messaging import consume_span
 
@@ -66,6 +67,7 @@ class BroadcastReader:
             enable_auto_commit=False,
             client_id=client_id,
             **kwargs,
+            **aiokafka_security(),
         )
         self._end_at_start: dict[TopicPartition, int] = {}
         self._caught_up = asyncio.Event()

@@ -29,6 +29,7 @@ from cocoon.core.bus.deadletter import (
     dead_letter,
     reason_of,
 )
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings, ProducerSettings, topic_prefix
 from cocoon.core.catalog import DLQ_SUFFIX, TopicSpec, default_catalog, spec_for
 from cocoon.core.codec.models import model_for
@@ -115,9 +116,13 @@ class BusConsumer:
             group_id=group_id,
             client_id=client,
             **self.settings.kwargs(),
+            **aiokafka_security(),
         )
         self._dlq = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, client_id=f"{client}-dlq", **ProducerSettings().kwargs()
+            bootstrap_servers=bootstrap,
+            client_id=f"{client}-dlq",
+            **ProducerSettings().kwargs(),
+            **aiokafka_security(),
         )
 
     async def start(self) -> None:

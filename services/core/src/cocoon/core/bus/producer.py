@@ -11,6 +11,7 @@ from aiokafka.structs import RecordMetadata
 
 from cocoon.core import codec
 from cocoon.core.bus.partitioner import CachedKeyPartitioner
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ProducerSettings, topic_prefix
 from cocoon.core.catalog import TopicSpec, default_catalog, spec_for
 from cocoon.core.telemetry.messaging import produce_span, record_sent
@@ -48,6 +49,7 @@ class BusProducer:
             transactional_id=transactional_id,
             partitioner=CachedKeyPartitioner(),
             **self.settings.kwargs(),
+            **aiokafka_security(),
         )
 
     async def start(self) -> None:

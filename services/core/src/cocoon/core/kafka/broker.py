@@ -48,12 +48,30 @@ class BrokerError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class BrokerTls:
+    """An extra listener `SSL` that requires a client certificate (mTLS), as production's.
+
+    `keystore`: PEM with the broker's private key (PKCS#8, unencrypted) and certificate chain;
+    `truststore`: PEM of the CA that client certificates must chain to.
+    """
+
+    port: int
+    keystore: Path
+    truststore: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
 class BrokerLayout:
     """Where one broker instance keeps its configuration, data, logs and pid."""
 
     home: Path
     port: int = 9092
     controller_port: int = 9093
+    tls: BrokerTls | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -149,16 +167,19 @@ def ensure_jars(version: str = KAFKA_VERSION, *, echo=print) -> Path:
 
 
 def _server_properties(layout: BrokerLayout) -> str:
+    listeners = f"PLAINTEXT://127.0.0.1:{layout.port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if layout.tls is not None:
+        listeners += f",SSL://127.0.0.1:{layout.tls.port}"
+        protocols += ",SSL:SSL"
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"127.0.0.1:{layout.controller_port}",
-        "listeners": (
-            f"PLAINTEXT://127.0.0.1:{layout.port},CONTROLLER://127.0.0.1:{layout.controller_port}"
-        ),
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{layout.port}",
+        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{layout.controller_port}",
+        "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(layout.data_dir),
         "num.partitions": "1",
@@ -175,6 +196,14 @@ def _server_properties(layout: BrokerLayout) -> str:
         "log.cleaner.backoff.ms": "1000",
         "log.retention.check.interval.ms": "10000",
     }
+    if layout.tls is not None:
+        settings |= {
+            "listener.name.ssl.ssl.client.auth": "required",
+            "listener.name.ssl.ssl.keystore.type": "PEM",
+            "listener.name.ssl.ssl.keystore.location": str(layout.tls.keystore),
+            "listener.name.ssl.ssl.truststore.type": "PEM",
+            "listener.name.ssl.ssl.truststore.location": str(layout.tls.truststore),
+        }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 

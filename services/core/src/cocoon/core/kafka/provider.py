@@ -31,8 +31,12 @@ def selected_provider() -> str:
 
 
 @contextlib.contextmanager
-def provide_broker(home: Path, port: int, *, echo=print) -> Iterator[str]:
-    """Yield a bootstrap address for the selected provider; tear down what was started."""
+def provide_broker(
+    home: Path, port: int, *, tls: broker.BrokerTls | None = None, echo=print
+) -> Iterator[str]:
+    """Yield a bootstrap address for the selected provider; tear down what was started.
+
+    `tls` adds an mTLS listener to the local broker (the other providers ignore it)."""
     provider = selected_provider()
     if provider == "external":
         yield os.environ["COCOON_KAFKA_BOOTSTRAP"]
@@ -43,7 +47,7 @@ def provide_broker(home: Path, port: int, *, echo=print) -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    layout = broker.BrokerLayout(home=home, port=port, controller_port=port + 1)
+    layout = broker.BrokerLayout(home=home, port=port, controller_port=port + 1, tls=tls)
     bootstrap = broker.start(layout, echo=echo)
     try:
         yield bootstrap

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
+
+from cocoon.core.bus.security import KafkaSecurity
 
 ENV_PREFIX = "COCOON_"
 CONFIG_FILE_ENV = "COCOON_CONFIG_FILE"
@@ -47,6 +49,15 @@ class ServiceSettings(BaseSettings):
     )
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    # How the Kafka clients connect (cocoon.core.bus.security, which the clients read from the
+    # same variables): checked here so a pod with a missing certificate exits at start.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = "PLAINTEXT"
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    # dev, staging, prod, ...: anything but `dev` is production, where development shortcuts
+    # (the simulated TEE, trusting its test root) are refused unless explicitly allowed.
+    environment: str = Field("dev", min_length=1, description="deployment environment")
     service_name: str | None = Field(None, description="defaults to the service's own name")
     instance_id: str = Field(default_factory=_default_instance_id)
     listen_host: str = Field("127.0.0.1", description="address for health and metrics")
@@ -61,12 +72,12 @@ class ServiceSettings(BaseSettings):
     # of a request (docs/performance.md).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "kafka_security_protocol", mode="before")
     @classmethod
     def _case_insensitive(cls, value: Any, info: Any) -> Any:
         if not isinstance(value, str):
             return value
-        return value.upper() if info.field_name == "log_level" else value.lower()
+        return value.lower() if info.field_name == "log_format" else value.upper()
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -79,6 +90,20 @@ class ServiceSettings(BaseSettings):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{address!r} is not host:port")
         return ",".join(addresses)
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> ServiceSettings:
+        KafkaSecurity(
+            self.kafka_security_protocol,
+            self.kafka_ssl_cafile,
+            self.kafka_ssl_certfile,
+            self.kafka_ssl_keyfile,
+        )
+        return self
+
+    @property
+    def production(self) -> bool:
+        return self.environment != "dev"
 
     @classmethod
     def settings_customise_sources(
@@ -107,7 +132,9 @@ class ServiceSettings(BaseSettings):
 
 
 def _describe(error: dict[str, Any], settings_cls: type[ServiceSettings]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "(settings)"
+    if not error["loc"]:  # a check across fields: its message names the variables
+        return str(error["msg"]).removeprefix("Value error, ")
+    field = ".".join(str(part) for part in error["loc"])
     top = str(error["loc"][0]) if error["loc"] else ""
     env_name = f"{ENV_PREFIX}{top.upper()}"
     if error["type"] == "extra_forbidden":

@@ -1,0 +1,47 @@
+"""Every object both charts render, with every values file, is valid against the Kubernetes
+schemas and the Strimzi and Prometheus-operator CRDs (strict: unknown fields are errors)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from support.charts import CHARTS, ENVIRONMENTS, rendered
+from support.kube_schemas import all_errors, errors
+
+
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+@pytest.mark.parametrize("chart", list(CHARTS))
+def test_every_rendered_object_is_schema_valid(chart, env):
+    docs = rendered(chart, env)
+    assert docs
+    assert all_errors(docs) == []
+
+
+def _first(kind: str) -> dict:
+    for chart in CHARTS:
+        for doc in rendered(chart, "prod"):
+            if doc["kind"] == kind:
+                return copy.deepcopy(doc)
+    raise AssertionError(f"no {kind} rendered")
+
+
+def test_the_validation_can_fail():
+    """Each kind of check rejects what an API server would: a null where an int-or-string
+    belongs, an unknown field in a built-in kind, and in each vendored CRD."""
+    pdb = _first("PodDisruptionBudget")
+    pdb["spec"]["minAvailable"] = None
+    assert errors(pdb)
+    deployment = _first("Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["envs"] = []
+    assert errors(deployment)
+    for kind in ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"):
+        doc = _first(kind)
+        assert errors(doc) == [], kind
+        doc["spec"]["partitionz"] = 3
+        assert errors(doc), kind
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        doc = _first(kind)
+        doc["spec"]["unknown"] = True
+        assert errors(doc), kind
+    assert errors({"apiVersion": "example.com/v1", "kind": "Nothing", "metadata": {"name": "x"}})

@@ -1,0 +1,82 @@
+"""What exists in a cluster before `helm install cocoon` and is not the chart's: the Secrets an
+operator creates by hand (docs/deployment.md, "Secrets to create"), and those Strimzi's user
+operator writes for each KafkaUser, from a CA this test made (support.pki).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.pki import TestCA
+
+# Secret (or ConfigMap) name -> what docs/deployment.md tells the operator to put in it.
+OPERATOR_SECRETS = (
+    "cocoon-attestation-signing-key",
+    "cocoon-ton-wallet",
+    "cocoon-ton-api",
+    "cocoon-api-keys",
+)
+OPERATOR_CONFIG_MAPS = ("cocoon-attestation-public-key",)
+
+
+def attestation_key() -> tuple[bytes, str]:
+    """An Ed25519 signing key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes it)
+    and its public key in hex (what the gateway, scheduler and billing pin)."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return pem, public.hex()
+
+
+def api_keys_json(account: str) -> tuple[str, bytes]:
+    """One API key for `account` and the gateway's key store holding only its hash."""
+    key_id = secrets.token_hex(6)
+    key = f"sk-cocoon-{key_id}-{secrets.token_urlsafe(32)}"
+    record = {
+        "key_id": key_id,
+        "account_id": account,
+        "key_hash": hashlib.sha256(key.encode()).hexdigest(),
+        "name": account,
+        "revoked": False,
+    }
+    return key, json.dumps([record]).encode()
+
+
+def operator_objects() -> tuple[dict[str, dict[str, bytes]], dict[str, dict[str, bytes]]]:
+    """(Secrets, ConfigMaps) an operator creates before installing the chart, keys generated."""
+    pem, public_hex = attestation_key()
+    _, store = api_keys_json("first-customer")
+    found = {
+        "cocoon-attestation-signing-key": {"signing-key.pem": pem},
+        "cocoon-ton-wallet": {"wallet-key": secrets.token_bytes(32).hex().encode()},
+        "cocoon-ton-api": {
+            "url": b"https://testnet.toncenter.com/api/v2",
+            "api-key": secrets.token_hex(16).encode(),
+        },
+        "cocoon-api-keys": {"api-keys.json": store},
+    }
+    assert set(found) == set(OPERATOR_SECRETS)
+    config_maps = {"cocoon-attestation-public-key": {"public-key": public_hex.encode()}}
+    return found, config_maps
+
+
+def strimzi_secrets(ca: TestCA, users: list[str]) -> dict[str, dict[str, bytes]]:
+    """The cluster CA Secret and one Secret per KafkaUser, with the keys Strimzi writes."""
+    out = {"cocoon-cluster-ca-cert": {"ca.crt": ca.cert_pem}}
+    for user in users:
+        issued = ca.issue(user)
+        out[user] = {
+            "ca.crt": ca.cert_pem,
+            "user.crt": issued.cert_pem,
+            "user.key": issued.key_pem,
+            "user.password": secrets.token_urlsafe(12).encode(),
+        }
+    return out
