@@ -11,7 +11,7 @@ import pytest
 from support.repo import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "deploy" / "docker" / "Dockerfile"
-SERVICES = ["gateway", "attestation", "scheduler", "billing", "worker-proxy"]
+SERVICES = ["gateway", "attestation", "scheduler", "billing", "worker-proxy", "telegram"]
 
 
 def _importable(venv: Path, module: str) -> bool:

@@ -112,4 +112,9 @@ def get_quote(report_data: bytes) -> bytes:
     """A TDX quote over `report_data` (64 bytes), as `tdx_att_get_quote` would return it."""
     if len(report_data) != REPORT_DATA_LEN:
         raise TeeError(f"REPORTDATA is {REPORT_DATA_LEN} bytes, got {len(report_data)}")
-    return _device(os.environ.get(TEE_SETTING) or SIMULATED)(bytes(report_data))
+    name = os.environ.get(TEE_SETTING) or SIMULATED
+    try:
+        return _device(name)(bytes(report_data))
+    except TeeError as exc:
+        # Name the device: "no quote" alone does not tell an operator which one was asked.
+        raise TeeError(f"TEE quote device {name!r}: {exc}") from exc
