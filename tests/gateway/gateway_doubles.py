@@ -94,6 +94,17 @@ def default_backend() -> ScriptedBackend:
             "crashes": lambda req: [ChatChunk(text="x"), RuntimeError("bug in the backend")],
             # One chunk, then silence: a disconnect must be noticed without waiting for a write.
             "trickle": lambda req: [ChatChunk(text="a"), 2.0, ChatChunk(text="b")],
+            # Engines that repeat a finish_reason, or end without one.
+            "repeats-finish": lambda req: [
+                ChatChunk(text="a", finish_reason="stop"),
+                ChatChunk(text="", finish_reason="stop"),
+                Usage(prompt_tokens=1, completion_tokens=1),
+            ],
+            "no-finish": lambda req: [
+                ChatChunk(text="a"),
+                ChatChunk(text="b"),
+                Usage(prompt_tokens=1, completion_tokens=2),
+            ],
             "stall": lambda req: [ChatChunk(text="tick"), 30.0, ChatChunk(text="late")],
         },
         listed=[

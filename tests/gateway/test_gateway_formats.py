@@ -86,7 +86,7 @@ def test_first_chat_delta_names_the_role_and_usage_is_null_until_the_end():
 
 def test_usage_event_only_when_asked():
     fmt = ResponseFormatter("completions", "cmpl-1", 5, "m", include_usage=False)
-    assert fmt.stream_event(Usage(1, 1)) is None
+    assert fmt.stream_event(Usage(1, 1)) == b""
     event = fmt.stream_event(ChatChunk(text="t"))
     assert event.startswith(b"data: {") and event.endswith(b"\n\n")
     assert json.loads(event[6:])["choices"][0]["text"] == "t"

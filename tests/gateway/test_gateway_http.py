@@ -246,9 +246,10 @@ async def test_worker_lost_mid_stream_is_an_error_event(client: httpx.AsyncClien
     r = await client.post("/v1/chat/completions", json=_chat(model="dies", stream=True))
     assert r.status_code == 200
     events = _events(r.text)
-    assert "[DONE]" not in events
     assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:2]] == ["Hel", "lo"]
-    assert json.loads(events[-1])["error"]["code"] == "worker_lost"
+    # In-band, then the stream ends as every stream does.
+    assert json.loads(events[-2])["error"]["code"] == "worker_lost"
+    assert events[-1] == "[DONE]"
 
 
 async def test_deadline_mid_stream_is_an_error_event(
@@ -260,13 +261,37 @@ async def test_deadline_mid_stream_is_an_error_event(
     assert r.status_code == 200
     events = _events(r.text)
     assert json.loads(events[0])["choices"][0]["delta"]["content"] == "a"
-    assert json.loads(events[-1])["error"]["code"] == "timeout"
+    assert json.loads(events[-2])["error"]["code"] == "timeout" and events[-1] == "[DONE]"
     assert backend.cancelled == [backend.submitted[0][1].request_id]
 
 
 async def test_backend_bug_mid_stream_is_an_error_event_not_a_hang(client: httpx.AsyncClient):
     r = await client.post("/v1/chat/completions", json=_chat(model="crashes", stream=True))
-    assert json.loads(_events(r.text)[-1])["error"]["code"] == "internal_error"
+    events = _events(r.text)
+    assert json.loads(events[-2])["error"]["code"] == "internal_error" and events[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("model", ["repeats-finish", "no-finish", MODEL])
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+@pytest.mark.parametrize("include_usage", [False, True])
+async def test_each_streamed_choice_finishes_exactly_once_and_last(
+    client: httpx.AsyncClient, model, endpoint, include_usage
+):
+    if endpoint == "chat":
+        path, body = "/v1/chat/completions", _chat(model=model)
+    else:
+        path, body = "/v1/completions", {"model": model, "prompt": "Hi"}
+    body.update(stream=True, stream_options={"include_usage": include_usage})
+    r = await client.post(path, json=body)
+    events = _events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    if include_usage:
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+        chunks = chunks[:-1]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks]
+    assert finishes[-1] == "stop"
+    assert finishes[:-1] == [None] * (len(finishes) - 1)
 
 
 async def test_worker_lost_without_stream_is_502(client: httpx.AsyncClient):

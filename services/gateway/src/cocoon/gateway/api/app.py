@@ -149,17 +149,20 @@ async def event_stream(
     first: Item, items: AsyncIterator[Item], fmt: ResponseFormatter, deadline: float
 ) -> AsyncGenerator[bytes, None]:
     try:
-        if (event := fmt.stream_event(first)) is not None:
+        if event := fmt.stream_event(first):
             yield event
         while True:
             try:
                 item = await next_item(items, deadline)
             except ApiError as exc:
-                yield sse_error(exc)  # the status line is gone; report in-band and stop
-                return
-            if item is None:
+                # The status line is gone: report in-band, then end the stream as usual.
+                yield sse_error(exc)
                 break
-            if (event := fmt.stream_event(item)) is not None:
+            if item is None:
+                if closing := fmt.missing_finishes():
+                    yield closing
+                break
+            if event := fmt.stream_event(item):
                 yield event
         yield SSE_DONE
     finally:

@@ -1,9 +1,11 @@
 """Server-sent events in OpenAI's streaming format, and the non-streaming equivalent.
 
 Stream: `data: <chunk>\n\n` per chunk, an optional usage chunk (empty `choices`) when the
-client asked `stream_options.include_usage`, then `data: [DONE]`. A failure after the stream
-started becomes `data: {"error": {...}}` and the stream ends without `[DONE]`, which the
-`openai` SDK raises as `APIError` (COCOON just truncated the body).
+client asked `stream_options.include_usage`, then `data: [DONE]`. Each choice carries a
+`finish_reason` exactly once, in its last chunk (a repeat from the engine is dropped, a missing
+one is sent as `stop` before the usage chunk). A failure after the stream started becomes
+`data: {"error": {...}}` followed by `data: [DONE]`, which the `openai` SDK raises as
+`APIError` (COCOON just truncated the body).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ResponseFormatter:
     include_usage: bool = False
     _started: set[int] = field(default_factory=set)
     _calls_started: set[tuple[int, int]] = field(default_factory=set)  # (choice, call index)
+    _finished: set[int] = field(default_factory=set)
 
     @property
     def _object(self) -> str:
@@ -69,8 +72,20 @@ class ResponseFormatter:
         else:
             choice = {"index": item.index, "text": item.text}
         self._started.add(item.index)
-        choice.update(logprobs=None, finish_reason=item.finish_reason)
+        # Clients stop reading a choice at its finish_reason: it must come once, and last.
+        finish = None if item.index in self._finished else item.finish_reason
+        if finish is not None:
+            self._finished.add(item.index)
+        choice.update(logprobs=None, finish_reason=finish)
         return self._envelope([choice])
+
+    def missing_finishes(self) -> bytes:
+        """A closing chunk (`finish_reason: "stop"`) for each started choice the backend
+        ended without one, so that every streamed choice finishes exactly once."""
+        return b"".join(
+            sse_data(self.chunk(ChatChunk(text="", index=index, finish_reason="stop")))
+            for index in sorted(self._started - self._finished)
+        )
 
     def _call_delta(self, choice: int, call: ToolCallDelta) -> dict[str, Any]:
         """OpenAI's shape: id, type and name in a call's first delta, then arguments only
@@ -91,10 +106,13 @@ class ResponseFormatter:
         obj["usage"] = usage.as_openai()
         return obj
 
-    def stream_event(self, item: ChatChunk | Usage) -> bytes | None:
-        """SSE bytes for one backend item; None for a usage the client did not ask for."""
-        if isinstance(item, Usage):
-            return sse_data(self.usage_chunk(item)) if self.include_usage else None
+    def stream_event(self, item: ChatChunk | Usage) -> bytes:
+        """SSE bytes for one backend item (empty for a usage the client did not ask for)."""
+        if isinstance(item, Usage):  # the last item: every choice has finished by now
+            closing = self.missing_finishes()
+            return (closing + sse_data(self.usage_chunk(item))) if self.include_usage else closing
+        if item.index in self._finished and not (item.text or item.tool_calls):
+            return b""  # an engine's repeated finish: nothing to say after the choice ended
         return sse_data(self.chunk(item))
 
     def complete(self, items: list[ChatChunk | Usage]) -> dict[str, Any]:
