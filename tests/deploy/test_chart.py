@@ -170,11 +170,31 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
         "gateway": ["apiKeys", "attestationPublicKey"],
         "scheduler": ["attestationPublicKey"],
         "worker-proxy": [],
+        "telegram": ["telegramToken", "telegramGatewayKey", "telegramWebhookSecret"],
     }
     assert {name: svc["secrets"] for name, svc in values["services"].items()} == wanted
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     assert "secretKeyRef" not in helpers, "keys are mounted as files, not env values"
     assert "readOnly: true" in helpers
+
+
+def test_the_mounted_telegram_secrets_reach_the_bot_under_the_names_it_reads(tmp_path):
+    from cocoon.telegram.settings import Settings
+
+    values = _values("prod")
+    env = {}
+    for sid in values["services"]["telegram"]["secrets"]:
+        path = tmp_path / sid
+        path.write_text(f"value-of-{sid}\n")
+        env[values["secrets"][sid]["env"]] = str(path)
+    env.update(values["services"]["telegram"]["env"])
+    env["COCOON_TELEGRAM_WEBHOOK_URL"] = "https://bot.example.org"
+    fields = {name.removeprefix("COCOON_").lower(): value for name, value in env.items()}
+    settings = Settings(**fields)
+    assert settings.token() == "value-of-telegramToken"
+    assert settings.api_key() == "value-of-telegramGatewayKey"
+    assert settings.webhook_secret() == "value-of-telegramWebhookSecret"
+    assert settings.telegram_mode == "webhook"
 
 
 def test_the_mounted_ton_secrets_reach_billing_under_the_names_it_reads(tmp_path):
