@@ -13,14 +13,18 @@ from typing import Annotated
 
 import typer
 
+from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.runtime.service import EXIT_CONFIG, run_service
 from cocoon.core.runtime.settings import CONFIG_FILE_ENV, SettingsError, load_settings
+from cocoon.worker_proxy.audit import audit
+from cocoon.worker_proxy.chain import received_payouts
 from cocoon.worker_proxy.config import (
     WorkerConfig,
     WorkerConfigError,
     default_config_path,
     default_receipts_path,
 )
+from cocoon.worker_proxy.receipts_log import read_receipts
 from cocoon.worker_proxy.service import Settings, build
 from cocoon.worker_proxy.worker_view import read_worker_view
 
@@ -126,6 +130,65 @@ def status(
         elif isinstance(value, int) and key.endswith("_nanoton"):
             shown = f"{value:,} nanoTON"
         typer.echo(f"{key.replace('_', ' '):<{width}}  {shown}")
+
+
+@app.command("audit")
+def audit_command(
+    ton_api_url: Annotated[
+        str, typer.Option(help="toncenter v2 compatible API base URL", envvar="COCOON_TON_API_URL")
+    ],
+    config: ConfigOption = None,
+    ton_api_key: Annotated[
+        str | None, typer.Option(help="TON API key", envvar="COCOON_TON_API_KEY")
+    ] = None,
+    threshold: Annotated[
+        int,
+        typer.Option(
+            help="the network's payout threshold, nanoTON", envvar="COCOON_TON_PAYOUT_THRESHOLD"
+        ),
+    ] = 10 * 10**9,
+    delay: Annotated[
+        float, typer.Option(help="seconds a credit or payout may take to reach the chain")
+    ] = 3600.0,
+    grace: Annotated[float, typer.Option(help="seconds billing may take to credit")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Compare the receipts this worker signed with billing's credits and the chain's payouts.
+    Exits 1 when something is missing."""
+    settings = _settings(config)
+    if settings.receipts_file is None or not settings.receipts_file.is_file():
+        raise _fail(f"no receipts file ({settings.receipts_file}); has the worker run?")
+    if not settings.payout_address:
+        raise _fail("the configuration has no payout address")
+    try:
+        view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id))
+        received = asyncio.run(
+            received_payouts(ton_api_url, settings.payout_address, api_key=ton_api_key)
+        )
+        receipts = list(read_receipts(settings.receipts_file))
+    except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    findings = audit(
+        receipts,
+        view,
+        received,
+        now_ms=now_millis(),
+        threshold_nanoton=threshold,
+        delay_ms=int(delay * 1000),
+        grace_ms=int(grace * 1000),
+    )
+    if as_json:
+        typer.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        typer.echo(
+            f"{len(receipts)} receipts kept, {len(view.credits)} credited, "
+            f"{sum(p.amount_nanoton for p in received):,} nanoTON received in "
+            f"{len(received)} payouts"
+        )
+        for finding in findings:
+            typer.echo(f"{finding.kind}: {finding.detail}")
+        typer.echo("nothing missing" if not findings else f"{len(findings)} problem(s)")
+    raise typer.Exit(1 if findings else 0)
 
 
 def _settings(config: Path | None) -> Settings:

@@ -35,7 +35,8 @@ class WorkerView:
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by receipt id
     credits: dict[str, int] = field(default_factory=dict)  # nanoTON credited, by request id
-    paid_from_ledger: int = 0  # PAYOUT (net of reversals) debited from the account
+    credited_at: dict[str, int] = field(default_factory=dict)  # epoch ms of the first credit
+    ledger_payouts: list[tuple[int, int]] = field(default_factory=list)  # (epoch ms, nanoTON)
     balance: dict[str, Any] | None = None
 
     def on_record(self, record: BroadcastRecord) -> None:
@@ -55,10 +56,16 @@ class WorkerView:
 
     def _on_ledger(self, entry: dict[str, Any]) -> None:
         delta = entry["available_delta_nanoton"]
-        if entry["kind"] == models.LedgerEntryKind.WORKER_CREDIT and entry["request_id"]:
-            self.credits[entry["request_id"]] = self.credits.get(entry["request_id"], 0) + delta
-        elif entry["kind"] in PAYOUT_KINDS:
-            self.paid_from_ledger -= delta
+        request_id = entry["request_id"]
+        if entry["kind"] == models.LedgerEntryKind.WORKER_CREDIT and request_id:
+            self.credits[request_id] = self.credits.get(request_id, 0) + delta
+            self.credited_at.setdefault(request_id, epoch_millis(entry["created_at"]))
+        elif entry["kind"] in PAYOUT_KINDS:  # a debit of the account; a reversal credits it
+            self.ledger_payouts.append((epoch_millis(entry["created_at"]), -delta))
+
+    @property
+    def paid_from_ledger(self) -> int:
+        return sum(amount for _, amount in self.ledger_payouts)
 
     @property
     def account(self) -> str:
