@@ -1,4 +1,4 @@
-"""`cocoon worker init | run`: a GPU owner's worker from a terminal (docs/gpu-owners.md)."""
+"""`cocoon worker init | run | status | audit`: a GPU owner's worker (docs/gpu-owners.md)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from cocoon.worker_proxy.config import (
     WorkerConfig,
     WorkerConfigError,
     default_config_path,
-    default_receipts_path,
+    receipts_path_beside,
 )
 from cocoon.worker_proxy.receipts_log import read_receipts
 from cocoon.worker_proxy.service import Settings, build
@@ -79,7 +79,7 @@ def init(
         coefficient=coefficient,
         max_active_requests=capacity,
         kafka_bootstrap=bootstrap,
-        receipts_file=str(default_receipts_path(worker_id)),
+        receipts_file=str(receipts_path_beside(path, worker_id)),
     )
     try:
         warnings = worker.check()

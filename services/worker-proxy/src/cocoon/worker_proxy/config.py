@@ -25,8 +25,9 @@ def default_config_path() -> Path:
     return cache_dir() / "worker" / "worker.toml"
 
 
-def default_receipts_path(worker_id: str) -> Path:
-    return cache_dir() / "worker" / f"receipts-{worker_id}.jsonl"
+def receipts_path_beside(config: Path, worker_id: str) -> Path:
+    """Where the worker keeps its signed receipts: next to its configuration."""
+    return config.absolute().parent / f"receipts-{worker_id}.jsonl"
 
 
 @dataclass(frozen=True)
