@@ -13,9 +13,11 @@ import sys
 import time
 import tomllib
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.codec import models
@@ -54,6 +56,9 @@ def credits_of(bootstrap: str, account: str) -> list[dict]:
     return found
 
 
+# The network's start-up counts against the first test of the package; on a loaded 2-core
+# machine that and a third worker's attestation take most of the default 300 s.
+@pytest.mark.timeout(900)
 def test_self_joined_worker_serves_and_is_credited_to_its_attested_address(
     network, tmp_path: Path
 ) -> None:
@@ -98,21 +103,21 @@ def test_self_joined_worker_serves_and_is_credited_to_its_attested_address(
         assert status["payout_address"] == address
         network.wait_for_workers(ready_timeout_s=60)
 
-        # The scheduler places by load: ask until one request lands on this worker.
+        # The scheduler places by load: three at once fill every worker, until one lands here.
         headers = {"Authorization": f"Bearer {network.api_key}"}
         body = {"model": SMOLLM2_MODEL, "max_tokens": 8, "messages": [
             {"role": "user", "content": "Say hi."}]}  # fmt: skip
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            response = httpx.post(
-                f"{network.gateway_url}/v1/chat/completions",
-                json=body,
-                headers=headers,
-                timeout=120,
-            )
-            assert response.status_code == 200, response.text
-            if receipts_file.is_file() and list(read_receipts(receipts_file)):
-                break
+
+        def ask(_: int) -> int:
+            url = f"{network.gateway_url}/v1/chat/completions"
+            return httpx.post(url, json=body, headers=headers, timeout=180).status_code
+
+        deadline = time.monotonic() + 300
+        with ThreadPoolExecutor(3) as pool:
+            while time.monotonic() < deadline:
+                assert set(pool.map(ask, range(3))) == {200}
+                if receipts_file.is_file() and list(read_receipts(receipts_file)):
+                    break
         kept = list(read_receipts(receipts_file))
         assert kept and all(r["payout_address"] == address for r in kept)
 
