@@ -38,6 +38,7 @@ from cocoon.core.crypto import (
     seal_request,
     verify_receipt,
 )
+from cocoon.worker_proxy.receipts_log import read_receipts
 from cocoon.worker_proxy.service import Settings, WorkerProxy, build
 
 CATALOG = load_catalog()
@@ -148,8 +149,15 @@ async def running(network: Network, engine_url: str, **overrides: Any) -> AsyncI
 
 
 @pytest.fixture(scope="module")
-async def worker(network: Network, engine_url: str) -> AsyncIterator[WorkerProxy]:
-    async with running(network, engine_url, max_active_requests=2) as (service, _, _):
+async def worker(
+    network: Network, engine_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerProxy]:
+    receipts_file = tmp_path_factory.mktemp("worker") / "receipts.jsonl"
+    async with running(network, engine_url, max_active_requests=2, receipts_file=receipts_file) as (
+        service,
+        _,
+        _,
+    ):
         yield service
 
 
@@ -369,6 +377,12 @@ async def test_run_streams_sealed_chunks_then_signed_receipt_and_outcome(
     assert receipt.completion_tokens == final["usage"]["completion_tokens"]
     assert receipt.prompt_tokens == final["usage"]["prompt_tokens"] > 0
     assert receipt.coefficient == 1500 and receipt.receipt_id == f"{request_id}:1"
+    # The owner's copy: the same signed receipt, written before it was sent.
+    assert worker.settings.receipts_file is not None
+    kept = {r["receipt_id"]: r for r in read_receipts(worker.settings.receipts_file)}
+    sent = verified_receipt(network, worker.worker_id, request_id)
+    assert kept[receipt.receipt_id]["signature"] == sent.signature.hex()
+    assert kept[receipt.receipt_id]["completion_tokens"] == receipt.completion_tokens
     assert outcome["completion_tokens"] == receipt.completion_tokens
 
     # Ciphertext and metadata only: neither the prompt nor the answer is on the bus.

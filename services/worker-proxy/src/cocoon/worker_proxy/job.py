@@ -32,6 +32,7 @@ from cocoon.core.crypto import (
 from cocoon.worker_proxy import chunks
 from cocoon.worker_proxy.engine import EngineClient, EngineError
 from cocoon.worker_proxy.identity import Identity
+from cocoon.worker_proxy.receipts_log import ReceiptLog
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,14 @@ def engine_error_code(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class JobContext:
-    """What every job shares: identity, engine, producer, the slot semaphore."""
+    """What every job shares: identity, engine, producer, the slot semaphore, the receipt log."""
 
     identity: Identity
     engine: EngineClient
     producer: BusProducer
     slots: asyncio.Semaphore
     engine_model: str  # the name the engine knows the model by
+    receipts: ReceiptLog | None = None  # the owner's copy of each signed receipt
 
 
 @dataclass
@@ -271,6 +273,8 @@ class Job:
         """Receipt first (billing captures from it), then the outcome (which releases the rest)."""
         item = self.item
         if receipt is not None:
+            if self.ctx.receipts is not None:
+                self.ctx.receipts.append(receipt)
             await self.ctx.producer.send(Topic.USAGE_RECEIPTS, receipt.to_record())
         finished = now_millis()
         completion = meter.completion if meter is not None else 0

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 from pydantic import Field, field_validator, model_validator
@@ -38,6 +39,7 @@ from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.engine import EngineClient
 from cocoon.worker_proxy.identity import Identity
 from cocoon.worker_proxy.job import Job, JobContext, JobResult
+from cocoon.worker_proxy.receipts_log import ReceiptLog
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,10 @@ class Settings(ServiceSettings):
     payout_address: str | None = Field(
         None,
         description="TON address the earnings are paid to, attested in the claims (claims v2)",
+    )
+
+    receipts_file: Path | None = Field(
+        None, description="append a copy of each signed receipt here (cocoon worker audit)"
     )
 
     @field_validator("payout_address")
@@ -130,6 +136,11 @@ class WorkerProxy(Service):
         self.consumer: BusConsumer | None = None
         self.verdicts: BroadcastReader | None = None
         self.engine: EngineClient | None = None
+        self.receipts = (
+            ReceiptLog(settings.receipts_file, settings.payout_address)
+            if settings.receipts_file
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -244,6 +255,7 @@ class WorkerProxy(Service):
             self.producer,
             self._slots,
             engine_model=self.settings.engine_model or self.settings.model,
+            receipts=self.receipts,
         )
         job = Job(item, context)
         self.jobs[item.request_id] = job

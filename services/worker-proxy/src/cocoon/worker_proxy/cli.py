@@ -1,0 +1,221 @@
+"""`cocoon worker init | run | status | audit`: a GPU owner's worker (docs/gpu-owners.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.runtime.service import EXIT_CONFIG, run_service
+from cocoon.core.runtime.settings import CONFIG_FILE_ENV, SettingsError, load_settings
+from cocoon.worker_proxy.audit import audit
+from cocoon.worker_proxy.chain import received_payouts
+from cocoon.worker_proxy.config import (
+    WorkerConfig,
+    WorkerConfigError,
+    default_config_path,
+    receipts_path_beside,
+)
+from cocoon.worker_proxy.receipts_log import read_receipts
+from cocoon.worker_proxy.service import Settings, build
+from cocoon.worker_proxy.worker_view import read_worker_view
+
+# Engines a development worker can start for itself (`--local-engine`); cocoon-network
+# registers the CPU engine here, so the worker-proxy need not depend on it.
+ENGINE_ENTRY_POINT_GROUP = "cocoon.worker_engine"
+
+app = typer.Typer(
+    help="Run a worker as a GPU owner: init, run, status, audit.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="worker configuration file (default: the project cache)"),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"cocoon worker: {message}", err=True)
+    return typer.Exit(EXIT_CONFIG)
+
+
+@app.command()
+def init(
+    payout_address: Annotated[
+        str, typer.Option(help="your TON wallet address, raw (0:<hex>) or user-friendly")
+    ],
+    worker_id: Annotated[str, typer.Option(help="this worker's id (names its work topic)")],
+    model: Annotated[str, typer.Option(help="the model id served, as the registry lists it")],
+    engine_url: Annotated[
+        str, typer.Option(help="the engine's OpenAI base URL")
+    ] = "http://127.0.0.1:8080/v1",
+    coefficient: Annotated[int, typer.Option(help="price coefficient asked, 1000 = 1.0x")] = 1000,
+    capacity: Annotated[int, typer.Option(help="concurrent requests the engine takes")] = 4,
+    bootstrap: Annotated[
+        str, typer.Option(help="the network's Kafka bootstrap", envvar="COCOON_KAFKA_BOOTSTRAP")
+    ] = "127.0.0.1:9092",
+    config: ConfigOption = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing configuration")] = False,
+) -> None:
+    """Write the worker configuration: payout address, model, engine, price, capacity."""
+    path = config or default_config_path()
+    if path.exists() and not force:
+        raise _fail(f"{path} exists; pass --force to overwrite it")
+    worker = WorkerConfig(
+        worker_id=worker_id,
+        payout_address=payout_address,
+        model=model,
+        engine_url=engine_url,
+        coefficient=coefficient,
+        max_active_requests=capacity,
+        kafka_bootstrap=bootstrap,
+        receipts_file=str(receipts_path_beside(path, worker_id)),
+    )
+    try:
+        warnings = worker.check()
+    except WorkerConfigError as exc:
+        raise _fail(str(exc)) from None
+    worker.write(path)
+    for warning in warnings:
+        typer.echo(f"note: {warning}", err=True)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    local_engine: Annotated[
+        bool, typer.Option(help="also start the local CPU engine (development)")
+    ] = False,
+) -> None:
+    """Start the worker-proxy with the configuration (and, for development, a local engine)."""
+    settings = _settings(config)
+    with _engine(local_engine, settings.model) as engine_url:
+        if engine_url is not None:
+            settings = settings.model_copy(update={"engine_url": engine_url})
+        code = run_service(lambda: build(settings), settings)
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """The worker as the network sees it: verdict, heartbeats, load, work done, earnings."""
+    settings = _settings(config)
+    try:
+        view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id))
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        raise _fail(f"cannot read the network at {settings.kafka_bootstrap}: {exc}") from None
+    summary = view.summary()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    width = max(len(key) for key in summary)
+    for key, value in summary.items():
+        shown = "-" if value is None or value == [] else value
+        if isinstance(value, list):
+            shown = ", ".join(value) or "-"
+        elif isinstance(value, int) and key.endswith("_nanoton"):
+            shown = f"{value:,} nanoTON"
+        typer.echo(f"{key.replace('_', ' '):<{width}}  {shown}")
+
+
+@app.command("audit")
+def audit_command(
+    ton_api_url: Annotated[
+        str, typer.Option(help="toncenter v2 compatible API base URL", envvar="COCOON_TON_API_URL")
+    ],
+    config: ConfigOption = None,
+    ton_api_key: Annotated[
+        str | None, typer.Option(help="TON API key", envvar="COCOON_TON_API_KEY")
+    ] = None,
+    threshold: Annotated[
+        int,
+        typer.Option(
+            help="the network's payout threshold, nanoTON", envvar="COCOON_TON_PAYOUT_THRESHOLD"
+        ),
+    ] = 10 * 10**9,
+    delay: Annotated[
+        float, typer.Option(help="seconds a credit or payout may take to reach the chain")
+    ] = 3600.0,
+    grace: Annotated[float, typer.Option(help="seconds billing may take to credit")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Compare the receipts this worker signed with billing's credits and the chain's payouts.
+    Exits 1 when something is missing."""
+    settings = _settings(config)
+    if settings.receipts_file is None or not settings.receipts_file.is_file():
+        raise _fail(f"no receipts file ({settings.receipts_file}); has the worker run?")
+    if not settings.payout_address:
+        raise _fail("the configuration has no payout address")
+    try:
+        view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id))
+        received = asyncio.run(
+            received_payouts(ton_api_url, settings.payout_address, api_key=ton_api_key)
+        )
+        receipts = list(read_receipts(settings.receipts_file))
+    except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    findings = audit(
+        receipts,
+        view,
+        received,
+        now_ms=now_millis(),
+        threshold_nanoton=threshold,
+        delay_ms=int(delay * 1000),
+        grace_ms=int(grace * 1000),
+    )
+    if as_json:
+        typer.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        typer.echo(
+            f"{len(receipts)} receipts kept, {len(view.credits)} credited, "
+            f"{sum(p.amount_nanoton for p in received):,} nanoTON received in "
+            f"{len(received)} payouts"
+        )
+        for finding in findings:
+            typer.echo(f"{finding.kind}: {finding.detail}")
+        typer.echo("nothing missing" if not findings else f"{len(findings)} problem(s)")
+    raise typer.Exit(1 if findings else 0)
+
+
+def _settings(config: Path | None) -> Settings:
+    """The worker's settings from its configuration file (and COCOON_* overrides)."""
+    path = config or default_config_path()
+    if not path.is_file():
+        raise _fail(f"{path}: no worker configuration; run `cocoon worker init` first")
+    os.environ[CONFIG_FILE_ENV] = str(path)
+    try:
+        return load_settings(Settings, service_name="worker-proxy")
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _engine(local: bool, model: str) -> Iterator[str | None]:
+    """The local engine's base URL while it runs, or None to use the configured engine."""
+    if not local:
+        yield None
+        return
+    found = {entry.name: entry for entry in entry_points(group=ENGINE_ENTRY_POINT_GROUP)}
+    if "local" not in found:
+        raise _fail("--local-engine needs cocoon-network installed (the CPU engine)")
+    typer.echo("starting the local CPU engine ...", err=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            engine = stack.enter_context(found["local"].load()(model=model))
+        except RuntimeError as exc:  # the launcher's EngineError: not installed, did not start
+            raise _fail(f"the local engine did not start: {exc}") from None
+        yield engine.base_url
