@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -106,7 +107,7 @@ class ServiceSettings(BaseSettings):
         return init_settings, env_settings, file_source
 
 
-def _describe(error: dict[str, Any], settings_cls: type[ServiceSettings]) -> str:
+def _describe(error: Mapping[str, Any], settings_cls: type[ServiceSettings]) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "(settings)"
     top = str(error["loc"][0]) if error["loc"] else ""
     env_name = f"{ENV_PREFIX}{top.upper()}"
