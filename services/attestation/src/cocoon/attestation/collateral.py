@@ -25,7 +25,6 @@ from urllib.parse import unquote
 import dcap_qvl
 import httpx
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
 
 from cocoon.attestation.quote import Quote
 
@@ -298,7 +297,7 @@ class PcsSource:
             pass
         try:
             root = x509.load_pem_x509_certificates(issuer_chain.encode())[-1]
-            dps = root.extensions.get_extension_for_oid(ExtensionOID.CRL_DISTRIBUTION_POINTS)
+            dps = root.extensions.get_extension_for_class(x509.CRLDistributionPoints)
             url = dps.value[0].full_name[0].value
         except (ValueError, IndexError, x509.ExtensionNotFound) as exc:
             raise CollateralError(f"no root CA CRL location: {exc}") from None

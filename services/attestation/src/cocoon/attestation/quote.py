@@ -454,6 +454,8 @@ def _pck_info(leaf: x509.Certificate) -> PckInfo:
         raise QuoteFormatError("PCK leaf certificate has no Intel SGX extension") from None
     except ValueError as exc:  # duplicate or malformed extensions
         raise QuoteFormatError(f"PCK leaf certificate extensions are malformed: {exc}") from None
+    if not isinstance(ext.value, x509.UnrecognizedExtension):
+        raise QuoteFormatError("PCK leaf certificate's Intel SGX extension is not opaque DER")
     try:
         return parse_sgx_extension(ext.value.value, _issuer_ca(leaf))
     except der.DerError as exc:

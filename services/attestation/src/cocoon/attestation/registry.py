@@ -100,8 +100,12 @@ class Registry:
             )
         self.prices = prices
 
-    def set_worker(self, worker_id: str, *, coefficient: int, payout_address: str = "") -> None:
-        """A worker's price coefficient (1000 = 1.0x) and the TON address its earnings go to."""
+    def set_worker(
+        self, worker_id: str, *, coefficient: int | str, payout_address: str = ""
+    ) -> None:
+        """A worker's price coefficient (1000 = 1.0x) and the TON address its earnings go to.
+
+        The coefficient may be the decimal text a registry entry's attributes carry."""
         if not worker_id:
             raise RegistryError("worker id is empty")
         coefficient = _bounded_int(coefficient, "coefficient")

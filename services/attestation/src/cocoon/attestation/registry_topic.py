@@ -62,7 +62,7 @@ class Entry:
     """The part of a RegistryEntry that says what is allowed."""
 
     entry_id: str
-    kind: str
+    kind: models.RegistryKindSymbol
     subject: str
     allowed: bool
     attributes: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
@@ -122,20 +122,31 @@ def apply_entry(reg: Registry, entry: Entry) -> None:
     try:
         allow, subject = entry.allowed, entry.subject
         if entry.kind == "IMAGE":
-            _ = reg.add_image(subject) if allow else reg.remove_image(subject)
+            if allow:
+                reg.add_image(subject)
+            else:
+                reg.remove_image(subject)
         elif entry.kind == "MEASUREMENTS":
             m = MeasurementSet.from_dict(entry.attributes)
-            _ = reg.add_measurements(m) if allow else reg.remove_measurements(m)
+            if allow:
+                reg.add_measurements(m)
+            else:
+                reg.remove_measurements(m)
         elif entry.kind == "MODEL":
-            _ = (
+            if allow:
                 reg.add_model(subject, entry.attributes.get("sha256", ""))
-                if allow
-                else reg.remove_model(subject)
-            )
+            else:
+                reg.remove_model(subject)
         elif entry.kind == "TCB_STATUS":
-            _ = reg.allow_tcb(subject) if allow else reg.disallow_tcb(subject)
+            if allow:
+                reg.allow_tcb(subject)
+            else:
+                reg.disallow_tcb(subject)
         elif entry.kind == "ADVISORY":
-            _ = reg.advisories.add(subject) if allow else reg.advisories.discard(subject)
+            if allow:
+                reg.advisories.add(subject)
+            else:
+                reg.advisories.discard(subject)
         elif entry.kind == "POLICY":
             _apply_policy(reg, entry)
         else:
@@ -147,7 +158,10 @@ def apply_entry(reg: Registry, entry: Entry) -> None:
 def _apply_policy(reg: Registry, entry: Entry) -> None:
     setting, subject, allow = entry.attributes.get("setting"), entry.subject, entry.allowed
     if setting == GPU_CC_SETTING and entry.entry_id == gpu_cc_entry_id(subject):
-        _ = reg.require_gpu(subject) if allow else reg.no_require_gpu(subject)
+        if allow:
+            reg.require_gpu(subject)
+        else:
+            reg.no_require_gpu(subject)
     elif setting == PRICES_SETTING and entry.entry_id == PRICES_ENTRY_ID:
         if allow:
             reg.set_prices({k: v for k, v in entry.attributes.items() if k != "setting"})
@@ -163,7 +177,10 @@ def _apply_policy(reg: Registry, entry: Entry) -> None:
         else:
             reg.remove_worker(subject)
     elif setting == BANNED_ADDRESS_SETTING and entry.entry_id == banned_address_entry_id(subject):
-        _ = reg.ban_address(subject) if allow else reg.unban_address(subject)
+        if allow:
+            reg.ban_address(subject)
+        else:
+            reg.unban_address(subject)
     else:
         raise RegistryError(f"unknown policy setting {setting!r} in {entry.entry_id!r}")
 
@@ -189,7 +206,7 @@ class RegistryState:
         else:
             entry = Entry(
                 value.entry_id,
-                str(value.kind),
+                value.kind,
                 value.subject,
                 value.allowed,
                 dict(value.attributes),

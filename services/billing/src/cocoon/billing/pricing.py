@@ -91,7 +91,7 @@ class Prices:
 
 
 def _check_factor(value: object, what: str) -> None:
-    check_count(value, what)
+    value = check_count(value, what)
     # 2^32 as in COCOON's u32 fields; keeps every product far inside Python's exact ints and
     # the results inside int64 for realistic token counts.
     if value >= 2**32:

@@ -71,27 +71,27 @@ def canonical_message(receipt: Receipt) -> bytes:
     return signed_message(RECEIPT_DOMAIN, receipt_fields(receipt))
 
 
-def receipt_from_record(record: Mapping[str, object]) -> Receipt:
+def receipt_from_record(record: Mapping[str, Any]) -> Receipt:
     """A billing Receipt from a decoded `cocoon.inference.UsageReceipt` Avro record."""
     try:
         return Receipt(
             receipt_id=str(record["receipt_id"]),
             request_id=str(record["request_id"]),
-            attempt=int(record["attempt"]),  # type: ignore[arg-type]
+            attempt=int(record["attempt"]),
             worker_id=str(record["worker_id"]),
             model=str(record["model"]),
             usage=Usage(
-                record["prompt_tokens"],  # type: ignore[arg-type]
-                record["cached_prompt_tokens"],  # type: ignore[arg-type]
-                record["completion_tokens"],  # type: ignore[arg-type]
-                record["reasoning_tokens"],  # type: ignore[arg-type]
+                record["prompt_tokens"],
+                record["cached_prompt_tokens"],
+                record["completion_tokens"],
+                record["reasoning_tokens"],
             ),
-            coefficient=int(record["coefficient"]),  # type: ignore[arg-type]
+            coefficient=int(record["coefficient"]),
             completed=bool(record["completed"]),
-            signing_key=bytes(record["signing_key"]),  # type: ignore[arg-type]
-            signature=bytes(record["signature"]),  # type: ignore[arg-type]
-            started_at_ms=epoch_millis(record["started_at"]),  # type: ignore[arg-type]
-            finished_at_ms=epoch_millis(record["finished_at"]),  # type: ignore[arg-type]
+            signing_key=bytes(record["signing_key"]),
+            signature=bytes(record["signature"]),
+            started_at_ms=epoch_millis(record["started_at"]),
+            finished_at_ms=epoch_millis(record["finished_at"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BillingError(f"malformed usage receipt record: {exc!r}") from None

@@ -40,7 +40,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -78,7 +78,7 @@ from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import dead_letter_topic, default_catalog
 from cocoon.core.codec import models
-from cocoon.core.codec.models import model_for
+from cocoon.core.codec.base import AvroModel
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import Group, Topic
 from cocoon.core.paths import cache_dir
@@ -98,7 +98,8 @@ RESERVATIONS = Topic.BILLING_RESERVATIONS
 GRANTS = Topic.BILLING_GRANTS
 TOPUPS = Topic.BILLING_TOPUPS
 GRANT_RECORD = "cocoon.billing.Grant"
-INPUTS = {  # in the order a polled batch is handled
+# Keyed by the logical topic name a record arrives on (physical name less the prefix).
+INPUTS: dict[str, str] = {  # in the order a polled batch is handled
     REQUESTS: "cocoon.inference.InferenceRequest",
     ASSIGNMENTS: "cocoon.inference.Assignment",
     RECEIPTS: "cocoon.inference.UsageReceipt",
@@ -316,14 +317,15 @@ class Billing(Service):
 
     async def _reread_assignments(self) -> None:
         assert self.processor is not None
-        engine = self.processor.engine
+        processor = self.processor
+        engine = processor.engine
         now = now_millis()
         lookback = now - int(self.settings.assignment_lookback_seconds * 1000)
         since = min([h.requested_at_ms for h in engine.open_holds()] + [lookback])
 
         def on_record(record: BroadcastRecord) -> None:
             if record.value is not None and record.record == INPUTS[ASSIGNMENTS]:
-                self.processor.on_assignment(models.Assignment.from_avro(record.value), now)
+                processor.on_assignment(models.Assignment.from_avro(record.value), now)
 
         reader = BroadcastReader(
             self.settings.kafka_bootstrap,
@@ -521,27 +523,26 @@ class Billing(Service):
                 receipt = receipt_of(data)
             self._on_receipt(receipt, record.timestamp, now)
             return
-        name, data = self._store.decode(record.value, reader=INPUTS[topic])
-        try:
-            value = model_for(name).from_avro(data)
-        except ValidationError as exc:
-            raise InvalidValue(str(exc)) from exc
+        # Read as the topic's record (INPUTS), so each topic has exactly one model.
+        _, data = self._store.decode(record.value, reader=INPUTS[topic])
         if topic == REQUESTS:
+            request = _validated(models.InferenceRequest, data)
             # A granted request may have been served already: its hold is carved regardless.
-            if value.grant_id is None and value.deadline_at.timestamp() * 1000 < now:
-                log.info("request %s arrived past its deadline: ignored", value.request_id)
+            if request.grant_id is None and request.deadline_at.timestamp() * 1000 < now:
+                log.info("request %s arrived past its deadline: ignored", request.request_id)
                 return
-            self.processor.on_request(value, now)
-            self._request_traces[value.request_id] = otel_context.get_current()
+            self.processor.on_request(request, now)
+            self._request_traces[request.request_id] = otel_context.get_current()
         elif topic == ASSIGNMENTS:
-            self.processor.on_assignment(value, now)
+            self.processor.on_assignment(_validated(models.Assignment, data), now)
         elif topic == TOPUPS:
+            topup = _validated(models.TopUp, data)
             try:
-                self.processor.on_topup(value, now)
+                self.processor.on_topup(topup, now)
             except BillingError as exc:
                 raise BadRecord(str(exc)) from None
         else:
-            self.processor.on_outcome(value, now)
+            self.processor.on_outcome(_validated(models.Outcome, data), now)
 
     def _on_receipt(self, receipt: Receipt, sent_at_ms: int, now: int) -> None:
         assert self.processor is not None
@@ -631,6 +632,16 @@ class Billing(Service):
         )
         assert isinstance(future, asyncio.Future)
         return future
+
+
+M = TypeVar("M", bound=AvroModel)
+
+
+def _validated(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.from_avro(data)
+    except ValidationError as exc:
+        raise InvalidValue(str(exc)) from exc
 
 
 def build(settings: Settings) -> Billing:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class RegistryPrices:
     def __init__(self, defaults: Prices) -> None:
         self.defaults = defaults
-        self._price_list: dict[str, int] | None = None
+        self._price_list: dict[str, Any] | None = None
         self._coefficients: dict[str, int] = {}
         self._addresses: dict[str, str] = {}
         self._banned: set[str] = set()  # raw payout addresses

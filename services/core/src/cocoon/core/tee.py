@@ -62,6 +62,7 @@ def encode_claims(
             raise TeeError(f"nonce must be {_NONCE_MIN}..{_NONCE_MAX} bytes")
         freshness = b"\x01" + nonce
     else:
+        assert timestamp is not None  # exactly one of the two is set (checked above)
         if not 0 <= timestamp < 2**64:
             raise TeeError("timestamp out of range")
         freshness = b"\x02" + struct.pack(">Q", timestamp)

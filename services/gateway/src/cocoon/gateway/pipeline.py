@@ -223,7 +223,7 @@ class KafkaBackend:
         )
         state.opener = ResponseOpener(response_key, request.request_id)
         await self.producer.send(
-            state.work_topic,
+            assignment["work_topic"],
             {
                 "request_id": request.request_id,
                 "assignment_id": assignment["assignment_id"],
@@ -242,6 +242,8 @@ class KafkaBackend:
 
     async def _send_cancel(self, state: _InFlight) -> None:
         request = state.request
+        if state.work_topic is None:
+            return  # never sent to a worker: nothing to cancel
         await self.producer.send(
             state.work_topic,
             {
@@ -323,7 +325,9 @@ def tool_call_deltas(raw: object) -> tuple[ToolCallDelta, ...]:
     for position, call in enumerate(raw):
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         index = call.get("index")
         out.append(
             ToolCallDelta(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextvars
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import llama_cpp
@@ -63,7 +63,7 @@ def _frame_locals(gen: Any) -> dict[str, Any]:
     return dict(frame.f_locals) if frame is not None else {}
 
 
-def _relay(inner: Iterator[Any], on_item: Callable[[Any], None] | None = None) -> Any:
+def _relay(inner: Generator[Any, Any, Any], on_item: Callable[[Any], None] | None = None) -> Any:
     """Yield from `inner`, forwarding send() and close(), calling `on_item` after each item."""
     try:
         value = next(inner)
@@ -81,7 +81,7 @@ def _relay(inner: Iterator[Any], on_item: Callable[[Any], None] | None = None) -
 
 
 def _patch_llama() -> None:
-    cls = llama_cpp.Llama
+    cls: Any = llama_cpp.Llama  # patched in place, so typed loosely
     if getattr(cls, "_cocoon_usage_patched", False):
         return
     orig_generate = cls.generate
@@ -192,7 +192,7 @@ def _prefix_text(chunk: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {**chunk, "choices": [{**first, "text": prefix + (first.get("text") or "")}, *rest]}
 
 
-def _bad_request(message: str, param: str | None) -> tuple[int, dict[str, Any]]:
+def _bad_request(message: str, param: str | None) -> tuple[int, server_errors.ErrorResponse]:
     return 400, server_errors.ErrorResponse(
         message=message, type="invalid_request_error", param=param, code="invalid_request"
     )
@@ -208,7 +208,7 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
 
 def _patch_errors() -> None:
     """Requests the engine cannot serve are 400s, not llama-cpp-python's 500."""
-    cls = server_errors.RouteErrorHandler
+    cls: Any = server_errors.RouteErrorHandler  # patched in place, so typed loosely
     if getattr(cls, "_cocoon_errors_patched", False):
         return
     orig = cls.error_message_wrapper
@@ -292,7 +292,7 @@ class IncludeUsageMiddleware:
             _echo_prompt.reset(echo_token)
 
 
-async def _send_json(send: _Send, status: int, error: dict[str, Any]) -> None:
+async def _send_json(send: _Send, status: int, error: Mapping[str, Any]) -> None:
     payload = json.dumps({"error": error}).encode()
     headers = [
         (b"content-type", b"application/json"),

@@ -18,11 +18,12 @@ class Snapshot:
     balance_rows: dict[str, dict] = field(default_factory=dict)
 
     def on_record(self, record: BroadcastRecord) -> None:
-        table = {
+        tables: dict[str, dict[str, dict]] = {
             Topic.ATTESTATION_VERDICTS: self.verdicts,
             Topic.WORKER_HEARTBEATS: self.heartbeats,
             Topic.BILLING_BALANCES: self.balance_rows,
-        }[record.topic]
+        }
+        table = tables[record.topic]
         if record.key is None:
             return
         if record.value is None:
@@ -32,7 +33,7 @@ class Snapshot:
 
     @property
     def workers(self) -> list[tuple[str, ...]]:
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for worker_id in sorted(set(self.verdicts) | set(self.heartbeats)):
             verdict = self.verdicts.get(worker_id, {})
             beat = self.heartbeats.get(worker_id, {})

@@ -323,15 +323,17 @@ class Dispatcher:
 
     def _leases_on_silent_workers(self, now: float) -> list[Lease]:
         silent = [
-            w.worker_id
-            for w in self.pool.workers()
-            if w.leases and not self.pool.heartbeat_fresh(w, now)
+            w for w in self.pool.workers() if w.leases and not self.pool.heartbeat_fresh(w, now)
         ]
-        leases = [self.pool.lease(rid) for wid in silent for rid in self.pool.get(wid).leases]
+        leases = [self.pool.lease(rid) for w in silent for rid in w.leases]
         return sorted((le for le in leases if le is not None), key=lambda le: le.request_id)
 
     def _fail(
-        self, request: Request, now: float, code: ErrorCode, status: str = "FAILED"
+        self,
+        request: Request,
+        now: float,
+        code: ErrorCode,
+        status: models.OutcomeStatusSymbol = "FAILED",
     ) -> models.Outcome:
         self._done(request, now)
         log.info(

@@ -62,7 +62,8 @@ REQUESTS = Topic.INFERENCE_REQUESTS
 RESERVATIONS = Topic.BILLING_RESERVATIONS
 OUTCOMES = Topic.INFERENCE_OUTCOMES
 ASSIGNMENTS = Topic.INFERENCE_ASSIGNMENTS
-RECORDS = {
+# Keyed by the logical topic name a record arrives on (physical name less the prefix).
+RECORDS: dict[str, str] = {
     VERDICTS: "cocoon.attestation.Verdict",
     REGISTRY: "cocoon.attestation.RegistryEntry",
     HEARTBEATS: "cocoon.worker.Heartbeat",
@@ -339,7 +340,7 @@ class Scheduler(Service):
     async def _send(self, record: models.Assignment | models.Outcome) -> None:
         request = self.dispatcher.requests.get(record.request_id)
         token = None
-        if request is not None and request.trace is not None:
+        if request is not None and isinstance(request.trace, otel_context.Context):
             token = otel_context.attach(request.trace)
         try:
             if isinstance(record, models.Assignment):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiogram import Bot
 from aiogram.enums import ChatAction
@@ -159,10 +161,13 @@ class AnswerView:
         else:
             rest = parts
         for part in rest:
-            await _with_retry(lambda part=part: self.bot.send_message(self.chat_id, part))
+            await _with_retry(functools.partial(self.bot.send_message, self.chat_id, part))
 
 
-async def _with_retry(call: Callable, attempts: int = 3):  # type: ignore[type-arg]
+T = TypeVar("T")
+
+
+async def _with_retry(call: Callable[[], Awaitable[T]], attempts: int = 3) -> T | None:
     """A final message must arrive: wait out flood control (429 retry_after) and retry."""
     for attempt in range(attempts):
         try:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cocoon.core.codec import models
-from cocoon.core.codec.timestamps import now_millis
 
 STARS_CURRENCY = "XTR"
 PAYLOAD_PREFIX = "topup:"
@@ -69,7 +69,7 @@ def stars_topup(account_id: str, charge_id: str, stars: int, nanoton_per_star: i
         source="TELEGRAM_STARS",
         paid_amount=stars,
         reference=charge_id,
-        created_at=now_millis(),
+        created_at=datetime.now(UTC),
     )
 
 
@@ -82,5 +82,5 @@ def trial_topup(account_id: str, nanoton: int) -> models.TopUp:
         source="TRIAL",
         paid_amount=0,
         reference="",
-        created_at=now_millis(),
+        created_at=datetime.now(UTC),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cocoon.core import tee
 from cocoon.core.codec import models
@@ -49,5 +50,5 @@ class Identity:
             claims=claims,
             tdx_quote=quote,
             nonce=nonce,
-            collected_at=now_ms,
+            collected_at=datetime.fromtimestamp(now_ms / 1000, UTC),
         )

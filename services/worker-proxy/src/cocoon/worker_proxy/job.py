@@ -48,7 +48,7 @@ CANCELLED = ErrorCode.CANCELLED
 TIMED_OUT = ErrorCode.TIMED_OUT
 
 
-def engine_error_code(exc: BaseException) -> str:
+def engine_error_code(exc: BaseException) -> ErrorCode:
     """4xx from the engine means the request was refused, anything else that the engine failed."""
     status = exc.status if isinstance(exc, EngineError) else None
     return ENGINE_REJECTED if status is not None and 400 <= status < 500 else ENGINE_ERROR
@@ -127,6 +127,7 @@ class Job:
         slot = asyncio.ensure_future(self.ctx.slots.acquire())
         stream: asyncio.Future | None = None
         started_ms = finished_ms = 0
+        code: ErrorCode | None
         try:
             # Waiting for a slot counts against the deadline and can be cancelled too.
             done, _ = await asyncio.wait(
@@ -179,6 +180,7 @@ class Job:
                 reason = getattr(stream.exception(), "reason", "") or _messages[code]
                 await self._seal_error(code, reason, error_type=chunks.INVALID_REQUEST)
             else:
+                assert code is not None  # a failed stream always has its engine_error_code
                 await self._seal_error(code, _messages[code])
             receipt = self._receipt(meter, status == "SUCCEEDED", started_ms, finished_ms)
             return await self._finish(status, code, meter, receipt)

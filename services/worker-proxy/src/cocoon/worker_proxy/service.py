@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
@@ -131,7 +132,7 @@ class WorkerProxy(Service):
         self._avg_ms: float | None = None
         self._verdict_seen = asyncio.Event()
         self._state_changed = asyncio.Event()
-        self._last_state = ""
+        self._last_state: models.WorkerStateSymbol | None = None  # none sent yet
         self.producer: BusProducer | None = None
         self.consumer: BusConsumer | None = None
         self.verdicts: BroadcastReader | None = None
@@ -302,7 +303,7 @@ class WorkerProxy(Service):
             if not stopping.is_set():
                 await self._heartbeat()
 
-    def _state(self) -> str:
+    def _state(self) -> models.WorkerStateSymbol:
         if self.draining:
             return "DRAINING"
         # Not placeable until this process's own key is attested: an earlier process with the
@@ -326,7 +327,7 @@ class WorkerProxy(Service):
                 coefficient=self.settings.coefficient,
                 work_topic=self.work_topic,
                 seq=self._heartbeat_seq,
-                sent_at=now_millis(),
+                sent_at=datetime.now(UTC),
                 engine_queue_depth=waiting,
                 avg_request_ms=self._avg_ms,
             ),

@@ -245,8 +245,10 @@ class TonApi:
         found: list[TonTransaction] = []
         cursor: tuple[int, str] | None = None
         while True:
-            kwargs = {"lt": cursor[0], "hash": cursor[1]} if cursor else {}
-            page = await self.get_transactions(address, limit=50, to_lt=after_lt, **kwargs)
+            lt, tx_hash = cursor if cursor else (None, None)
+            page = await self.get_transactions(
+                address, limit=50, lt=lt, hash=tx_hash, to_lt=after_lt
+            )
             if cursor and page and (page[0].lt, page[0].hash) == cursor:
                 page = page[1:]  # v2 pagination repeats the starting transaction
             page = [t for t in page if t.lt > after_lt]

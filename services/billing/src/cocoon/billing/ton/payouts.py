@@ -101,7 +101,8 @@ class PayoutStore:
             "SELECT payout_id, worker_id, destination, amount, status, batch_id, tx, earned_under"
             " FROM payouts"
         )
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[str] = []
         if statuses:
             clauses.append(f"status IN ({','.join('?' * len(statuses))})")
             args += statuses
@@ -374,8 +375,9 @@ class PayoutService:
         txs = await self.api.iter_transactions_since(self.wallet.address, batch.scan_from_lt)
         for tx in txs:
             msg = tx.in_msg
-            external = msg is not None and msg.source is None
-            if external and base64.b64decode(msg.hash).hex() == batch.message_hash:
+            if msg is None or msg.source is not None:
+                continue  # the batch went out as an external message (no source)
+            if base64.b64decode(msg.hash).hex() == batch.message_hash:
                 return tx
         return None
 

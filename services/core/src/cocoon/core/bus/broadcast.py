@@ -148,6 +148,8 @@ class BroadcastReader:
                 self.skipped += 1
                 log.warning("skipping undecodable record on %s@%s: %s", topic, record.offset, exc)
                 return
+            # Only a subclass that overrides _handle passes no handler (scheduler feeds).
+            assert self.handler is not None
             outcome = self.handler(
                 BroadcastRecord(topic, key, name, value, record.timestamp, list(record.headers))
             )

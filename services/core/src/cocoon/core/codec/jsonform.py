@@ -15,7 +15,7 @@ from typing import Any
 from cocoon.core.codec.errors import EncodeError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PRIMITIVE_JSON = {
+_PRIMITIVE_JSON: dict[str, type | tuple[type, ...]] = {
     "null": type(None),
     "boolean": bool,
     "string": str,

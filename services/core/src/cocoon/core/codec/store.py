@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -59,6 +59,8 @@ class SchemaVersion:
 def parse_version(raw: dict[str, Any], name: str, version: int, path: Path) -> SchemaVersion:
     # Each version is parsed on its own: versions of one record share names by design.
     parsed = parse_schema(raw, named_schemas={})
+    if not isinstance(parsed, dict):
+        raise SchemaError(f"{path}: expected record {name}, found {parsed!r}")
     if parsed.get("type") != "record" or parsed.get("name") != name:
         raise SchemaError(f"{path}: expected record {name}, found {parsed.get('name')!r}")
     canonical = to_parsing_canonical_form(parsed)
@@ -193,9 +195,10 @@ class SchemaStore:
 
 
 def _read(body: io.BytesIO, writer: SchemaVersion, reader: SchemaVersion) -> dict[str, Any]:
+    # Every schema in the store is a record (parse_version), so the datum is a dict.
     if writer is reader:
-        return schemaless_reader(body, writer.parsed, None)
-    return schemaless_reader(body, writer.parsed, reader.parsed)
+        return cast(dict[str, Any], schemaless_reader(body, writer.parsed, None))
+    return cast(dict[str, Any], schemaless_reader(body, writer.parsed, reader.parsed))
 
 
 @cache

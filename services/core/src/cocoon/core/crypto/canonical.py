@@ -79,8 +79,8 @@ def _encode_mapping(mapping: Mapping[str, Any], out: list[bytes]) -> None:
         entries.append((_utf8(key), value))
     entries.sort(key=lambda entry: entry[0])
     out += (b"m", _length(len(entries)))
-    for key, value in entries:
-        out += (_length(len(key)), key)
+    for encoded_key, value in entries:
+        out += (_length(len(encoded_key)), encoded_key)
         _encode(value, out)
 
 

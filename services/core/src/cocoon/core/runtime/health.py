@@ -10,7 +10,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-Status = health_pb2.HealthCheckResponse.ServingStatus
+# The stubs give the status values as constants of the response class, not of its enum.
+Status = health_pb2.HealthCheckResponse
 
 
 class HealthServer:
@@ -51,5 +52,7 @@ async def check_health(address: str, service: str = "", deadline_s: float = 2.0)
     """The status name ("SERVING", "NOT_SERVING", ...) reported at `address` (host:port)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=deadline_s)
-    return Status.Name(reply.status)
+        request = health_pb2.HealthCheckRequest(service=service)
+        # The stub package declares HealthStub without its generated methods.
+        reply = await stub.Check(request, timeout=deadline_s)  # type: ignore[attr-defined]
+    return Status.ServingStatus.Name(reply.status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -131,7 +132,7 @@ class ServiceSettings(BaseSettings):
         return init_settings, env_settings, file_source
 
 
-def _describe(error: dict[str, Any], settings_cls: type[ServiceSettings]) -> str:
+def _describe(error: Mapping[str, Any], settings_cls: type[ServiceSettings]) -> str:
     if not error["loc"]:  # a check across fields: its message names the variables
         return str(error["msg"]).removeprefix("Value error, ")
     field = ".".join(str(part) for part in error["loc"])

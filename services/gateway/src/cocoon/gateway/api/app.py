@@ -67,10 +67,12 @@ def _http_error(exc: StarletteHTTPException, request: Request) -> ApiError:
     if exc.status_code == 404:
         return NotFound(f"Unknown route: {request.method} {request.url.path}")
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+        not_allowed = MethodNotAllowed(
+            f"Method {request.method} is not allowed on {request.url.path}"
+        )
         # Starlette names the route's methods in an Allow header (RFC 9110 requires it).
-        error.extra_headers.update(exc.headers or {})
-        return error
+        not_allowed.extra_headers.update(exc.headers or {})
+        return not_allowed
     error = ApiError(str(exc.detail), code=f"http_{exc.status_code}")
     error.status = exc.status_code
     return error
