@@ -118,9 +118,8 @@ class Dispatcher:
             self.registry_coefficients.pop(worker_id, None)
             return
         self.registry_coefficients[worker_id] = coefficient
-        state = self.pool.get(worker_id)
-        if state is not None:
-            state.coefficient = coefficient  # placements from now on; until its next heartbeat
+        if self.pool.get(worker_id) is not None:
+            self.pool.set_coefficient(worker_id, coefficient)  # until its next heartbeat
 
     def on_heartbeat(self, heartbeat: models.Heartbeat, now: float) -> list:
         self.known_models.update(heartbeat.models)
@@ -168,7 +167,7 @@ class Dispatcher:
         if request.phase is Phase.DONE:
             return []
         self._done(request, now)
-        if self.pool.release(request.request_id) is None:
+        if self.pool.release(request.request_id, now) is None:
             return []
         return self._place_pending(now)  # its slot is free again
 
@@ -223,7 +222,8 @@ class Dispatcher:
         lease = self.pool.lease(outcome.request_id)
         if lease is not None and lease.attempt == outcome.attempt:
             if outcome.status == "CANCELLED":
-                self.pool.release(outcome.request_id)  # the client left: not the worker's doing
+                # The client left: not the worker's doing.
+                self.pool.release(outcome.request_id, now)
             else:
                 self.pool.finish(outcome.request_id, now, success=outcome.status == "SUCCEEDED")
         self._done(request, now)
@@ -237,7 +237,7 @@ class Dispatcher:
         out: list = []
         for lease in self.pool.expired_leases(now):
             out += self._take_back(lease, now, ErrorCode.LEASE_EXPIRED)
-        for lease in self._leases_on_silent_workers(now):
+        for lease in self.pool.silent_leases(now):
             if lease.started:
                 out += self._worker_lost(lease, now)
             else:
@@ -324,15 +324,6 @@ class Dispatcher:
         if request is None or request.phase is Phase.DONE:
             return []
         return [self._fail(request, now, ErrorCode.WORKER_LOST, status="WORKER_LOST")]
-
-    def _leases_on_silent_workers(self, now: float) -> list[Lease]:
-        silent = [
-            w.worker_id
-            for w in self.pool.workers()
-            if w.leases and not self.pool.heartbeat_fresh(w, now)
-        ]
-        leases = [self.pool.lease(rid) for wid in silent for rid in self.pool.get(wid).leases]
-        return sorted((le for le in leases if le is not None), key=lambda le: le.request_id)
 
     def _fail(
         self, request: Request, now: float, code: ErrorCode, status: str = "FAILED"
