@@ -517,8 +517,6 @@ class WorkerPool:
             index = self._indexes[model]
             index.members.discard(state.worker_id, coefficient)
             index.free.discard(state.worker_id, coefficient)
-            if not len(index.members):
-                del self._indexes[model]
         state.indexed = None
 
     def _get(self, worker_id: str) -> WorkerState:
