@@ -338,3 +338,20 @@ def test_choice_is_deterministic(workers, cap):
     assert choose_worker(_build(workers), "m", cap, NOW) == choose_worker(
         _build(workers), "m", cap, NOW
     )
+
+
+def test_a_worker_whose_requests_fail_fast_stops_looking_attractive_until_it_cools_down():
+    pool = WorkerPool()
+    _add(pool, "a")
+    _add(pool, "b")
+    _train(pool, "a", 1.0)
+    _train(pool, "b", 1.0)
+    _busy(pool, "b", 1)
+    assert choose_worker(pool, "m", 4000, NOW).worker_id == "a"  # idle beats busy
+    pool.grant("fails", "a", "m", now=NOW, lease_seconds=30.0)
+    pool.finish("fails", NOW + 0.01, success=False)  # a failure, fast: "a" is idle again
+    assert choose_worker(pool, "m", 4000, NOW + 0.02).worker_id == "b"
+    later = NOW + 120
+    for w in ("a", "b"):
+        pool.heartbeat(w, later, models=["m"], capacity=4, coefficient=1000)
+    assert choose_worker(pool, "m", 4000, later).worker_id == "a"  # cooled down

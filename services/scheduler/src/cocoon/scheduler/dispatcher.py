@@ -12,6 +12,14 @@ A request's life:
        ^                  |                        |
        +--lease expired---+                        +--worker silent--> DONE (WORKER_LOST)
     PENDING --no worker by the wait's end--> DONE (FAILED no_worker / price_cap / lease_expired)
+
+Waiting requests are queued per model, oldest first, and woken by what can let them in: a slot
+freed on a worker of their model (an outcome, a lease taken back) or a worker that heartbeats
+with room. A wake places from the head of the queue and stops at the first request that finds
+every worker busy, so an event costs the placements it makes plus one, not a pass over every
+waiting request. The tick looks again at each waiting request about once a second
+(`RECHECK_SECONDS`): to end the ones whose wait ran out, and to place the ones a verdict or a
+registry price let in (those records wake nobody; the next heartbeat would, too).
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from cocoon.scheduler.pool import Lease, WorkerPool
 log = logging.getLogger(__name__)
 
 REPORTED_BY = "scheduler"
+# A waiting request is looked at again this often even if nothing woke it (its wait may run out,
+# or its workers lapse, which no record announces).
+RECHECK_SECONDS = 1.0
 
 
 class ErrorCode(StrEnum):
@@ -76,6 +87,7 @@ class Request:
     phase: Phase = Phase.PENDING
     done_at: float | None = None
     last_miss: NoPlacement | None = None
+    check_at: float = 0.0  # while PENDING: when the tick looks at it again
     trace: object | None = None  # the wiring's trace context, so re-placements join the trace
 
 
@@ -88,7 +100,8 @@ class Dispatcher:
         self.pool = pool
         self.timing = timing or Timing()
         self.requests: dict[str, Request] = {}
-        self._pending: dict[str, Request] = {}  # insertion order = arrival order
+        # Waiting requests per model; insertion order = arrival order.
+        self._queues: dict[str, dict[str, Request]] = {}
         self._finished: deque[tuple[float, str]] = deque()  # (done_at, id), oldest first
         # Every model a verdict or heartbeat ever named: a model outside it fails at once (404).
         self.known_models: set[str] = set()
@@ -131,7 +144,7 @@ class Dispatcher:
                 heartbeat.coefficient,
                 coefficient,
             )
-        self.pool.heartbeat(
+        state = self.pool.heartbeat(
             heartbeat.worker_id,
             now,
             models=heartbeat.models,
@@ -143,8 +156,13 @@ class Dispatcher:
             running=max(0, heartbeat.active_requests),
             seq=heartbeat.seq,
         )
-        # A worker just became available: waiting requests need not wait for the next tick.
-        return self._place_pending(now)
+        if state.running >= state.capacity:
+            return []
+        # A worker with room: requests waiting for its models need not wait for the next tick.
+        out: list = []
+        for model in state.models & self._queues.keys():
+            out += self._wake(model, now)
+        return out
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -169,7 +187,7 @@ class Dispatcher:
         self._done(request, now)
         if self.pool.release(request.request_id, now) is None:
             return []
-        return self._place_pending(now)  # its slot is free again
+        return self._wake(request.model, now)  # its slot is free again
 
     def _admit(self, admitted: models.InferenceRequest | models.Reservation, now: float) -> list:
         if admitted.request_id in self.requests:
@@ -180,7 +198,7 @@ class Dispatcher:
             # skipped by the same rule, and old records must not fill memory.
             return []
         request = self._track(admitted, now)
-        self._pending[request.request_id] = request
+        self._queue(request)
         return self._try_place(request, now)
 
     def _track(self, admitted: models.InferenceRequest | models.Reservation, now: float) -> Request:
@@ -228,7 +246,7 @@ class Dispatcher:
                 self.pool.finish(outcome.request_id, now, success=outcome.status == "SUCCEEDED")
         self._done(request, now)
         # A slot just freed up: a request waiting for capacity need not wait for the next tick.
-        return self._place_pending(now)
+        return self._wake(request.model, now)
 
     # ---- time ---------------------------------------------------------------------------
 
@@ -244,16 +262,35 @@ class Dispatcher:
                 # Nothing was streamed yet, so the request can go elsewhere without waiting
                 # for its lease to run out.
                 out += self._take_back(lease, now, ErrorCode.LEASE_EXPIRED)
-        out += self._place_pending(now)
+        for queue in list(self._queues.values()):
+            for request in [r for r in queue.values() if r.check_at <= now]:
+                if request.phase is Phase.PENDING:
+                    out += self._try_place(request, now)
         self._forget(now)
         return out
 
     # ---- internals ----------------------------------------------------------------------
 
-    def _place_pending(self, now: float) -> list:
+    def _queue(self, request: Request) -> None:
+        request.phase = Phase.PENDING
+        self._queues.setdefault(request.model, {})[request.request_id] = request
+
+    def _unqueue(self, request: Request) -> None:
+        queue = self._queues.get(request.model)
+        if queue is not None and queue.pop(request.request_id, None) is not None and not queue:
+            del self._queues[request.model]
+
+    def _wake(self, model: str, now: float) -> list:
+        """Place waiting requests for `model`, oldest first, until every worker is busy."""
         out: list = []
-        for request in list(self._pending.values()):
+        for request in list(self._queues.get(model, {}).values()):
+            if request.phase is not Phase.PENDING:
+                continue  # placed or ended by an earlier step of this wake
             out += self._try_place(request, now)
+            miss = request.last_miss
+            busy = miss is not None and miss.reason is NoPlacementReason.ALL_BUSY
+            if request.phase is not Phase.LEASED and busy:
+                break  # no slot left for anyone behind it either
         return out
 
     def _try_place(self, request: Request, now: float) -> list:
@@ -265,14 +302,16 @@ class Dispatcher:
             if request.attempt == 0 and request.model not in self.known_models:
                 return [self._fail(request, now, ErrorCode.UNKNOWN_MODEL)]
             busy = choice.reason is NoPlacementReason.ALL_BUSY
-            if now >= (request.busy_until if busy else request.wait_until):
+            gives_up_at = request.busy_until if busy else request.wait_until
+            if now >= gives_up_at:
                 return [self._fail(request, now, self._miss_code(request))]
+            request.check_at = min(now + RECHECK_SECONDS, gives_up_at)
             return []
         request.attempt += 1
         request.worker_id = choice.worker_id
         request.tried.add(choice.worker_id)
         request.phase = Phase.LEASED
-        self._pending.pop(request.request_id, None)
+        self._unqueue(request)
         lease = self.pool.grant(
             request.request_id,
             choice.worker_id,
@@ -307,16 +346,18 @@ class Dispatcher:
 
     def _take_back(self, lease: Lease, now: float, code: ErrorCode) -> list:
         self.pool.reclaim(lease.request_id, now)
+        out: list = []
         request = self.requests.get(lease.request_id)
         if request is None or request.phase is Phase.DONE:
-            return []
-        if request.attempt >= self.timing.max_attempts or now >= request.deadline:
-            return [self._fail(request, now, code)]
-        request.phase = Phase.PENDING
-        self._pending[request.request_id] = request
-        request.wait_until = min(now + self.timing.no_worker_wait_seconds, request.deadline)
-        request.busy_until = min(now + self.timing.busy_wait_seconds, request.deadline)
-        return self._try_place(request, now)
+            pass
+        elif request.attempt >= self.timing.max_attempts or now >= request.deadline:
+            out.append(self._fail(request, now, code))
+        else:
+            self._queue(request)
+            request.wait_until = min(now + self.timing.no_worker_wait_seconds, request.deadline)
+            request.busy_until = min(now + self.timing.busy_wait_seconds, request.deadline)
+            out += self._try_place(request, now)
+        return out + self._wake(lease.model, now)  # the slot it held is free for others
 
     def _worker_lost(self, lease: Lease, now: float) -> list:
         self.pool.reclaim(lease.request_id, now)
@@ -353,7 +394,7 @@ class Dispatcher:
     def _done(self, request: Request, now: float) -> None:
         request.phase = Phase.DONE
         request.done_at = now
-        self._pending.pop(request.request_id, None)
+        self._unqueue(request)
         self._finished.append((now, request.request_id))
 
     def _forget(self, now: float) -> None:
@@ -364,5 +405,5 @@ class Dispatcher:
 
     def count(self, phase: Phase) -> int:
         if phase is Phase.PENDING:
-            return len(self._pending)
+            return sum(len(queue) for queue in self._queues.values())
         return sum(1 for r in self.requests.values() if r.phase is phase)
