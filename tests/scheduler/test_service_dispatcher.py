@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cocoon.core.codec import models
-from cocoon.scheduler import dispatcher as dispatcher_module
 from cocoon.scheduler.dispatcher import Dispatcher, Phase, Timing
+from cocoon.scheduler.placement import choose_worker
 from cocoon.scheduler.pool import WorkerPool
 
 T0 = 1_800_000_000.0  # unix seconds; verdicts expire relative to it
@@ -367,17 +367,16 @@ def test_a_heartbeat_sent_before_an_outcome_does_not_refill_the_slot():
     assert d.on_reservation(reservation("r3"), T0 + 1.2) == []
 
 
-def test_waiting_requests_are_woken_by_a_freed_slot_not_retried_on_every_event(monkeypatch):
+def test_waiting_requests_are_woken_by_a_freed_slot_not_retried_on_every_event():
     calls = []
 
     def counting_choose_worker(*args, **kwargs):
         calls.append(args[1])
         return choose_worker(*args, **kwargs)
 
-    choose_worker = dispatcher_module.choose_worker
-    monkeypatch.setattr(dispatcher_module, "choose_worker", counting_choose_worker)
     timing = Timing(lease_seconds=100, busy_wait_seconds=60)
     d = dispatcher("w-a", "w-b", timing=timing)  # capacity 2 each
+    d.choose = counting_choose_worker
     for i in range(4):
         d.on_reservation(reservation(f"run{i}"), T0)
     for i in range(50):

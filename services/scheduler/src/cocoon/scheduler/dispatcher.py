@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from cocoon.core.codec import models
-from cocoon.scheduler.placement import NoPlacement, NoPlacementReason, choose_worker
+from cocoon.scheduler.placement import ChooseWorker, NoPlacement, NoPlacementReason, choose_worker
 from cocoon.scheduler.pool import Lease, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,15 @@ def _ts(seconds: float) -> datetime:
 
 
 class Dispatcher:
-    def __init__(self, pool: WorkerPool, timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        timing: Timing | None = None,
+        choose: ChooseWorker = choose_worker,
+    ) -> None:
         self.pool = pool
         self.timing = timing or Timing()
+        self.choose = choose  # the placement policy (the replay bench compares others)
         self.requests: dict[str, Request] = {}
         # Waiting requests per model; insertion order = arrival order.
         self._queues: dict[str, dict[str, Request]] = {}
@@ -294,7 +300,7 @@ class Dispatcher:
         return out
 
     def _try_place(self, request: Request, now: float) -> list:
-        choice = choose_worker(
+        choice = self.choose(
             self.pool, request.model, request.max_coefficient, now, exclude=request.tried
         )
         if isinstance(choice, NoPlacement):

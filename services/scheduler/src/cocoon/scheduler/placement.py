@@ -35,7 +35,7 @@ which also yields the reason when there is none.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -86,6 +86,10 @@ class NoPlacement:
                     f"no worker for model {self.model!r} accepts this max_coefficient; "
                     f"the lowest available is {self.min_coefficient}"
                 )
+
+
+# (pool, model, max_coefficient, now, exclude=...) -> a worker or why none: choose_worker's shape.
+ChooseWorker = Callable[..., "Placement | NoPlacement"]
 
 
 def score(pool: WorkerPool, state: WorkerState, model: str, now: float) -> tuple[float, float]:
