@@ -27,8 +27,9 @@ Reported, one JSON line per policy and load: time to first token p50/p99 and com
 p50/p99 of the requests that succeeded, requests that missed a 10 s TTFT objective (failed ones
 included), failed requests (of which failed by a flaky worker; the rest the scheduler ended:
 lease expired three times, or no slot within the request's 120 s), Jain's fairness index of
-requests served among the 64 standard workers (1 = perfectly even), and the scheduler's CPU time per placed request (thread CPU spent
-inside the dispatcher's handlers and ticks, over the assignments it made).
+requests served among the 64 standard workers (1 = perfectly even), and the scheduler's CPU
+time per placed request (thread CPU spent inside the dispatcher's handlers and ticks, over the
+assignments it made).
 """
 
 from __future__ import annotations
