@@ -234,7 +234,91 @@ def test_chosen_worker_satisfies_every_filter(workers, cap, exclude):
     assert isinstance(result, Placement)
     assert result.worker_id in {w.worker_id for w in eligible}
     # Nothing eligible has a strictly better score.
-    assert all(result.score <= score(pool, w, "m")[1] for w in eligible)
+    assert all(result.score <= score(pool, w, "m", NOW)[1] for w in eligible)
+
+
+def _reason(pool: WorkerPool, cap: int, exclude: set[str]) -> NoPlacement | None:
+    """What the filters say, straight from their definitions (None: someone is eligible)."""
+    if not pool.workers("m"):
+        return NoPlacement(NoPlacementReason.UNKNOWN_MODEL, "m")
+    ready = [
+        w for w in pool.workers("m") if w.worker_id not in exclude and pool.placeable(w, "m", NOW)
+    ]
+    if not ready:
+        return NoPlacement(NoPlacementReason.NO_ATTESTED_WORKER, "m")
+    free = [w for w in ready if w.running < w.capacity]
+    if not free:
+        return NoPlacement(NoPlacementReason.ALL_BUSY, "m")
+    if not any(w.coefficient <= cap for w in free):
+        cheapest = min(w.coefficient for w in free)
+        return NoPlacement(NoPlacementReason.PRICE_CAP_TOO_LOW, "m", min_coefficient=cheapest)
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    workers=st.lists(_worker, max_size=40),
+    cap=st.integers(400, 6000),
+    exclude=st.sets(st.sampled_from([f"w{i}" for i in range(40)]), max_size=3),
+)
+def test_sampled_placement_keeps_every_filter_and_every_reason(workers, cap, exclude):
+    # Pools larger than EXACT_MAX take the sampled path; the answer must still satisfy every
+    # filter, and "no placement" must name the same reason the definitions give.
+    pool = _build(workers)
+    expected = _reason(pool, cap, exclude)
+    result = choose_worker(pool, "m", cap, NOW, exclude=exclude)
+    if expected is not None:
+        assert result == expected
+        return
+    assert isinstance(result, Placement)
+    chosen = pool.get(result.worker_id)
+    assert result.worker_id not in exclude and pool.placeable(chosen, "m", NOW)
+    assert chosen.running < chosen.capacity and chosen.coefficient <= cap
+
+
+def test_the_one_affordable_worker_among_many_is_found():
+    pool = WorkerPool(seed=1)
+    for i in range(500):
+        _add(pool, f"w{i:03d}", coefficient=3000)
+    _add(pool, "cheap", coefficient=900)
+    assert choose_worker(pool, "m", 1000, NOW).worker_id == "cheap"
+    _busy(pool, "cheap", 4)
+    result = choose_worker(pool, "m", 1000, NOW)
+    assert result == NoPlacement(NoPlacementReason.PRICE_CAP_TOO_LOW, "m", min_coefficient=3000)
+
+
+def test_workers_already_tried_are_never_drawn():
+    pool = WorkerPool(seed=3)
+    for i in range(20):
+        _add(pool, f"w{i:02d}")
+    tried = {f"w{i:02d}" for i in range(19)}
+    for _ in range(50):
+        assert choose_worker(pool, "m", 4000, NOW, exclude=tried).worker_id == "w19"
+    tried.add("w19")
+    result = choose_worker(pool, "m", 4000, NOW, exclude=tried)
+    assert result.reason is NoPlacementReason.NO_ATTESTED_WORKER
+
+
+def test_lapsed_workers_are_skipped_and_set_aside_until_they_heartbeat():
+    pool = WorkerPool(seed=1)
+    for i in range(100):
+        _add(pool, f"old{i:03d}", heartbeat_age=pool.heartbeat_ttl + 1)
+    _add(pool, "alive")
+    assert choose_worker(pool, "m", 4000, NOW).worker_id == "alive"
+    assert len(pool.index("m").members) == 1  # the silent ones are out of the index
+    _add(pool, "old000")  # it heartbeats again
+    assert len(pool.index("m").members) == 2
+
+
+def test_sampling_keeps_equal_workers_evenly_loaded():
+    pool = WorkerPool(seed=7)
+    for i in range(50):
+        _add(pool, f"w{i:02d}", capacity=100)
+    for n in range(1000):
+        choice = choose_worker(pool, "m", 4000, NOW)
+        pool.grant(f"r{n}", choice.worker_id, "m", now=NOW, lease_seconds=30.0)
+    loads = [w.running for w in pool.workers("m")]
+    assert max(loads) - min(loads) <= 3  # 20 each on average; random choice spreads ~ +-9
 
 
 @settings(max_examples=200, deadline=None)
@@ -254,3 +338,20 @@ def test_choice_is_deterministic(workers, cap):
     assert choose_worker(_build(workers), "m", cap, NOW) == choose_worker(
         _build(workers), "m", cap, NOW
     )
+
+
+def test_a_worker_whose_requests_fail_fast_stops_looking_attractive_until_it_cools_down():
+    pool = WorkerPool()
+    _add(pool, "a")
+    _add(pool, "b")
+    _train(pool, "a", 1.0)
+    _train(pool, "b", 1.0)
+    _busy(pool, "b", 1)
+    assert choose_worker(pool, "m", 4000, NOW).worker_id == "a"  # idle beats busy
+    pool.grant("fails", "a", "m", now=NOW, lease_seconds=30.0)
+    pool.finish("fails", NOW + 0.01, success=False)  # a failure, fast: "a" is idle again
+    assert choose_worker(pool, "m", 4000, NOW + 0.02).worker_id == "b"
+    later = NOW + 120
+    for w in ("a", "b"):
+        pool.heartbeat(w, later, models=["m"], capacity=4, coefficient=1000)
+    assert choose_worker(pool, "m", 4000, later).worker_id == "a"  # cooled down

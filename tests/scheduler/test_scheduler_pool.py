@@ -159,14 +159,18 @@ def test_reclaim_frees_the_slot_and_costs_reputation():
     assert state.duration.value() is None  # a failure is not a speed sample
 
 
-def test_orphaned_leases_are_started_leases_on_silent_workers():
+def test_silent_leases_are_the_leases_of_workers_that_stopped_heartbeating():
     pool = _pool_with()
+    pool.heartbeat("w2", 0.0, models=["m"], capacity=2, coefficient=1000)
     pool.grant("r1", "w1", "m", now=0.0, lease_seconds=5.0)
     pool.grant("r2", "w1", "m", now=0.0, lease_seconds=5.0)
+    pool.grant("r3", "w2", "m", now=0.0, lease_seconds=5.0)
     pool.first_chunk("r1")
-    assert pool.orphaned_leases(1.0) == []
+    assert pool.silent_leases(1.0) == []
     late = pool.heartbeat_ttl + 1.0
-    assert [le.request_id for le in pool.orphaned_leases(late)] == ["r1"]
+    pool.heartbeat("w2", late, models=["m"], capacity=2, coefficient=1000)
+    leases = pool.silent_leases(late)
+    assert [(le.request_id, le.started) for le in leases] == [("r1", True), ("r2", False)]
 
 
 def test_receipt_rejected_lowers_reputation_more_than_a_failure():
@@ -196,3 +200,37 @@ def test_remove_forgets_worker_and_pending_verdict():
     pool = _pool_with()
     pool.remove("w1")
     assert pool.get("w1") is None and pool.workers() == []
+
+
+def test_peer_mean_follows_workers_joining_leaving_and_changing_models():
+    pool = WorkerPool()
+    for w, seconds in (("a", 2.0), ("b", 4.0)):
+        pool.heartbeat(w, 0.0, models=["m"], capacity=2, coefficient=1000)
+        pool.grant(f"r-{w}", w, "m", now=0.0, lease_seconds=10.0)
+        pool.finish(f"r-{w}", seconds, success=True)
+    pool.heartbeat("new", 0.0, models=["m"], capacity=2, coefficient=1000)
+    new = pool.get("new")
+    assert pool.expected_duration(new, "m") == pytest.approx(3.0)
+    pool.heartbeat("b", 1.0, models=["x"], capacity=2, coefficient=1000)  # b moved to x
+    assert pool.expected_duration(new, "m") == pytest.approx(2.0)
+    assert pool.expected_duration(new, "x") == pytest.approx(4.0)
+    pool.remove("a")
+    assert pool.expected_duration(new, "m") == PRIOR_DURATION_S
+    assert not pool.advertised("nothing") and pool.advertised("x")
+
+
+def test_index_follows_verdicts_capacity_price_and_draining():
+    pool = _pool_with(capacity=1)
+    index = pool.index("m")
+    assert (len(index.members), len(index.free)) == (1, 1)
+    pool.grant("r", "w1", "m", now=0.0, lease_seconds=5.0)
+    assert (len(index.members), len(index.free)) == (1, 0)  # full
+    pool.finish("r", 1.0, success=True)
+    assert index.free.count_upto(1000) == 1
+    pool.set_coefficient("w1", 2000)
+    assert index.free.count_upto(1000) == 0 and index.free.count_upto(2000) == 1
+    pool.set_draining("w1")
+    assert len(pool.index("m").members) == 0
+    pool.set_draining("w1", False)
+    pool.revoke_verdict("w1")
+    assert len(pool.index("m").members) == 0

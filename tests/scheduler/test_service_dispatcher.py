@@ -8,6 +8,7 @@ import pytest
 
 from cocoon.core.codec import models
 from cocoon.scheduler.dispatcher import Dispatcher, Phase, Timing
+from cocoon.scheduler.placement import choose_worker
 from cocoon.scheduler.pool import WorkerPool
 
 T0 = 1_800_000_000.0  # unix seconds; verdicts expire relative to it
@@ -32,13 +33,15 @@ def verdict(worker_id: str, expires: float = T0 + 3600, model: str = "m") -> mod
     )
 
 
-def heartbeat(worker_id: str, seq: int = 1, coefficient: int = 1000, state: str = "READY"):
+def heartbeat(
+    worker_id: str, seq: int = 1, coefficient: int = 1000, state: str = "READY", active: int = 0
+):
     return models.Heartbeat(
         worker_id=worker_id,
         models=["m"],
         state=state,
         max_active_requests=2,
-        active_requests=0,
+        active_requests=active,
         coefficient=coefficient,
         work_topic=f"work.{worker_id}",
         seq=seq,
@@ -345,3 +348,62 @@ def test_the_registry_coefficient_wins_over_the_heartbeat_for_caps_and_assignmen
     d.on_registry_coefficient("w1", None)
     beat(d, T0 + 0.3, "w1")
     assert d.pool.get("w1").coefficient == 1000
+
+
+# ---- the three faults of issue 14 ---------------------------------------------------------
+
+
+def test_a_slot_freed_between_heartbeats_is_free_at_once():
+    d = dispatcher("w-a")  # capacity 2
+    for rid in ("r1", "r2"):
+        d.on_reservation(reservation(rid), T0)
+    # The worker reports both of our requests running; then one ends before its next heartbeat.
+    d.on_heartbeat(heartbeat("w-a", seq=2, active=2), T0 + 0.5)
+    assert d.on_reservation(reservation("r3"), T0 + 0.6) == []  # full: queued
+    (placed,) = d.on_outcome(outcome("r1", 1, "w-a", "SUCCEEDED"), T0 + 1.0)
+    assert (placed.request_id, placed.worker_id) == ("r3", "w-a")
+
+
+def test_a_heartbeat_sent_before_an_outcome_does_not_refill_the_slot():
+    d = dispatcher("w-a")
+    for rid in ("r1", "r2"):
+        d.on_reservation(reservation(rid), T0)
+    d.on_outcome(outcome("r1", 1, "w-a", "SUCCEEDED"), T0 + 1.0)
+    # Read after the outcome, sent before it: it still counts r1, which is over.
+    d.on_heartbeat(heartbeat("w-a", seq=2, active=2), T0 + 0.9)
+    assert d.pool.get("w-a").running == 1
+    # Work that is not ours (e.g. a previous scheduler instance's) is counted on top of ours.
+    d.on_heartbeat(heartbeat("w-a", seq=3, active=2), T0 + 1.1)
+    assert d.pool.get("w-a").running == 2
+    assert d.on_reservation(reservation("r3"), T0 + 1.2) == []
+
+
+def test_waiting_requests_are_woken_by_a_freed_slot_not_retried_on_every_event():
+    calls = []
+
+    def counting_choose_worker(*args, **kwargs):
+        calls.append(args[1])
+        return choose_worker(*args, **kwargs)
+
+    timing = Timing(lease_seconds=100, busy_wait_seconds=60)
+    d = dispatcher("w-a", "w-b", timing=timing)  # capacity 2 each
+    d.choose = counting_choose_worker
+    for i in range(4):
+        d.on_reservation(reservation(f"run{i}"), T0)
+    for i in range(50):
+        assert d.on_reservation(reservation(f"wait{i}"), T0) == []
+    calls.clear()
+    for t in (0.2, 0.4, 0.6):  # busy workers heartbeat: nobody can be placed, nobody tried
+        beat(d, T0 + t, "w-a", "w-b")
+        assert d.tick(T0 + t) == []
+    assert calls == []
+    (placed,) = d.on_outcome(outcome("run0", 1, "w-a", "SUCCEEDED"), T0 + 0.7)
+    assert placed.request_id == "wait0"  # the oldest waiting request
+    assert len(calls) == 2  # the one placed, and the next one finding everybody busy again
+    calls.clear()
+    # The tick looks at each waiting request once a second, not on every tick: the 48 last
+    # seen at T0 (wait1 was looked at by the outcome's wake, 0.8 s ago).
+    assert d.tick(T0 + 1.5) == []
+    assert len(calls) == 48
+    calls.clear()
+    assert d.tick(T0 + 1.6) == [] and calls == []

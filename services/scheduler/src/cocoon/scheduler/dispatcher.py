@@ -13,6 +13,14 @@ A request's life:
        +--lease expired---+                        +--worker silent--> DONE (WORKER_LOST)
     PENDING --no worker by the wait's end--> DONE (FAILED no_worker / lease_expired)
     PENDING --every worker above the price cap--> DONE (FAILED price_cap, at once)
+
+Waiting requests are queued per model, oldest first, and woken by what can let them in: a slot
+freed on a worker of their model (an outcome, a lease taken back) or a worker that heartbeats
+with room. A wake places from the head of the queue and stops at the first request that finds
+every worker busy, so an event costs the placements it makes plus one, not a pass over every
+waiting request. The tick looks again at each waiting request about once a second
+(`RECHECK_SECONDS`): to end the ones whose wait ran out, and to place the ones a verdict or a
+registry price let in (those records wake nobody; the next heartbeat would, too).
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ from enum import StrEnum
 
 from cocoon.core.codec import models
 from cocoon.core.contracts import ErrorCode, work_topic
-from cocoon.scheduler.placement import NoPlacement, NoPlacementReason, choose_worker
+from cocoon.scheduler.placement import ChooseWorker, NoPlacement, NoPlacementReason, choose_worker
 from cocoon.scheduler.pool import Lease, WorkerPool
 
 log = logging.getLogger(__name__)
 
 REPORTED_BY = "scheduler"
+# A waiting request is looked at again this often even if nothing woke it (its wait may run out,
+# or its workers lapse, which no record announces).
+RECHECK_SECONDS = 1.0
 
 
 class Phase(StrEnum):
@@ -68,6 +79,7 @@ class Request:
     phase: Phase = Phase.PENDING
     done_at: float | None = None
     last_miss: NoPlacement | None = None
+    check_at: float = 0.0  # while PENDING: when the tick looks at it again
     trace: object | None = None  # the wiring's trace context, so re-placements join the trace
 
 
@@ -76,11 +88,18 @@ def _ts(seconds: float) -> datetime:
 
 
 class Dispatcher:
-    def __init__(self, pool: WorkerPool, timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        timing: Timing | None = None,
+        choose: ChooseWorker = choose_worker,
+    ) -> None:
         self.pool = pool
         self.timing = timing or Timing()
+        self.choose = choose  # the placement policy (the replay bench compares others)
         self.requests: dict[str, Request] = {}
-        self._pending: dict[str, Request] = {}  # insertion order = arrival order
+        # Waiting requests per model; insertion order = arrival order.
+        self._queues: dict[str, dict[str, Request]] = {}
         self._finished: deque[tuple[float, str]] = deque()  # (done_at, id), oldest first
         # Every model a verdict or heartbeat ever named: a model outside it fails at once (404).
         self.known_models: set[str] = set()
@@ -110,9 +129,8 @@ class Dispatcher:
             self.registry_coefficients.pop(worker_id, None)
             return
         self.registry_coefficients[worker_id] = coefficient
-        state = self.pool.get(worker_id)
-        if state is not None:
-            state.coefficient = coefficient  # placements from now on; until its next heartbeat
+        if self.pool.get(worker_id) is not None:
+            self.pool.set_coefficient(worker_id, coefficient)  # until its next heartbeat
 
     def on_heartbeat(self, heartbeat: models.Heartbeat, now: float) -> list:
         self.known_models.update(heartbeat.models)
@@ -124,7 +142,7 @@ class Dispatcher:
                 heartbeat.coefficient,
                 coefficient,
             )
-        self.pool.heartbeat(
+        state = self.pool.heartbeat(
             heartbeat.worker_id,
             now,
             models=heartbeat.models,
@@ -136,8 +154,13 @@ class Dispatcher:
             running=max(0, heartbeat.active_requests),
             seq=heartbeat.seq,
         )
-        # A worker just became available: waiting requests need not wait for the next tick.
-        return self._place_pending(now)
+        if state.running >= state.capacity:
+            return []
+        # A worker with room: requests waiting for its models need not wait for the next tick.
+        out: list = []
+        for model in state.models & self._queues.keys():
+            out += self._wake(model, now)
+        return out
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -160,9 +183,9 @@ class Dispatcher:
         if request.phase is Phase.DONE:
             return []
         self._done(request, now)
-        if self.pool.release(request.request_id) is None:
+        if self.pool.release(request.request_id, now) is None:
             return []
-        return self._place_pending(now)  # its slot is free again
+        return self._wake(request.model, now)  # its slot is free again
 
     def _admit(self, admitted: models.InferenceRequest | models.Reservation, now: float) -> list:
         if admitted.request_id in self.requests:
@@ -173,7 +196,7 @@ class Dispatcher:
             # skipped by the same rule, and old records must not fill memory.
             return []
         request = self._track(admitted, now)
-        self._pending[request.request_id] = request
+        self._queue(request)
         return self._try_place(request, now)
 
     def _track(self, admitted: models.InferenceRequest | models.Reservation, now: float) -> Request:
@@ -215,12 +238,13 @@ class Dispatcher:
         lease = self.pool.lease(outcome.request_id)
         if lease is not None and lease.attempt == outcome.attempt:
             if outcome.status == "CANCELLED":
-                self.pool.release(outcome.request_id)  # the client left: not the worker's doing
+                # The client left: not the worker's doing.
+                self.pool.release(outcome.request_id, now)
             else:
                 self.pool.finish(outcome.request_id, now, success=outcome.status == "SUCCEEDED")
         self._done(request, now)
         # A slot just freed up: a request waiting for capacity need not wait for the next tick.
-        return self._place_pending(now)
+        return self._wake(request.model, now)
 
     # ---- time ---------------------------------------------------------------------------
 
@@ -229,27 +253,46 @@ class Dispatcher:
         out: list = []
         for lease in self.pool.expired_leases(now):
             out += self._take_back(lease, now, ErrorCode.LEASE_EXPIRED)
-        for lease in self._leases_on_silent_workers(now):
+        for lease in self.pool.silent_leases(now):
             if lease.started:
                 out += self._worker_lost(lease, now)
             else:
                 # Nothing was streamed yet, so the request can go elsewhere without waiting
                 # for its lease to run out.
                 out += self._take_back(lease, now, ErrorCode.LEASE_EXPIRED)
-        out += self._place_pending(now)
+        for queue in list(self._queues.values()):
+            for request in [r for r in queue.values() if r.check_at <= now]:
+                if request.phase is Phase.PENDING:
+                    out += self._try_place(request, now)
         self._forget(now)
         return out
 
     # ---- internals ----------------------------------------------------------------------
 
-    def _place_pending(self, now: float) -> list:
+    def _queue(self, request: Request) -> None:
+        request.phase = Phase.PENDING
+        self._queues.setdefault(request.model, {})[request.request_id] = request
+
+    def _unqueue(self, request: Request) -> None:
+        queue = self._queues.get(request.model)
+        if queue is not None and queue.pop(request.request_id, None) is not None and not queue:
+            del self._queues[request.model]
+
+    def _wake(self, model: str, now: float) -> list:
+        """Place waiting requests for `model`, oldest first, until every worker is busy."""
         out: list = []
-        for request in list(self._pending.values()):
+        for request in list(self._queues.get(model, {}).values()):
+            if request.phase is not Phase.PENDING:
+                continue  # placed or ended by an earlier step of this wake
             out += self._try_place(request, now)
+            miss = request.last_miss
+            busy = miss is not None and miss.reason is NoPlacementReason.ALL_BUSY
+            if request.phase is not Phase.LEASED and busy:
+                break  # no slot left for anyone behind it either
         return out
 
     def _try_place(self, request: Request, now: float) -> list:
-        choice = choose_worker(
+        choice = self.choose(
             self.pool, request.model, request.max_coefficient, now, exclude=request.tried
         )
         if isinstance(choice, NoPlacement):
@@ -261,14 +304,16 @@ class Dispatcher:
                 # not change that, so say so at once with the lowest price on offer.
                 return [self._fail(request, now, ErrorCode.PRICE_CAP)]
             busy = choice.reason is NoPlacementReason.ALL_BUSY
-            if now >= (request.busy_until if busy else request.wait_until):
+            gives_up_at = request.busy_until if busy else request.wait_until
+            if now >= gives_up_at:
                 return [self._fail(request, now, self._miss_code(request))]
+            request.check_at = min(now + RECHECK_SECONDS, gives_up_at)
             return []
         request.attempt += 1
         request.worker_id = choice.worker_id
         request.tried.add(choice.worker_id)
         request.phase = Phase.LEASED
-        self._pending.pop(request.request_id, None)
+        self._unqueue(request)
         lease = self.pool.grant(
             request.request_id,
             choice.worker_id,
@@ -303,16 +348,18 @@ class Dispatcher:
 
     def _take_back(self, lease: Lease, now: float, code: ErrorCode) -> list:
         self.pool.reclaim(lease.request_id, now)
+        out: list = []
         request = self.requests.get(lease.request_id)
         if request is None or request.phase is Phase.DONE:
-            return []
-        if request.attempt >= self.timing.max_attempts or now >= request.deadline:
-            return [self._fail(request, now, code)]
-        request.phase = Phase.PENDING
-        self._pending[request.request_id] = request
-        request.wait_until = min(now + self.timing.no_worker_wait_seconds, request.deadline)
-        request.busy_until = min(now + self.timing.busy_wait_seconds, request.deadline)
-        return self._try_place(request, now)
+            pass
+        elif request.attempt >= self.timing.max_attempts or now >= request.deadline:
+            out.append(self._fail(request, now, code))
+        else:
+            self._queue(request)
+            request.wait_until = min(now + self.timing.no_worker_wait_seconds, request.deadline)
+            request.busy_until = min(now + self.timing.busy_wait_seconds, request.deadline)
+            out += self._try_place(request, now)
+        return out + self._wake(lease.model, now)  # the slot it held is free for others
 
     def _worker_lost(self, lease: Lease, now: float) -> list:
         self.pool.reclaim(lease.request_id, now)
@@ -320,13 +367,6 @@ class Dispatcher:
         if request is None or request.phase is Phase.DONE:
             return []
         return [self._fail(request, now, ErrorCode.WORKER_LOST, status="WORKER_LOST")]
-
-    def _leases_on_silent_workers(self, now: float) -> list[Lease]:
-        silent = [
-            w for w in self.pool.workers() if w.leases and not self.pool.heartbeat_fresh(w, now)
-        ]
-        leases = [self.pool.lease(rid) for w in silent for rid in w.leases]
-        return sorted((le for le in leases if le is not None), key=lambda le: le.request_id)
 
     def _fail(
         self,
@@ -365,7 +405,7 @@ class Dispatcher:
     def _done(self, request: Request, now: float) -> None:
         request.phase = Phase.DONE
         request.done_at = now
-        self._pending.pop(request.request_id, None)
+        self._unqueue(request)
         self._finished.append((now, request.request_id))
 
     def _forget(self, now: float) -> None:
@@ -376,5 +416,5 @@ class Dispatcher:
 
     def count(self, phase: Phase) -> int:
         if phase is Phase.PENDING:
-            return len(self._pending)
+            return sum(len(queue) for queue in self._queues.values())
         return sum(1 for r in self.requests.values() if r.phase is phase)

@@ -3,12 +3,20 @@
 Plain data and arithmetic, no Kafka: the scheduler's wiring feeds verdicts, heartbeats and
 outcomes in, and asks `placement.choose_worker` where the next request goes. Times are
 seconds on one monotonic-ish clock chosen by the caller (the wiring passes record timestamps).
+
+Every change to a worker updates the indexes placement reads (index.py: the workers that could
+serve each model, those with a free slot, by price; the mean duration per model), so nothing
+here or in placement walks the whole pool on the request path.
 """
 
 from __future__ import annotations
 
+import random
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+
+from cocoon.scheduler.index import MeanOfAverages, ModelIndex
 
 # COCOON averages request time over an exponentially decayed 10-minute window.
 DURATION_HALF_LIFE_S = 600.0
@@ -24,6 +32,11 @@ PRIOR_FAILURES = 1.0
 REJECTED_RECEIPT_WEIGHT = 5.0
 # Floor so a very bad worker is heavily penalised but the score stays finite.
 MIN_REPUTATION = 0.05
+# Reputation moves slowly, so a worker whose requests fail fast would look idle and keep
+# attracting work: each recent failure also multiplies its expected time by this much more,
+# forgotten with a short half-life (the cooldown).
+FAILURE_PENALTY = 2.0
+FAILURE_COOLDOWN_HALF_LIFE_S = 30.0
 
 
 class PoolError(ValueError):
@@ -92,6 +105,27 @@ class Reputation:
 
 
 @dataclass
+class Cooldown:
+    """Recent failures, decayed to the time of asking: `penalty` >= 1 multiplies a score."""
+
+    half_life: float = FAILURE_COOLDOWN_HALF_LIFE_S
+    failures: float = 0.0
+    updated_at: float = 0.0
+
+    def record(self, now: float, weight: float = 1.0) -> None:
+        self.failures = self._decayed(now) + weight
+        self.updated_at = max(self.updated_at, now)
+
+    def penalty(self, now: float) -> float:
+        return 1.0 + FAILURE_PENALTY * self._decayed(now) if self.failures else 1.0
+
+    def _decayed(self, now: float) -> float:
+        if now <= self.updated_at:
+            return self.failures
+        return self.failures * 0.5 ** ((now - self.updated_at) / self.half_life)
+
+
+@dataclass
 class WorkerState:
     """Everything placement needs to know about one worker."""
 
@@ -103,7 +137,10 @@ class WorkerState:
     work_topic: str = ""
     enabled: bool = True  # False while the worker reports STARTING/DISABLED
     draining: bool = False
-    reported_running: int = 0  # the worker's own count, from heartbeats
+    reported_running: int = 0  # the worker's own count, from its last heartbeat
+    # Requests the worker runs that are not our leases (another scheduler instance's, or ones
+    # we took back that it still runs): what its last heartbeat reported beyond our leases.
+    foreign: int = 0
     heartbeat_seq: int | None = None
     verdict_id: str | None = None
     verdict_expires_at: float | None = None  # only accepted verdicts are stored
@@ -113,13 +150,18 @@ class WorkerState:
         default_factory=lambda: DecayedAverage(half_life=DURATION_HALF_LIFE_S)
     )
     reputation: Reputation = field(default_factory=Reputation)
+    cooldown: Cooldown = field(default_factory=Cooldown)
     receipts_rejected: int = 0
+    # When our leases on it ended lately: a heartbeat sent before one ended still counted it.
+    released_at: deque[float] = field(default_factory=deque)
+    # (models, coefficient, has a free slot) as last entered in the indexes; None = in none.
+    indexed: tuple[frozenset[str], int, bool] | None = None
 
     @property
     def running(self) -> int:
-        # Our leases are authoritative for what we sent; the worker may know of more
-        # (e.g. a previous scheduler instance's work), so take the larger.
-        return max(len(self.leases), self.reported_running)
+        # Our leases are authoritative for what we sent, the moment we send or free it; the
+        # heartbeat only adds what the worker runs beyond them.
+        return len(self.leases) + self.foreign
 
     def verdict_valid(self, now: float) -> bool:
         return self.verdict_expires_at is not None and self.verdict_expires_at > now
@@ -150,13 +192,18 @@ class WorkerPool:
         *,
         heartbeat_ttl: float = HEARTBEAT_TTL_S,
         prior_duration: float = PRIOR_DURATION_S,
+        seed: int | None = None,
     ) -> None:
         self.heartbeat_ttl = heartbeat_ttl
         self.prior_duration = prior_duration
+        self.rng = random.Random(seed)  # placement's samples; seeded for reproducible runs
         self._workers: dict[str, WorkerState] = {}
         # Verdicts may arrive before the first heartbeat (separate topics); keep them for later.
         self._pending_verdicts: dict[str, tuple[str, float, frozenset[str]]] = {}
         self._leases: dict[str, Lease] = {}
+        self._indexes: dict[str, ModelIndex] = {}
+        self._advertised: dict[str, int] = {}  # model -> workers advertising it
+        self._durations: dict[str, MeanOfAverages] = {}  # model -> mean of workers' averages
 
     # ---- worker facts -------------------------------------------------------------------
 
@@ -174,14 +221,19 @@ class WorkerPool:
         running: int = 0,
         seq: int | None = None,
     ) -> WorkerState:
-        """Register or refresh a worker. A heartbeat with an older `seq` is ignored."""
+        """Register or refresh a worker. A heartbeat with an older `seq` is ignored.
+
+        `running` is the worker's count when it sent the heartbeat at `now`. Our leases granted
+        by then, and those that ended after it, are requests it counted; only the rest is
+        added to our leases (`foreign`), so a slot we freed since is free at once.
+        """
         if capacity < 0 or coefficient < 0 or running < 0:
             raise PoolError("capacity, coefficient and running must be >= 0")
         state = self._workers.get(worker_id)
         if state is None:
             state = WorkerState(
                 worker_id=worker_id,
-                models=frozenset(models),
+                models=frozenset(),
                 capacity=capacity,
                 coefficient=coefficient,
                 last_heartbeat=now,
@@ -199,16 +251,29 @@ class WorkerPool:
             # A lower seq while the worker is alive is a reordered heartbeat; once it has gone
             # silent, a lower seq is a restarted worker process (seq restarts) and is accepted.
             return state
-        state.models = frozenset(models)
+        self._advertise(state, frozenset(models))
         state.capacity = capacity
         state.coefficient = coefficient
         state.work_topic = work_topic
         state.enabled = enabled
         state.draining = draining
         state.reported_running = running
+        state.foreign = max(0, running - self._ours_counted_at(state, now))
         state.heartbeat_seq = seq
         state.last_heartbeat = max(state.last_heartbeat, now)
+        self._reindex(state)
         return state
+
+    def _ours_counted_at(self, state: WorkerState, sent_at: float) -> int:
+        """How many of our requests a heartbeat sent at `sent_at` may have counted."""
+        while state.released_at and state.released_at[0] <= sent_at:
+            state.released_at.popleft()  # ended before it was sent: not counted, nor later
+        granted = sum(
+            1
+            for rid in state.leases
+            if (lease := self._leases.get(rid)) is not None and lease.granted_at <= sent_at
+        )
+        return granted + len(state.released_at)
 
     def accept_verdict(
         self, worker_id: str, verdict_id: str, expires_at: float, models: Iterable[str]
@@ -220,6 +285,7 @@ class WorkerPool:
             self._pending_verdicts[worker_id] = entry
             return
         state.verdict_id, state.verdict_expires_at, state.verdict_models = entry
+        self._reindex(state)
 
     def revoke_verdict(self, worker_id: str) -> None:
         """A rejected or withdrawn verdict: the worker gets no new work from now on."""
@@ -228,19 +294,32 @@ class WorkerPool:
         if state is not None:
             state.verdict_id, state.verdict_expires_at = None, None
             state.verdict_models = frozenset()
+            self._reindex(state)
 
     def set_draining(self, worker_id: str, draining: bool = True) -> None:
-        self._get(worker_id).draining = draining
+        state = self._get(worker_id)
+        state.draining = draining
+        self._reindex(state)
+
+    def set_coefficient(self, worker_id: str, coefficient: int) -> None:
+        """The price placement uses for this worker from now on (until it heartbeats another)."""
+        state = self._get(worker_id)
+        state.coefficient = coefficient
+        self._reindex(state)
 
     def remove(self, worker_id: str) -> None:
-        self._workers.pop(worker_id, None)
+        state = self._workers.pop(worker_id, None)
         self._pending_verdicts.pop(worker_id, None)
+        if state is not None:
+            self._unindex(state)
+            self._advertise(state, frozenset())
 
     def receipt_rejected(self, worker_id: str, now: float) -> None:
         """Billing refused a usage receipt signed by this worker."""
         state = self._get(worker_id)
         state.receipts_rejected += 1
         state.reputation.record(now, success=False, weight=REJECTED_RECEIPT_WEIGHT)
+        state.cooldown.record(now, weight=REJECTED_RECEIPT_WEIGHT)
 
     # ---- queries ------------------------------------------------------------------------
 
@@ -277,17 +356,27 @@ class WorkerPool:
                     counts[model] = counts.get(model, 0) + 1
         return dict(sorted(counts.items()))
 
+    def advertised(self, model: str) -> bool:
+        """Some worker we know of advertises `model` (placeable or not)."""
+        return model in self._advertised
+
+    def index(self, model: str) -> ModelIndex:
+        """Workers that could serve `model`, and those of them with a free slot (index.py)."""
+        return self._indexes.get(model) or ModelIndex()
+
+    def set_aside(self, state: WorkerState) -> None:
+        """Out of every index until its next record: placement found its verdict expired or
+        its heartbeat stale, which no record announces."""
+        self._unindex(state)
+
     def expected_duration(self, state: WorkerState, model: str) -> float:
         """The worker's decayed average duration; without history, the mean of its peers'."""
         own = state.duration.value()
         if own is not None:
             return own
-        peers = [
-            v
-            for w in self._workers.values()
-            if model in w.models and (v := w.duration.value()) is not None
-        ]
-        return sum(peers) / len(peers) if peers else self.prior_duration
+        peers = self._durations.get(model)
+        mean = peers.value() if peers is not None else None
+        return mean if mean is not None else self.prior_duration
 
     # ---- leases -------------------------------------------------------------------------
 
@@ -313,6 +402,7 @@ class WorkerPool:
         )
         self._leases[request_id] = lease
         state.leases.add(request_id)
+        self._reindex(state)
         return lease
 
     def lease(self, request_id: str) -> Lease | None:
@@ -332,19 +422,24 @@ class WorkerPool:
 
         Unknown ids return None, so a replayed outcome changes nothing.
         """
-        lease = self._release(request_id)
+        lease = self._release(request_id, now)
         if lease is None:
             return None
         state = self._workers.get(lease.worker_id)
         if state is not None:
             if success:
+                before = state.duration.value()
                 state.duration.add(max(0.0, now - lease.granted_at), now)
+                for model in state.models:
+                    self._durations[model].replace(before, state.duration.value())
+            else:
+                state.cooldown.record(now)
             state.reputation.record(now, success=success)
         return lease
 
-    def release(self, request_id: str) -> Lease | None:
+    def release(self, request_id: str, now: float) -> Lease | None:
         """Free the slot without learning anything (the client cancelled, not the worker)."""
-        return self._release(request_id)
+        return self._release(request_id, now)
 
     def expired_leases(self, now: float) -> list[Lease]:
         """Leases with no first chunk by their deadline, oldest first: place them again."""
@@ -357,17 +452,15 @@ class WorkerPool:
             key=lambda le: (le.first_chunk_deadline, le.request_id),
         )
 
-    def orphaned_leases(self, now: float) -> list[Lease]:
-        """Started leases whose worker stopped heartbeating: the stream cannot finish."""
+    def silent_leases(self, now: float) -> list[Lease]:
+        """Leases whose worker stopped heartbeating, by request id: a started stream cannot
+        finish, an unstarted one should go elsewhere. Walks the leases, not the pool."""
         return sorted(
             (
                 le
                 for le in self._leases.values()
-                if le.started
-                and (
-                    (w := self._workers.get(le.worker_id)) is None
-                    or not self.heartbeat_fresh(w, now)
-                )
+                if (w := self._workers.get(le.worker_id)) is None
+                or not self.heartbeat_fresh(w, now)
             ),
             key=lambda le: le.request_id,
         )
@@ -376,11 +469,55 @@ class WorkerPool:
         """Take back an expired or orphaned lease; it counts against the worker's reputation."""
         return self.finish(request_id, now, success=False)
 
-    def _release(self, request_id: str) -> Lease | None:
+    def _release(self, request_id: str, now: float) -> Lease | None:
         lease = self._leases.pop(request_id, None)
         if lease is not None and (state := self._workers.get(lease.worker_id)) is not None:
             state.leases.discard(request_id)
+            state.released_at.append(now)
+            self._reindex(state)
         return lease
+
+    # ---- indexes ------------------------------------------------------------------------
+
+    def _advertise(self, state: WorkerState, models: frozenset[str]) -> None:
+        """Move the worker's advertised models (and its duration) to `models`."""
+        own = state.duration.value()
+        for model in state.models - models:
+            self._advertised[model] -= 1
+            if not self._advertised[model]:
+                del self._advertised[model]
+            self._durations[model].replace(own, None)
+        for model in models - state.models:
+            self._advertised[model] = self._advertised.get(model, 0) + 1
+            self._durations.setdefault(model, MeanOfAverages()).replace(None, own)
+        state.models = models
+
+    def _reindex(self, state: WorkerState) -> None:
+        """Put the worker where it belongs in the placement indexes (time aside)."""
+        eligible = state.verdict_id is not None and state.enabled and not state.draining
+        models = state.models & state.verdict_models if eligible else frozenset()
+        wanted = (models, state.coefficient, state.running < state.capacity) if models else None
+        if wanted == state.indexed or state.worker_id not in self._workers:
+            return
+        self._unindex(state)
+        if wanted is None:
+            return
+        for model in models:
+            index = self._indexes.setdefault(model, ModelIndex())
+            index.members.add(state.worker_id, state.coefficient)
+            if wanted[2]:
+                index.free.add(state.worker_id, state.coefficient)
+        state.indexed = wanted
+
+    def _unindex(self, state: WorkerState) -> None:
+        if state.indexed is None:
+            return
+        models, coefficient, _ = state.indexed
+        for model in models:
+            index = self._indexes[model]
+            index.members.discard(state.worker_id, coefficient)
+            index.free.discard(state.worker_id, coefficient)
+        state.indexed = None
 
     def _get(self, worker_id: str) -> WorkerState:
         state = self._workers.get(worker_id)
