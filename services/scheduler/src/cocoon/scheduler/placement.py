@@ -80,11 +80,19 @@ def choose_worker(
     max_coefficient: int,
     now: float,
     exclude: Collection[str] = frozenset(),
+    only: Collection[str] = frozenset(),
 ) -> Placement | NoPlacement:
+    """`only`, when not empty: the workers a client-sealed request can be opened by."""
     candidates = pool.workers(model)
     if not candidates:
         return NoPlacement(NoPlacementReason.UNKNOWN_MODEL, model)
-    ready = [w for w in candidates if w.worker_id not in exclude and pool.placeable(w, model, now)]
+    ready = [
+        w
+        for w in candidates
+        if w.worker_id not in exclude
+        and (not only or w.worker_id in only)
+        and pool.placeable(w, model, now)
+    ]
     if not ready:
         return NoPlacement(NoPlacementReason.NO_ATTESTED_WORKER, model)
     free = [w for w in ready if w.running < w.capacity]
