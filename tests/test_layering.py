@@ -21,6 +21,7 @@ DISTRIBUTIONS = sorted(p.name for p in SERVICES_DIR.iterdir() if (p / "pyproject
 OPTIONAL_IMPORTS = {
     "testcontainers": "cocoon.core.kafka.provider: the Docker-based broker, dev only",
     "llama_cpp": "cocoon.network.engine_server: the CPU engine, installed beside the network",
+    "typer": "cocoon.client.cocoon_cli: `cocoon client`, loaded only by cocoon-core's CLI",
 }
 
 

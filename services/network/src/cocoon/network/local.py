@@ -48,6 +48,7 @@ class LocalNetwork:
     # account -> dev grant in nanoTON; each account gets an API key (the first is the demo's).
     grants: dict[str, int] = field(default_factory=lambda: {DEMO_ACCOUNT: DEMO_BALANCE_NANOTON})
     api_keys: dict[str, str] = field(default_factory=dict)
+    client_config_path: Path | None = None
 
     @property
     def api_key(self) -> str:
@@ -94,6 +95,7 @@ class LocalNetwork:
             self._start_worker(index, common)
         self._wait_for(self._model_listed, "the first attested worker", ready_timeout_s)
         save_demo(self.api_key, self.gateway_url)
+        self.client_config_path = write_dev_client_config(self.gateway_url)
 
     def _start_broker(self) -> None:
         external = os.environ.get("COCOON_KAFKA_BOOTSTRAP")
@@ -226,6 +228,29 @@ class LocalNetwork:
 
 class NetworkError(RuntimeError):
     pass
+
+
+def write_dev_client_config(gateway_url: str) -> Path:
+    """The client configuration for this development network, for its gateway only: the
+    registry key `cocoon registry` signs with, and the simulated TDX root, marked as a
+    development root (the client says so on start and in every response)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from cocoon.attestation.registry_signing import load_registry_key
+    from cocoon.attestation.simtdx import SimTdx
+    from cocoon.client.config import ClientConfig, gateway_config_path, write_config
+    from cocoon.client.roots import INTEL_ROOT, TrustRoot
+
+    sim = SimTdx.load_or_create()
+    root = TrustRoot.from_pem(
+        "cocoon-up-simulated-tdx", sim.root_cert.public_bytes(Encoding.PEM), development=True
+    )
+    config = ClientConfig(
+        load_registry_key(create=False).public, (INTEL_ROOT, root), gateway=gateway_url
+    )
+    path = gateway_config_path(gateway_url)
+    write_config(path, config)
+    return path
 
 
 def _sha256_file(path: Path) -> str:
