@@ -99,9 +99,14 @@ class SealedSession:
         collateral = await self.api.collateral(fmspc)
         return self.verifier.verify(evidence, collateral, registry, model)
 
-    async def candidates(self, model: str) -> list[Candidate]:
+    async def candidates(self, model: str, api_key: str | None = None) -> list[Candidate]:
         checks = await self.verify_workers(model)
         accepted = [c for c in checks if c.accepted and c.claims is not None]
+        if not checks:
+            # Nothing offered: the gateway says whether the model exists at all (404).
+            response = await self.api.models(f"/v1/models/{model}", api_key=api_key)
+            if response.status_code in (401, 404):
+                raise GatewayError(response.status_code, response.json())
         if not accepted:
             raise NoTrustedWorker(model, {c.worker_id: c.reason for c in checks})
         out = []
@@ -122,7 +127,7 @@ class SealedSession:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise WireError("the request names no model")
-        candidates = await self.candidates(model)
+        candidates = await self.candidates(model, api_key)
         engine_body = {k: v for k, v in body.items() if k not in EXTENSIONS}
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
         engine_body.pop("max_completion_tokens", None)
