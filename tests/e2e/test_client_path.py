@@ -204,9 +204,9 @@ async def test_canary_never_reaches_the_gateway_or_the_bus_in_clear(
 
 def test_failover_completes_on_another_candidate_without_resending_and_charges_once(
     network,
-    bus,
-    restore_workers,
-    proxy,  # noqa: F811 (fixtures from test_failures)
+    bus,  # noqa: F811 (the fixture from test_failures)
+    restore_workers,  # noqa: F811 (the fixture from test_failures)
+    proxy,
 ):
     since = now_ms()
     proxy.session.api._workers.ttl_s = 0  # verify with the workers as they are now
