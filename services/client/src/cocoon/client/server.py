@@ -100,7 +100,15 @@ class ProxyServer:
         head.append("Connection: close")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         try:
-            async for part in response.aiter_raw():
+            try:
+                whole = response.content  # built whole (JSON answers and errors)
+            except httpx.ResponseNotRead:
+                whole = None
+            if whole is not None:
+                writer.write(whole)
+                await writer.drain()
+                return
+            async for part in response.aiter_raw():  # a stream, relayed as it is opened
                 writer.write(part)
                 await writer.drain()
         finally:
