@@ -7,6 +7,7 @@ registry entries); the client verifies with its own code only.
 from __future__ import annotations
 
 import hashlib
+import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +79,16 @@ class SimWorker:
     def evidence(self, **quote_knobs: Any) -> Evidence:
         report_data = hashlib.sha512(self.claims).digest()
         return Evidence(self.worker_id, self.claims, self.sim.quote(report_data, **quote_knobs))
+
+
+def sgx_quote(pck_chain_pem: bytes) -> bytes:
+    """An SGX quote (v3, TEE type 0, ECDSA-P256) in the real layout, signatures zeroed: the
+    client must refuse it as non-TDX evidence before any signature is looked at."""
+    header = struct.pack("<HHIHH", 3, 2, 0, 0, 0) + bytes(16) + bytes(20)
+    qe_auth = struct.pack("<H", 32) + bytes(32)
+    cert = struct.pack("<HI", 5, len(pck_chain_pem)) + pck_chain_pem
+    signature_data = bytes(64 + 64 + 384 + 64) + qe_auth + cert
+    return header + bytes(384) + struct.pack("<I", len(signature_data)) + signature_data
 
 
 def dev_config(sim: SimTdx, registry_key: ServiceKey, *, dev_root: bool = True) -> ClientConfig:

@@ -5,8 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import dcap_qvl
 import pytest
-from client_support import IMAGE, MODEL, SimWorker, allow_all, dev_config, registry_entry
+from client_support import (
+    IMAGE,
+    MODEL,
+    SimWorker,
+    allow_all,
+    dev_config,
+    registry_entry,
+    sgx_quote,
+)
 
 from cocoon.attestation.simtdx import SimTdx
 from cocoon.attestation.verdicts import ServiceKey
@@ -124,6 +133,16 @@ def test_a_quote_chaining_to_a_root_other_than_intels_is_refused(
 ) -> None:
     reason = refusal(sim, registry_key, worker.evidence(), dev_root=False)
     assert reason.startswith("root: PCK chain ends at") and "does not trust" in reason, reason
+
+
+def test_an_sgx_quote_is_refused_as_non_tdx_evidence(
+    sim: SimTdx, registry_key: ServiceKey, worker: SimWorker
+) -> None:
+    chain = dcap_qvl.parse_quote(worker.evidence().tdx_quote).cert_chain_pem_bytes()
+    sgx = Evidence(worker.worker_id, worker.claims, sgx_quote(chain))
+    assert dcap_qvl.parse_quote(sgx.tdx_quote).is_sgx()
+    reason = refusal(sim, registry_key, sgx)
+    assert reason == "format: not TDX evidence: a SGX quote", reason
 
 
 def test_garbage_instead_of_a_quote_is_a_refusal_not_a_crash(
