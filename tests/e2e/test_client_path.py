@@ -249,3 +249,36 @@ def test_failover_completes_on_another_candidate_without_resending_and_charges_o
     assert entry.kind == "charge"
     assert sum(1 for e in entries if e.entry_id == f"charge:{request_id}") == 1
     time.sleep(0)  # keep the recorder thread's bytes stable before the fixture closes
+
+
+def test_cocoon_client_verify_and_receipts(network, proxy):
+    import json
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "cocoon.client.cli"]
+    verify = subprocess.run(
+        [*run, "verify", "--gateway", network.gateway_url, "--model", SMOLLM2_MODEL, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stderr
+    report = json.loads(verify.stdout)
+    assert {w["worker_id"] for w in report["workers"]} == set(network.worker_ids)
+    for worker in report["workers"]:
+        assert worker["accepted"] and worker["development_root"], worker
+        assert worker["tcb_status"] == "UpToDate" and worker["image_hash"]
+        assert {c["name"] for c in worker["checks"]} >= {"report_data", "measurements"}
+    table = subprocess.run(
+        [*run, "verify", "--gateway", network.gateway_url, "--model", SMOLLM2_MODEL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0 and "development root" in table.stderr
+    assert all(w in table.stdout for w in network.worker_ids)
+    receipts = subprocess.run([*run, "receipts", "--json"], capture_output=True, text=True)
+    assert receipts.returncode == 0
+    kept = json.loads(receipts.stdout)
+    assert kept and all(r["signature"] and r["signing_key"] for r in kept)
