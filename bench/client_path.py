@@ -58,6 +58,39 @@ def summary(path: str, samples: list, extra: dict | None = None) -> dict:
     }
 
 
+def time_phases(session) -> dict[str, list[float]]:
+    """Wrap the session's steps: candidates (fetch + verify, usually cached) and the sealed
+    POST up to its first chunk (the gateway's relay, the worker, the engine)."""
+    phases: dict[str, list[float]] = {"candidates_ms": [], "post_to_first_chunk_ms": []}
+    candidates, send = session.candidates, session.api.send
+
+    async def timed_candidates(*a, **kw):
+        started = time.perf_counter()
+        try:
+            return await candidates(*a, **kw)
+        finally:
+            phases["candidates_ms"].append((time.perf_counter() - started) * 1000)
+
+    async def timed_send(*a, **kw):
+        started, first = time.perf_counter(), True
+        async for chunk in send(*a, **kw):
+            if first:
+                phases["post_to_first_chunk_ms"].append((time.perf_counter() - started) * 1000)
+                first = False
+            yield chunk
+
+    session.candidates, session.api.send = timed_candidates, timed_send
+    return phases
+
+
+def phase_summary(phases: dict[str, list[float]], warmup: int) -> dict:
+    out: dict = {"bench": "client_path_phases"}
+    for name, values in phases.items():
+        kept = values[warmup:] or values
+        out[name] = {"p50": round(percentile(kept, 0.5), 2), "p90": round(percentile(kept, 0.9), 2)}
+    return out
+
+
 async def verification_cost(session, rounds: int) -> dict:
     from cocoon.client.registry import RegistryView
     from cocoon.client.verify import WorkerVerifier
@@ -93,6 +126,7 @@ async def run(args: argparse.Namespace, network) -> None:
     session = SealedSession(
         network.gateway_url, network.api_key, load_config(gateway=network.gateway_url)
     )
+    phases = time_phases(session)
     proxy = ProxyServer(SealingTransport(session), "127.0.0.1", 0)
     await proxy.start()
     paths = {
@@ -119,6 +153,7 @@ async def run(args: argparse.Namespace, network) -> None:
         print(
             json.dumps(summary(name, got, {"engine": args.engine, "max_tokens": args.max_tokens}))
         )
+    print(json.dumps(phase_summary(phases, args.warmup)))
     print(json.dumps(await verification_cost(session, args.verify_rounds)))
     await proxy.stop()
     await session.aclose()

@@ -60,7 +60,7 @@ class GatewayApi:
         api_key: str,
         http: httpx.AsyncClient,
         *,
-        workers_ttl_s: float = 2.0,
+        workers_ttl_s: float = 10.0,
         registry_ttl_s: float = 30.0,
         collateral_ttl_s: float = 600.0,
     ) -> None:
