@@ -6,6 +6,7 @@ registry entries); the client verifies with its own code only.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 import time
@@ -37,8 +38,6 @@ def registry_entry(
     entry_id: str | None = None,
 ) -> dict[str, Any]:
     """A signed entry in the JSON form the gateway serves."""
-    import base64
-
     prefix = {"IMAGE": "image", "MODEL": "model", "TCB_STATUS": "tcb"}[kind]
     fields = {
         "entry_id": entry_id or f"{prefix}:{subject}",

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from cocoon.client.errors import ConfigError
 from cocoon.client.roots import INTEL_ROOT, TrustRoot
 
@@ -82,9 +85,6 @@ class ClientConfig:
         return cls(key, tuple(roots), doc.get("gateway"), age, source)
 
     def to_dict(self) -> dict[str, Any]:
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         roots: list[Any] = []
         for root in self.roots:
             if root == INTEL_ROOT:

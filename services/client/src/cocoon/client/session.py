@@ -12,6 +12,7 @@ never sealed to, and `NoTrustedWorker` says why for each one.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import uuid
@@ -45,8 +46,6 @@ class Candidate:
 
 
 def _b64(value: str | None) -> bytes:
-    import base64
-
     return base64.b64decode(value or "", validate=True)
 
 
