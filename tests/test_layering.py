@@ -22,6 +22,7 @@ OPTIONAL_IMPORTS = {
     "testcontainers": "cocoon.core.kafka.provider: the Docker-based broker, dev only",
     "llama_cpp": "cocoon.network.engine_server: the CPU engine, installed beside the network",
     "jinja2": "cocoon.network.engine_server: the engine's chat templates (llama-cpp-python's)",
+    "typer": "cocoon.client.cocoon_cli: `cocoon client`, loaded only by cocoon-core's CLI",
 }
 
 

@@ -139,3 +139,30 @@ def test_registry_commands(tmp_path: Path) -> None:
     assert json.loads(runner.invoke(registry_app, ["show", *f]).output)["image_hashes"] == [
         "ab" * 32
     ]
+
+
+def test_an_sgx_quote_with_sgx_collateral_is_a_rejection_not_a_usage_error(
+    sim, tmp_path: Path
+) -> None:
+    import struct
+
+    import dcap_qvl
+
+    chain = dcap_qvl.parse_quote(sim.quote(bytes(64))).cert_chain_pem_bytes()
+    header = struct.pack("<HHIHH", 3, 2, 0, 0, 0) + bytes(36)  # v3, ECDSA-P256, TEE type SGX
+    cert = struct.pack("<HI", 5, len(chain)) + chain
+    signature = bytes(576) + struct.pack("<H", 32) + bytes(32) + cert
+    quote = tmp_path / "sgx.dat"
+    quote.write_bytes(header + bytes(384) + struct.pack("<I", len(signature)) + signature)
+    doc = dict(sim.collateral().doc)
+    tcb = json.loads(doc["tcb_info"])
+    doc["tcb_info"] = json.dumps({**tcb, "id": "SGX"})  # SGX collateral: not TDX collateral
+    collateral = tmp_path / "sgx-collateral.json"
+    collateral.write_text(json.dumps(doc))
+    res = runner.invoke(
+        attest_app, ["verify", str(quote), "--collateral", str(collateral), "--json"]
+    )
+    assert res.exit_code == 1, res.output
+    verdict = json.loads(res.output)
+    assert verdict["stage"] == "format" and not verdict["accepted"]
+    assert "TDX" in verdict["reason"], verdict["reason"]

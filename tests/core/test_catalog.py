@@ -33,6 +33,8 @@ EXPECTED = {
     "attestation.evidence",
     "attestation.verdicts",
     "attestation.registry",
+    "attestation.attested",
+    "attestation.collateral",
     "worker.heartbeats",
     "billing.ledger",
     "billing.balances",
@@ -65,7 +67,13 @@ def test_record_and_versions_exist_and_services_are_known(name):
 
 def test_compacted_topics_are_the_state_topics():
     compacted = {n for n, s in CATALOG.items() if s.compacted}
-    assert compacted == {"attestation.verdicts", "attestation.registry", "billing.balances"}
+    assert compacted == {
+        "attestation.verdicts",
+        "attestation.registry",
+        "attestation.attested",
+        "attestation.collateral",
+        "billing.balances",
+    }
     assert CATALOG["attestation.verdicts"].key == "worker_id"
     assert CATALOG["billing.balances"].key == "account_id"
 

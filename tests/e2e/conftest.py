@@ -22,6 +22,9 @@ def network(kafka_bootstrap, tmp_path_factory) -> Iterator[LocalNetwork]:
         "COCOON_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "COCOON_TOPIC_PREFIX": f"e2e{uuid.uuid4().hex[:6]}.",
         "COCOON_CACHE_DIR": str(tmp_path_factory.mktemp("cocoon-cache")),
+        # Where `cocoon up` writes the development client configuration (tests/e2e/
+        # test_client_path.py) and the client keeps its receipts.
+        "COCOON_CONFIG_DIR": str(tmp_path_factory.mktemp("cocoon-client-config")),
         # Short, explicit waits so the failure tests (test_failures.py) stay quick and can
         # assert against the configured values.
         "COCOON_NO_WORKER_WAIT_SECONDS": "3",

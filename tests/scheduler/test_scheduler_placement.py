@@ -81,6 +81,18 @@ def test_stale_heartbeat_draining_and_excluded_are_not_ready():
     assert choose_worker(pool, "m", 4000, NOW).worker_id == "tried"
 
 
+def test_a_client_sealed_request_goes_only_to_its_candidates():
+    pool = WorkerPool()
+    _add(pool, "fast")
+    _add(pool, "slow")
+    _train(pool, "fast", 1.0)
+    _train(pool, "slow", 4.0)
+    assert choose_worker(pool, "m", 4000, NOW).worker_id == "fast"
+    assert choose_worker(pool, "m", 4000, NOW, only={"slow"}).worker_id == "slow"
+    result = choose_worker(pool, "m", 4000, NOW, exclude={"slow"}, only={"slow"})
+    assert result.reason is NoPlacementReason.NO_ATTESTED_WORKER
+
+
 def test_all_busy():
     pool = WorkerPool()
     _add(pool, "a", capacity=1)

@@ -92,16 +92,29 @@ def verify_cmd(
     if (collateral is None) == (pccs is None):
         raise _fail("give exactly one of --collateral FILE or --pccs URL")
     when = int(time.time()) if at is None else at
+    raw = _read_quote(quote)
+    try:
+        parse_quote(raw)
+        tdx = True
+    except QuoteFormatError:
+        # Not a TDX quote (an SGX quote, say): a rejection at `format`, whatever collateral
+        # came with it (SGX collateral does not load as TDX collateral, which is no misuse).
+        tdx = False
     try:
         pol = Policy.from_file(policy) if policy else Policy.production()
-        source = BundleSource.from_file(collateral) if collateral else PcsSource(str(pccs))
+        if not tdx:
+            source: BundleSource | PcsSource = BundleSource([])
+        elif collateral:
+            source = BundleSource.from_file(collateral)
+        else:
+            source = PcsSource(str(pccs))
         claim_obj = Claims.from_dict(json.loads(claims.read_text())) if claims else None
     except (PolicyError, CollateralError, ClaimsError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     book = NonceBook()
     if nonce:
         book.add(bytes.fromhex(nonce), when)
-    verdict = Verifier(pol, source, book).verify(_read_quote(quote), claim_obj, when)
+    verdict = Verifier(pol, source, book).verify(raw, claim_obj, when)
     if as_json:
         typer.echo(json.dumps(verdict.to_dict(), indent=2))
     else:

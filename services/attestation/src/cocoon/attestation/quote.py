@@ -379,11 +379,12 @@ def _parse_header(rd: _Reader) -> QuoteHeader:
     pce_svn = rd.u16("PCE SVN")
     vendor = rd.take(16, "QE vendor id")
     user_data = rd.take(20, "user data")
-    if version not in (4, 5):
-        raise QuoteFormatError(f"unsupported quote version {version} (supported: 4, 5)")
+    # The TEE type first: an SGX quote (v3 or v4) is named as such, not as a bad version.
     if tee_type != TEE_TYPE_TDX:
         name = "SGX" if tee_type == TEE_TYPE_SGX else "unknown"
         raise QuoteFormatError(f"wrong TEE type {tee_type:#x} ({name}); expected TDX (0x81)")
+    if version not in (4, 5):
+        raise QuoteFormatError(f"unsupported quote version {version} (supported: 4, 5)")
     if att_key_type != ATT_KEY_ECDSA_P256:
         raise QuoteFormatError(
             f"unsupported attestation key type {att_key_type} (supported: 2, ECDSA P-256)"

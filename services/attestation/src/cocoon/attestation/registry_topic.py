@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ from typing import Any
 from cocoon.attestation.policy import MeasurementSet, PolicyError
 from cocoon.attestation.registry import Registry, RegistryError
 from cocoon.attestation.registry_mirror import CompactedMirror
+from cocoon.attestation.registry_signing import load_registry_key, sign_entry
+from cocoon.attestation.verdicts import ServiceKey
 from cocoon.core.bus import BusProducer
 from cocoon.core.codec import models
 from cocoon.core.registry_entries import (
@@ -259,8 +262,11 @@ async def publish_registry(
     *,
     prefix: str | None = None,
     updated_by: str | None = None,
+    key: ServiceKey | None = None,
 ) -> tuple[RegistryState, list[Entry]]:
-    """Read the registry, apply `change` to a copy, publish the difference; (state, entries)."""
+    """Read the registry, apply `change` to a copy, publish the difference, each entry signed
+    with the registry key (`key`, else `load_registry_key()`); return (state, entries)."""
+    key = key or load_registry_key()
     state = await read_registry(bootstrap, prefix=prefix)
     new = Registry.from_dict(state.registry.to_dict())
     change(new)
@@ -269,16 +275,18 @@ async def publish_registry(
     async with BusProducer(bootstrap, client_id="cocoon-registry", prefix=prefix) as producer:
         for entry in entries:
             state.version += 1
-            record = models.RegistryEntry(
-                entry_id=entry.entry_id,
-                kind=entry.kind,
-                subject=entry.subject,
-                allowed=entry.allowed,
-                attributes=entry.attributes,
-                version=state.version,
-                updated_by=who,
-                updated_at=datetime.now(UTC),
-            )
+            fields = {
+                "entry_id": entry.entry_id,
+                "kind": entry.kind,
+                "subject": entry.subject,
+                "allowed": entry.allowed,
+                "attributes": entry.attributes,
+                "version": state.version,
+                "updated_by": who,
+                # Whole milliseconds: the signature covers unix ms, and the topic stores ms.
+                "updated_at": datetime.fromtimestamp(int(time.time() * 1000) / 1000, UTC),
+            }
+            record = models.RegistryEntry(**fields, signature=sign_entry(key, fields))
             await producer.send(REGISTRY_TOPIC, record)
             state.update(entry.entry_id, record)
     return state, entries

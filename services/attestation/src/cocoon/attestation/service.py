@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +28,12 @@ from prometheus_client import Counter
 from pydantic import Field, model_validator
 
 from cocoon.attestation.claims import Claims, ClaimsError
-from cocoon.attestation.collateral import BundleSource, CollateralSource, PcsSource
+from cocoon.attestation.collateral import (
+    BundleSource,
+    CollateralError,
+    CollateralSource,
+    PcsSource,
+)
 from cocoon.attestation.gpu.report import GpuEvidenceError
 from cocoon.attestation.gpu.verify import (
     GpuEvidence,
@@ -36,7 +43,9 @@ from cocoon.attestation.gpu.verify import (
     gpu_nonce,
 )
 from cocoon.attestation.policy import MeasurementSet, Policy
+from cocoon.attestation.quote import QuoteFormatError, parse_quote
 from cocoon.attestation.registry_mirror import CompactedMirror
+from cocoon.attestation.registry_signing import UnsignedEntry, check_entry, load_registry_key
 from cocoon.attestation.registry_topic import REGISTRY_TOPIC, RegistryState
 from cocoon.attestation.replay import ChallengeBook, SeenClaims
 from cocoon.attestation.simtdx import SimTdx
@@ -60,6 +69,8 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_TOPIC = Topic.ATTESTATION_EVIDENCE
 VERDICTS_TOPIC = Topic.ATTESTATION_VERDICTS
+ATTESTED_TOPIC = Topic.ATTESTATION_ATTESTED
+COLLATERAL_TOPIC = Topic.ATTESTATION_COLLATERAL
 INTEL_PCS = "https://api.trustedservices.intel.com"
 
 VERDICTS = Counter(
@@ -84,6 +95,11 @@ class Settings(ServiceSettings):
         None, description="GPU policy JSON (RIM and OCSP: files or URLs); default NVIDIA online"
     )
     evidence_group: str = Group.ATTESTATION
+    registry_public_key: str = Field(
+        "",
+        description="hex Ed25519 key that signs registry entries; default: the .pub of the "
+        "registry key file (COCOON_REGISTRY_KEY_FILE), created in development",
+    )
 
     @model_validator(mode="after")
     def _simulated_only_in_dev(self) -> Settings:
@@ -154,6 +170,11 @@ class AttestationService(Service):
         self.key = key or ServiceKey.load(
             settings.service_key_file or default_key_path(), create=settings.create_service_key
         )
+        self.registry_key = (
+            bytes.fromhex(settings.registry_public_key)
+            if settings.registry_public_key
+            else load_registry_key(create=settings.create_service_key).public
+        )
         self.clock = clock
         self.ttl_seconds = int(settings.verdict_ttl_hours * 3600)
         self.registry = RegistryState()
@@ -164,6 +185,7 @@ class AttestationService(Service):
         self.last_evidence: dict[str, str] = {}  # worker -> evidence id of its latest verdict
         # worker -> verdict id of a TRUSTED verdict this process issued with verified GPU evidence
         self.gpu_verified: dict[str, str] = {}
+        self._published_collateral: dict[str, str] = {}  # fmspc -> digest of what we sent
         self._lock = asyncio.Lock()  # registry changes and verify+publish never interleave
         self.producer: BusProducer | None = None
         self.consumer: BusConsumer | None = None
@@ -246,6 +268,7 @@ class AttestationService(Service):
             now = self.clock()
             verdict = await self._judge(ev, int(now))
             await self._publish(verdict)
+            await self._publish_evidence(ev, verdict, int(now))
 
     async def _judge(self, ev: Any, at: int) -> models.Verdict:
         reject = self._rejecter(ev, at)
@@ -341,6 +364,34 @@ class AttestationService(Service):
             extra={"worker_id": verdict.worker_id, "evidence_id": verdict.evidence_id},
         )
 
+    async def _publish_evidence(self, ev: Any, verdict: models.Verdict, at: int) -> None:
+        """For clients that verify workers themselves: the evidence behind a TRUSTED verdict
+        (a tombstone otherwise) and the collateral it was verified against."""
+        assert self.producer is not None
+        if verdict.status != TRUSTED:
+            await self.producer.send_raw(ATTESTED_TOPIC, None, key=ev.worker_id.encode())
+            return
+        await self.producer.send(ATTESTED_TOPIC, ev)
+        try:
+            collateral = self.verifier.collateral.get(parse_quote(ev.tdx_quote), at)
+        except (QuoteFormatError, CollateralError):
+            return  # it was just used to accept this quote; a failure now is not the client's
+        digest = hashlib.sha256(collateral.to_json().encode()).hexdigest()
+        if self._published_collateral.get(collateral.fmspc) == digest:
+            return
+        await self.producer.send(
+            COLLATERAL_TOPIC,
+            models.Collateral(
+                fmspc=collateral.fmspc,
+                ca=parse_quote(ev.tdx_quote).pck.ca,
+                collateral_json=json.dumps(collateral.doc),
+                not_before=datetime.fromtimestamp(collateral.not_before, UTC),
+                not_after=datetime.fromtimestamp(collateral.not_after, UTC),
+                published_at=datetime.fromtimestamp(at, UTC),
+            ),
+        )
+        self._published_collateral[collateral.fmspc] = digest
+
     def _verdict_record(self, key: str | None, verdict: Any) -> None:
         """Track the verdicts topic (ours and other replicas'): trust, challenges, seen claims."""
         if key is None:
@@ -369,7 +420,12 @@ class AttestationService(Service):
 
     def _registry_record(self, key: str | None, value: Any) -> None:
         try:
+            if value is not None:
+                check_entry(value, self.registry_key)  # only the registry key changes policy
             self.registry.update(key, value)
+        except UnsignedEntry as exc:
+            log.warning("refusing registry entry %s: %s", key, exc)
+            return
         except ValueError as exc:
             log.warning("ignoring registry entry %s: %s", key, exc)
 
@@ -454,6 +510,7 @@ class AttestationService(Service):
             await self._publish(revoked)
             # The tombstone follows, so the compacted topic forgets the worker entirely.
             await self.producer.send_raw(VERDICTS_TOPIC, None, key=worker.encode())
+            await self.producer.send_raw(ATTESTED_TOPIC, None, key=worker.encode())
             self.trusted.pop(worker, None)
             self.gpu_verified.pop(worker, None)
             self.challenges.withdraw(worker)

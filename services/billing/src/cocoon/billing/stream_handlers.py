@@ -319,6 +319,8 @@ class Processor:
                 "gateway_id": request.gateway_id,
                 "deadline_at": epoch_millis(request.deadline_at),
                 "decided_at": now_ms,
+                # A client-sealed request may be placed only where its key was wrapped to.
+                "candidates": list(request.candidates),
             }
         )
 

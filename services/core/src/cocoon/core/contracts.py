@@ -15,6 +15,8 @@ from enum import StrEnum
 class Topic(StrEnum):
     """Every concrete topic of the catalog; its dead-letter topic is `<topic>.dlq`."""
 
+    ATTESTATION_ATTESTED = "attestation.attested"
+    ATTESTATION_COLLATERAL = "attestation.collateral"
     ATTESTATION_EVIDENCE = "attestation.evidence"
     ATTESTATION_REGISTRY = "attestation.registry"
     ATTESTATION_VERDICTS = "attestation.verdicts"

@@ -63,6 +63,8 @@ class _InFlight:
     worker_id: str | None = None
     work_topic: str | None = None
     opener: ResponseOpener | None = None
+    # The request's deadline, fixed when it is published: a re-placement keeps it.
+    deadline_ms: int = 0
 
 
 class KafkaBackend:
@@ -118,7 +120,7 @@ class KafkaBackend:
         self._inflight[request.request_id] = state
         finished = False
         try:
-            await self._publish_request(account_id, request)
+            state.deadline_ms = await self._publish_request(account_id, request)
             deadline = time.monotonic() + request.timeout
             while True:
                 topic, value = await self._next_event(state, deadline)
@@ -143,7 +145,10 @@ class KafkaBackend:
                     await self._send_cancel(state)
 
     # -- steps ---------------------------------------------------------------------------------
-    async def _publish_request(self, account_id: str, request: InferenceRequest) -> None:
+    async def _publish_request(
+        self, account_id: str, request: InferenceRequest, candidates: tuple[str, ...] = ()
+    ) -> int:
+        """Publish the request's metadata; return its deadline (unix ms)."""
         admission = Admission(None, 0, None)
         if self.grants is not None:
             admission = self.grants.admit(
@@ -153,6 +158,7 @@ class KafkaBackend:
                 max_coefficient=request.max_coefficient,
             )
         created = now_millis()
+        deadline_ms = created + int(request.timeout * 1000)
         await self.producer.send(
             Topic.INFERENCE_REQUESTS,
             {
@@ -166,12 +172,14 @@ class KafkaBackend:
                 "channel": self.channel,
                 "gateway_id": self.gateway_id,
                 "created_at": created,
-                "deadline_at": created + int(request.timeout * 1000),
+                "deadline_at": deadline_ms,
                 "grant_id": admission.grant_id,
                 "grant_ask_requests": admission.ask_requests,
                 "grant_return_id": admission.return_grant_id,
+                "candidates": list(candidates),
             },
         )
+        return deadline_ms
 
     @staticmethod
     async def _next_event(state: _InFlight, deadline: float) -> tuple[str, dict]:
@@ -234,7 +242,7 @@ class KafkaBackend:
                 "max_tokens": request.max_tokens,
                 "coefficient": assignment["coefficient"],
                 "gateway_id": self.gateway_id,
-                "deadline_at": now_millis() + int(request.timeout * 1000),
+                "deadline_at": state.deadline_ms,
                 "sent_at": now_millis(),
             },
             record="cocoon.inference.WorkItem",
@@ -255,6 +263,7 @@ class KafkaBackend:
                 "sealed_request": None,
                 "hpke_enc": None,
                 "hpke_suite": None,
+                "sealed_body": None,
                 "max_tokens": request.max_tokens,
                 "coefficient": 0,
                 "gateway_id": self.gateway_id,

@@ -22,7 +22,10 @@ from cocoon.gateway.admission import AdmissionGrants
 from cocoon.gateway.api.app import create_app
 from cocoon.gateway.api.keys import KeyStore
 from cocoon.gateway.api.settings import ApiSettings
-from cocoon.gateway.pipeline import REPLY_TOPICS, KafkaBackend
+from cocoon.gateway.attested import TOPICS as ATTESTED_TOPICS
+from cocoon.gateway.attested import AttestedState
+from cocoon.gateway.pipeline import REPLY_TOPICS
+from cocoon.gateway.relay import ClientSurface, RelayBackend
 from cocoon.gateway.trust import verdict_checker
 from cocoon.gateway.workers import WorkerDirectory
 
@@ -77,7 +80,7 @@ class Gateway(Service):
             if settings.grant_ask_requests
             else None
         )
-        self.backend = KafkaBackend(
+        self.backend = RelayBackend(
             self.producer, self.directory, gateway_id=settings.gateway_id, grants=grants
         )
         bootstrap = settings.kafka_bootstrap
@@ -90,8 +93,18 @@ class Gateway(Service):
         self.replies = BroadcastReader(
             bootstrap, list(REPLY_TOPICS), self.backend.on_reply, from_beginning=False
         )
+        # Evidence, collateral and the signed registry, served to clients that verify workers.
+        self.attested = AttestedState()
+        self.attested_reader = BroadcastReader(
+            bootstrap, list(ATTESTED_TOPICS), self.attested.on_record, from_beginning=True
+        )
         keys = KeyStore.load(settings.keys_file) if settings.keys_file.exists() else KeyStore()
-        self.app = create_app(self.backend, keys, settings.api)
+        self.app = create_app(
+            self.backend,
+            keys,
+            settings.api,
+            sealed=ClientSurface(self.backend, self.attested),
+        )
         config = uvicorn.Config(
             self.app,
             host=settings.http_host,
@@ -101,13 +114,17 @@ class Gateway(Service):
         )
         self.server = _EmbeddedServer(config)
 
+    @property
+    def _readers(self) -> tuple[BroadcastReader, ...]:
+        return (self.verdicts, self.heartbeats, self.replies, self.attested_reader)
+
     async def start(self) -> None:
         await self.producer.start()
-        for reader in (self.verdicts, self.heartbeats, self.replies):
+        for reader in self._readers:
             await reader.start()
         self._tasks = [
             asyncio.create_task(reader.run(), name=f"gateway-{index}")
-            for index, reader in enumerate((self.verdicts, self.heartbeats, self.replies))
+            for index, reader in enumerate(self._readers)
         ]
         await self.verdicts.wait_caught_up(timeout_s=30)
         self._server_task = asyncio.create_task(self.server.serve(), name="gateway-http")
@@ -132,7 +149,7 @@ class Gateway(Service):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for reader in (self.verdicts, self.heartbeats, self.replies):
+        for reader in self._readers:
             with contextlib.suppress(Exception):
                 await reader.stop()
         await self.producer.stop()

@@ -86,6 +86,11 @@ for e in c.chat.completions.create(model="{SMOLLM2_MODEL}", stream=True,
         messages=[{{"role": "user", "content": "Hello!"}}]):
     print(e.choices[0].delta.content or "" if e.choices else "", end="", flush=True)'
 
+Sealed on your side instead, so no operator component can read the prompt (another terminal):
+
+  .venv/bin/cocoon client serve --gateway {url} --api-key {key}
+  # then point any OpenAI SDK at http://127.0.0.1:8181/v1
+
 Ctrl-C stops everything."""
     console.print(text, soft_wrap=True)
 

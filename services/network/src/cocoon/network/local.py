@@ -55,6 +55,7 @@ class LocalNetwork:
     # With a bot token, `start` also runs the Telegram bot (against telegram_api_url).
     telegram_token: str = ""
     telegram_api_url: str = "https://api.telegram.org"
+    client_config_path: Path | None = None
 
     @property
     def api_key(self) -> str:
@@ -103,6 +104,7 @@ class LocalNetwork:
         if self.telegram_token:
             self.start_telegram(self.telegram_token, common)
         save_demo(self.api_key, self.gateway_url)
+        self.client_config_path = write_dev_client_config(self.gateway_url)
 
     def start_telegram(self, token: str, common: dict[str, str]) -> None:
         """Run the Telegram bot (docs/telegram.md) as a client of this network."""
@@ -259,6 +261,29 @@ class LocalNetwork:
 
 class NetworkError(RuntimeError):
     pass
+
+
+def write_dev_client_config(gateway_url: str) -> Path:
+    """The client configuration for this development network, for its gateway only: the
+    registry key `cocoon registry` signs with, and the simulated TDX root, marked as a
+    development root (the client says so on start and in every response)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from cocoon.attestation.registry_signing import load_registry_key
+    from cocoon.attestation.simtdx import SimTdx
+    from cocoon.client.config import ClientConfig, gateway_config_path, write_config
+    from cocoon.client.roots import INTEL_ROOT, TrustRoot
+
+    sim = SimTdx.load_or_create()
+    root = TrustRoot.from_pem(
+        "cocoon-up-simulated-tdx", sim.root_cert.public_bytes(Encoding.PEM), development=True
+    )
+    config = ClientConfig(
+        load_registry_key(create=False).public, (INTEL_ROOT, root), gateway=gateway_url
+    )
+    path = gateway_config_path(gateway_url)
+    write_config(path, config)
+    return path
 
 
 def _sha256_file(path: Path) -> str:

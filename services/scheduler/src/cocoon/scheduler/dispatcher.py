@@ -76,6 +76,8 @@ class Request:
     attempt: int = 0  # last attempt assigned; 0 before the first
     worker_id: str = ""  # worker of the last attempt
     tried: set[str] = field(default_factory=set)
+    # A client-sealed request opens only on the workers the client wrapped its key to.
+    candidates: frozenset[str] = frozenset()
     phase: Phase = Phase.PENDING
     done_at: float | None = None
     last_miss: NoPlacement | None = None
@@ -210,6 +212,7 @@ class Dispatcher:
             received_at=now,
             wait_until=min(now + self.timing.no_worker_wait_seconds, deadline),
             busy_until=min(now + self.timing.busy_wait_seconds, deadline),
+            candidates=frozenset(admitted.candidates),
         )
         self.requests[request.request_id] = request
         return request
@@ -293,7 +296,12 @@ class Dispatcher:
 
     def _try_place(self, request: Request, now: float) -> list:
         choice = self.choose(
-            self.pool, request.model, request.max_coefficient, now, exclude=request.tried
+            self.pool,
+            request.model,
+            request.max_coefficient,
+            now,
+            exclude=request.tried,
+            only=request.candidates,
         )
         if isinstance(choice, NoPlacement):
             request.last_miss = choice

@@ -29,6 +29,8 @@ from cocoon.core.crypto import (
     open_request,
     sign_receipt,
 )
+from cocoon.core.crypto.client_seal import client_stream_key, open_client_request
+from cocoon.core.crypto.keys import HpkeSuite
 from cocoon.worker_proxy import chunks
 from cocoon.worker_proxy.engine import EngineClient, EngineError
 from cocoon.worker_proxy.identity import Identity
@@ -99,13 +101,7 @@ class Job:
         if item.model != identity.model:
             return await self._finish("FAILED", WRONG_MODEL, None, None)
         try:
-            body, response_key = open_request(
-                identity.keys,
-                item.request_id,
-                identity.worker_id,
-                item.model,
-                SealedRequest.from_record(item.to_avro()),
-            )
+            body, response_key = self._open()
         except OpenError:
             # Without the response key nothing can be sealed back: report, never log the payload.
             return await self._finish("FAILED", UNSEALABLE, None, None)
@@ -119,6 +115,35 @@ class Job:
             return await self._finish("FAILED", BAD_REQUEST, None, None)
         del body
         return await self._serve(request)
+
+    def _open(self) -> tuple[bytes, bytes]:
+        """(body, response key): sealed by the gateway to this worker, or by the client to its
+        candidates (then the response key is derived for this worker and attempt)."""
+        item, identity = self.item, self.ctx.identity
+        if item.sealed_body is None:
+            return open_request(
+                identity.keys,
+                item.request_id,
+                identity.worker_id,
+                item.model,
+                SealedRequest.from_record(item.to_avro()),
+            )
+        try:
+            suite = HpkeSuite(item.hpke_suite)
+        except ValueError:
+            raise OpenError(f"unknown HPKE suite {item.hpke_suite!r}") from None
+        body, request_key = open_client_request(
+            identity.keys,
+            request_id=item.request_id,
+            worker_id=identity.worker_id,
+            model=item.model,
+            suite=suite,
+            enc=item.hpke_enc or b"",
+            wrapped_key=item.sealed_request or b"",
+            ciphertext=item.sealed_body,
+        )
+        key = client_stream_key(request_key, item.request_id, identity.worker_id, item.attempt)
+        return body, key
 
     async def _serve(self, request: chunks.EngineRequest) -> JobResult:
         meter = chunks.UsageMeter()
@@ -172,17 +197,23 @@ class Job:
                     ("CANCELLED", CANCELLED) if stop in done else ("TIMED_OUT", TIMED_OUT)
                 )
             finished_ms = now_millis()
-            if status == "SUCCEEDED":
-                await self._seal(chunks.encode(meter.usage_chunk(request.endpoint)), final=True)
-            elif code == ENGINE_REJECTED:
-                # The request's own fault: the client gets the engine's reason (sealed to it,
-                # never logged here) and the gateway answers 400, not a lost worker.
-                reason = getattr(stream.exception(), "reason", "") or _messages[code]
-                await self._seal_error(code, reason, error_type=chunks.INVALID_REQUEST)
-            else:
-                assert code is not None  # a failed stream always has its engine_error_code
-                await self._seal_error(code, _messages[code])
             receipt = self._receipt(meter, status == "SUCCEEDED", started_ms, finished_ms)
+            # The final chunk carries the signed receipt, so the client holds the worker's own
+            # account of what it will be charged for (docs/sealed-requests.md).
+            if status == "SUCCEEDED":
+                final = meter.usage_chunk(request.endpoint)
+                await self._seal(chunks.encode(with_receipt(final, receipt)), final=True)
+            elif self._sealer is not None and not self._sealer.finished:
+                assert code is not None  # a failed stream always has its engine_error_code
+                if code == ENGINE_REJECTED:
+                    # The request's own fault: the client gets the engine's reason (sealed to
+                    # it, never logged here) and the gateway answers 400, not a lost worker.
+                    reason = getattr(stream.exception(), "reason", "") or _messages[code]
+                    chunk = chunks.error_chunk(code, reason, chunks.INVALID_REQUEST)
+                else:
+                    chunk = chunks.error_chunk(code, _messages[code])
+                error = with_receipt(chunk, receipt)
+                await self._seal(chunks.encode(error), final=True, error_code=code)
             return await self._finish(status, code, meter, receipt)
         finally:
             stop.cancel()
@@ -299,6 +330,19 @@ class Job:
             },
         )
         return JobResult(status, code, completion, receipt)
+
+
+def with_receipt(chunk: dict, receipt: SignedReceipt) -> dict:
+    """`chunk` with the worker's signed usage receipt as the Cocoon extension `cocoon_receipt`."""
+    fields = receipt.receipt.fields()
+    return {
+        **chunk,
+        "cocoon_receipt": {
+            **fields,
+            "signing_key": receipt.signing_key.hex(),
+            "signature": receipt.signature.hex(),
+        },
+    }
 
 
 _messages = {

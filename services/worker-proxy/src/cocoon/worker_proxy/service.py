@@ -30,7 +30,7 @@ from cocoon.core.bus.admin import ensure_instance
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
-from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.codec.timestamps import epoch_millis, now_millis
 from cocoon.core.contracts import Topic, TopicTemplate, work_topic, worker_group
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import wait_any
@@ -125,6 +125,7 @@ class WorkerProxy(Service):
         self.schedule: AttestationSchedule | None = None
         self.jobs: dict[str, Job] = {}
         self.results: dict[str, JobResult] = {}  # the last few, for tests and status
+        self._runs: dict[tuple[str, int], int] = {}  # (request, attempt) run -> its deadline
         self.draining = False
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(settings.max_active_requests)
@@ -248,6 +249,10 @@ class WorkerProxy(Service):
         current = self.jobs.get(item.request_id)
         if current is not None and current.item.attempt >= item.attempt:
             return  # redelivered: that attempt is already running
+        if not self._first_run(item):
+            # Run again, it would seal a second answer under the same key and nonces.
+            log.warning("work item run before; ignored", extra={"request_id": item.request_id})
+            return
         assert self.identity is not None and self.producer is not None
         assert self.engine is not None
         context = JobContext(
@@ -263,6 +268,17 @@ class WorkerProxy(Service):
         task = asyncio.create_task(self._run_job(job), name=f"job-{item.request_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _first_run(self, item: models.WorkItem) -> bool:
+        """Remember each (request, attempt) run until its deadline; False for a repeat."""
+        now = now_millis()
+        if len(self._runs) > 10_000:
+            self._runs = {k: d for k, d in self._runs.items() if d > now}
+        key = (item.request_id, item.attempt)
+        if key in self._runs:
+            return False
+        self._runs[key] = epoch_millis(item.deadline_at)
+        return True
 
     async def _run_job(self, job: Job) -> None:
         ACTIVE.inc()

@@ -163,8 +163,9 @@ def _reconcile(
     return changes
 
 
-def _wait_for(admin: KafkaAdminClient, names: list[str], timeout_s: float = 15.0) -> None:
-    # A created topic is usable once every partition has a leader in the metadata.
+def _wait_for(admin: KafkaAdminClient, names: list[str], timeout_s: float = 60.0) -> None:
+    # A created topic is usable once every partition has a leader in the metadata. On a loaded
+    # shared 2-core machine a whole catalog (34 topics) took over 15 s to get its leaders.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         described = admin.describe_topics(names)

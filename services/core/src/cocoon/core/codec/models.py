@@ -23,6 +23,30 @@ from pydantic import Field
 from cocoon.core.codec.base import AvroModel
 
 
+class Collateral(AvroModel):
+    """DCAP collateral for one FMSPC as the attestation service used it (TCB info, QE identity,
+    CRLs and issuer chains, all signed by Intel): the gateway serves it to clients, as a PCCS
+    does, so they verify quotes themselves.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.attestation.Collateral"
+    avro_version: ClassVar[int] = 1
+
+    fmspc: str = Field(description="FMSPC, lower-case hex (the record key).")
+    ca: str = Field(description="PCK CA the PCK CRL is for (processor or platform).")
+    collateral_json: str = Field(
+        description=(
+            "The collateral in dcap-qvl's QuoteCollateralV3 JSON shape (PEM chains, hex CRLs and "
+            "signatures, the signed TCB info and QE identity as exact JSON text)."
+        ),
+    )
+    not_before: datetime = Field(
+        description="Start of its validity window (latest issueDate/thisUpdate).",
+    )
+    not_after: datetime = Field(description="End of its validity window (earliest nextUpdate).")
+    published_at: datetime = Field(description="When the attestation service published it.")
+
+
 class Evidence(AvroModel):
     """A worker's attestation evidence: canonical claims (its keys, models, image) and a TDX
     quote whose REPORTDATA is SHA-512 of the claims.
@@ -72,11 +96,13 @@ RegistryKindSymbol = Literal[
 class RegistryEntry(AvroModel):
     """One entry of the policy registry (allowed image hash, model or policy setting). Latest per
     entry id wins; allowed=false revokes. v2 adds kinds for measurement sets, TCB statuses and
-    advisories.
+    advisories. v3: every entry is signed by the registry key (Ed25519 over the canonical
+    bytes of its other fields, domain cocoon/registry-entry/v1); readers refuse unsigned or
+    wrongly signed entries.
     """
 
     avro_name: ClassVar[str] = "cocoon.attestation.RegistryEntry"
-    avro_version: ClassVar[int] = 2
+    avro_version: ClassVar[int] = 3
 
     entry_id: str = Field(description="Stable id, '<kind>:<subject>' (the record key).")
     kind: RegistryKindSymbol = Field(default="UNKNOWN", description="What the entry is about.")
@@ -95,6 +121,14 @@ class RegistryEntry(AvroModel):
     version: int = Field(description="Registry version after this change (monotonic).")
     updated_by: str = Field(description="Operator or tool that made the change.")
     updated_at: datetime = Field(description="When.")
+    signature: bytes | None = Field(
+        default=None,
+        description=(
+            "Ed25519 signature by the registry key over canonical_bytes({domain: 'cocoon/registry-"
+            "entry/v1', payload: every other field, updated_at in unix ms}). Null only in entries "
+            "written before v3, which readers refuse."
+        ),
+    )
 
 
 class VerdictStatus(StrEnum):
@@ -387,11 +421,12 @@ RejectReasonSymbol = Literal[
 
 class Reservation(AvroModel):
     """Billing's admission decision: funds held for the worst-case cost, or a rejection the
-    gateway turns into a 402.
+    gateway turns into a 402. v2: the request's candidates, so the scheduler places a held
+    client-sealed request only on them.
     """
 
     avro_name: ClassVar[str] = "cocoon.billing.Reservation"
-    avro_version: ClassVar[int] = 1
+    avro_version: ClassVar[int] = 2
 
     reservation_id: str = Field(
         description="Deterministic: derived from the request id, so a replay holds once.",
@@ -422,6 +457,10 @@ class Reservation(AvroModel):
     gateway_id: str = Field(description="Gateway instance waiting for this request.")
     deadline_at: datetime = Field(description="Copied from the request.")
     decided_at: datetime = Field(description="When billing decided.")
+    candidates: list[str] = Field(
+        default_factory=lambda: [],
+        description="Copied from the request: the only workers it may be placed on (empty: any).",
+    )
 
 
 class TopUpSource(StrEnum):
@@ -587,11 +626,12 @@ RequestChannelSymbol = Literal["UNKNOWN", "HTTP", "GRPC", "TELEGRAM"]
 class InferenceRequest(AvroModel):
     """A client asked for inference. Metadata only: the prompt stays in the gateway until a
     worker is assigned, then travels sealed to that worker. v2: admission grants (the gateway
-    may admit against a budget billing granted it ahead of time).
+    may admit against a budget billing granted it ahead of time). v3: candidates (client-
+    sealed requests may be placed only on the workers the client sealed to).
     """
 
     avro_name: ClassVar[str] = "cocoon.inference.InferenceRequest"
-    avro_version: ClassVar[int] = 2
+    avro_version: ClassVar[int] = 3
 
     request_id: str = Field(
         description=(
@@ -639,6 +679,13 @@ class InferenceRequest(AvroModel):
         description=(
             "The gateway retires this grant of its own: every request it funded precedes this one "
             "on the account's partition, so billing returns its remainder before deciding."
+        ),
+    )
+    candidates: list[str] = Field(
+        default_factory=lambda: [],
+        description=(
+            "Client-sealed request: the only workers it may be placed on (the client wrapped its "
+            "key to each). Empty: any worker (the gateway seals after placement)."
         ),
     )
 
@@ -782,11 +829,13 @@ WorkActionSymbol = Literal["UNKNOWN", "RUN", "CANCEL"]
 
 class WorkItem(AvroModel):
     """Work for one worker: a sealed request to run, or a cancellation. The prompt is HPKE-sealed
-    to the worker's attested key.
+    to the worker's attested key. v2: client-sealed work (sealed_body set): sealed_request is
+    then the request key HPKE-wrapped by the client to this worker, sealed_body the body under
+    that key (docs/sealed-requests.md).
     """
 
     avro_name: ClassVar[str] = "cocoon.inference.WorkItem"
-    avro_version: ClassVar[int] = 1
+    avro_version: ClassVar[int] = 2
 
     request_id: str = Field(
         description=(
@@ -811,6 +860,13 @@ class WorkItem(AvroModel):
         default=None,
         description=(
             "HPKE suite identifier, e.g. the hybrid ML-KEM-768+X25519 suite (null for CANCEL)."
+        ),
+    )
+    sealed_body: bytes | None = Field(
+        default=None,
+        description=(
+            "Client-sealed request: the body, ChaCha20-Poly1305 under a key derived from the "
+            "client's request key; null when the gateway sealed the request."
         ),
     )
     max_tokens: int = Field(description="Completion-token cap the worker enforces.")
@@ -860,6 +916,7 @@ class Heartbeat(AvroModel):
 
 
 RECORDS: dict[str, type[AvroModel]] = {
+    "cocoon.attestation.Collateral": Collateral,
     "cocoon.attestation.Evidence": Evidence,
     "cocoon.attestation.RegistryEntry": RegistryEntry,
     "cocoon.attestation.Verdict": Verdict,

@@ -20,6 +20,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cocoon.gateway.api.backend import ChatChunk, Endpoint, InferenceBackend, Usage
+from cocoon.gateway.api.client_sealed import (
+    SEALED_BY_HEADER,
+    RelayedChunk,
+    SealedSurface,
+    parse_sealed,
+)
 from cocoon.gateway.api.errors import (
     ApiError,
     AuthenticationFailed,
@@ -38,7 +44,7 @@ from cocoon.gateway.api.ratelimit import RateLimiter
 from cocoon.gateway.api.request_id import HEADER as REQUEST_ID
 from cocoon.gateway.api.request_id import RequestIdMiddleware, request_id_of
 from cocoon.gateway.api.settings import ApiSettings
-from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_error
+from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_data, sse_error
 from cocoon.gateway.api.validation import parse_body, to_inference_request
 
 log = logging.getLogger(__name__)
@@ -181,7 +187,9 @@ def create_app(
     settings: ApiSettings | None = None,
     *,
     clock: Any = time.monotonic,
+    sealed: SealedSurface | None = None,
 ) -> FastAPI:
+    """`sealed`: also serve the client-sealed interface (api/client_sealed.py)."""
     settings = settings or ApiSettings()
     limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock)
     app = FastAPI(title="Cocoon", summary="Confidential AI inference, OpenAI-compatible")
@@ -247,7 +255,8 @@ def create_app(
             model=parsed.model,
             include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
         )
-        headers: dict[str, str] = {}
+        # The gateway opened and sealed this request: say so (docs/sealed-requests.md).
+        headers: dict[str, str] = {SEALED_BY_HEADER: "gateway"}
         items = aiter(backend.submit(key.account_id, inference))
         try:
             first = await next_item(items, deadline)
@@ -278,4 +287,68 @@ def create_app(
     async def completions(request: Request, key: Authenticated) -> Any:
         return await infer("completions", request, key)
 
+    if sealed is not None:
+        install_client_sealed(app, sealed, settings, Authenticated)
     return app
+
+
+async def relay_events(
+    first: RelayedChunk, chunks: AsyncIterator[RelayedChunk], deadline: float
+) -> AsyncGenerator[bytes, None]:
+    try:
+        yield sse_data(first.event())
+        while True:
+            try:
+                chunk = await next_item(chunks, deadline)  # type: ignore[arg-type]
+            except ApiError as exc:
+                yield sse_data({"type": "error", **exc.body()})
+                return
+            if chunk is None:
+                return
+            yield sse_data(chunk.event())  # type: ignore[union-attr]
+    finally:
+        await close_quietly(chunks)
+
+
+def install_client_sealed(
+    app: FastAPI, surface: SealedSurface, settings: ApiSettings, authenticated: Any
+) -> None:
+    """The routes of the client-sealed path; the gateway relays what it cannot read."""
+
+    @app.get("/v1/cocoon/workers")
+    async def sealed_workers(model: str) -> dict[str, Any]:
+        return {"model": model, "workers": surface.workers(model)}
+
+    @app.get("/v1/cocoon/registry")
+    async def sealed_registry() -> dict[str, Any]:
+        return {"entries": surface.registry()}
+
+    @app.get("/v1/cocoon/collateral/{fmspc}")
+    async def sealed_collateral(fmspc: str) -> dict[str, Any]:
+        doc = surface.collateral(fmspc)
+        if doc is None:
+            raise NotFound(f"No collateral for FMSPC {fmspc}.")
+        return {"fmspc": fmspc.lower(), "collateral": doc}
+
+    @app.post("/v1/cocoon/sealed")
+    async def sealed_request(request: Request, key: authenticated) -> Any:  # type: ignore[valid-type]
+        sealed = parse_sealed(await read_body(request, settings.max_body_bytes), settings)
+        deadline = asyncio.get_running_loop().time() + sealed.request.timeout
+        chunks = aiter(surface.relay(key.account_id, sealed))
+        try:
+            first = await next_item(chunks, deadline)  # type: ignore[arg-type]
+            if first is None:
+                raise WorkerLost("The worker ended the request without an answer.")
+        except BaseException:
+            await close_quietly(chunks)
+            raise
+        return StreamingResponse(
+            relay_events(first, chunks, deadline),  # type: ignore[arg-type]
+            media_type="text/event-stream",
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                "X-Request-Id": sealed.request.request_id,
+                SEALED_BY_HEADER: "client",
+            },
+        )

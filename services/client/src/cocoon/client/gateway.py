@@ -1,0 +1,174 @@
+"""The gateway's client-sealed interface over HTTP (docs/sealed-requests.md, "Messages").
+
+Evidence, the registry and collateral are cached briefly: the registry and collateral change
+rarely and a verification result is cached on top of them (verify.py), so the common request
+costs one HTTP call to the gateway besides the sealed request itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cocoon.client.errors import GatewayError, WireError
+from cocoon.client.seal import SealedEnvelope
+
+
+@dataclass(frozen=True)
+class SealedChunk:
+    worker_id: str
+    attempt: int
+    seq: int
+    final: bool
+    ciphertext: bytes
+    error_code: str | None
+
+
+class _Cached:
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> Any:
+        hit = self._items.get(key)
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl_s else None
+
+    def put(self, key: str, value: Any) -> Any:
+        self._items[key] = (time.monotonic(), value)
+        return value
+
+
+async def _error(response: httpx.Response) -> GatewayError:
+    await response.aread()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text[:500] or f"HTTP {response.status_code}"}}
+    return GatewayError(response.status_code, body)
+
+
+class GatewayApi:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        http: httpx.AsyncClient,
+        *,
+        workers_ttl_s: float = 10.0,
+        registry_ttl_s: float = 30.0,
+        collateral_ttl_s: float = 600.0,
+    ) -> None:
+        self.base = base_url.rstrip("/")
+        self.api_key = api_key
+        self.http = http
+        self._workers = _Cached(workers_ttl_s)
+        self._registry = _Cached(registry_ttl_s)
+        self._collateral = _Cached(collateral_ttl_s)
+
+    async def models(self, path: str, api_key: str | None = None) -> httpx.Response:
+        """The gateway's own `/v1/models` routes, answered as they are."""
+        headers = {"Authorization": f"Bearer {api_key or self.api_key}"}
+        return await self.http.get(self.base + path, headers=headers)
+
+    async def _get_json(self, path: str, **params: str) -> Any:
+        response = await self.http.get(self.base + path, params=params or None)
+        if response.status_code != 200:
+            raise await _error(response)
+        return response.json()
+
+    async def workers(self, model: str) -> list[dict[str, Any]]:
+        cached = self._workers.get(model)
+        if cached is None:
+            cached = self._workers.put(
+                model, (await self._get_json("/v1/cocoon/workers", model=model))["workers"]
+            )
+        return cached
+
+    async def registry(self) -> list[dict[str, Any]]:
+        cached = self._registry.get("")
+        if cached is None:
+            cached = self._registry.put(
+                "", (await self._get_json("/v1/cocoon/registry"))["entries"]
+            )
+        return cached
+
+    async def collateral(self, fmspc: str) -> dict[str, Any] | None:
+        cached = self._collateral.get(fmspc)
+        if cached is None:
+            try:
+                doc = (await self._get_json(f"/v1/cocoon/collateral/{fmspc}"))["collateral"]
+            except GatewayError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            cached = self._collateral.put(fmspc, doc)
+        return cached
+
+    async def send(
+        self,
+        envelope: SealedEnvelope,
+        *,
+        endpoint: str,
+        max_tokens: int,
+        max_coefficient: int | None,
+        timeout_s: float | None,
+        api_key: str | None = None,
+    ) -> AsyncIterator[SealedChunk]:
+        """POST the envelope; yield the sealed chunks as the gateway relays them."""
+        b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+        suites = {r.suite for r in envelope.recipients}
+        if len(suites) != 1:
+            raise WireError("one envelope is sealed with one HPKE suite")
+        body = {
+            "version": 1,
+            "request_id": envelope.request_id,
+            "endpoint": endpoint,
+            "model": envelope.model,
+            "max_tokens": max_tokens,
+            "max_coefficient": max_coefficient,
+            "timeout": timeout_s,
+            "suite": suites.pop(),
+            "ciphertext": b64(envelope.ciphertext),
+            "recipients": [
+                {"worker_id": r.worker_id, "enc": b64(r.enc), "wrapped_key": b64(r.wrapped_key)}
+                for r in envelope.recipients
+            ],
+        }
+        request = self.http.build_request(
+            "POST",
+            self.base + "/v1/cocoon/sealed",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key or self.api_key}"},
+            timeout=httpx.Timeout(None if timeout_s is None else timeout_s + 10, connect=10),
+        )
+        response = await self.http.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                raise await _error(response)
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                if event.get("type") == "error":
+                    raise GatewayError(502, {"error": event.get("error") or {}})
+                if event.get("type") != "chunk":
+                    continue
+                try:
+                    yield SealedChunk(
+                        str(event["worker_id"]),
+                        int(event["attempt"]),
+                        int(event["seq"]),
+                        bool(event["final"]),
+                        base64.b64decode(event["ciphertext"], validate=True),
+                        event.get("error_code"),
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise WireError(f"malformed chunk event from the gateway: {exc!r}") from None
+        finally:
+            await response.aclose()

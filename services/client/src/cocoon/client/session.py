@@ -1,0 +1,201 @@
+"""One client, one gateway: verify candidates, seal once to several, open the answer.
+
+    session = SealedSession(gateway_url, api_key, load_config(gateway=gateway_url))
+    async for chunk in session.stream("chat.completions", body):   # OpenAI-style chunk dicts
+        ...
+    session.last_receipt                                            # the worker's, verified
+
+Nothing leaves this process in clear text but the metadata the gateway needs to route and bill
+(model, max_tokens, price cap, timeout, the body's size). A worker that fails any check is
+never sealed to, and `NoTrustedWorker` says why for each one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import dcap_qvl
+import httpx
+
+from cocoon.client.config import ClientConfig
+from cocoon.client.errors import GatewayError, NoTrustedWorker, WireError
+from cocoon.client.gateway import GatewayApi
+from cocoon.client.receipts import ReceiptStore
+from cocoon.client.registry import RegistryView
+from cocoon.client.seal import DEFAULT_SUITE, StreamOpener, WorkerKey, hpke_public_key, seal
+from cocoon.client.seal import verify_receipt as check_receipt
+from cocoon.client.verify import Evidence, WorkerCheck, WorkerVerifier
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("max_coefficient", "timeout")  # Cocoon's, for the gateway; never sealed
+DEFAULT_MAX_TOKENS = 1000
+MAX_CANDIDATES = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    check: WorkerCheck
+    key: WorkerKey
+
+
+def _b64(value: str | None) -> bytes:
+    return base64.b64decode(value or "", validate=True)
+
+
+class SealedSession:
+    def __init__(
+        self,
+        gateway_url: str,
+        api_key: str,
+        config: ClientConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        receipts: ReceiptStore | None = None,
+        suite: str = DEFAULT_SUITE,
+        max_candidates: int = MAX_CANDIDATES,
+    ) -> None:
+        self.gateway_url = gateway_url.rstrip("/")
+        self.config = config
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30, connect=10))
+        self.api = GatewayApi(self.gateway_url, api_key, self.http)
+        self.verifier = WorkerVerifier(config)
+        self.receipts = receipts
+        self.suite = suite
+        self.max_candidates = max_candidates
+        self.last_receipt: dict[str, Any] | None = None
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # -- verification --------------------------------------------------------------------------
+    async def verify_workers(self, model: str) -> list[WorkerCheck]:
+        """Every worker the gateway offers for `model`, verified here (accepted or not)."""
+        registry = RegistryView.from_entries(
+            await self.api.registry(), self.config.registry_public_key
+        )
+        checks = []
+        for offered in await self.api.workers(model):
+            checks.append(await self._verify(offered, registry, model))
+        return checks
+
+    async def _verify(
+        self, offered: dict[str, Any], registry: RegistryView, model: str
+    ) -> WorkerCheck:
+        worker_id = str(offered.get("worker_id", "?"))
+        try:
+            ev = offered["evidence"]
+            evidence = Evidence(worker_id, _b64(ev["claims"]), _b64(ev["tdx_quote"]))
+            fmspc = dcap_qvl.parse_quote(evidence.tdx_quote).fmspc().lower()
+        except (KeyError, TypeError, ValueError) as exc:
+            return WorkerCheck(worker_id, reason=f"format: malformed evidence: {exc!r}")
+        collateral = await self.api.collateral(fmspc)
+        return self.verifier.verify(evidence, collateral, registry, model)
+
+    async def candidates(self, model: str, api_key: str | None = None) -> list[Candidate]:
+        checks = await self.verify_workers(model)
+        accepted = [c for c in checks if c.accepted and c.claims is not None]
+        if not checks:
+            # Nothing offered: the gateway says whether the model exists at all (404).
+            response = await self.api.models(f"/v1/models/{model}", api_key=api_key)
+            if response.status_code in (401, 404):
+                raise GatewayError(response.status_code, response.json())
+        if not accepted:
+            raise NoTrustedWorker(model, {c.worker_id: c.reason for c in checks})
+        out = []
+        for check in accepted[: self.max_candidates]:
+            claims = check.claims
+            assert claims is not None
+            public = hpke_public_key(self.suite, claims.hpke_x25519, claims.hpke_mlkem768_x25519)
+            out.append(
+                Candidate(check, WorkerKey(check.worker_id, self.suite, public, claims.signing_key))
+            )
+        return out
+
+    # -- one request ---------------------------------------------------------------------------
+    async def stream(
+        self, endpoint: str, body: dict[str, Any], *, api_key: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Seal `body` (an OpenAI request) and yield the engine's chunks, opened here."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise WireError("the request names no model")
+        candidates = await self.candidates(model, api_key)
+        engine_body = {k: v for k, v in body.items() if k not in EXTENSIONS}
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+        engine_body.pop("max_completion_tokens", None)
+        engine_body.update(max_tokens=cap, stream=True, stream_options={"include_usage": True})
+        request_id = str(uuid.uuid4())
+        envelope, request_key = seal(
+            json.dumps(engine_body, separators=(",", ":")).encode(),
+            request_id,
+            model,
+            [c.key for c in candidates],
+        )
+        signing_keys = {c.key.worker_id: c.key.signing_key for c in candidates}
+        opener: StreamOpener | None = None
+        answered = False
+        self.last_receipt = None
+        chunks = self.api.send(
+            envelope,
+            endpoint=endpoint,
+            max_tokens=int(cap),
+            max_coefficient=body.get("max_coefficient"),
+            timeout_s=body.get("timeout"),
+            api_key=api_key,
+        )
+        async for chunk in chunks:
+            if chunk.worker_id not in signing_keys:
+                raise WireError(
+                    f"a chunk from {chunk.worker_id}, which this client never sealed to"
+                )
+            if opener is None or (opener.worker_id, opener.attempt) != (
+                chunk.worker_id,
+                chunk.attempt,
+            ):
+                if answered:
+                    raise WireError("the answer switched workers after it had started")
+                opener = StreamOpener(request_key, request_id, chunk.worker_id, chunk.attempt)
+            plain = json.loads(opener.open(chunk.seq, chunk.final, chunk.ciphertext))
+            receipt = plain.pop("cocoon_receipt", None) if isinstance(plain, dict) else None
+            if receipt is not None:
+                self._keep(receipt, signing_keys[chunk.worker_id], request_id, chunk)
+            if isinstance(plain, dict) and "error" in plain:
+                error = plain["error"] if isinstance(plain["error"], dict) else {}
+                raise GatewayError(
+                    502,
+                    {
+                        "error": {
+                            "message": f"The worker failed: {error.get('message', 'unknown')}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "worker_lost",
+                        }
+                    },
+                )
+            if isinstance(plain, dict) and (plain.get("choices") or plain.get("usage")):
+                answered = answered or bool(plain.get("choices"))
+                yield plain
+            if chunk.final:
+                return
+        raise WireError("the gateway ended the answer before its final chunk")
+
+    def _keep(self, receipt: Any, signing_key: bytes, request_id: str, chunk: Any) -> None:
+        if not isinstance(receipt, dict):
+            raise WireError("malformed receipt")
+        checked = check_receipt(
+            receipt,
+            signing_key,
+            request_id=request_id,
+            worker_id=chunk.worker_id,
+            attempt=chunk.attempt,
+        )
+        self.last_receipt = checked
+        if self.receipts is not None:
+            self.receipts.add(checked, gateway=self.gateway_url)

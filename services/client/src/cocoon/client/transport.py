@@ -1,0 +1,185 @@
+"""An `httpx` transport that seals OpenAI requests itself: plug it into the `openai` SDK.
+
+    session = SealedSession(gateway_url, api_key, load_config(gateway=gateway_url))
+    client = openai.AsyncOpenAI(
+        base_url="http://cocoon.local/v1", api_key="unused",
+        http_client=httpx.AsyncClient(transport=SealingTransport(session)),
+    )
+
+`/v1/chat/completions` and `/v1/completions` are sealed here to workers this process verified;
+`/v1/models` goes to the gateway as it is. Every response carries `X-Cocoon-Sealed-By: client`
+and, when the configuration trusts a development root, `X-Cocoon-Trust-Root: development`.
+The local proxy (`cocoon client serve`) serves this transport over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from cocoon.client.errors import GatewayError, NoTrustedWorker, WireError
+from cocoon.client.openai_format import Formatter, error_body, sse
+from cocoon.client.session import SealedSession
+
+log = logging.getLogger(__name__)
+
+SEALED_BY_HEADER = "X-Cocoon-Sealed-By"
+TRUST_ROOT_HEADER = "X-Cocoon-Trust-Root"
+ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+
+
+class _Events(httpx.AsyncByteStream):
+    def __init__(self, events: AsyncIterator[bytes]) -> None:
+        self._events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for event in self._events:
+            yield event
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _failure(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """An OpenAI-shaped error for anything that stopped a sealed request."""
+    if isinstance(exc, GatewayError):
+        return exc.status, exc.body
+    if isinstance(exc, NoTrustedWorker):
+        return 503, error_body(str(exc), type_="server_error", code="no_trusted_worker")
+    return 502, error_body(
+        f"The sealed answer failed verification: {exc}", type_="server_error", code="bad_answer"
+    )
+
+
+class SealingTransport(httpx.AsyncBaseTransport):
+    def __init__(self, session: SealedSession) -> None:
+        self.session = session
+        roots = session.config.development_roots
+        self.headers = {SEALED_BY_HEADER: "client"}
+        if roots:
+            self.headers[TRUST_ROOT_HEADER] = "development: " + ", ".join(r.name for r in roots)
+
+    def _json(self, status: int, body: Any) -> httpx.Response:
+        return httpx.Response(status, json=body, headers=self.headers)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.rstrip("/")
+        key = _bearer(request)
+        if path.startswith("/v1/models") and request.method == "GET":
+            upstream = await self.session.api.models(path, api_key=key)
+            return httpx.Response(
+                upstream.status_code,
+                content=upstream.content,
+                headers={**self.headers, "Content-Type": "application/json"},
+            )
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is None:
+            return self._json(
+                404,
+                error_body(
+                    f"Unknown route: {request.method} {path}",
+                    type_="invalid_request_error",
+                    code="not_found",
+                ),
+            )
+        if request.method != "POST":
+            return self._json(
+                405,
+                error_body(
+                    f"Method {request.method} is not allowed on {path}",
+                    type_="invalid_request_error",
+                    code="method_not_allowed",
+                ),
+            )
+        try:
+            body = json.loads(await request.aread())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self._json(
+                400,
+                error_body(
+                    "The request body must be a JSON object.",
+                    type_="invalid_request_error",
+                    code="invalid_json",
+                ),
+            )
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        if options is not None and not stream:
+            return self._json(
+                400,
+                error_body(
+                    "stream_options is only allowed when stream is true.",
+                    type_="invalid_request_error",
+                    code="invalid_request",
+                    param="stream_options",
+                ),
+            )
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        fmt = Formatter(endpoint, str(body.get("model", "")), include_usage)
+        chunks = aiter(self.session.stream(endpoint, body, api_key=key))
+        pending: list[dict[str, Any]] = []
+        try:
+            # Wait for the first piece, so errors that stop the request keep their status.
+            while not pending:
+                engine_chunk = await anext(chunks, None)
+                if engine_chunk is None:
+                    break
+                pending = fmt.take(engine_chunk)
+        except (GatewayError, NoTrustedWorker, WireError) as exc:
+            status, error = _failure(exc)
+            return self._json(status, error)
+        if not stream:
+            try:
+                async for engine_chunk in chunks:
+                    fmt.take(engine_chunk)
+            except (GatewayError, NoTrustedWorker, WireError) as exc:
+                status, error = _failure(exc)
+                return self._json(status, error)
+            return self._json(200, fmt.complete())
+        return httpx.Response(
+            200,
+            headers={
+                **self.headers,
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+            },
+            stream=_Events(_sse_events(pending, chunks, fmt)),
+        )
+
+
+async def _sse_events(
+    pending: list[dict[str, Any]], chunks: AsyncIterator[dict[str, Any]], fmt: Formatter
+) -> AsyncIterator[bytes]:
+    try:
+        for obj in pending:
+            yield sse(obj)
+        try:
+            async for engine_chunk in chunks:
+                for obj in fmt.take(engine_chunk):
+                    yield sse(obj)
+        except (GatewayError, NoTrustedWorker, WireError) as exc:
+            yield sse(_failure(exc)[1])  # the status line is gone: report in-band and stop
+            return
+        usage = fmt.usage_chunk()
+        if usage is not None:
+            yield sse(usage)
+        yield sse("[DONE]")
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _bearer(request: httpx.Request) -> str | None:
+    """A Cocoon API key the caller sent (else the proxy's own key is used)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token.startswith("sk-cocoon-") else None

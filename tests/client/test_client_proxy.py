@@ -1,0 +1,206 @@
+"""The local proxy with the `openai` SDK, against a gateway-and-worker stand-in that opens the
+sealed request with the worker's real keys and answers with sealed chunks and a signed receipt
+(the real network runs the same through tests/e2e/test_client_path.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from client_support import MODEL, SimWorker, allow_all, dev_config
+
+from cocoon.attestation.simtdx import SimTdx
+from cocoon.attestation.verdicts import ServiceKey
+from cocoon.client.receipts import ReceiptStore
+from cocoon.client.server import ProxyServer
+from cocoon.client.session import SealedSession
+from cocoon.client.transport import SealingTransport
+from cocoon.core.crypto import ResponseSealer, UsageReceipt, sign_receipt
+from cocoon.core.crypto.client_seal import client_stream_key, open_client_request
+from cocoon.core.crypto.keys import HpkeSuite
+
+WORDS = ["Hel", "lo", " there"]
+
+
+class GatewayAndWorker:
+    def __init__(self, sim: SimTdx, key: ServiceKey, worker: SimWorker) -> None:
+        self.worker = worker
+        self.collateral = sim.collateral().doc
+        self.registry = allow_all(key)
+        self.evidence = worker.evidence()
+        self.bodies: list[dict[str, Any]] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/cocoon/workers":
+            offered = {
+                "worker_id": self.worker.worker_id,
+                "hpke_suite": HpkeSuite.MLKEM768_X25519.value,
+                "evidence": {
+                    "claims": base64.b64encode(self.evidence.claims).decode(),
+                    "tdx_quote": base64.b64encode(self.evidence.tdx_quote).decode(),
+                },
+            }
+            return httpx.Response(
+                200, json={"workers": [offered] if request.url.params["model"] == MODEL else []}
+            )
+        if path == "/v1/cocoon/registry":
+            return httpx.Response(200, json={"entries": self.registry})
+        if path.startswith("/v1/cocoon/collateral/"):
+            return httpx.Response(200, json={"collateral": self.collateral})
+        if path.startswith("/v1/models/"):
+            return httpx.Response(
+                404,
+                json={
+                    "error": {
+                        "message": "no such model",
+                        "type": "invalid_request_error",
+                        "param": "model",
+                        "code": "model_not_found",
+                    }
+                },
+            )
+        if path == "/v1/cocoon/sealed":
+            if request.headers["authorization"] != "Bearer sk-cocoon-good":
+                return httpx.Response(
+                    401,
+                    json={
+                        "error": {
+                            "message": "Incorrect API key provided.",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": "invalid_api_key",
+                        }
+                    },
+                )
+            return self.answer(json.loads(request.content))
+        return httpx.Response(404, json={"error": {"message": "?", "code": "not_found"}})
+
+    def answer(self, sealed: dict[str, Any]) -> httpx.Response:
+        [recipient] = sealed["recipients"]
+        rid, wid = sealed["request_id"], self.worker.worker_id
+        body, request_key = open_client_request(
+            self.worker.keys,
+            request_id=rid,
+            worker_id=wid,
+            model=MODEL,
+            suite=HpkeSuite(sealed["suite"]),
+            enc=base64.b64decode(recipient["enc"]),
+            wrapped_key=base64.b64decode(recipient["wrapped_key"]),
+            ciphertext=base64.b64decode(sealed["ciphertext"]),
+        )
+        self.bodies.append(json.loads(body))
+        sealer = ResponseSealer(client_stream_key(request_key, rid, wid, 1), rid)
+        now = int(time.time() * 1000)
+        receipt = sign_receipt(
+            self.worker.keys,
+            UsageReceipt(f"{rid}:1", rid, 1, wid, MODEL, 5, 0, 3, 0, 1000, True, now, now + 1),
+        )
+        plains = [
+            {"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+            for w in WORDS
+        ]
+        plains[-1]["choices"][0]["finish_reason"] = "stop"
+        plains.append(
+            {
+                "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+                "cocoon_receipt": {
+                    **receipt.receipt.fields(),
+                    "signing_key": receipt.signing_key.hex(),
+                    "signature": receipt.signature.hex(),
+                },
+            }
+        )
+        events = []
+        for i, plain in enumerate(plains):
+            chunk = sealer.seal(json.dumps(plain).encode(), final=i == len(plains) - 1)
+            event = {
+                "type": "chunk",
+                "worker_id": wid,
+                "attempt": 1,
+                "seq": chunk.seq,
+                "final": chunk.final,
+                "ciphertext": base64.b64encode(chunk.ciphertext).decode(),
+                "error_code": None,
+            }
+            events.append(f"data: {json.dumps(event)}\n\n")
+        return httpx.Response(
+            200, content="".join(events).encode(), headers={"content-type": "text/event-stream"}
+        )
+
+
+@pytest.fixture
+async def proxy(sim: SimTdx, tmp_path):
+    key = ServiceKey.generate()
+    fake = GatewayAndWorker(sim, key, SimWorker.make(sim, "w-sim-1"))
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fake.handle))
+    receipts = ReceiptStore(tmp_path / "receipts.jsonl")
+    session = SealedSession(
+        "http://gateway.test", "sk-cocoon-good", dev_config(sim, key), http=http, receipts=receipts
+    )
+    server = ProxyServer(SealingTransport(session), "127.0.0.1", 0)
+    await server.start()
+    yield server, fake, receipts
+    await server.stop()
+    await session.aclose()
+
+
+def sdk(server: ProxyServer, key: str = "unused") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{server.port}/v1", api_key=key, max_retries=0, timeout=20
+    )
+
+
+async def test_the_sdk_gets_stream_and_non_stream_answers_opened_by_the_proxy(proxy) -> None:
+    server, fake, receipts = proxy
+    raw = await sdk(server).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=3,
+        extra_body={"max_coefficient": 2000},
+    )
+    assert raw.headers["x-cocoon-sealed-by"] == "client"
+    assert raw.headers["x-cocoon-trust-root"].startswith("development")
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "".join(WORDS)
+    assert answer.choices[0].finish_reason == "stop" and answer.usage.total_tokens == 8
+    # The worker got the engine body: streamed with usage, the Cocoon extension stripped.
+    assert fake.bodies[-1]["stream"] is True and "max_coefficient" not in fake.bodies[-1]
+    assert receipts.all()[-1]["completion_tokens"] == 3
+
+    stream = await sdk(server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usage = "", None
+    async for event in stream:
+        if event.choices:
+            text += event.choices[0].delta.content or ""
+        usage = event.usage or usage
+    assert text == "".join(WORDS) and usage is not None and usage.completion_tokens == 3
+
+
+async def test_errors_keep_openais_shape(proxy) -> None:
+    server, _, _ = proxy
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(server, "sk-cocoon-bad").chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.NotFoundError):
+        await sdk(server).chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.BadRequestError):
+        await sdk(server).chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            stream_options={"include_usage": True},
+        )
