@@ -53,7 +53,10 @@ def load_registry_key(path: Path | None = None, *, create: bool = True) -> Servi
 
 def entry_payload(value: Any) -> dict[str, Any]:
     """The signed fields of a RegistryEntry (a model or a dict), as they are signed."""
-    get = value.get if isinstance(value, dict) else lambda name: getattr(value, name)
+
+    def get(name: str) -> Any:
+        return value[name] if isinstance(value, dict) else getattr(value, name)
+
     return {
         "entry_id": str(get("entry_id")),
         "kind": str(get("kind")),

@@ -286,7 +286,9 @@ async def publish_registry(
                 # Whole milliseconds: the signature covers unix ms, and the topic stores ms.
                 "updated_at": datetime.fromtimestamp(int(time.time() * 1000) / 1000, UTC),
             }
-            record = models.RegistryEntry(**fields, signature=sign_entry(key, fields))
+            record = models.RegistryEntry.model_validate(
+                {**fields, "signature": sign_entry(key, fields)}
+            )
             await producer.send(REGISTRY_TOPIC, record)
             state.update(entry.entry_id, record)
     return state, entries

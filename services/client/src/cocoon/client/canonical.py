@@ -54,15 +54,15 @@ def _encode(value: Any, out: list[bytes]) -> None:
 
 
 def _encode_mapping(mapping: Mapping[str, Any], out: list[bytes]) -> None:
-    entries = []
+    entries: list[tuple[bytes, Any]] = []
     for key, value in mapping.items():
         if not isinstance(key, str):
             raise WireError("canonical mapping keys must be strings")
         entries.append((key.encode("utf-8"), value))
     entries.sort(key=lambda entry: entry[0])
     out += (b"m", _length(len(entries)))
-    for key, value in entries:
-        out += (_length(len(key)), key)
+    for encoded, value in entries:
+        out += (_length(len(encoded)), encoded)
         _encode(value, out)
 
 

@@ -35,11 +35,12 @@ class AttestedState:
         key, value = record.key, record.value
         if key is None:
             return
-        table = {
+        tables: dict[str, dict[str, dict[str, Any]]] = {
             ATTESTED_TOPIC: self.evidence,
             COLLATERAL_TOPIC: self.collateral,
             REGISTRY_TOPIC: self.registry,
-        }[record.topic]
+        }
+        table = tables[record.topic]
         if value is None:
             table.pop(key, None)
             return

@@ -129,7 +129,7 @@ class Job:
                 SealedRequest.from_record(item.to_avro()),
             )
         try:
-            suite = HpkeSuite(item.hpke_suite)
+            suite = HpkeSuite(item.hpke_suite or "")
         except ValueError:
             raise OpenError(f"unknown HPKE suite {item.hpke_suite!r}") from None
         body, request_key = open_client_request(
@@ -212,8 +212,8 @@ class Job:
                     chunk = chunks.error_chunk(code, reason, chunks.INVALID_REQUEST)
                 else:
                     chunk = chunks.error_chunk(code, _messages[code])
-                error = with_receipt(chunk, receipt)
-                await self._seal(chunks.encode(error), final=True, error_code=code)
+                sealed_error = with_receipt(chunk, receipt)
+                await self._seal(chunks.encode(sealed_error), final=True, error_code=code)
             return await self._finish(status, code, meter, receipt)
         finally:
             stop.cancel()

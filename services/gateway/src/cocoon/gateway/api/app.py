@@ -331,7 +331,7 @@ def install_client_sealed(
         return {"fmspc": fmspc.lower(), "collateral": doc}
 
     @app.post("/v1/cocoon/sealed")
-    async def sealed_request(request: Request, key: authenticated) -> Any:  # type: ignore[valid-type]
+    async def sealed_request(request: Request, key: authenticated) -> Any:
         sealed = parse_sealed(await read_body(request, settings.max_body_bytes), settings)
         deadline = asyncio.get_running_loop().time() + sealed.request.timeout
         chunks = aiter(surface.relay(key.account_id, sealed))
