@@ -36,6 +36,7 @@ GENERATED = {"cocoon/core/contracts.py", "cocoon/core/codec/models.py"}
 NOT_WIRE_CODES = {
     ("billing/ton/payouts.py", "cancelled"): "a payout-store state",
     ("gateway/api/errors.py", "worker_lost"): "the OpenAI-style API error code (docs/api.md)",
+    ("client/session.py", "worker_lost"): "the same API error code, in the client's own 502",
 }
 # (service, topic) the catalog declares and no code uses yet, with why it stays declared.
 NOT_YET_USED = {

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.contracts import Topic
 from cocoon.gateway.api.client_sealed import ClientSealed, RelayedChunk
 from cocoon.gateway.api.errors import NoWorkerAvailable, UnknownModel, WorkerLost
 from cocoon.gateway.attested import AttestedState
@@ -48,13 +49,13 @@ class RelayBackend(KafkaBackend):
             deadline = time.monotonic() + request.timeout
             while True:
                 topic, value = await self._next_event(state, deadline)
-                if topic == "billing.reservations":
+                if topic == Topic.BILLING_RESERVATIONS:
                     self._on_reservation(value)
-                elif topic == "inference.assignments":
+                elif topic == Topic.INFERENCE_ASSIGNMENTS:
                     await self._assign(state, sealed, value)
-                elif topic == "inference.outcomes":
+                elif topic == Topic.INFERENCE_OUTCOMES:
                     self._on_outcome(state, value)
-                elif topic == "inference.responses":
+                elif topic == Topic.INFERENCE_RESPONSES:
                     if value["attempt"] != state.attempt or value["worker_id"] != state.worker_id:
                         continue  # a superseded attempt
                     yield RelayedChunk(
