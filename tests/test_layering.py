@@ -21,6 +21,7 @@ DISTRIBUTIONS = sorted(p.name for p in SERVICES_DIR.iterdir() if (p / "pyproject
 OPTIONAL_IMPORTS = {
     "testcontainers": "cocoon.core.kafka.provider: the Docker-based broker, dev only",
     "llama_cpp": "cocoon.network.engine_server: the CPU engine, installed beside the network",
+    "jinja2": "cocoon.network.engine_server: the engine's chat templates (llama-cpp-python's)",
 }
 
 

@@ -6,7 +6,10 @@ import hashlib
 
 import pytest
 
-from cocoon.attestation.claims import MAGIC, Claims, ClaimsError, Freshness
+from cocoon.attestation.claims import MAGIC, MAGIC_V2, Claims, ClaimsError, Freshness
+
+ADDRESS = "0:" + "ab" * 32
+MASTERCHAIN = "-1:" + "cd" * 32
 
 
 def _fixed(**kw) -> Claims:
@@ -38,11 +41,30 @@ def test_layout_is_documented_length_prefixed_form() -> None:
     assert len(c.report_data()) == 64
 
 
+def test_v2_is_v1_then_the_payout_address() -> None:
+    v1 = _fixed().encode()
+    enc = _fixed(payout_address=ADDRESS).encode()
+    assert enc == MAGIC_V2 + v1[len(MAGIC) :] + b"\x06\x00\x00\x00\x21" + b"\x00" + b"\xab" * 32
+    master = _fixed(payout_address=MASTERCHAIN).encode()
+    assert master.endswith(b"\x06\x00\x00\x00\x21" + b"\xff" + b"\xcd" * 32)
+
+
+def test_the_payout_address_is_kept_in_raw_form_whatever_was_given() -> None:
+    from cocoon.core.ton_address import parse_ton_address
+
+    friendly = parse_ton_address(ADDRESS).friendly(bounceable=True)
+    assert _fixed(payout_address=friendly).payout_address == ADDRESS
+    assert _fixed(payout_address=friendly).encode() == _fixed(payout_address=ADDRESS).encode()
+    with pytest.raises(ClaimsError, match="payout address"):
+        _fixed(payout_address="0:1234")
+
+
 def test_roundtrips() -> None:
     for fresh in (Freshness(timestamp=5), Freshness(nonce=b"n" * 32)):
-        c = _fixed(freshness=fresh, model="mödel")
-        assert Claims.decode(c.encode()) == c
-        assert Claims.from_dict(c.to_dict()) == c
+        for address in (None, ADDRESS, MASTERCHAIN):
+            c = _fixed(freshness=fresh, model="mödel", payout_address=address)
+            assert Claims.decode(c.encode()) == c
+            assert Claims.from_dict(c.to_dict()) == c
 
 
 def test_every_field_changes_report_data() -> None:
@@ -54,6 +76,8 @@ def test_every_field_changes_report_data() -> None:
         _fixed(model="qwen3-0.6c"),
         _fixed(freshness=Freshness(timestamp=1_700_000_001)),
         _fixed(freshness=Freshness(nonce=bytes(16))),
+        _fixed(payout_address=ADDRESS),
+        _fixed(payout_address="0:" + "ab" * 31 + "ac"),
     ]
     digests = {v.report_data() for v in variants}
     assert base not in digests and len(digests) == len(variants)
@@ -95,3 +119,17 @@ def test_decode_rejects_tampering() -> None:
             Claims.decode(bad)
     with pytest.raises(ClaimsError):
         Claims.from_dict({"model": "x"})
+
+
+def test_decode_rejects_tampered_v2() -> None:
+    enc = _fixed(payout_address=ADDRESS).encode()
+    v1_body = _fixed().encode()[len(MAGIC) :]
+    for bad in (
+        enc[:-1],  # truncated address
+        enc + b"\0",
+        MAGIC + enc[len(MAGIC_V2) :],  # v1 magic with a sixth field
+        MAGIC_V2 + v1_body,  # v2 magic without the address
+        enc[:-33] + b"\x05" + enc[-32:],  # workchain 5 does not exist
+    ):
+        with pytest.raises(ClaimsError):
+            Claims.decode(bad)

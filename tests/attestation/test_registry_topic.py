@@ -105,7 +105,10 @@ def test_prices_and_workers_are_entries_that_fold_back() -> None:
     target.set_prices(PRICES)
     target.set_worker("w-1", coefficient=1500, payout_address="EQ-test")
     target.set_worker("w-2", coefficient=900)
+    target.ban_address("0:" + "ee" * 32)
     changes = diff(Registry(), target)
+    banned = next(e for e in changes if e.entry_id.startswith("banned-address:"))
+    assert banned.entry_id == "banned-address:0:" + "ee" * 32 and banned.kind == "POLICY"
     prices = next(e for e in changes if e.entry_id == "prices:network")
     assert prices.kind == "POLICY" and prices.attributes["price_per_token"] == "100"
     state = _fold(changes)
@@ -116,10 +119,12 @@ def test_prices_and_workers_are_entries_that_fold_back() -> None:
     later = Registry.from_dict(target.to_dict())
     later.remove_worker("w-2")
     later.prices = {}
+    later.unban_address("0:" + "ee" * 32)
     removals = diff(target, later)
     assert {(e.entry_id, e.allowed) for e in removals} == {
         ("prices:network", False),
         ("worker:w-2", False),
+        ("banned-address:0:" + "ee" * 32, False),
     }
     assert _fold(removals, state).registry.to_dict() == later.to_dict()
 

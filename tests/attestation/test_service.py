@@ -115,18 +115,32 @@ async def watch(bootstrap: str, topic: str, prefix: str) -> AsyncIterator[Watch]
 class Worker:
     """A simulated TDX worker: its own keys, claims bound into simulated quotes."""
 
-    def __init__(self, sim: SimTdx, worker_id: str | None = None, model: str = MODEL) -> None:
+    def __init__(
+        self,
+        sim: SimTdx,
+        worker_id: str | None = None,
+        model: str = MODEL,
+        payout_address: str | None = None,
+    ) -> None:
         self.sim = sim
         self.id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
         self.keys = WorkerKeys.generate().public
         self.model = model
+        self.payout_address = payout_address
 
     def claims(self, nonce: bytes | None = None, timestamp: int | None = None) -> Claims:
         fresh = (
             Freshness(nonce=nonce) if nonce else Freshness(timestamp=timestamp or int(time.time()))
         )
         k = self.keys
-        return Claims(k.signing_key, k.hpke_x25519, k.hpke_mlkem768_x25519, self.model, fresh)
+        return Claims(
+            k.signing_key,
+            k.hpke_x25519,
+            k.hpke_mlkem768_x25519,
+            self.model,
+            fresh,
+            self.payout_address,
+        )
 
     def evidence(
         self,
@@ -313,6 +327,41 @@ async def test_registry_removal_revokes_then_tombstones(
         await producer.send("attestation.evidence", ev)
         r = await verdicts.until(verdict_for(ev))
         assert r.status == "REJECTED" and r.reason.startswith("measurements"), r.reason
+
+
+async def test_the_attested_payout_address_is_in_the_verdict_and_a_ban_revokes_it(
+    kafka_bootstrap: str, prefix: str, sim_dir: Path, service_key: Path
+) -> None:
+    await publish_registry(kafka_bootstrap, allow_all, prefix=prefix)
+    sim = SimTdx.load_or_create(sim_dir)
+    address, other = "0:" + "a1" * 32, "-1:" + "b2" * 32
+    paid, plain = Worker(sim, payout_address=address), Worker(sim)
+    pinned = ServiceKey.load(service_key).public
+    svc = AttestationService(settings(kafka_bootstrap, prefix, sim_dir, service_key))
+    async with (
+        running(svc),
+        BusProducer(kafka_bootstrap, prefix=prefix) as producer,
+        watch(kafka_bootstrap, "attestation.verdicts", prefix) as verdicts,
+    ):
+        for w in (paid, plain):
+            ev = w.evidence(w.claims(timestamp=int(time.time())))
+            await producer.send("attestation.evidence", ev)
+            v = verify_verdict(await verdicts.until(verdict_for(ev)), pinned, time.time())
+            assert v.trusted and v.payout_address == w.payout_address
+
+        # Banning another address revokes nobody; banning this one revokes its worker only.
+        await publish_registry(kafka_bootstrap, lambda r: r.ban_address(other), prefix=prefix)
+        await publish_registry(kafka_bootstrap, lambda r: r.ban_address(address), prefix=prefix)
+        revoked = await verdicts.until(
+            lambda k, v: k == paid.id and v is not None and v.status == "REVOKED", within=5
+        )
+        assert f"payout_address: {address} is banned" in revoked.reason
+        assert set(svc.trusted) == {plain.id}
+        # New evidence with the banned address is refused before anything else is checked.
+        ev = paid.evidence(paid.claims(timestamp=int(time.time()) + 1))
+        await producer.send("attestation.evidence", ev)
+        r = await verdicts.until(verdict_for(ev))
+        assert r.status == "REJECTED" and "is banned" in r.reason
 
 
 async def test_garbage_evidence_goes_to_the_dead_letter_topic(

@@ -70,6 +70,41 @@ def test_signature_survives_the_wire_and_covers_every_field() -> None:
         assert err.value.code == VerdictError.BAD_SIGNATURE, field
 
 
+ADDRESS = "0:" + "5e" * 32
+
+
+def test_the_payout_address_is_signed_and_can_be_neither_changed_added_nor_stripped() -> None:
+    key = ServiceKey.generate()
+    verdict = key.sign({**_trusted(), "payout_address": ADDRESS})
+    _, decoded = codec.decode(codec.encode(verdict))
+    assert verify_verdict(decoded, key.public, NOW_MS / 1000).payout_address == ADDRESS
+    for value in ("0:" + "5f" * 32, None):  # redirected, or stripped to pass as a v1 verdict
+        with pytest.raises(VerdictError) as err:
+            verify_verdict(
+                verdict.model_copy(update={"payout_address": value}), key.public, NOW_MS / 1000
+            )
+        assert err.value.code == VerdictError.BAD_SIGNATURE, value
+    # An address added to a verdict signed without one.
+    plain = key.sign(_trusted())
+    assert verify_verdict(plain, key.public, NOW_MS / 1000).payout_address is None
+    with pytest.raises(VerdictError) as err:
+        verify_verdict(
+            plain.model_copy(update={"payout_address": ADDRESS}), key.public, NOW_MS / 1000
+        )
+    assert err.value.code == VerdictError.BAD_SIGNATURE
+
+
+def test_verdicts_without_an_address_are_signed_as_before() -> None:
+    # Readers of the v1 domain still verify every verdict that carries no payout address.
+    from cocoon.core.crypto.canonical import signed_message
+    from cocoon.core.verdicts import SIGNED_FIELDS, VERDICT_DOMAIN, signed_fields
+
+    verdict = ServiceKey.generate().sign(_trusted())
+    fields = signed_fields(verdict)
+    assert tuple(fields) == SIGNED_FIELDS
+    assert verdict_message(verdict) == signed_message(VERDICT_DOMAIN, fields)
+
+
 def test_expiry_applies_to_trusted_verdicts_only() -> None:
     key = ServiceKey.generate()
     trusted = key.sign(_trusted())

@@ -37,6 +37,7 @@ TOPICS = [
     "attestation.registry",
     "billing.reservations",
     "billing.grants",
+    "billing.topups",
     "billing.ledger",
     "billing.balances",
 ]
@@ -55,7 +56,13 @@ class Attestor:
         self.key = Ed25519PrivateKey.generate()
         self.public = self.key.public_key().public_bytes_raw()
 
-    def verdict(self, worker_id: str, keys: WorkerKeys, status: str = "TRUSTED") -> models.Verdict:
+    def verdict(
+        self,
+        worker_id: str,
+        keys: WorkerKeys,
+        status: str = "TRUSTED",
+        payout_address: str | None = None,
+    ) -> models.Verdict:
         unsigned = models.Verdict(
             verdict_id=f"v-{worker_id}-{uuid.uuid4().hex[:6]}",
             worker_id=worker_id,
@@ -70,6 +77,7 @@ class Attestor:
             expires_at=now_ms_dt(3600),
             attestor_key_id=key_id(self.public),
             signature=b"\x00" * 64,
+            payout_address=payout_address,
         )
         return unsigned.model_copy(update={"signature": self.key.sign(verdict_message(unsigned))})
 
@@ -276,6 +284,7 @@ async def network(
             "billing.balances",
             "billing.ledger",
             "usage.receipts.dlq",
+            "billing.topups.dlq",
         ],
         seen.on_record,
         from_beginning=True,

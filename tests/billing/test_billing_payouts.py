@@ -309,3 +309,62 @@ async def test_a_highload_first_transfer_deploys_and_carries_its_most_orders(nod
     node.send_boc(wallet.sign(1, orders, node.now() + 60, deploy=True).boc)
     node.produce_block()
     assert [node.balance(d) for d in dests] == [1000 + n for n in range(HIGHLOAD_MAX_ORDERS)]
+
+
+async def test_each_receipt_is_paid_to_the_address_it_was_earned_under(tmp_path, node, workers):
+    """Earnings follow the payout address of the verdict that verified each receipt: a worker
+    that re-attests with a new address is paid the old earnings at the old one; earnings under
+    no attested address go to the registry's; nothing goes to a banned address."""
+    attested: dict[str, str | None] = {"w1": None, "w2": None}
+    journal = FileJournal(tmp_path / "ledger.jsonl")
+    engine = BillingEngine(PRICES, workers.verifier(), sink=journal, attested_address=attested.get)
+    engine.open_account("acct")
+    engine.credit_deposit("1:aa", 100 * TON, "acct")
+    first, second, banned = "0:" + "e1" * 32, "-1:" + "e2" * 32, "0:" + "e3" * 32
+    earn(engine, workers, "w1", 1000, 1)  # under a verdict with no address: the registry's
+    attested["w1"] = first
+    earn(engine, workers, "w1", 2000, 2)
+    attested["w1"] = second  # re-attested with another address
+    earn(engine, workers, "w1", 3000, 3)
+    attested["w2"] = banned
+    earn(engine, workers, "w2", 1000, 1)
+    assert engine.earnings_by_address("w1") == {
+        "": 808_000_000,
+        first: 1_608_000_000,
+        second: 2_408_000_000,
+    }
+    wallet = PayoutWallet(os.urandom(32))
+    node.fund(wallet.address, 20 * TON)
+    store = PayoutStore(tmp_path / "payouts.sqlite")
+    # The registry names an address for w1 (and, wrongly, for w2): it only gets w1's
+    # unattested earnings, never what was earned under an attested address.
+    registry = {"w1": DESTS["w1"], "w2": DESTS["w2"]}
+    service = PayoutService(
+        engine, TonApi(node.url), wallet, store, registry.get, threshold=THRESHOLD,
+        banned={banned}.__contains__,
+    )  # fmt: skip
+    reports = await settle(service, node)
+    assert node.balance(DESTS["w1"]) == 808_000_000
+    assert node.balance(first) == 1_608_000_000
+    assert node.balance(second) == 2_408_000_000
+    assert node.balance(banned) == 0 and node.balance(DESTS["w2"]) == 0
+    assert engine.earnings("w1") == 0
+    assert engine.earnings_by_address("w2") == {banned: 808_000_000}
+    assert any("banned" in r.skipped.get("w2", "") for r in reports)
+    assert audit(engine.ledger) == []
+    # A restart replays the same ledger and store: nothing more is paid.
+    replayed = BillingEngine.replay(journal.entries(), PRICES, workers.verifier())
+    assert replayed.earnings_by_address("w1") == {} and audit(replayed.ledger) == []
+
+
+def test_a_payout_cannot_draw_on_earnings_under_another_address(tmp_path, workers):
+    attested = {"w1": "0:" + "e1" * 32}
+    engine = BillingEngine(PRICES, workers.verifier(), attested_address=attested.get)
+    engine.open_account("acct")
+    engine.credit_deposit("1:aa", 100 * TON, "acct")
+    earn(engine, workers, "w1", 1000, 1)
+    with pytest.raises(BillingError, match="exceeds the 0 earned under no attested address"):
+        engine.start_payout("w1.1", "w1", 808_000_000)
+    with pytest.raises(BillingError, match="exceeds"):
+        engine.start_payout("w1.1", "w1", 808_000_001, earned_under="0:" + "e1" * 32)
+    assert engine.start_payout("w1.1", "w1", 808_000_000, earned_under="0:" + "e1" * 32)

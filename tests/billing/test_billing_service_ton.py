@@ -24,6 +24,7 @@ from cocoon.core.crypto.keys import WorkerKeys
 FEE = 24_000
 THRESHOLD = 40_000  # two receipts' fees
 DESTINATION = "0:" + "d1" * 32
+ATTESTED = "0:" + "a7" * 32  # w-2's own address, in its verdict; w-2 has no registry entry
 
 
 @pytest.fixture
@@ -51,12 +52,14 @@ async def test_deposits_are_credited_and_earnings_paid_out_once(
     }.items():
         monkeypatch.setenv(name, value)
 
-    worker = WorkerKeys.generate()
+    worker, joined = WorkerKeys.generate(), WorkerKeys.generate()
     async with network(kafka_bootstrap, unique_name, grants="alice=1000000") as net:
         net.settings = net.settings.model_copy(
             update={"ton_poll_seconds": 0.2, "payout_store": tmp_path / "payouts.sqlite"}
         )
         await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        verdict = net.attestor.verdict("w-2", joined, payout_address=ATTESTED)
+        await net.send("attestation.verdicts", verdict)
         await publish_registry(
             kafka_bootstrap,
             lambda r: r.set_worker("w-1", coefficient=1000, payout_address=DESTINATION),
@@ -68,23 +71,29 @@ async def test_deposits_are_credited_and_earnings_paid_out_once(
             UserWallet(node).send(deposit_wallet.address, 2 * TON, "alice", bounceable=True)
             await net.until(lambda: net.seen.causes("deposit:") != ["deposit:dev-grant:alice"], 20)
 
-            rids = [f"r-{n}-{os.urandom(3).hex()}" for n in range(2)]
+            rids = [f"r-{n}-{os.urandom(3).hex()}" for n in range(4)]
             for rid in rids:
                 await net.send("inference.requests", request(rid, "alice"))
             await net.until(lambda: all(r in net.seen.reservations for r in rids))
-            for rid in rids:
-                await net.send("usage.receipts", receipt(worker, rid, "w-1"))
-            # The earnings cross the threshold: one payout, confirmed on chain.
-            await net.until(lambda: net.seen.causes("payout-confirmed:"), 30)
+            for rid, (keys, w) in zip(rids, [(worker, "w-1"), (joined, "w-2")] * 2, strict=True):
+                await net.send("usage.receipts", receipt(keys, rid, w))
+            # The earnings cross the threshold: one payout each, confirmed on chain; w-2 is
+            # paid to the address its verdict attests, with no registry entry of its own.
+            await net.until(lambda: len(net.seen.causes("payout-confirmed:")) == 2, 30)
             await net.until(lambda: net.balance("worker:w-1") == (0, 0))
+            await net.until(lambda: net.balance("worker:w-2") == (0, 0))
             assert node.balance(DESTINATION) == 2 * FEE
+            assert node.balance(ATTESTED) == 2 * FEE
 
         entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
         kinds = [e.kind for e in entries]
-        assert kinds.count("payout") == kinds.count("payout_confirmed") == 1
+        assert kinds.count("payout") == kinds.count("payout_confirmed") == 2
+        charges = {e.meta["worker_id"]: e.meta.get("payout_address") for e in entries
+                   if e.kind == "charge"}  # fmt: skip
+        assert charges == {"w-1": None, "w-2": ATTESTED}
         deposits = [e for e in entries if e.kind == "deposit"]
         assert sorted(e.meta["amount"] for e in deposits) == [1_000_000, 2 * TON]
-        assert net.balance("alice")[0] == 1_000_000 + 2 * TON - 2 * 30_000
+        assert net.balance("alice")[0] == 1_000_000 + 2 * TON - 4 * 30_000
         assert audit(entries, require_no_open_holds=True) == []
 
         # A new instance with the same payout store pays nothing again.
@@ -93,3 +102,4 @@ async def test_deposits_are_credited_and_earnings_paid_out_once(
             await asyncio.sleep(1.5)  # several TON steps (0.2 s) over new blocks
         assert len(node.sent_bocs) == sent_before
         assert node.balance(DESTINATION) == 2 * FEE
+        assert node.balance(ATTESTED) == 2 * FEE

@@ -24,6 +24,7 @@ EXPECTED = {
     "inference.requests",
     "billing.reservations",
     "billing.grants",
+    "billing.topups",
     "inference.assignments",
     "work.{worker_id}",
     "inference.responses",

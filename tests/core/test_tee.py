@@ -15,7 +15,7 @@ from cocoon.core import tee
 from cocoon.core.crypto import WorkerKeys
 
 
-def _attestation_claims(keys, model: str, **freshness) -> Claims:
+def _attestation_claims(keys, model: str, payout_address=None, **freshness) -> Claims:
     public = keys.public
     return Claims(
         public.signing_key,
@@ -23,6 +23,7 @@ def _attestation_claims(keys, model: str, **freshness) -> Claims:
         public.hpke_mlkem768_x25519,
         model,
         Freshness(**freshness),
+        payout_address,
     )
 
 
@@ -30,11 +31,16 @@ def _attestation_claims(keys, model: str, **freshness) -> Claims:
     "freshness", [{"timestamp": 1_790_000_000}, {"nonce": os.urandom(32)}, {"timestamp": 0}]
 )
 @pytest.mark.parametrize("model", ["qwen3-0.6b", "é/模型", "m" * 256])
-def test_claims_bytes_equal_the_attestation_encoding(freshness: dict, model: str) -> None:
+@pytest.mark.parametrize("address", [None, "0:" + "ab" * 32, "-1:" + "01" * 32])
+def test_claims_bytes_equal_the_attestation_encoding(
+    freshness: dict, model: str, address: str | None
+) -> None:
     keys = WorkerKeys.generate()
-    ours = tee.encode_claims(keys.public, model, **freshness)
-    assert ours == _attestation_claims(keys, model, **freshness).encode()
-    assert tee.report_data(ours) == _attestation_claims(keys, model, **freshness).report_data()
+    ours = tee.encode_claims(keys.public, model, payout_address=address, **freshness)
+    theirs = _attestation_claims(keys, model, address, **freshness)
+    assert ours == theirs.encode()
+    assert tee.report_data(ours) == theirs.report_data()
+    assert Claims.decode(ours).payout_address == address
 
 
 @pytest.mark.parametrize(
@@ -47,6 +53,8 @@ def test_claims_bytes_equal_the_attestation_encoding(freshness: dict, model: str
         {"model": "", "timestamp": 1},
         {"model": "m" * 257, "timestamp": 1},
         {"model": "m", "timestamp": -1},
+        {"model": "m", "timestamp": 1, "payout_address": "0:12"},
+        {"model": "m", "timestamp": 1, "payout_address": "7:" + "ab" * 32},
     ],
 )
 def test_bad_claims_are_refused(kwargs: dict) -> None:

@@ -91,10 +91,10 @@ def test_acl_spot_checks_against_the_catalog():
     users = {u["metadata"]["name"]: u for u in render_kafka_users(_catalog())}
     billing = _topic_acls(users["cocoon-billing"])
     assert billing[("literal", "billing.ledger")] == {"Read", "Write"}
-    # gateway never reads the ledger, worker-proxy never writes verdicts
+    # gateway never reads the ledger; worker-proxy reads verdicts (its own), never writes them
     assert ("literal", "billing.ledger") not in _topic_acls(users["cocoon-gateway"])
-    assert ("literal", "attestation.verdicts") not in _topic_acls(users["cocoon-worker-proxy"])
     worker = _topic_acls(users["cocoon-worker-proxy"])
+    assert worker[("literal", "attestation.verdicts")] == {"Read"}
     # Its work topic and DLQ: it reads work, dead-letters bad items, and creates both at start.
     assert {"Read", "Write", "Create", "DescribeConfigs", "AlterConfigs"} <= worker[
         ("prefix", "work.")

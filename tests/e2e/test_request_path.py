@@ -9,8 +9,7 @@ import uuid
 import httpx
 import openai
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from kafka import KafkaAdminClient
+from support.bus_dump import every_record
 
 from cocoon.network.engine_process import SMOLLM2_MODEL
 
@@ -87,53 +86,6 @@ def test_insufficient_balance_is_402_with_the_exact_shortfall(network, poor_acco
     assert shortfall == required - balance
 
 
-async def _every_record(bootstrap: str, prefix: str) -> list[bytes]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        topics = [t for t in admin.list_topics() if t.startswith(prefix)]
-    finally:
-        admin.close()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_uncommitted", enable_auto_commit=False
-    )
-    await consumer.start()
-    blobs: list[bytes] = []
-    try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in consumer.partitions_for_topic(topic) or ()
-        ]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in topics
-                for p in consumer.partitions_for_topic(topic) or ()
-            ]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp, end in ends.items() if end > 0}
-        deadline = time.monotonic() + 60
-        while remaining and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for record in records:
-                    blobs += [record.key or b"", record.value or b""]
-                    blobs += [bytes(value) for _, value in record.headers]
-            # Every partition, not only those that returned records: one whose log ends in a
-            # transaction marker moves past it with an empty fetch.
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        assert not remaining, f"could not read to the end of {remaining}"
-    finally:
-        await consumer.stop()
-    assert len(topics) > 20
-    return blobs
-
-
 async def test_privacy_canary_never_on_the_bus(network, kafka_bootstrap):
     canary = f"CANARY-{uuid.uuid4().hex}"
     async with openai.AsyncOpenAI(
@@ -146,7 +98,7 @@ async def test_privacy_canary_never_on_the_bus(network, kafka_bootstrap):
         )
     completion = answer.choices[0].message.content
     assert completion.strip()
-    blobs = await _every_record(kafka_bootstrap, network_prefix())
+    blobs = await every_record(kafka_bootstrap, network_prefix())
     assert blobs, "nothing was read from the bus"
     needles = [canary.encode(), canary[7:23].encode()]
     # Any 24-character run of the completion would betray it (short runs like "the" would not).

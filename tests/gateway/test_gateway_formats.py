@@ -107,3 +107,73 @@ def test_sse_error_and_done():
     assert SSE_DONE == b"data: [DONE]\n\n"
     event = sse_error(WorkerLost())
     assert json.loads(event.removeprefix(b"data: "))["error"]["code"] == "worker_lost"
+
+
+def test_json_schema_format_needs_its_schema_object_and_keeps_the_wire_names():
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "strict": True, "schema": schema},
+    }
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": fmt}
+    inference = to_inference_request(
+        "chat.completions", _parse("chat.completions", body), ApiSettings()
+    )
+    assert inference.body["response_format"] == fmt  # `schema`, not the model's `schema_`
+    for bad, param in [
+        ({"type": "json_schema"}, "response_format"),
+        (
+            {"type": "json_schema", "json_schema": {"schema": schema}},
+            "response_format.json_schema.name",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "a b"}},
+            "response_format.json_schema.name",
+        ),
+        ({"type": "text", "json_schema": {"name": "a"}}, "response_format"),
+    ]:
+        with pytest.raises(InvalidRequest) as caught:
+            _parse("chat.completions", {**body, "response_format": bad})
+        assert caught.value.param == param
+
+
+def test_tool_call_deltas_take_openais_shape_and_join_into_the_message():
+    from cocoon.gateway.api import ToolCallDelta
+    from cocoon.gateway.pipeline import parse_engine_chunk
+
+    # llama-cpp-python repeats id and name on every delta; clients concatenate what they get.
+    def engine_delta(arguments: str) -> bytes:
+        call = {"index": 0, "id": "call_x", "type": "function",
+                "function": {"name": "get_weather", "arguments": arguments}}  # fmt: skip
+        delta = {"role": None, "content": None, "tool_calls": [call]}
+        return json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode()
+
+    items = [*parse_engine_chunk(engine_delta('{"city": '), "chat.completions")]
+    items += parse_engine_chunk(engine_delta('"Paris"}'), "chat.completions")
+    items.append(ChatChunk(finish_reason="tool_calls"))
+    assert items[0].tool_calls == (ToolCallDelta(0, "call_x", "get_weather", '{"city": '),)
+    fmt = ResponseFormatter("chat.completions", "chatcmpl-1", 5, "m")
+    first, second = (fmt.chunk(i)["choices"][0]["delta"] for i in items[:2])
+    assert first == {
+        "role": "assistant",
+        "tool_calls": [{"index": 0, "id": "call_x", "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": '}}],
+    }  # fmt: skip
+    assert second == {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}
+    message = fmt.complete(items)["choices"][0]
+    assert message["finish_reason"] == "tool_calls"
+    assert message["message"]["content"] is None
+    assert message["message"]["tool_calls"] == [
+        {"id": "call_x", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    ]  # fmt: skip
+
+
+def test_a_sealed_engine_refusal_is_a_400_and_anything_else_a_lost_worker():
+    from cocoon.gateway.pipeline import worker_error
+
+    refused = json.dumps({"error": {"type": "invalid_request_error", "message": "bad schema"}})
+    error = worker_error(refused.encode(), "engine_rejected")
+    assert isinstance(error, InvalidRequest) and error.message == "bad schema"
+    for plain in (b'{"error": {"code": "engine_error", "message": "x"}}', b"not json", b"[]"):
+        assert isinstance(worker_error(plain, "engine_error"), WorkerLost)

@@ -28,6 +28,19 @@ def _chat(**extra) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **extra}
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _named(name: str) -> dict:
+    return {"type": "function", "function": {"name": name}}
+
+
 def _error(response: httpx.Response) -> dict:
     body = response.json()
     assert set(body) == {"error"}
@@ -117,7 +130,14 @@ async def test_engine_body_strips_extensions(client: httpx.AsyncClient, backend:
 @pytest.mark.parametrize(
     ("body", "param", "fragment"),
     [
-        (_chat(tools=[]), "tools", "Unrecognized request argument"),
+        (_chat(functions=[]), "functions", "Unrecognized request argument"),
+        (_chat(tool_choice="required"), "tool_choice", "needs tools"),
+        (_chat(tools=[WEATHER], tool_choice=_named("other")), "tool_choice", "not in tools"),
+        (
+            _chat(tools=[{"type": "function", "function": {"name": "a b"}}]),
+            "tools[0].function.name",
+            "pattern",
+        ),
         (_chat(logit_bias={}), "logit_bias", "Unrecognized request argument"),
         (_chat(temperature="hot"), "temperature", "Invalid value"),
         (_chat(stream="yes"), "stream", "Invalid value"),
@@ -130,7 +150,9 @@ async def test_engine_body_strips_extensions(client: httpx.AsyncClient, backend:
         (_chat(stream_options={"include_usage": True}), "stream_options", "only allowed"),
         ({"model": MODEL}, "messages", "Missing required parameter"),
         (_chat(messages=[{"role": "user", "content": "x", "x": 1}]), "messages[0].x", "Unrec"),
-        (_chat(messages=[{"role": "tool", "content": "x"}]), "messages[0].role", "Invalid"),
+        (_chat(messages=[{"role": "tool", "content": "x"}]), "messages[0]", "tool_call_id"),
+        (_chat(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role", "Invalid"),
+        (_chat(messages=[{"role": "user"}]), "messages[0]", "content is required"),
         (_chat(messages=[]), "messages", "at least 1"),
     ],
 )
@@ -209,6 +231,9 @@ async def test_backend_errors_keep_their_status(
         assert "1234 nanoTON" in _error(r)["message"]
     if model == "pricey":
         assert "2500" in _error(r)["message"] and _error(r)["param"] == "max_coefficient"
+    # Retrying cannot help until the client changes something; the SDKs obey this header.
+    assert (r.headers.get("x-should-retry") == "false") == (model in ("poor", "pricey"))
+    assert r.headers["x-request-id"]
 
 
 async def test_deadline_gives_504(backend: ScriptedBackend, client: httpx.AsyncClient):
@@ -266,6 +291,48 @@ async def test_unknown_route_and_method_use_openai_shape(client: httpx.AsyncClie
     assert r.status_code == 404 and _error(r)["code"] == "not_found"
     r = await client.get("/v1/chat/completions")
     assert r.status_code == 405 and _error(r)["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "POST"
+    r = await client.post("/v1/models")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+
+
+async def test_every_response_has_a_request_id(app: FastAPI, client: httpx.AsyncClient):
+    @app.get("/boom")
+    async def boom() -> dict:
+        raise RuntimeError("boom")
+
+    answers = [
+        await client.post("/v1/chat/completions", json=_chat()),
+        await client.post("/v1/chat/completions", json=_chat(stream=True)),
+        await client.post("/v1/chat/completions", json={"model": MODEL}),
+        await client.get("/v1/nothing-here"),
+        await client.get("/v1/models", headers={"Authorization": "Bearer wrong"}),
+        await client.get("/boom"),
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 400, 404, 401, 500]
+    ids = [r.headers.get("x-request-id") for r in answers]
+    assert all(ids) and len(set(ids)) == len(ids)
+
+
+async def test_explicit_nulls_mean_the_default(client: httpx.AsyncClient, backend: ScriptedBackend):
+    nulls = dict.fromkeys(
+        ("stream", "stream_options", "temperature", "top_p", "n", "stop", "max_tokens", "seed",
+         "presence_penalty", "frequency_penalty", "response_format", "user",
+         "max_completion_tokens", "parallel_tool_calls"),
+    )  # fmt: skip
+    r = await client.post("/v1/chat/completions", json=_chat(**nulls))
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "chat.completion"  # stream: null is not a stream
+    r = await client.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "x", "stream": None, "echo": None, "suffix": None},
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/v1/chat/completions",
+        json=_chat(stream=True, stream_options={"include_usage": None}),
+    )
+    assert r.status_code == 200 and '"usage"' not in r.text
 
 
 async def test_fastapi_validation_errors_become_400(app: FastAPI, client: httpx.AsyncClient):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
@@ -235,14 +235,24 @@ def test_finished_requests_are_forgotten_after_a_while():
     assert "r" not in d.requests
 
 
-def test_price_cap_is_reported_when_only_pricier_workers_exist():
+def test_price_cap_is_reported_at_once_with_the_lowest_coefficient():
     d = dispatcher("w-a")
     d.on_heartbeat(heartbeat("w-a", seq=2, coefficient=8000), T0)
-    assert d.on_reservation(reservation("r"), T0) == []
-    (cap,) = d.tick(T0 + 5)
-    assert cap.error_code == "price_cap"
+    (cap,) = d.on_reservation(reservation("r"), T0)
+    assert cap.error_code == "price_cap" and cap.min_coefficient == 8000
     assert d.pool.get("w-a").coefficient == 8000
-    assert timedelta(milliseconds=cap.duration_ms) == timedelta(seconds=5)
+    assert cap.duration_ms == 0
+
+
+def test_a_busy_worker_within_the_price_cap_is_waited_for():
+    d = dispatcher("w-a", "w-b")  # w-b costs more than the cap, w-a is within it but busy
+    d.on_heartbeat(heartbeat("w-b", seq=2, coefficient=8000), T0)
+    for rid in ("r1", "r2"):
+        (placed,) = d.on_reservation(reservation(rid), T0)
+        assert placed.worker_id == "w-a"
+    assert d.on_reservation(reservation("r3"), T0) == []  # queued, not refused
+    (placed,) = d.on_outcome(outcome("r1", 1, "w-a", "SUCCEEDED"), T0 + 1)
+    assert placed.request_id == "r3" and placed.worker_id == "w-a"
 
 
 def test_an_outcome_places_a_request_waiting_for_capacity_at_once():
@@ -323,8 +333,9 @@ def test_a_granted_request_billing_refused_is_taken_back_and_never_placed_later(
 def test_the_registry_coefficient_wins_over_the_heartbeat_for_caps_and_assignments():
     d = dispatcher("w1")  # heartbeats 1.0x
     d.on_registry_coefficient("w1", 6000)
-    # The client's cap (5000 = 5.0x) is below the registry's 6.0x: no placement at that price.
-    assert d.on_reservation(reservation("r-1"), T0) == []
+    # The client's cap (5000 = 5.0x) is below the registry's 6.0x: refused, naming 6.0x.
+    (refused,) = d.on_reservation(reservation("r-1"), T0)
+    assert (refused.error_code, refused.min_coefficient) == ("price_cap", 6000)
     beat(d, T0 + 0.1, "w1")  # the worker keeps claiming 1.0x: still the registry's
     assert d.pool.get("w1").coefficient == 6000
     d.on_registry_coefficient("w1", 2000)

@@ -540,3 +540,29 @@ async def test_engine_down_fails_with_sealed_error_and_empty_receipt(network: Ne
 def test_settings_refuse_a_worker_id_that_cannot_name_a_topic() -> None:
     with pytest.raises(ValueError, match="worker_id"):
         Settings(worker_id="Bad_Id", model="m")
+
+
+def test_settings_keep_the_payout_address_in_raw_form_and_refuse_a_bad_one() -> None:
+    from cocoon.core.ton_address import TonAddress
+
+    friendly = TonAddress(0, b"\x42" * 32).friendly(bounceable=True)
+    assert Settings(worker_id="w", model="m", payout_address=friendly).payout_address == (
+        "0:" + "42" * 32
+    )
+    with pytest.raises(ValueError, match="checksum"):
+        Settings(worker_id="w", model="m", payout_address=friendly[:-2] + "AA")
+
+
+async def test_the_payout_address_is_attested_in_every_evidence(
+    network: Network, engine_url: str
+) -> None:
+    address = "-1:" + "0d" * 32
+    async with running(network, engine_url, payout_address=address) as (service, _, _):
+        evidence = await network.bus.wait_for("attestation.evidence", worker_id=service.worker_id)
+        claims = Claims.decode(evidence["claims"])
+        assert claims.payout_address == address
+        sim = SimTdx.load_or_create()
+        verdict = Verifier(sim.development_policy(), BundleSource([sim.collateral()])).verify(
+            evidence["tdx_quote"], claims
+        )
+        assert verdict.accepted, verdict.reason

@@ -1,7 +1,7 @@
 """Worker claims and their canonical byte encoding; REPORTDATA = SHA-512(encoding).
 
-Encoding (version 1), chosen over JSON so no serializer quirk (escaping, number formats, key
-order) can make two implementations disagree:
+Encoding (version 1, and version 2 which adds the payout address), chosen over JSON so no
+serializer quirk (escaping, number formats, key order) can make two implementations disagree:
 
     MAGIC = b"cocoon/claims/v1\\n"
     encoding = MAGIC ‖ field(1, signing_key) ‖ field(2, hpke_x25519)
@@ -10,6 +10,14 @@ order) can make two implementations disagree:
     field(tag, value) = u8 tag ‖ u32 big-endian len(value) ‖ value
     freshness = 0x01 ‖ nonce (16..64 bytes)        a nonce issued by the attestation service
               | 0x02 ‖ u64 big-endian unix seconds  a timestamp checked against a bound
+
+    MAGIC_V2 = b"cocoon/claims/v2\\n"
+    encoding = MAGIC_V2 ‖ the five fields above ‖ field(6, payout address)
+    payout address = i8 workchain ‖ 32-byte account id   (cocoon.core.ton_address)
+
+Version 2 binds the TON address the worker's earnings go to into REPORTDATA, like its keys:
+neither the host nor the operator can change it without a new quote. Claims without an address
+still encode as version 1, byte for byte.
 
 Fields appear exactly once, in this order. Sizes: signing_key 32 (Ed25519 raw), hpke_x25519 32
 (X25519 raw), hpke_mlkem768_x25519 1216 (ML-KEM-768 encapsulation key 1184 ‖ X25519 32),
@@ -23,7 +31,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from cocoon.core.ton_address import TonAddress, TonAddressError, parse_ton_address
+
 MAGIC = b"cocoon/claims/v1\n"
+MAGIC_V2 = b"cocoon/claims/v2\n"
 SIGNING_KEY_LEN = 32
 X25519_LEN = 32
 MLKEM768_X25519_LEN = 1184 + 32
@@ -31,6 +42,8 @@ MAX_MODEL_LEN = 256
 NONCE_MIN, NONCE_MAX = 16, 64
 
 _TAG_SIGNING, _TAG_X25519, _TAG_HYBRID, _TAG_MODEL, _TAG_FRESHNESS = 1, 2, 3, 4, 5
+_TAG_PAYOUT = 6
+_V1_TAGS = (_TAG_SIGNING, _TAG_X25519, _TAG_HYBRID, _TAG_MODEL, _TAG_FRESHNESS)
 _KIND_NONCE, _KIND_TIMESTAMP = 1, 2
 
 
@@ -76,8 +89,15 @@ class Claims:
     hpke_mlkem768_x25519: bytes
     model: str
     freshness: Freshness
+    payout_address: str | None = None  # raw form `wc:hex`; None encodes as version 1
 
     def __post_init__(self) -> None:
+        if self.payout_address is not None:
+            try:
+                raw = parse_ton_address(self.payout_address).raw
+            except TonAddressError as exc:
+                raise ClaimsError(f"payout address: {exc}") from None
+            object.__setattr__(self, "payout_address", raw)  # one spelling per address
         for name, size in (
             ("signing_key", SIGNING_KEY_LEN),
             ("hpke_x25519", X25519_LEN),
@@ -90,14 +110,19 @@ class Claims:
             raise ClaimsError(f"model must be 1..{MAX_MODEL_LEN} bytes of UTF-8")
 
     def encode(self) -> bytes:
-        parts = [MAGIC]
-        for tag, value in (
+        fields = [
             (_TAG_SIGNING, self.signing_key),
             (_TAG_X25519, self.hpke_x25519),
             (_TAG_HYBRID, self.hpke_mlkem768_x25519),
             (_TAG_MODEL, self.model.encode()),
             (_TAG_FRESHNESS, self.freshness.encode()),
-        ):
+        ]
+        magic = MAGIC
+        if self.payout_address is not None:
+            magic = MAGIC_V2
+            fields.append((_TAG_PAYOUT, parse_ton_address(self.payout_address).to_bytes()))
+        parts = [magic]
+        for tag, value in fields:
             parts.append(struct.pack(">BI", tag, len(value)) + value)
         return b"".join(parts)
 
@@ -107,11 +132,14 @@ class Claims:
 
     @classmethod
     def decode(cls, blob: bytes) -> Claims:
-        if not blob.startswith(MAGIC):
-            raise ClaimsError("not a cocoon/claims/v1 encoding")
-        pos = len(MAGIC)
+        if blob.startswith(MAGIC):
+            pos, tags = len(MAGIC), _V1_TAGS
+        elif blob.startswith(MAGIC_V2):
+            pos, tags = len(MAGIC_V2), (*_V1_TAGS, _TAG_PAYOUT)
+        else:
+            raise ClaimsError("not a cocoon/claims/v1 or v2 encoding")
         values = []
-        for expected in (_TAG_SIGNING, _TAG_X25519, _TAG_HYBRID, _TAG_MODEL, _TAG_FRESHNESS):
+        for expected in tags:
             if pos + 5 > len(blob):
                 raise ClaimsError("truncated claims")
             tag, size = struct.unpack(">BI", blob[pos : pos + 5])
@@ -125,7 +153,13 @@ class Claims:
             model = values[3].decode()
         except UnicodeDecodeError:
             raise ClaimsError("model is not UTF-8") from None
-        return cls(values[0], values[1], values[2], model, Freshness.decode(values[4]))
+        address = None
+        if len(values) > len(_V1_TAGS):
+            try:
+                address = TonAddress.from_bytes(values[5]).raw
+            except TonAddressError as exc:
+                raise ClaimsError(f"payout address: {exc}") from None
+        return cls(values[0], values[1], values[2], model, Freshness.decode(values[4]), address)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -134,6 +168,8 @@ class Claims:
             "hpke_mlkem768_x25519": self.hpke_mlkem768_x25519.hex(),
             "model": self.model,
         }
+        if self.payout_address is not None:
+            out["payout_address"] = self.payout_address
         if self.freshness.nonce is not None:
             out["nonce"] = self.freshness.nonce.hex()
         else:
@@ -154,6 +190,7 @@ class Claims:
                 bytes.fromhex(d["hpke_mlkem768_x25519"]),
                 str(d["model"]),
                 fresh,
+                d.get("payout_address"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             if isinstance(exc, ClaimsError):

@@ -390,6 +390,23 @@ def registry_remove_worker(
     _edit(file, bootstrap, prefix, lambda r: r.remove_worker(worker_id))
 
 
+@registry_app.command("ban-address")
+def registry_ban_address(
+    address: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Ban a TON payout address: workers attesting it are refused (current verdicts revoked)
+    and billing pays nothing to it."""
+    _edit(file, bootstrap, prefix, lambda r: r.ban_address(address))
+
+
+@registry_app.command("unban-address")
+def registry_unban_address(
+    address: str, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None
+) -> None:
+    """Lift a payout address ban (revokes nothing)."""
+    _edit(file, bootstrap, prefix, lambda r: r.unban_address(address))
+
+
 @registry_app.command("export")
 def registry_export(
     target: Path, file: RegistryFile = None, bootstrap: Bootstrap = None, prefix: Prefix = None

@@ -19,6 +19,7 @@ from typing import Any
 
 from cocoon.attestation.policy import TCB_STATUSES, MeasurementSet, Policy, PolicyError
 from cocoon.core.registry_entries import PRICE_FIELDS
+from cocoon.core.ton_address import TonAddressError, raw_address
 
 REGISTRY_FORMAT = "cocoon.attestation.registry/1"
 _MAX_PRICE = 10**15  # far above any sane price, far below int64 overflow in cost arithmetic
@@ -53,6 +54,13 @@ def _bounded_int(value: Any, what: str) -> int:
     return number
 
 
+def _address(text: str) -> str:
+    try:
+        return raw_address(text)
+    except TonAddressError as exc:
+        raise RegistryError(f"payout address: {exc}") from None
+
+
 @dataclass
 class Registry:
     image_hashes: set[str] = field(default_factory=set)
@@ -63,6 +71,17 @@ class Registry:
     gpu_cc_models: set[str] = field(default_factory=set)  # need verified NVIDIA CC evidence
     prices: dict[str, int] = field(default_factory=dict)  # PRICE_FIELDS, all or none
     workers: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> coefficient, address
+    banned_addresses: set[str] = field(default_factory=set)  # raw TON payout addresses
+
+    def ban_address(self, address: str) -> None:
+        """Refuse workers that attest this payout address, and pay nothing to it."""
+        self.banned_addresses.add(_address(address))
+
+    def unban_address(self, address: str) -> bool:
+        raw = _address(address)
+        present = raw in self.banned_addresses
+        self.banned_addresses.discard(raw)
+        return present
 
     def set_prices(self, values: dict[str, Any]) -> None:
         """Set the whole price list (every PRICE_FIELDS key, integers)."""
@@ -167,6 +186,7 @@ class Registry:
             "gpu_cc_models": sorted(self.gpu_cc_models),
             "prices": dict(self.prices),
             "workers": {w: dict(v) for w, v in sorted(self.workers.items())},
+            "banned_addresses": sorted(self.banned_addresses),
         }
 
     @classmethod
@@ -194,6 +214,8 @@ class Registry:
                     coefficient=w.get("coefficient", 1000),
                     payout_address=w.get("payout_address", ""),
                 )
+            for address in d.get("banned_addresses", []):
+                reg.ban_address(address)
         except (PolicyError, AttributeError, TypeError) as exc:
             raise RegistryError(f"malformed registry: {exc}") from None
         return reg

@@ -16,10 +16,13 @@ One record per allowed thing, keyed by its entry id; the latest record per id is
                                                    registry.PRICE_FIELDS value (decimal strings)
     worker:<worker id>               POLICY        attributes setting=worker, coefficient,
                                                    payout_address (optional)
+    banned-address:<raw address>     POLICY        attributes setting=banned_payout_address:
+                                                   verdicts attesting it are refused, billing
+                                                   pays nothing to it
 
 `version` is the registry version after the change (the writer's last seen version + 1).
-For `gpu-cc:` entries `allowed=true` means "required"; `allowed=false` lifts the requirement,
-which loosens the policy and so revokes nothing.
+For `gpu-cc:` entries `allowed=true` means "required" and for `banned-address:` "banned";
+`allowed=false` lifts the requirement or the ban, which loosens the policy and so revokes nothing.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from cocoon.attestation.registry_mirror import CompactedMirror
 from cocoon.core.bus import BusProducer
 from cocoon.core.codec import models
 from cocoon.core.registry_entries import (
+    BANNED_ADDRESS_SETTING,
     PRICES_ENTRY_ID,
     PRICES_SETTING,
     REGISTRY_TOPIC,
     WORKER_SETTING,
+    banned_address_entry_id,
     worker_entry_id,
 )
 
@@ -87,6 +92,10 @@ def entries_of(reg: Registry) -> dict[str, Entry]:
     out += [
         Entry(worker_entry_id(w), "POLICY", w, True, {"setting": WORKER_SETTING, **attrs})
         for w, attrs in reg.workers.items()
+    ]
+    out += [
+        Entry(banned_address_entry_id(a), "POLICY", a, True, {"setting": BANNED_ADDRESS_SETTING})
+        for a in reg.banned_addresses
     ]
     return {e.entry_id: e for e in out}
 
@@ -153,6 +162,8 @@ def _apply_policy(reg: Registry, entry: Entry) -> None:
             )
         else:
             reg.remove_worker(subject)
+    elif setting == BANNED_ADDRESS_SETTING and entry.entry_id == banned_address_entry_id(subject):
+        _ = reg.ban_address(subject) if allow else reg.unban_address(subject)
     else:
         raise RegistryError(f"unknown policy setting {setting!r} in {entry.entry_id!r}")
 

@@ -52,13 +52,14 @@ from cocoon.attestation.verify import Verifier
 from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.codec import models
+from cocoon.core.contracts import Group, Topic
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.verdicts import TRUSTED
 
 log = logging.getLogger(__name__)
 
-EVIDENCE_TOPIC = "attestation.evidence"
-VERDICTS_TOPIC = "attestation.verdicts"
+EVIDENCE_TOPIC = Topic.ATTESTATION_EVIDENCE
+VERDICTS_TOPIC = Topic.ATTESTATION_VERDICTS
 INTEL_PCS = "https://api.trustedservices.intel.com"
 
 VERDICTS = Counter(
@@ -82,7 +83,7 @@ class Settings(ServiceSettings):
     gpu_policy_file: Path | None = Field(
         None, description="GPU policy JSON (RIM and OCSP: files or URLs); default NVIDIA online"
     )
-    evidence_group: str = "attestation"
+    evidence_group: str = Group.ATTESTATION
 
     @model_validator(mode="after")
     def _simulated_only_in_dev(self) -> Settings:
@@ -255,6 +256,9 @@ class AttestationService(Service):
         nonce = claims.freshness.nonce
         if ev.nonce is not None and ev.nonce != nonce:
             return reject("evidence nonce does not match the nonce in the claims")
+        banned = self._banned(claims.payout_address)
+        if banned:
+            return reject(banned)
         report_data = claims.report_data()
         if nonce is not None:
             problem = self.challenges.owner_problem(ev.worker_id, nonce)
@@ -382,8 +386,19 @@ class AttestationService(Service):
         self.verifier.policy = self.registry.registry.apply(self.base_policy)
         log.info("registry version %d applied", self.registry.version)
 
+    def _banned(self, payout_address: str | None) -> str | None:
+        if payout_address is None or payout_address not in self.registry.registry.banned_addresses:
+            return None
+        return (
+            f"payout_address: {payout_address} is banned by registry version "
+            f"{self.registry.version}"
+        )
+
     def _disallowed(self, verdict: Any) -> str | None:
         """Why the current registry no longer allows a TRUSTED verdict (None: still allowed)."""
+        banned = self._banned(verdict.payout_address)
+        if banned:
+            return banned
         policy, version = self.verifier.policy, self.registry.version
         image = (verdict.image_hash or b"").hex()
         m = verdict.measurements or b""

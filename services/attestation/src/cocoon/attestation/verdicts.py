@@ -24,7 +24,14 @@ from cocoon.core.codec import models
 from cocoon.core.crypto import DEFAULT_SUITE
 from cocoon.core.crypto.canonical import sign_canonical
 from cocoon.core.paths import cache_dir
-from cocoon.core.verdicts import REJECTED, REVOKED, TRUSTED, VERDICT_DOMAIN, key_id, signed_fields
+from cocoon.core.verdicts import (
+    REJECTED,
+    REVOKED,
+    TRUSTED,
+    key_id,
+    signed_fields,
+    signing_domain,
+)
 
 
 class ServiceKeyError(RuntimeError):
@@ -93,7 +100,8 @@ class ServiceKey:
     def sign(self, record: dict[str, Any]) -> models.Verdict:
         """The verdict model with `attestor_key_id` set and the signature over the fields."""
         record = {**record, "attestor_key_id": self.key_id, "signature": bytes(64)}
-        signature = sign_canonical(self.private, VERDICT_DOMAIN, signed_fields(record))
+        fields = signed_fields(record)
+        signature = sign_canonical(self.private, signing_domain(fields), fields)
         # The model holds datetimes; ms -> datetime -> ms is exact, so the signature still holds.
         times = {t: _datetime(record[t]) for t in ("issued_at", "expires_at")}
         return models.Verdict(**{**record, **times, "signature": signature})
@@ -143,6 +151,8 @@ def trusted_record(
         "report_data": bytes.fromhex(check.report_data or ""),
         "measurements": measurements,
         "challenge": challenge,
+        # Where the earnings made under this verdict are paid (None: claims v1, no address).
+        "payout_address": claims.payout_address,
     }
 
 

@@ -23,6 +23,7 @@ from cocoon.billing.ledger import (
     client_account,
     entry_problem,
     holds_account,
+    topup_account,
     worker_account,
 )
 from cocoon.billing.money import INT64_MAX
@@ -36,6 +37,8 @@ def audit(ledger: Ledger | Iterable[Entry], *, require_no_open_holds: bool = Fal
     open_holds: dict[str, tuple[str, int]] = {}
     open_grants: dict[str, list] = {}  # grant id -> [client, remaining]
     seen: set[str] = set()
+    entries_by_id: dict[str, Entry] = {}
+    owed: dict[tuple[str, str], int] = defaultdict(int)  # (worker, earned under) -> nanoTON
 
     for entry in entries:
         if entry.entry_id in seen:
@@ -47,6 +50,8 @@ def audit(ledger: Ledger | Iterable[Entry], *, require_no_open_holds: bool = Fal
         for account, amount in entry.postings:
             balances[account] += amount
         _expect(entry, expected, open_holds, open_grants, problems)
+        _follow_addresses(entry, entries_by_id, owed, problems)
+        entries_by_id[entry.entry_id] = entry
 
     nonzero = {a: n for a, n in balances.items() if n}
     if isinstance(ledger, Ledger) and {a: n for a, n in ledger.balances().items() if n} != nonzero:
@@ -71,6 +76,31 @@ def audit(ledger: Ledger | Iterable[Entry], *, require_no_open_holds: bool = Fal
     return problems
 
 
+def _follow_addresses(
+    entry: Entry,
+    earlier: dict[str, Entry],
+    owed: dict[tuple[str, str], int],
+    problems: list[str],
+) -> None:
+    """Each receipt's fee is owed to the address it was earned under; a payout may draw only on
+    what is owed under the address it names, so earnings can never be paid elsewhere."""
+    m = entry.meta
+    if entry.kind == "charge":
+        owed[m["worker_id"], m.get("payout_address", "")] += m["worker_fee"]
+    elif entry.kind == "payout":
+        key = (m["worker_id"], m.get("earned_under", ""))
+        owed[key] -= m["amount"]
+        if owed[key] < 0:
+            problems.append(
+                f"{entry.entry_id}: pays {m['amount']} of earnings under "
+                f"{key[1] or 'no attested address'}, more than were earned there"
+            )
+    elif entry.kind == "payout_reversed":
+        start = earlier.get(entry.entry_id.replace("payout-reversed:", "payout:", 1))
+        under = start.meta.get("earned_under", "") if start is not None else ""
+        owed[m["worker_id"], under] += m["amount"]
+
+
 def _expect(
     entry: Entry,
     expected: dict[str, int],
@@ -86,6 +116,10 @@ def _expect(
         target = client_account(m["client_id"]) if m.get("client_id") else UNCLAIMED
         expected[TON_DEPOSITS] -= amount
         expected[target] += amount
+    elif kind == "topup":
+        amount = m["amount"]
+        expected[topup_account(m["source"])] -= amount
+        expected[client_account(m["client_id"])] += amount
     elif kind == "claim":
         amount = m["amount"]
         expected[UNCLAIMED] -= amount

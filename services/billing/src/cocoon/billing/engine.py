@@ -24,6 +24,7 @@ from cocoon.billing.ledger import (
     Ledger,
     client_account,
     holds_account,
+    topup_account,
     worker_account,
 )
 from cocoon.billing.money import (
@@ -39,6 +40,14 @@ from cocoon.billing.pricing import Cost, Prices, cost, max_cost
 from cocoon.billing.receipts import Receipt, ReceiptVerify, Rejection, receipt_fields
 
 EntrySink = Callable[[Entry], None]
+# The payout address in a worker's current verdict (the one whose key verifies its receipts),
+# or None when that verdict carries none (claims v1).
+AttestedAddress = Callable[[str], str | None]
+UNATTESTED = ""  # the earnings bucket of receipts earned under a verdict without an address
+
+
+def _no_address(_worker_id: str) -> str | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +152,12 @@ class BillingEngine:
         prices: Prices,
         verify: ReceiptVerify,
         sink: EntrySink | None = None,
+        *,
+        attested_address: AttestedAddress = _no_address,
     ) -> None:
         self.prices = prices
         self._verify = verify
+        self._attested_address = attested_address
         self._sink = sink
         self.ledger = Ledger()
         self._clients: set[str] = set()
@@ -154,6 +166,9 @@ class BillingEngine:
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_at_ms, request id)
         self._grants: dict[str, Grant] = {}  # open admission grants by grant id
         self._rejections: list[RejectionRecord] = []
+        # worker id -> {payout address a receipt was earned under (or UNATTESTED): nanoTON
+        # still owed}. Sums to the worker's balance; payouts draw on one address at a time.
+        self._earned: dict[str, dict[str, int]] = {}
 
     # ---- construction -------------------------------------------------------------------
 
@@ -164,9 +179,11 @@ class BillingEngine:
         prices: Prices,
         verify: ReceiptVerify,
         sink: EntrySink | None = None,
+        *,
+        attested_address: AttestedAddress = _no_address,
     ) -> BillingEngine:
         """Rebuild the engine exactly from its entries (sink is attached afterwards)."""
-        engine = cls(prices, verify)
+        engine = cls(prices, verify, attested_address=attested_address)
         for entry in entries:
             engine._apply(entry)
         engine._sink = sink
@@ -223,6 +240,14 @@ class BillingEngine:
         elif entry.kind in ("charge", "release"):
             self._holds.pop(m["request_id"], None)
             self._closed[m["request_id"]] = entry.entry_id
+            if entry.kind == "charge":
+                self._owe(m["worker_id"], m.get("payout_address", UNATTESTED), m["worker_fee"])
+        elif entry.kind == "payout":
+            self._owe(m["worker_id"], m.get("earned_under", UNATTESTED), -m["amount"])
+        elif entry.kind == "payout_reversed":
+            start = self.ledger.get(entry.entry_id.replace("payout-reversed:", "payout:", 1))
+            earned_under = start.meta.get("earned_under", UNATTESTED) if start else UNATTESTED
+            self._owe(m["worker_id"], earned_under, m["amount"])
         elif entry.kind == "receipt_rejected":
             self._rejections.append(
                 RejectionRecord(
@@ -259,6 +284,17 @@ class BillingEngine:
     def held(self, client_id: str) -> int:
         self._require(client_id)
         return self.ledger.balance(holds_account(client_id))
+
+    def _owe(self, worker_id: str, address: str, amount: int) -> None:
+        owed = self._earned.setdefault(worker_id, {})
+        owed[address] = owed.get(address, 0) + amount
+        if not owed[address]:
+            del owed[address]
+
+    def earnings_by_address(self, worker_id: str) -> dict[str, int]:
+        """What the worker is owed, by the payout address each receipt was earned under
+        (UNATTESTED for receipts under a verdict without one)."""
+        return dict(self._earned.get(worker_id, {}))
 
     def earnings(self, worker_id: str) -> int:
         check_id(worker_id, "worker id")
@@ -532,6 +568,11 @@ class BillingEngine:
             "commission": c.commission,
             "released": released,
         }
+        # The address of the verdict whose key verified this receipt: its fee is paid there
+        # whatever the worker attests later.
+        address = self._attested_address(receipt.worker_id)
+        if address is not None:
+            meta["payout_address"] = address
         postings = tuple((a, n) for a, n in moves if n)
         self._record(Entry(f"charge:{rid}", "charge", postings, at_ms, meta))
         return CaptureResult("captured", rid, cost=c, released=released)
@@ -619,6 +660,38 @@ class BillingEngine:
         postings = ((TON_DEPOSITS, -amount), (target, amount)) if amount else ()
         return self._record(Entry(f"deposit:{deposit_id}", "deposit", postings, at_ms, meta))
 
+    def credit_topup(
+        self,
+        topup_id: str,
+        client_id: str,
+        amount: int,
+        source: str,
+        *,
+        at_ms: int = 0,
+        paid_amount: int = 0,
+        reference: str = "",
+    ) -> bool:
+        """Credit a payment made outside TON (or a trial) to a client, opening its account.
+
+        `topup_id` is derived from the payment (`stars-<hash of the telegram charge id>`): a
+        second call with the same id is a no-op, so a payment delivered twice is credited once.
+        """
+        check_id(topup_id, "top-up id")
+        check_amount(amount, "top-up amount", allow_zero=False)
+        source_account = topup_account(source)
+        if f"topup:{topup_id}" in self.ledger:
+            return False
+        self.open_account(client_id, at_ms)
+        meta = {
+            "client_id": client_id,
+            "amount": amount,
+            "source": source,
+            "paid_amount": paid_amount,
+            "reference": reference,
+        }
+        postings = ((source_account, -amount), (client_account(client_id), amount))
+        return self._record(Entry(f"topup:{topup_id}", "topup", postings, at_ms, meta))
+
     def claim_unclaimed(self, deposit_id: str, client_id: str, at_ms: int = 0) -> bool:
         """Move an unclaimed deposit to a client (an operator decision, once per deposit)."""
         self._require(client_id)
@@ -634,11 +707,32 @@ class BillingEngine:
 
     # ---- payouts (TON side in cocoon.billing.ton.payouts) ----------------------------------
 
-    def start_payout(self, payout_id: str, worker_id: str, amount: int, at_ms: int = 0) -> bool:
-        """Move earnings into `payouts:pending` before the transfer is signed."""
+    def start_payout(
+        self,
+        payout_id: str,
+        worker_id: str,
+        amount: int,
+        at_ms: int = 0,
+        *,
+        earned_under: str = UNATTESTED,
+    ) -> bool:
+        """Move earnings into `payouts:pending` before the transfer is signed.
+
+        `earned_under` is the payout address the paid earnings were earned under (see
+        `earnings_by_address`); the amount may not exceed what is owed under it.
+        """
         check_id(worker_id, "worker id")
         check_amount(amount, "payout amount", allow_zero=False)
-        meta = {"worker_id": worker_id, "amount": amount}
+        meta: dict[str, object] = {"worker_id": worker_id, "amount": amount}
+        if earned_under != UNATTESTED:
+            meta["earned_under"] = earned_under
+        if f"payout:{payout_id}" not in self.ledger:
+            owed = self._earned.get(worker_id, {}).get(earned_under, 0)
+            if amount > owed:
+                raise BillingError(
+                    f"payout {payout_id}: {amount} exceeds the {owed} earned under "
+                    f"{earned_under or 'no attested address'}"
+                )
         postings = ((worker_account(worker_id), -amount), (PAYOUTS_PENDING, amount))
         return self._record(Entry(f"payout:{payout_id}", "payout", postings, at_ms, meta))
 

@@ -12,6 +12,8 @@ Accounts:
     ton:deposits       source of all TON deposited (the only account allowed below zero)
     payouts:pending    worker funds in a signed-but-unconfirmed TON transfer
     ton:payouts        sink of all TON paid out        unclaimed        deposits nobody claimed
+    topups:<source>    source of credits paid outside TON (topups:telegram_stars) or granted
+                       by a front end (topups:trial); like ton:deposits, allowed below zero
 """
 
 from __future__ import annotations
@@ -30,10 +32,21 @@ PAYOUTS_PENDING = "payouts:pending"
 COMMISSION = "network:commission"
 UNCLAIMED = "unclaimed"
 
-_FIXED = {TON_DEPOSITS, TON_PAYOUTS, PAYOUTS_PENDING, COMMISSION, UNCLAIMED}
+# One source account per way money comes in outside TON (billing.topups `source`, lower case).
+TOPUP_SOURCES = ("telegram_stars", "trial")
+TOPUP_ACCOUNTS = frozenset(f"topups:{source}" for source in TOPUP_SOURCES)
+
+_FIXED = {TON_DEPOSITS, TON_PAYOUTS, PAYOUTS_PENDING, COMMISSION, UNCLAIMED, *TOPUP_ACCOUNTS}
 _PREFIXES = ("client:", "holds:", "worker:")
 # Only the outside world's side of deposits may go negative: it mirrors money that came in.
-_MAY_BE_NEGATIVE = {TON_DEPOSITS}
+_MAY_BE_NEGATIVE = {TON_DEPOSITS, *TOPUP_ACCOUNTS}
+
+
+def topup_account(source: str) -> str:
+    account = f"topups:{source}"
+    if account not in TOPUP_ACCOUNTS:
+        raise BillingError(f"unknown top-up source {source!r}")
+    return account
 
 
 def client_account(client_id: str) -> str:

@@ -76,10 +76,11 @@ from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.bus.deadletter import InvalidValue, MissingValue, dead_letter
 from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings
-from cocoon.core.catalog import default_catalog
+from cocoon.core.catalog import dead_letter_topic, default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.models import model_for
 from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.contracts import Group, Topic
 from cocoon.core.paths import cache_dir
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.metrics import MESSAGES
@@ -89,18 +90,20 @@ from cocoon.core.verdicts import load_pinned_key
 
 log = logging.getLogger(__name__)
 
-REQUESTS = "inference.requests"
-RECEIPTS = "usage.receipts"
-OUTCOMES = "inference.outcomes"
-ASSIGNMENTS = "inference.assignments"
-RESERVATIONS = "billing.reservations"
-GRANTS = "billing.grants"
+REQUESTS = Topic.INFERENCE_REQUESTS
+RECEIPTS = Topic.USAGE_RECEIPTS
+OUTCOMES = Topic.INFERENCE_OUTCOMES
+ASSIGNMENTS = Topic.INFERENCE_ASSIGNMENTS
+RESERVATIONS = Topic.BILLING_RESERVATIONS
+GRANTS = Topic.BILLING_GRANTS
+TOPUPS = Topic.BILLING_TOPUPS
 GRANT_RECORD = "cocoon.billing.Grant"
 INPUTS = {  # in the order a polled batch is handled
     REQUESTS: "cocoon.inference.InferenceRequest",
     ASSIGNMENTS: "cocoon.inference.Assignment",
     RECEIPTS: "cocoon.inference.UsageReceipt",
     OUTCOMES: "cocoon.inference.Outcome",
+    TOPUPS: "cocoon.billing.TopUp",
 }
 BALANCE_RECORD = "cocoon.billing.Balance"
 
@@ -171,7 +174,7 @@ class Settings(ServiceSettings):
     # TON (deposits and payouts) is on when COCOON_TON_NETWORK is set; see billing/ton/config.py.
     ton_poll_seconds: float = Field(5.0, gt=0, description="deposit and payout step period")
     payout_store: Path | None = Field(None, description="SQLite file of payouts in flight")
-    consumer_group: str = "billing"
+    consumer_group: str = Group.BILLING
     transactional_id: str = Field("billing", description="one active billing per id")
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
 
@@ -280,6 +283,7 @@ class Billing(Service):
                 max_share_bps=s.grant_max_share_bps,
                 clock_skew_ms=int(s.clock_skew_seconds * 1000),
             ),
+            attested_address=self.keys.payout_address,
         )
         await self._apply_grants()
         await self._reread_assignments()
@@ -293,6 +297,7 @@ class Billing(Service):
                 ton,
                 self.processor.engine,
                 self.registry.payout_address,
+                self.registry.banned,
                 s.payout_store_path(),
                 commit=self._commit_pending,
             )
@@ -530,6 +535,11 @@ class Billing(Service):
             self._request_traces[value.request_id] = otel_context.get_current()
         elif topic == ASSIGNMENTS:
             self.processor.on_assignment(value, now)
+        elif topic == TOPUPS:
+            try:
+                self.processor.on_topup(value, now)
+            except BillingError as exc:
+                raise BadRecord(str(exc)) from None
         else:
             self.processor.on_outcome(value, now)
 
@@ -614,8 +624,7 @@ class Billing(Service):
         if isinstance(exc, BadRecord):  # decoded, but not a value billing can act on
             exc = InvalidValue(str(exc))
         value, headers = dead_letter(record, exc, topic=topic, group=self.settings.consumer_group)
-        spec = self._catalog.get(topic)
-        dlq = spec.dead_letter if spec and spec.dead_letter else f"{topic}.dlq"
+        dlq = dead_letter_topic(topic, self._catalog)
         log.warning("dead-lettered %s/%d/%d: %s", topic, record.partition, record.offset, exc)
         future = await self.producer.send_raw(
             dlq, value, key=record.key, headers=headers, wait=False

@@ -22,9 +22,10 @@ from cocoon.billing.ledger import (
     Entry,
     Ledger,
 )
+from cocoon.core.contracts import Topic
 
-LEDGER_TOPIC = "billing.ledger"
-BALANCES_TOPIC = "billing.balances"
+LEDGER_TOPIC = Topic.BILLING_LEDGER
+BALANCES_TOPIC = Topic.BILLING_BALANCES
 MEMO_VERSION = 1
 
 # Domain entry kind -> LedgerEntryKind of the client-side record (workers and the network get

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.billing.engine import BillingEngine, CaptureResult, Grant, Hold
+from cocoon.billing.engine import AttestedAddress, BillingEngine, CaptureResult, Grant, Hold
 from cocoon.billing.ledger import Entry
 from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
 from cocoon.billing.pricing import BPS_ONE, Prices
@@ -72,9 +72,16 @@ class Processor:
         hold_grace_ms: int,
         outcome_grace_ms: int,
         grants: GrantPolicy | None = None,
+        attested_address: AttestedAddress | None = None,
     ) -> None:
         self.book = BalanceBook()
-        self.engine = BillingEngine.replay(self._noted(entries), prices, verify, sink=self._collect)
+        self.engine = BillingEngine.replay(
+            self._noted(entries),
+            prices,
+            verify,
+            sink=self._collect,
+            **({} if attested_address is None else {"attested_address": attested_address}),
+        )
         self.hold_grace_ms = hold_grace_ms
         self.outcome_grace_ms = outcome_grace_ms
         # Outcomes seen for requests still held: request id -> when to release (if no receipt).
@@ -118,6 +125,20 @@ class Processor:
             at_ms=now_ms,
             note="dev grant (COCOON_DEV_GRANTS)",
             source="dev_grant",
+        )
+
+    # ---- billing.topups ---------------------------------------------------------------
+
+    def on_topup(self, topup: models.TopUp, now_ms: int) -> bool:
+        """Credit a Stars payment or a trial once per topup_id; False when seen before."""
+        return self.engine.credit_topup(
+            topup.topup_id,
+            topup.account_id,
+            topup.amount_nanoton,
+            topup.source.lower(),
+            at_ms=now_ms,
+            paid_amount=topup.paid_amount,
+            reference=topup.reference,
         )
 
     # ---- inference.requests -----------------------------------------------------------

@@ -5,7 +5,9 @@ allow-lists; billing reads only these two and ignores the rest:
 
     prices:network   attributes setting=prices, price_per_token, worker_fee_per_token,
                      prompt_bps, cached_bps, completion_bps, reasoning_bps (decimal strings)
-    worker:<id>      attributes setting=worker, coefficient, payout_address (optional)
+    worker:<id>      attributes setting=worker, coefficient, payout_address (optional: pays
+                     the earnings made under a verdict that attests no address)
+    banned-address:<raw address>   nothing is paid to it
 
 The latest record per entry id is the state (a compacted topic); `allowed=false` or a tombstone
 removes it. Until the registry holds a price list, the service's configured prices apply
@@ -23,6 +25,7 @@ from cocoon.billing.money import BillingError
 from cocoon.billing.pricing import Prices
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.registry_entries import (
+    BANNED_ADDRESS_PREFIX,
     PRICE_FIELDS,
     PRICES_ENTRY_ID,
     REGISTRY_TOPIC,
@@ -42,11 +45,19 @@ class RegistryPrices:
         self._price_list: dict[str, int] | None = None
         self._coefficients: dict[str, int] = {}
         self._addresses: dict[str, str] = {}
+        self._banned: set[str] = set()  # raw payout addresses
         self.prices = defaults
 
     def on_record(self, record: BroadcastRecord) -> bool:
         """Take one registry record; True when the prices in force changed."""
         key, value = record.key, record.value
+        if key is not None and key.startswith(BANNED_ADDRESS_PREFIX):
+            address = key.removeprefix(BANNED_ADDRESS_PREFIX)
+            if value is not None and value.get("allowed"):
+                self._banned.add(address)
+            else:
+                self._banned.discard(address)
+            return False
         if key is None or not (key == PRICES_ENTRY_ID or key.startswith(WORKER_PREFIX)):
             return False
         present = value is not None and bool(value.get("allowed"))
@@ -68,6 +79,9 @@ class RegistryPrices:
 
     def payout_address(self, worker_id: str) -> str | None:
         return self._addresses.get(worker_id)
+
+    def banned(self, raw_address: str) -> bool:
+        return raw_address in self._banned
 
     def _set_worker(self, worker_id: str, attributes: Mapping[str, Any] | None) -> None:
         if attributes is None:

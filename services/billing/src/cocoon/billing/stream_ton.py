@@ -42,6 +42,7 @@ class TonLink:
         settings: TonSettings,
         engine: BillingEngine,
         payout_address: Callable[[str], str | None],
+        banned: Callable[[str], bool],
         store_path: Path,
         commit: Callable[[], Awaitable[None]],
     ) -> None:
@@ -63,6 +64,7 @@ class TonLink:
                 PayoutStore(store_path),
                 payout_address,
                 threshold=settings.payout_threshold,
+                banned=banned,
                 before_sign=commit,
             )
         else:

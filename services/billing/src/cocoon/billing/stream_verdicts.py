@@ -1,4 +1,5 @@
-"""The workers' current receipt-signing keys, mirrored from `attestation.verdicts`.
+"""The workers' current receipt-signing keys and attested payout addresses, mirrored from
+`attestation.verdicts`.
 
 Every verdict is checked against the pinned attestation key (`cocoon.core.verdicts`); only a
 TRUSTED, correctly signed verdict gives its worker a key, and only until the verdict expires. Any
@@ -13,19 +14,21 @@ import time
 from collections.abc import Callable
 
 from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.contracts import Topic
 from cocoon.core.crypto.errors import CryptoError
 from cocoon.core.verdicts import VerdictError, verify_verdict
 
 log = logging.getLogger(__name__)
 
-VERDICTS_TOPIC = "attestation.verdicts"
+VERDICTS_TOPIC = Topic.ATTESTATION_VERDICTS
 
 
 class VerdictKeys:
     def __init__(self, pinned_key: bytes, clock: Callable[[], float] = time.time) -> None:
         self._pinned = pinned_key
         self._clock = clock
-        self._keys: dict[str, tuple[bytes, float]] = {}  # worker id -> (Ed25519 key, expires)
+        # worker id -> (Ed25519 key, expires, attested payout address or None)
+        self._keys: dict[str, tuple[bytes, float, str | None]] = {}
 
     def on_record(self, record: BroadcastRecord) -> None:
         worker_id = record.key
@@ -43,7 +46,11 @@ class VerdictKeys:
         if verdict.worker_id != worker_id or not verdict.trusted or not verdict.signing_key:
             self._keys.pop(worker_id, None)
             return
-        self._keys[worker_id] = (bytes(verdict.signing_key), verdict.expires_at)
+        self._keys[worker_id] = (
+            bytes(verdict.signing_key),
+            verdict.expires_at,
+            verdict.payout_address,
+        )
 
     def current_key(self, worker_id: str) -> bytes | None:
         """The Ed25519 key of the worker's current, unexpired TRUSTED verdict."""
@@ -51,6 +58,16 @@ class VerdictKeys:
         if found is None or self._clock() >= found[1]:
             return None
         return found[0]
+
+    def payout_address(self, worker_id: str) -> str | None:
+        """The payout address the worker's current verdict attests (None: it attests none).
+
+        Read at capture right after `current_key` verified the receipt, with no await between,
+        so the address is that of the very verdict whose key signed the receipt."""
+        found = self._keys.get(worker_id)
+        if found is None or self._clock() >= found[1]:
+            return None
+        return found[2]
 
     def __len__(self) -> int:
         return len(self._keys)

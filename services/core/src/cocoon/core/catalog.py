@@ -4,6 +4,9 @@ Each file names a topic, its key, partitions, retention and other Kafka configs,
 consumes it, and the Avro record (and versions) its values carry. Every topic has a dead-letter
 topic `<name>.dlq`; those are derived here, not written out. A name with `{parameter}` in it is a
 template (per-worker work topics): `instantiate` makes a concrete topic of it.
+
+`schemas/groups.yaml` declares the consumer groups (`load_groups`): which service joins which
+group to read which topics.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cocoon.core.paths import schemas_dir
 
 # Services that may appear as producers/consumers; "operator" is people and their tools.
-SERVICES = frozenset({"gateway", "attestation", "scheduler", "billing", "worker-proxy", "operator"})
+SERVICES = frozenset(
+    {"gateway", "attestation", "scheduler", "billing", "worker-proxy", "telegram", "operator"}
+)
 DLQ_SUFFIX = ".dlq"
 DEAD_LETTER_RECORD = "cocoon.bus.DeadLetter"
 DLQ_PARTITIONS = 1  # dead letters are rare; one partition keeps them in arrival order
@@ -144,6 +149,65 @@ def load_catalog(path: Path | str | None = None) -> dict[str, TopicSpec]:
                 raise ValueError(f"{file}: topic {topic.name} is defined twice")
             catalog[topic.name] = topic
     return catalog
+
+
+class GroupSpec(BaseModel):
+    """A consumer group of `schemas/groups.yaml`: one service reading some topics in it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str  # may be a template (`worker-{worker_id}`) with the parameters of its topics
+    service: str
+    topics: tuple[str, ...]
+    description: str
+
+    @property
+    def template(self) -> bool:
+        return bool(_PARAM.search(self.name))
+
+
+def load_groups(
+    path: Path | str | None = None, catalog: dict[str, TopicSpec] | None = None
+) -> dict[str, GroupSpec]:
+    """The consumer groups by name, checked against the topic catalog.
+
+    Each group's topics exist and list its service as a consumer; a template group takes its
+    parameters from its topics.
+    """
+    file = Path(path) if path else schemas_dir() / "groups.yaml"
+    catalog = catalog if catalog is not None else default_catalog()
+    groups: dict[str, GroupSpec] = {}
+    for raw in yaml.safe_load(file.read_text())["groups"]:
+        try:
+            group = GroupSpec(**raw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{file}: {exc}") from exc
+        if group.name in groups:
+            raise ValueError(f"{file}: group {group.name} is declared twice")
+        params = set(_PARAM.findall(group.name))
+        for topic in group.topics:
+            spec = catalog.get(topic)
+            if spec is None:
+                raise ValueError(f"{file}: group {group.name} reads {topic}, not in the catalog")
+            if group.service not in spec.consumers:
+                raise ValueError(
+                    f"{file}: {group.service} reads {topic} in group {group.name}, "
+                    f"but is not among its consumers {list(spec.consumers)}"
+                )
+            params -= set(_PARAM.findall(topic))
+        if params:
+            raise ValueError(f"{file}: group {group.name} has parameters no topic of it has")
+        groups[group.name] = group
+    return groups
+
+
+def dead_letter_topic(topic: str, catalog: dict[str, TopicSpec] | None = None) -> str:
+    """The dead-letter topic of a catalog topic or template instance; `<topic>.dlq` otherwise."""
+    try:
+        spec = spec_for(topic, catalog)
+    except KeyError:
+        return topic + DLQ_SUFFIX
+    return spec.dead_letter or topic + DLQ_SUFFIX
 
 
 def instantiate(spec: TopicSpec, **params: str) -> TopicSpec:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-REGISTRY_TOPIC = "attestation.registry"
+from cocoon.core.contracts import Topic
+
+REGISTRY_TOPIC = Topic.ATTESTATION_REGISTRY
 
 # POLICY entries carry their meaning in the `setting` attribute.
 SETTING = "setting"
@@ -17,6 +19,10 @@ PRICES_SETTING = "prices"
 PRICES_ENTRY_ID = "prices:network"
 WORKER_SETTING = "worker"
 WORKER_PREFIX = "worker:"  # + worker id; attributes coefficient, payout_address (optional)
+# A banned payout address (raw form): verdicts attesting it are refused and revoked, and billing
+# pays nothing to it. allowed=true means banned, as for gpu-cc entries.
+BANNED_ADDRESS_SETTING = "banned_payout_address"
+BANNED_ADDRESS_PREFIX = "banned-address:"  # + raw address
 
 # The price list's attributes, integers written as decimal strings: nanoTON per adjusted token
 # for the client and for the worker, and the per-category multipliers in basis points.
@@ -32,6 +38,10 @@ PRICE_FIELDS = (
 
 def worker_entry_id(worker_id: str) -> str:
     return WORKER_PREFIX + worker_id
+
+
+def banned_address_entry_id(raw_address: str) -> str:
+    return BANNED_ADDRESS_PREFIX + raw_address
 
 
 def decimal_integer(text: object) -> int:

@@ -15,7 +15,9 @@ Users: one `KafkaUser` per service named in the catalog, with `simple` authoriza
   (Read and Write imply Describe in Kafka's ACL model);
 * templates become `prefix` ACLs on their literal head (`work.{worker_id}` -> `work.`), and the
   service that creates their instances also gets `Create`, `DescribeConfigs` and `AlterConfigs`;
-* consumers read with consumer groups named after the service (`prefix` ACL on the group);
+* consumers read with consumer groups named after the service (`prefix` ACL on the group), and
+  with the groups `schemas/groups.yaml` gives them under another name (`worker-{worker_id}`: a
+  `prefix` ACL on its literal head);
 * producers may use transactional ids that start with the service name.
 """
 
@@ -25,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cocoon.core.catalog import TopicSpec, topic_config
+from cocoon.core.catalog import GroupSpec, TopicSpec, load_groups, topic_config
 
 API_VERSION = "kafka.strimzi.io/v1beta2"
 CLUSTER = "cocoon"  # the Kafka CR's name in deploy/helm (the strimzi.io/cluster label)
@@ -122,6 +124,17 @@ def topic_permissions(
     return perms
 
 
+def group_prefixes(groups: Iterable[GroupSpec], service: str) -> list[str]:
+    """The group-name prefixes `service` reads with: its own name, and its declared groups."""
+    prefixes = [service]
+    for group in sorted(groups, key=lambda g: g.name):
+        head = _TEMPLATE_HEAD.match(group.name)
+        assert head is not None
+        if group.service == service and not head.group(0).startswith(service):
+            prefixes.append(head.group(0))
+    return prefixes
+
+
 def _ordered(operations: Iterable[str]) -> list[str]:
     return sorted(operations, key=_OPERATIONS_ORDER.index)
 
@@ -135,9 +148,14 @@ def _acl(kind: str, name: str, pattern: str, operations: Iterable[str]) -> dict[
 
 
 def render_kafka_users(
-    catalog: Mapping[str, TopicSpec], *, prefix: str = "", authentication: str = "tls"
+    catalog: Mapping[str, TopicSpec],
+    *,
+    prefix: str = "",
+    authentication: str = "tls",
+    groups: Mapping[str, GroupSpec] | None = None,
 ) -> list[dict]:
     """One KafkaUser per service of the catalog with exactly the ACLs its topics need."""
+    groups = groups if groups is not None else load_groups(catalog=dict(catalog))
     users = []
     for service in catalog_services(catalog):
         perms = topic_permissions(catalog, service, prefix=prefix)
@@ -150,7 +168,8 @@ def render_kafka_users(
             for (pattern, name), ops in sorted(perms.items(), key=lambda item: item[0][1])
         ]
         if consumes:
-            acls.append(_acl("group", prefix + service, "prefix", ["Read"]))
+            for group in group_prefixes(groups.values(), service):
+                acls.append(_acl("group", prefix + group, "prefix", ["Read"]))
         if produces:
             acls.append(_acl("transactionalId", prefix + service, "prefix", ["Write", "Describe"]))
         users.append(

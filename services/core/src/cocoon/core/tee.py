@@ -8,9 +8,10 @@ simulated TDX of the attestation package (`cocoon.attestation.simtdx:quote_devic
 quotes under a local test CA shared with the attestation service through the project cache,
 which only a development policy trusts. A real TDX guest registers its own device.
 
-The claims encoding (`cocoon/claims/v1`, docs/attestation.md) is repeated here so a worker can
-build the bytes it attests to without importing the attestation service; the layout is pinned
-by a test against `cocoon.attestation.claims.Claims.encode`.
+The claims encoding (`cocoon/claims/v1`, and `v2` which adds the payout address, see
+docs/attestation.md) is repeated here so a worker can build the bytes it attests to without
+importing the attestation service; the layout is pinned by a test against
+`cocoon.attestation.claims.Claims.encode`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from cocoon.core.crypto.keys import WorkerPublicKeys
+from cocoon.core.ton_address import TonAddressError, parse_ton_address
 
 CLAIMS_MAGIC = b"cocoon/claims/v1\n"
+# v2 = v1's fields, then field 6: the TON address the worker's earnings are paid to.
+CLAIMS_MAGIC_V2 = b"cocoon/claims/v2\n"
 REPORT_DATA_LEN = 64
 _MAX_MODEL_LEN = 256
 _NONCE_MIN, _NONCE_MAX = 16, 64
@@ -44,8 +48,10 @@ def encode_claims(
     *,
     timestamp: int | None = None,
     nonce: bytes | None = None,
+    payout_address: str | None = None,
 ) -> bytes:
-    """The canonical claims bytes: public keys, model and exactly one freshness proof."""
+    """The canonical claims bytes: public keys, model and exactly one freshness proof, and
+    the payout address when given (v2: earnings can then only be paid there)."""
     if (timestamp is None) == (nonce is None):
         raise TeeError("claims need exactly one of timestamp or nonce")
     model_bytes = model.encode()
@@ -59,15 +65,20 @@ def encode_claims(
         if not 0 <= timestamp < 2**64:
             raise TeeError("timestamp out of range")
         freshness = b"\x02" + struct.pack(">Q", timestamp)
-    return CLAIMS_MAGIC + b"".join(
-        (
-            _field(1, keys.signing_key),
-            _field(2, keys.hpke_x25519),
-            _field(3, keys.hpke_mlkem768_x25519),
-            _field(4, model_bytes),
-            _field(5, freshness),
-        )
-    )
+    fields = [
+        _field(1, keys.signing_key),
+        _field(2, keys.hpke_x25519),
+        _field(3, keys.hpke_mlkem768_x25519),
+        _field(4, model_bytes),
+        _field(5, freshness),
+    ]
+    if payout_address is None:
+        return CLAIMS_MAGIC + b"".join(fields)
+    try:
+        address = parse_ton_address(payout_address)
+    except TonAddressError as exc:
+        raise TeeError(f"payout address: {exc}") from None
+    return CLAIMS_MAGIC_V2 + b"".join((*fields, _field(6, address.to_bytes())))
 
 
 def report_data(claims: bytes) -> bytes:

@@ -19,6 +19,7 @@ from cocoon.core.bus.admin import (
 )
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.catalog import load_catalog, topic_config
+from cocoon.core.codegen import render_all, source_root, stale_files
 from cocoon.core.strimzi_cli import app as strimzi_app
 
 app = typer.Typer(help="Kafka topics from the catalog in schemas/topics/.", no_args_is_help=True)
@@ -95,6 +96,32 @@ def instance(
         **values,
     )
     _print_changes(changes, f"instance of {template}")
+
+
+@app.command("codegen")
+def codegen(
+    src: Annotated[
+        Path | None, typer.Option(help="cocoon-core's src/ directory (default: this install's).")
+    ] = None,
+    schemas: Annotated[
+        Path | None, typer.Option(help="Schemas directory (default: the shipped schemas/).")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 if a file is out of date.")
+    ] = False,
+) -> None:
+    """Generate the Python models (and contract constants) from schemas/."""
+    src = src or source_root()
+    files = render_all(schemas)
+    stale = stale_files(src, files)
+    if check:
+        for path in stale:
+            typer.echo(f"out of date: {path}", err=True)
+        raise typer.Exit(1 if stale else 0)
+    for relative, text in files.items():
+        path = src / relative
+        path.write_text(text)
+        typer.echo(f"{'wrote' if path in stale else 'unchanged'} {path}")
 
 
 @app.command("list")

@@ -16,6 +16,12 @@ Signed message: `canonical_bytes({"domain": VERDICT_DOMAIN, "payload": fields})`
 cocoon.core.crypto) where `fields` are exactly SIGNED_FIELDS, timestamps as integer unix
 milliseconds and absent values as None. The list is fixed by the domain, not by the Avro version,
 so a later schema version that adds fields does not change what old verifiers check.
+
+A verdict that carries a payout address (the worker attested claims v2) is signed under
+VERDICT_DOMAIN_V2 over SIGNED_FIELDS_V2 (the same fields plus `payout_address`); one without is
+signed exactly as before. The domain follows from the record, and since it is inside the signed
+bytes, an address can be neither stripped from a v2 verdict nor added to a v1 one. A reader
+older than this module refuses v2 verdicts (bad signature), so readers upgrade first.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from cocoon.core.crypto.canonical import load_ed25519_public, signed_message, ve
 from cocoon.core.crypto.errors import CryptoError
 
 VERDICT_DOMAIN = "cocoon/attestation-verdict/v1"
+VERDICT_DOMAIN_V2 = "cocoon/attestation-verdict/v2"
 TRUSTED, REJECTED, REVOKED, EXPIRED = "TRUSTED", "REJECTED", "REVOKED", "EXPIRED"
 
 SIGNED_FIELDS: tuple[str, ...] = (
@@ -54,6 +61,7 @@ SIGNED_FIELDS: tuple[str, ...] = (
     "challenge",
     "attestor_key_id",
 )
+SIGNED_FIELDS_V2: tuple[str, ...] = (*SIGNED_FIELDS, "payout_address")
 _TIMES = ("issued_at", "expires_at")
 
 
@@ -89,6 +97,7 @@ class VerifiedVerdict:
     issued_at: float  # unix seconds
     expires_at: float  # unix seconds
     challenge: bytes | None
+    payout_address: str | None = None  # raw TON address the worker attested (claims v2)
 
     @property
     def trusted(self) -> bool:
@@ -114,8 +123,9 @@ def _as_mapping(verdict: Any) -> Mapping[str, Any]:
 def signed_fields(verdict: Any) -> dict[str, Any]:
     """The mapping the signature covers, from a verdict model or its Avro dict."""
     d = _as_mapping(verdict)
+    names = SIGNED_FIELDS if d.get("payout_address") is None else SIGNED_FIELDS_V2
     out: dict[str, Any] = {}
-    for name in SIGNED_FIELDS:
+    for name in names:
         value = d.get(name)
         if name in _TIMES:
             value = _millis(value)
@@ -129,9 +139,15 @@ def signed_fields(verdict: Any) -> dict[str, Any]:
     return out
 
 
+def signing_domain(fields: Mapping[str, Any]) -> str:
+    """The domain a verdict's `signed_fields` are signed under (v2 with a payout address)."""
+    return VERDICT_DOMAIN if fields.get("payout_address") is None else VERDICT_DOMAIN_V2
+
+
 def verdict_message(verdict: Any) -> bytes:
     """The exact bytes the service signs, for verifiers with their own Ed25519 code."""
-    return signed_message(VERDICT_DOMAIN, signed_fields(verdict))
+    fields = signed_fields(verdict)
+    return signed_message(signing_domain(fields), fields)
 
 
 def key_id(public_key: bytes) -> str:
@@ -186,7 +202,7 @@ def verify_verdict(
             f"verdict signed by {fields['attestor_key_id']!r}, pinned key is {key_id(pinned)!r}",
         )
     try:
-        verify_canonical(pinned, VERDICT_DOMAIN, fields, bytes(signature))
+        verify_canonical(pinned, signing_domain(fields), fields, bytes(signature))
     except CryptoError:
         raise VerdictError(
             VerdictError.BAD_SIGNATURE, f"verdict {fields['verdict_id']!r}: bad signature"
@@ -223,4 +239,5 @@ def verify_verdict(
         issued_at=fields["issued_at"] / 1000,
         expires_at=expires,
         challenge=fields["challenge"],
+        payout_address=fields.get("payout_address"),
     )

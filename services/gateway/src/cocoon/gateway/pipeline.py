@@ -18,14 +18,22 @@ from dataclasses import dataclass, field
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.contracts import ErrorCode, Topic
 from cocoon.core.crypto import OpenError, ResponseOpener, StreamError, seal_request
 from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
 from cocoon.gateway.admission import Admission, AdmissionGrants
-from cocoon.gateway.api.backend import ChatChunk, InferenceRequest, ModelInfo, Usage
+from cocoon.gateway.api.backend import (
+    ChatChunk,
+    InferenceRequest,
+    ModelInfo,
+    ToolCallDelta,
+    Usage,
+)
 from cocoon.gateway.api.errors import (
     ApiError,
     InsufficientFunds,
     InternalError,
+    InvalidRequest,
     NoWorkerAvailable,
     UnknownModel,
     UpstreamTimeout,
@@ -35,13 +43,13 @@ from cocoon.gateway.workers import TrustedWorker, WorkerDirectory
 
 log = logging.getLogger(__name__)
 
-GRANTS_TOPIC = "billing.grants"
+GRANTS_TOPIC = Topic.BILLING_GRANTS
 REPLY_TOPICS = (
     GRANTS_TOPIC,
-    "billing.reservations",
-    "inference.assignments",
-    "inference.responses",
-    "inference.outcomes",
+    Topic.BILLING_RESERVATIONS,
+    Topic.INFERENCE_ASSIGNMENTS,
+    Topic.INFERENCE_RESPONSES,
+    Topic.INFERENCE_OUTCOMES,
 )
 
 
@@ -114,13 +122,13 @@ class KafkaBackend:
             deadline = time.monotonic() + request.timeout
             while True:
                 topic, value = await self._next_event(state, deadline)
-                if topic == "billing.reservations":
+                if topic == Topic.BILLING_RESERVATIONS:
                     self._on_reservation(value)
-                elif topic == "inference.assignments":
+                elif topic == Topic.INFERENCE_ASSIGNMENTS:
                     await self._on_assignment(state, value)
-                elif topic == "inference.outcomes":
+                elif topic == Topic.INFERENCE_OUTCOMES:
                     self._on_outcome(state, value)
-                elif topic == "inference.responses":
+                elif topic == Topic.INFERENCE_RESPONSES:
                     items, final = self._open_chunk(state, value)
                     for item in items:
                         yield item
@@ -146,7 +154,7 @@ class KafkaBackend:
             )
         created = now_millis()
         await self.producer.send(
-            "inference.requests",
+            Topic.INFERENCE_REQUESTS,
             {
                 "request_id": request.request_id,
                 "account_id": account_id,
@@ -262,9 +270,11 @@ class KafkaBackend:
         if status == "SUCCEEDED":
             return  # the final chunk ends the stream; an outcome alone does not
         model = state.request.model
-        if code == "unknown_model":
+        if code == ErrorCode.UNKNOWN_MODEL:
             raise UnknownModel(model)
-        if code in ("no_worker", "price_cap", "lease_expired"):
+        if code == ErrorCode.PRICE_CAP:
+            raise NoWorkerAvailable(model, min_coefficient=value.get("min_coefficient"))
+        if code in (ErrorCode.NO_WORKER, ErrorCode.LEASE_EXPIRED):
             raise NoWorkerAvailable(model)
         if status == "TIMED_OUT":
             raise UpstreamTimeout()
@@ -283,9 +293,47 @@ class KafkaBackend:
             # Tampered, reordered or truncated: the stream cannot be trusted any more.
             raise WorkerLost(f"The response stream failed verification: {exc}") from None
         if value.get("error_code"):
-            raise WorkerLost(f"The worker reported an error ({value['error_code']}).")
+            raise worker_error(plain, value["error_code"])
         items = parse_engine_chunk(plain, state.request.endpoint)
         return items, bool(value["final"])
+
+
+def worker_error(plain: bytes, code: str) -> ApiError:
+    """The client's error for a worker's sealed error chunk.
+
+    A request the engine refused as invalid (the chunk's error `type` is OpenAI's
+    `invalid_request_error`) is the client's to fix: a 400 with the engine's reason. Anything
+    else is the worker's failure.
+    """
+    try:
+        chunk = json.loads(plain)
+    except ValueError:
+        chunk = None
+    error = chunk.get("error") if isinstance(chunk, dict) else None
+    if isinstance(error, dict) and error.get("type") == InvalidRequest.type:
+        return InvalidRequest(str(error.get("message") or "The engine refused the request."))
+    return WorkerLost(f"The worker reported an error ({code}).")
+
+
+def tool_call_deltas(raw: object) -> tuple[ToolCallDelta, ...]:
+    """The tool-call pieces of an engine's delta (OpenAI's shape; anything else is ignored)."""
+    if not isinstance(raw, list):
+        return ()
+    out = []
+    for position, call in enumerate(raw):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        index = call.get("index")
+        out.append(
+            ToolCallDelta(
+                index=index if isinstance(index, int) else position,
+                id=call.get("id") if isinstance(call.get("id"), str) else None,
+                name=function.get("name") if isinstance(function.get("name"), str) else None,
+                arguments=function.get("arguments") or "",
+            )
+        )
+    return tuple(out)
 
 
 def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
@@ -302,15 +350,23 @@ def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
         raise WorkerLost(f"The engine failed: {chunk['error']}")
     items: list[ChatChunk | Usage] = []
     for choice in chunk.get("choices") or []:
+        calls: tuple[ToolCallDelta, ...] = ()
         if endpoint == "chat.completions":
             delta = choice.get("delta") or {}
             text, role = delta.get("content") or "", delta.get("role")
+            calls = tool_call_deltas(delta.get("tool_calls"))
         else:
             text, role = choice.get("text") or "", None
         finish = choice.get("finish_reason")
-        if text or role or finish:
+        if text or role or finish or calls:
             items.append(
-                ChatChunk(text=text, index=choice.get("index", 0), role=role, finish_reason=finish)
+                ChatChunk(
+                    text=text,
+                    index=choice.get("index", 0),
+                    role=role,
+                    finish_reason=finish,
+                    tool_calls=calls,
+                )
             )
     usage = chunk.get("usage")
     if usage:

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.contracts import Topic
 from cocoon.core.paths import cache_dir
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.gateway.admission import AdmissionGrants
@@ -80,10 +81,10 @@ class Gateway(Service):
         )
         bootstrap = settings.kafka_bootstrap
         self.verdicts = BroadcastReader(
-            bootstrap, ["attestation.verdicts"], self.directory.on_record, from_beginning=True
+            bootstrap, [Topic.ATTESTATION_VERDICTS], self.directory.on_record, from_beginning=True
         )
         self.heartbeats = BroadcastReader(
-            bootstrap, ["worker.heartbeats"], self.directory.on_record, from_beginning=False
+            bootstrap, [Topic.WORKER_HEARTBEATS], self.directory.on_record, from_beginning=False
         )
         self.replies = BroadcastReader(
             bootstrap, list(REPLY_TOPICS), self.backend.on_reply, from_beginning=False

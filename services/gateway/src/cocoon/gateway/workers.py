@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.contracts import Topic
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,9 @@ class WorkerDirectory:
         self.rejected: dict[str, str] = {}
 
     def on_record(self, record: BroadcastRecord) -> None:
-        if record.topic == "attestation.verdicts":
+        if record.topic == Topic.ATTESTATION_VERDICTS:
             self._on_verdict(record)
-        elif record.topic == "worker.heartbeats" and record.value is not None:
+        elif record.topic == Topic.WORKER_HEARTBEATS and record.value is not None:
             self._heartbeat_ms[record.value["worker_id"]] = now_millis()
 
     def _on_verdict(self, record: BroadcastRecord) -> None:

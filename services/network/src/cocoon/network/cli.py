@@ -20,12 +20,22 @@ console = Console()
 def up(
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="worker nodes")] = 1,
     port: Annotated[int, typer.Option(help="gateway HTTP port")] = 8080,
+    telegram_token: Annotated[
+        str,
+        typer.Option(
+            help="a BotFather token: also run the Telegram bot (docs/telegram.md)",
+            envvar="COCOON_TELEGRAM_TOKEN",
+        ),
+    ] = "",
 ) -> None:
     """Run the whole network on this machine: Kafka, the five services and N workers."""
     from cocoon.network.local import LocalNetwork, NetworkError
 
     network = LocalNetwork(
-        workers=workers, http_port=port, echo=lambda msg: console.print(f"[cyan]{msg}")
+        workers=workers,
+        http_port=port,
+        echo=lambda msg: console.print(f"[cyan]{msg}"),
+        telegram_token=telegram_token,
     )
     stop_on_signals()
     try:

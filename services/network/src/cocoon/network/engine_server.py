@@ -12,6 +12,12 @@ own token lists (the same ones its non-streaming `usage` reports), read from its
 `prompt_tokens_details.cached_tokens` is the prompt prefix reused from the KV cache. (Non-streaming
 answers keep llama-cpp-python's own `usage`, without `prompt_tokens_details`: its response model
 drops extra fields, and OpenAI clients read a missing detail as 0.)
+
+The same adapter brings the rest of the request surface up to OpenAI's contract
+(`engine_compat` says what it rewrites), streams `echo`ed prompts (llama-cpp-python echoes only
+in non-streamed answers), and answers a request the engine cannot serve with a 400 in OpenAI's
+shape (llama-cpp-python says 500 for its own validation errors, which would read as an engine
+failure).
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import llama_cpp
+from fastapi.exceptions import RequestValidationError
+from jinja2 import TemplateError
+from llama_cpp.server import errors as server_errors
+
+from cocoon.network.engine_compat import UnsupportedRequest, adapt_chat
 
 _Scope = dict[str, Any]
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -37,7 +48,13 @@ _want_usage: contextvars.ContextVar[bool] = contextvars.ContextVar("want_usage",
 _want_continuous: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "want_continuous", default=False
 )
-_USAGE_PATHS = {"/v1/chat/completions", "/v1/completions"}
+# `echo` on a streamed completion: the prompt to put before the first piece of text.
+_echo_prompt: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "echo_prompt", default=None
+)
+_CHAT_PATH = "/v1/chat/completions"
+_COMPLETIONS_PATH = "/v1/completions"
+_USAGE_PATHS = {_CHAT_PATH, _COMPLETIONS_PATH}
 _outer = threading.local()
 
 
@@ -124,6 +141,7 @@ def _patch_llama() -> None:
             if getattr(_outer, "active", False):
                 return orig(self, *args, **kwargs)
             want, continuous = _want_usage.get(), _want_continuous.get()
+            echo = _echo_prompt.get() if obj == "text_completion" else None
             _outer.active = True  # the chat handler makes its inner call right here ...
             try:
                 result = orig(self, *args, **kwargs)
@@ -131,12 +149,12 @@ def _patch_llama() -> None:
                 _outer.active = False
             if isinstance(result, dict):
                 return result  # non-streaming answers already carry usage
-            return _stream_with_usage(self, iter(result), want, continuous, obj)
+            return _stream_with_usage(self, iter(result), want, continuous, obj, echo)
 
         return call
 
     def _stream_with_usage(
-        self: Any, inner: Iterator[Any], want: bool, continuous: bool, obj: str
+        self: Any, inner: Iterator[Any], want: bool, continuous: bool, obj: str, echo: str | None
     ) -> Any:
         last: dict[str, Any] = {}
         try:
@@ -149,6 +167,9 @@ def _patch_llama() -> None:
                 finally:
                     _outer.active = False
                 last.update({k: chunk.get(k) for k in ("id", "created", "model")})
+                if echo is not None and chunk.get("choices"):
+                    chunk = _prefix_text(chunk, echo)
+                    echo = None
                 usage = usage_of(self) if continuous else None
                 yield chunk if usage is None else {**chunk, "usage": usage}
         finally:
@@ -166,8 +187,54 @@ def _patch_llama() -> None:
     cls._cocoon_usage_patched = True
 
 
+def _prefix_text(chunk: dict[str, Any], prefix: str) -> dict[str, Any]:
+    first, *rest = chunk["choices"]
+    return {**chunk, "choices": [{**first, "text": prefix + (first.get("text") or "")}, *rest]}
+
+
+def _bad_request(message: str, param: str | None) -> tuple[int, dict[str, Any]]:
+    return 400, server_errors.ErrorResponse(
+        message=message, type="invalid_request_error", param=param, code="invalid_request"
+    )
+
+
+def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:
+    """The first problem, without the offending input (it may quote the prompt)."""
+    first = error.errors()[0] if error.errors() else {}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
+
+
+def _patch_errors() -> None:
+    """Requests the engine cannot serve are 400s, not llama-cpp-python's 500."""
+    cls = server_errors.RouteErrorHandler
+    if getattr(cls, "_cocoon_errors_patched", False):
+        return
+    orig = cls.error_message_wrapper
+
+    def error_message_wrapper(self: Any, error: Exception, body: Any = None) -> Any:
+        if isinstance(error, RequestValidationError):
+            return _bad_request(*_validation_message(error))
+        if isinstance(error, TemplateError):
+            # The model's chat template refused the conversation (e.g. roles out of order).
+            return _bad_request(f"The model's chat template refused the messages: {error}", None)
+        return orig(self, error, body)
+
+    cls.error_message_wrapper = error_message_wrapper
+    cls._cocoon_errors_patched = True
+
+
+def _adapt(path: str, request: Any) -> Any:
+    """The body rewritten for this engine (chat only; completions pass as they are)."""
+    if path == _CHAT_PATH and isinstance(request, dict):
+        return adapt_chat(request)
+    return request
+
+
 class IncludeUsageMiddleware:
-    """Reads the request body once to see whether a stream asked for usage, then replays it."""
+    """Reads the request body once: adapts it (engine_compat), notes whether a stream asked
+    for usage or an echo, then replays the adapted body to the server."""
 
     def __init__(self, app: _App) -> None:
         self.app = app
@@ -189,13 +256,23 @@ class IncludeUsageMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(parts)
+        echo: str | None = None
         try:
             request = json.loads(body)
             options = request.get("stream_options") or {}
             want = bool(request.get("stream")) and bool(options.get("include_usage"))
             continuous = want and bool(options.get("continuous_usage_stats"))
+            if request.get("stream") and request.get("echo") is True:
+                prompt = request.get("prompt")
+                echo = prompt if isinstance(prompt, str) else None
         except (ValueError, AttributeError):
             want = continuous = False  # let the server produce its own validation error
+        else:
+            try:
+                body = json.dumps(_adapt(scope["path"], request)).encode()
+            except UnsupportedRequest as exc:
+                await _send_json(send, *_bad_request(str(exc), exc.param))
+                return
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -205,18 +282,31 @@ class IncludeUsageMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # later calls: disconnect detection
 
-        token, continuous_token = _want_usage.set(want), _want_continuous.set(continuous)
+        usage_token, continuous_token = _want_usage.set(want), _want_continuous.set(continuous)
+        echo_token = _echo_prompt.set(echo)
         try:
             await self.app(scope, replay, send)
         finally:
-            _want_usage.reset(token)
+            _want_usage.reset(usage_token)
             _want_continuous.reset(continuous_token)
+            _echo_prompt.reset(echo_token)
+
+
+async def _send_json(send: _Send, status: int, error: dict[str, Any]) -> None:
+    payload = json.dumps({"error": error}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def main() -> None:
     import llama_cpp.server.__main__ as server_main
 
     _patch_llama()
+    _patch_errors()
     create_app = server_main.create_app
     server_main.create_app = lambda **kwargs: IncludeUsageMiddleware(create_app(**kwargs))
     server_main.main()

@@ -33,6 +33,8 @@ from cocoon.network.engine_process import (
 from cocoon.network.supervisor import Supervisor
 
 DEMO_BALANCE_NANOTON = 1_000 * 10**9  # 1,000 TON of play money, granted by billing's dev grant
+# What each new Telegram user of `cocoon up --telegram-token` gets to try the models with.
+TELEGRAM_TRIAL_NANOTON = 1 * 10**9
 Echo = Callable[[str], None]
 
 
@@ -48,6 +50,11 @@ class LocalNetwork:
     # account -> dev grant in nanoTON; each account gets an API key (the first is the demo's).
     grants: dict[str, int] = field(default_factory=lambda: {DEMO_ACCOUNT: DEMO_BALANCE_NANOTON})
     api_keys: dict[str, str] = field(default_factory=dict)
+    # The Telegram bot's key: it may act for the accounts of Telegram users (tg-<user id>).
+    telegram_api_key: str = ""
+    # With a bot token, `start` also runs the Telegram bot (against telegram_api_url).
+    telegram_token: str = ""
+    telegram_api_url: str = "https://api.telegram.org"
 
     @property
     def api_key(self) -> str:
@@ -93,7 +100,30 @@ class LocalNetwork:
         for index in range(self.workers):
             self._start_worker(index, common)
         self._wait_for(self._model_listed, "the first attested worker", ready_timeout_s)
+        if self.telegram_token:
+            self.start_telegram(self.telegram_token, common)
         save_demo(self.api_key, self.gateway_url)
+
+    def start_telegram(self, token: str, common: dict[str, str]) -> None:
+        """Run the Telegram bot (docs/telegram.md) as a client of this network."""
+        secrets_dir = state_dir() / "telegram"
+        secrets_dir.mkdir(parents=True, exist_ok=True)
+        files = {"token": token, "gateway-key": self.telegram_api_key}
+        for name, value in files.items():
+            path = secrets_dir / name
+            path.write_text(value)
+            path.chmod(0o600)
+        self._spawn_service(
+            "telegram",
+            {
+                **common,
+                "COCOON_TELEGRAM_TOKEN_FILE": str(secrets_dir / "token"),
+                "COCOON_TELEGRAM_API_URL": self.telegram_api_url,
+                "COCOON_GATEWAY_URL": self.gateway_url,
+                "COCOON_GATEWAY_API_KEY_FILE": str(secrets_dir / "gateway-key"),
+                "COCOON_TELEGRAM_TRIAL_NANOTON": str(TELEGRAM_TRIAL_NANOTON),
+            },
+        )
 
     def _start_broker(self) -> None:
         external = os.environ.get("COCOON_KAFKA_BOOTSTRAP")
@@ -129,6 +159,9 @@ class LocalNetwork:
         store = KeyStore.load(keys_file) if keys_file.exists() else KeyStore()
         for account in self.grants:
             self.api_keys[account] = store.create(account, name="cocoon up")
+        self.telegram_api_key = store.create(
+            "telegram-bot", name="cocoon up: telegram bot", delegate_prefix="tg-"
+        )
         store.save(keys_file)
 
     def _spawn_service(self, service: str, env: dict[str, str], label: str = "") -> None:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
+from cocoon.core.contracts import Topic
 
 
 @dataclass
@@ -18,9 +19,9 @@ class Snapshot:
 
     def on_record(self, record: BroadcastRecord) -> None:
         table = {
-            "attestation.verdicts": self.verdicts,
-            "worker.heartbeats": self.heartbeats,
-            "billing.balances": self.balance_rows,
+            Topic.ATTESTATION_VERDICTS: self.verdicts,
+            Topic.WORKER_HEARTBEATS: self.heartbeats,
+            Topic.BILLING_BALANCES: self.balance_rows,
         }[record.topic]
         if record.key is None:
             return
@@ -62,13 +63,13 @@ async def take_snapshot(bootstrap: str, heartbeat_window_s: float = 3.0) -> Snap
     snapshot = Snapshot()
     compacted = BroadcastReader(
         bootstrap,
-        ["attestation.verdicts", "billing.balances"],
+        [Topic.ATTESTATION_VERDICTS, Topic.BILLING_BALANCES],
         snapshot.on_record,
         from_beginning=True,
     )
     # Heartbeats are not compacted: listen for a couple of beats instead of replaying history.
     beats = BroadcastReader(
-        bootstrap, ["worker.heartbeats"], snapshot.on_record, from_beginning=False
+        bootstrap, [Topic.WORKER_HEARTBEATS], snapshot.on_record, from_beginning=False
     )
     await compacted.start()
     await beats.start()

@@ -11,7 +11,8 @@ A request's life:
     PENDING --placed--> LEASED --first chunk--> STARTED --outcome--> DONE
        ^                  |                        |
        +--lease expired---+                        +--worker silent--> DONE (WORKER_LOST)
-    PENDING --no worker by the wait's end--> DONE (FAILED no_worker / price_cap / lease_expired)
+    PENDING --no worker by the wait's end--> DONE (FAILED no_worker / lease_expired)
+    PENDING --every worker above the price cap--> DONE (FAILED price_cap, at once)
 """
 
 from __future__ import annotations
@@ -23,22 +24,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from cocoon.core.codec import models
+from cocoon.core.contracts import ErrorCode, work_topic
 from cocoon.scheduler.placement import NoPlacement, NoPlacementReason, choose_worker
 from cocoon.scheduler.pool import Lease, WorkerPool
 
 log = logging.getLogger(__name__)
 
 REPORTED_BY = "scheduler"
-
-
-class ErrorCode(StrEnum):
-    """`Outcome.error_code` values the gateway maps to HTTP statuses (404 / 503)."""
-
-    NO_WORKER = "no_worker"
-    UNKNOWN_MODEL = "unknown_model"
-    PRICE_CAP = "price_cap"
-    LEASE_EXPIRED = "lease_expired"
-    WORKER_LOST = "worker_lost"
 
 
 class Phase(StrEnum):
@@ -264,6 +256,10 @@ class Dispatcher:
             request.last_miss = choice
             if request.attempt == 0 and request.model not in self.known_models:
                 return [self._fail(request, now, ErrorCode.UNKNOWN_MODEL)]
+            if choice.reason is NoPlacementReason.PRICE_CAP_TOO_LOW and request.attempt == 0:
+                # Every worker for the model costs more than the client accepts: waiting would
+                # not change that, so say so at once with the lowest price on offer.
+                return [self._fail(request, now, ErrorCode.PRICE_CAP)]
             busy = choice.reason is NoPlacementReason.ALL_BUSY
             if now >= (request.busy_until if busy else request.wait_until):
                 return [self._fail(request, now, self._miss_code(request))]
@@ -288,7 +284,7 @@ class Dispatcher:
                 attempt=request.attempt,
                 worker_id=choice.worker_id,
                 model=request.model,
-                work_topic=choice.work_topic or f"work.{choice.worker_id}",
+                work_topic=choice.work_topic or work_topic(choice.worker_id),
                 verdict_id=choice.verdict_id,
                 coefficient=choice.coefficient,
                 gateway_id=request.gateway_id,
@@ -357,6 +353,11 @@ class Dispatcher:
             duration_ms=max(0, int((now - request.received_at) * 1000)),
             completion_tokens=0,
             finished_at=_ts(now),
+            min_coefficient=(
+                request.last_miss.min_coefficient
+                if code is ErrorCode.PRICE_CAP and request.last_miss is not None
+                else None
+            ),
         )
 
     def _done(self, request: Request, now: float) -> None:

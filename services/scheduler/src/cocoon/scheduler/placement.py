@@ -25,16 +25,18 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, auto
 
 from cocoon.scheduler.pool import WorkerPool, WorkerState
 
 
-class NoPlacementReason(StrEnum):
-    UNKNOWN_MODEL = "unknown_model"
-    NO_ATTESTED_WORKER = "no_attested_worker"
-    ALL_BUSY = "all_busy"
-    PRICE_CAP_TOO_LOW = "price_cap_too_low"
+class NoPlacementReason(Enum):
+    """Why `choose_worker` found no worker (internal: the dispatcher maps it to an ErrorCode)."""
+
+    UNKNOWN_MODEL = auto()
+    NO_ATTESTED_WORKER = auto()
+    ALL_BUSY = auto()
+    PRICE_CAP_TOO_LOW = auto()
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ def choose_worker(
     if not free:
         return NoPlacement(NoPlacementReason.ALL_BUSY, model)
     affordable = [w for w in free if w.coefficient <= max_coefficient]
+    if not affordable and any(w.coefficient <= max_coefficient for w in ready):
+        # A worker at this price exists but is busy: wait for it, as for any busy pool.
+        return NoPlacement(NoPlacementReason.ALL_BUSY, model)
     if not affordable:
         return NoPlacement(
             NoPlacementReason.PRICE_CAP_TOO_LOW,

@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.codec import models
+from cocoon.core.contracts import Group, Topic
 from cocoon.core.crypto.errors import CryptoError
 from cocoon.core.registry_entries import WORKER_PREFIX, worker_coefficient
 from cocoon.core.runtime import Service, ServiceSettings
@@ -52,15 +53,15 @@ from cocoon.scheduler.pool import PoolError, WorkerPool
 
 log = logging.getLogger(__name__)
 
-VERDICTS = "attestation.verdicts"
-HEARTBEATS = "worker.heartbeats"
-RESPONSES = "inference.responses"
-LEDGER = "billing.ledger"
-REGISTRY = "attestation.registry"
-REQUESTS = "inference.requests"
-RESERVATIONS = "billing.reservations"
-OUTCOMES = "inference.outcomes"
-ASSIGNMENTS = "inference.assignments"
+VERDICTS = Topic.ATTESTATION_VERDICTS
+HEARTBEATS = Topic.WORKER_HEARTBEATS
+RESPONSES = Topic.INFERENCE_RESPONSES
+LEDGER = Topic.BILLING_LEDGER
+REGISTRY = Topic.ATTESTATION_REGISTRY
+REQUESTS = Topic.INFERENCE_REQUESTS
+RESERVATIONS = Topic.BILLING_RESERVATIONS
+OUTCOMES = Topic.INFERENCE_OUTCOMES
+ASSIGNMENTS = Topic.INFERENCE_ASSIGNMENTS
 RECORDS = {
     VERDICTS: "cocoon.attestation.Verdict",
     REGISTRY: "cocoon.attestation.RegistryEntry",
@@ -89,7 +90,7 @@ class Settings(ServiceSettings):
     )
     max_attempts: int = Field(3, ge=1, description="placements per request before lease_expired")
     tick_seconds: float = Field(0.1, gt=0, le=5, description="lease/liveness check period")
-    consumer_group: str = "scheduler"
+    consumer_group: str = Group.SCHEDULER
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
 
     @model_validator(mode="after")

@@ -168,9 +168,21 @@ def _says_nothing(chunk: dict[str, Any]) -> bool:
     return True
 
 
-def error_chunk(code: str, message: str) -> dict[str, Any]:
-    """The closing chunk of a failed stream; `message` must say what happened, never content."""
-    return {"error": {"code": code, "message": message}}
+# OpenAI's error type for a request that cannot be served as sent: the gateway answers 400.
+INVALID_REQUEST = "invalid_request_error"
+
+
+def error_chunk(code: str, message: str, error_type: str | None = None) -> dict[str, Any]:
+    """The closing chunk of a failed stream (sealed: only the gateway reads it).
+
+    `error_type` is OpenAI's error type when the request itself is at fault
+    (`INVALID_REQUEST`); then `message` is the engine's explanation, for the client. Otherwise
+    it says what happened, never content.
+    """
+    error: dict[str, Any] = {"code": code, "message": message}
+    if error_type is not None:
+        error["type"] = error_type
+    return {"error": error}
 
 
 def encode(chunk: dict[str, Any]) -> bytes:

@@ -22,11 +22,13 @@ import httpx
 
 
 class EngineError(Exception):
-    """The engine failed; `status` is its HTTP status when it answered with one."""
+    """The engine failed; `status` is its HTTP status when it answered with one, `reason` its
+    own explanation (for the client when the request was at fault: it may quote the prompt)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 class EngineUnavailableError(EngineError):
@@ -126,10 +128,10 @@ class EngineStream:
         if self._response.status_code >= 400:
             raw = await self._response.aread()
             await self.aclose()
+            status = self._response.status_code
+            reason = _error_message(status, raw)
             raise EngineError(
-                f"engine refused {self._path}: HTTP {self._response.status_code}: "
-                f"{_error_message(self._response.status_code, raw)}",
-                self._response.status_code,
+                f"engine refused {self._path}: HTTP {status}: {reason}", status, reason
             )
         self._events = self._sse_data()
         return self
@@ -253,11 +255,9 @@ class EngineClient:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._guard(self._http.post(path, json=body))
         if response.status_code >= 400:
-            raise EngineError(
-                f"engine refused {path}: HTTP {response.status_code}: "
-                f"{_error_message(response.status_code, response.content)}",
-                response.status_code,
-            )
+            status = response.status_code
+            reason = _error_message(status, response.content)
+            raise EngineError(f"engine refused {path}: HTTP {status}: {reason}", status, reason)
         try:
             data = response.json()
         except ValueError:

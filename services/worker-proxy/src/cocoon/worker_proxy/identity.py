@@ -1,7 +1,8 @@
 """The worker's attested identity: keys made inside the TEE and the evidence that binds them.
 
 Keys live only in this process (a restarted worker makes new ones and attests again). The
-evidence is the canonical claims (public keys, model, a timestamp as freshness) and a TDX quote
+evidence is the canonical claims (public keys, model, a timestamp as freshness, and the payout
+address when the owner set one: claims v2, so billing pays only there) and a TDX quote
 whose REPORTDATA is SHA-512 of those claims, obtained through the TEE interface.
 """
 
@@ -21,10 +22,11 @@ class Identity:
     worker_id: str
     model: str
     keys: WorkerKeys
+    payout_address: str | None = None  # TON address bound into every claims it attests
 
     @classmethod
-    def generate(cls, worker_id: str, model: str) -> Identity:
-        return cls(worker_id, model, WorkerKeys.generate())
+    def generate(cls, worker_id: str, model: str, payout_address: str | None = None) -> Identity:
+        return cls(worker_id, model, WorkerKeys.generate(), payout_address)
 
     def evidence(self, *, nonce: bytes | None = None, now_ms: int | None = None) -> models.Evidence:
         """Fresh evidence: new claims, new quote, new evidence id.
@@ -33,10 +35,13 @@ class Identity:
         current time (checked against the policy's max age).
         """
         now_ms = now_millis() if now_ms is None else now_ms
+        public, address = self.keys.public, self.payout_address
         if nonce is not None:
-            claims = tee.encode_claims(self.keys.public, self.model, nonce=nonce)
+            claims = tee.encode_claims(public, self.model, nonce=nonce, payout_address=address)
         else:
-            claims = tee.encode_claims(self.keys.public, self.model, timestamp=now_ms // 1000)
+            claims = tee.encode_claims(
+                public, self.model, timestamp=now_ms // 1000, payout_address=address
+            )
         quote = tee.get_quote(tee.report_data(claims))
         return models.Evidence(
             evidence_id=f"ev-{self.worker_id}-{uuid.uuid4().hex}",

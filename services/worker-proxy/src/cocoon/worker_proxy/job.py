@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from cocoon.core.bus import BusProducer
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
+from cocoon.core.contracts import ErrorCode, Topic
 from cocoon.core.crypto import (
     OpenError,
     ResponseSealer,
@@ -36,15 +37,14 @@ log = logging.getLogger(__name__)
 
 REPORTED_BY = "worker-proxy"
 
-# Outcome error codes (metadata only, never content).
-UNSEALABLE = "unsealable"  # the payload does not open with this worker's key for this request
-WRONG_MODEL = "wrong_model"  # the item is for a model this worker does not serve
-BAD_REQUEST = "bad_request"  # the opened body is not an OpenAI request
-ENGINE_REJECTED = "engine_rejected"  # the engine refused the request (HTTP 4xx)
-ENGINE_ERROR = "engine_error"  # the engine failed or broke the stream
-CANCELLED = "cancelled"
-TIMED_OUT = "timed_out"
-SHUTDOWN = "shutdown"
+# Outcome error codes (metadata only, never content): schemas/error_codes.yaml.
+UNSEALABLE = ErrorCode.UNSEALABLE
+WRONG_MODEL = ErrorCode.WRONG_MODEL
+BAD_REQUEST = ErrorCode.BAD_REQUEST
+ENGINE_REJECTED = ErrorCode.ENGINE_REJECTED
+ENGINE_ERROR = ErrorCode.ENGINE_ERROR
+CANCELLED = ErrorCode.CANCELLED
+TIMED_OUT = ErrorCode.TIMED_OUT
 
 
 def engine_error_code(exc: BaseException) -> str:
@@ -113,7 +113,7 @@ class Job:
                 body, model=self.ctx.engine_model, max_tokens=item.max_tokens
             )
         except chunks.BadRequestBody as exc:
-            await self._seal_error(BAD_REQUEST, str(exc))
+            await self._seal_error(BAD_REQUEST, str(exc), error_type=chunks.INVALID_REQUEST)
             return await self._finish("FAILED", BAD_REQUEST, None, None)
         del body
         return await self._serve(request)
@@ -134,7 +134,9 @@ class Job:
                 status, code = (
                     ("CANCELLED", CANCELLED) if stop in done else ("TIMED_OUT", TIMED_OUT)
                 )
-                message = "cancelled" if stop in done else "deadline passed before the request ran"
+                message = (
+                    _messages[CANCELLED] if stop in done else "the deadline passed before it ran"
+                )
                 await self._seal_error(code, message)
                 return await self._finish(status, code, None, None)
             self.running = True
@@ -169,6 +171,11 @@ class Job:
             finished_ms = now_millis()
             if status == "SUCCEEDED":
                 await self._seal(chunks.encode(meter.usage_chunk(request.endpoint)), final=True)
+            elif code == ENGINE_REJECTED:
+                # The request's own fault: the client gets the engine's reason (sealed to it,
+                # never logged here) and the gateway answers 400, not a lost worker.
+                reason = getattr(stream.exception(), "reason", "") or _messages[code]
+                await self._seal_error(code, reason, error_type=chunks.INVALID_REQUEST)
             else:
                 await self._seal_error(code, _messages[code])
             receipt = self._receipt(meter, status == "SUCCEEDED", started_ms, finished_ms)
@@ -220,7 +227,7 @@ class Job:
         # records in order); the final chunk waits for every earlier ack and its own. The send
         # is shielded: a sealed chunk that never left would be a gap the gateway must refuse.
         enqueue = asyncio.ensure_future(
-            self.ctx.producer.send("inference.responses", value, wait=False)
+            self.ctx.producer.send(Topic.INFERENCE_RESPONSES, value, wait=False)
         )
         self._enqueued.append(enqueue)
         await asyncio.shield(enqueue)
@@ -228,11 +235,10 @@ class Job:
             await asyncio.gather(*(task.result() for task in self._enqueued))
             self._enqueued = []
 
-    async def _seal_error(self, code: str, message: str) -> None:
+    async def _seal_error(self, code: str, message: str, error_type: str | None = None) -> None:
         if self._sealer is not None and not self._sealer.finished:
-            await self._seal(
-                chunks.encode(chunks.error_chunk(code, message)), final=True, error_code=code
-            )
+            chunk = chunks.error_chunk(code, message, error_type)
+            await self._seal(chunks.encode(chunk), final=True, error_code=code)
 
     def _receipt(
         self, meter: chunks.UsageMeter, completed: bool, started_ms: int, finished_ms: int
@@ -265,11 +271,11 @@ class Job:
         """Receipt first (billing captures from it), then the outcome (which releases the rest)."""
         item = self.item
         if receipt is not None:
-            await self.ctx.producer.send("usage.receipts", receipt.to_record())
+            await self.ctx.producer.send(Topic.USAGE_RECEIPTS, receipt.to_record())
         finished = now_millis()
         completion = meter.completion if meter is not None else 0
         await self.ctx.producer.send(
-            "inference.outcomes",
+            Topic.INFERENCE_OUTCOMES,
             {
                 "request_id": item.request_id,
                 "attempt": item.attempt,

@@ -29,9 +29,11 @@ from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import now_millis
+from cocoon.core.contracts import Topic, TopicTemplate, work_topic, worker_group
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import wait_any
 from cocoon.core.tee import SIMULATED, installed_devices
+from cocoon.core.ton_address import TonAddressError, parse_ton_address
 from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.engine import EngineClient
 from cocoon.worker_proxy.identity import Identity
@@ -62,6 +64,21 @@ class Settings(ServiceSettings):
     evidence_refresh_seconds: float = Field(
         1800.0, gt=0, description="re-attest at least this often (earlier if the verdict asks)"
     )
+    payout_address: str | None = Field(
+        None,
+        description="TON address the earnings are paid to, attested in the claims (claims v2)",
+    )
+
+    @field_validator("payout_address")
+    @classmethod
+    def _payout_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            return parse_ton_address(value).raw
+        except TonAddressError as exc:
+            raise ValueError(str(exc)) from None
+
     # The quote device (cocoon.core.tee reads the same COCOON_TEE). The simulated one signs with
     # a local test CA: a production worker refuses it unless explicitly allowed (staging).
     tee: str = Field(SIMULATED, min_length=1, description="TEE quote device (entry point name)")
@@ -96,7 +113,7 @@ class WorkerProxy(Service):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
-        self.work_topic = f"work.{settings.worker_id}"
+        self.work_topic = work_topic(settings.worker_id)
         self.identity: Identity | None = None
         self.schedule: AttestationSchedule | None = None
         self.jobs: dict[str, Job] = {}
@@ -118,14 +135,14 @@ class WorkerProxy(Service):
     async def start(self) -> None:
         s = self.settings
         # Keys are generated here, inside the (simulated) TEE, and never leave this process.
-        self.identity = Identity.generate(self.worker_id, s.model)
+        self.identity = Identity.generate(self.worker_id, s.model, s.payout_address)
         self.schedule = AttestationSchedule(
             self.worker_id, self.identity.keys.public.signing_key, s.evidence_refresh_seconds
         )
         await asyncio.to_thread(
             ensure_instance,
             s.kafka_bootstrap,
-            default_catalog()["work.{worker_id}"],
+            default_catalog()[TopicTemplate.WORK],
             prefix=topic_prefix(),
             worker_id=self.worker_id,
         )
@@ -134,7 +151,7 @@ class WorkerProxy(Service):
         await self.producer.start()
         self.verdicts = BroadcastReader(
             s.kafka_bootstrap,
-            ["attestation.verdicts"],
+            [Topic.ATTESTATION_VERDICTS],
             self._on_verdict,
             from_beginning=True,
             client_id=f"worker-proxy-{self.worker_id}-verdicts",
@@ -144,7 +161,7 @@ class WorkerProxy(Service):
         self.consumer = BusConsumer(
             s.kafka_bootstrap,
             [self.work_topic],
-            group_id=f"worker-{self.worker_id}",
+            group_id=worker_group(self.worker_id),
             handler=self._on_work,
             client_id=f"worker-proxy-{self.worker_id}",
         )
@@ -287,7 +304,7 @@ class WorkerProxy(Service):
         self._last_state = self._state()
         waiting = sum(1 for job in self.jobs.values() if not job.running)
         await self.producer.send(
-            "worker.heartbeats",
+            Topic.WORKER_HEARTBEATS,
             models.Heartbeat(
                 worker_id=self.worker_id,
                 models=[self.settings.model],
@@ -319,7 +336,7 @@ class WorkerProxy(Service):
         assert self.schedule is not None
         nonce = self.schedule.challenge
         evidence = await asyncio.to_thread(self.identity.evidence, nonce=nonce)
-        await self.producer.send("attestation.evidence", evidence)
+        await self.producer.send(Topic.ATTESTATION_EVIDENCE, evidence)
         self.schedule.submitted(evidence.evidence_id, now_millis())
         log.info(
             "evidence submitted",

@@ -13,6 +13,11 @@ Rules that make a crash anywhere safe:
   can never accept it. Only then are its payouts signed again.
 * One batch in flight at a time (up to 4 orders with v4r2, 80 with the highload wallet), so seqno
   bookkeeping is trivial: the next batch uses the wallet's seqno.
+* Each receipt's fee is owed to the payout address it was earned under (the address in the
+  worker's verdict at capture, see BillingEngine.earnings_by_address), and is paid there: one
+  payout per worker and address. Earnings under a verdict without an attested address go to
+  the registry's address for the worker (the operator's, as before claims v2). Nothing is paid
+  to an address the registry bans; those earnings wait.
 * The ledger moves a worker's earnings to `payouts:pending` before signing, and to `ton:payouts`
   (or back to the worker when the wallet skipped the message) once the chain shows the outcome.
   Ledger operations are idempotent by payout id, so replaying them after a crash is harmless.
@@ -28,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocoon.billing.engine import BillingEngine
+from cocoon.billing.engine import UNATTESTED, BillingEngine
 from cocoon.billing.money import BillingError, check_amount
 from cocoon.billing.ton.address import AddressError, parse_address
 from cocoon.billing.ton.api import TonApi, TonApiError, TonTransaction
@@ -60,6 +65,7 @@ class PayoutRow:
     status: str  # planned, signed, confirmed, reversed, cancelled (planned, never signed)
     batch_id: str | None
     tx: str | None
+    earned_under: str = UNATTESTED  # the attested address the paid earnings were earned under
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +89,18 @@ class PayoutStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(payouts)")}
+        if "earned_under" not in columns:  # added with attested addresses (old stores too)
+            self._db.execute("ALTER TABLE payouts ADD COLUMN earned_under TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._db.close()
 
     def payouts(self, *statuses: str, batch_id: str | None = None) -> list[PayoutRow]:
-        sql = "SELECT payout_id, worker_id, destination, amount, status, batch_id, tx FROM payouts"
+        sql = (
+            "SELECT payout_id, worker_id, destination, amount, status, batch_id, tx, earned_under"
+            " FROM payouts"
+        )
         clauses, args = [], []
         if statuses:
             clauses.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -108,9 +120,10 @@ class PayoutStore:
 
     def add_payout(self, row: PayoutRow, now: int) -> None:
         self._db.execute(
-            "INSERT INTO payouts VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO payouts (payout_id, worker_id, destination, amount, status, batch_id,"
+            " tx, created_at, updated_at, earned_under) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (row.payout_id, row.worker_id, row.destination, row.amount, row.status,
-             row.batch_id, row.tx, now, now),
+             row.batch_id, row.tx, now, now, row.earned_under),
         )  # fmt: skip
 
     def set_payout(self, payout_id: str, status: str, now: int, tx: str | None = None) -> None:
@@ -188,6 +201,7 @@ class PayoutService:
         destination_of: Callable[[str], str | None],
         *,
         threshold: int,
+        banned: Callable[[str], bool] = lambda _address: False,
         ttl_s: int = 60,
         expiry_margin_s: int = 30,
         wallet_reserve: int = 100_000_000,  # 0.1 TON kept for gas, as COCOON
@@ -201,7 +215,8 @@ class PayoutService:
         self.api = api
         self.wallet = wallet
         self.store = store
-        self._destination_of = destination_of
+        self._destination_of = destination_of  # the registry's address: unattested earnings
+        self._banned = banned
         self.threshold = check_amount(threshold, "payout threshold", allow_zero=False)
         self._ttl = ttl_s
         self._margin = expiry_margin_s
@@ -218,13 +233,18 @@ class PayoutService:
     def _now(self) -> int:
         return int(self._clock())
 
+    def _start(self, row: PayoutRow, now: int) -> None:
+        self.engine.start_payout(
+            row.payout_id, row.worker_id, row.amount, now * 1000, earned_under=row.earned_under
+        )
+
     def recover(self) -> None:
         """Make the ledger agree with the store after a crash (all ledger calls idempotent)."""
         now = self._now()
         for row in self.store.payouts():
             if row.status == "planned":
                 try:
-                    self.engine.start_payout(row.payout_id, row.worker_id, row.amount, now * 1000)
+                    self._start(row, now)
                 except BillingError as exc:
                     # Never signed, and its ledger move was never made durable: it was planned
                     # on earnings that a crash or a takeover lost before they were committed.
@@ -232,12 +252,12 @@ class PayoutService:
                     self.store.set_payout(row.payout_id, "cancelled", now)
                     log.warning("payout %s cancelled before signing: %s", row.payout_id, exc)
             elif row.status == "signed":
-                self.engine.start_payout(row.payout_id, row.worker_id, row.amount, now * 1000)
+                self._start(row, now)
             elif row.status == "confirmed":
-                self.engine.start_payout(row.payout_id, row.worker_id, row.amount, now * 1000)
+                self._start(row, now)
                 self.engine.confirm_payout(row.payout_id, now * 1000, tx=row.tx or "")
             elif row.status == "reversed":
-                self.engine.start_payout(row.payout_id, row.worker_id, row.amount, now * 1000)
+                self._start(row, now)
                 self.engine.reverse_payout(row.payout_id, now * 1000, reason="skipped by wallet")
 
     async def step(self) -> StepReport:
@@ -262,29 +282,44 @@ class PayoutService:
         return StepReport(planned, signed, confirmed, reversed_, expired, skipped)
 
     def plan(self) -> tuple[list[str], dict[str, str]]:
-        """Move earnings at or above the threshold into new payouts (one open per worker)."""
+        """Move earnings at or above the threshold into new payouts: one per worker and address
+        they were earned under, one open at a time for each."""
         now = self._now()
-        busy = {row.worker_id for row in self.store.payouts(*OPEN_PAYOUT)}
+        busy = {(row.worker_id, row.earned_under) for row in self.store.payouts(*OPEN_PAYOUT)}
         planned: list[str] = []
         skipped: dict[str, str] = {}
-        for account, amount in sorted(self.engine.ledger.balances().items()):
-            if not account.startswith("worker:") or amount < self.threshold:
+        for account, balance in sorted(self.engine.ledger.balances().items()):
+            if not account.startswith("worker:") or balance < self.threshold:
                 continue
             worker_id = account.removeprefix("worker:")
-            if worker_id in busy:
-                continue
-            try:
-                destination = parse_address(self._destination_of(worker_id) or "")
-            except AddressError as exc:
-                skipped[worker_id] = f"no valid payout address: {exc}"
-                continue
-            payout_id = f"{worker_id}.{self.store.count_for(worker_id) + 1}"
-            row = PayoutRow(payout_id, worker_id, destination, amount, "planned", None, None)
-            # Store first: on restart `recover` replays the ledger move for every stored payout.
-            self.store.add_payout(row, now)
-            self.engine.start_payout(payout_id, worker_id, amount, now * 1000)
-            planned.append(payout_id)
+            for earned_under, amount in sorted(self.engine.earnings_by_address(worker_id).items()):
+                if amount < self.threshold or (worker_id, earned_under) in busy:
+                    continue
+                destination, problem = self._destination(worker_id, earned_under)
+                if destination is None:
+                    skipped[worker_id] = problem
+                    continue
+                payout_id = f"{worker_id}.{self.store.count_for(worker_id) + 1}"
+                row = PayoutRow(
+                    payout_id, worker_id, destination, amount, "planned", None, None, earned_under
+                )
+                # Store first: on restart `recover` replays the ledger move for every payout.
+                self.store.add_payout(row, now)
+                self._start(row, now)
+                planned.append(payout_id)
         return planned, skipped
+
+    def _destination(self, worker_id: str, earned_under: str) -> tuple[str | None, str]:
+        """Where earnings under `earned_under` go: that attested address itself, or for
+        unattested earnings the registry's; None and why when they cannot be paid now."""
+        text = earned_under or self._destination_of(worker_id) or ""
+        try:
+            destination = parse_address(text)
+        except AddressError as exc:
+            return None, f"no valid payout address: {exc}"
+        if self._banned(destination):
+            return None, f"payout address {destination} is banned by the registry"
+        return destination, ""
 
     async def _sign_and_send(self) -> str | None:
         rows = self.store.payouts("planned")[: self.wallet.max_orders]

@@ -1,164 +1,902 @@
-"""Pydantic models generated from the latest version of every `.avsc`, at import time.
+# GENERATED from schemas/avro/ by `cocoon topics codegen`: do not edit.
+# Change the schemas and generate again (tests/core/test_codegen.py checks it is up to date).
+"""Pydantic models of the latest version of every record in `schemas/avro/`.
 
-The schemas are the only definition of a message; these classes are derived from them, so the
-two can never disagree. Use them for type-checked construction and access:
+The schemas are the only definition of a message; this module is generated from them
+(`cocoon topics codegen`), so the two cannot disagree. Use the models for type-checked
+construction and access:
 
     from cocoon.core.codec import models
     req = models.InferenceRequest(request_id="r-1", ...)
-    models.RequestChannel.HTTP          # enums are StrEnums; fields hold the plain string
-    codec.encode(req)                   # or req.to_avro() for the plain dict
+    models.RequestChannel.HTTP       # enums are StrEnums; fields hold the plain string
+    codec.encode(req)                # or req.to_avro() for the plain dict
 
 Every record class is available as `models.<SimpleName>` and `model_for("<full.name>")`.
 """
 
-from __future__ import annotations
-
-import enum
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Optional, Union
+from enum import StrEnum
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import Field
 
-from cocoon.core.codec.store import SchemaStore, default_store
+from cocoon.core.codec.base import AvroModel
 
-_PRIMITIVES: dict[str, Any] = {
-    "null": type(None),
-    "boolean": bool,
-    "int": int,
-    "long": int,
-    "float": float,
-    "double": float,
-    "string": str,
-    "bytes": bytes,
+
+class Evidence(AvroModel):
+    """A worker's attestation evidence: canonical claims (its keys, models, image) and a TDX
+    quote whose REPORTDATA is SHA-512 of the claims.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.attestation.Evidence"
+    avro_version: ClassVar[int] = 1
+
+    evidence_id: str = Field(description="Unique id of this evidence.")
+    worker_id: str = Field(description="Worker presenting it.")
+    claims: bytes = Field(description="Canonical claims bytes (see cocoon.core.crypto).")
+    tdx_quote: bytes = Field(description="Raw TDX quote (v4 or v5).")
+    gpu_evidence: bytes | None = Field(
+        default=None,
+        description="GPU attestation evidence, where present.",
+    )
+    nonce: bytes | None = Field(
+        default=None,
+        description="Freshness nonce from the attestation service, if challenged.",
+    )
+    collected_at: datetime = Field(description="When the worker produced it.")
+
+
+class RegistryKind(StrEnum):
+    """What the entry is about."""
+
+    UNKNOWN = "UNKNOWN"
+    IMAGE = "IMAGE"
+    MODEL = "MODEL"
+    POLICY = "POLICY"
+    MEASUREMENTS = "MEASUREMENTS"
+    TCB_STATUS = "TCB_STATUS"
+    ADVISORY = "ADVISORY"
+
+
+RegistryKindSymbol = Literal[
+    "UNKNOWN",
+    "IMAGE",
+    "MODEL",
+    "POLICY",
+    "MEASUREMENTS",
+    "TCB_STATUS",
+    "ADVISORY",
+]
+
+
+class RegistryEntry(AvroModel):
+    """One entry of the policy registry (allowed image hash, model or policy setting). Latest per
+    entry id wins; allowed=false revokes. v2 adds kinds for measurement sets, TCB statuses and
+    advisories.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.attestation.RegistryEntry"
+    avro_version: ClassVar[int] = 2
+
+    entry_id: str = Field(description="Stable id, '<kind>:<subject>' (the record key).")
+    kind: RegistryKindSymbol = Field(default="UNKNOWN", description="What the entry is about.")
+    subject: str = Field(
+        description=(
+            "Image hash (hex), model name, measurement-set id, TCB status, advisory id or policy "
+            "setting name."
+        ),
+    )
+    allowed: bool = Field(
+        description="False revokes: verdicts that rely on it are withdrawn at once.",
+    )
+    attributes: dict[str, str] = Field(
+        description="Kind-specific settings (e.g. a model's hash, a policy value).",
+    )
+    version: int = Field(description="Registry version after this change (monotonic).")
+    updated_by: str = Field(description="Operator or tool that made the change.")
+    updated_at: datetime = Field(description="When.")
+
+
+class VerdictStatus(StrEnum):
+    """Judgement."""
+
+    UNKNOWN = "UNKNOWN"
+    TRUSTED = "TRUSTED"
+    REJECTED = "REJECTED"
+    REVOKED = "REVOKED"
+    EXPIRED = "EXPIRED"
+
+
+VerdictStatusSymbol = Literal["UNKNOWN", "TRUSTED", "REJECTED", "REVOKED", "EXPIRED"]
+
+
+class Verdict(AvroModel):
+    """The attestation service's signed judgement of a worker. The latest per worker wins
+    (compacted topic). v2 adds the classical HPKE key, the quote's REPORTDATA and
+    measurements, and the next challenge nonce; v3 adds the payout address the worker
+    attested.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.attestation.Verdict"
+    avro_version: ClassVar[int] = 3
+
+    verdict_id: str = Field(description="Unique id of this verdict.")
+    worker_id: str = Field(description="Worker judged.")
+    evidence_id: str | None = Field(
+        default=None,
+        description="Evidence it was based on (null for revocations without new evidence).",
+    )
+    status: VerdictStatusSymbol = Field(default="UNKNOWN", description="Judgement.")
+    reason: str | None = Field(default=None, description="Why (for anything but TRUSTED).")
+    image_hash: bytes | None = Field(
+        default=None,
+        description="SHA-256 image hash over MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0..3.",
+    )
+    models: list[str] = Field(description="Models the worker may serve.")
+    signing_key: bytes | None = Field(
+        default=None,
+        description="Worker's attested Ed25519 public key.",
+    )
+    hpke_public_key: bytes | None = Field(
+        default=None,
+        description="Worker's attested HPKE public key.",
+    )
+    hpke_suite: str | None = Field(default=None, description="HPKE suite of that key.")
+    tcb_status: str | None = Field(
+        default=None,
+        description="TCB status reported by the DCAP verifier.",
+    )
+    registry_version: int = Field(description="Registry version the policy was evaluated against.")
+    issued_at: datetime = Field(description="Issue time.")
+    expires_at: datetime = Field(description="Expiry (hours, not days).")
+    hpke_x25519: bytes | None = Field(
+        default=None,
+        description=(
+            "Worker's attested X25519 HPKE public key (classical suite); hpke_public_key is the ML-"
+            "KEM-768+X25519 one."
+        ),
+    )
+    report_data: bytes | None = Field(
+        default=None,
+        description=(
+            "The quote's REPORTDATA, SHA-512 of the canonical claims (replay detection across "
+            "restarts)."
+        ),
+    )
+    measurements: bytes | None = Field(
+        default=None,
+        description=(
+            "MRTD || RTMR0..3 (5 x 48 bytes), so a registry change can re-check measurement sets."
+        ),
+    )
+    challenge: bytes | None = Field(
+        default=None,
+        description=(
+            "Nonce the worker puts in its next claims to re-attest before expires_at (single use)."
+        ),
+    )
+    payout_address: str | None = Field(
+        default=None,
+        description=(
+            "TON address (raw form, workchain:hex) the worker's claims bind (claims v2); billing "
+            "pays the earnings made under this verdict there. Null for claims v1."
+        ),
+    )
+    attestor_key_id: str = Field(description="Which attestation-service key signed it.")
+    signature: bytes = Field(
+        description="Ed25519 signature over the canonical verdict (see cocoon.core.crypto).",
+    )
+
+
+class AccountKind(StrEnum):
+    """Who owns the account."""
+
+    UNKNOWN = "UNKNOWN"
+    CLIENT = "CLIENT"
+    WORKER = "WORKER"
+    PLATFORM = "PLATFORM"
+
+
+AccountKindSymbol = Literal["UNKNOWN", "CLIENT", "WORKER", "PLATFORM"]
+
+
+class Balance(AvroModel):
+    """An account's balance after applying the ledger up to last_entry_id. Latest per account
+    wins (compacted).
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.Balance"
+    avro_version: ClassVar[int] = 1
+
+    account_id: str = Field(description="Account (the record key).")
+    account_kind: AccountKindSymbol = Field(default="UNKNOWN", description="Who owns the account.")
+    available_nanoton: int = Field(
+        description="Spendable (clients) or earned and unpaid (workers).",
+    )
+    held_nanoton: int = Field(description="Held for requests in flight.")
+    last_entry_id: str = Field(description="Last ledger entry applied.")
+    entries_applied: int = Field(description="Number of ledger entries applied.")
+    updated_at: datetime = Field(description="When.")
+
+
+class GrantStatus(StrEnum):
+    """GRANTED: usable until usable_until; REFUSED: not enough funds; CLOSED: the remainder went
+    back to the account.
+    """
+
+    UNKNOWN = "UNKNOWN"
+    GRANTED = "GRANTED"
+    REFUSED = "REFUSED"
+    CLOSED = "CLOSED"
+
+
+GrantStatusSymbol = Literal["UNKNOWN", "GRANTED", "REFUSED", "CLOSED"]
+
+
+class Grant(AvroModel):
+    """An admission grant: funds billing holds for one gateway instance and one account ahead of
+    time, so that gateway can admit the account's requests without waiting for billing.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.Grant"
+    avro_version: ClassVar[int] = 1
+
+    grant_id: str = Field(description="Deterministic: derived from the request that asked for it.")
+    account_id: str = Field(description="The client account the funds come from.")
+    gateway_id: str = Field(description="The only gateway instance that may admit against it.")
+    status: GrantStatusSymbol = Field(default="UNKNOWN", description="What happened to the grant.")
+    amount_nanoton: int = Field(
+        description="Funds held for the grant (GRANTED), returned (CLOSED), or 0 (REFUSED).",
+    )
+    price_per_token: int = Field(
+        description="nanoTON per adjusted token the grant's holds are priced at.",
+    )
+    max_bps: int = Field(
+        description=(
+            "The dearest per-category multiplier of that price list (10000 = 1.0x): with "
+            "price_per_token, all the gateway needs to compute a hold exactly as billing does."
+        ),
+    )
+    asked_by: str = Field(description="The request whose grant_ask_requests asked for it.")
+    usable_until: datetime = Field(
+        description=(
+            "The gateway admits nothing against it after this; billing then returns the remainder."
+        ),
+    )
+    decided_at: datetime = Field(description="When billing decided.")
+
+
+class LedgerEntryKind(StrEnum):
+    """Kind of movement."""
+
+    UNKNOWN = "UNKNOWN"
+    DEPOSIT = "DEPOSIT"
+    HOLD = "HOLD"
+    RELEASE = "RELEASE"
+    CHARGE = "CHARGE"
+    WORKER_CREDIT = "WORKER_CREDIT"
+    COMMISSION = "COMMISSION"
+    PAYOUT = "PAYOUT"
+    PAYOUT_REVERSAL = "PAYOUT_REVERSAL"
+    ADJUSTMENT = "ADJUSTMENT"
+
+
+LedgerEntryKindSymbol = Literal[
+    "UNKNOWN",
+    "DEPOSIT",
+    "HOLD",
+    "RELEASE",
+    "CHARGE",
+    "WORKER_CREDIT",
+    "COMMISSION",
+    "PAYOUT",
+    "PAYOUT_REVERSAL",
+    "ADJUSTMENT",
+]
+
+
+class LedgerEntry(AvroModel):
+    """One append-only ledger movement. The id is derived from the causing event, so replays
+    never double-charge.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.LedgerEntry"
+    avro_version: ClassVar[int] = 1
+
+    entry_id: str = Field(description="Deterministic id derived from cause_id and kind.")
+    account_id: str = Field(description="Account affected (the record key).")
+    account_kind: AccountKindSymbol = Field(default="UNKNOWN", description="Who owns the account.")
+    kind: LedgerEntryKindSymbol = Field(default="UNKNOWN", description="Kind of movement.")
+    available_delta_nanoton: int = Field(description="Change of the spendable balance (signed).")
+    held_delta_nanoton: int = Field(description="Change of the held amount (signed).")
+    cause_id: str = Field(
+        description="Event that caused it: reservation, receipt, deposit transaction, payout id.",
+    )
+    request_id: str | None = Field(default=None, description="Request concerned, if any.")
+    memo: str | None = Field(default=None, description="Human note (never request content).")
+    created_at: datetime = Field(description="When it was recorded.")
+
+
+class PayoutStatus(StrEnum):
+    """Payout state."""
+
+    UNKNOWN = "UNKNOWN"
+    REQUESTED = "REQUESTED"
+    SENT = "SENT"
+    CONFIRMED = "CONFIRMED"
+    FAILED = "FAILED"
+
+
+PayoutStatusSymbol = Literal["UNKNOWN", "REQUESTED", "SENT", "CONFIRMED", "FAILED"]
+
+
+class Payout(AvroModel):
+    """A TON payout to a worker, through its states; retried idempotently under the same payout
+    id.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.Payout"
+    avro_version: ClassVar[int] = 1
+
+    payout_id: str = Field(description="Deterministic id of the payout.")
+    worker_id: str = Field(description="Worker paid (the record key).")
+    account_id: str = Field(description="Ledger account debited.")
+    destination: str = Field(description="TON address.")
+    amount_nanoton: int = Field(description="Amount sent.")
+    status: PayoutStatusSymbol = Field(default="UNKNOWN", description="Payout state.")
+    attempt: int = Field(description="Send attempt (1-based).")
+    wallet_seqno: int | None = Field(
+        default=None,
+        description="Seqno of the sending wallet's message.",
+    )
+    tx_hash: str | None = Field(default=None, description="Transaction hash once sent.")
+    error: str | None = Field(default=None, description="Failure reason.")
+    created_at: datetime = Field(description="When it was requested.")
+    updated_at: datetime = Field(description="Last state change.")
+
+
+class ReservationStatus(StrEnum):
+    """Admission decision."""
+
+    UNKNOWN = "UNKNOWN"
+    HELD = "HELD"
+    REJECTED = "REJECTED"
+
+
+ReservationStatusSymbol = Literal["UNKNOWN", "HELD", "REJECTED"]
+
+
+class RejectReason(StrEnum):
+    """Why admission failed."""
+
+    UNKNOWN = "UNKNOWN"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"
+    UNKNOWN_MODEL = "UNKNOWN_MODEL"
+    ACCOUNT_SUSPENDED = "ACCOUNT_SUSPENDED"
+
+
+RejectReasonSymbol = Literal[
+    "UNKNOWN",
+    "INSUFFICIENT_FUNDS",
+    "UNKNOWN_ACCOUNT",
+    "UNKNOWN_MODEL",
+    "ACCOUNT_SUSPENDED",
+]
+
+
+class Reservation(AvroModel):
+    """Billing's admission decision: funds held for the worst-case cost, or a rejection the
+    gateway turns into a 402.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.Reservation"
+    avro_version: ClassVar[int] = 1
+
+    reservation_id: str = Field(
+        description="Deterministic: derived from the request id, so a replay holds once.",
+    )
+    request_id: str = Field(
+        description=(
+            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+        ),
+    )
+    account_id: str = Field(description="Paying account.")
+    model: str = Field(description="Requested model id.")
+    status: ReservationStatusSymbol = Field(default="UNKNOWN", description="Admission decision.")
+    amount_nanoton: int = Field(description="Amount held (0 when rejected).")
+    max_tokens: int = Field(description="Copied from the request for placement.")
+    max_coefficient: int = Field(
+        description="Copied from the request: placement may not exceed it (1000 = 1.0x).",
+    )
+    reject_reason: RejectReasonSymbol | None = Field(
+        default=None,
+        description="Why admission failed (null when held).",
+    )
+    available_nanoton: int | None = Field(
+        default=None,
+        description=(
+            "Spendable balance when the decision was taken (for the client's error message)."
+        ),
+    )
+    gateway_id: str = Field(description="Gateway instance waiting for this request.")
+    deadline_at: datetime = Field(description="Copied from the request.")
+    decided_at: datetime = Field(description="When billing decided.")
+
+
+class TopUpSource(StrEnum):
+    """What paid for it."""
+
+    UNKNOWN = "UNKNOWN"
+    TELEGRAM_STARS = "TELEGRAM_STARS"
+    TRIAL = "TRIAL"
+
+
+TopUpSourceSymbol = Literal["UNKNOWN", "TELEGRAM_STARS", "TRIAL"]
+
+
+class TopUp(AvroModel):
+    """Funds paid to the operator outside TON (Telegram Stars) or granted by a front end (a
+    trial), to be credited to an account exactly once: billing's ledger entry id is
+    topup:<topup_id>.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.TopUp"
+    avro_version: ClassVar[int] = 1
+
+    topup_id: str = Field(
+        description=(
+            "Unique per payment, derived from the payment itself (stars-<sha256 of the "
+            "telegram_payment_charge_id, 32 hex>, trial-<account>), so a repeated delivery is the "
+            "same top-up."
+        ),
+    )
+    account_id: str = Field(description="Account credited (the record key).")
+    amount_nanoton: int = Field(description="Credit in nanoTON (> 0).")
+    source: TopUpSourceSymbol = Field(
+        default="UNKNOWN",
+        description=(
+            "What paid for it. Each source has its own ledger account, so the audit can tell them "
+            "apart."
+        ),
+    )
+    paid_amount: int = Field(
+        description=(
+            "What the user paid, in the source's own unit (Stars for TELEGRAM_STARS, 0 for TRIAL)."
+        ),
+    )
+    reference: str = Field(
+        description=(
+            "The payment's own reference (telegram_payment_charge_id), for refunds and support."
+        ),
+    )
+    created_at: datetime = Field(description="When the front end learned of the payment.")
+
+
+class DeadLetterReason(StrEnum):
+    """Why the record was dead-lettered."""
+
+    UNKNOWN = "UNKNOWN"
+    BAD_MAGIC = "BAD_MAGIC"
+    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"
+    INVALID_BODY = "INVALID_BODY"
+    WRONG_RECORD = "WRONG_RECORD"
+    MISSING_VALUE = "MISSING_VALUE"
+    INVALID_VALUE = "INVALID_VALUE"
+    REJECTED = "REJECTED"
+
+
+DeadLetterReasonSymbol = Literal[
+    "UNKNOWN",
+    "BAD_MAGIC",
+    "UNKNOWN_SCHEMA",
+    "INVALID_BODY",
+    "WRONG_RECORD",
+    "MISSING_VALUE",
+    "INVALID_VALUE",
+    "REJECTED",
+]
+
+
+class Header(AvroModel):
+    avro_name: ClassVar[str] = "cocoon.bus.Header"
+    avro_version: ClassVar[int] = 1
+
+    key: str = Field(description="Header name.")
+    value: bytes | None = Field(default=None, description="Header value.")
+
+
+class DeadLetter(AvroModel):
+    """A record a consumer could not handle, kept byte for byte with the reason. Written to
+    '<topic>.dlq'.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.bus.DeadLetter"
+    avro_version: ClassVar[int] = 1
+
+    source_topic: str = Field(description="Topic the record came from.")
+    source_partition: int = Field(description="Its partition.")
+    source_offset: int = Field(description="Its offset.")
+    source_timestamp: datetime | None = Field(default=None, description="Its Kafka timestamp.")
+    consumer_group: str | None = Field(
+        default=None,
+        description="Consumer group that gave up on it.",
+    )
+    reason: DeadLetterReasonSymbol = Field(
+        default="UNKNOWN",
+        description="Why the record was dead-lettered.",
+    )
+    error: str = Field(description="Human-readable detail.")
+    key: bytes | None = Field(default=None, description="Original key bytes.")
+    value: bytes | None = Field(default=None, description="Original value bytes.")
+    headers: list[Header] = Field(description="Original headers.")
+    failed_at: datetime = Field(description="When it was dead-lettered.")
+
+
+class Assignment(AvroModel):
+    """The scheduler placed a request on an attested worker; the gateway now seals the prompt to
+    that worker's attested key.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.inference.Assignment"
+    avro_version: ClassVar[int] = 1
+
+    assignment_id: str = Field(description="Deterministic: request id and attempt.")
+    request_id: str = Field(
+        description=(
+            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+        ),
+    )
+    attempt: int = Field(
+        description=(
+            "1 for the first placement; incremented when a lease expires and the request is placed "
+            "again."
+        ),
+    )
+    worker_id: str = Field(description="Chosen worker.")
+    model: str = Field(description="Model id.")
+    work_topic: str = Field(
+        description="The worker's own work topic (an instance of work.{worker_id}).",
+    )
+    verdict_id: str = Field(
+        description=(
+            "Verdict whose keys the gateway must seal to; the gateway checks it is trusted and "
+            "unexpired."
+        ),
+    )
+    coefficient: int = Field(description="Worker's price coefficient at placement (1000 = 1.0x).")
+    gateway_id: str = Field(description="Gateway instance that must seal and send the work.")
+    lease_expires_at: datetime = Field(
+        description="No first chunk by then: the request is placed again.",
+    )
+    assigned_at: datetime = Field(description="When the scheduler placed it.")
+
+
+class RequestChannel(StrEnum):
+    """Front the request came through."""
+
+    UNKNOWN = "UNKNOWN"
+    HTTP = "HTTP"
+    GRPC = "GRPC"
+    TELEGRAM = "TELEGRAM"
+
+
+RequestChannelSymbol = Literal["UNKNOWN", "HTTP", "GRPC", "TELEGRAM"]
+
+
+class InferenceRequest(AvroModel):
+    """A client asked for inference. Metadata only: the prompt stays in the gateway until a
+    worker is assigned, then travels sealed to that worker. v2: admission grants (the gateway
+    may admit against a budget billing granted it ahead of time).
+    """
+
+    avro_name: ClassVar[str] = "cocoon.inference.InferenceRequest"
+    avro_version: ClassVar[int] = 2
+
+    request_id: str = Field(
+        description=(
+            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+        ),
+    )
+    account_id: str = Field(description="Paying account.")
+    model: str = Field(description="Requested model id.")
+    max_tokens: int = Field(description="Cap on completion tokens; the hold is computed from it.")
+    prompt_bytes: int = Field(
+        description=(
+            "Size of the (still unsealed, gateway-held) request body; counted into the hold."
+        ),
+    )
+    max_coefficient: int = Field(
+        description="Highest worker price coefficient the client accepts (1000 = 1.0x).",
+    )
+    stream: bool = Field(description="Client wants a streamed response.")
+    channel: RequestChannelSymbol = Field(
+        default="UNKNOWN",
+        description="Front the request came through.",
+    )
+    gateway_id: str = Field(
+        description="Gateway instance that holds the plaintext and streams the answer back.",
+    )
+    created_at: datetime = Field(description="When the gateway accepted the request.")
+    deadline_at: datetime = Field(description="After this the request is abandoned.")
+    grant_id: str | None = Field(
+        default=None,
+        description=(
+            "Admitted by the gateway against this admission grant (billing.grants): the scheduler "
+            "places it at once and billing carves its hold out of the grant. Null: billing decides "
+            "(billing.reservations)."
+        ),
+    )
+    grant_ask_requests: int = Field(
+        default=0,
+        description=(
+            "The gateway asks billing for a new admission grant worth this many holds like this "
+            "request's (0: no ask)."
+        ),
+    )
+    grant_return_id: str | None = Field(
+        default=None,
+        description=(
+            "The gateway retires this grant of its own: every request it funded precedes this one "
+            "on the account's partition, so billing returns its remainder before deciding."
+        ),
+    )
+
+
+class OutcomeStatus(StrEnum):
+    """How it ended."""
+
+    UNKNOWN = "UNKNOWN"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+    LEASE_EXPIRED = "LEASE_EXPIRED"
+    WORKER_LOST = "WORKER_LOST"
+
+
+OutcomeStatusSymbol = Literal[
+    "UNKNOWN",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "TIMED_OUT",
+    "LEASE_EXPIRED",
+    "WORKER_LOST",
+]
+
+
+class Outcome(AvroModel):
+    """How one attempt ended; feeds the scheduler's load and reputation and releases billing
+    holds that no receipt settles.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.inference.Outcome"
+    avro_version: ClassVar[int] = 2
+
+    request_id: str = Field(
+        description=(
+            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+        ),
+    )
+    attempt: int = Field(description="Placement attempt.")
+    worker_id: str = Field(description="Worker the attempt ran on.")
+    model: str = Field(description="Model id.")
+    status: OutcomeStatusSymbol = Field(default="UNKNOWN", description="How it ended.")
+    error_code: str | None = Field(default=None, description="Machine error code (never content).")
+    reported_by: str = Field(description="Service that observed the end (worker-proxy or gateway).")
+    time_to_first_chunk_ms: int | None = Field(
+        default=None,
+        description="Latency to the first sealed chunk, if there was one.",
+    )
+    duration_ms: int = Field(description="Wall time of the attempt.")
+    completion_tokens: int = Field(description="Completion tokens produced.")
+    finished_at: datetime = Field(description="When it ended.")
+    min_coefficient: int | None = Field(
+        default=None,
+        description=(
+            "With error_code price_cap: the lowest price coefficient (1000 = 1.0x) of the workers "
+            "that could have taken the request, so the client can raise its max_coefficient."
+        ),
+    )
+
+
+class SealedChunk(AvroModel):
+    """One AEAD-sealed piece of a response stream; only the gateway holding the response key can
+    open it.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.inference.SealedChunk"
+    avro_version: ClassVar[int] = 1
+
+    request_id: str = Field(
+        description=(
+            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+        ),
+    )
+    worker_id: str = Field(description="Worker that produced it.")
+    attempt: int = Field(description="Placement attempt.")
+    gateway_id: str = Field(description="Gateway instance the chunk is for.")
+    seq: int = Field(
+        description=(
+            "0-based chunk counter; also the AEAD nonce counter, so reordering is detected."
+        ),
+    )
+    final: bool = Field(description="Last chunk of the stream, so truncation is detected.")
+    ciphertext: bytes = Field(description="AEAD ciphertext with tag.")
+    error_code: str | None = Field(
+        default=None,
+        description="Machine error code when the stream ends in failure (never content).",
+    )
+    produced_at: datetime = Field(description="When the worker sealed it.")
+
+
+class UsageReceipt(AvroModel):
+    """Token usage of one attempt, signed by the worker's attested key; billing charges from it."""
+
+    avro_name: ClassVar[str] = "cocoon.inference.UsageReceipt"
+    avro_version: ClassVar[int] = 1
+
+    receipt_id: str = Field(
+        description="Deterministic: request id and attempt, so billing charges once.",
+    )
+    request_id: str = Field(
+        description=(
+            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+        ),
+    )
+    attempt: int = Field(description="Placement attempt.")
+    worker_id: str = Field(description="Worker that did the work.")
+    model: str = Field(description="Model id.")
+    prompt_tokens: int = Field(description="Prompt tokens including cached ones.")
+    cached_prompt_tokens: int = Field(description="Prompt tokens served from cache.")
+    completion_tokens: int = Field(description="Completion tokens including reasoning ones.")
+    reasoning_tokens: int = Field(description="Reasoning tokens.")
+    coefficient: int = Field(description="Price coefficient applied (1000 = 1.0x).")
+    completed: bool = Field(
+        description=(
+            "False when the stream ended early (cancelled or failed): the client pays what it "
+            "received."
+        ),
+    )
+    started_at: datetime = Field(description="Engine call start.")
+    finished_at: datetime = Field(description="Engine call end.")
+    signing_key: bytes = Field(
+        description="Worker's Ed25519 public key; must equal the one in its current verdict.",
+    )
+    signature: bytes = Field(
+        description="Ed25519 signature over the canonical receipt (see cocoon.core.crypto).",
+    )
+
+
+class WorkAction(StrEnum):
+    """What the worker must do."""
+
+    UNKNOWN = "UNKNOWN"
+    RUN = "RUN"
+    CANCEL = "CANCEL"
+
+
+WorkActionSymbol = Literal["UNKNOWN", "RUN", "CANCEL"]
+
+
+class WorkItem(AvroModel):
+    """Work for one worker: a sealed request to run, or a cancellation. The prompt is HPKE-sealed
+    to the worker's attested key.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.inference.WorkItem"
+    avro_version: ClassVar[int] = 1
+
+    request_id: str = Field(
+        description=(
+            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+        ),
+    )
+    assignment_id: str = Field(description="Assignment this work belongs to.")
+    attempt: int = Field(description="Placement attempt.")
+    model: str = Field(description="Model id (also bound into the HPKE info).")
+    action: WorkActionSymbol = Field(default="UNKNOWN", description="What the worker must do.")
+    sealed_request: bytes | None = Field(
+        default=None,
+        description=(
+            "HPKE ciphertext of the request body and a fresh response key (null for CANCEL)."
+        ),
+    )
+    hpke_enc: bytes | None = Field(
+        default=None,
+        description="HPKE encapsulated key (null for CANCEL).",
+    )
+    hpke_suite: str | None = Field(
+        default=None,
+        description=(
+            "HPKE suite identifier, e.g. the hybrid ML-KEM-768+X25519 suite (null for CANCEL)."
+        ),
+    )
+    max_tokens: int = Field(description="Completion-token cap the worker enforces.")
+    coefficient: int = Field(description="Price coefficient the work is billed at (1000 = 1.0x).")
+    gateway_id: str = Field(description="Gateway instance to stream the chunks back to.")
+    deadline_at: datetime = Field(description="Stop and report TIMED_OUT after this.")
+    sent_at: datetime = Field(description="When the gateway sent the work.")
+
+
+class WorkerState(StrEnum):
+    """Readiness. STARTING (v2) reads as UNKNOWN in v1 readers: not placeable."""
+
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    DRAINING = "DRAINING"
+    DISABLED = "DISABLED"
+    STARTING = "STARTING"
+
+
+WorkerStateSymbol = Literal["UNKNOWN", "READY", "DRAINING", "DISABLED", "STARTING"]
+
+
+class Heartbeat(AvroModel):
+    """A worker's liveness and load, every few seconds."""
+
+    avro_name: ClassVar[str] = "cocoon.worker.Heartbeat"
+    avro_version: ClassVar[int] = 2
+
+    worker_id: str = Field(description="Worker.")
+    models: list[str] = Field(description="Models it serves.")
+    state: WorkerStateSymbol = Field(default="UNKNOWN", description="Readiness.")
+    max_active_requests: int = Field(description="Capacity.")
+    active_requests: int = Field(description="Requests in flight.")
+    coefficient: int = Field(description="Current price coefficient (1000 = 1.0x).")
+    work_topic: str = Field(description="Its work topic.")
+    seq: int = Field(description="Monotonic per worker process, to drop reordered heartbeats.")
+    sent_at: datetime = Field(description="When it was sent.")
+    engine_queue_depth: int | None = Field(
+        default=None,
+        description="v2: requests queued inside the inference engine.",
+    )
+    gpu: str | None = Field(default=None, description="v2: GPU type, e.g. 'H100'.")
+    avg_request_ms: float | None = Field(
+        default=None,
+        description="v2: decayed average request time, for expected-completion placement.",
+    )
+
+
+RECORDS: dict[str, type[AvroModel]] = {
+    "cocoon.attestation.Evidence": Evidence,
+    "cocoon.attestation.RegistryEntry": RegistryEntry,
+    "cocoon.attestation.Verdict": Verdict,
+    "cocoon.billing.Balance": Balance,
+    "cocoon.billing.Grant": Grant,
+    "cocoon.billing.LedgerEntry": LedgerEntry,
+    "cocoon.billing.Payout": Payout,
+    "cocoon.billing.Reservation": Reservation,
+    "cocoon.billing.TopUp": TopUp,
+    "cocoon.bus.Header": Header,
+    "cocoon.bus.DeadLetter": DeadLetter,
+    "cocoon.inference.Assignment": Assignment,
+    "cocoon.inference.InferenceRequest": InferenceRequest,
+    "cocoon.inference.Outcome": Outcome,
+    "cocoon.inference.SealedChunk": SealedChunk,
+    "cocoon.inference.UsageReceipt": UsageReceipt,
+    "cocoon.inference.WorkItem": WorkItem,
+    "cocoon.worker.Heartbeat": Heartbeat,
 }
-
-
-class AvroModel(BaseModel):
-    """Base of every generated record model."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True)
-
-    avro_name: ClassVar[str]
-    avro_version: ClassVar[int]
-
-    def to_avro(self) -> dict[str, Any]:
-        """The plain dict the codec writes (nested models become dicts too)."""
-        return self.model_dump(mode="python")
-
-    @classmethod
-    def from_avro(cls, value: dict[str, Any]):
-        return cls.model_validate(value)
-
-
-class _Builder:
-    def __init__(self) -> None:
-        self.named: dict[str, Any] = {}  # full name -> python type
-        self.enums: dict[str, type[enum.StrEnum]] = {}
-        self.records: dict[str, type[AvroModel]] = {}
-
-    def type_of(self, schema: Any, version: int) -> Any:
-        if isinstance(schema, str):
-            if schema in self.named:
-                return self.named[schema]
-            return _PRIMITIVES[schema]
-        if isinstance(schema, list):
-            branches = [self.type_of(b, version) for b in schema]
-            non_null = [b for b in branches if b is not type(None)]
-            inner = non_null[0] if len(non_null) == 1 else Union[tuple(non_null)]  # noqa: UP007
-            return Optional[inner] if len(non_null) < len(branches) else inner  # noqa: UP045
-        kind = schema["type"]
-        if kind == "record":
-            return self.record(schema, version)
-        if kind == "enum":
-            known = self.enums.get(schema["name"])
-            if known is not None:  # the same enum shared by several records (AccountKind)
-                if [m.value for m in known] != list(schema["symbols"]):
-                    raise ValueError(f"enum {schema['name']} is defined with different symbols")
-                return self.named[schema["name"]]
-            members = {s: s for s in schema["symbols"]}
-            cls = enum.StrEnum(_simple(schema["name"]), members)
-            self.enums[schema["name"]] = cls
-            # Fields accept and hold the symbol strings; the StrEnum is there for callers.
-            self.named[schema["name"]] = Literal[tuple(schema["symbols"])]
-            return self.named[schema["name"]]
-        if kind == "fixed":
-            self.named[schema["name"]] = bytes
-            return bytes
-        if kind == "array":
-            return list[self.type_of(schema["items"], version)]
-        if kind == "map":
-            return dict[str, self.type_of(schema["values"], version)]
-        if schema.get("logicalType") in ("timestamp-millis", "timestamp-micros"):
-            return datetime
-        return self.type_of(kind, version)
-
-    def record(self, schema: dict[str, Any], version: int) -> type[AvroModel]:
-        if schema["name"] in self.records:
-            return self.records[schema["name"]]
-        fields: dict[str, Any] = {}
-        for field in schema["fields"]:
-            annotation = self.type_of(field["type"], version)
-            if "default" in field:
-                default = field["default"]
-                if isinstance(default, list | dict):
-                    value = Field(default_factory=lambda d=default: type(d)(d))
-                else:
-                    value = Field(default=_default(default, annotation))
-            else:
-                value = Field()
-            value.description = field.get("doc")
-            fields[field["name"]] = (annotation, value)
-        model = create_model(
-            _simple(schema["name"]), __base__=AvroModel, __doc__=schema.get("doc"), **fields
-        )
-        model.avro_name = schema["name"]
-        model.avro_version = version
-        model.__module__ = __name__
-        self.named[schema["name"]] = model
-        self.records[schema["name"]] = model
-        return model
-
-
-def _default(default: Any, annotation: Any) -> Any:
-    # Avro writes bytes defaults as ISO-8859-1 strings.
-    if annotation is bytes and isinstance(default, str):
-        return default.encode("latin-1")
-    return default
-
-
-def _simple(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
-
-
-def build_models(store: SchemaStore) -> tuple[dict[str, type[AvroModel]], dict[str, type]]:
-    """Model classes for the latest version of every record: (records, enums) by full name."""
-    builder = _Builder()
-    for name in store.names:
-        latest = store.latest(name)
-        builder.type_of(latest.parsed, latest.version)
-    return builder.records, builder.enums
-
-
-RECORDS, ENUMS = build_models(default_store())
+ENUMS: dict[str, type[StrEnum]] = {
+    "cocoon.attestation.RegistryKind": RegistryKind,
+    "cocoon.attestation.VerdictStatus": VerdictStatus,
+    "cocoon.billing.AccountKind": AccountKind,
+    "cocoon.billing.GrantStatus": GrantStatus,
+    "cocoon.billing.LedgerEntryKind": LedgerEntryKind,
+    "cocoon.billing.PayoutStatus": PayoutStatus,
+    "cocoon.billing.ReservationStatus": ReservationStatus,
+    "cocoon.billing.RejectReason": RejectReason,
+    "cocoon.billing.TopUpSource": TopUpSource,
+    "cocoon.bus.DeadLetterReason": DeadLetterReason,
+    "cocoon.inference.RequestChannel": RequestChannel,
+    "cocoon.inference.OutcomeStatus": OutcomeStatus,
+    "cocoon.inference.WorkAction": WorkAction,
+    "cocoon.worker.WorkerState": WorkerState,
+}
 
 
 def model_for(name: str) -> type[AvroModel]:
     """The model class of a record full name."""
     return RECORDS[name]
-
-
-def _export() -> None:
-    exported: dict[str, Any] = {}
-    for full, cls in [*RECORDS.items(), *ENUMS.items()]:
-        simple = _simple(full)
-        if simple in exported and exported[simple] is not cls:
-            raise RuntimeError(f"two schema types are both called {simple}; rename one")
-        exported[simple] = cls
-    globals().update(exported)
-
-
-_export()
-
-
-def __getattr__(name: str) -> Any:  # for linters: generated names resolve at runtime
-    raise AttributeError(f"no generated model or enum called {name!r}")

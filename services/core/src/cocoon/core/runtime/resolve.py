@@ -21,6 +21,7 @@ SERVICES: dict[str, str] = {
     "scheduler": "cocoon.scheduler.service",
     "billing": "cocoon.billing.service",
     "worker-proxy": "cocoon.worker_proxy.service",
+    "telegram": "cocoon.telegram.service",
 }
 
 

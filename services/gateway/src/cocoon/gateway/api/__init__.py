@@ -6,6 +6,7 @@ from cocoon.gateway.api.backend import (
     InferenceBackend,
     InferenceRequest,
     ModelInfo,
+    ToolCallDelta,
     Usage,
 )
 from cocoon.gateway.api.errors import (
@@ -36,6 +37,7 @@ __all__ = [
     "ModelInfo",
     "NoWorkerAvailable",
     "RateLimited",
+    "ToolCallDelta",
     "UnknownModel",
     "UpstreamTimeout",
     "Usage",

@@ -27,6 +27,7 @@ from cocoon.gateway.api.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     RateLimited,
     UnknownModel,
     UpstreamTimeout,
@@ -34,6 +35,8 @@ from cocoon.gateway.api.errors import (
 )
 from cocoon.gateway.api.keys import KeyRecord, KeyStore
 from cocoon.gateway.api.ratelimit import RateLimiter
+from cocoon.gateway.api.request_id import HEADER as REQUEST_ID
+from cocoon.gateway.api.request_id import RequestIdMiddleware, request_id_of
 from cocoon.gateway.api.settings import ApiSettings
 from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_error
 from cocoon.gateway.api.validation import parse_body, to_inference_request
@@ -64,7 +67,10 @@ def _http_error(exc: StarletteHTTPException, request: Request) -> ApiError:
     if exc.status_code == 404:
         return NotFound(f"Unknown route: {request.method} {request.url.path}")
     if exc.status_code == 405:
-        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+        error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+        # Starlette names the route's methods in an Allow header (RFC 9110 requires it).
+        error.extra_headers.update(exc.headers or {})
+        return error
     error = ApiError(str(exc.detail), code=f"http_{exc.status_code}")
     error.status = exc.status_code
     return error
@@ -92,9 +98,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return error_response(InternalError("The gateway failed to handle this request."))
+        error = InternalError("The gateway failed to handle this request.")
+        # This handler runs outside every middleware, the request id's included.
+        if (request_id := request.scope.get("state", {}).get(REQUEST_ID)) is not None:
+            error.extra_headers[REQUEST_ID] = request_id
+        return error_response(error)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -156,6 +166,10 @@ async def event_stream(
         await close_quietly(items)
 
 
+# Names the end user's account when a delegating key (KeyRecord.delegate_prefix) calls.
+ACCOUNT_HEADER = "x-cocoon-account"
+
+
 def create_app(
     backend: InferenceBackend,
     key_store: KeyStore,
@@ -167,6 +181,7 @@ def create_app(
     limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock)
     app = FastAPI(title="Cocoon", summary="Confidential AI inference, OpenAI-compatible")
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
 
     async def authenticate(request: Request) -> KeyRecord:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -179,7 +194,13 @@ def create_app(
             raise AuthenticationFailed("Incorrect API key provided.")
         if (wait := limiter.acquire(record.key_id)) is not None:
             raise RateLimited(wait)
-        return record
+        acting_for = request.headers.get(ACCOUNT_HEADER)
+        if acting_for is None:
+            return record
+        delegated = record.acting_for(acting_for)
+        if delegated is None:
+            raise PermissionDenied(f"This API key may not act for the account {acting_for!r}.")
+        return delegated
 
     Authenticated = Annotated[KeyRecord, Depends(authenticate)]
 
@@ -211,7 +232,7 @@ def create_app(
 
     async def infer(endpoint: Endpoint, request: Request, key: KeyRecord) -> Any:
         parsed = parse_body(endpoint, await read_body(request, settings.max_body_bytes))
-        inference = to_inference_request(endpoint, parsed, settings)
+        inference = to_inference_request(endpoint, parsed, settings, request_id_of(request))
         deadline = asyncio.get_running_loop().time() + inference.timeout
         prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
         fmt = ResponseFormatter(
@@ -221,13 +242,13 @@ def create_app(
             model=parsed.model,
             include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
         )
-        headers = {"X-Request-Id": inference.request_id}
+        headers: dict[str, str] = {}
         items = aiter(backend.submit(key.account_id, inference))
         try:
             first = await next_item(items, deadline)
             if first is None:
                 raise WorkerLost("The worker ended the request without an answer.")
-            if parsed.stream:
+            if inference.stream:
                 # Starlette cancels the generator when the client disconnects; its `finally`
                 # then closes the backend stream.
                 return StreamingResponse(

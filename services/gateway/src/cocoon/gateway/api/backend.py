@@ -24,17 +24,29 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of one tool call: its `index` in the message's calls; `id` and `name` come
+    with the first piece (engines may repeat them), `arguments` are JSON text to concatenate."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class ChatChunk:
     """One piece of generated text for one choice, for either endpoint.
 
     For chat it becomes a `delta`, for completions a `text`. `role` is set on a choice's first
-    chunk (chat only); `finish_reason` on its last.
+    chunk (chat only); `finish_reason` on its last. `tool_calls`: chat only.
     """
 
     text: str = ""
     index: int = 0
     role: str | None = None
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)

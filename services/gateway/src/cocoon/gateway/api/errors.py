@@ -22,6 +22,7 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        self.extra_headers: dict[str, str] = {}  # e.g. the Allow header of a 405
 
     def body(self) -> dict[str, Any]:
         return {
@@ -34,7 +35,7 @@ class ApiError(Exception):
         }
 
     def headers(self) -> dict[str, str]:
-        return {}
+        return dict(self.extra_headers)
 
 
 class InvalidRequest(ApiError):
@@ -47,6 +48,12 @@ class AuthenticationFailed(ApiError):
     status = 401
     type = "invalid_request_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDenied(ApiError):
+    status = 403
+    type = "invalid_request_error"
+    default_code = "permission_denied"
 
 
 class InsufficientFunds(ApiError):
@@ -66,6 +73,11 @@ class InsufficientFunds(ApiError):
             f"Insufficient balance: {shortfall_nanoton} nanoTON short of the hold for this "
             f"request{needs}. Top up the account or lower max_tokens."
         )
+
+    def headers(self) -> dict[str, str]:
+        # The openai SDKs honour this over their status-based retry: a retry cannot succeed
+        # until the account is topped up.
+        return {"x-should-retry": "false"}
 
 
 class NotFound(ApiError):
@@ -130,6 +142,8 @@ class NoWorkerAvailable(ApiError):
                 param="max_coefficient",
                 code="max_coefficient_too_low",
             )
+            # Retrying at the same price cap cannot succeed; the SDKs would retry a 503 twice.
+            self.extra_headers["x-should-retry"] = "false"
 
 
 class UpstreamTimeout(ApiError):

@@ -13,11 +13,13 @@ import hmac
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 PREFIX = "sk-cocoon-"
 _KEY_RE = re.compile(r"^sk-cocoon-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
+# Billing account ids: letters, digits, "_", "." and "-" (no ":"), as billing checks them.
+_DELEGATED_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Compared against when the key id is unknown, so a miss costs the same as a wrong secret.
 _DUMMY_HASH = hashlib.sha256(b"cocoon-no-such-key").hexdigest()
 
@@ -33,6 +35,18 @@ class KeyRecord:
     key_hash: str  # SHA-256 hex of the full key
     name: str = ""
     revoked: bool = False
+    # A front end that serves many end users (the Telegram bot) may act for accounts under this
+    # prefix (`tg-` -> `tg-<user id>`), named per request in the X-Cocoon-Account header.
+    delegate_prefix: str = ""
+
+    def acting_for(self, account_id: str) -> KeyRecord | None:
+        """This key acting for `account_id`, or None when it may not."""
+        prefix = self.delegate_prefix
+        if not prefix or not _DELEGATED_RE.fullmatch(account_id):
+            return None
+        if not account_id.startswith(prefix) or account_id == prefix:
+            return None
+        return replace(self, account_id=account_id)
 
 
 class KeyStore:
@@ -41,14 +55,16 @@ class KeyStore:
     def __init__(self, records: list[KeyRecord] | None = None) -> None:
         self._by_id: dict[str, KeyRecord] = {r.key_id: r for r in records or []}
 
-    def create(self, account_id: str, name: str = "") -> str:
+    def create(self, account_id: str, name: str = "", *, delegate_prefix: str = "") -> str:
         """Make a key for `account_id` and return its plaintext; it is not stored anywhere."""
         while True:
             key_id = secrets.token_hex(6)
             if key_id not in self._by_id:
                 break
         key = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
-        self._by_id[key_id] = KeyRecord(key_id, account_id, hash_key(key), name)
+        self._by_id[key_id] = KeyRecord(
+            key_id, account_id, hash_key(key), name, delegate_prefix=delegate_prefix
+        )
         return key
 
     def authenticate(self, key: str) -> KeyRecord | None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.gateway.api.backend import ChatChunk, Endpoint, Usage
+from cocoon.gateway.api.backend import ChatChunk, Endpoint, ToolCallDelta, Usage
 from cocoon.gateway.api.errors import ApiError
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -36,6 +36,7 @@ class ResponseFormatter:
     model: str
     include_usage: bool = False
     _started: set[int] = field(default_factory=set)
+    _calls_started: set[tuple[int, int]] = field(default_factory=set)  # (choice, call index)
 
     @property
     def _object(self) -> str:
@@ -60,13 +61,30 @@ class ResponseFormatter:
                 delta["role"] = item.role or "assistant"  # the first delta names the role
             elif item.role:
                 delta["role"] = item.role
-            delta["content"] = item.text
+            if item.text or not item.tool_calls:
+                delta["content"] = item.text
+            if item.tool_calls:
+                delta["tool_calls"] = [self._call_delta(item.index, c) for c in item.tool_calls]
             choice: dict[str, Any] = {"index": item.index, "delta": delta}
         else:
             choice = {"index": item.index, "text": item.text}
         self._started.add(item.index)
         choice.update(logprobs=None, finish_reason=item.finish_reason)
         return self._envelope([choice])
+
+    def _call_delta(self, choice: int, call: ToolCallDelta) -> dict[str, Any]:
+        """OpenAI's shape: id, type and name in a call's first delta, then arguments only
+        (engines that repeat the name on every delta would otherwise make clients that
+        concatenate deltas, as the SDKs do, see it twice)."""
+        key = (choice, call.index)
+        function: dict[str, Any] = {"arguments": call.arguments}
+        out: dict[str, Any] = {"index": call.index}
+        if key not in self._calls_started:
+            self._calls_started.add(key)
+            out.update(id=call.id or f"call_{self.response_id}_{call.index}", type="function")
+            function = {"name": call.name or "", "arguments": call.arguments}
+        out["function"] = function
+        return out
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         obj = self._envelope([])
@@ -82,6 +100,7 @@ class ResponseFormatter:
     def complete(self, items: list[ChatChunk | Usage]) -> dict[str, Any]:
         """The non-streaming response: texts joined per choice, usage from the backend."""
         texts: dict[int, list[str]] = {}
+        calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> call index -> call
         finish: dict[int, str | None] = {}
         usage: Usage | None = None
         for item in items:
@@ -89,6 +108,8 @@ class ResponseFormatter:
                 usage = item
                 continue
             texts.setdefault(item.index, []).append(item.text)
+            for piece in item.tool_calls:
+                _merge_call(calls.setdefault(item.index, {}), piece)
             if item.finish_reason is not None:
                 finish[item.index] = item.finish_reason
         choices = []
@@ -96,7 +117,13 @@ class ResponseFormatter:
             text = "".join(texts[index])
             choice: dict[str, Any] = {"index": index}
             if self.endpoint == "chat.completions":
-                choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+                message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+                if made := calls.get(index):
+                    for i, call in made.items():
+                        call["id"] = call["id"] or f"call_{self.response_id}_{i}"
+                    message["content"] = text or None
+                    message["tool_calls"] = [made[i] for i in sorted(made)]
+                choice["message"] = message
             else:
                 choice["text"] = text
             choice.update(logprobs=None, finish_reason=finish.get(index, "stop"))
@@ -111,3 +138,13 @@ class ResponseFormatter:
             "choices": choices,
             "usage": usage.as_openai() if usage is not None else None,
         }
+
+
+def _merge_call(calls: dict[int, dict[str, Any]], piece: ToolCallDelta) -> None:
+    call = calls.setdefault(
+        piece.index,
+        {"id": piece.id, "type": "function", "function": {"name": piece.name, "arguments": ""}},
+    )
+    call["id"] = call["id"] or piece.id
+    call["function"]["name"] = call["function"]["name"] or piece.name
+    call["function"]["arguments"] += piece.arguments

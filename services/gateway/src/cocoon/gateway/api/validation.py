@@ -12,7 +12,15 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cocoon.gateway.api.backend import Endpoint, InferenceRequest
 from cocoon.gateway.api.errors import InvalidRequest
@@ -35,7 +43,7 @@ OneChoice = Annotated[int, Field(ge=1, le=1)]
 
 class StreamOptions(BaseModel):
     model_config = _STRICT
-    include_usage: bool = False
+    include_usage: bool | None = None
     include_obfuscation: bool | None = None
 
 
@@ -45,22 +53,92 @@ class TextPart(BaseModel):
     text: str
 
 
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class FunctionCall(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+    arguments: str  # JSON text, as the model produced it
+
+
+class ToolCall(BaseModel):
+    model_config = _STRICT
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Null only for an assistant message that made tool calls.
+    content: str | list[TextPart] | None = None
     name: Annotated[str, Field(max_length=64)] | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant only
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None  # tool only
+
+    @model_validator(mode="after")
+    def _fields_fit_the_role(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("tool messages, and only they, need tool_call_id")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required unless an assistant message has tool_calls")
+        return self
 
     def text_length(self) -> int:
-        if isinstance(self.content, str):
-            return len(self.content)
-        return sum(len(part.text) for part in self.content)
+        calls = sum(len(c.function.arguments) for c in self.tool_calls or ())
+        if self.content is None or isinstance(self.content, str):
+            return len(self.content or "") + calls
+        return sum(len(part.text) for part in self.content) + calls
+
+
+class FunctionDefinition(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: no arguments
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = _STRICT.copy() | {"populate_by_name": True}
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    # `schema` would shadow BaseModel.schema; the wire name is kept by the alias.
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
 
 
 class ResponseFormat(BaseModel):
     model_config = _STRICT
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given_for_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema' and only then")
+        return self
 
 
 class ChatTemplateKwargs(BaseModel):
@@ -77,7 +155,8 @@ class _Common(BaseModel):
     n: OneChoice | None = None
     seed: Seed | None = None
     stop: Stop | None = None
-    stream: bool = False
+    # The specification allows an explicit null for every optional parameter: null = default.
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -89,11 +168,24 @@ class _Common(BaseModel):
 class ChatCompletionRequest(_Common):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: TokenCount | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     response_format: ResponseFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        # `tools` is declared first, so it is validated (and in info.data) by now.
+        names = {tool.function.name for tool in info.data.get("tools") or ()}
+        if choice in ("auto", "required") and not names:
+            raise ValueError(f"tool_choice '{choice}' needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
+        return choice
 
 
 class CompletionRequest(_Common):
@@ -111,9 +203,16 @@ _MODELS: tuple[type[BaseModel], ...] = (
     TextPart,
     StreamOptions,
     ResponseFormat,
+    JsonSchemaFormat,
+    FunctionCall,
+    ToolCall,
+    FunctionDefinition,
+    Tool,
+    NamedFunction,
+    NamedToolChoice,
     ChatTemplateKwargs,
 )
-_FIELD_NAMES = {name for m in _MODELS for name in m.model_fields}
+_FIELD_NAMES = {f.alias or name for m in _MODELS for name, f in m.model_fields.items()}
 
 
 def _param(loc: tuple[int | str, ...], *, keep_last: bool = False) -> str | None:
@@ -163,6 +262,7 @@ def to_inference_request(
     endpoint: Endpoint,
     request: ChatCompletionRequest | CompletionRequest,
     settings: ApiSettings,
+    request_id: str | None = None,
 ) -> InferenceRequest:
     """Apply the configured limits and defaults; build the engine-facing body."""
     prompt_param = "messages" if endpoint == "chat.completions" else "prompt"
@@ -173,7 +273,8 @@ def to_inference_request(
             param=prompt_param,
             code="prompt_too_large",
         )
-    if request.stream_options is not None and not request.stream:
+    stream = bool(request.stream)
+    if request.stream_options is not None and not stream:
         raise InvalidRequest(
             "stream_options is only allowed when stream is true.", param="stream_options"
         )
@@ -195,19 +296,20 @@ def to_inference_request(
         )
 
     body = request.model_dump(
+        by_alias=True,
         exclude_none=True,
         exclude={*_EXTENSIONS, "user", "max_completion_tokens", "stream_options"},
     )
     body.update(max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
     return InferenceRequest(
-        request_id=str(uuid.uuid4()),
+        request_id=request_id or str(uuid.uuid4()),
         endpoint=endpoint,
         model=request.model,
         body=body,
         max_tokens=max_tokens,
         max_coefficient=request.max_coefficient or settings.default_max_coefficient,
         timeout=timeout,
-        stream=request.stream,
+        stream=stream,
         prompt_bytes=len(json.dumps(body, separators=(",", ":")).encode()),
         user=request.user,
     )

@@ -1,0 +1,125 @@
+"""The network as the bot sees it: the gateway's OpenAI-compatible API, per end-user account.
+
+The bot's API key is a delegating key (docs/telegram.md): each call names the Telegram user's
+billing account in `X-Cocoon-Account`, so every user is charged for their own tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+ACCOUNT_HEADER = "X-Cocoon-Account"
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    min_coefficient: int
+
+
+@dataclass(frozen=True)
+class Started:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    request_id: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GatewayError(Exception):
+    """An OpenAI-style error from the gateway (or the connection to it)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error_of(status: int, body: bytes) -> GatewayError:
+    try:
+        error = json.loads(body)["error"]
+        return GatewayError(status, str(error.get("code") or error.get("type")), error["message"])
+    except (ValueError, KeyError, TypeError):
+        return GatewayError(status, "http_error", f"HTTP {status}")
+
+
+class GatewayClient:
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 120.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/v1",
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def models(self) -> list[Model]:
+        response = await self._http.get("/models")
+        if response.status_code != 200:
+            raise _error_of(response.status_code, response.content)
+        # min_coefficient is null while no worker has announced its price yet.
+        listed = response.json()["data"]
+        return [Model(m["id"], int(m.get("min_coefficient") or 1000)) for m in listed]
+
+    async def chat(
+        self, account_id: str, model: str, messages: list[dict[str, str]], max_tokens: int
+    ) -> AsyncIterator[Started | Delta | Finished]:
+        """Stream an answer: `Started`, text deltas, then one `Finished`. Closing the iterator early
+        disconnects, and the gateway cancels the request on the worker."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        headers = {ACCOUNT_HEADER: account_id}
+        try:
+            async with self._http.stream(
+                "POST", "/chat/completions", json=body, headers=headers
+            ) as response:
+                if response.status_code != 200:
+                    raise _error_of(response.status_code, await response.aread())
+                request_id = response.headers.get("x-request-id", "")
+                yield Started(request_id)
+                finish_reason: str | None = None
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        error = event["error"]
+                        raise GatewayError(502, str(error.get("code")), error.get("message", ""))
+                    for choice in event.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield Delta(text)
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                    if usage := event.get("usage"):
+                        yield Finished(
+                            request_id,
+                            finish_reason,
+                            int(usage.get("prompt_tokens", 0)),
+                            int(usage.get("completion_tokens", 0)),
+                        )
+                        return
+                raise GatewayError(502, "incomplete_stream", "The answer ended without usage.")
+        except httpx.HTTPError as exc:
+            message = f"The network is unreachable: {exc}"
+            raise GatewayError(503, "gateway_unreachable", message) from exc
