@@ -12,6 +12,9 @@ from support.charts import rendered
 from support.promtool import check_rules
 from support.repo import REPO_ROOT
 
+# The first run on a machine builds promtool (minutes on 2 loaded cores); later runs reuse it.
+pytestmark = pytest.mark.timeout(1800)
+
 GRAFANA = REPO_ROOT / "deploy" / "grafana"
 # Grafana's own variables, as Grafana substitutes them before Prometheus sees the query.
 INTERVALS = re.compile(r"\$__(rate_interval|interval|range)\b")

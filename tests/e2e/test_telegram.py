@@ -116,9 +116,9 @@ async def test_commands_a_streamed_answer_and_what_it_cost(telegram, network):
     typing = api.sent("sendChatAction", user)
     assert typing and typing[0].at < drafts[0].at and typing[0].params["action"] == "typing"
 
-    usage = await reply_to(api, user, "/usage", "tokens")
+    usage = await reply_to(api, user, "/usage", say("usage_header"))
     assert "about" in text_of(usage) and "list price" in text_of(usage)
-    verify = await reply_to(api, user, "/verify", "request")
+    verify = await reply_to(api, user, "/verify", "Your last answer: request ")
     request_id = text_of(verify).split("request ")[1].split(",")[0]
     # The user's account paid for the answer, from its trial.
     entries = await read_ledger(network_bootstrap(network), prefix=prefix(), client_id="tg-test")

@@ -262,6 +262,9 @@ def _reason(pool: WorkerPool, cap: int, exclude: set[str]) -> NoPlacement | None
     if not free:
         return NoPlacement(NoPlacementReason.ALL_BUSY, "m")
     if not any(w.coefficient <= cap for w in free):
+        if any(w.coefficient <= cap for w in ready):
+            # Within the cap but busy: the request waits for it (docs/api.md, max_coefficient).
+            return NoPlacement(NoPlacementReason.ALL_BUSY, "m")
         cheapest = min(w.coefficient for w in free)
         return NoPlacement(NoPlacementReason.PRICE_CAP_TOO_LOW, "m", min_coefficient=cheapest)
     return None
@@ -295,7 +298,10 @@ def test_the_one_affordable_worker_among_many_is_found():
     _add(pool, "cheap", coefficient=900)
     assert choose_worker(pool, "m", 1000, NOW).worker_id == "cheap"
     _busy(pool, "cheap", 4)
+    # Busy, but within the cap: the request waits for it rather than failing on price.
     result = choose_worker(pool, "m", 1000, NOW)
+    assert result == NoPlacement(NoPlacementReason.ALL_BUSY, "m")
+    result = choose_worker(pool, "m", 800, NOW)
     assert result == NoPlacement(NoPlacementReason.PRICE_CAP_TOO_LOW, "m", min_coefficient=3000)
 
 

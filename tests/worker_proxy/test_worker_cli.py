@@ -34,6 +34,8 @@ def init(tmp_path: Path, address: str, *extra: str) -> tuple[int, str, Path]:
 def test_init_writes_the_settings_the_worker_proxy_runs_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The environment outranks the file (docs/observability.md): earlier tests may have set it.
+    monkeypatch.delenv("COCOON_KAFKA_BOOTSTRAP", raising=False)
     extra = ["--coefficient", "1200", "--capacity", "8", "--bootstrap", "10.0.0.5:9092"]
     extra += ["--engine-url", "http://10.0.0.7:8000/v1"]
     code, output, config = init(tmp_path, OWNER.friendly(), *extra)

@@ -82,11 +82,11 @@ from cocoon.core.codec.base import AvroModel
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import Group, Topic
 from cocoon.core.paths import cache_dir
-from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.runtime import Service
 from cocoon.core.runtime.metrics import MESSAGES
 from cocoon.core.runtime.tasks import run_together
 from cocoon.core.telemetry.messaging import consume_span, mark_failed
-from cocoon.core.verdicts import load_pinned_key
+from cocoon.core.verdicts import PinnedKeySettings
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,9 @@ def parse_grants(text: str) -> dict[str, int]:
     return grants
 
 
-class Settings(ServiceSettings):
+class Settings(PinnedKeySettings):
     """COCOON_<FIELD> each (e.g. COCOON_DEV_GRANTS, COCOON_ATTESTATION_PUBLIC_KEY)."""
 
-    # The attestation service's Ed25519 key, as the scheduler and the gateway pin it: 64 hex
-    # digits (or a file path), or a file holding them. Required: receipts are checked against
-    # keys from verdicts this key signed.
-    attestation_public_key: str = Field("", description="64 hex digits (or a file path)")
-    attestation_public_key_file: Path | None = None
     # Prices until the registry holds a price list (`cocoon registry set-prices`): integer
     # nanoTON per adjusted token. Development networks may rely on these alone.
     price_per_token_nanoton: int = Field(100, gt=0)
@@ -185,16 +180,6 @@ class Settings(ServiceSettings):
         self.prices()
         self.grants()
         return self
-
-    def pinned_key(self) -> bytes:
-        if self.attestation_public_key:
-            return load_pinned_key(self.attestation_public_key)
-        if self.attestation_public_key_file is not None:
-            return load_pinned_key(self.attestation_public_key_file)
-        raise ValueError(
-            "the attestation service's public key is required: set "
-            "COCOON_ATTESTATION_PUBLIC_KEY (hex) or COCOON_ATTESTATION_PUBLIC_KEY_FILE"
-        )
 
     def prices(self) -> Prices:
         return Prices(

@@ -32,9 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from cocoon.core.codec.timestamps import epoch_millis
 from cocoon.core.crypto.canonical import load_ed25519_public, signed_message, verify_canonical
 from cocoon.core.crypto.errors import CryptoError
+from cocoon.core.runtime.settings import ServiceSettings
 
 VERDICT_DOMAIN = "cocoon/attestation-verdict/v1"
 VERDICT_DOMAIN_V2 = "cocoon/attestation-verdict/v2"
@@ -241,3 +244,25 @@ def verify_verdict(
         challenge=fields["challenge"],
         payout_address=fields.get("payout_address"),
     )
+
+
+class PinnedKeySettings(ServiceSettings):
+    """Settings of a service that accepts only verdicts the attestation service signed.
+
+    Its Ed25519 key: 64 hex digits (or a file path) in COCOON_ATTESTATION_PUBLIC_KEY, or a file
+    holding them in COCOON_ATTESTATION_PUBLIC_KEY_FILE. One is required: verdicts are never
+    unchecked.
+    """
+
+    attestation_public_key: str = Field("", description="64 hex digits (or a file path)")
+    attestation_public_key_file: Path | None = None
+
+    def pinned_key(self) -> bytes:
+        if self.attestation_public_key:
+            return load_pinned_key(self.attestation_public_key)
+        if self.attestation_public_key_file is not None:
+            return load_pinned_key(self.attestation_public_key_file)
+        raise ValueError(
+            "the attestation service's public key is required: set "
+            "COCOON_ATTESTATION_PUBLIC_KEY (hex) or COCOON_ATTESTATION_PUBLIC_KEY_FILE"
+        )

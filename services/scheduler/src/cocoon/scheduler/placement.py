@@ -157,6 +157,9 @@ def choose_worker(
     cheapest = next((price for price, w in index.free.ascending() if usable(w)), None)
     if cheapest is None:
         return NoPlacement(NoPlacementReason.ALL_BUSY, model)
+    if any(usable(worker_id) for _, worker_id in index.members.upto(max_coefficient)):
+        # A worker at this price exists but is busy: wait for it, as the exact path does.
+        return NoPlacement(NoPlacementReason.ALL_BUSY, model)
     return NoPlacement(NoPlacementReason.PRICE_CAP_TOO_LOW, model, min_coefficient=cheapest)
 
 

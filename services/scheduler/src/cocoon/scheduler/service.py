@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
@@ -42,9 +41,9 @@ from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
 from cocoon.core.crypto.errors import CryptoError
 from cocoon.core.registry_entries import WORKER_PREFIX, worker_coefficient
-from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.runtime import Service
 from cocoon.core.runtime.tasks import run_together
-from cocoon.core.verdicts import VerdictError, load_pinned_key, verify_verdict
+from cocoon.core.verdicts import PinnedKeySettings, VerdictError, verify_verdict
 from cocoon.scheduler import metrics
 from cocoon.scheduler.chunks import chunk_head
 from cocoon.scheduler.dispatcher import Dispatcher, Timing
@@ -72,13 +71,9 @@ RECORDS: dict[str, str] = {
 METRICS_EVERY_S = 1.0
 
 
-class Settings(ServiceSettings):
+class Settings(PinnedKeySettings):
     """COCOON_LEASE_SECONDS, COCOON_NO_WORKER_WAIT_SECONDS, ... (env names = COCOON_<FIELD>)."""
 
-    # The attestation service's Ed25519 key (the same variables as the gateway's): 64 hex
-    # digits, or a file holding them. One of the two is required: verdicts are never unchecked.
-    attestation_public_key: str = Field("", description="64 hex digits (or a file path)")
-    attestation_public_key_file: Path | None = None
     lease_seconds: float = Field(10.0, gt=0, description="assignment -> first chunk deadline")
     no_worker_wait_seconds: float = Field(
         5.0, ge=0, description="how long a request waits for a placeable worker"
@@ -98,16 +93,6 @@ class Settings(ServiceSettings):
     def _key_loads(self) -> Settings:
         self.pinned_key()  # VerdictError is a ValueError: reported as a config error
         return self
-
-    def pinned_key(self) -> bytes:
-        if self.attestation_public_key:
-            return load_pinned_key(self.attestation_public_key)
-        if self.attestation_public_key_file is not None:
-            return load_pinned_key(self.attestation_public_key_file)
-        raise ValueError(
-            "the attestation service's public key is required: set "
-            "COCOON_ATTESTATION_PUBLIC_KEY (hex) or COCOON_ATTESTATION_PUBLIC_KEY_FILE"
-        )
 
 
 def admit_verdict(verdict: models.Verdict, pinned_key: bytes, now: float) -> str | None:
