@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
@@ -228,13 +228,14 @@ class Billing(Service):
         )
         consumer_settings = ConsumerSettings(max_poll_records=settings.max_batch_records)
         self.consumer = AIOKafkaConsumer(
-            *(prefix + topic for topic in INPUTS),
             bootstrap_servers=bootstrap,
             group_id=settings.consumer_group,
             client_id=client,
             **consumer_settings.kwargs(),
             **aiokafka_security(),
         )
+        self._fence_check = _FenceCheck()
+        self.consumer.subscribe([prefix + topic for topic in INPUTS], listener=self._fence_check)
         self.processor: Processor | None = None
         self.ton: TonLink | None = None
         # One transaction at a time: the consume loop's and the TON side's pre-signing commit.
@@ -374,6 +375,8 @@ class Billing(Service):
                 if self._parked:  # look at the receipts that came too early again
                     self.consumer.resume(*self._parked)
                     self._parked.clear()
+            if self._fence_check.pending:
+                tick = True  # commit at once: see _positions_after_rebalance
             async with self._committing:  # records, their entries and offsets: one unit
                 await self._process(polled, tick)
 
@@ -382,7 +385,12 @@ class Billing(Service):
     ) -> None:
         assert self.processor is not None
         now = now_millis()
-        offsets: dict[TopicPartition, int] = {}
+        # A partition with records in this batch commits past the ones handled, below.
+        offsets = {
+            tp: position
+            for tp, position in (await self._positions_after_rebalance()).items()
+            if not polled.get(tp)
+        }
         dead: list[tuple[str, ConsumerRecord, Exception]] = []
         parked: dict[TopicPartition, int] = {}
         receipts = self._check_receipts_ahead(polled)
@@ -427,6 +435,24 @@ class Billing(Service):
         if batch or offsets or dead:
             await self._transaction(batch, offsets, dead, now)
         self._request_traces.clear()  # a request that made no reservation (a replay) left one
+
+    async def _positions_after_rebalance(self) -> dict[TopicPartition, int]:
+        """After a rebalance, the positions of the partitions now ours, to commit at once.
+
+        Another instance with our transactional id fences us when it starts, and a rebalance
+        is when one appears. Committing these offsets in a transaction asks the transaction
+        coordinator, so a fenced instance fails here and exits even when no record comes its
+        way; committing a position changes nothing else."""
+        if not self._fence_check.pending:
+            return {}
+        self._fence_check.pending = False
+        positions: dict[TopicPartition, int] = {}
+        for tp in self.consumer.assignment():
+            try:
+                positions[tp] = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked again meanwhile: the next assignment asks again
+                return {}
+        return positions
 
     async def _commit_pending(self) -> None:
         """Commit what the engine holds beyond the last transaction (the TON side calls this
@@ -620,6 +646,19 @@ class Billing(Service):
 
 
 M = TypeVar("M", bound=AvroModel)
+
+
+class _FenceCheck(ConsumerRebalanceListener):
+    """Notes each assignment, for the consume loop's check that we were not fenced."""
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.pending = bool(assigned)
 
 
 def _validated(model: type[M], data: dict[str, Any]) -> M:
