@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from cocoon.attestation.registry_topic import publish_registry
 from cocoon.billing.audit import audit
 from cocoon.billing.cli import app
+from cocoon.billing.service import build
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.telemetry import install_memory_exporter
@@ -203,6 +204,36 @@ async def test_a_new_instance_rebuilds_the_same_state_from_the_ledger(kafka_boot
         entries = await read_ledger(kafka_bootstrap, prefix=net.prefix)
         assert [e.entry_id for e in entries if e.kind == "deposit"] == ["deposit:dev-grant:alice"]
         assert audit(entries, require_no_open_holds=True) == []
+
+
+async def test_an_idle_instance_fenced_by_a_newer_one_fails_at_the_rebalance(
+    kafka_bootstrap, unique_name
+):
+    """A second instance with the same transactional id fences the first as it starts, and its
+    consumer joins the group. The first must fail then, not at its next record: with no traffic
+    it would otherwise sit fenced on partitions the new instance waits for."""
+    async with network(kafka_bootstrap, unique_name) as net:
+        first, second = build(net.settings), build(net.settings)
+        stopping = asyncio.Event()
+        await first.start()
+        first_run = asyncio.create_task(first.run(stopping))
+        runs = [first_run]
+        try:
+            await net.until(first.consumer.assignment, 30)
+            await second.start()  # init_transactions fences the first
+            second_run = asyncio.create_task(second.run(stopping))
+            runs.append(second_run)
+            await asyncio.wait({first_run}, timeout=45)
+            assert first_run.done(), "the fenced instance is still running"
+            failure = first_run.exception()
+            assert failure is not None and "Fenced" in repr(failure), repr(failure)
+            assert not second_run.done()  # the newer instance carries on
+            await net.until(second.consumer.assignment, 30)
+        finally:
+            stopping.set()
+            await asyncio.wait(runs, timeout=15)
+            await first.close()
+            await second.close()
 
 
 async def test_a_receipt_sent_in_time_captures_even_if_billing_restarts_past_the_deadline(

@@ -7,8 +7,10 @@ and (a few levels) function parameters to their call sites, down to the generate
 topic fails the contract test instead of passing unseen.
 
 Sinks: `<...producer...>.send/.send_raw(topic, ...)` produce; `BusConsumer`, `BroadcastReader`,
-`CompactedMirror` and their subclasses (topics argument), `AIOKafkaConsumer(*topics)` and
-`TopicPartition(topic, ...)` read; `group_id=` of `BusConsumer` / `AIOKafkaConsumer` is a group.
+`CompactedMirror` and their subclasses (topics argument), `AIOKafkaConsumer(*topics)`,
+`<consumer>.subscribe(topics)` and `TopicPartition(topic, ...)` read; `group_id=` of
+`BusConsumer` / `AIOKafkaConsumer` is a group (for a consumer that subscribes later, the group of
+the topics it subscribes to).
 A send to `dead_letter_topic(...)` is a dead letter (derived from what the service reads).
 """
 
@@ -301,6 +303,16 @@ def scan(src_dirs: list[Path], package_dir: Path) -> Scan:
     consumers = package.consumer_classes()
     result = Scan()
     for module in package.scanned:
+        # `x = AIOKafkaConsumer(group_id=...)` then `x.subscribe(topics)`: the group of x.
+        consumer_groups = {
+            ast.unparse(node.targets[0]): keyword.value
+            for node in ast.walk(module.tree)
+            if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and _called(node.value) == "AIOKafkaConsumer"
+            for keyword in node.value.keywords
+            if keyword.arg == "group_id"
+        }
         for call in ast.walk(module.tree):
             if not isinstance(call, ast.Call):
                 continue
@@ -309,12 +321,16 @@ def scan(src_dirs: list[Path], package_dir: Path) -> Scan:
             receiver = ast.unparse(call.func)
             topics: list[ast.expr] = []
             kind = None
+            group = next((k.value for k in call.keywords if k.arg == "group_id"), None)
             if name in ("send", "send_raw") and "producer" in receiver and call.args:
                 kind, topics = "produce", [call.args[0]]
             elif name in consumers and len(call.args) > consumers[name]:
                 kind, topics = "consume", [call.args[consumers[name]]]
             elif name == "AIOKafkaConsumer":
                 kind, topics = "consume", list(call.args)
+            elif name == "subscribe" and "consumer" in receiver and call.args:
+                kind, topics = "consume", [call.args[0]]
+                group = consumer_groups.get(receiver.removesuffix(".subscribe"))
             elif name == "TopicPartition" and call.args:
                 kind, topics = "consume", [call.args[0]]
             if kind is None:
@@ -327,7 +343,8 @@ def scan(src_dirs: list[Path], package_dir: Path) -> Scan:
                 continue
             if values:
                 result.uses.append(Use(kind, frozenset(values), where))
-            group = next((k.value for k in call.keywords if k.arg == "group_id"), None)
+            if name == "AIOKafkaConsumer" and not topics:
+                continue  # subscribes later: its group is counted at the subscribe call
             if group is None or (isinstance(group, ast.Constant) and group.value is None):
                 continue
             groups = resolver.values(group, module)
