@@ -110,6 +110,20 @@ class GatewayApi:
             cached = self._collateral.put(fmspc, doc)
         return cached
 
+    async def statement(self, since_ms: int, api_key: str | None = None) -> list[dict[str, Any]]:
+        """The account's charges from `since_ms` on (`GET /v1/cocoon/statement`)."""
+        response = await self.http.get(
+            self.base + "/v1/cocoon/statement",
+            params={"since": str(since_ms)},
+            headers={"Authorization": f"Bearer {api_key or self.api_key}"},
+        )
+        if response.status_code != 200:
+            raise await _error(response)
+        charges = response.json().get("charges")
+        if not isinstance(charges, list):
+            raise WireError("the gateway's statement has no list of charges")
+        return charges
+
     async def send(
         self,
         envelope: SealedEnvelope,

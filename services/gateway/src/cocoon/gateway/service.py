@@ -28,6 +28,7 @@ from cocoon.gateway.pipeline import REPLY_TOPICS
 from cocoon.gateway.relay import ClientSurface, RelayBackend
 from cocoon.gateway.trust import verdict_checker
 from cocoon.gateway.workers import WorkerDirectory
+from cocoon.gateway.statement import LedgerStatements
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Gateway(Service):
             self.backend,
             keys,
             settings.api,
-            sealed=ClientSurface(self.backend, self.attested),
+            sealed=ClientSurface(self.backend, self.attested, LedgerStatements(bootstrap)),
         )
         config = uvicorn.Config(
             self.app,

@@ -330,6 +330,15 @@ def install_client_sealed(
             raise NotFound(f"No collateral for FMSPC {fmspc}.")
         return {"fmspc": fmspc.lower(), "collateral": doc}
 
+    @app.get("/v1/cocoon/statement")
+    async def sealed_statement(key: authenticated, since: int = 0) -> dict[str, Any]:
+        # The charges of the key's own account only: what `cocoon client audit` checks.
+        return {
+            "account_id": key.account_id,
+            "since": since,
+            "charges": await surface.charges(key.account_id, since),
+        }
+
     @app.post("/v1/cocoon/sealed")
     async def sealed_request(request: Request, key: authenticated) -> Any:
         sealed = parse_sealed(await read_body(request, settings.max_body_bytes), settings)
