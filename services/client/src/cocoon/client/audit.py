@@ -185,8 +185,7 @@ class Auditor:
             if receipt is None:
                 detail = (
                     f"{charge['charged_nanoton']:,} nanoTON charged with no verified receipt "
-                    "kept here"
-                    + (f" (billing's receipt: {receipt_id})" if receipt_id else "")
+                    "kept here" + (f" (billing's receipt: {receipt_id})" if receipt_id else "")
                 )
                 out.append(Finding("charge_without_receipt", request_id, detail))
                 continue

@@ -26,9 +26,9 @@ from cocoon.gateway.attested import TOPICS as ATTESTED_TOPICS
 from cocoon.gateway.attested import AttestedState
 from cocoon.gateway.pipeline import REPLY_TOPICS
 from cocoon.gateway.relay import ClientSurface, RelayBackend
+from cocoon.gateway.statement import LedgerStatements
 from cocoon.gateway.trust import verdict_checker
 from cocoon.gateway.workers import WorkerDirectory
-from cocoon.gateway.statement import LedgerStatements
 
 log = logging.getLogger(__name__)
 
