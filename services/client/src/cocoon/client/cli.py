@@ -61,9 +61,22 @@ async def _verify(args: argparse.Namespace) -> int:
         checks = await session.verify_workers(args.model)
     finally:
         await session.aclose()
+    pinned = config.registry_public_key.hex()
+    hint = session.api.registry_key_hint
     if args.json:
-        print(json.dumps({"model": args.model, "workers": [c.to_dict() for c in checks]}, indent=2))
+        doc = {
+            "model": args.model,
+            "registry_public_key": {"pinned": pinned, "gateway_says": hint},
+            "workers": [c.to_dict() for c in checks],
+        }
+        print(json.dumps(doc, indent=2))
     else:
+        if hint is not None and hint != pinned:
+            print(
+                f"WARNING: the gateway says its registry is signed by {hint}; this client pins "
+                f"{pinned} (from {config.source}), so none of its entries count here",
+                file=sys.stderr,
+            )
         print(f"{'worker':<20} {'trusted':<8} {'tcb':<10} {'root':<24} {'image hash':<18} reason")
         for c in checks:
             print(

@@ -70,6 +70,9 @@ class GatewayApi:
         self._workers = _Cached(workers_ttl_s)
         self._registry = _Cached(registry_ttl_s)
         self._collateral = _Cached(collateral_ttl_s)
+        # The key the gateway says signs its registry (hex): compared with the pinned key to
+        # explain refusals, never used to verify anything.
+        self.registry_key_hint: str | None = None
 
     async def models(self, path: str, api_key: str | None = None) -> httpx.Response:
         """The gateway's own `/v1/models` routes, answered as they are."""
@@ -93,9 +96,10 @@ class GatewayApi:
     async def registry(self) -> list[dict[str, Any]]:
         cached = self._registry.get("")
         if cached is None:
-            cached = self._registry.put(
-                "", (await self._get_json("/v1/cocoon/registry"))["entries"]
-            )
+            doc = await self._get_json("/v1/cocoon/registry")
+            hint = doc.get("registry_public_key")
+            self.registry_key_hint = hint if isinstance(hint, str) else None
+            cached = self._registry.put("", doc["entries"])
         return cached
 
     async def collateral(self, fmspc: str) -> dict[str, Any] | None:

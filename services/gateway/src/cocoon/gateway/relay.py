@@ -118,11 +118,17 @@ class ClientSurface:
     from the gateway's own view of live, trusted workers, relaying through the pipeline."""
 
     def __init__(
-        self, backend: RelayBackend, attested: AttestedState, statements: LedgerStatements
+        self,
+        backend: RelayBackend,
+        attested: AttestedState,
+        statements: LedgerStatements,
+        *,
+        registry_public_key: str | None = None,
     ) -> None:
         self.backend = backend
         self.attested = attested
         self.statements = statements
+        self.registry_public_key = registry_public_key
 
     def workers(self, model: str) -> list[dict[str, Any]]:
         out = []

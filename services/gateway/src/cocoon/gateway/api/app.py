@@ -321,7 +321,7 @@ def install_client_sealed(
 
     @app.get("/v1/cocoon/registry")
     async def sealed_registry() -> dict[str, Any]:
-        return {"entries": surface.registry()}
+        return {"entries": surface.registry(), "registry_public_key": surface.registry_public_key}
 
     @app.get("/v1/cocoon/collateral/{fmspc}")
     async def sealed_collateral(fmspc: str) -> dict[str, Any]:
