@@ -50,7 +50,7 @@ async def _error(response: httpx.Response) -> GatewayError:
         body = response.json()
     except ValueError:
         body = {"error": {"message": response.text[:500] or f"HTTP {response.status_code}"}}
-    return GatewayError(response.status_code, body)
+    return GatewayError(response.status_code, body, response.headers.get("retry-after"))
 
 
 class GatewayApi:
