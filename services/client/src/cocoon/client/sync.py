@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -86,7 +86,7 @@ class _PulledStream(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         pieces = aiter(self._stream)
         while (piece := self._owner._run(_next(pieces))) is not _END:
-            yield piece  # type: ignore[misc]
+            yield piece
 
     def close(self) -> None:
         aclose = getattr(self._stream, "aclose", None)
@@ -94,5 +94,5 @@ class _PulledStream(httpx.SyncByteStream):
             self._owner._run(aclose())
 
 
-async def _next(pieces: AsyncIterable[bytes] | Any) -> Any:
+async def _next(pieces: AsyncIterator[bytes]) -> Any:
     return await anext(pieces, _END)
