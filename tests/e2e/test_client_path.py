@@ -35,10 +35,7 @@ from cocoon.client.server import ProxyServer
 from cocoon.client.session import SealedSession
 from cocoon.client.sync import SyncSealingTransport
 from cocoon.client.transport import SealingTransport
-from cocoon.gateway.api.settings import ApiSettings
 from cocoon.network.engine_process import SMOLLM2_MODEL
-
-RATE_LIMIT_BURST = ApiSettings().rate_limit_burst
 
 
 class Recorder:
@@ -284,17 +281,33 @@ def test_cocoon_client_verify_and_receipts(network, proxy):
     assert kept and all(r["signature"] and r["signing_key"] for r in kept)
 
 
-async def _drain_rate_limit(gateway_url: str, api_key: str) -> dict | None:
-    """Spend the key's whole token bucket at once; the gateway's own 429 body, if one came."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        answers = await asyncio.gather(
-            *(
-                http.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"})
-                for _ in range(3 * RATE_LIMIT_BURST)
-            )
-        )
-    limited = [a for a in answers if a.status_code == 429]
-    return limited[0].json() if limited else None
+class Hammer:
+    """Keeps a key's token bucket empty: threads asking the gateway for /v1/models nonstop, so a
+    token that refills (5/s) is almost always taken before the request under test gets it."""
+
+    def __init__(self, gateway_url: str, api_key: str, threads: int = 8) -> None:
+        self.url = f"{gateway_url}/v1/models"
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.stop = threading.Event()
+        self.limited: list[dict] = []  # the gateway's own 429 bodies
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                answer = http.get(self.url, headers=self.headers)
+                if answer.status_code == 429:
+                    self.limited.append(answer.json())
+
+    def __enter__(self) -> Hammer:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
 
 
 def test_a_rate_limited_key_gets_the_gateways_429_through_the_proxy(network, proxy, poor_account):
@@ -306,19 +319,19 @@ def test_a_rate_limited_key_gets_the_gateways_429_through_the_proxy(network, pro
     with pytest.raises(openai.APIStatusError) as admitted:  # verifies the workers, warm now
         proxy.sdk(key).chat.completions.create(**ask)
     assert admitted.value.status_code == 402
-    # The bucket refills at 5/s: drain it, then ask at once; a slow round is tried again.
-    for _ in range(5):
-        direct = asyncio.run(_drain_rate_limit(network.gateway_url, key))
-        assert direct is not None, "the gateway never rate-limited a burst"
-        try:
-            proxy.sdk(key).chat.completions.create(**ask)
-        except openai.RateLimitError as exc:
-            limited = exc
-            break
-        except openai.APIStatusError as exc:
-            assert exc.status_code == 402, exc  # let through by a refilled token
-    else:
-        pytest.fail("no request through the proxy met the drained bucket")
+    limited = None
+    with Hammer(network.gateway_url, key) as hammer:
+        wait_for("the gateway to rate-limit the key", lambda: hammer.limited, 30)
+        for _ in range(10):  # a refilled token may still go to the request under test
+            try:
+                proxy.sdk(key).chat.completions.create(**ask)
+            except openai.RateLimitError as exc:
+                limited = exc
+                break
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 402, exc
+    assert limited is not None, "no request through the proxy met the empty bucket"
+    direct = hammer.limited[0]
     assert limited.status_code == 429
     assert limited.response.headers["x-cocoon-sealed-by"] == "client"
     assert int(limited.response.headers["retry-after"]) >= 1
