@@ -11,15 +11,12 @@ from come from there, so the client can hold them against the receipts it kept.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis
 from cocoon.core.contracts import Topic
-
-log = logging.getLogger(__name__)
 
 LEDGER_TOPIC = Topic.BILLING_LEDGER
 READ_TIMEOUT_S = 30.0
