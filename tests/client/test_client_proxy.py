@@ -66,6 +66,19 @@ class GatewayAndWorker:
                 },
             )
         if path == "/v1/cocoon/sealed":
+            if request.headers["authorization"] == "Bearer sk-cocoon-limited":
+                return httpx.Response(
+                    429,
+                    headers={"Retry-After": "7"},
+                    json={
+                        "error": {
+                            "message": "Rate limit reached for this API key; retry in 6.20 s.",
+                            "type": "rate_limit_error",
+                            "param": None,
+                            "code": "rate_limit_exceeded",
+                        }
+                    },
+                )
             if request.headers["authorization"] != "Bearer sk-cocoon-good":
                 return httpx.Response(
                     401,
@@ -204,3 +217,19 @@ async def test_errors_keep_openais_shape(proxy) -> None:
             messages=[{"role": "user", "content": "hi"}],
             stream_options={"include_usage": True},
         )
+
+
+async def test_a_429_passes_through_with_its_retry_after(proxy) -> None:
+    server, _, _ = proxy
+    with pytest.raises(openai.RateLimitError) as limited:
+        await sdk(server, "sk-cocoon-limited").chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+    # The gateway's body unchanged, and its Retry-After, which the SDK's retries wait for.
+    assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.body == {
+        "message": "Rate limit reached for this API key; retry in 6.20 s.",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }

@@ -111,9 +111,14 @@ def boot_broker(image_venvs) -> Iterator[BootBroker]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _dev_secrets() -> tuple[dict, ...]:
-    """What Tilt applies before the dev chart: deploy/dev/secrets.sh's manifests."""
-    env = {**os.environ, "PATH": f"{ensure_tools()}:{os.environ['PATH']}"}
+def _dev_secrets(registry_key: Path) -> tuple[dict, ...]:
+    """What Tilt applies before the dev chart: deploy/dev/secrets.sh's manifests (the registry
+    key it keeps for the developer goes to `registry_key`, not the checkout)."""
+    env = {
+        **os.environ,
+        "PATH": f"{ensure_tools()}:{os.environ['PATH']}",
+        "COCOON_REGISTRY_KEY_FILE": str(registry_key),
+    }
     out = subprocess.run(
         ["bash", str(REPO_ROOT / "deploy" / "dev" / "secrets.sh")],
         capture_output=True,
@@ -125,13 +130,13 @@ def _dev_secrets() -> tuple[dict, ...]:
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
-def _objects(env: str, ca: TestCA) -> Objects:
+def _objects(env: str, ca: TestCA, scratch: Path) -> Objects:
     objects = Objects()
     objects.add_rendered(rendered("cocoon", env))
     users = [d["metadata"]["name"] for d in rendered("platform", env) if d["kind"] == "KafkaUser"]
     objects.secrets |= strimzi_secrets(ca, users)
     if env == "dev":
-        objects.add_rendered(_dev_secrets())
+        objects.add_rendered(_dev_secrets(scratch / "registry-key.pem"))
     else:
         secrets, config_maps = operator_objects()
         objects.secrets |= secrets
@@ -209,7 +214,7 @@ async def _boot(pods: list[Pod]) -> dict[str, str]:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("env", list(ENVIRONMENTS))
 async def test_every_pod_boots_to_serving(env, boot_broker, image_venvs, tmp_path):
-    objects = _objects(env, boot_broker.ca)
+    objects = _objects(env, boot_broker.ca, tmp_path)
     pods = _pods(env, image_venvs, tmp_path)
     assert {p.container["name"] for p in pods} == {
         "gateway",

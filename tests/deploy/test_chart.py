@@ -164,10 +164,11 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
         assert set(ref) in ({"secretName", "key", "env"}, {"configMapName", "key", "env"}), sid
         assert ref["env"].startswith("COCOON_") and ref["env"].endswith("_FILE")
     assert "configMapName" in secrets["attestationPublicKey"]
+    assert "configMapName" in secrets["registryPublicKey"]  # its private half is never here
     wanted = {
-        "attestation": ["attestationSigningKey"],
+        "attestation": ["attestationSigningKey", "registryPublicKey"],
         "billing": ["attestationPublicKey", "tonWalletKey", "tonApiUrl", "tonApiKey"],
-        "gateway": ["apiKeys", "attestationPublicKey"],
+        "gateway": ["apiKeys", "attestationPublicKey", "registryPublicKey"],
         "scheduler": ["attestationPublicKey"],
         "worker-proxy": [],
         "telegram": ["telegramToken", "telegramGatewayKey", "telegramWebhookSecret"],

@@ -33,6 +33,7 @@ from cocoon.client.config import load_config
 from cocoon.client.receipts import ReceiptStore
 from cocoon.client.server import ProxyServer
 from cocoon.client.session import SealedSession
+from cocoon.client.sync import SyncSealingTransport
 from cocoon.client.transport import SealingTransport
 from cocoon.network.engine_process import SMOLLM2_MODEL
 
@@ -278,3 +279,141 @@ def test_cocoon_client_verify_and_receipts(network, proxy):
     assert receipts.returncode == 0
     kept = json.loads(receipts.stdout)
     assert kept and all(r["signature"] and r["signing_key"] for r in kept)
+
+
+class Hammer:
+    """Keeps a key's token bucket empty: threads asking the gateway for /v1/models nonstop, so a
+    token that refills (5/s) is almost always taken before the request under test gets it."""
+
+    def __init__(self, gateway_url: str, api_key: str, threads: int = 8) -> None:
+        self.url = f"{gateway_url}/v1/models"
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.stop = threading.Event()
+        self.limited: list[dict] = []  # the gateway's own 429 bodies
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                answer = http.get(self.url, headers=self.headers)
+                if answer.status_code == 429:
+                    self.limited.append(answer.json())
+
+    def __enter__(self) -> Hammer:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def test_a_rate_limited_key_gets_the_gateways_429_through_the_proxy(network, proxy, poor_account):
+    """The gateway's real rate limiter (per key) answers the sealed POST; the proxy passes its
+    OpenAI-shaped 429 and Retry-After on unchanged, and the SDK raises RateLimitError."""
+    account, _ = poor_account
+    key = network.api_keys[account]  # its own bucket: the other tests' keys keep theirs
+    ask = {"model": SMOLLM2_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with pytest.raises(openai.APIStatusError) as admitted:  # verifies the workers, warm now
+        proxy.sdk(key).chat.completions.create(**ask)
+    assert admitted.value.status_code == 402
+    limited = None
+    with Hammer(network.gateway_url, key) as hammer:
+        wait_for("the gateway to rate-limit the key", lambda: hammer.limited, 30)
+        for _ in range(10):  # a refilled token may still go to the request under test
+            try:
+                proxy.sdk(key).chat.completions.create(**ask)
+            except openai.RateLimitError as exc:
+                limited = exc
+                break
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 402, exc
+    assert limited is not None, "no request through the proxy met the empty bucket"
+    direct = hammer.limited[0]
+    assert limited.status_code == 429
+    assert limited.response.headers["x-cocoon-sealed-by"] == "client"
+    assert int(limited.response.headers["retry-after"]) >= 1
+    body = limited.response.json()
+    assert set(body["error"]) == set(direct["error"])
+    assert (
+        (body["error"]["type"], body["error"]["code"])
+        == (
+            direct["error"]["type"],
+            direct["error"]["code"],
+        )
+        == ("rate_limit_error", "rate_limit_exceeded")
+    )
+
+
+def test_the_sync_openai_sdk_with_the_sealing_transport(network):
+    """`openai.OpenAI` with SyncSealingTransport, in process (no proxy), on the real network."""
+    receipts = ReceiptStore()
+    transport = SyncSealingTransport(
+        network.gateway_url,
+        network.api_key,
+        load_config(gateway=network.gateway_url),
+        receipts=receipts,
+    )
+    with httpx.Client(transport=transport) as http:
+        client = openai.OpenAI(
+            base_url="http://cocoon.local/v1", api_key="unused", http_client=http, max_retries=0
+        )
+        answer = client.chat.completions.create(
+            model=SMOLLM2_MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+        )
+        assert answer.choices[0].message.content.strip()
+        assert receipts.all()[-1]["request_id"]
+        stream = client.chat.completions.create(
+            model=SMOLLM2_MODEL,
+            messages=[{"role": "user", "content": "Count to three."}],
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, usage = "", None
+        for event in stream:
+            if event.choices:
+                text += event.choices[0].delta.content or ""
+            usage = event.usage or usage
+        assert text.strip() and usage is not None and 0 < usage.completion_tokens <= 8
+
+
+def test_cocoon_client_audit_against_the_gateways_statement(network, proxy):
+    """Every receipt kept by this package's requests verifies again from its kept evidence,
+    and billing charged each of them once, from that receipt (the real billing and gateway)."""
+    since = now_ms()
+    answer = proxy.sdk().chat.completions.create(
+        model=SMOLLM2_MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=6
+    )
+    assert answer.choices[0].message.content
+    request_id = proxy.receipts.all()[-1]["request_id"]
+    run = [sys.executable, "-m", "cocoon.client.cli", "audit", "--gateway", network.gateway_url]
+    key = ["--api-key", network.api_key, "--since", str(since), "--json"]
+
+    def audited() -> dict | None:
+        done = subprocess.run([*run, *key], capture_output=True, text=True, timeout=90)
+        report = json.loads(done.stdout)
+        rows = {r["request_id"]: r for r in report["receipts"]}
+        return report if rows[request_id]["charged_nanoton"] else None  # billing caught up
+
+    report = wait_for("billing's charge of the request", audited, 60)
+    assert report["findings"] == [], report["findings"]
+    row = next(r for r in report["receipts"] if r["request_id"] == request_id)
+    assert row["verified"] == "yes" and row["development_root"]
+    assert row["charged_nanoton"] > 0 and report["charges"] >= 1
+
+    # The statement is the key's own account, and needs the key.
+    denied = httpx.get(f"{network.gateway_url}/v1/cocoon/statement", timeout=30)
+    assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+
+    # A charge this client holds no receipt for is a finding: forget the receipts.
+    kept = proxy.receipts.path.read_text()
+    try:
+        proxy.receipts.path.write_text("")
+        done = subprocess.run([*run, *key[:-1]], capture_output=True, text=True, timeout=90)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"FINDING charge_without_receipt {request_id}" in done.stdout
+    finally:
+        proxy.receipts.path.write_text(kept)

@@ -20,7 +20,7 @@ OPERATOR_SECRETS = (
     "cocoon-ton-api",
     "cocoon-api-keys",
 )
-OPERATOR_CONFIG_MAPS = ("cocoon-attestation-public-key",)
+OPERATOR_CONFIG_MAPS = ("cocoon-attestation-public-key", "cocoon-registry-public-key")
 
 
 def attestation_key() -> tuple[bytes, str]:
@@ -64,7 +64,13 @@ def operator_objects() -> tuple[dict[str, dict[str, bytes]], dict[str, dict[str,
         "cocoon-api-keys": {"api-keys.json": store},
     }
     assert set(found) == set(OPERATOR_SECRETS)
-    config_maps = {"cocoon-attestation-public-key": {"public-key": public_hex.encode()}}
+    # The registry key's private half stays with the operator: only its public half is here.
+    _, registry_hex = attestation_key()
+    config_maps = {
+        "cocoon-attestation-public-key": {"public-key": public_hex.encode()},
+        "cocoon-registry-public-key": {"public-key": registry_hex.encode()},
+    }
+    assert set(config_maps) == set(OPERATOR_CONFIG_MAPS)
     return found, config_maps
 
 

@@ -63,7 +63,7 @@ from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
 from cocoon.core.runtime import Service, ServiceSettings
-from cocoon.core.verdicts import TRUSTED
+from cocoon.core.verdicts import TRUSTED, load_pinned_key
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ class Settings(ServiceSettings):
         "",
         description="hex Ed25519 key that signs registry entries; default: the .pub of the "
         "registry key file (COCOON_REGISTRY_KEY_FILE), created in development",
+    )
+    registry_public_key_file: Path | None = Field(
+        None, description="a file holding registry_public_key (the chart mounts a ConfigMap)"
     )
 
     @model_validator(mode="after")
@@ -140,6 +143,16 @@ def gpu_policy_from(settings: Settings) -> GpuPolicy:
     return GpuPolicy.online()
 
 
+def _registry_key(settings: Settings) -> bytes:
+    """The pinned registry key: the setting, else its file, else the local registry key's public
+    half (development: made on first use unless COCOON_CREATE_SERVICE_KEY=false)."""
+    if settings.registry_public_key:
+        return load_pinned_key(settings.registry_public_key)
+    if settings.registry_public_key_file is not None:
+        return load_pinned_key(settings.registry_public_key_file)
+    return load_registry_key(create=settings.create_service_key).public
+
+
 def _measurements(check: Check) -> bytes:
     m = check.measurements
     return b"".join(bytes.fromhex(m[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
@@ -170,11 +183,7 @@ class AttestationService(Service):
         self.key = key or ServiceKey.load(
             settings.service_key_file or default_key_path(), create=settings.create_service_key
         )
-        self.registry_key = (
-            bytes.fromhex(settings.registry_public_key)
-            if settings.registry_public_key
-            else load_registry_key(create=settings.create_service_key).public
-        )
+        self.registry_key = _registry_key(settings)
         self.clock = clock
         self.ttl_seconds = int(settings.verdict_ttl_hours * 3600)
         self.registry = RegistryState()

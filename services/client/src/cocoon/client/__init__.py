@@ -1,11 +1,12 @@
 """Cocoon's client: verifies workers itself and seals prompts end to end (docs/sealed-requests.md).
 
-from cocoon.client import SealedSession, SealingTransport, load_config
+from cocoon.client import SealedSession, SealingTransport, SyncSealingTransport, load_config
 """
 
 from cocoon.client.config import ClientConfig, load_config
 from cocoon.client.errors import ClientError, GatewayError, NoTrustedWorker
 from cocoon.client.session import SealedSession
+from cocoon.client.sync import SyncSealingTransport
 from cocoon.client.transport import SealingTransport
 from cocoon.client.verify import WorkerCheck, WorkerVerifier
 
@@ -16,6 +17,7 @@ __all__ = [
     "NoTrustedWorker",
     "SealedSession",
     "SealingTransport",
+    "SyncSealingTransport",
     "WorkerCheck",
     "WorkerVerifier",
     "load_config",

@@ -17,5 +17,5 @@ def _forward(command: str) -> None:
         raise typer.Exit(cli.main([command, *ctx.args]))
 
 
-for _command in ("serve", "verify", "receipts"):
+for _command in ("serve", "verify", "receipts", "audit"):
     _forward(_command)

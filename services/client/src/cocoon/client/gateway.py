@@ -50,7 +50,7 @@ async def _error(response: httpx.Response) -> GatewayError:
         body = response.json()
     except ValueError:
         body = {"error": {"message": response.text[:500] or f"HTTP {response.status_code}"}}
-    return GatewayError(response.status_code, body)
+    return GatewayError(response.status_code, body, response.headers.get("retry-after"))
 
 
 class GatewayApi:
@@ -70,6 +70,9 @@ class GatewayApi:
         self._workers = _Cached(workers_ttl_s)
         self._registry = _Cached(registry_ttl_s)
         self._collateral = _Cached(collateral_ttl_s)
+        # The key the gateway says signs its registry (hex): compared with the pinned key to
+        # explain refusals, never used to verify anything.
+        self.registry_key_hint: str | None = None
 
     async def models(self, path: str, api_key: str | None = None) -> httpx.Response:
         """The gateway's own `/v1/models` routes, answered as they are."""
@@ -93,9 +96,10 @@ class GatewayApi:
     async def registry(self) -> list[dict[str, Any]]:
         cached = self._registry.get("")
         if cached is None:
-            cached = self._registry.put(
-                "", (await self._get_json("/v1/cocoon/registry"))["entries"]
-            )
+            doc = await self._get_json("/v1/cocoon/registry")
+            hint = doc.get("registry_public_key")
+            self.registry_key_hint = hint if isinstance(hint, str) else None
+            cached = self._registry.put("", doc["entries"])
         return cached
 
     async def collateral(self, fmspc: str) -> dict[str, Any] | None:
@@ -109,6 +113,20 @@ class GatewayApi:
                 raise
             cached = self._collateral.put(fmspc, doc)
         return cached
+
+    async def statement(self, since_ms: int, api_key: str | None = None) -> list[dict[str, Any]]:
+        """The account's charges from `since_ms` on (`GET /v1/cocoon/statement`)."""
+        response = await self.http.get(
+            self.base + "/v1/cocoon/statement",
+            params={"since": str(since_ms)},
+            headers={"Authorization": f"Bearer {api_key or self.api_key}"},
+        )
+        if response.status_code != 200:
+            raise await _error(response)
+        charges = response.json().get("charges")
+        if not isinstance(charges, list):
+            raise WireError("the gateway's statement has no list of charges")
+        return charges
 
     async def send(
         self,

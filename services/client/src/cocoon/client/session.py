@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import httpx
 from cocoon.client.config import ClientConfig
 from cocoon.client.errors import GatewayError, NoTrustedWorker, WireError
 from cocoon.client.gateway import GatewayApi
-from cocoon.client.receipts import ReceiptStore
+from cocoon.client.receipts import ReceiptStore, evidence_record
 from cocoon.client.registry import RegistryView
 from cocoon.client.seal import DEFAULT_SUITE, StreamOpener, WorkerKey, hpke_public_key, seal
 from cocoon.client.seal import verify_receipt as check_receipt
@@ -43,6 +44,7 @@ MAX_CANDIDATES = 3
 class Candidate:
     check: WorkerCheck
     key: WorkerKey
+    evidence: dict[str, Any]  # what it was verified from, kept with its receipts (receipts.py)
 
 
 def _b64(value: str | None) -> bytes:
@@ -77,30 +79,39 @@ class SealedSession:
     # -- verification --------------------------------------------------------------------------
     async def verify_workers(self, model: str) -> list[WorkerCheck]:
         """Every worker the gateway offers for `model`, verified here (accepted or not)."""
-        registry = RegistryView.from_entries(
-            await self.api.registry(), self.config.registry_public_key
-        )
-        checks = []
+        return [check for check, _ in await self._verify_offered(model)]
+
+    async def _verify_offered(self, model: str) -> list[tuple[WorkerCheck, dict[str, Any]]]:
+        """(check, the evidence record it was made from) for every offered worker."""
+        entries = await self.api.registry()
+        registry = RegistryView.from_entries(entries, self.config.registry_public_key)
+        out = []
         for offered in await self.api.workers(model):
-            checks.append(await self._verify(offered, registry, model))
-        return checks
+            out.append(await self._verify(offered, entries, registry, model))
+        return out
 
     async def _verify(
-        self, offered: dict[str, Any], registry: RegistryView, model: str
-    ) -> WorkerCheck:
+        self,
+        offered: dict[str, Any],
+        entries: list[dict[str, Any]],
+        registry: RegistryView,
+        model: str,
+    ) -> tuple[WorkerCheck, dict[str, Any]]:
         worker_id = str(offered.get("worker_id", "?"))
         try:
             ev = offered["evidence"]
             evidence = Evidence(worker_id, _b64(ev["claims"]), _b64(ev["tdx_quote"]))
             fmspc = dcap_qvl.parse_quote(evidence.tdx_quote).fmspc().lower()
         except (KeyError, TypeError, ValueError) as exc:
-            return WorkerCheck(worker_id, reason=f"format: malformed evidence: {exc!r}")
+            return WorkerCheck(worker_id, reason=f"format: malformed evidence: {exc!r}"), {}
         collateral = await self.api.collateral(fmspc)
-        return self.verifier.verify(evidence, collateral, registry, model)
+        record = evidence_record(evidence, model, collateral, entries)
+        return self.verifier.verify(evidence, collateral, registry, model), record
 
     async def candidates(self, model: str, api_key: str | None = None) -> list[Candidate]:
-        checks = await self.verify_workers(model)
-        accepted = [c for c in checks if c.accepted and c.claims is not None]
+        verified = await self._verify_offered(model)
+        checks = [check for check, _ in verified]
+        accepted = [(c, record) for c, record in verified if c.accepted and c.claims is not None]
         if not checks:
             # Nothing offered: the gateway says whether the model exists at all (404).
             response = await self.api.models(f"/v1/models/{model}", api_key=api_key)
@@ -109,13 +120,12 @@ class SealedSession:
         if not accepted:
             raise NoTrustedWorker(model, {c.worker_id: c.reason for c in checks})
         out = []
-        for check in accepted[: self.max_candidates]:
+        for check, record in accepted[: self.max_candidates]:
             claims = check.claims
             assert claims is not None
             public = hpke_public_key(self.suite, claims.hpke_x25519, claims.hpke_mlkem768_x25519)
-            out.append(
-                Candidate(check, WorkerKey(check.worker_id, self.suite, public, claims.signing_key))
-            )
+            key = WorkerKey(check.worker_id, self.suite, public, claims.signing_key)
+            out.append(Candidate(check, key, record))
         return out
 
     # -- one request ---------------------------------------------------------------------------
@@ -138,7 +148,8 @@ class SealedSession:
             model,
             [c.key for c in candidates],
         )
-        signing_keys = {c.key.worker_id: c.key.signing_key for c in candidates}
+        sealed_at = int(time.time())
+        by_worker = {c.key.worker_id: c for c in candidates}
         opener: StreamOpener | None = None
         answered = False
         self.last_receipt = None
@@ -151,7 +162,7 @@ class SealedSession:
             api_key=api_key,
         )
         async for chunk in chunks:
-            if chunk.worker_id not in signing_keys:
+            if chunk.worker_id not in by_worker:
                 raise WireError(
                     f"a chunk from {chunk.worker_id}, which this client never sealed to"
                 )
@@ -165,7 +176,7 @@ class SealedSession:
             plain = json.loads(opener.open(chunk.seq, chunk.final, chunk.ciphertext))
             receipt = plain.pop("cocoon_receipt", None) if isinstance(plain, dict) else None
             if receipt is not None:
-                self._keep(receipt, signing_keys[chunk.worker_id], request_id, chunk)
+                self._keep(receipt, by_worker[chunk.worker_id], request_id, chunk, sealed_at)
             if isinstance(plain, dict) and "error" in plain:
                 error = plain["error"] if isinstance(plain["error"], dict) else {}
                 raise GatewayError(
@@ -186,16 +197,20 @@ class SealedSession:
                 return
         raise WireError("the gateway ended the answer before its final chunk")
 
-    def _keep(self, receipt: Any, signing_key: bytes, request_id: str, chunk: Any) -> None:
+    def _keep(
+        self, receipt: Any, candidate: Candidate, request_id: str, chunk: Any, sealed_at: int
+    ) -> None:
         if not isinstance(receipt, dict):
             raise WireError("malformed receipt")
         checked = check_receipt(
             receipt,
-            signing_key,
+            candidate.key.signing_key,
             request_id=request_id,
             worker_id=chunk.worker_id,
             attempt=chunk.attempt,
         )
         self.last_receipt = checked
         if self.receipts is not None:
-            self.receipts.add(checked, gateway=self.gateway_url)
+            self.receipts.add(
+                checked, gateway=self.gateway_url, evidence=candidate.evidence, sealed_at=sealed_at
+            )

@@ -46,15 +46,17 @@ class _Events(httpx.AsyncByteStream):
             await aclose()
 
 
-def _failure(exc: Exception) -> tuple[int, dict[str, Any]]:
-    """An OpenAI-shaped error for anything that stopped a sealed request."""
+def _failure(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """An OpenAI-shaped error for anything that stopped a sealed request, and the headers a
+    client needs to act on it (the gateway's Retry-After: SDKs wait that long to retry)."""
     if isinstance(exc, GatewayError):
-        return exc.status, exc.body
+        return exc.status, exc.body, {"Retry-After": exc.retry_after} if exc.retry_after else {}
     if isinstance(exc, NoTrustedWorker):
-        return 503, error_body(str(exc), type_="server_error", code="no_trusted_worker")
-    return 502, error_body(
+        return 503, error_body(str(exc), type_="server_error", code="no_trusted_worker"), {}
+    body = error_body(
         f"The sealed answer failed verification: {exc}", type_="server_error", code="bad_answer"
     )
+    return 502, body, {}
 
 
 class SealingTransport(httpx.AsyncBaseTransport):
@@ -65,8 +67,10 @@ class SealingTransport(httpx.AsyncBaseTransport):
         if roots:
             self.headers[TRUST_ROOT_HEADER] = "development: " + ", ".join(r.name for r in roots)
 
-    def _json(self, status: int, body: Any) -> httpx.Response:
-        return httpx.Response(status, json=body, headers=self.headers)
+    def _json(
+        self, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        return httpx.Response(status, json=body, headers={**self.headers, **(headers or {})})
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.rstrip("/")
@@ -134,15 +138,13 @@ class SealingTransport(httpx.AsyncBaseTransport):
                     break
                 pending = fmt.take(engine_chunk)
         except (GatewayError, NoTrustedWorker, WireError) as exc:
-            status, error = _failure(exc)
-            return self._json(status, error)
+            return self._json(*_failure(exc))
         if not stream:
             try:
                 async for engine_chunk in chunks:
                     fmt.take(engine_chunk)
             except (GatewayError, NoTrustedWorker, WireError) as exc:
-                status, error = _failure(exc)
-                return self._json(status, error)
+                return self._json(*_failure(exc))
             return self._json(200, fmt.complete())
         return httpx.Response(
             200,

@@ -22,6 +22,7 @@ from cocoon.gateway.api.client_sealed import ClientSealed, RelayedChunk
 from cocoon.gateway.api.errors import NoWorkerAvailable, UnknownModel, WorkerLost
 from cocoon.gateway.attested import AttestedState
 from cocoon.gateway.pipeline import KafkaBackend, _InFlight
+from cocoon.gateway.statement import LedgerStatements
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,18 @@ class ClientSurface:
     """The `SealedSurface` the HTTP routes use: evidence from the attested state, candidates
     from the gateway's own view of live, trusted workers, relaying through the pipeline."""
 
-    def __init__(self, backend: RelayBackend, attested: AttestedState) -> None:
+    def __init__(
+        self,
+        backend: RelayBackend,
+        attested: AttestedState,
+        statements: LedgerStatements,
+        *,
+        registry_public_key: str | None = None,
+    ) -> None:
         self.backend = backend
         self.attested = attested
+        self.statements = statements
+        self.registry_public_key = registry_public_key
 
     def workers(self, model: str) -> list[dict[str, Any]]:
         out = []
@@ -142,3 +152,6 @@ class ClientSurface:
 
     def relay(self, account_id: str, sealed: ClientSealed) -> AsyncIterator[RelayedChunk]:
         return self.backend.relay(account_id, sealed)
+
+    async def charges(self, account_id: str, since_ms: int) -> list[dict[str, Any]]:
+        return await self.statements.charges(account_id, since_ms)

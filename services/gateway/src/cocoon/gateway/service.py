@@ -18,6 +18,7 @@ from cocoon.core.bus.broadcast import BroadcastReader
 from cocoon.core.contracts import Topic
 from cocoon.core.paths import cache_dir
 from cocoon.core.runtime import Service, ServiceSettings
+from cocoon.core.verdicts import load_pinned_key
 from cocoon.gateway.admission import AdmissionGrants
 from cocoon.gateway.api.app import create_app
 from cocoon.gateway.api.keys import KeyStore
@@ -26,6 +27,7 @@ from cocoon.gateway.attested import TOPICS as ATTESTED_TOPICS
 from cocoon.gateway.attested import AttestedState
 from cocoon.gateway.pipeline import REPLY_TOPICS
 from cocoon.gateway.relay import ClientSurface, RelayBackend
+from cocoon.gateway.statement import LedgerStatements
 from cocoon.gateway.trust import verdict_checker
 from cocoon.gateway.workers import WorkerDirectory
 
@@ -45,12 +47,21 @@ class Settings(ServiceSettings):
         "", description="hex Ed25519 key of the attestation service; verdicts must verify with it"
     )
     attestation_public_key_file: Path | None = None
+    # The registry key, only to tell clients which key signs the registry it serves (a client
+    # compares it with the key it pinned and never trusts it: docs/sealed-requests.md).
+    registry_public_key: str = Field("", description="hex Ed25519 key that signs the registry")
+    registry_public_key_file: Path | None = None
     heartbeat_stale_seconds: float = Field(10.0, gt=0)
     # Admission grants: admit an account's requests against funds billing holds for this
     # gateway ahead of time, asking for holds worth this many requests at once (0: off, every
     # request waits for billing's decision).
     grant_ask_requests: int = Field(32, ge=0, le=1000)
     api: ApiSettings = Field(default_factory=ApiSettings)
+
+
+def _registry_key_hex(settings: Settings) -> str | None:
+    value = settings.registry_public_key or settings.registry_public_key_file
+    return load_pinned_key(value).hex() if value else None
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -103,7 +114,12 @@ class Gateway(Service):
             self.backend,
             keys,
             settings.api,
-            sealed=ClientSurface(self.backend, self.attested),
+            sealed=ClientSurface(
+                self.backend,
+                self.attested,
+                LedgerStatements(bootstrap),
+                registry_public_key=_registry_key_hex(settings),
+            ),
         )
         config = uvicorn.Config(
             self.app,

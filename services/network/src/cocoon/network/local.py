@@ -96,6 +96,7 @@ class LocalNetwork:
                 **pinned,
                 "COCOON_HTTP_PORT": str(self.http_port),
                 "COCOON_GATEWAY_ID": "gw-local",
+                "COCOON_REGISTRY_PUBLIC_KEY": _registry_public_key_hex(),
             },
         )
         for index in range(self.workers):
@@ -284,6 +285,13 @@ def write_dev_client_config(gateway_url: str) -> Path:
     path = gateway_config_path(gateway_url)
     write_config(path, config)
     return path
+
+
+def _registry_public_key_hex() -> str:
+    """The key `cocoon registry` signed the dev entries with (made by `_register_dev_image`)."""
+    from cocoon.attestation.registry_signing import load_registry_key
+
+    return load_registry_key(create=False).public.hex()
 
 
 def _sha256_file(path: Path) -> str:

@@ -321,7 +321,7 @@ def install_client_sealed(
 
     @app.get("/v1/cocoon/registry")
     async def sealed_registry() -> dict[str, Any]:
-        return {"entries": surface.registry()}
+        return {"entries": surface.registry(), "registry_public_key": surface.registry_public_key}
 
     @app.get("/v1/cocoon/collateral/{fmspc}")
     async def sealed_collateral(fmspc: str) -> dict[str, Any]:
@@ -329,6 +329,15 @@ def install_client_sealed(
         if doc is None:
             raise NotFound(f"No collateral for FMSPC {fmspc}.")
         return {"fmspc": fmspc.lower(), "collateral": doc}
+
+    @app.get("/v1/cocoon/statement")
+    async def sealed_statement(key: authenticated, since: int = 0) -> dict[str, Any]:
+        # The charges of the key's own account only: what `cocoon client audit` checks.
+        return {
+            "account_id": key.account_id,
+            "since": since,
+            "charges": await surface.charges(key.account_id, since),
+        }
 
     @app.post("/v1/cocoon/sealed")
     async def sealed_request(request: Request, key: authenticated) -> Any:

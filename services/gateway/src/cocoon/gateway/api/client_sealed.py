@@ -6,6 +6,7 @@ fetch the evidence here and send requests the gateway cannot open.
     GET  /v1/cocoon/collateral/{fmspc}    DCAP collateral, as a PCCS serves it (public)
     POST /v1/cocoon/sealed                a sealed request (API key, rate limit, admission);
                                           answers with server-sent events of sealed chunks
+    GET  /v1/cocoon/statement?since=MS    the account's charges (API key), for the client's audit
 
 Errors before the first chunk keep their HTTP status and OpenAI's error shape; later ones are a
 final `{"type": "error", "error": {...}}` event.
@@ -74,10 +75,13 @@ class RelayedChunk:
 
 
 class SealedSurface(Protocol):
+    registry_public_key: str | None  # hex, as configured: a hint for clients, never trusted
+
     def workers(self, model: str) -> list[dict[str, Any]]: ...
     def registry(self) -> list[dict[str, Any]]: ...
     def collateral(self, fmspc: str) -> dict[str, Any] | None: ...
     def relay(self, account_id: str, sealed: ClientSealed) -> AsyncIterator[RelayedChunk]: ...
+    async def charges(self, account_id: str, since_ms: int) -> list[dict[str, Any]]: ...
 
 
 class _Recipient(BaseModel):
