@@ -47,6 +47,16 @@ class Settings(ServiceSettings):
     telegram_draft_interval_seconds: float = Field(0.3, gt=0)
     telegram_group_edit_interval_seconds: float = Field(1.0, ge=1.0)
     telegram_support_contact: str = Field("the operator", description="shown by /paysupport")
+    telegram_sealing: Literal["client", "gateway"] = Field(
+        "client",
+        description="client: the bot verifies the workers and seals each prompt itself, the "
+        "gateway relays ciphertext; gateway: the gateway seals (and reads) them",
+    )
+    telegram_client_config_file: Path | None = Field(
+        None,
+        description="the client configuration pinning the registry key and trusted roots "
+        "(docs/sealed-requests.md); unset: the per-gateway file, then client.json",
+    )
 
     @model_validator(mode="after")
     def _secrets_once(self) -> Settings:

@@ -61,6 +61,22 @@ TEXTS: dict[str, dict[str, str]] = {
             "Your last answer: request {request_id}, model {model}, {prompt} prompt + "
             "{completion} answer tokens.\nPath: {path}."
         ),
+        "path_client": (
+            "sealed by this bot for the enclave below, after checking its TDX quote and the "
+            "registry itself; the operator's gateway relayed only ciphertext"
+        ),
+        "path_gateway": (
+            "sealed by the gateway for an attested enclave (the gateway read it; this bot "
+            "runs without client-side sealing)"
+        ),
+        "verify_enclave": (
+            "Enclave: worker {worker}\nTDX TCB status: {tcb} (advisories: {advisories})\n"
+            "Image hash: {image}\nQuote signed under: {root}\nFMSPC: {fmspc}"
+        ),
+        "verify_receipt": (
+            "The worker's usage receipt, signed with the key its quote attests (check it with "
+            "`cocoon client audit`):"
+        ),
         "settings": "Model: {model}\nConversation memory: up to {budget} tokens.",
         "paysupport": (
             "For a problem with a payment, write to {contact} with the date and the amount. "
