@@ -149,7 +149,7 @@ async def test_every_command_answers(telegram):
         ("/usage", say("usage_empty")),
         ("/verify", say("verify_none")),
         ("/help", "/model chooses"),
-        ("/privacy", "Who can read"),
+        ("/privacy", say("privacy_client_sealed")[2:60]),
         ("/settings", "Conversation memory"),
         ("/paysupport", "refundable"),
         ("/new", say("new")),

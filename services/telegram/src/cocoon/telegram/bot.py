@@ -146,7 +146,8 @@ class CocoonBot:
         await message.answer(say("help"))
 
     async def on_privacy(self, message: Message) -> None:
-        await message.answer(say("privacy"))
+        sealed_by = self.settings.telegram_sealing
+        await message.answer(say("privacy", transport=say(f"privacy_{sealed_by}_sealed")))
 
     async def on_new(self, message: Message) -> None:
         self.conversations.clear(message.chat.id)
