@@ -90,7 +90,7 @@ class TelegramService(Service):
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, self.settings.listen_host, self.settings.telegram_webhook_port
+            self._runner, self.settings.listen_host, self.settings.http_port
         )
         await site.start()
         await self.bot.set_webhook(

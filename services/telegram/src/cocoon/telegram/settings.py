@@ -25,7 +25,8 @@ class Settings(ServiceSettings):
     telegram_webhook_secret_file: Path | None = Field(
         None, description="secret token Telegram sends in X-Telegram-Bot-Api-Secret-Token"
     )
-    telegram_webhook_port: int = Field(8081, ge=1, le=65535)
+    # COCOON_HTTP_PORT, as for every service with an HTTP port (the chart's `http: true`).
+    http_port: int = Field(8081, ge=0, le=65535, description="webhook mode: the bot's port")
     gateway_url: str = Field("http://127.0.0.1:8080", description="the network's gateway")
     gateway_api_key: str = Field("", description="a delegating key (delegate prefix tg-)")
     gateway_api_key_file: Path | None = None
