@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a virtualenv holding exactly one Cocoon service: its locked third-party dependencies
-# (from uv.lock, hash-checked), then cocoon-core and the service itself, not editable.
+# (from uv.lock, hash-checked), then the workspace distributions it depends on (cocoon-core, and
+# cocoon-client for a client of the network such as the Telegram bot) and itself, not editable.
 #   install-service.sh SERVICE VENV [PYTHON]
 # Run from the repository root. The Dockerfile runs it for each image; tests/deploy runs it to
 # check what an image holds without a Docker engine.
@@ -12,5 +13,9 @@ uv export --quiet --frozen --no-dev --no-emit-workspace --no-header \
   --package "cocoon-$service" -o "$requirements"
 uv venv --quiet --python "$python" "$venv"
 uv pip install --quiet --python "$venv/bin/python" --require-hashes -r "$requirements"
-uv pip install --quiet --python "$venv/bin/python" --no-deps services/core "services/$service"
+# The workspace members the lock says this service needs, as local paths (./services/...).
+members=$(uv export --quiet --frozen --no-dev --no-header --no-hashes --no-editable \
+  --package "cocoon-$service" | grep '^\./services/')
+# shellcheck disable=SC2086  # one path per word
+uv pip install --quiet --python "$venv/bin/python" --no-deps $members
 "$venv/bin/cocoon" --help > /dev/null

@@ -171,7 +171,12 @@ def test_secrets_are_referenced_and_mounted_only_where_needed():
         "gateway": ["apiKeys", "attestationPublicKey", "registryPublicKey"],
         "scheduler": ["attestationPublicKey"],
         "worker-proxy": [],
-        "telegram": ["telegramToken", "telegramGatewayKey", "telegramWebhookSecret"],
+        "telegram": [
+            "telegramToken",
+            "telegramGatewayKey",
+            "telegramWebhookSecret",
+            "telegramClientConfig",
+        ],
     }
     assert {name: svc["secrets"] for name, svc in values["services"].items()} == wanted
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
@@ -196,6 +201,8 @@ def test_the_mounted_telegram_secrets_reach_the_bot_under_the_names_it_reads(tmp
     assert settings.api_key() == "value-of-telegramGatewayKey"
     assert settings.webhook_secret() == "value-of-telegramWebhookSecret"
     assert settings.telegram_mode == "webhook"
+    assert settings.telegram_sealing == "client"
+    assert str(settings.telegram_client_config_file).endswith("telegramClientConfig")
 
 
 def test_the_mounted_ton_secrets_reach_billing_under_the_names_it_reads(tmp_path):

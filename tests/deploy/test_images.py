@@ -47,6 +47,16 @@ def test_the_worker_image_holds_core_and_the_worker_proxy_only(tmp_path: Path, i
     assert subprocess.run([cocoon, "billing", "--help"], capture_output=True).returncode == 2
 
 
+def test_the_telegram_image_holds_the_client_library_and_no_service(image_venvs) -> None:
+    # The bot is a client of the network: it seals with cocoon.client, as any application would.
+    venv = image_venvs("telegram")
+    assert _importable(venv, "cocoon.telegram.sealed") and _importable(
+        venv, "cocoon.client.session"
+    )
+    for other in ("cocoon.gateway", "cocoon.billing", "cocoon.scheduler", "cocoon.worker_proxy"):
+        assert not _importable(venv, other), f"{other} is in the telegram image"
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_the_dockerfile_has_a_target_per_service_running_it(service: str) -> None:
     text = DOCKERFILE.read_text()

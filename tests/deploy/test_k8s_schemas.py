@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from support.charts import CHARTS, ENVIRONMENTS, rendered
+from support.charts import CHARTS, ENVIRONMENTS, PLATFORM, rendered, rendered_with
 from support.kube_schemas import all_errors, errors
 
 
@@ -45,3 +45,27 @@ def test_the_validation_can_fail():
         doc["spec"]["unknown"] = True
         assert errors(doc), kind
     assert errors({"apiVersion": "example.com/v1", "kind": "Nothing", "metadata": {"name": "x"}})
+
+
+def test_the_telegram_overlay_routes_the_webhook_to_the_port_the_bot_listens_on():
+    """deploy/helm/telegram.yaml (the bot behind an HTTPS Ingress) renders valid objects, and the
+    Ingress reaches the bot: Telegram's path, to the Service's http port, to the container port
+    the bot binds (COCOON_HTTP_PORT)."""
+    docs = rendered_with("cocoon", PLATFORM / "prod.yaml", PLATFORM / "telegram.yaml")
+    assert all_errors(docs) == []
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    ingress = by_kind[("Ingress", "cocoon-telegram")]
+    [rule] = ingress["spec"]["rules"]
+    [path] = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/telegram/webhook", "Exact")
+    assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
+    backend = path["backend"]["service"]
+    service = by_kind[("Service", backend["name"])]
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
+    pod = by_kind[("Deployment", "cocoon-telegram")]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    [target] = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["COCOON_HTTP_PORT"] == str(target["containerPort"])
+    assert env["COCOON_TELEGRAM_MODE"] == "webhook"
+    assert env["COCOON_TELEGRAM_WEBHOOK_URL"] == f"https://{rule['host']}"

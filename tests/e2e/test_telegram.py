@@ -46,6 +46,8 @@ async def telegram(network, kafka_bootstrap) -> AsyncIterator[tuple[FakeBotApi, 
         telegram_nanoton_per_star=NANOTON_PER_STAR,
         telegram_requests_per_minute=30,
         telegram_max_tokens=48,
+        # Sealed by the bot itself (the default), trusting what `cocoon up` pins for its gateway.
+        telegram_client_config_file=network.client_config_path,
     )
     service = TelegramService(settings)
     await service.start()
@@ -116,11 +118,22 @@ async def test_commands_a_streamed_answer_and_what_it_cost(telegram, network):
     typing = api.sent("sendChatAction", user)
     assert typing and typing[0].at < drafts[0].at and typing[0].params["action"] == "typing"
 
+    # The bot sealed the prompt itself, to a worker it verified, and kept its signed receipt.
+    served = service.cocoon.served[user][-1]
+    assert served.worker is not None and served.worker["accepted"]
+    assert served.receipt is not None and served.receipt["request_id"] == served.request_id
     usage = await reply_to(api, user, "/usage", say("usage_header"))
     assert "about" in text_of(usage) and "list price" in text_of(usage)
+    assert f"receipt signed by {served.receipt['worker_id']}" in text_of(usage)
     verify = await reply_to(api, user, "/verify", "Your last answer: request ")
     request_id = text_of(verify).split("request ")[1].split(",")[0]
-    # The user's account paid for the answer, from its trial.
+    assert request_id == served.request_id
+    assert say("path_client") in text_of(verify)
+    assert f"Enclave: worker {served.receipt['worker_id']}" in text_of(verify)
+    assert f"TDX TCB status: {served.worker['tcb_status']}" in text_of(verify)
+    shown = json.loads(text_of(verify).split(say("verify_receipt"))[1])
+    assert shown == served.receipt  # the whole receipt, signature included, for anyone to check
+    # The user's account paid for the answer, from its trial, for the receipt's tokens.
     entries = await read_ledger(network_bootstrap(network), prefix=prefix(), client_id="tg-test")
     charge = next(e for e in entries if e.entry_id == f"charge:{request_id}")
     assert charge.meta["client_id"] == f"tg-{user}" and charge.meta["charge"] > 0
@@ -136,7 +149,7 @@ async def test_every_command_answers(telegram):
         ("/usage", say("usage_empty")),
         ("/verify", say("verify_none")),
         ("/help", "/model chooses"),
-        ("/privacy", "Who can read"),
+        ("/privacy", say("privacy_client_sealed")[2:60]),
         ("/settings", "Conversation memory"),
         ("/paysupport", "refundable"),
         ("/new", say("new")),

@@ -33,9 +33,15 @@ def values_args(env: str) -> list[str]:
     return ["-f", str(path)] if path else []
 
 
-@functools.cache
 def rendered(chart: str, env: str) -> tuple[dict, ...]:
     """Every object `helm template` renders for `chart` with `env`'s values (cached)."""
+    path = ENVIRONMENTS[env]
+    return rendered_with(chart, *([path] if path else []))
+
+
+@functools.cache
+def rendered_with(chart: str, *files: Path) -> tuple[dict, ...]:
+    """Every object `helm template` renders for `chart` with these values files (cached)."""
     result = helm(
         "template",
         RELEASE,
@@ -44,10 +50,11 @@ def rendered(chart: str, env: str) -> tuple[dict, ...]:
         NAMESPACE,
         "--kube-version",
         KUBE_VERSION,
-        *values_args(env),
+        *(arg for path in files for arg in ("-f", str(path))),
     )
     if result.returncode != 0:
-        raise RenderError(f"helm template {chart} ({env}) failed:\n{result.stderr}")
+        names = ", ".join(p.name for p in files) or "defaults"
+        raise RenderError(f"helm template {chart} ({names}) failed:\n{result.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,9 @@ import httpx
 
 from cocoon.client.errors import GatewayError, WireError
 from cocoon.client.seal import SealedEnvelope
+
+# Names the end user's billing account when a delegating key calls (docs/api.md).
+ACCOUNT_HEADER = "X-Cocoon-Account"
 
 
 @dataclass(frozen=True)
@@ -137,8 +140,10 @@ class GatewayApi:
         max_coefficient: int | None,
         timeout_s: float | None,
         api_key: str | None = None,
-    ) -> AsyncIterator[SealedChunk]:
-        """POST the envelope; yield the sealed chunks as the gateway relays them."""
+        account: str | None = None,
+    ) -> AsyncGenerator[SealedChunk, None]:
+        """POST the envelope; yield the sealed chunks as the gateway relays them. `account`:
+        the end user's account, for a delegating key acting for it."""
         b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
         suites = {r.suite for r in envelope.recipients}
         if len(suites) != 1:
@@ -158,11 +163,14 @@ class GatewayApi:
                 for r in envelope.recipients
             ],
         }
+        headers = {"Authorization": f"Bearer {api_key or self.api_key}"}
+        if account is not None:
+            headers[ACCOUNT_HEADER] = account
         request = self.http.build_request(
             "POST",
             self.base + "/v1/cocoon/sealed",
             json=body,
-            headers={"Authorization": f"Bearer {api_key or self.api_key}"},
+            headers=headers,
             timeout=httpx.Timeout(None if timeout_s is None else timeout_s + 10, connect=10),
         )
         response = await self.http.send(request, stream=True)

@@ -4,6 +4,7 @@
     async for chunk in session.stream("chat.completions", body):   # OpenAI-style chunk dicts
         ...
     session.last_receipt                                            # the worker's, verified
+    session.last_worker                                             # how that worker was verified
 
 Nothing leaves this process in clear text but the metadata the gateway needs to route and bill
 (model, max_tokens, price cap, timeout, the body's size). A worker that fails any check is
@@ -13,11 +14,12 @@ never sealed to, and `NoTrustedWorker` says why for each one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,7 @@ class SealedSession:
         self.suite = suite
         self.max_candidates = max_candidates
         self.last_receipt: dict[str, Any] | None = None
+        self.last_worker: WorkerCheck | None = None
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -130,9 +133,17 @@ class SealedSession:
 
     # -- one request ---------------------------------------------------------------------------
     async def stream(
-        self, endpoint: str, body: dict[str, Any], *, api_key: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Seal `body` (an OpenAI request) and yield the engine's chunks, opened here."""
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        api_key: str | None = None,
+        account: str | None = None,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Seal `body` (an OpenAI request) and yield the engine's chunks, opened here.
+        `account`: the end user's account, when a delegating key acts for one; `request_id`:
+        the caller's (a lower-case UUID), else a new one."""
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise WireError("the request names no model")
@@ -141,7 +152,7 @@ class SealedSession:
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
         engine_body.pop("max_completion_tokens", None)
         engine_body.update(max_tokens=cap, stream=True, stream_options={"include_usage": True})
-        request_id = str(uuid.uuid4())
+        request_id = request_id or str(uuid.uuid4())
         envelope, request_key = seal(
             json.dumps(engine_body, separators=(",", ":")).encode(),
             request_id,
@@ -153,48 +164,54 @@ class SealedSession:
         opener: StreamOpener | None = None
         answered = False
         self.last_receipt = None
-        chunks = self.api.send(
+        self.last_worker = None
+        sending = self.api.send(
             envelope,
             endpoint=endpoint,
             max_tokens=int(cap),
             max_coefficient=body.get("max_coefficient"),
             timeout_s=body.get("timeout"),
             api_key=api_key,
+            account=account,
         )
-        async for chunk in chunks:
-            if chunk.worker_id not in by_worker:
-                raise WireError(
-                    f"a chunk from {chunk.worker_id}, which this client never sealed to"
-                )
-            if opener is None or (opener.worker_id, opener.attempt) != (
-                chunk.worker_id,
-                chunk.attempt,
-            ):
-                if answered:
-                    raise WireError("the answer switched workers after it had started")
-                opener = StreamOpener(request_key, request_id, chunk.worker_id, chunk.attempt)
-            plain = json.loads(opener.open(chunk.seq, chunk.final, chunk.ciphertext))
-            receipt = plain.pop("cocoon_receipt", None) if isinstance(plain, dict) else None
-            if receipt is not None:
-                self._keep(receipt, by_worker[chunk.worker_id], request_id, chunk, sealed_at)
-            if isinstance(plain, dict) and "error" in plain:
-                error = plain["error"] if isinstance(plain["error"], dict) else {}
-                raise GatewayError(
-                    502,
-                    {
-                        "error": {
-                            "message": f"The worker failed: {error.get('message', 'unknown')}",
-                            "type": "server_error",
-                            "param": None,
-                            "code": "worker_lost",
-                        }
-                    },
-                )
-            if isinstance(plain, dict) and (plain.get("choices") or plain.get("usage")):
-                answered = answered or bool(plain.get("choices"))
-                yield plain
-            if chunk.final:
-                return
+        # Closed with the caller's iterator: an abandoned answer disconnects at once, and the
+        # gateway cancels the request on the worker.
+        async with contextlib.aclosing(sending) as chunks:
+            async for chunk in chunks:
+                if chunk.worker_id not in by_worker:
+                    raise WireError(
+                        f"a chunk from {chunk.worker_id}, which this client never sealed to"
+                    )
+                if opener is None or (opener.worker_id, opener.attempt) != (
+                    chunk.worker_id,
+                    chunk.attempt,
+                ):
+                    if answered:
+                        raise WireError("the answer switched workers after it had started")
+                    opener = StreamOpener(request_key, request_id, chunk.worker_id, chunk.attempt)
+                    self.last_worker = by_worker[chunk.worker_id].check
+                plain = json.loads(opener.open(chunk.seq, chunk.final, chunk.ciphertext))
+                receipt = plain.pop("cocoon_receipt", None) if isinstance(plain, dict) else None
+                if receipt is not None:
+                    self._keep(receipt, by_worker[chunk.worker_id], request_id, chunk, sealed_at)
+                if isinstance(plain, dict) and "error" in plain:
+                    error = plain["error"] if isinstance(plain["error"], dict) else {}
+                    raise GatewayError(
+                        502,
+                        {
+                            "error": {
+                                "message": f"The worker failed: {error.get('message', 'unknown')}",
+                                "type": "server_error",
+                                "param": None,
+                                "code": "worker_lost",
+                            }
+                        },
+                    )
+                if isinstance(plain, dict) and (plain.get("choices") or plain.get("usage")):
+                    answered = answered or bool(plain.get("choices"))
+                    yield plain
+                if chunk.final:
+                    return
         raise WireError("the gateway ended the answer before its final chunk")
 
     def _keep(

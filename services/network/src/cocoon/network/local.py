@@ -102,10 +102,10 @@ class LocalNetwork:
         for index in range(self.workers):
             self._start_worker(index, common)
         self._wait_for(self._model_listed, "the first attested worker", ready_timeout_s)
-        if self.telegram_token:
-            self.start_telegram(self.telegram_token, common)
         save_demo(self.api_key, self.gateway_url)
         self.client_config_path = write_dev_client_config(self.gateway_url)
+        if self.telegram_token:  # a client of the network: after its client configuration
+            self.start_telegram(self.telegram_token, common)
 
     def start_telegram(self, token: str, common: dict[str, str]) -> None:
         """Run the Telegram bot (docs/telegram.md) as a client of this network."""
@@ -125,6 +125,7 @@ class LocalNetwork:
                 "COCOON_GATEWAY_URL": self.gateway_url,
                 "COCOON_GATEWAY_API_KEY_FILE": str(secrets_dir / "gateway-key"),
                 "COCOON_TELEGRAM_TRIAL_NANOTON": str(TELEGRAM_TRIAL_NANOTON),
+                "COCOON_TELEGRAM_CLIENT_CONFIG_FILE": str(self.client_config_path),
             },
         )
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot, F, Router
 from aiogram.enums import ChatType
@@ -32,6 +34,7 @@ from aiogram.types import (
 )
 
 from cocoon.core.codec import models
+from cocoon.core.holds import COEFFICIENT_ONE
 from cocoon.telegram import payments
 from cocoon.telegram.answers import STOP_CALLBACK_PREFIX, AnswerView
 from cocoon.telegram.balances import Balances
@@ -58,6 +61,10 @@ class Served:
     completion_tokens: int
     stopped: bool
     at: float
+    # Client-sealed answers: the worker's signed usage receipt (checked against its attested key)
+    # and how the bot verified that worker.
+    receipt: dict[str, Any] | None = None
+    worker: dict[str, Any] | None = None
 
 
 class CocoonBot:
@@ -139,7 +146,8 @@ class CocoonBot:
         await message.answer(say("help"))
 
     async def on_privacy(self, message: Message) -> None:
-        await message.answer(say("privacy"))
+        sealed_by = self.settings.telegram_sealing
+        await message.answer(say("privacy", transport=say(f"privacy_{sealed_by}_sealed")))
 
     async def on_new(self, message: Message) -> None:
         self.conversations.clear(message.chat.id)
@@ -200,11 +208,17 @@ class CocoonBot:
         price = self.settings.telegram_price_per_token_nanoton
         lines = [say("usage_header")]
         for s in reversed(served):
-            tokens = s.prompt_tokens + s.completion_tokens
-            stopped = " (stopped)" if s.stopped else ""
+            prompt, completion, coefficient = s.prompt_tokens, s.completion_tokens, COEFFICIENT_ONE
+            if s.receipt is not None:  # the worker's signed counts, as billing charges them
+                prompt, completion = s.receipt["prompt_tokens"], s.receipt["completion_tokens"]
+                coefficient = s.receipt["coefficient"]
+            cost = (prompt + completion) * price * coefficient // COEFFICIENT_ONE
+            notes = (" (stopped)" if s.stopped else "") + (
+                f", receipt signed by {s.receipt['worker_id']}" if s.receipt is not None else ""
+            )
             lines.append(
-                f"{time.strftime('%H:%M', time.gmtime(s.at))} {s.model}: {s.prompt_tokens}+"
-                f"{s.completion_tokens} tokens, about {ton(tokens * price)} at list price{stopped}"
+                f"{time.strftime('%H:%M', time.gmtime(s.at))} {s.model}: {prompt}+"
+                f"{completion} tokens, about {ton(cost)} at list price{notes}"
             )
         await message.answer("\n".join(lines))
 
@@ -215,20 +229,20 @@ class CocoonBot:
             await message.answer(say("verify_none"))
             return
         last = served[-1]
-        path = (
-            "sealed by the gateway for an attested enclave (the enclave's evidence and signed "
-            "receipt reach clients on the client-sealed path only)"
+        text = say(
+            "verify",
+            request_id=last.request_id,
+            model=last.model,
+            prompt=last.prompt_tokens,
+            completion=last.completion_tokens,
+            path=say("path_client") if last.worker is not None else say("path_gateway"),
         )
-        await message.answer(
-            say(
-                "verify",
-                request_id=last.request_id,
-                model=last.model,
-                prompt=last.prompt_tokens,
-                completion=last.completion_tokens,
-                path=path,
-            )
-        )
+        if last.worker is not None:
+            text += "\n\n" + enclave_text(last.worker)
+        if last.receipt is not None:
+            receipt = json.dumps(last.receipt, indent=1, sort_keys=True)
+            text += "\n\n" + say("verify_receipt") + "\n" + receipt
+        await message.answer(text)
 
     # ---- payments ----------------------------------------------------------------------
 
@@ -362,6 +376,8 @@ class CocoonBot:
                         f.completion_tokens,
                         outcome.stopped,
                         time.time(),
+                        receipt=f.receipt,
+                        worker=f.worker,
                     ),
                 )
             elif outcome.stopped:
@@ -419,6 +435,22 @@ class CocoonBot:
             if choice and choice in listed:
                 return choice
         return min(listed) if listed else None
+
+
+def enclave_text(worker: dict[str, Any]) -> str:
+    """Which enclave answered, as the bot verified it (cocoon.client's WorkerCheck)."""
+    root = worker.get("root") or "unknown"
+    if worker.get("development_root"):
+        root += " (a development root, not Intel's: a test network)"
+    return say(
+        "verify_enclave",
+        worker=worker.get("worker_id"),
+        tcb=worker.get("tcb_status") or "unknown",
+        advisories=", ".join(worker.get("advisory_ids") or ()) or "none",
+        image=worker.get("image_hash") or "unknown",
+        root=root,
+        fmspc=worker.get("fmspc") or "unknown",
+    )
 
 
 def _failure_text(error: GatewayError) -> str:

@@ -1,7 +1,9 @@
 """The network as the bot sees it: the gateway's OpenAI-compatible API, per end-user account.
 
 The bot's API key is a delegating key (docs/telegram.md): each call names the Telegram user's
-billing account in `X-Cocoon-Account`, so every user is charged for their own tokens.
+billing account in `X-Cocoon-Account`, so every user is charged for their own tokens. This is the
+gateway-sealed path (the gateway reads the prompt); sealed.py is the bot's default, client-sealed
+path, and both turn the answer into the same events.
 """
 
 from __future__ import annotations
@@ -38,6 +40,39 @@ class Finished:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    # On the client-sealed path: the worker's usage receipt (its signature checked against the
+    # worker's attested key) and how the bot verified that worker (WorkerCheck.to_dict()).
+    receipt: dict[str, Any] | None = None
+    worker: dict[str, Any] | None = None
+
+
+class Answer:
+    """Folds OpenAI-style chunk dicts into the bot's events: text deltas, then `Finished`."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.finish_reason: str | None = None
+
+    def events(self, chunk: dict[str, Any]) -> list[Delta | Finished]:
+        if "error" in chunk:
+            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+            raise GatewayError(502, str(error.get("code")), str(error.get("message", "")))
+        out: list[Delta | Finished] = []
+        for choice in chunk.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                out.append(Delta(text))
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        if usage := chunk.get("usage"):
+            out.append(
+                Finished(
+                    self.request_id,
+                    self.finish_reason,
+                    int(usage.get("prompt_tokens", 0)),
+                    int(usage.get("completion_tokens", 0)),
+                )
+            )
+        return out
 
 
 class GatewayError(Exception):
@@ -56,6 +91,10 @@ def _error_of(status: int, body: bytes) -> GatewayError:
         return GatewayError(status, str(error.get("code") or error.get("type")), error["message"])
     except (ValueError, KeyError, TypeError):
         return GatewayError(status, "http_error", f"HTTP {status}")
+
+
+def incomplete() -> GatewayError:
+    return GatewayError(502, "incomplete_stream", "The answer ended without usage.")
 
 
 class GatewayClient:
@@ -98,28 +137,15 @@ class GatewayClient:
                     raise _error_of(response.status_code, await response.aread())
                 request_id = response.headers.get("x-request-id", "")
                 yield Started(request_id)
-                finish_reason: str | None = None
+                answer = Answer(request_id)
                 async for line in response.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        error = event["error"]
-                        raise GatewayError(502, str(error.get("code")), error.get("message", ""))
-                    for choice in event.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield Delta(text)
-                        finish_reason = choice.get("finish_reason") or finish_reason
-                    if usage := event.get("usage"):
-                        yield Finished(
-                            request_id,
-                            finish_reason,
-                            int(usage.get("prompt_tokens", 0)),
-                            int(usage.get("completion_tokens", 0)),
-                        )
-                        return
-                raise GatewayError(502, "incomplete_stream", "The answer ended without usage.")
+                    for event in answer.events(json.loads(line[6:])):
+                        yield event
+                        if isinstance(event, Finished):
+                            return
+                raise incomplete()
         except httpx.HTTPError as exc:
             message = f"The network is unreachable: {exc}"
             raise GatewayError(503, "gateway_unreachable", message) from exc

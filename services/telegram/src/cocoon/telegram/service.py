@@ -11,6 +11,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
+from cocoon.client import load_config
 from cocoon.core.bus.broadcast import BroadcastReader
 from cocoon.core.bus.producer import BusProducer
 from cocoon.core.codec import models
@@ -19,12 +20,22 @@ from cocoon.core.runtime.service import Service
 from cocoon.telegram.balances import BALANCES_TOPIC, Balances
 from cocoon.telegram.bot import CocoonBot
 from cocoon.telegram.gateway import GatewayClient
+from cocoon.telegram.sealed import SealedGatewayClient
 from cocoon.telegram.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TOPUPS_TOPIC = Topic.BILLING_TOPUPS
 WEBHOOK_PATH = "/telegram/webhook"
+
+
+def _gateway_client(settings: Settings, api_key: str) -> GatewayClient:
+    if settings.telegram_sealing == "gateway":
+        return GatewayClient(settings.gateway_url, api_key)
+    # Without a configuration pinning the registry key, refuse to start rather than trust the
+    # gateway (ConfigError names the files it looked for).
+    config = load_config(settings.telegram_client_config_file, gateway=settings.gateway_url)
+    return SealedGatewayClient(settings.gateway_url, api_key, config)
 
 
 class TelegramService(Service):
@@ -46,7 +57,7 @@ class TelegramService(Service):
             from_beginning=True,
             client_id="telegram-balances",
         )
-        self.gateway = GatewayClient(settings.gateway_url, api_key)
+        self.gateway = _gateway_client(settings, api_key)
         session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
         self.bot = Bot(token, session=session)
         self.cocoon = CocoonBot(settings, self.gateway, self.balances, self._publish_topup)
@@ -79,7 +90,7 @@ class TelegramService(Service):
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, self.settings.listen_host, self.settings.telegram_webhook_port
+            self._runner, self.settings.listen_host, self.settings.http_port
         )
         await site.start()
         await self.bot.set_webhook(

@@ -25,7 +25,8 @@ class Settings(ServiceSettings):
     telegram_webhook_secret_file: Path | None = Field(
         None, description="secret token Telegram sends in X-Telegram-Bot-Api-Secret-Token"
     )
-    telegram_webhook_port: int = Field(8081, ge=1, le=65535)
+    # COCOON_HTTP_PORT, as for every service with an HTTP port (the chart's `http: true`).
+    http_port: int = Field(8081, ge=0, le=65535, description="webhook mode: the bot's port")
     gateway_url: str = Field("http://127.0.0.1:8080", description="the network's gateway")
     gateway_api_key: str = Field("", description="a delegating key (delegate prefix tg-)")
     gateway_api_key_file: Path | None = None
@@ -47,6 +48,16 @@ class Settings(ServiceSettings):
     telegram_draft_interval_seconds: float = Field(0.3, gt=0)
     telegram_group_edit_interval_seconds: float = Field(1.0, ge=1.0)
     telegram_support_contact: str = Field("the operator", description="shown by /paysupport")
+    telegram_sealing: Literal["client", "gateway"] = Field(
+        "client",
+        description="client: the bot verifies the workers and seals each prompt itself, the "
+        "gateway relays ciphertext; gateway: the gateway seals (and reads) them",
+    )
+    telegram_client_config_file: Path | None = Field(
+        None,
+        description="the client configuration pinning the registry key and trusted roots "
+        "(docs/sealed-requests.md); unset: the per-gateway file, then client.json",
+    )
 
     @model_validator(mode="after")
     def _secrets_once(self) -> Settings:

@@ -38,8 +38,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "• Telegram and this bot: they carry your message, so they see it.\n"
             "• The model runs in a confidential VM (Intel TDX) whose code is verified before "
             "it gets any prompt; the GPU owner's computer cannot read inside it.\n"
-            "• The Cocoon network's message bus carries your prompt and the answer only "
-            "encrypted to that VM.\n"
+            "{transport}\n"
             "• This bot keeps your conversation in memory only, never on disk or on the bus; "
             "/new forgets it, and a restart forgets everything.\n"
             "• Billing sees only counts: tokens and what they cost."
@@ -56,10 +55,35 @@ TEXTS: dict[str, dict[str, str]] = {
         "credited": "Payment received: {amount} will be on your balance in a moment.",
         "usage_empty": "No requests yet.",
         "usage_header": "Your recent requests:",
+        "privacy_client_sealed": (
+            "• This bot checks that VM's evidence itself and encrypts your prompt to it; the "
+            "network's servers and message bus carry it and the answer only encrypted "
+            "(/verify shows which VM answered)."
+        ),
+        "privacy_gateway_sealed": (
+            "• The network's gateway encrypts your prompt to that VM, so the network's "
+            "operator could read it there; its message bus carries it only encrypted."
+        ),
         "verify_none": "Nothing to verify yet: send me a message first.",
         "verify": (
             "Your last answer: request {request_id}, model {model}, {prompt} prompt + "
             "{completion} answer tokens.\nPath: {path}."
+        ),
+        "path_client": (
+            "sealed by this bot for the enclave below, after checking its TDX quote and the "
+            "registry itself; the operator's gateway relayed only ciphertext"
+        ),
+        "path_gateway": (
+            "sealed by the gateway for an attested enclave (the gateway read it; this bot "
+            "runs without client-side sealing)"
+        ),
+        "verify_enclave": (
+            "Enclave: worker {worker}\nTDX TCB status: {tcb} (advisories: {advisories})\n"
+            "Image hash: {image}\nQuote signed under: {root}\nFMSPC: {fmspc}"
+        ),
+        "verify_receipt": (
+            "The worker's usage receipt, signed with the key its quote attests (check it with "
+            "`cocoon client audit`):"
         ),
         "settings": "Model: {model}\nConversation memory: up to {budget} tokens.",
         "paysupport": (
