@@ -87,7 +87,7 @@ class ErrorCode(StrEnum):
     UNSIGNED_RECORD = "unsigned_record"
     # A worker's heartbeat or outcome is not signed by the key of that worker's current TRUSTED
     # verdict.
-    BAD_SIGNATURE = "bad_signature"
+    BAD_RECORD_SIGNATURE = "bad_record_signature"
     # A heartbeat or outcome names a worker with no current TRUSTED verdict, so nothing can vouch
     # for it.
     UNTRUSTED_WORKER = "untrusted_worker"

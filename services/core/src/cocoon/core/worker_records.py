@@ -12,7 +12,7 @@ worker's current verdict before the record changes anything:
     try:
         verify_record(message.value, key_of)      # key_of(worker_id) -> bytes | None
     except ForgedRecord as exc:                  # a RejectRecord: BusConsumer dead-letters it
-        ...                                      # exc.code: unsigned_record, bad_signature, ...
+        ...                                      # exc.code: unsigned_record, bad_record_signature, ...
 
 Signed message: `canonical_bytes({"domain": <kind's domain>, "payload": fields})` (see
 cocoon.core.crypto.canonical) where `fields` are exactly the kind's field list below (every field
@@ -181,7 +181,7 @@ def verify_record(record: models.Heartbeat | models.Outcome, key_of: KeyLookup) 
         verify_canonical(key, kind.domain, signed_fields(kind, record), bytes(record.signature))
     except CryptoError:
         raise ForgedRecord(
-            ErrorCode.BAD_SIGNATURE, f"{what} is not signed by its attested key"
+            ErrorCode.BAD_RECORD_SIGNATURE, f"{what} is not signed by its attested key"
         ) from None
 
 
