@@ -10,9 +10,9 @@ worker's current verdict before the record changes anything:
 
     heartbeat = sign_record(identity.keys, models.Heartbeat(...))        # worker-proxy
     try:
-        verify_record(message.value, key_of)      # key_of(worker_id) -> bytes | None
-    except ForgedRecord as exc:                  # a RejectRecord: BusConsumer dead-letters it
-        ...                                      # exc.code: unsigned_record, bad_record_signature, ...
+        verify_record(message.value, key_of)   # key_of(worker_id) -> bytes | None
+    except ForgedRecord as exc:               # a RejectRecord: BusConsumer dead-letters it
+        ...                                   # exc.code: an ErrorCode, e.g. unsigned_record
 
 Signed message: `canonical_bytes({"domain": <kind's domain>, "payload": fields})` (see
 cocoon.core.crypto.canonical) where `fields` are exactly the kind's field list below (every field
