@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
@@ -37,6 +38,8 @@ from pydantic import Field, model_validator
 
 from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
+from cocoon.core.bus.deadletter import dead_letter
+from cocoon.core.catalog import dead_letter_topic
 from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
 from cocoon.core.crypto.errors import CryptoError
@@ -44,6 +47,7 @@ from cocoon.core.registry_entries import WORKER_PREFIX, worker_coefficient
 from cocoon.core.runtime import Service
 from cocoon.core.runtime.tasks import run_together
 from cocoon.core.verdicts import PinnedKeySettings, VerdictError, verify_verdict
+from cocoon.core.worker_records import ForgedRecord, verify_record
 from cocoon.scheduler import metrics
 from cocoon.scheduler.chunks import chunk_head
 from cocoon.scheduler.dispatcher import Dispatcher, Timing
@@ -264,6 +268,11 @@ class Scheduler(Service):
             return
         heartbeat = _decode(topic, record)
         if heartbeat is not None:
+            try:
+                verify_record(heartbeat, self._signing_key)
+            except ForgedRecord as exc:
+                self._refuse(topic, record, exc)
+                return
             # The worker's send time, but never in our future (its clock may run ahead).
             seen = min(_now(), record.timestamp / 1000)
             try:
@@ -310,11 +319,28 @@ class Scheduler(Service):
             if request is not None and request.trace is None:
                 request.trace = otel_context.get_current()  # later re-placements join it
         else:
+            try:
+                verify_record(message.value, self._signing_key)
+            except ForgedRecord as exc:
+                metrics.FORGED.labels(message.topic, exc.code).inc()
+                raise  # dead-lettered by the consumer, with the reason
             emitted = self.dispatcher.on_outcome(message.value, now)
         # Sent before the offset is committed: a placement is never lost, only repeated
         # (with the same assignment_id) after a crash.
         for record in emitted:
             await self._send(record)
+
+    def _signing_key(self, worker_id: str) -> bytes | None:
+        return self.dispatcher.signing_key(worker_id, _now())
+
+    def _refuse(self, topic: str, record: ConsumerRecord, exc: ForgedRecord) -> None:
+        """A worker record nothing vouches for: dead-lettered with the reason, nothing changed.
+
+        The scheduler runs as one instance, so it writes the dead letter of the heartbeats it
+        reads without a group (a gateway, which reads them too, only drops them)."""
+        log.warning("refused %s at %d/%d: %s", topic, *_at(record), exc)
+        metrics.FORGED.labels(topic, exc.code).inc()
+        self._outbox.put_nowait(_Refused(topic, record, exc))
 
     # ---- sending ------------------------------------------------------------------------
 
@@ -322,7 +348,10 @@ class Scheduler(Service):
         for record in records:
             self._outbox.put_nowait(record)
 
-    async def _send(self, record: models.Assignment | models.Outcome) -> None:
+    async def _send(self, record: models.Assignment | models.Outcome | _Refused) -> None:
+        if isinstance(record, _Refused):
+            await self._dead_letter(record)
+            return
         request = self.dispatcher.requests.get(record.request_id)
         token = None
         if request is not None and isinstance(request.trace, otel_context.Context):
@@ -337,6 +366,21 @@ class Scheduler(Service):
         finally:
             if token is not None:
                 otel_context.detach(token)
+
+    async def _dead_letter(self, refused: _Refused) -> None:
+        value, headers = dead_letter(refused.record, refused.error, topic=refused.topic, group=None)
+        await self.producer.send_raw(
+            dead_letter_topic(refused.topic), value, key=refused.record.key, headers=headers
+        )
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A record read without a group that goes to its dead-letter topic (sent in order)."""
+
+    topic: str
+    record: ConsumerRecord
+    error: ForgedRecord
 
 
 def _now() -> float:
