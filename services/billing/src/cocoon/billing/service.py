@@ -13,7 +13,8 @@ Start:
    `inference.assignments` from its committed offsets. Which attempt of a request is current
    lives in memory, so before that the placements of the open holds are re-read (from the oldest
    open hold to the end): a late receipt of a superseded attempt is refused even right after a
-   restart.
+   restart. An outcome a worker reports counts only when the key of its current verdict signed
+   it (cocoon.core.worker_records); any other is dead-lettered and releases nothing.
 
 Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`),
 the balances they changed (`billing.balances`), the reservations (`billing.reservations`), the

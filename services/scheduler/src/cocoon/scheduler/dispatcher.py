@@ -33,12 +33,13 @@ from enum import StrEnum
 
 from cocoon.core.codec import models
 from cocoon.core.contracts import ErrorCode, work_topic
+from cocoon.core.worker_records import SCHEDULER_REPORTER
 from cocoon.scheduler.placement import ChooseWorker, NoPlacement, NoPlacementReason, choose_worker
 from cocoon.scheduler.pool import Lease, WorkerPool
 
 log = logging.getLogger(__name__)
 
-REPORTED_BY = "scheduler"
+REPORTED_BY = SCHEDULER_REPORTER  # outcomes no worker signs (cocoon.core.worker_records)
 # A waiting request is looked at again this often even if nothing woke it (its wait may run out,
 # or its workers lapse, which no record announces).
 RECHECK_SECONDS = 1.0

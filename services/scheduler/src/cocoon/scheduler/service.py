@@ -7,7 +7,9 @@ Reads (see docs/architecture.md, step 4 and 10):
   worker; anything else (and a tombstone) takes it out of placement.
 * `attestation.registry` from the beginning, no group: a worker's `worker:<id>` entry sets the
   price coefficient it is placed (and paid) at, over what its heartbeats say.
-* `worker.heartbeats` from the end, no group: liveness and load.
+* `worker.heartbeats` from the end, no group: liveness and load. Each must be signed by the
+  key of its worker's accepted verdict (cocoon.core.worker_records); any other is refused to
+  `worker.heartbeats.dlq` with the reason (this single instance writes those dead letters).
 * `billing.ledger` from the end, no group (read_committed): each receipt billing refused for a
   reason the worker answers for costs it reputation.
 * `inference.responses` from the end, no group, reading only each chunk's head: seq 0 of the
@@ -15,7 +17,8 @@ Reads (see docs/architecture.md, step 4 and 10):
 * `inference.requests`, `billing.reservations` and `inference.outcomes` in the consumer group
   (committed, dead letters): a request the gateway admitted against an admission grant is placed
   at once, any other once its reservation is HELD (a REJECTED one takes a granted request back);
-  outcomes free the slot and teach speed/reputation.
+  outcomes free the slot and teach speed/reputation. A worker's outcome counts only when its
+  attested key signed it; any other is dead-lettered.
 
 Writes `inference.assignments` and, when it ends a request itself, `inference.outcomes`
 (reported_by `scheduler`). Domain logic is in dispatcher.py; this module moves records.
