@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/worker_records.py [--seconds 2]
 
-For each record kind, in CPU microseconds of one core: the worker-proxy's `sign_record` (canonical bytes + Ed25519
-sign), a reader's `verify_record` (canonical bytes + Ed25519 verify, key looked up in a dict as
-the services' verdict mirrors do), the Avro encode of the record unsigned and signed (what the
-signature adds to every send), and the bytes it adds on the wire. One JSON line per kind at the
-end, for docs/performance.md.
+For each record kind, in CPU microseconds of one core: the worker-proxy's `sign_record`
+(canonical bytes + Ed25519 sign), a reader's `verify_record` (canonical bytes + Ed25519 verify,
+the key looked up in a dict as the services' verdict mirrors do), the Avro encode of the record
+unsigned and signed (what the signature adds to every send), and the bytes it adds on the wire.
+One JSON line per kind at the end, for docs/performance.md.
 """
 
 from __future__ import annotations
