@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
 from pydantic import Field, model_validator
@@ -76,6 +77,7 @@ RECORDS: dict[str, str] = {
     LEDGER: "cocoon.billing.LedgerEntry",
 }
 METRICS_EVERY_S = 1.0
+REFUSED_QUEUE = 1000  # dead letters of refused heartbeats waiting to be sent
 
 
 class Settings(PinnedKeySettings):
@@ -165,6 +167,9 @@ class Scheduler(Service):
         # Records produced outside a consumer handler (from the feeds and the tick), sent in
         # order by one task so each waits for its ack without blocking the feed.
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        # Dead letters of refused heartbeats, sent by their own task: a forger's flood must not
+        # queue up in front of assignments. Bounded: past it, a refusal is only logged.
+        self._refused: asyncio.Queue[_Refused] = asyncio.Queue(maxsize=REFUSED_QUEUE)
         self._started: list[Any] = []
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -192,6 +197,7 @@ class Scheduler(Service):
             requests=self._consume(stopping),
             tick=self._tick(stopping),
             outbox=self._send_outbox(stopping),
+            dead_letters=self._send_dead_letters(stopping),
         )
 
     async def close(self) -> None:
@@ -224,6 +230,17 @@ class Scheduler(Service):
             except TimeoutError:
                 continue
             await self._send(record)
+
+    async def _send_dead_letters(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                refused = await asyncio.wait_for(self._refused.get(), 0.2)
+            except TimeoutError:
+                continue
+            try:
+                await self._dead_letter(refused)
+            except KafkaError as exc:  # the refusal stands; only its dead letter is lost
+                log.warning("dead letter of a refused %s not sent: %s", refused.topic, exc)
 
     # ---- handlers -----------------------------------------------------------------------
 
@@ -343,7 +360,8 @@ class Scheduler(Service):
         reads without a group (a gateway, which reads them too, only drops them)."""
         log.warning("refused %s at %d/%d: %s", topic, *_at(record), exc)
         metrics.FORGED.labels(topic, exc.code).inc()
-        self._outbox.put_nowait(_Refused(topic, record, exc))
+        with contextlib.suppress(asyncio.QueueFull):
+            self._refused.put_nowait(_Refused(topic, record, exc))
 
     # ---- sending ------------------------------------------------------------------------
 
@@ -351,10 +369,7 @@ class Scheduler(Service):
         for record in records:
             self._outbox.put_nowait(record)
 
-    async def _send(self, record: models.Assignment | models.Outcome | _Refused) -> None:
-        if isinstance(record, _Refused):
-            await self._dead_letter(record)
-            return
+    async def _send(self, record: models.Assignment | models.Outcome) -> None:
         request = self.dispatcher.requests.get(record.request_id)
         token = None
         if request is not None and isinstance(request.trace, otel_context.Context):
