@@ -73,6 +73,7 @@ from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
+from cocoon.core.worker_records import sign_record
 
 SEED = int(os.environ.get("COCOON_CHAOS_SEED", "20261124"))
 
@@ -583,8 +584,9 @@ class Traffic:
         return out
 
 
-def outcome(rid: str, worker: str, status: str) -> models.Outcome:
-    return models.Outcome(
+def outcome(keys: WorkerKeys, rid: str, worker: str, status: str) -> models.Outcome:
+    """The worker's outcome, signed by its attested key as the worker-proxy signs it."""
+    unsigned = models.Outcome(
         request_id=rid,
         attempt=1,
         worker_id=worker,
@@ -596,6 +598,7 @@ def outcome(rid: str, worker: str, status: str) -> models.Outcome:
         completion_tokens=0,
         finished_at=_dt(0),
     )
+    return sign_record(keys, unsigned)
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -808,7 +811,12 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                     sends += [("usage.receipts", rec) for rec in traffic.receipts_for(req)]
                     worker = rng.choice(sorted(workers))
                     if req.kind in ("beyond_hold", "forged", "above_cap", "outcome_only"):
-                        sends.append(("inference.outcomes", outcome(req.rid, worker, "FAILED")))
+                        sends.append(
+                            (
+                                "inference.outcomes",
+                                outcome(workers[worker], req.rid, worker, "FAILED"),
+                            )
+                        )
                 sends += [("usage.receipts", rec) for rec in traffic.unknown_receipts(8)]
                 # Tight holds last decided, first sent: a receipt is sent (and stamped) only
                 # well before the hold's expiry, else none is (the hold then expires).
@@ -915,7 +923,12 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                 late.append(("inference.requests", traffic.requests[req].record()))
             late += [("usage.receipts", rec) for rec in traffic.late_receipts]
             for req in traffic.rng.sample(paid, 200):
-                late.append(("inference.outcomes", outcome(req.rid, req.charge[2], "SUCCEEDED")))
+                late.append(
+                    (
+                        "inference.outcomes",
+                        outcome(workers[req.charge[2]], req.rid, req.charge[2], "SUCCEEDED"),
+                    )
+                )
             entries_before = len(seen.entries)
             reservations_before = sum(map(len, seen.reservations.values()))
             await send_all(producer, late)
