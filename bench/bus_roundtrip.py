@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cocoon.core import codec
 from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings, ProducerSettings
 from cocoon.core.catalog import load_catalog
 from cocoon.core.kafka import broker
@@ -65,9 +66,14 @@ async def round_trip(
     bootstrap: str, topic: str, samples: int, clients: tuple[dict, dict]
 ) -> list[float]:
     producer_kwargs, consumer_kwargs = clients
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, **producer_kwargs, **aiokafka_security()
+    )
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        **consumer_kwargs,
+        **aiokafka_security(),
     )
     await producer.start()
     await consumer.start()
@@ -113,9 +119,14 @@ async def paced_stream(
     `fetch_max_wait_ms` before the record can be fetched.
     """
     producer_kwargs, consumer_kwargs = clients
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, **producer_kwargs, **aiokafka_security()
+    )
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        **consumer_kwargs,
+        **aiokafka_security(),
     )
     await producer.start()
     await consumer.start()
@@ -154,7 +165,9 @@ async def paced_stream(
 
 async def throughput(bootstrap: str, topic: str, count: int, tuned: bool) -> tuple[float, float]:
     producer_kwargs = client_kwargs(tuned)[0]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, **producer_kwargs, **aiokafka_security()
+    )
     await producer.start()
     store = codec.default_store()
     values = [chunk(i) for i in range(count)]

@@ -70,6 +70,7 @@ from cocoon.billing.ton.payouts import PayoutStore
 from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
@@ -617,13 +618,15 @@ async def send_all(producer: BusProducer, sends: list[tuple[str, Any]]) -> None:
 
 async def lag(bootstrap: str, prefix: str, group: str) -> int:
     """Input records the group has not committed yet (committed offsets vs log end)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", **aiokafka_security()
+    )
     await consumer.start()
     try:
         tps = [

@@ -14,14 +14,24 @@ from kafka import KafkaAdminClient
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
 from cocoon.core.bus.broadcast import BroadcastReader
-from cocoon.core.bus.security import KafkaSecurity
+from cocoon.core.bus.security import ENV, KafkaSecurity
+from cocoon.core.kafka.pki import ADMIN
 from cocoon.core.catalog import default_catalog
 from cocoon.core.runtime.settings import ServiceSettings, SettingsError, load_settings
 
 
+@pytest.fixture(autouse=True)
+def no_kafka_settings(monkeypatch):
+    """Start each test from no COCOON_KAFKA_* settings (the session sets its admin's)."""
+    for name in ENV.values():
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def client_files(kafka_tls, tmp_path):
-    issued = kafka_tls.ca.issue("cocoon-gateway")
+    # The certificate's CN is the principal (the broker maps CN=admin to User:admin): the admin,
+    # since this client creates topics.
+    issued = kafka_tls.ca.issue(ADMIN)
     files = {"ca.crt": kafka_tls.ca.cert_pem, "user.crt": issued.cert_pem}
     files["user.key"] = issued.key_pem
     for name, data in files.items():

@@ -40,6 +40,7 @@ from support.pki import TestCA, write_broker_tls
 from support.pods import Objects, Pod, PodFailed, cocoon_containers
 from support.repo import REPO_ROOT
 
+from cocoon.core.bus.security import kafka_python_security
 from cocoon.core.kafka import broker
 from cocoon.core.kafka.provider import selected_provider
 from cocoon.core.paths import cache_dir
@@ -73,7 +74,7 @@ def _create_topics(bootstrap: str) -> None:
     """What Strimzi's topic operator makes of the platform chart's KafkaTopics."""
     topics = [d for d in rendered("platform", "prod") if d["kind"] == "KafkaTopic"]
     assert topics
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_python_security())
     try:
         admin.create_topics(
             [
