@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 from support.pki import TestCA, write_broker_tls
 
+from cocoon.core.bus.principals import Credentials
 from cocoon.core.kafka.broker import BrokerTls, free_port_pair
 from cocoon.core.kafka.provider import ProvidedBroker, provide_broker, selected_provider
 from cocoon.core.paths import cache_dir
@@ -74,6 +75,16 @@ def kafka_tls(_session_broker) -> KafkaTls:
     if _session_broker[1] is None:
         pytest.skip(f"the {selected_provider()} Kafka provider has no mTLS listener")
     return _session_broker[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_credentials(_session_broker, tmp_path_factory) -> Credentials | None:
+    """Per-service principals for processes a test starts: `kafka_credentials.env("billing",
+    prefix)` gives the COCOON_KAFKA_* settings of `cocoon-billing`, with the catalog's ACLs
+    applied for that topic prefix. None on a broker without SASL (they inherit the admin's)."""
+    return Credentials.for_admin(
+        _session_broker[0].bootstrap, tmp_path_factory.mktemp("kafka-users")
+    )
 
 
 @pytest.fixture

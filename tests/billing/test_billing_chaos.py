@@ -711,7 +711,7 @@ def paid_out(entries: list[Entry]) -> Counter:
 
 @pytest.mark.timeout(480)
 async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
-    kafka_bootstrap, unique_name, tmp_path, node
+    kafka_bootstrap, kafka_credentials, unique_name, tmp_path, node
 ):
     started = time.monotonic()
     rng = random.Random(SEED)
@@ -724,6 +724,8 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     env = worker_env(
         kafka_bootstrap, prefix, key_file, uuid.uuid4().hex[:8], ton_env(node, tmp_path)
     )
+    if kafka_credentials is not None:  # billing runs as its own principal, with its ACLs
+        env.update(kafka_credentials.env("billing", prefix))
     await publish_registry(
         kafka_bootstrap,
         lambda r: [

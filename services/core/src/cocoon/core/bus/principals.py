@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka.admin import (
@@ -25,8 +26,8 @@ from kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from cocoon.core.acls import Acl, principal_acls
-from cocoon.core.bus.security import kafka_python_security
+from cocoon.core.acls import Acl, principal_acls, principal_name
+from cocoon.core.bus.security import KafkaSecurity, kafka_python_security
 
 _RESOURCE = {
     "topic": ResourceType.TOPIC,
@@ -127,3 +128,36 @@ def provision(
         ensure_users(bootstrap, {name: path.read_text().strip() for name, path in files.items()})
     apply_acls(bootstrap, principals)
     return files
+
+
+@dataclass
+class Credentials:
+    """Each started process's own principal, for a launcher that runs as the admin (`cocoon
+    up`, the tests): users are created with passwords kept in `users_dir`, the catalog's ACLs
+    applied once per topic prefix."""
+
+    bootstrap: str
+    cafile: Path
+    users_dir: Path
+    _provisioned: set[str] = field(default_factory=set)
+
+    @classmethod
+    def for_admin(cls, bootstrap: str, users_dir: Path) -> Credentials | None:
+        """With this process's settings (the admin's); None when the broker takes no SASL
+        (plaintext or mTLS: then started processes inherit this process's settings)."""
+        admin = KafkaSecurity.from_env()
+        if admin.protocol != "SASL_SSL" or admin.cafile is None:
+            return None
+        return cls(bootstrap, admin.cafile, users_dir)
+
+    def env(self, holder: str, prefix: str = "") -> dict[str, str]:
+        """COCOON_KAFKA_* settings of `holder`'s principal (a service, or `worker-enrolment`)."""
+        if prefix not in self._provisioned:
+            provision(self.bootstrap, prefix=prefix, users_dir=self.users_dir)
+            self._provisioned.add(prefix)
+        name = principal_name(holder)
+        file = password_file(self.users_dir, name)
+        security = KafkaSecurity(
+            "SASL_SSL", self.cafile, username=name, password=file.read_text().strip()
+        )
+        return security.env(password_file=file)
