@@ -15,8 +15,8 @@ from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
 from cocoon.core.bus.broadcast import BroadcastReader
 from cocoon.core.bus.security import ENV, KafkaSecurity
-from cocoon.core.kafka.pki import ADMIN
 from cocoon.core.catalog import default_catalog
+from cocoon.core.kafka.pki import ADMIN
 from cocoon.core.runtime.settings import ServiceSettings, SettingsError, load_settings
 
 

@@ -25,6 +25,7 @@ from kafka.admin import (
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
+from kafka.errors import SecurityDisabledError
 
 from cocoon.core.acls import Acl, principal_acls, principal_name
 from cocoon.core.bus.security import KafkaSecurity, kafka_python_security
@@ -82,9 +83,12 @@ def apply_acls(bootstrap: str, principals: Mapping[str, list[Acl]]) -> int:
         result = admin.create_acls(bindings)
     finally:
         admin.close()
-    if result["failed"]:
-        shown = "; ".join(f"{acl}: {error}" for acl, error in result["failed"][:3])
-        raise PrincipalError(f"{len(result['failed'])} ACL(s) refused: {shown}")
+    failed = result["failed"]  # error classes, one per refused binding
+    if failed and all(error is SecurityDisabledError for error in failed):
+        raise SecurityDisabledError("the broker has no authorizer")
+    if failed:
+        shown = ", ".join(sorted({error.__name__ for error in failed}))
+        raise PrincipalError(f"{len(failed)} ACL(s) refused: {shown}")
     return len(result["succeeded"])
 
 

@@ -104,6 +104,11 @@ class BrokerSecrets:
         """The broker's PEM keystore: its private key and certificate chain."""
         return self.directory / "broker-keystore.pem"
 
+    @property
+    def users_dir(self) -> Path:
+        """Passwords of the service principals (`cocoon topics apply`, `cocoon up`)."""
+        return self.directory / "users"
+
     def password_file(self, principal: str) -> Path:
         return self.directory / f"{principal}.password"
 
