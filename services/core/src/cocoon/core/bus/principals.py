@@ -52,10 +52,9 @@ class PrincipalError(RuntimeError):
     """The broker refused a user or an ACL; the message names which and why."""
 
 
-def _admin(bootstrap: str) -> KafkaAdminClient:
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="cocoon-principals", **kafka_python_security()
-    )
+def _admin(bootstrap: str, security: KafkaSecurity | None) -> KafkaAdminClient:
+    kwargs = security.kafka_python() if security is not None else kafka_python_security()
+    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cocoon-principals", **kwargs)
 
 
 def kafka_acls(principal: str, acls: list[Acl]) -> list[ACL]:
@@ -75,10 +74,13 @@ def kafka_acls(principal: str, acls: list[Acl]) -> list[ACL]:
     ]
 
 
-def apply_acls(bootstrap: str, principals: Mapping[str, list[Acl]]) -> int:
-    """Add every ACL of `principals`; returns how many bindings the broker holds for them."""
+def apply_acls(
+    bootstrap: str, principals: Mapping[str, list[Acl]], *, security: KafkaSecurity | None = None
+) -> int:
+    """Add every ACL of `principals` (as `security`, default: this process's settings);
+    returns how many bindings the broker holds for them."""
     bindings = [b for name, acls in principals.items() for b in kafka_acls(name, acls)]
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, security)
     try:
         result = admin.create_acls(bindings)
     finally:
@@ -98,7 +100,7 @@ def ensure_users(bootstrap: str, passwords: Mapping[str, str]) -> None:
         UserScramCredentialUpsertion(name, ScramMechanism.SCRAM_SHA_512, password)
         for name, password in passwords.items()
     ]
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, None)
     try:
         errors = admin.alter_user_scram_credentials(upserts)
     finally:

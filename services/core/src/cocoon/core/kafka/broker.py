@@ -74,10 +74,17 @@ class BrokerLayout:
     port: int = 9092
     controller_port: int = 9093
     tls: BrokerTls | None = None
+    # The dev chart's unauthenticated `plain` listener, whose ANONYMOUS clients are super users
+    # (deploy/helm/templates/kafka.yaml, plainListener): only the chart's boot test opens it.
+    dev_plain_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def dev_plain_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.dev_plain_port}"
 
     @property
     def secrets(self) -> pki.BrokerSecrets:
@@ -197,6 +204,11 @@ def _server_properties(layout: BrokerLayout) -> str:
     if layout.tls is not None:
         listeners += f",SSL://127.0.0.1:{layout.tls.port}"
         protocols += ",SSL:SSL"
+    super_users = [pki.ADMIN, pki.BROKER, pki.CONTROLLER]
+    if layout.dev_plain_port is not None:
+        listeners += f",PLAIN://127.0.0.1:{layout.dev_plain_port}"
+        protocols += ",PLAIN:PLAINTEXT"
+        super_users.append("ANONYMOUS")
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
     plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
     controller_password = secrets.password(pki.CONTROLLER)
@@ -230,7 +242,7 @@ def _server_properties(layout: BrokerLayout) -> str:
         # Authorization: ACLs in the KRaft metadata; no ACL means no access.
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "allow.everyone.if.no.acl.found": "false",
-        "super.users": ";".join(f"User:{p}" for p in (pki.ADMIN, pki.BROKER, pki.CONTROLLER)),
+        "super.users": ";".join(f"User:{p}" for p in super_users),
         # mTLS principals are the certificate's CN (`CN=cocoon-gateway` -> User:cocoon-gateway),
         # the same names the SCRAM users have.
         "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
