@@ -106,7 +106,7 @@ def test_acl_spot_checks_against_the_catalog():
         assert spec["authorization"]["type"] == "simple"
         assert spec["authentication"]["type"] == "tls"
         kinds = {a["resource"]["type"] for a in spec["authorization"]["acls"]}
-        assert kinds <= {"topic", "group", "transactionalId"}
+        assert kinds <= {"topic", "group", "transactionalId", "cluster"}
         assert not any(a["resource"]["name"] == "*" for a in spec["authorization"]["acls"]), (
             "no wildcard ACLs"
         )
