@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from kafka.errors import KafkaError as AdminError
 
 from cocoon.core.acls import principal_acls, principal_name
 from cocoon.core.bus.admin import apply_topics, catalog_topics, ensure_instance
@@ -184,3 +185,22 @@ async def test_the_enrolment_principal_writes_evidence_and_reads_verdicts(bus):
 @pytest.mark.parametrize("topic", ENROLMENT_REFUSED)
 async def test_the_enrolment_principal_reads_no_work_billing_or_inference_topic(bus, topic):
     assert await read(bus, bus.security(ENROLMENT), topic) == DENIED
+
+
+def _as(monkeypatch, security: KafkaSecurity) -> None:
+    """This process's bus clients (the topic admin included) connect as `security`."""
+    for name, value in security.env().items():
+        monkeypatch.setenv(name, value)
+
+
+def test_only_the_worker_proxy_creates_work_topics(bus, monkeypatch):
+    template = default_catalog()[TopicTemplate.WORK]
+    _as(monkeypatch, bus.security(principal_name("gateway")))
+    with pytest.raises(AdminError, match=r"TopicAuthorizationFailed|ClusterAuthorization"):
+        ensure_instance(bus.bootstrap, template, prefix=bus.prefix, worker_id="w-acl-gw")
+    _as(monkeypatch, bus.security(principal_name("worker-proxy")))
+    changes = ensure_instance(bus.bootstrap, template, prefix=bus.prefix, worker_id="w-acl-new")
+    assert [c.action for c in changes] == ["created", "created"]
+    # and again at the next start: reconciled, not refused
+    changes = ensure_instance(bus.bootstrap, template, prefix=bus.prefix, worker_id="w-acl-new")
+    assert {c.action for c in changes} == {"unchanged"}

@@ -328,7 +328,9 @@ def start(
     layout: BrokerLayout,
     *,
     heap: str = "1g",
-    timeout_s: float = 90.0,
+    # Format, JVM start, then a TLS + SCRAM metadata round trip: on the shared 2-core machine at
+    # load average 50 the start took over 90 s.
+    timeout_s: float = 180.0,
     version: str = KAFKA_VERSION,
     echo=print,
 ) -> str:
