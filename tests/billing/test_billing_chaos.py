@@ -70,6 +70,7 @@ from cocoon.billing.ton.payouts import PayoutStore
 from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
@@ -620,13 +621,15 @@ async def send_all(producer: BusProducer, sends: list[tuple[str, Any]]) -> None:
 
 async def lag(bootstrap: str, prefix: str, group: str) -> int:
     """Input records the group has not committed yet (committed offsets vs log end)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", **aiokafka_security()
+    )
     await consumer.start()
     try:
         tps = [
@@ -711,7 +714,7 @@ def paid_out(entries: list[Entry]) -> Counter:
 
 @pytest.mark.timeout(480)
 async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
-    kafka_bootstrap, unique_name, tmp_path, node
+    kafka_bootstrap, kafka_credentials, unique_name, tmp_path, node
 ):
     started = time.monotonic()
     rng = random.Random(SEED)
@@ -724,6 +727,8 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     env = worker_env(
         kafka_bootstrap, prefix, key_file, uuid.uuid4().hex[:8], ton_env(node, tmp_path)
     )
+    if kafka_credentials is not None:  # billing runs as its own principal, with its ACLs
+        env.update(kafka_credentials.env("billing", prefix))
     await publish_registry(
         kafka_bootstrap,
         lambda r: [

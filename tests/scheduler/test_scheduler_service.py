@@ -29,6 +29,7 @@ from cocoon.billing.stream import ledger_records
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.catalog import dead_letter_spec, load_catalog
 from cocoon.core.codec import models
 from cocoon.core.verdicts import key_id, verdict_message
@@ -196,7 +197,7 @@ class Net:
 
 
 async def _collect(bootstrap: str, prefix: str, seen: Seen) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **aiokafka_security())
     await consumer.start()
     try:
         parts = [
