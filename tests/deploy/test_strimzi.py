@@ -91,8 +91,9 @@ def test_acl_spot_checks_against_the_catalog():
     users = {u["metadata"]["name"]: u for u in render_kafka_users(_catalog())}
     billing = _topic_acls(users["cocoon-billing"])
     assert billing[("literal", "billing.ledger")] == {"Read", "Write"}
-    # gateway never reads the ledger; worker-proxy reads verdicts (its own), never writes them
-    assert ("literal", "billing.ledger") not in _topic_acls(users["cocoon-gateway"])
+    # gateway reads the ledger for an account's statement (GET /v1/cocoon/statement, behind that
+    # account's key), never writes it; worker-proxy reads verdicts (its own), never writes them
+    assert _topic_acls(users["cocoon-gateway"])[("literal", "billing.ledger")] == {"Read"}
     worker = _topic_acls(users["cocoon-worker-proxy"])
     assert worker[("literal", "attestation.verdicts")] == {"Read"}
     # Its work topic and DLQ: it reads work, dead-letters bad items, and creates both at start.
