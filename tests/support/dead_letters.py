@@ -7,6 +7,7 @@ import time
 from aiokafka import AIOKafkaConsumer
 
 from cocoon.core import codec
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.codec import models
 
 
@@ -20,6 +21,7 @@ async def dead_letters(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=10,
+        **aiokafka_security(),
     )
     await consumer.start()
     letters: list[models.DeadLetter] = []
