@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import os
 import socket
 import statistics
 import tempfile
@@ -90,7 +91,8 @@ def broker_at(bootstrap: str | None, home: Path) -> Iterator[str]:
         yield bootstrap
         return
     with provide_broker(home, _free_port_pair(), echo=lambda *a, **k: None) as started:
-        yield started
+        os.environ.update(started.admin_env())  # this process's clients connect as the admin
+        yield started.bootstrap
 
 
 async def run(bootstrap: str, samples: int, work: Path) -> None:

@@ -38,6 +38,7 @@ from cocoon.billing.stream_replay import read_ledger
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
 from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.catalog import dead_letter_spec, load_catalog
 from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
@@ -116,8 +117,8 @@ async def receipts_lag(bootstrap: str, prefix: str) -> int:
     """Receipts billing has not yet committed (it commits only with their ledger entries)."""
     topic = prefix + "usage.receipts"
     parts = [TopicPartition(topic, p) for p in range(load_catalog()["usage.receipts"].partitions)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **aiokafka_security())
     await admin.start()
     await consumer.start()
     try:

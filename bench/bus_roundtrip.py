@@ -1,9 +1,11 @@
 """Produce-to-consume round trip and produce throughput through a real local broker.
 
-Runs Cocoon's tuned bus settings and aiokafka's library defaults (the baseline) side by side,
-on the same broker, in one run:
+Runs plaintext and the production shape (TLS + SASL/SCRAM-SHA-512, the authorizer on) side by
+side, on the same broker, in one run, and ends with one JSON line per configuration:
 
-    .venv/bin/python bench/bus_roundtrip.py [--samples 2000] [--throughput 100000]
+    .venv/bin/python bench/bus_roundtrip.py [--samples 2000] [--throughput 100000] [--defaults]
+
+`--defaults` adds aiokafka's library defaults (the baseline of the tuned settings).
 
 Round trip = encode (Avro single-object) + produce + broker + fetch + decode, one record in flight
 at a time (low load). Throughput = records encoded and produced per second from one process
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import statistics
 import tempfile
@@ -53,12 +56,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def client_kwargs(tuned: bool, **consumer_overrides) -> tuple[dict, dict]:
-    """(producer kwargs, consumer kwargs): Cocoon's bus settings, or aiokafka's defaults."""
+def client_kwargs(tuned: bool, security: dict, **consumer_overrides) -> tuple[dict, dict]:
+    """(producer kwargs, consumer kwargs): Cocoon's bus settings, or aiokafka's defaults, with
+    the connection's `security` (cocoon.core.bus.security) arguments."""
     if not tuned:
-        return {"acks": "all"}, {"auto_offset_reset": "earliest"}
+        return {"acks": "all", **security}, {"auto_offset_reset": "earliest", **security}
     consumer = dataclasses.replace(ConsumerSettings(), **consumer_overrides)
-    return ProducerSettings().kwargs(), consumer.kwargs()
+    return {**ProducerSettings().kwargs(), **security}, {**consumer.kwargs(), **security}
 
 
 async def round_trip(
@@ -67,7 +71,9 @@ async def round_trip(
     producer_kwargs, consumer_kwargs = clients
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        **consumer_kwargs,
     )
     await producer.start()
     await consumer.start()
@@ -115,7 +121,9 @@ async def paced_stream(
     producer_kwargs, consumer_kwargs = clients
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", **consumer_kwargs
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        **consumer_kwargs,
     )
     await producer.start()
     await consumer.start()
@@ -152,8 +160,10 @@ async def paced_stream(
     return latencies[50:]
 
 
-async def throughput(bootstrap: str, topic: str, count: int, tuned: bool) -> tuple[float, float]:
-    producer_kwargs = client_kwargs(tuned)[0]
+async def throughput(
+    bootstrap: str, topic: str, count: int, clients: tuple[dict, dict]
+) -> tuple[float, float]:
+    producer_kwargs = clients[0]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_kwargs)
     await producer.start()
     store = codec.default_store()
@@ -187,62 +197,84 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--throughput", type=int, default=100_000)
     parser.add_argument(
+        "--defaults", action="store_true", help="also run aiokafka's default settings"
+    )
+    parser.add_argument(
         "--sweep", action="store_true", help="also sweep fetch_max_wait_ms and isolation level"
     )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="cocoon-bench-kafka-"))
     port = broker.free_port_pair()
-    layout = broker.BrokerLayout(home=home, port=port, controller_port=port + 1)
-    bootstrap = broker.start(layout)
+    layout = broker.BrokerLayout(
+        home=home, port=port, controller_port=port + 1, dev_plain_port=broker.free_port_pair()
+    )
+    broker.start(layout)
+    # Plaintext: the same broker's unauthenticated listener (the dev chart's `plain`), against
+    # the production shape: TLS + SCRAM-SHA-512, the authorizer on. Both as the admin.
+    admin = layout.admin_security()
+    configs = {
+        "plaintext": (layout.dev_plain_bootstrap, {}),
+        "sasl_ssl": (layout.bootstrap, admin.aiokafka()),
+    }
+    os.environ.update(admin.env())  # the topic admin below
+    results: dict[str, dict] = {}
     try:
         spec = load_catalog()[TOPIC]
-        apply_topics(bootstrap, [spec], prefix="bench.rt.")
-        apply_topics(bootstrap, [spec], prefix="bench.base.")
-        apply_topics(bootstrap, [spec], prefix="bench.tp.")
-        print(f"broker Kafka {broker.KAFKA_VERSION} at {bootstrap}; record {RECORD}")
+        print(f"broker Kafka {broker.KAFKA_VERSION}; record {RECORD}")
         print(f"encode only: {encode_only(50_000):,.0f} records/s")
-        for label, tuned, prefix in (
-            ("cocoon (tuned)", True, "bench.rt."),
-            ("aiokafka defaults", False, "bench.base."),
-        ):
-            times = await round_trip(bootstrap, prefix + TOPIC, args.samples, client_kwargs(tuned))
-            print(
-                f"round trip, {label:18s} n={len(times):5d}  p50 {statistics.median(times):7.2f} ms"
-                f"  p99 {percentile(times, 0.99):7.2f} ms"
-            )
-        for label, tuned, prefix in (
-            ("cocoon (tuned)", True, "bench.rt."),
-            ("aiokafka defaults", False, "bench.base."),
-        ):
-            for streams in (1, 8):
-                times = await paced_stream(
-                    bootstrap, prefix + TOPIC, args.samples, client_kwargs(tuned), streams=streams
-                )
-                print(
-                    f"{streams} stream(s), a record every 5 ms, {label:18s} n={len(times):5d}"
-                    f"  p50 {statistics.median(times):7.2f} ms"
-                    f"  p99 {percentile(times, 0.99):7.2f} ms"
-                )
-        for label, tuned in (("cocoon (tuned)", True), ("aiokafka defaults", False)):
-            wall, per_cpu = await throughput(bootstrap, "bench.tp." + TOPIC, args.throughput, tuned)
-            print(
-                f"encode+produce, {label:18s} {wall:,.0f} records/s wall,"
-                f" {per_cpu:,.0f} records per CPU-second"
-            )
+        for name, (bootstrap, security) in configs.items():
+            for part in ("rt", "st", "tp", "base"):
+                apply_topics(layout.bootstrap, [spec], prefix=f"bench.{name}.{part}.")
+            results[name] = await measure(name, bootstrap, security, args)
         if args.sweep:
-            await sweep(bootstrap, spec, args.samples)
+            await sweep(*configs["sasl_ssl"], spec, args.samples)
     finally:
         broker.stop(layout)
+    for name, result in results.items():
+        print(json.dumps({"config": name, **result}))
 
 
-async def sweep(bootstrap: str, spec, samples: int) -> None:
+async def measure(name: str, bootstrap: str, security: dict, args: argparse.Namespace) -> dict:
+    """Round trip, paced stream and throughput over one connection type, tuned settings."""
+    tuned = client_kwargs(True, security)
+    prefix = f"bench.{name}."
+    rt = await round_trip(bootstrap, prefix + "rt." + TOPIC, args.samples, tuned)
+    st = await paced_stream(bootstrap, prefix + "st." + TOPIC, args.samples, tuned, streams=8)
+    wall, per_cpu = await throughput(bootstrap, prefix + "tp." + TOPIC, args.throughput, tuned)
+    print(
+        f"{name:9s} round trip p50 {statistics.median(rt):6.2f} ms p99 {percentile(rt, 0.99):7.2f}"
+        f" ms | 8 streams every 5 ms p50 {statistics.median(st):6.2f} ms"
+        f" p99 {percentile(st, 0.99):7.2f} ms | encode+produce {wall:,.0f} records/s wall,"
+        f" {per_cpu:,.0f} per CPU-second"
+    )
+    if args.defaults:
+        base = client_kwargs(False, security)
+        times = await round_trip(bootstrap, prefix + "base." + TOPIC, args.samples, base)
+        print(
+            f"{name:9s} aiokafka defaults round trip p50 {statistics.median(times):6.2f} ms"
+            f" p99 {percentile(times, 0.99):7.2f} ms"
+        )
+    return {
+        "round_trip_p50_ms": round(statistics.median(rt), 3),
+        "round_trip_p99_ms": round(percentile(rt, 0.99), 3),
+        "stream8_p50_ms": round(statistics.median(st), 3),
+        "stream8_p99_ms": round(percentile(st, 0.99), 3),
+        "records_per_s": round(wall),
+        "records_per_cpu_s": round(per_cpu),
+        "samples": len(rt),
+    }
+
+
+async def sweep(bootstrap: str, security: dict, spec, samples: int) -> None:
     """Cocoon's settings with other fetch waits: where the 500 ms default hurts."""
     for wait in (500, 100, 20, 5):
         for isolation in ("read_committed", "read_uncommitted"):
             prefix = f"bench.sweep.{wait}.{isolation[5]}."
             apply_topics(bootstrap, [spec], prefix=prefix)
-            clients = client_kwargs(True, fetch_max_wait_ms=wait, isolation_level=isolation)
+            clients = client_kwargs(
+                True, security, fetch_max_wait_ms=wait, isolation_level=isolation
+            )
             rt = await round_trip(bootstrap, prefix + TOPIC, samples, clients)
             st = await paced_stream(bootstrap, prefix + TOPIC, samples, clients, streams=8)
             print(

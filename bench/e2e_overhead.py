@@ -43,6 +43,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cocoon.core import codec
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.kafka import broker
 from cocoon.network.engine_process import (
     SMOLLM2_MODEL,
@@ -138,7 +139,8 @@ async def collect_hops(bootstrap: str, prefix: str, hops: Hops, stop: asyncio.Ev
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=20,
-        isolation_level="read_uncommitted",  # see billing's transactional writes as they land
+        isolation_level="read_uncommitted",  # see billing's transactional writes as they land,
+        **aiokafka_security(),
     )
     await consumer.start()
     try:

@@ -26,6 +26,7 @@ from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
 from cocoon.core.verdicts import key_id, verdict_message
+from cocoon.core.worker_records import sign_record
 
 CATALOG = load_catalog()
 TOPICS = [
@@ -139,9 +140,10 @@ def receipt(
 
 
 def outcome(
-    request_id: str, worker_id: str, status: str = "FAILED", attempt: int = 1
+    keys: WorkerKeys, request_id: str, worker_id: str, status: str = "FAILED", attempt: int = 1
 ) -> models.Outcome:
-    return models.Outcome(
+    """The worker-proxy's outcome, signed by `keys` as the worker signs it."""
+    unsigned = models.Outcome(
         request_id=request_id,
         attempt=attempt,
         worker_id=worker_id,
@@ -153,6 +155,7 @@ def outcome(
         completion_tokens=0,
         finished_at=now_ms_dt(),
     )
+    return sign_record(keys, unsigned)
 
 
 def assignment(request_id: str, worker_id: str, attempt: int) -> models.Assignment:
@@ -285,6 +288,7 @@ async def network(
             "billing.ledger",
             "usage.receipts.dlq",
             "billing.topups.dlq",
+            "inference.outcomes.dlq",
         ],
         seen.on_record,
         from_beginning=True,

@@ -70,9 +70,11 @@ from cocoon.billing.ton.payouts import PayoutStore
 from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
+from cocoon.core.worker_records import sign_record
 
 SEED = int(os.environ.get("COCOON_CHAOS_SEED", "20261124"))
 
@@ -583,8 +585,9 @@ class Traffic:
         return out
 
 
-def outcome(rid: str, worker: str, status: str) -> models.Outcome:
-    return models.Outcome(
+def outcome(keys: WorkerKeys, rid: str, worker: str, status: str) -> models.Outcome:
+    """The worker's outcome, signed by its attested key as the worker-proxy signs it."""
+    unsigned = models.Outcome(
         request_id=rid,
         attempt=1,
         worker_id=worker,
@@ -596,6 +599,7 @@ def outcome(rid: str, worker: str, status: str) -> models.Outcome:
         completion_tokens=0,
         finished_at=_dt(0),
     )
+    return sign_record(keys, unsigned)
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -617,13 +621,15 @@ async def send_all(producer: BusProducer, sends: list[tuple[str, Any]]) -> None:
 
 async def lag(bootstrap: str, prefix: str, group: str) -> int:
     """Input records the group has not committed yet (committed offsets vs log end)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", **aiokafka_security()
+    )
     await consumer.start()
     try:
         tps = [
@@ -708,7 +714,7 @@ def paid_out(entries: list[Entry]) -> Counter:
 
 @pytest.mark.timeout(480)
 async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
-    kafka_bootstrap, unique_name, tmp_path, node
+    kafka_bootstrap, kafka_credentials, unique_name, tmp_path, node
 ):
     started = time.monotonic()
     rng = random.Random(SEED)
@@ -721,6 +727,8 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     env = worker_env(
         kafka_bootstrap, prefix, key_file, uuid.uuid4().hex[:8], ton_env(node, tmp_path)
     )
+    if kafka_credentials is not None:  # billing runs as its own principal, with its ACLs
+        env.update(kafka_credentials.env("billing", prefix))
     await publish_registry(
         kafka_bootstrap,
         lambda r: [
@@ -808,7 +816,12 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                     sends += [("usage.receipts", rec) for rec in traffic.receipts_for(req)]
                     worker = rng.choice(sorted(workers))
                     if req.kind in ("beyond_hold", "forged", "above_cap", "outcome_only"):
-                        sends.append(("inference.outcomes", outcome(req.rid, worker, "FAILED")))
+                        sends.append(
+                            (
+                                "inference.outcomes",
+                                outcome(workers[worker], req.rid, worker, "FAILED"),
+                            )
+                        )
                 sends += [("usage.receipts", rec) for rec in traffic.unknown_receipts(8)]
                 # Tight holds last decided, first sent: a receipt is sent (and stamped) only
                 # well before the hold's expiry, else none is (the hold then expires).
@@ -915,7 +928,12 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                 late.append(("inference.requests", traffic.requests[req].record()))
             late += [("usage.receipts", rec) for rec in traffic.late_receipts]
             for req in traffic.rng.sample(paid, 200):
-                late.append(("inference.outcomes", outcome(req.rid, req.charge[2], "SUCCEEDED")))
+                late.append(
+                    (
+                        "inference.outcomes",
+                        outcome(workers[req.charge[2]], req.rid, req.charge[2], "SUCCEEDED"),
+                    )
+                )
             entries_before = len(seen.entries)
             reservations_before = sum(map(len, seen.reservations.values()))
             await send_all(producer, late)

@@ -159,19 +159,58 @@ async def test_signed_receipt_captures_once_and_a_forged_one_is_rejected(
 async def test_outcome_without_receipt_and_deadline_release_the_hold(kafka_bootstrap, unique_name):
     async with (
         network(kafka_bootstrap, unique_name, grants="alice=1000000", outcome_grace_s=0.3) as net,
-        running(net.settings),
+        running(net.settings) as billing,
     ):
+        worker = WorkerKeys.generate()
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        await net.until(lambda: billing.keys.current_key("w-1"))  # else its outcome is refused
         failed, abandoned = rid(), rid()
         await net.send("inference.requests", request(failed, "alice"))
         await net.send("inference.requests", request(abandoned, "alice", deadline_s=1.5))
         await net.until(lambda: net.balance("alice") == (1_000_000 - 2 * HOLD, 2 * HOLD))
 
-        await net.send("inference.outcomes", outcome(failed, "w-1"))
+        await net.send("inference.outcomes", outcome(worker, failed, "w-1"))
         await net.until(lambda: f"release:{failed}" in net.seen.causes("release:"))
         # Nobody reports anything about `abandoned`: its deadline (+ 0 s grace) releases it.
         await net.until(lambda: f"release:{abandoned}" in net.seen.causes("release:"), 10)
         assert await net.until(lambda: net.balance("alice") == (1_000_000, 0))
         assert net.seen.causes("charge:") == []
+
+
+async def test_a_forged_outcome_releases_nothing(kafka_bootstrap, unique_name):
+    """Another attested worker (or anyone) ending w-1's request in w-1's name: a FAILED outcome
+    would release the hold before w-1's receipt comes, and w-1 would work for nothing. Billing
+    dead-letters it with the reason; the hold stays, and the real receipt charges as usual."""
+    worker, other = WorkerKeys.generate(), WorkerKeys.generate()
+    async with (
+        network(kafka_bootstrap, unique_name, grants="alice=1000000", outcome_grace_s=0.3) as net,
+        running(net.settings) as billing,
+    ):
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        await net.send("attestation.verdicts", net.attestor.verdict("w-2", other))
+        await net.until(lambda: billing.keys.current_key("w-1") and billing.keys.current_key("w-2"))
+        target = rid()
+        await net.send("inference.requests", request(target, "alice"))
+        await net.until(lambda: net.balance("alice") == (1_000_000 - HOLD, HOLD))
+
+        forged = outcome(other, target, "w-1")  # signed by w-2's attested key
+        await net.send("inference.outcomes", forged)
+        await net.send("inference.outcomes", forged.model_copy(update={"signature": None}))
+        await net.send("inference.outcomes", outcome(other, target, "w-9"))  # no verdict at all
+        letters = await net.until(lambda: len(net.seen.dead_letters) >= 3 and net.seen.dead_letters)
+        assert sorted(letter["error"].split(": ")[1] for letter in letters) == [
+            "bad_record_signature",
+            "unsigned_record",
+            "untrusted_worker",
+        ]
+        assert {letter["source_topic"] for letter in letters} == {"inference.outcomes"}
+        await asyncio.sleep(1.0)  # > the outcome grace: a believed outcome would release now
+        assert net.seen.causes("release:") == []
+        assert net.balance("alice") == (1_000_000 - HOLD, HOLD)
+
+        await net.send("usage.receipts", receipt(worker, target, "w-1"))
+        assert await net.until(lambda: net.balance("alice") == (1_000_000 - CHARGE, 0))
+        assert await net.until(lambda: net.balance("worker:w-1") == (FEE, 0))
 
 
 async def test_a_new_instance_rebuilds_the_same_state_from_the_ledger(kafka_bootstrap, unique_name):
@@ -286,7 +325,7 @@ async def test_only_the_current_attempt_is_charged_or_releases_the_hold(
 
             stale = receipt(w1, late_receipt, "w-1", completion=3, completed=False)
             await net.send("usage.receipts", stale)
-            await net.send("inference.outcomes", outcome(late_outcome, "w-1", "CANCELLED"))
+            await net.send("inference.outcomes", outcome(w1, late_outcome, "w-1", "CANCELLED"))
             await net.until(lambda: net.seen.causes("reject:"))
             await asyncio.sleep(1.0)  # > outcome grace: attempt 1's outcome must not release
             for r in (late_receipt, late_outcome):

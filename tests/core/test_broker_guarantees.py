@@ -8,9 +8,11 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from cocoon.core.bus.security import aiokafka_security, kafka_python_security
+
 
 def _create_topic(bootstrap: str, name: str, **config: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_python_security())
     try:
         admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
     finally:
@@ -25,6 +27,7 @@ async def _read_all(bootstrap: str, topic: str, *, isolation: str, expect: int, 
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=50,
+        **aiokafka_security(),
     )
     await consumer.start()
     records = []
@@ -45,7 +48,9 @@ async def test_read_committed_consumer_never_sees_aborted_records(kafka_bootstra
     topic = unique_name("tx")
     _create_topic(kafka_bootstrap, topic)
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, transactional_id=unique_name("txid")
+        bootstrap_servers=kafka_bootstrap,
+        transactional_id=unique_name("txid"),
+        **aiokafka_security(),
     )
     await producer.start()
     try:
@@ -79,7 +84,7 @@ async def test_log_compaction_keeps_only_the_latest_value_per_key(kafka_bootstra
             "min.compaction.lag.ms": "0",
         },
     )
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, **aiokafka_security())
     await producer.start()
     try:
         for version in range(5):

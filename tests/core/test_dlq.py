@@ -17,6 +17,7 @@ from cocoon.core.bus import (
     RejectRecord,
 )
 from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.catalog import dead_letter_spec, load_catalog
 from cocoon.core.codec import MAGIC, models
 
@@ -46,6 +47,7 @@ async def read_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 2
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=10,
+        **aiokafka_security(),
     )
     await consumer.start()
     records = []

@@ -10,18 +10,29 @@ import ssl
 
 import pytest
 from kafka import KafkaAdminClient
+from support.pki import TestCA
 
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
 from cocoon.core.bus.broadcast import BroadcastReader
-from cocoon.core.bus.security import KafkaSecurity
+from cocoon.core.bus.security import ENV, KafkaSecurity
 from cocoon.core.catalog import default_catalog
+from cocoon.core.kafka.pki import ADMIN
 from cocoon.core.runtime.settings import ServiceSettings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def no_kafka_settings(monkeypatch):
+    """Start each test from no COCOON_KAFKA_* settings (the session sets its admin's)."""
+    for name in ENV.values():
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
 def client_files(kafka_tls, tmp_path):
-    issued = kafka_tls.ca.issue("cocoon-gateway")
+    # The certificate's CN is the principal (the broker maps CN=admin to User:admin): the admin,
+    # since this client creates topics.
+    issued = kafka_tls.ca.issue(ADMIN)
     files = {"ca.crt": kafka_tls.ca.cert_pem, "user.crt": issued.cert_pem}
     files["user.key"] = issued.key_pem
     for name, data in files.items():
@@ -94,6 +105,36 @@ def test_a_client_without_a_certificate_is_refused(kafka_tls, client_files):
             "COCOON_KAFKA_SSL_CAFILE=/no/ca.crt: no such readable file",
         ),
         ({"COCOON_KAFKA_SSL_CAFILE": "/etc/hostname"}, "set but COCOON_KAFKA_SECURITY_PROTOCOL"),
+        (
+            {
+                "COCOON_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "COCOON_KAFKA_SSL_CAFILE": "/etc/hostname",
+            },
+            "SASL_SSL needs COCOON_KAFKA_SASL_USERNAME and COCOON_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {"COCOON_KAFKA_SASL_USERNAME": "cocoon-gateway"},
+            "set but COCOON_KAFKA_SECURITY_PROTOCOL",
+        ),
+        (
+            {
+                "COCOON_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "COCOON_KAFKA_SSL_CAFILE": "/etc/hostname",
+                "COCOON_KAFKA_SASL_USERNAME": "cocoon-gateway",
+                "COCOON_KAFKA_SASL_PASSWORD_FILE": "/no/password",
+            },
+            "COCOON_KAFKA_SASL_PASSWORD_FILE=/no/password",
+        ),
+        (
+            {
+                "COCOON_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "COCOON_KAFKA_SSL_CAFILE": "/etc/hostname",
+                "COCOON_KAFKA_SASL_USERNAME": "cocoon-gateway",
+                "COCOON_KAFKA_SASL_PASSWORD": "secret",
+                "COCOON_KAFKA_SASL_PASSWORD_FILE": "/etc/hostname",
+            },
+            "not both",
+        ),
     ],
 )
 def test_settings_refuse_incomplete_tls(monkeypatch, env, complaint):
@@ -101,6 +142,29 @@ def test_settings_refuse_incomplete_tls(monkeypatch, env, complaint):
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=complaint):
         load_settings(ServiceSettings)
+
+
+def test_settings_accept_scram_with_a_password_file(monkeypatch, tmp_path):
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(TestCA().cert_pem)
+    env = {
+        "COCOON_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "COCOON_KAFKA_SSL_CAFILE": str(ca),
+        "COCOON_KAFKA_SASL_USERNAME": "cocoon-gateway",
+        "COCOON_KAFKA_SASL_PASSWORD_FILE": str(password),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(ServiceSettings).kafka_security_protocol == "SASL_SSL"
+    kwargs = KafkaSecurity.from_env().aiokafka()
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == (
+        "cocoon-gateway",
+        "s3cret",
+    )
+    assert "s3cret" not in repr(KafkaSecurity.from_env())
 
 
 def test_settings_accept_mtls_files(mtls_env, client_files):

@@ -24,6 +24,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from opentelemetry import trace
 
+from cocoon.core.bus.security import aiokafka_security, kafka_python_security
 from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.health import check_health
 from cocoon.core.runtime.metrics import IN_FLIGHT, MESSAGES
@@ -58,8 +59,11 @@ class Relay(Service):
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
             fetch_max_wait_ms=100,
+            **aiokafka_security(),
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, **aiokafka_security()
+        )
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -102,7 +106,7 @@ def _free_port() -> int:
 
 
 def _create_topics(bootstrap: str, *names: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_python_security())
     try:
         admin.create_topics([NewTopic(name, 1, 1) for name in names])
     finally:
@@ -110,7 +114,7 @@ def _create_topics(bootstrap: str, *names: str) -> None:
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int | None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_python_security())
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     finally:
@@ -201,7 +205,7 @@ class RelayProcess:
 
 async def _produce_traced(bootstrap: str, topic: str) -> int:
     install_memory_exporter()  # a recording provider, so the span has a real trace id
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **aiokafka_security())
     await producer.start()
     try:
         with trace.get_tracer("test").start_as_current_span("client") as span:
@@ -213,7 +217,11 @@ async def _produce_traced(bootstrap: str, topic: str) -> int:
 
 async def _read_output(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=100
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        **aiokafka_security(),
     )
     await consumer.start()
     try:

@@ -13,6 +13,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.trace import SpanKind, StatusCode
 
+from cocoon.core.bus.security import aiokafka_security, kafka_python_security
 from cocoon.core.telemetry import (
     consume_span,
     inject_headers,
@@ -24,11 +25,11 @@ from cocoon.core.telemetry import (
 async def test_consume_span_is_child_of_the_produce_span(kafka_bootstrap, unique_name):
     exporter = install_memory_exporter()
     topic, group = unique_name("spans"), unique_name("spans-group")
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_python_security())
     admin.create_topics([NewTopic(topic, 1, 1)])
     admin.close()
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, **aiokafka_security())
     await producer.start()
     try:
         # Caller headers are kept; a stale traceparent is replaced, not duplicated.
@@ -39,7 +40,11 @@ async def test_consume_span_is_child_of_the_produce_span(kafka_bootstrap, unique
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka_bootstrap, group_id=group, auto_offset_reset="earliest"
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        **aiokafka_security(),
     )
     await consumer.start()
     try:

@@ -12,6 +12,7 @@ from kafka.admin import (
 from typer.testing import CliRunner
 
 from cocoon.core.bus.admin import apply_topics, catalog_topics, ensure_instance, list_topics
+from cocoon.core.bus.security import kafka_python_security
 from cocoon.core.catalog import load_catalog, topic_config
 from cocoon.core.topics_cli import app
 
@@ -19,7 +20,7 @@ CATALOG = load_catalog()
 
 
 def _config(bootstrap: str, topic: str, key: str) -> str:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_python_security())
     try:
         resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={key: None})
         return admin.describe_configs([resource], config_filter="all")["topic"][topic][key]["value"]
@@ -55,7 +56,7 @@ def test_apply_repairs_drifted_configs_and_partitions_but_never_shrinks(
 ):
     prefix = unique_name("tp") + "."
     verdicts, heartbeats = CATALOG["attestation.verdicts"], CATALOG["worker.heartbeats"]
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_python_security())
     try:
         # Drift: verdicts exists with the wrong cleanup policy and too few partitions;
         # heartbeats exists with more partitions than the catalog says.

@@ -40,6 +40,9 @@ from support.pki import TestCA, write_broker_tls
 from support.pods import Objects, Pod, PodFailed, cocoon_containers
 from support.repo import REPO_ROOT
 
+from cocoon.core.acls import principal_acls
+from cocoon.core.bus.principals import apply_acls
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.kafka import broker
 from cocoon.core.kafka.provider import selected_provider
 from cocoon.core.paths import cache_dir
@@ -69,11 +72,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _create_topics(bootstrap: str) -> None:
+def _create_topics(bootstrap: str, security: KafkaSecurity) -> None:
     """What Strimzi's topic operator makes of the platform chart's KafkaTopics."""
     topics = [d for d in rendered("platform", "prod") if d["kind"] == "KafkaTopic"]
     assert topics
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security.kafka_python())
     try:
         admin.create_topics(
             [
@@ -101,11 +104,17 @@ def boot_broker(image_venvs) -> Iterator[BootBroker]:
     keystore, truststore = write_broker_tls(ca, home / "tls")
     tls = broker.BrokerTls(_free_port(), keystore, truststore)
     port = broker.free_port_pair()
-    layout = broker.BrokerLayout(home=home, port=port, controller_port=port + 1, tls=tls)
+    layout = broker.BrokerLayout(
+        home=home, port=port, controller_port=port + 1, tls=tls, dev_plain_port=_free_port()
+    )
     try:
-        plain = broker.start(layout, heap="512m", echo=lambda _: None)
-        _create_topics(plain)
-        yield BootBroker(plain, tls.bootstrap, ca)
+        broker.start(layout, heap="512m", echo=lambda _: None)
+        admin = layout.admin_security()
+        _create_topics(layout.bootstrap, admin)
+        # What Strimzi's user operator makes of the KafkaUsers: the prod pods' mTLS principals
+        # (CN=cocoon-<service>) get the catalog's ACLs.
+        apply_acls(layout.bootstrap, principal_acls(), security=admin)
+        yield BootBroker(layout.dev_plain_bootstrap, tls.bootstrap, ca)
     finally:
         broker.stop(layout)
         shutil.rmtree(home, ignore_errors=True)

@@ -107,10 +107,29 @@ def test_acl_spot_checks_against_the_catalog():
         assert spec["authorization"]["type"] == "simple"
         assert spec["authentication"]["type"] == "tls"
         kinds = {a["resource"]["type"] for a in spec["authorization"]["acls"]}
-        assert kinds <= {"topic", "group", "transactionalId"}
-        assert not any(a["resource"]["name"] == "*" for a in spec["authorization"]["acls"]), (
+        assert kinds <= {"topic", "group", "transactionalId", "cluster"}
+        assert not any(a["resource"].get("name") == "*" for a in spec["authorization"]["acls"]), (
             "no wildcard ACLs"
         )
+
+
+def test_the_worker_enrolment_user_may_only_enrol():
+    users = {u["metadata"]["name"]: u for u in render_kafka_users(_catalog())}
+    assert _topic_acls(users["cocoon-worker-enrolment"]) == {
+        ("literal", "attestation.evidence"): {"Write"},
+        ("literal", "attestation.verdicts"): {"Read"},
+    }
+
+
+def test_only_billing_has_transactional_ids():
+    users = render_kafka_users(_catalog())
+    holders = {
+        u["metadata"]["name"]
+        for u in users
+        for a in u["spec"]["authorization"]["acls"]
+        if a["resource"]["type"] == "transactionalId"
+    }
+    assert holders == {"cocoon-billing"}
 
 
 def test_groups_are_the_service_name():

@@ -60,3 +60,12 @@ def network(kafka_bootstrap, tmp_path_factory) -> Iterator[LocalNetwork]:
 def poor_account() -> tuple[str, int]:
     """An account funded with far less than any hold: (account id, balance in nanoTON)."""
     return POOR_ACCOUNT, POOR_BALANCE_NANOTON
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The first test of the package also starts the network (broker over TLS + SCRAM, the
+    catalog's topics, users and ACLs, three registry commands, two engines): on the shared
+    2-core machine at load average 30 that alone took over the suite's 300 s default."""
+    for item in items:
+        if "tests/e2e/" in str(item.path) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(900))

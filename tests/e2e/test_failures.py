@@ -27,6 +27,7 @@ from cocoon.billing.ledger import Entry, Ledger, holds_account
 from cocoon.billing.pricing import Prices
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.core import codec
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.network.demo import DEMO_ACCOUNT
 from cocoon.network.engine_process import SMOLLM2_MODEL
 
@@ -42,7 +43,9 @@ def _prefix() -> str:
 
 async def _read(bootstrap: str, topic: str) -> list[tuple[int, dict[str, Any]]]:
     """Every record of `topic` (this network's prefix) as (timestamp ms, decoded value)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **aiokafka_security()
+    )
     await consumer.start()
     try:
         name = _prefix() + topic

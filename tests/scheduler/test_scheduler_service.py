@@ -20,6 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from support.dead_letters import dead_letters
+from support.worker_keys import WorkerKeyring
 
 from cocoon.attestation.registry_topic import publish_registry
 from cocoon.billing.ledger import Entry
@@ -27,9 +29,11 @@ from cocoon.billing.stream import ledger_records
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.catalog import dead_letter_spec, load_catalog
 from cocoon.core.codec import models
 from cocoon.core.verdicts import key_id, verdict_message
+from cocoon.core.worker_records import sign_record
 from cocoon.scheduler.service import Scheduler, Settings, build
 
 CATALOG = load_catalog()
@@ -63,6 +67,7 @@ class Attestor:
     def __init__(self) -> None:
         self.key = Ed25519PrivateKey.generate()
         self.public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.workers = WorkerKeyring()  # each worker's attested key, as in its verdict
 
     def verdict(
         self,
@@ -77,7 +82,7 @@ class Attestor:
             worker_id=worker_id,
             status=status,
             models=[model],
-            signing_key=b"\x01" * 32,
+            signing_key=self.workers.signing_key(worker_id),
             hpke_public_key=b"\x02" * 32,
             hpke_suite="test-suite",
             registry_version=1,
@@ -174,7 +179,14 @@ class Net:
     seqs: dict[str, int] = field(default_factory=dict)  # per worker process, like the proxy
 
     async def send(self, topic: str, value: Any) -> None:
+        """Send as its producer would: a worker's heartbeats and outcomes signed by its key."""
+        if isinstance(value, models.Heartbeat | models.Outcome) and value.signature is None:
+            value = self.attestor.workers.sign(value)
         await self.producer.send(topic, value)
+
+    def dlq(self, topic: str) -> str:
+        """The physical name of `topic`'s dead-letter topic in this test's prefix."""
+        return self.scheduler.settings.topic_prefix + topic + ".dlq"
 
     async def until(self, predicate: Callable[[], Any], timeout_s: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -185,7 +197,7 @@ class Net:
 
 
 async def _collect(bootstrap: str, prefix: str, seen: Seen) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **aiokafka_security())
     await consumer.start()
     try:
         parts = [
@@ -288,9 +300,13 @@ async def test_held_reservation_goes_to_an_attested_worker_only(kafka_bootstrap,
         await net.until(_placeable(net, "w-good"))
         pool = net.scheduler.pool
         others = ("w-expired", "w-forged", "w-rejected")
-        await net.until(lambda: all(pool.get(w) for w in others))
+        # Nothing vouches for their heartbeats (no current TRUSTED verdict): refused, not pooled.
+        letters = await dead_letters(kafka_bootstrap, net.dlq("worker.heartbeats"), expect=3)
+        refused = {letter.key.decode() for letter in letters}
+        assert refused == set(others), letters
+        assert all("untrusted_worker" in letter.error for letter in letters)
         for worker_id in others:
-            assert not pool.placeable(pool.get(worker_id), "m", time.time())
+            assert pool.get(worker_id) is None
 
         # Records the scheduler cannot use are skipped without stopping it.
         await net.producer.send_raw("worker.heartbeats", b"junk", key=b"w-junk")
@@ -488,3 +504,56 @@ async def test_the_registry_coefficient_is_what_a_worker_is_placed_and_paid_at(
         await net.send("billing.reservations", reservation("r-ok", max_coefficient=4000))
         (placed,) = await net.until(lambda: net.seen.for_request("r-ok"))
         assert placed.coefficient == 3000  # the receipt is signed at this, as billing expects
+
+
+async def test_forged_heartbeats_and_outcomes_change_nothing(kafka_bootstrap, unique_name):
+    """Another attested worker (or anyone) writing records in w-real's name: the attack from
+    issue 12 (DISABLED heartbeats with a high seq) and a forged FAILED outcome. The scheduler
+    refuses each to the dead-letter topic with its reason; w-real keeps being placed."""
+    async with network(
+        kafka_bootstrap, unique_name, lambda a: [a.verdict("w-real"), a.verdict("w-evil")]
+    ) as net:
+        net.beating["w-real"] = 1000  # w-evil is attested too, but sends no heartbeat of its own
+        await net.until(_placeable(net, "w-real"))
+        evil = net.attestor.workers.keys("w-evil")  # a real attested key, just not w-real's
+        forged = heartbeat("w-real", 10**9, state="DISABLED")
+        for _ in range(5):
+            await net.send("worker.heartbeats", sign_record(evil, forged))
+            await net.producer.send("worker.heartbeats", forged)  # unsigned
+            await asyncio.sleep(BEAT_EVERY_S)
+
+        letters = await dead_letters(kafka_bootstrap, net.dlq("worker.heartbeats"), expect=10)
+        assert len(letters) == 10 and {letter.key for letter in letters} == {b"w-real"}
+        reasons = sorted(letter.error.split(": ")[1] for letter in letters)
+        assert reasons == ["bad_record_signature"] * 5 + ["unsigned_record"] * 5
+        assert {letter.reason for letter in letters} == {"REJECTED"}
+        state = net.scheduler.pool.get("w-real")
+        assert state.enabled and state.heartbeat_seq < 1000  # the real heartbeats still count
+        assert _placeable(net, "w-real")()
+
+        # Placed on w-real; a FAILED outcome in its name ends neither the attempt nor the lease.
+        await net.send("billing.reservations", reservation("r-forged"))
+        (assignment,) = await net.until(lambda: net.seen.for_request("r-forged"))
+        assert assignment.worker_id == "w-real"
+        await net.send("inference.responses", chunk("r-forged", "w-real", 1))
+        reputation = net.scheduler.pool.get("w-real").reputation.score()
+        failed = succeeded("r-forged", "w-real").model_copy(
+            update={"status": "FAILED", "error_code": "engine_error"}
+        )
+        await net.send("inference.outcomes", sign_record(evil, failed))
+        await net.producer.send("inference.outcomes", failed)  # unsigned
+        letters = await dead_letters(kafka_bootstrap, net.dlq("inference.outcomes"), expect=2)
+        assert sorted(letter.error.split(": ")[1] for letter in letters) == [
+            "bad_record_signature",
+            "unsigned_record",
+        ]
+        assert {letter.consumer_group for letter in letters} == {
+            net.scheduler.settings.consumer_group
+        }
+        assert net.scheduler.pool.lease("r-forged") is not None
+        assert net.scheduler.pool.get("w-real").reputation.score() == reputation
+
+        # The worker's own outcome still ends it.
+        await net.send("inference.outcomes", succeeded("r-forged", "w-real"))
+        await net.until(lambda: net.scheduler.pool.lease("r-forged") is None)
+        assert not [o for o in net.seen.outcomes if o.reported_by == "scheduler"]

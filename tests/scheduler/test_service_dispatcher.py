@@ -30,6 +30,7 @@ def verdict(worker_id: str, expires: float = T0 + 3600, model: str = "m") -> mod
         expires_at=at(expires),
         attestor_key_id="att-x",
         signature=b"\x00" * 64,
+        signing_key=b"\x01" * 32,  # a verdict without the worker's key admits nothing
     )
 
 

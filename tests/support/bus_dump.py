@@ -7,15 +7,20 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
+from cocoon.core.bus.security import aiokafka_security, kafka_python_security
+
 
 async def every_record(bootstrap: str, prefix: str) -> list[bytes]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_python_security())
     try:
         topics = [t for t in admin.list_topics() if t.startswith(prefix)]
     finally:
         admin.close()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_uncommitted", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        isolation_level="read_uncommitted",
+        enable_auto_commit=False,
+        **aiokafka_security(),
     )
     await consumer.start()
     blobs: list[bytes] = []

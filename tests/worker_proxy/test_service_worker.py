@@ -28,6 +28,7 @@ from cocoon.attestation.verify import Verifier
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics, list_topics
+from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.catalog import dead_letter_spec, load_catalog
 from cocoon.core.crypto import (
     HpkeSuite,
@@ -86,6 +87,7 @@ async def read_all(bootstrap: str, bus: Bus, stop: asyncio.Event) -> None:
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=20,
+        **aiokafka_security(),
     )
     await consumer.start()
     try:

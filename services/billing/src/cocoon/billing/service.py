@@ -13,7 +13,8 @@ Start:
    `inference.assignments` from its committed offsets. Which attempt of a request is current
    lives in memory, so before that the placements of the open holds are re-read (from the oldest
    open hold to the end): a late receipt of a superseded attempt is refused even right after a
-   restart.
+   restart. An outcome a worker reports counts only when the key of its current verdict signed
+   it (cocoon.core.worker_records); any other is dead-lettered and releases nothing.
 
 Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`),
 the balances they changed (`billing.balances`), the reservations (`billing.reservations`), the
@@ -73,7 +74,7 @@ from cocoon.billing.ton.config import TonSettings
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
-from cocoon.core.bus.deadletter import InvalidValue, MissingValue, dead_letter
+from cocoon.core.bus.deadletter import InvalidValue, MissingValue, RejectRecord, dead_letter
 from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import dead_letter_topic, default_catalog
@@ -87,6 +88,7 @@ from cocoon.core.runtime.metrics import MESSAGES
 from cocoon.core.runtime.tasks import run_together
 from cocoon.core.telemetry.messaging import consume_span, mark_failed
 from cocoon.core.verdicts import PinnedKeySettings
+from cocoon.core.worker_records import verify_record
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +408,13 @@ class Billing(Service):
                         # read again after the next tick has read further into the requests.
                         parked[tp] = record.offset
                         break
-                    except (codec.DecodeError, BadRecord, InvalidValue, MissingValue) as exc:
+                    except (
+                        codec.DecodeError,
+                        BadRecord,
+                        InvalidValue,
+                        MissingValue,
+                        RejectRecord,
+                    ) as exc:
                         mark_failed(span, exc)
                         dead.append((topic, record, exc))
                         MESSAGES.labels("billing", topic, "dead_letter").inc()
@@ -553,7 +561,10 @@ class Billing(Service):
             except BillingError as exc:
                 raise BadRecord(str(exc)) from None
         else:
-            self.processor.on_outcome(_validated(models.Outcome, data), now)
+            outcome = _validated(models.Outcome, data)
+            # Only its worker may end an attempt: a forged outcome would release the hold.
+            verify_record(outcome, self.keys.current_key)
+            self.processor.on_outcome(outcome, now)
 
     def _on_receipt(self, receipt: Receipt, sent_at_ms: int, now: int) -> None:
         assert self.processor is not None

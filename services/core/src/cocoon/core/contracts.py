@@ -83,6 +83,14 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     # The request's deadline passed.
     TIMED_OUT = "timed_out"
+    # A worker's heartbeat or outcome carries no signature.
+    UNSIGNED_RECORD = "unsigned_record"
+    # A worker's heartbeat or outcome is not signed by the key of that worker's current TRUSTED
+    # verdict.
+    BAD_RECORD_SIGNATURE = "bad_record_signature"
+    # A heartbeat or outcome names a worker with no current TRUSTED verdict, so nothing can vouch
+    # for it.
+    UNTRUSTED_WORKER = "untrusted_worker"
 
 
 PARAMETERS: dict[str, str] = {"worker_id": "^[a-z0-9][a-z0-9-]{0,62}$"}

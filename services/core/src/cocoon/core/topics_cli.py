@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from kafka.errors import SecurityDisabledError
 from rich.console import Console
 from rich.table import Table
 
+from cocoon.core.acls import principal_acls
 from cocoon.core.bus.admin import (
     TopicChange,
     apply_topics,
@@ -17,9 +20,11 @@ from cocoon.core.bus.admin import (
     ensure_instance,
     list_topics,
 )
+from cocoon.core.bus.principals import provision
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.catalog import load_catalog, topic_config
 from cocoon.core.codegen import render_all, source_root, stale_files
+from cocoon.core.kafka.broker import default_layout
 from cocoon.core.strimzi_cli import app as strimzi_app
 
 app = typer.Typer(help="Kafka topics from the catalog in schemas/topics/.", no_args_is_help=True)
@@ -63,17 +68,42 @@ def apply(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would change, change nothing.")
     ] = False,
+    acls: Annotated[
+        bool, typer.Option(help="Also apply each principal's ACLs (cocoon.core.acls).")
+    ] = True,
+    users_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Create the principals' SCRAM users with the passwords kept here (made on "
+            "first use). Default: the local broker's, when it is the target; else no users."
+        ),
+    ] = None,
 ) -> None:
-    """Create missing topics (and their DLQs), fix configs, add partitions. Idempotent."""
+    """Create missing topics (and their DLQs), fix configs, add partitions; apply the ACLs and
+    (dev) the users. Idempotent."""
     specs = catalog_topics(load_catalog(catalog))
+    prefix = topic_prefix() if prefix is None else prefix
+    target = bootstrap or default_bootstrap()
     changes = apply_topics(
-        bootstrap or default_bootstrap(),
+        target,
         specs,
-        prefix=topic_prefix() if prefix is None else prefix,
+        prefix=prefix,
         replication_factor=replication_factor,
         dry_run=dry_run,
     )
     _print_changes(changes, "topics apply" + (" (dry run)" if dry_run else ""))
+    if acls and not dry_run:
+        if users_dir is None and not bootstrap and not os.environ.get("COCOON_KAFKA_BOOTSTRAP"):
+            users_dir = default_layout().secrets.users_dir
+        try:
+            files = provision(target, prefix=prefix, users_dir=users_dir)
+        except SecurityDisabledError:
+            Console().print("the broker has no authorizer: ACLs not applied")
+            return
+        Console().print(
+            f"ACLs applied for {len(principal_acls(prefix=prefix))} principals"
+            + (f"; their passwords are in {users_dir}" if files else "")
+        )
 
 
 @app.command("instance")

@@ -98,6 +98,8 @@ class KafkaBackend:
         state = self._inflight.get(value.get("request_id", ""))
         if state is None:
             return
+        if record.topic == Topic.INFERENCE_OUTCOMES and not self.workers.vouched(record):
+            return  # another worker (or anyone) must not end this request in a worker's name
         # Outcomes carry no gateway id: the request id alone says whose they are.
         if "gateway_id" in value and value["gateway_id"] != self.gateway_id:
             return

@@ -1,17 +1,22 @@
 """The gateway's view of the worker pool: verified verdicts and fresh heartbeats.
 
 The gateway seals every prompt to a key it takes from a verdict whose attestation-service
-signature it checked itself, never to a key a worker or the scheduler merely claims.
+signature it checked itself, never to a key a worker or the scheduler merely claims; and it
+believes a heartbeat or an outcome only when that verdict's key signed it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.codec.timestamps import now_millis
-from cocoon.core.contracts import Topic
+from cocoon.core.contracts import ErrorCode, Topic
+from cocoon.core.worker_records import ForgedRecord, verify_value
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,36 @@ class WorkerDirectory:
         self._heartbeat_ms: dict[str, int] = {}
         self._models_ever_seen: set[str] = set()
         self.rejected: dict[str, str] = {}
+        self.refused: dict[ErrorCode, int] = {}  # worker records refused, by reason
 
     def on_record(self, record: BroadcastRecord) -> None:
         if record.topic == Topic.ATTESTATION_VERDICTS:
             self._on_verdict(record)
-        elif record.topic == Topic.WORKER_HEARTBEATS and record.value is not None:
+        elif (
+            record.topic == Topic.WORKER_HEARTBEATS
+            and record.value is not None
+            and self.vouched(record)
+        ):
             self._heartbeat_ms[record.value["worker_id"]] = now_millis()
+
+    def vouched(self, record: BroadcastRecord) -> bool:
+        """Did the worker a heartbeat or outcome names sign it with its attested key?
+
+        A refused record is logged and dropped: the gateway reads these topics without a group
+        (every instance reads everything), so the scheduler and billing, which read them once,
+        write the dead letters."""
+        assert record.value is not None and record.record is not None
+        try:
+            verify_value(record.record, record.value, self.signing_key)
+        except ForgedRecord as exc:
+            log.warning("refused %s record: %s", record.topic, exc)
+            self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
+            return False
+        return True
+
+    def signing_key(self, worker_id: str) -> bytes | None:
+        worker = self.trusted(worker_id)
+        return worker.signing_key if worker is not None else None
 
     def _on_verdict(self, record: BroadcastRecord) -> None:
         worker_id = record.key or (record.value or {}).get("worker_id")

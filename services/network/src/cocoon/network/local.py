@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from cocoon.core.bus.admin import apply_topics, catalog_topics
+from cocoon.core.bus.principals import Credentials
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.catalog import load_catalog
 from cocoon.core.kafka import broker
@@ -56,6 +57,7 @@ class LocalNetwork:
     telegram_token: str = ""
     telegram_api_url: str = "https://api.telegram.org"
     client_config_path: Path | None = None
+    credentials: Credentials | None = None
 
     @property
     def api_key(self) -> str:
@@ -71,6 +73,8 @@ class LocalNetwork:
         self.echo("Applying the topic catalog ...")
         # COCOON_TOPIC_PREFIX (inherited by every child) lets several networks share a broker.
         apply_topics(self.bootstrap, catalog_topics(load_catalog()), prefix=topic_prefix())
+        # Each process connects as its own principal, with the catalog's ACLs (docs/security.md).
+        self.credentials = Credentials.for_admin(self.bootstrap, self._users_dir())
         self._register_dev_image()
         key_file = cache_dir() / "attestation" / "service-key.pem"
         common = {
@@ -140,6 +144,13 @@ class LocalNetwork:
         self.bootstrap = broker.start(layout, echo=self.echo)
         self.started_broker = not running
 
+    def _users_dir(self) -> Path:
+        """Where the principals' passwords live: with the local broker's secrets (shared with
+        `cocoon topics apply`), or this network's state for an external broker."""
+        if os.environ.get("COCOON_KAFKA_BOOTSTRAP"):
+            return state_dir() / "kafka-users"
+        return broker.default_layout().secrets.users_dir
+
     def _register_dev_image(self) -> None:
         """Allow the simulated TDX image and the local model and set the network's prices (100
         nanoTON per adjusted token, 80 to the worker), as an operator would."""
@@ -171,7 +182,13 @@ class LocalNetwork:
     def _spawn_service(self, service: str, env: dict[str, str], label: str = "") -> None:
         self.echo(f"Starting {label or service} ...")
         argv = [sys.executable, "-m", "cocoon.core.runtime", service]
-        self.supervisor.spawn(label or service, argv, env)
+        self.supervisor.spawn(label or service, argv, {**env, **self._principal_env(service)})
+
+    def _principal_env(self, service: str) -> dict[str, str]:
+        """The service's own Kafka principal; nothing (inherit) on a broker without SASL."""
+        if self.credentials is None:
+            return {}
+        return self.credentials.env(service, topic_prefix())
 
     def _start_worker(self, index: int, common: dict[str, str]) -> None:
         worker_id = f"w-local-{index}"

@@ -33,12 +33,13 @@ from enum import StrEnum
 
 from cocoon.core.codec import models
 from cocoon.core.contracts import ErrorCode, work_topic
+from cocoon.core.worker_records import SCHEDULER_REPORTER
 from cocoon.scheduler.placement import ChooseWorker, NoPlacement, NoPlacementReason, choose_worker
 from cocoon.scheduler.pool import Lease, WorkerPool
 
 log = logging.getLogger(__name__)
 
-REPORTED_BY = "scheduler"
+REPORTED_BY = SCHEDULER_REPORTER  # outcomes no worker signs (cocoon.core.worker_records)
 # A waiting request is looked at again this often even if nothing woke it (its wait may run out,
 # or its workers lapse, which no record announces).
 RECHECK_SECONDS = 1.0
@@ -108,6 +109,9 @@ class Dispatcher:
         # Price coefficients from the registry (`worker:<id>` entries). They win over what a
         # worker's heartbeat says: billing charges at the registry's and refuses other receipts.
         self.registry_coefficients: dict[str, int] = {}
+        # The Ed25519 key of each worker's accepted verdict and when that verdict expires: only
+        # heartbeats and outcomes signed by it are believed (cocoon.core.worker_records).
+        self._signing_keys: dict[str, tuple[bytes, float]] = {}
 
     # ---- worker facts -------------------------------------------------------------------
 
@@ -115,15 +119,23 @@ class Dispatcher:
         """`accepted`: TRUSTED and its signature checked (see verdicts.py); None = tombstone."""
         if verdict is not None:
             self.known_models.update(verdict.models)
-        if verdict is not None and accepted:
-            self.pool.accept_verdict(
-                worker_id, verdict.verdict_id, verdict.expires_at.timestamp(), verdict.models
-            )
+        if verdict is not None and accepted and verdict.signing_key:
+            expires_at = verdict.expires_at.timestamp()
+            self._signing_keys[worker_id] = (bytes(verdict.signing_key), expires_at)
+            self.pool.accept_verdict(worker_id, verdict.verdict_id, expires_at, verdict.models)
             return
+        self._signing_keys.pop(worker_id, None)
         self.pool.revoke_verdict(worker_id)
         state = self.pool.get(worker_id)
         if verdict is None and state is not None and not state.leases:
             self.pool.remove(worker_id)  # withdrawn and idle: nothing left to track
+
+    def signing_key(self, worker_id: str, now: float) -> bytes | None:
+        """The key of the worker's accepted, unexpired verdict (None: nothing vouches for it)."""
+        found = self._signing_keys.get(worker_id)
+        if found is None or found[1] <= now:
+            return None
+        return found[0]
 
     def on_registry_coefficient(self, worker_id: str, coefficient: int | None) -> None:
         """The registry's coefficient for a worker (None: it has no entry any more)."""

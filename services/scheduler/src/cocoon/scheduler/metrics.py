@@ -23,6 +23,11 @@ RECEIPTS_REJECTED = Counter(
     "Receipts billing refused that count against the worker's reputation",
     ["reason"],
 )
+FORGED = Counter(
+    "cocoon_scheduler_forged_records",
+    "Heartbeats and outcomes refused: no valid signature by the worker's attested key",
+    ["topic", "code"],
+)
 REQUESTS = Gauge("cocoon_scheduler_requests", "Requests the scheduler tracks, by phase", ["phase"])
 PLACEABLE = Gauge(
     "cocoon_scheduler_placeable_workers", "Workers that can take a request now", ["model"]

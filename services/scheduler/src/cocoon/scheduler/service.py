@@ -7,7 +7,9 @@ Reads (see docs/architecture.md, step 4 and 10):
   worker; anything else (and a tombstone) takes it out of placement.
 * `attestation.registry` from the beginning, no group: a worker's `worker:<id>` entry sets the
   price coefficient it is placed (and paid) at, over what its heartbeats say.
-* `worker.heartbeats` from the end, no group: liveness and load.
+* `worker.heartbeats` from the end, no group: liveness and load. Each must be signed by the
+  key of its worker's accepted verdict (cocoon.core.worker_records); any other is refused to
+  `worker.heartbeats.dlq` with the reason (this single instance writes those dead letters).
 * `billing.ledger` from the end, no group (read_committed): each receipt billing refused for a
   reason the worker answers for costs it reputation.
 * `inference.responses` from the end, no group, reading only each chunk's head: seq 0 of the
@@ -15,7 +17,8 @@ Reads (see docs/architecture.md, step 4 and 10):
 * `inference.requests`, `billing.reservations` and `inference.outcomes` in the consumer group
   (committed, dead letters): a request the gateway admitted against an admission grant is placed
   at once, any other once its reservation is HELD (a REJECTED one takes a granted request back);
-  outcomes free the slot and teach speed/reputation.
+  outcomes free the slot and teach speed/reputation. A worker's outcome counts only when its
+  attested key signed it; any other is dead-lettered.
 
 Writes `inference.assignments` and, when it ends a request itself, `inference.outcomes`
 (reported_by `scheduler`). Domain logic is in dispatcher.py; this module moves records.
@@ -29,14 +32,18 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
 from pydantic import Field, model_validator
 
 from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
+from cocoon.core.bus.deadletter import dead_letter
+from cocoon.core.catalog import dead_letter_topic
 from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
 from cocoon.core.crypto.errors import CryptoError
@@ -44,6 +51,7 @@ from cocoon.core.registry_entries import WORKER_PREFIX, worker_coefficient
 from cocoon.core.runtime import Service
 from cocoon.core.runtime.tasks import run_together
 from cocoon.core.verdicts import PinnedKeySettings, VerdictError, verify_verdict
+from cocoon.core.worker_records import ForgedRecord, verify_record
 from cocoon.scheduler import metrics
 from cocoon.scheduler.chunks import chunk_head
 from cocoon.scheduler.dispatcher import Dispatcher, Timing
@@ -69,6 +77,7 @@ RECORDS: dict[str, str] = {
     LEDGER: "cocoon.billing.LedgerEntry",
 }
 METRICS_EVERY_S = 1.0
+REFUSED_QUEUE = 1000  # dead letters of refused heartbeats waiting to be sent
 
 
 class Settings(PinnedKeySettings):
@@ -158,6 +167,9 @@ class Scheduler(Service):
         # Records produced outside a consumer handler (from the feeds and the tick), sent in
         # order by one task so each waits for its ack without blocking the feed.
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        # Dead letters of refused heartbeats, sent by their own task: a forger's flood must not
+        # queue up in front of assignments. Bounded: past it, a refusal is only logged.
+        self._refused: asyncio.Queue[_Refused] = asyncio.Queue(maxsize=REFUSED_QUEUE)
         self._started: list[Any] = []
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -185,6 +197,7 @@ class Scheduler(Service):
             requests=self._consume(stopping),
             tick=self._tick(stopping),
             outbox=self._send_outbox(stopping),
+            dead_letters=self._send_dead_letters(stopping),
         )
 
     async def close(self) -> None:
@@ -217,6 +230,17 @@ class Scheduler(Service):
             except TimeoutError:
                 continue
             await self._send(record)
+
+    async def _send_dead_letters(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                refused = await asyncio.wait_for(self._refused.get(), 0.2)
+            except TimeoutError:
+                continue
+            try:
+                await self._dead_letter(refused)
+            except KafkaError as exc:  # the refusal stands; only its dead letter is lost
+                log.warning("dead letter of a refused %s not sent: %s", refused.topic, exc)
 
     # ---- handlers -----------------------------------------------------------------------
 
@@ -264,6 +288,11 @@ class Scheduler(Service):
             return
         heartbeat = _decode(topic, record)
         if heartbeat is not None:
+            try:
+                verify_record(heartbeat, self._signing_key)
+            except ForgedRecord as exc:
+                self._refuse(topic, record, exc)
+                return
             # The worker's send time, but never in our future (its clock may run ahead).
             seen = min(_now(), record.timestamp / 1000)
             try:
@@ -310,11 +339,29 @@ class Scheduler(Service):
             if request is not None and request.trace is None:
                 request.trace = otel_context.get_current()  # later re-placements join it
         else:
+            try:
+                verify_record(message.value, self._signing_key)
+            except ForgedRecord as exc:
+                metrics.FORGED.labels(message.topic, exc.code).inc()
+                raise  # dead-lettered by the consumer, with the reason
             emitted = self.dispatcher.on_outcome(message.value, now)
         # Sent before the offset is committed: a placement is never lost, only repeated
         # (with the same assignment_id) after a crash.
         for record in emitted:
             await self._send(record)
+
+    def _signing_key(self, worker_id: str) -> bytes | None:
+        return self.dispatcher.signing_key(worker_id, _now())
+
+    def _refuse(self, topic: str, record: ConsumerRecord, exc: ForgedRecord) -> None:
+        """A worker record nothing vouches for: dead-lettered with the reason, nothing changed.
+
+        The scheduler runs as one instance, so it writes the dead letter of the heartbeats it
+        reads without a group (a gateway, which reads them too, only drops them)."""
+        log.warning("refused %s at %d/%d: %s", topic, *_at(record), exc)
+        metrics.FORGED.labels(topic, exc.code).inc()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._refused.put_nowait(_Refused(topic, record, exc))
 
     # ---- sending ------------------------------------------------------------------------
 
@@ -337,6 +384,21 @@ class Scheduler(Service):
         finally:
             if token is not None:
                 otel_context.detach(token)
+
+    async def _dead_letter(self, refused: _Refused) -> None:
+        value, headers = dead_letter(refused.record, refused.error, topic=refused.topic, group=None)
+        await self.producer.send_raw(
+            dead_letter_topic(refused.topic), value, key=refused.record.key, headers=headers
+        )
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A record read without a group that goes to its dead-letter topic (sent in order)."""
+
+    topic: str
+    record: ConsumerRecord
+    error: ForgedRecord
 
 
 def _now() -> float:

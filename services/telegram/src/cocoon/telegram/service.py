@@ -89,9 +89,7 @@ class TelegramService(Service):
         ).register(app, path=WEBHOOK_PATH)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.settings.listen_host, self.settings.http_port
-        )
+        site = web.TCPSite(self._runner, self.settings.listen_host, self.settings.http_port)
         await site.start()
         await self.bot.set_webhook(
             self.settings.telegram_webhook_url.rstrip("/") + WEBHOOK_PATH,

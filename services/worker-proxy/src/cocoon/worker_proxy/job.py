@@ -31,6 +31,7 @@ from cocoon.core.crypto import (
 )
 from cocoon.core.crypto.client_seal import client_stream_key, open_client_request
 from cocoon.core.crypto.keys import HpkeSuite
+from cocoon.core.worker_records import sign_record
 from cocoon.worker_proxy import chunks
 from cocoon.worker_proxy.engine import EngineClient, EngineError
 from cocoon.worker_proxy.identity import Identity
@@ -311,8 +312,7 @@ class Job:
             await self.ctx.producer.send(Topic.USAGE_RECEIPTS, receipt.to_record())
         finished = now_millis()
         completion = meter.completion if meter is not None else 0
-        await self.ctx.producer.send(
-            Topic.INFERENCE_OUTCOMES,
+        outcome = models.Outcome.from_avro(
             {
                 "request_id": item.request_id,
                 "attempt": item.attempt,
@@ -327,8 +327,11 @@ class Job:
                 "duration_ms": finished - self.received_ms,
                 "completion_tokens": completion,
                 "finished_at": finished,
-            },
+            }
         )
+        # Signed, so no other worker can end this attempt in our name (worker_records.py).
+        outcome = sign_record(self.ctx.identity.keys, outcome)
+        await self.ctx.producer.send(Topic.INFERENCE_OUTCOMES, outcome)
         return JobResult(status, code, completion, receipt)
 
 

@@ -36,6 +36,7 @@ from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.runtime.tasks import wait_any
 from cocoon.core.tee import SIMULATED, installed_devices
 from cocoon.core.ton_address import TonAddressError, parse_ton_address
+from cocoon.core.worker_records import sign_record
 from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.engine import EngineClient
 from cocoon.worker_proxy.identity import Identity
@@ -332,8 +333,9 @@ class WorkerProxy(Service):
         self._heartbeat_seq += 1
         self._last_state = self._state()
         waiting = sum(1 for job in self.jobs.values() if not job.running)
-        await self.producer.send(
-            Topic.WORKER_HEARTBEATS,
+        assert self.identity is not None
+        heartbeat = sign_record(
+            self.identity.keys,
             models.Heartbeat(
                 worker_id=self.worker_id,
                 models=[self.settings.model],
@@ -348,6 +350,7 @@ class WorkerProxy(Service):
                 avg_request_ms=self._avg_ms,
             ),
         )
+        await self.producer.send(Topic.WORKER_HEARTBEATS, heartbeat)
 
     # -- attestation ---------------------------------------------------------------------------
     def _on_verdict(self, record: BroadcastRecord) -> None:

@@ -1,17 +1,21 @@
-"""How every Kafka client of a service connects: plaintext, or TLS with a client certificate.
+"""How every Kafka client of a service connects: SASL/SCRAM over TLS, mTLS, or plaintext.
 
-Production brokers have one listener, mTLS on 9093 (Strimzi's `tls` listener): a service proves
-who it is with its KafkaUser's certificate, which the chart mounts with the cluster CA. The chart
-passes the files as
+Brokers (the local one of `cocoon kafka start` and production's) have one client listener,
+SASL_SSL with SCRAM-SHA-512: a service proves who it is with its principal's password, over TLS
+verified against the cluster CA. Client certificates (mTLS, Strimzi's `tls` authentication) are
+the alternative. The settings, read from the environment as the topic prefix is:
 
-    COCOON_KAFKA_SECURITY_PROTOCOL   PLAINTEXT (default) or SSL
-    COCOON_KAFKA_SSL_CAFILE          CA bundle the broker's certificate must chain to (SSL)
-    COCOON_KAFKA_SSL_CERTFILE        the client certificate (PEM), for mTLS
-    COCOON_KAFKA_SSL_KEYFILE         its private key (PEM, unencrypted)
+    COCOON_KAFKA_SECURITY_PROTOCOL     SASL_SSL, SSL or PLAINTEXT (the default, for a bare broker)
+    COCOON_KAFKA_SSL_CAFILE            CA bundle the broker's certificate must chain to
+    COCOON_KAFKA_SSL_CERTFILE          the client certificate (PEM), for mTLS
+    COCOON_KAFKA_SSL_KEYFILE           its private key (PEM, unencrypted)
+    COCOON_KAFKA_SASL_USERNAME         the principal (SASL_SSL)
+    COCOON_KAFKA_SASL_PASSWORD         its SCRAM password, or
+    COCOON_KAFKA_SASL_PASSWORD_FILE    a file holding it (a mounted Secret)
 
-Every client (aiokafka and kafka-python alike) is built with these, read from the environment
-as the topic prefix is; `ServiceSettings` checks them at start, so a pod with a missing file
-exits at once with the variable's name instead of retrying a handshake forever.
+Every client (aiokafka and kafka-python alike) is built with these; `ServiceSettings` checks
+them at start, so a pod with a missing file or password exits at once with the variable's name
+instead of retrying a handshake forever.
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Protocol = Literal["PLAINTEXT", "SSL"]
-PROTOCOLS: tuple[Protocol, ...] = ("PLAINTEXT", "SSL")
+Protocol = Literal["PLAINTEXT", "SSL", "SASL_SSL"]
+PROTOCOLS: tuple[Protocol, ...] = ("PLAINTEXT", "SSL", "SASL_SSL")
+SASL_MECHANISM = "SCRAM-SHA-512"
 ENV = {
     "protocol": "COCOON_KAFKA_SECURITY_PROTOCOL",
     "cafile": "COCOON_KAFKA_SSL_CAFILE",
     "certfile": "COCOON_KAFKA_SSL_CERTFILE",
     "keyfile": "COCOON_KAFKA_SSL_KEYFILE",
+    "username": "COCOON_KAFKA_SASL_USERNAME",
+    "password": "COCOON_KAFKA_SASL_PASSWORD",
+    "password_file": "COCOON_KAFKA_SASL_PASSWORD_FILE",
 }
 
 
@@ -39,11 +47,21 @@ class KafkaSecurity:
     cafile: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never print the password
+        return f"KafkaSecurity({self.protocol}, user={self.username!r}, cafile={self.cafile})"
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"{ENV['protocol']} must be one of {PROTOCOLS}, got {self.protocol!r}")
         files = {name: getattr(self, name) for name in ("cafile", "certfile", "keyfile")}
+        sasl = {"username": self.username, "password": self.password}
+        if self.protocol != "SASL_SSL":
+            given = [ENV[name] for name, value in sasl.items() if value]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but {ENV['protocol']} is {self.protocol}")
         if self.protocol == "PLAINTEXT":
             given = [ENV[name] for name, path in files.items() if path is not None]
             if given:
@@ -51,23 +69,43 @@ class KafkaSecurity:
                 raise ValueError(f"{', '.join(given)} set but {ENV['protocol']} is PLAINTEXT")
             return
         if self.cafile is None:
-            raise ValueError(f"{ENV['protocol']}=SSL needs {ENV['cafile']}")
+            raise ValueError(f"{ENV['protocol']}={self.protocol} needs {ENV['cafile']}")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError(f"set both {ENV['certfile']} and {ENV['keyfile']}, or neither")
         for name, path in files.items():
             if path is not None and not os.access(path, os.R_OK):
                 raise ValueError(f"{ENV[name]}={path}: no such readable file")
+        if self.protocol == "SASL_SSL" and not (self.username and self.password):
+            raise ValueError(
+                f"{ENV['protocol']}=SASL_SSL needs {ENV['username']} and {ENV['password']} "
+                f"(or {ENV['password_file']})"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSecurity:
-        env = os.environ if env is None else env
+        """The settings in `env` (default: this process's environment). With no broker and no
+        protocol set, a command-line tool talks to the local developer broker (as
+        `cocoon.core.bus.admin.default_bootstrap` does): then as its admin, when it exists."""
+        if env is None:
+            env = os.environ
+            if not env.get("COCOON_KAFKA_BOOTSTRAP") and not env.get(ENV["protocol"]):
+                local = _local_admin()
+                if local is not None:
+                    return local
 
         def path(name: str) -> Path | None:
             value = env.get(ENV[name])
             return Path(value) if value else None
 
         protocol = (env.get(ENV["protocol"]) or "PLAINTEXT").upper()
-        return cls(protocol, path("cafile"), path("certfile"), path("keyfile"))  # type: ignore[arg-type]
+        return cls(
+            protocol,  # type: ignore[arg-type]
+            path("cafile"),
+            path("certfile"),
+            path("keyfile"),
+            env.get(ENV["username"]) or None,
+            read_password(env.get(ENV["password"]), path("password_file")),
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         """Verifies the broker against the CA (and its host name); presents the client cert."""
@@ -85,18 +123,73 @@ class KafkaSecurity:
         """Keyword arguments for aiokafka's producers, consumers and admin client."""
         if self.protocol == "PLAINTEXT":
             return {}
-        return {"security_protocol": "SSL", "ssl_context": self.ssl_context()}
+        kwargs: dict[str, Any] = {
+            "security_protocol": self.protocol,
+            "ssl_context": self.ssl_context(),
+        }
+        if self.protocol == "SASL_SSL":
+            kwargs |= {
+                "sasl_mechanism": SASL_MECHANISM,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password,
+            }
+        return kwargs
 
     def kafka_python(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python's clients (the topic admin)."""
         if self.protocol == "PLAINTEXT":
             return {}
-        return {
-            "security_protocol": "SSL",
+        kwargs: dict[str, Any] = {
+            "security_protocol": self.protocol,
             "ssl_cafile": str(self.cafile),
             "ssl_certfile": str(self.certfile) if self.certfile else None,
             "ssl_keyfile": str(self.keyfile) if self.keyfile else None,
         }
+        if self.protocol == "SASL_SSL":
+            kwargs |= {
+                "sasl_mechanism": SASL_MECHANISM,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password,
+            }
+        return kwargs
+
+    def env(self, password_file: Path | None = None) -> dict[str, str]:
+        """The COCOON_KAFKA_* variables that make `from_env` return these settings; the
+        password goes by file when one is given (child processes then never see it in env)."""
+        values = {
+            ENV["protocol"]: self.protocol,
+            ENV["cafile"]: str(self.cafile or ""),
+            ENV["certfile"]: str(self.certfile or ""),
+            ENV["keyfile"]: str(self.keyfile or ""),
+            ENV["username"]: self.username or "",
+        }
+        if password_file is not None:
+            values[ENV["password_file"]] = str(password_file)
+            values[ENV["password"]] = ""
+        else:
+            values[ENV["password"]] = self.password or ""
+            values[ENV["password_file"]] = ""
+        return values
+
+
+def _local_admin() -> KafkaSecurity | None:
+    from cocoon.core.kafka.broker import default_layout  # the broker module imports this one
+
+    layout = default_layout()
+    return layout.admin_security() if layout.secrets.complete else None
+
+
+def read_password(value: str | None, file: Path | None) -> str | None:
+    """The SASL password given directly or by file (one of them; a file's trailing newline
+    is not part of it)."""
+    if value and file is not None:
+        raise ValueError(f"set {ENV['password']} or {ENV['password_file']}, not both")
+    if file is None:
+        return value or None
+    try:
+        return file.read_text().strip() or None
+    except OSError as exc:
+        raise ValueError(f"{ENV['password_file']}={file}: {exc.strerror}") from exc
 
 
 def aiokafka_security() -> dict[str, Any]:

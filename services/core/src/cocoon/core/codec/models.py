@@ -719,7 +719,7 @@ class Outcome(AvroModel):
     """
 
     avro_name: ClassVar[str] = "cocoon.inference.Outcome"
-    avro_version: ClassVar[int] = 2
+    avro_version: ClassVar[int] = 3
 
     request_id: str = Field(
         description=(
@@ -744,6 +744,14 @@ class Outcome(AvroModel):
         description=(
             "With error_code price_cap: the lowest price coefficient (1000 = 1.0x) of the workers "
             "that could have taken the request, so the client can raise its max_coefficient."
+        ),
+    )
+    signature: bytes | None = Field(
+        default=None,
+        description=(
+            "v3: Ed25519 signature by the worker's attested key over the record's other fields when"
+            " a worker reports it (cocoon.core.worker_records); a worker's outcome without one is "
+            "dead-lettered."
         ),
     )
 
@@ -893,7 +901,7 @@ class Heartbeat(AvroModel):
     """A worker's liveness and load, every few seconds."""
 
     avro_name: ClassVar[str] = "cocoon.worker.Heartbeat"
-    avro_version: ClassVar[int] = 2
+    avro_version: ClassVar[int] = 3
 
     worker_id: str = Field(description="Worker.")
     models: list[str] = Field(description="Models it serves.")
@@ -912,6 +920,13 @@ class Heartbeat(AvroModel):
     avg_request_ms: float | None = Field(
         default=None,
         description="v2: decayed average request time, for expected-completion placement.",
+    )
+    signature: bytes | None = Field(
+        default=None,
+        description=(
+            "v3: Ed25519 signature by the worker's attested key over the record's other fields "
+            "(cocoon.core.worker_records); records without one are dead-lettered."
+        ),
     )
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from cocoon.core.bus.security import SASL_MECHANISM, KafkaSecurity
+from cocoon.core.kafka import pki
 from cocoon.core.paths import cache_dir
 
 KAFKA_VERSION = "4.1.1"
@@ -72,10 +74,31 @@ class BrokerLayout:
     port: int = 9092
     controller_port: int = 9093
     tls: BrokerTls | None = None
+    # The dev chart's unauthenticated `plain` listener, whose ANONYMOUS clients are super users
+    # (deploy/helm/templates/kafka.yaml, plainListener): only the chart's boot test opens it.
+    dev_plain_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def dev_plain_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.dev_plain_port}"
+
+    @property
+    def secrets(self) -> pki.BrokerSecrets:
+        """CA, broker certificate and SCRAM passwords, made once and kept with the data."""
+        return pki.BrokerSecrets(self.home / "security")
+
+    def admin_security(self) -> KafkaSecurity:
+        """How the admin principal (a super user) connects to this broker."""
+        return KafkaSecurity(
+            "SASL_SSL",
+            self.secrets.ca_file,
+            username=pki.ADMIN,
+            password=self.secrets.password(pki.ADMIN),
+        )
 
     @property
     def data_dir(self) -> Path:
@@ -166,12 +189,29 @@ def ensure_jars(version: str = KAFKA_VERSION, *, echo=print) -> Path:
     return target
 
 
+def _jaas(module: str, principal: str, password: str, *, plain_users: bool = False) -> str:
+    users = f' user_{principal}="{password}"' if plain_users else ""
+    return f'{module} required username="{principal}" password="{password}"{users};'
+
+
 def _server_properties(layout: BrokerLayout) -> str:
-    listeners = f"PLAINTEXT://127.0.0.1:{layout.port}"
-    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    """One SASL_SSL listener for clients (as production's), a loopback controller listener the
+    broker alone uses, and the optional mTLS listener; nobody gets in without a principal, and a
+    principal gets only what its ACLs (or super.users) allow."""
+    secrets = layout.secrets
+    listeners = f"SASL_SSL://127.0.0.1:{layout.port}"
+    protocols = "SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT"
     if layout.tls is not None:
         listeners += f",SSL://127.0.0.1:{layout.tls.port}"
         protocols += ",SSL:SSL"
+    super_users = [pki.ADMIN, pki.BROKER, pki.CONTROLLER]
+    if layout.dev_plain_port is not None:
+        listeners += f",PLAIN://127.0.0.1:{layout.dev_plain_port}"
+        protocols += ",PLAIN:PLAINTEXT"
+        super_users.append("ANONYMOUS")
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    controller_password = secrets.password(pki.CONTROLLER)
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -180,7 +220,32 @@ def _server_properties(layout: BrokerLayout) -> str:
         "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": protocols,
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": "SASL_SSL",
+        # Clients: SCRAM-SHA-512 over TLS; users live in the cluster metadata (KIP-554).
+        "sasl.enabled.mechanisms": SASL_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": SASL_MECHANISM,
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": _jaas(
+            scram, pki.BROKER, secrets.password(pki.BROKER)
+        ),
+        "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.keystore.location": str(secrets.keystore),
+        "listener.name.sasl_ssl.ssl.truststore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.truststore.location": str(secrets.ca_file),
+        # The controller listener: SCRAM cannot authenticate there (its credentials are in the
+        # metadata the controller serves), so PLAIN with one static user, on loopback only.
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": _jaas(
+            plain, pki.CONTROLLER, controller_password, plain_users=True
+        ),
+        # Authorization: ACLs in the KRaft metadata; no ACL means no access.
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": ";".join(f"User:{p}" for p in super_users),
+        # mTLS principals are the certificate's CN (`CN=cocoon-gateway` -> User:cocoon-gateway),
+        # the same names the SCRAM users have.
+        "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
         "log.dirs": str(layout.data_dir),
         "num.partitions": "1",
         "offsets.topic.replication.factor": "1",
@@ -229,8 +294,10 @@ def read_pid(layout: BrokerLayout) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
-def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True when the broker at `bootstrap` answers a metadata request."""
+def broker_answers(
+    bootstrap: str, security: KafkaSecurity | None = None, timeout_s: float = 2.0
+) -> bool:
+    """True when the broker at `bootstrap` answers a metadata request (as `security`)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -244,6 +311,7 @@ def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
             request_timeout_ms=int(timeout_s * 1000),
+            **(security or KafkaSecurity()).kafka_python(),
         )
     except (KafkaError, OSError, ValueError):
         return False
@@ -260,13 +328,15 @@ def start(
     layout: BrokerLayout,
     *,
     heap: str = "1g",
-    timeout_s: float = 90.0,
+    # Format, JVM start, then a TLS + SCRAM metadata round trip: on the shared 2-core machine at
+    # load average 50 the start took over 90 s.
+    timeout_s: float = 180.0,
     version: str = KAFKA_VERSION,
     echo=print,
 ) -> str:
     """Start the broker (formatting storage on first use) and wait until it answers metadata."""
     if read_pid(layout) is not None:
-        if broker_answers(layout.bootstrap):
+        if layout.secrets.complete and broker_answers(layout.bootstrap, layout.admin_security()):
             return layout.bootstrap
         raise BrokerError(
             f"A broker process is running (pid file {layout.pid_file}) but not answering"
@@ -274,6 +344,12 @@ def start(
     java = check_java()
     libs = ensure_jars(version, echo=echo)
     layout.home.mkdir(parents=True, exist_ok=True)
+    if not layout.secrets.complete and layout.data_dir.exists():
+        # Data formatted without these secrets (an older, plaintext broker): its users and ACLs
+        # cannot match new passwords, so start from empty storage.
+        echo(f"New broker credentials: clearing the old broker data in {layout.data_dir}")
+        shutil.rmtree(layout.data_dir)
+    layout.secrets.ensure()
     layout.config_file.write_text(_server_properties(layout))
     layout.log4j_file.write_text(LOG4J2_PROPERTIES.format(log_file=layout.log_file))
     classpath = f"{libs}/*"
@@ -299,6 +375,7 @@ def start(
                 f"--cluster-id={cluster_id}",
                 "-c",
                 str(layout.config_file),
+                *_scram_users(layout.secrets),
             ],
             capture_output=True,
             text=True,
@@ -321,11 +398,21 @@ def start(
                 f"The broker exited with code {process.returncode}; see {layout.stdout_file} "
                 f"and {layout.log_file}"
             )
-        if broker_answers(layout.bootstrap, timeout_s=1.0):
+        if broker_answers(layout.bootstrap, layout.admin_security(), timeout_s=1.0):
             return layout.bootstrap
         time.sleep(0.3)
     stop(layout)
     raise BrokerError(f"The broker did not answer within {timeout_s:.0f}s; see {layout.log_file}")
+
+
+def _scram_users(secrets: pki.BrokerSecrets) -> list[str]:
+    """The admin and the broker itself exist from the first start (KIP-900); every other
+    principal is created by `cocoon topics apply` through the admin API."""
+    args = []
+    for principal in (pki.ADMIN, pki.BROKER):
+        password = secrets.password(principal)
+        args.append(f"--add-scram={SASL_MECHANISM}=[name={principal},password={password}]")
+    return args
 
 
 def _random_cluster_id() -> str:

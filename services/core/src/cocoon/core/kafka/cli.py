@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from cocoon.core.kafka import broker
+from cocoon.core.kafka import broker, pki
 
 app = typer.Typer(help="Run a single-node Apache Kafka broker (KRaft) on 127.0.0.1.")
 console = Console()
@@ -20,7 +20,11 @@ def start() -> None:
     except broker.BrokerError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    console.print(f"Kafka {broker.KAFKA_VERSION} is up at [bold]{bootstrap}[/bold]")
+    console.print(
+        f"Kafka {broker.KAFKA_VERSION} is up at [bold]{bootstrap}[/bold] (SASL_SSL, "
+        f"SCRAM-SHA-512; CA {layout.secrets.ca_file}; admin password in "
+        f"{layout.secrets.password_file(pki.ADMIN)})"
+    )
 
 
 @app.command()
@@ -40,7 +44,9 @@ def status() -> None:
     if pid is None:
         console.print("Kafka is not running")
         raise typer.Exit(1)
-    answering = broker.broker_answers(layout.bootstrap)
+    answering = layout.secrets.complete and broker.broker_answers(
+        layout.bootstrap, layout.admin_security()
+    )
     state = "answering" if answering else "[red]not answering[/red]"
     console.print(f"Kafka pid {pid} at {layout.bootstrap}: {state}")
     if not answering:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from cocoon.core.bus.security import KafkaSecurity
+from cocoon.core.bus.security import KafkaSecurity, read_password
 
 ENV_PREFIX = "COCOON_"
 CONFIG_FILE_ENV = "COCOON_CONFIG_FILE"
@@ -52,10 +52,13 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
     # How the Kafka clients connect (cocoon.core.bus.security, which the clients read from the
     # same variables): checked here so a pod with a missing certificate exits at start.
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = "PLAINTEXT"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
     # dev, staging, prod, ...: anything but `dev` is production, where development shortcuts
     # (the simulated TEE, trusting its test root) are refused unless explicitly allowed.
     environment: str = Field("dev", min_length=1, description="deployment environment")
@@ -80,6 +83,20 @@ class ServiceSettings(BaseSettings):
             return value
         return value.lower() if info.field_name == "log_format" else value.upper()
 
+    @field_validator(
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_sasl_password_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # A launcher clears an inherited setting by passing it empty (cocoon up, the e2e tests).
+        return None if value == "" else value
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_addresses(cls, value: str) -> str:
@@ -94,11 +111,14 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _kafka_security(self) -> ServiceSettings:
+        password = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
         KafkaSecurity(
             self.kafka_security_protocol,
             self.kafka_ssl_cafile,
             self.kafka_ssl_certfile,
             self.kafka_ssl_keyfile,
+            self.kafka_sasl_username or None,
+            read_password(password, self.kafka_sasl_password_file),
         )
         return self
 

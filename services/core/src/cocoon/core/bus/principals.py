@@ -1,0 +1,169 @@
+"""Apply the catalog's principals to a broker: SCRAM users and their ACLs (cocoon.core.acls).
+
+Run as the admin principal. `ensure_users` creates or updates SCRAM-SHA-512 credentials (the
+dev broker's and `cocoon up`'s users; in Kubernetes, Strimzi's User Operator does it from the
+KafkaUser resources). `apply_acls` adds every ACL the catalog gives; creating an ACL that exists
+is a no-op in Kafka, so it is idempotent. Uses kafka-python's admin client (blocking).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourceType,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+from kafka.errors import SecurityDisabledError
+
+from cocoon.core.acls import Acl, principal_acls, principal_name
+from cocoon.core.bus.security import KafkaSecurity, kafka_python_security
+
+_RESOURCE = {
+    "topic": ResourceType.TOPIC,
+    "group": ResourceType.GROUP,
+    "transactionalId": ResourceType.TRANSACTIONAL_ID,
+    "cluster": ResourceType.CLUSTER,
+}
+_PATTERN = {"literal": ACLResourcePatternType.LITERAL, "prefix": ACLResourcePatternType.PREFIXED}
+_OPERATION = {
+    "Read": ACLOperation.READ,
+    "Write": ACLOperation.WRITE,
+    "Create": ACLOperation.CREATE,
+    "Describe": ACLOperation.DESCRIBE,
+    "DescribeConfigs": ACLOperation.DESCRIBE_CONFIGS,
+    "AlterConfigs": ACLOperation.ALTER_CONFIGS,
+    "IdempotentWrite": ACLOperation.IDEMPOTENT_WRITE,
+}
+
+
+class PrincipalError(RuntimeError):
+    """The broker refused a user or an ACL; the message names which and why."""
+
+
+def _admin(bootstrap: str, security: KafkaSecurity | None) -> KafkaAdminClient:
+    kwargs = security.kafka_python() if security is not None else kafka_python_security()
+    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cocoon-principals", **kwargs)
+
+
+def kafka_acls(principal: str, acls: list[Acl]) -> list[ACL]:
+    """kafka-python ACL bindings (one per operation) allowing `principal` what `acls` say."""
+    return [
+        ACL(
+            principal=f"User:{principal}",
+            host="*",
+            operation=_OPERATION[operation],
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(
+                _RESOURCE[acl.resource_type], acl.name, _PATTERN[acl.pattern]
+            ),
+        )
+        for acl in acls
+        for operation in acl.operations
+    ]
+
+
+def apply_acls(
+    bootstrap: str, principals: Mapping[str, list[Acl]], *, security: KafkaSecurity | None = None
+) -> int:
+    """Add every ACL of `principals` (as `security`, default: this process's settings);
+    returns how many bindings the broker holds for them."""
+    bindings = [b for name, acls in principals.items() for b in kafka_acls(name, acls)]
+    admin = _admin(bootstrap, security)
+    try:
+        result = admin.create_acls(bindings)
+    finally:
+        admin.close()
+    failed = result["failed"]  # error classes, one per refused binding
+    if failed and all(error is SecurityDisabledError for error in failed):
+        raise SecurityDisabledError("the broker has no authorizer")
+    if failed:
+        shown = ", ".join(sorted({error.__name__ for error in failed}))
+        raise PrincipalError(f"{len(failed)} ACL(s) refused: {shown}")
+    return len(result["succeeded"])
+
+
+def ensure_users(bootstrap: str, passwords: Mapping[str, str]) -> None:
+    """Create or update the SCRAM-SHA-512 credential of each principal."""
+    upserts = [
+        UserScramCredentialUpsertion(name, ScramMechanism.SCRAM_SHA_512, password)
+        for name, password in passwords.items()
+    ]
+    admin = _admin(bootstrap, None)
+    try:
+        errors = admin.alter_user_scram_credentials(upserts)
+    finally:
+        admin.close()
+    failed = {user: error for user, error in errors.items() if error}
+    if failed:
+        raise PrincipalError(f"SCRAM users refused: {failed}")
+
+
+def password_file(directory: Path, principal: str) -> Path:
+    """`<directory>/<principal>.password`, created with a random password the first time."""
+    path = directory / f"{principal}.password"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24))
+    return path
+
+
+def provision(
+    bootstrap: str, *, prefix: str = "", users_dir: Path | None = None
+) -> dict[str, Path]:
+    """Apply the catalog's ACLs for topics under `prefix`; with `users_dir`, also create each
+    principal's SCRAM user with the password kept there. Returns principal -> password file
+    (empty without `users_dir`)."""
+    principals = principal_acls(prefix=prefix)
+    files: dict[str, Path] = {}
+    if users_dir is not None:
+        files = {name: password_file(users_dir, name) for name in principals}
+        ensure_users(bootstrap, {name: path.read_text().strip() for name, path in files.items()})
+    apply_acls(bootstrap, principals)
+    return files
+
+
+@dataclass
+class Credentials:
+    """Each started process's own principal, for a launcher that runs as the admin (`cocoon
+    up`, the tests): users are created with passwords kept in `users_dir`, the catalog's ACLs
+    applied once per topic prefix."""
+
+    bootstrap: str
+    cafile: Path
+    users_dir: Path
+    _provisioned: set[str] = field(default_factory=set)
+
+    @classmethod
+    def for_admin(cls, bootstrap: str, users_dir: Path) -> Credentials | None:
+        """With this process's settings (the admin's); None when the broker takes no SASL
+        (plaintext or mTLS: then started processes inherit this process's settings)."""
+        admin = KafkaSecurity.from_env()
+        if admin.protocol != "SASL_SSL" or admin.cafile is None:
+            return None
+        return cls(bootstrap, admin.cafile, users_dir)
+
+    def env(self, holder: str, prefix: str = "") -> dict[str, str]:
+        """COCOON_KAFKA_* settings of `holder`'s principal (a service, or `worker-enrolment`)."""
+        if prefix not in self._provisioned:
+            provision(self.bootstrap, prefix=prefix, users_dir=self.users_dir)
+            self._provisioned.add(prefix)
+        name = principal_name(holder)
+        file = password_file(self.users_dir, name)
+        security = KafkaSecurity(
+            "SASL_SSL", self.cafile, username=name, password=file.read_text().strip()
+        )
+        return security.env(password_file=file)
