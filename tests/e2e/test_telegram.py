@@ -16,6 +16,7 @@ import pytest
 from support.bus_dump import every_record
 from support.telegram_api import BOT_USERNAME, FakeBotApi
 
+from cocoon.billing.stream_handlers import GrantPolicy
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.network.local import TELEGRAM_TRIAL_NANOTON
 from cocoon.telegram.answers import STOPPED_NOTE
@@ -77,8 +78,10 @@ async def reply_to(api: FakeBotApi, user: int, text: str, expect: str, timeout_s
     )
 
 
-async def until_balance(service: TelegramService, account: str, wanted: int) -> None:
-    deadline = time.monotonic() + 30
+async def until_balance(
+    service: TelegramService, account: str, wanted: int, timeout_s: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout_s
     while (service.balances.of(account) or (None,))[0] != wanted:
         assert time.monotonic() < deadline, f"{account}: {service.balances.of(account)}"
         await asyncio.sleep(0.1)
@@ -137,7 +140,12 @@ async def test_commands_a_streamed_answer_and_what_it_cost(telegram, network):
     entries = await read_ledger(network_bootstrap(network), prefix=prefix(), client_id="tg-test")
     charge = next(e for e in entries if e.entry_id == f"charge:{request_id}")
     assert charge.meta["client_id"] == f"tg-{user}" and charge.meta["charge"] > 0
-    await until_balance(service, f"tg-{user}", TELEGRAM_TRIAL_NANOTON - charge.meta["charge"])
+    # What the admission grant still holds comes back only when the grant closes: its usable
+    # time (counted from the request, not the answer) and clock skew after, once billing ticks.
+    grant_closes_s = GrantPolicy.usable_ms / 1000 + GrantPolicy.clock_skew_ms / 1000 + 30
+    await until_balance(
+        service, f"tg-{user}", TELEGRAM_TRIAL_NANOTON - charge.meta["charge"], grant_closes_s
+    )
 
 
 async def test_every_command_answers(telegram):
