@@ -39,6 +39,7 @@ TOPICS = [
     "billing.reservations",
     "billing.grants",
     "billing.topups",
+    "billing.refunds",
     "billing.ledger",
     "billing.balances",
 ]
@@ -181,6 +182,7 @@ class Seen:
 
     reservations: dict[str, list[dict]] = field(default_factory=dict)
     grants: list[dict] = field(default_factory=list)
+    refunds: list[dict] = field(default_factory=list)
     balances: dict[str, dict] = field(default_factory=dict)
     ledger: list[dict] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
@@ -192,6 +194,8 @@ class Seen:
             self.reservations.setdefault(record.key, []).append(record.value)
         elif record.topic == "billing.grants":
             self.grants.append(record.value)
+        elif record.topic == "billing.refunds":
+            self.refunds.append(record.value)
         elif record.topic == "billing.balances":
             self.balances[record.key] = record.value
         elif record.topic.endswith(".dlq"):
@@ -284,6 +288,7 @@ async def network(
         [
             "billing.reservations",
             "billing.grants",
+            "billing.refunds",
             "billing.balances",
             "billing.ledger",
             "usage.receipts.dlq",

@@ -120,6 +120,10 @@ def _expect(
         amount = m["amount"]
         expected[topup_account(m["source"])] -= amount
         expected[client_account(m["client_id"])] += amount
+    elif kind == "refund":
+        amount = m["amount"]
+        expected[client_account(m["client_id"])] -= amount
+        expected[topup_account(m["source"])] += amount
     elif kind == "claim":
         amount = m["amount"]
         expected[UNCLAIMED] -= amount

@@ -44,6 +44,8 @@ EntrySink = Callable[[Entry], None]
 # or None when that verdict carries none (claims v1).
 AttestedAddress = Callable[[str], str | None]
 UNATTESTED = ""  # the earnings bucket of receipts earned under a verdict without an address
+# Top-up sources whose payments can be refunded where they were made (a trial cannot).
+REFUNDABLE_SOURCES = frozenset({"telegram_stars"})
 
 
 def _no_address(_worker_id: str) -> str | None:
@@ -94,6 +96,27 @@ class CaptureResult:
     released: int = 0
     reason: Rejection | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditedTopUp:
+    """A top-up paid with money that can be given back at its source (Telegram Stars)."""
+
+    topup_id: str
+    client_id: str
+    amount: int
+    source: str
+    paid_amount: int
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundDecision:
+    topup_id: str
+    client_id: str
+    debited: bool
+    topup: CreditedTopUp | None = None  # what was debited (None when refused)
+    reason: str = ""  # why it was refused, for the user
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +192,10 @@ class BillingEngine:
         # worker id -> {payout address a receipt was earned under (or UNATTESTED): nanoTON
         # still owed}. Sums to the worker's balance; payouts draw on one address at a time.
         self._earned: dict[str, dict[str, int]] = {}
+        # Refundable top-ups by id, until refunded; then in `_refunded`, so a repeated ask is
+        # answered the same way.
+        self._refundable: dict[str, CreditedTopUp] = {}
+        self._refunded: dict[str, CreditedTopUp] = {}
 
     # ---- construction -------------------------------------------------------------------
 
@@ -242,6 +269,18 @@ class BillingEngine:
             self._closed[m["request_id"]] = entry.entry_id
             if entry.kind == "charge":
                 self._owe(m["worker_id"], m.get("payout_address", UNATTESTED), m["worker_fee"])
+        elif entry.kind == "topup" and m["source"] in REFUNDABLE_SOURCES:
+            topup_id = entry.entry_id.removeprefix("topup:")
+            self._refundable[topup_id] = CreditedTopUp(
+                topup_id,
+                m["client_id"],
+                m["amount"],
+                m["source"],
+                m["paid_amount"],
+                m["reference"],
+            )
+        elif entry.kind == "refund":
+            self._refunded[m["topup_id"]] = self._refundable.pop(m["topup_id"])
         elif entry.kind == "payout":
             self._owe(m["worker_id"], m.get("earned_under", UNATTESTED), -m["amount"])
         elif entry.kind == "payout_reversed":
@@ -691,6 +730,39 @@ class BillingEngine:
         }
         postings = ((source_account, -amount), (client_account(client_id), amount))
         return self._record(Entry(f"topup:{topup_id}", "topup", postings, at_ms, meta))
+
+    def refund_topup(self, topup_id: str, client_id: str, at_ms: int = 0) -> RefundDecision:
+        """Take a paid top-up's whole credit back so its payment can be refunded at its source,
+        if the client still holds it unspent. Asked again, answers the same (without moving
+        money twice): the front end may ask again after a crash before it refunded."""
+        refunded = self._refunded.get(topup_id)
+        if refunded is not None and refunded.client_id == client_id:
+            return RefundDecision(topup_id, client_id, True, refunded)
+        topup = self._refundable.get(topup_id)
+        if topup is None or topup.client_id != client_id:
+            reason = "there is no refundable payment with this id on your account"
+            return RefundDecision(topup_id, client_id, False, reason=reason)
+        available = self.ledger.balance(client_account(client_id))
+        if available < topup.amount:
+            reason = (
+                f"your balance holds {available} of the {topup.amount} nanoTON this payment "
+                "credited (the rest is spent or held for answers in progress)"
+            )
+            return RefundDecision(topup_id, client_id, False, reason=reason)
+        meta = {
+            "client_id": client_id,
+            "topup_id": topup_id,
+            "amount": topup.amount,
+            "source": topup.source,
+            "paid_amount": topup.paid_amount,
+            "reference": topup.reference,
+        }
+        postings = (
+            (client_account(client_id), -topup.amount),
+            (topup_account(topup.source), topup.amount),
+        )
+        self._record(Entry(f"refund:{topup_id}", "refund", postings, at_ms, meta))
+        return RefundDecision(topup_id, client_id, True, topup)
 
     def claim_unclaimed(self, deposit_id: str, client_id: str, at_ms: int = 0) -> bool:
         """Move an unclaimed deposit to a client (an operator decision, once per deposit)."""

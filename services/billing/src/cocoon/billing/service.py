@@ -99,7 +99,9 @@ ASSIGNMENTS = Topic.INFERENCE_ASSIGNMENTS
 RESERVATIONS = Topic.BILLING_RESERVATIONS
 GRANTS = Topic.BILLING_GRANTS
 TOPUPS = Topic.BILLING_TOPUPS
+REFUNDS = Topic.BILLING_REFUNDS
 GRANT_RECORD = "cocoon.billing.Grant"
+REFUND_RECORD = "cocoon.billing.Refund"
 # Keyed by the logical topic name a record arrives on (physical name less the prefix).
 INPUTS: dict[str, str] = {  # in the order a polled batch is handled
     REQUESTS: "cocoon.inference.InferenceRequest",
@@ -619,6 +621,8 @@ class Billing(Service):
                 ).inc()
             for grant in batch.grants:
                 sends.append(await self._send(GRANTS, grant, GRANT_RECORD))
+            for refund in batch.refunds:
+                sends.append(await self._send(REFUNDS, refund, REFUND_RECORD))
             for topic, record, exc in dead:
                 sends.append(await self._dead_letter(topic, record, exc))
             if offsets:

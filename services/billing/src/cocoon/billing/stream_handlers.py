@@ -38,9 +38,10 @@ class Batch:
     entries: list[tuple[int, Entry]] = field(default_factory=list)
     reservations: list[dict[str, Any]] = field(default_factory=list)
     grants: list[dict[str, Any]] = field(default_factory=list)
+    refunds: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.entries or self.reservations or self.grants)
+        return bool(self.entries or self.reservations or self.grants or self.refunds)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,10 @@ class Processor:
     # ---- billing.topups ---------------------------------------------------------------
 
     def on_topup(self, topup: models.TopUp, now_ms: int) -> bool:
-        """Credit a Stars payment or a trial once per topup_id; False when seen before."""
+        """Credit a Stars payment or a trial once per topup_id (False when seen before), or
+        answer a refund ask on billing.refunds (True when it moved money)."""
+        if topup.kind == models.TopUpKind.REFUND:
+            return self._refund(topup, now_ms)
         return self.engine.credit_topup(
             topup.topup_id,
             topup.account_id,
@@ -140,6 +144,26 @@ class Processor:
             paid_amount=topup.paid_amount,
             reference=topup.reference,
         )
+
+    def _refund(self, ask: models.TopUp, now_ms: int) -> bool:
+        moved = f"refund:{ask.topup_id}" not in self.engine.ledger
+        decision = self.engine.refund_topup(ask.topup_id, ask.account_id, now_ms)
+        topup = decision.topup
+        self._batch.refunds.append(
+            {
+                "topup_id": decision.topup_id,
+                "account_id": decision.client_id,
+                "status": models.RefundStatus.DEBITED
+                if decision.debited
+                else models.RefundStatus.REFUSED,
+                "amount_nanoton": topup.amount if topup else 0,
+                "paid_amount": topup.paid_amount if topup else 0,
+                "reference": topup.reference if topup else "",
+                "reason": decision.reason,
+                "decided_at": now_ms,
+            }
+        )
+        return decision.debited and moved
 
     # ---- inference.requests -----------------------------------------------------------
 

@@ -24,6 +24,7 @@ class Topic(StrEnum):
     BILLING_GRANTS = "billing.grants"
     BILLING_LEDGER = "billing.ledger"
     BILLING_PAYOUTS = "billing.payouts"
+    BILLING_REFUNDS = "billing.refunds"
     BILLING_RESERVATIONS = "billing.reservations"
     BILLING_TOPUPS = "billing.topups"
     INFERENCE_ASSIGNMENTS = "inference.assignments"
@@ -46,6 +47,7 @@ class Group(StrEnum):
     ATTESTATION = "attestation"
     BILLING = "billing"
     SCHEDULER = "scheduler"
+    TELEGRAM = "telegram"
 
 
 class GroupTemplate(StrEnum):

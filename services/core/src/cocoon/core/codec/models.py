@@ -389,6 +389,52 @@ class Payout(AvroModel):
     updated_at: datetime = Field(description="Last state change.")
 
 
+class RefundStatus(StrEnum):
+    """What billing decided."""
+
+    UNKNOWN = "UNKNOWN"
+    DEBITED = "DEBITED"
+    REFUSED = "REFUSED"
+
+
+RefundStatusSymbol = Literal["UNKNOWN", "DEBITED", "REFUSED"]
+
+
+class Refund(AvroModel):
+    """Billing's answer to a REFUND top-up: the credit was debited (the front end now refunds the
+    payment through its source) or refused, with why.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.Refund"
+    avro_version: ClassVar[int] = 1
+
+    topup_id: str = Field(description="The top-up asked to be refunded.")
+    account_id: str = Field(description="The account that asked (the record key).")
+    status: RefundStatusSymbol = Field(
+        default="UNKNOWN",
+        description=(
+            "DEBITED: ledger entry refund:<topup_id> took the credit back (answered again, the "
+            "same, when the ask is repeated). REFUSED: nothing moved; reason says why."
+        ),
+    )
+    amount_nanoton: int = Field(description="What was debited (the whole credit); 0 when refused.")
+    paid_amount: int = Field(
+        description=(
+            "What the user paid for the credit, in the source's unit (Stars); 0 when refused."
+        ),
+    )
+    reference: str = Field(
+        description=(
+            "The payment's own reference (telegram_payment_charge_id) to refund; empty when "
+            "refused."
+        ),
+    )
+    reason: str = Field(
+        description="Why it was refused, in words a user can read; empty when debited.",
+    )
+    decided_at: datetime = Field(description="When billing decided.")
+
+
 class ReservationStatus(StrEnum):
     """Admission decision."""
 
@@ -474,24 +520,42 @@ class TopUpSource(StrEnum):
 TopUpSourceSymbol = Literal["UNKNOWN", "TELEGRAM_STARS", "TRIAL"]
 
 
+class TopUpKind(StrEnum):
+    """CREDIT: credit the payment. REFUND: give a credited Stars payment back."""
+
+    CREDIT = "CREDIT"
+    REFUND = "REFUND"
+
+
+TopUpKindSymbol = Literal["CREDIT", "REFUND"]
+
+
 class TopUp(AvroModel):
     """Funds paid to the operator outside TON (Telegram Stars) or granted by a front end (a
-    trial), to be credited to an account exactly once: billing's ledger entry id is
-    topup:<topup_id>.
+    trial), to be credited to an account exactly once (billing's ledger entry id is
+    topup:<topup_id>); or, with kind REFUND, the ask to give one such credit back (ledger
+    entry refund:<topup_id>; billing answers on billing.refunds).
     """
 
     avro_name: ClassVar[str] = "cocoon.billing.TopUp"
-    avro_version: ClassVar[int] = 1
+    avro_version: ClassVar[int] = 2
 
     topup_id: str = Field(
         description=(
             "Unique per payment, derived from the payment itself (stars-<sha256 of the "
             "telegram_payment_charge_id, 32 hex>, trial-<account>), so a repeated delivery is the "
-            "same top-up."
+            "same top-up. For a REFUND: the credited top-up to give back."
         ),
     )
-    account_id: str = Field(description="Account credited (the record key).")
-    amount_nanoton: int = Field(description="Credit in nanoTON (> 0).")
+    account_id: str = Field(
+        description="Account credited, or debited by a REFUND (the record key).",
+    )
+    amount_nanoton: int = Field(
+        description=(
+            "Credit in nanoTON (> 0); 0 for a REFUND, which gives back exactly what billing "
+            "credited."
+        ),
+    )
     source: TopUpSourceSymbol = Field(
         default="UNKNOWN",
         description=(
@@ -501,15 +565,25 @@ class TopUp(AvroModel):
     )
     paid_amount: int = Field(
         description=(
-            "What the user paid, in the source's own unit (Stars for TELEGRAM_STARS, 0 for TRIAL)."
+            "What the user paid, in the source's own unit (Stars for TELEGRAM_STARS, 0 for TRIAL). "
+            "0 for a REFUND."
         ),
     )
     reference: str = Field(
         description=(
-            "The payment's own reference (telegram_payment_charge_id), for refunds and support."
+            "The payment's own reference (telegram_payment_charge_id), for refunds and support. "
+            "Empty for a REFUND (billing answers with the credit's)."
         ),
     )
     created_at: datetime = Field(description="When the front end learned of the payment.")
+    kind: TopUpKindSymbol = Field(
+        default="CREDIT",
+        description=(
+            "CREDIT: credit the payment once. REFUND: debit the whole credit of topup_id, if the "
+            "account still holds it unspent, so the front end can refund the payment itself "
+            "(refundStarPayment)."
+        ),
+    )
 
 
 class DeadLetterReason(StrEnum):
@@ -939,6 +1013,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.billing.Grant": Grant,
     "cocoon.billing.LedgerEntry": LedgerEntry,
     "cocoon.billing.Payout": Payout,
+    "cocoon.billing.Refund": Refund,
     "cocoon.billing.Reservation": Reservation,
     "cocoon.billing.TopUp": TopUp,
     "cocoon.bus.Header": Header,
@@ -958,9 +1033,11 @@ ENUMS: dict[str, type[StrEnum]] = {
     "cocoon.billing.GrantStatus": GrantStatus,
     "cocoon.billing.LedgerEntryKind": LedgerEntryKind,
     "cocoon.billing.PayoutStatus": PayoutStatus,
+    "cocoon.billing.RefundStatus": RefundStatus,
     "cocoon.billing.ReservationStatus": ReservationStatus,
     "cocoon.billing.RejectReason": RejectReason,
     "cocoon.billing.TopUpSource": TopUpSource,
+    "cocoon.billing.TopUpKind": TopUpKind,
     "cocoon.bus.DeadLetterReason": DeadLetterReason,
     "cocoon.inference.RequestChannel": RequestChannel,
     "cocoon.inference.OutcomeStatus": OutcomeStatus,
