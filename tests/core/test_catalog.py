@@ -25,6 +25,7 @@ EXPECTED = {
     "billing.reservations",
     "billing.grants",
     "billing.topups",
+    "billing.refunds",
     "inference.assignments",
     "work.{worker_id}",
     "inference.responses",

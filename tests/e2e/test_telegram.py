@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ async def telegram(network, kafka_bootstrap) -> AsyncIterator[tuple[FakeBotApi, 
         telegram_nanoton_per_star=NANOTON_PER_STAR,
         telegram_requests_per_minute=30,
         telegram_max_tokens=48,
+        telegram_refunds=True,
         # Sealed by the bot itself (the default), trusting what `cocoon up` pins for its gateway.
         telegram_client_config_file=network.client_config_path,
     )
@@ -228,6 +230,72 @@ async def test_stars_payment_delivered_twice_is_credited_once(telegram, network)
     entries = await read_ledger(network_bootstrap(network), prefix=prefix(), client_id="tg-p")
     topups = [e for e in entries if e.kind == "topup" and e.meta["reference"] == charge_id]
     assert len(topups) == 1 and topups[0].meta["paid_amount"] == stars
+
+
+async def test_a_refund_gives_the_stars_back_once_and_takes_the_credit_back_once(telegram, network):
+    api, service = telegram
+    user = 1008
+    account = f"tg-{user}"
+    await reply_to(api, user, "/start", say("welcome")[:30])
+    await until_balance(service, account, TELEGRAM_TRIAL_NANOTON)
+    paid = await pay_once(api, user, f"stxrefund{uuid.uuid4().hex}")
+    await until_balance(service, account, TELEGRAM_TRIAL_NANOTON + paid.nanoton)
+
+    # Pressed twice (a user impatient, or a bot restarted between asking and refunding): the
+    # Stars go back once, the balance loses the payment's credit once, the user is told once.
+    api.press(user, user, 1, paid.refund_data)
+    await api.wait_for(lambda c: c.method == "sendMessage" and "Refunded" in text_of(c), 60)
+    since = len(api.calls)
+    api.press(user, user, 1, paid.refund_data)
+    await api.wait_for(lambda c: c.method == "refundStarPayment", 60, since=since)
+    assert api.refunded == {paid.charge_id}
+    await until_balance(service, account, TELEGRAM_TRIAL_NANOTON)
+    await asyncio.sleep(2)  # room for a second debit or message, if there were one
+    assert service.balances.of(account)[0] == TELEGRAM_TRIAL_NANOTON
+    assert len([c for c in api.sent("sendMessage", user) if "Refunded" in text_of(c)]) == 1
+    entries = await read_ledger(network_bootstrap(network), prefix=prefix(), client_id="tg-r")
+    refunds = [e for e in entries if e.kind == "refund" and e.meta["client_id"] == account]
+    assert len(refunds) == 1 and refunds[0].meta["reference"] == paid.charge_id
+
+    # Telegram refuses the next one: the credit is restored, so nothing is lost either way.
+    second = await pay_once(api, user, f"stxrefund{uuid.uuid4().hex}")
+    await until_balance(service, account, TELEGRAM_TRIAL_NANOTON + second.nanoton)
+    api.refusing_refunds = True
+    try:
+        api.press(user, user, 1, second.refund_data)
+        await api.wait_for(lambda c: "did not accept the refund" in text_of(c), 60)
+    finally:
+        api.refusing_refunds = False
+    await until_balance(service, account, TELEGRAM_TRIAL_NANOTON + second.nanoton)
+    assert second.charge_id not in api.refunded
+
+    # Someone else's payment: refused by billing, nothing moves.
+    api.press(user + 1, user + 1, 1, paid.refund_data)
+    await api.wait_for(lambda c: "cannot be refunded" in text_of(c), 60)
+
+
+@dataclass(frozen=True)
+class Paid:
+    charge_id: str
+    nanoton: int
+    refund_data: str
+
+
+async def pay_once(api: FakeBotApi, user: int, charge_id: str) -> Paid:
+    """Pay the first invoice /topup offers; the confirmation carries the refund button."""
+    since = len(api.calls)
+    api.say(user, "/topup")
+    invoice = await api.wait_for(
+        lambda c: c.method == "sendInvoice" and int(c.params["chat_id"]) == user, since=since
+    )
+    await api.pay(user, invoice, charge_id)
+    confirmation = await api.wait_for(
+        lambda c: "Payment received" in text_of(c) and int(c.params["chat_id"]) == user,
+        since=since,
+    )
+    [[button]] = eval_markup(confirmation)["inline_keyboard"]
+    assert button["text"] == say("refund_button")
+    return Paid(charge_id, eval_prices(invoice) * NANOTON_PER_STAR, button["callback_data"])
 
 
 async def test_no_balance_is_told_how_to_top_up(telegram):

@@ -58,6 +58,10 @@ class FakeBotApi:
     updates: list[dict[str, Any]] = field(default_factory=list)
     blocked_chats: set[int] = field(default_factory=set)
     flood: dict[str, int] = field(default_factory=dict)  # method -> retry_after, once
+    # Stars payments made (charge id -> (user id, Stars)) and the charge ids refunded.
+    charges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    refunded: set[str] = field(default_factory=set)
+    refusing_refunds: bool = False  # every refund fails as Telegram fails an invalid one
     _update_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _message_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _texts: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
@@ -201,6 +205,19 @@ class FakeBotApi:
             raise ApiError(400, "Bad Request: error_message is required when ok is False")
         return True
 
+    async def _m_refundStarPayment(self, p: dict[str, Any]) -> bool:
+        user_id = _int(p, "user_id")
+        charge_id = p.get("telegram_payment_charge_id")
+        if not charge_id:
+            raise ApiError(400, "Bad Request: telegram_payment_charge_id is required")
+        charge = self.charges.get(charge_id)
+        if charge is None or charge[0] != user_id or self.refusing_refunds:
+            raise ApiError(400, "Bad Request: CHARGE_ID_INVALID")
+        if charge_id in self.refunded:
+            raise ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+        self.refunded.add(charge_id)
+        return True
+
     async def _m_answerCallbackQuery(self, p: dict[str, Any]) -> bool:
         if not p.get("callback_query_id"):
             raise ApiError(400, "Bad Request: callback_query_id is required")
@@ -286,6 +303,7 @@ class FakeBotApi:
             "telegram_payment_charge_id": charge_id,
             "provider_payment_charge_id": "",
         }
+        self.charges[charge_id] = (user_id, amount)
         message_id = next(self._message_ids)
         for _ in range(deliveries):
             message = {

@@ -14,7 +14,6 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,6 @@ from aiogram.types import (
     PreCheckoutQuery,
 )
 
-from cocoon.core.codec import models
 from cocoon.core.holds import COEFFICIENT_ONE
 from cocoon.telegram import payments
 from cocoon.telegram.answers import STOP_CALLBACK_PREFIX, AnswerView
@@ -49,8 +47,6 @@ log = logging.getLogger(__name__)
 MODEL_CALLBACK_PREFIX = "model:"
 MODELS_TTL_S = 30.0
 RECENT_REQUESTS = 10
-
-PublishTopUp = Callable[[models.TopUp], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ class CocoonBot:
         settings: Settings,
         gateway: GatewayClient,
         balances: Balances,
-        publish_topup: PublishTopUp,
+        publish_topup: payments.PublishTopUp,
     ) -> None:
         self.settings = settings
         self.gateway = gateway
@@ -118,6 +114,9 @@ class CocoonBot:
         router.callback_query.register(
             self.on_stop_pressed, F.data.startswith(STOP_CALLBACK_PREFIX)
         )
+        router.callback_query.register(
+            self.on_refund_pressed, F.data.startswith(payments.REFUND_CALLBACK_PREFIX)
+        )
         router.stopped_message_generation.register(self.on_generation_stopped)
         router.pre_checkout_query.register(self.on_pre_checkout)
         return router
@@ -160,7 +159,9 @@ class CocoonBot:
         await message.answer(say("settings", model=model or "none available", budget=budget))
 
     async def on_paysupport(self, message: Message) -> None:
-        await message.answer(say("paysupport", contact=self.settings.telegram_support_contact))
+        refunds = say("paysupport_refunds" if self.settings.telegram_refunds else "paysupport_no")
+        contact = self.settings.telegram_support_contact
+        await message.answer(say("paysupport", contact=contact) + " " + refunds)
 
     async def on_model(self, message: Message) -> None:
         listed = await self._models_listed()
@@ -293,7 +294,23 @@ class CocoonBot:
         await self.publish_topup(topup)
         if topup.topup_id not in self._credited:  # a redelivered update is not news
             self._credited.add(topup.topup_id)
-            await message.answer(say("credited", amount=ton(topup.amount_nanoton)))
+            markup = None
+            if self.settings.telegram_refunds:
+                data = payments.REFUND_CALLBACK_PREFIX + topup.topup_id
+                button = InlineKeyboardButton(text=say("refund_button"), callback_data=data)
+                markup = InlineKeyboardMarkup(inline_keyboard=[[button]])
+            text = say("credited", amount=ton(topup.amount_nanoton))
+            await message.answer(text, reply_markup=markup)
+
+    async def on_refund_pressed(self, query: CallbackQuery) -> None:
+        """Ask billing to take the payment's credit back; refunds.py refunds it once debited."""
+        assert query.data is not None
+        if not self.settings.telegram_refunds:
+            await query.answer(say("refunds_off"), show_alert=True)
+            return
+        topup_id = query.data.removeprefix(payments.REFUND_CALLBACK_PREFIX)
+        await self.publish_topup(payments.refund_ask(topup_id, self.account(query.from_user.id)))
+        await query.answer(say("refund_asked"))
 
     # ---- chat --------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Telegram Stars top-ups: the invoice, the pre-checkout check, and the credit it becomes.
+"""Telegram Stars top-ups: the invoice, the pre-checkout check, the credit it becomes, and the
+records of a refund (refunds.py acts on billing's answer).
 
 A successful payment becomes one `billing.topups` record whose id is derived from Telegram's
 `telegram_payment_charge_id`: however often Telegram delivers the update (or the bot restarts
@@ -8,13 +9,18 @@ between receiving it and acknowledging it), billing credits the payment once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cocoon.core.codec import models
 
 STARS_CURRENCY = "XTR"
+REFUND_CALLBACK_PREFIX = "refund:"
 PAYLOAD_PREFIX = "topup:"
+
+
+PublishTopUp = Callable[[models.TopUp], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -82,5 +88,32 @@ def trial_topup(account_id: str, nanoton: int) -> models.TopUp:
         source="TRIAL",
         paid_amount=0,
         reference="",
+        created_at=datetime.now(UTC),
+    )
+
+
+def refund_ask(topup_id: str, account_id: str) -> models.TopUp:
+    return models.TopUp(
+        topup_id=topup_id,
+        account_id=account_id,
+        amount_nanoton=0,
+        source="TELEGRAM_STARS",
+        paid_amount=0,
+        reference="",
+        created_at=datetime.now(UTC),
+        kind="REFUND",
+    )
+
+
+def restored_credit(refund: models.Refund) -> models.TopUp:
+    """The credit given back when Telegram will not refund: the same payment, so it can be
+    asked for again; its id derives from the refunded one, so it is credited once."""
+    return models.TopUp(
+        topup_id=f"{refund.topup_id}-restored",
+        account_id=refund.account_id,
+        amount_nanoton=refund.amount_nanoton,
+        source="TELEGRAM_STARS",
+        paid_amount=refund.paid_amount,
+        reference=refund.reference,
         created_at=datetime.now(UTC),
     )

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from cocoon.client import load_config
 from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.bus.consumer import BusConsumer
 from cocoon.core.bus.producer import BusProducer
 from cocoon.core.codec import models
 from cocoon.core.contracts import Topic
@@ -20,6 +21,7 @@ from cocoon.core.runtime.service import Service
 from cocoon.telegram.balances import BALANCES_TOPIC, Balances
 from cocoon.telegram.bot import CocoonBot
 from cocoon.telegram.gateway import GatewayClient
+from cocoon.telegram.refunds import REFUNDS_TOPIC, RefundDesk
 from cocoon.telegram.sealed import SealedGatewayClient
 from cocoon.telegram.settings import Settings
 
@@ -61,9 +63,18 @@ class TelegramService(Service):
         session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
         self.bot = Bot(token, session=session)
         self.cocoon = CocoonBot(settings, self.gateway, self.balances, self._publish_topup)
+        self.refunds = RefundDesk(self.bot, settings.telegram_account_prefix, self._publish_topup)
+        self.refunds_consumer = BusConsumer(
+            settings.kafka_bootstrap,
+            [REFUNDS_TOPIC],
+            group_id=settings.refunds_group,
+            handler=self.refunds.on_record,
+            client_id="telegram-refunds",
+        )
         self.dispatcher = Dispatcher()
         self.dispatcher.include_router(self.cocoon.router())
         self._reader_task: asyncio.Task[None] | None = None
+        self._refunds_task: asyncio.Task[None] | None = None
         self._reader_stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -76,6 +87,10 @@ class TelegramService(Service):
         # Balances known at start are loaded before the first update is handled.
         await self.reader.catch_up(timeout_s=60)
         self._reader_task = asyncio.create_task(self.reader.run(self._reader_stop))
+        await self.refunds_consumer.start()
+        self._refunds_task = asyncio.create_task(
+            self.refunds.run(self.refunds_consumer, self._reader_stop)
+        )
         await self.cocoon.register_commands(self.bot)
         if self.settings.telegram_mode == "webhook":
             await self._start_webhook()
@@ -125,6 +140,9 @@ class TelegramService(Service):
         self._reader_stop.set()
         if self._reader_task is not None:
             await self._reader_task
+        if self._refunds_task is not None:
+            await self._refunds_task
+        await self.refunds_consumer.stop()
         await self.reader.stop()
         await self.gateway.close()
         await self.bot.session.close()

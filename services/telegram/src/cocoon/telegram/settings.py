@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from cocoon.core.contracts import Group
 from cocoon.core.runtime.settings import ServiceSettings
 
 
@@ -47,6 +48,10 @@ class Settings(ServiceSettings):
     telegram_daily_token_cap: int = Field(200_000, ge=0, description="0: no cap")
     telegram_draft_interval_seconds: float = Field(0.3, gt=0)
     telegram_group_edit_interval_seconds: float = Field(1.0, ge=1.0)
+    telegram_refunds: bool = Field(
+        False, description="users may refund a Stars payment while its balance is unspent"
+    )
+    refunds_group: str = Field(Group.TELEGRAM, description="consumer group of billing.refunds")
     telegram_support_contact: str = Field("the operator", description="shown by /paysupport")
     telegram_sealing: Literal["client", "gateway"] = Field(
         "client",

@@ -87,8 +87,20 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "settings": "Model: {model}\nConversation memory: up to {budget} tokens.",
         "paysupport": (
-            "For a problem with a payment, write to {contact} with the date and the amount. "
-            "Stars paid for balance are refundable while the balance is unspent."
+            "For a problem with a payment, write to {contact} with the date and the amount."
+        ),
+        "paysupport_refunds": (
+            "A Stars payment can be refunded while your balance still holds what it added: "
+            "press Refund under its confirmation."
+        ),
+        "paysupport_no": "Refunds are decided by the operator.",
+        "refund_button": "Refund this payment",
+        "refunds_off": "Refunds are not offered by this bot; see /paysupport.",
+        "refund_asked": "Refund asked: you will get a message when it is done.",
+        "refunded": "Refunded: {stars} Stars are back with you; {amount} left your balance.",
+        "refund_refused": "This payment cannot be refunded: {reason}.",
+        "refund_failed": (
+            "Telegram did not accept the refund; {amount} is back on your balance. See /paysupport."
         ),
         "too_long": "Your message is too long ({length} characters; at most {limit}).",
         "rate_limited": "Too many messages: please wait {seconds} seconds.",
