@@ -1,0 +1,143 @@
+"""Cost of the scheduler's periodic work against pool size: the tick and the metrics refresh.
+
+    .venv/bin/python bench/scheduler_tick.py [--sizes 100,1000,10000,100000]
+        [--ticks 200] [--budget-s 5] [--impl indexed@13fe11d,indexed]
+
+`choose_worker` is measured by bench/scheduler_scale.py; this bench measures what the scheduler
+does besides deciding, on the same single event loop: `Dispatcher.tick` (every 100 ms: expire
+leases, find workers that went silent, look again at waiting requests) and the metrics refresh
+(once a second: placeable workers per model, requests by phase).
+
+Setup (not timed): N workers of one model heartbeating (capacity 8, accepted verdicts), about
+half of the slots leased (bench/scheduler_scale.py's pool), and 1,000 requests waiting because
+every worker within their price cap is busy (they ask for a price no free worker has). Between
+ticks (not timed) the clock moves 100 ms and the workers heartbeat as they would every 2 s (one
+twentieth of them per tick), so nobody goes silent and no lease expires: the steady state, where
+a tick finds nothing to do.
+
+Timed, in CPU time of the calling thread: one `tick` (`tick_ms`: mean; `tick_max_ms`) and one
+metrics refresh (`observe_ms`: `pool.models(now)` and `dispatcher.count(phase)` for the three
+phases, as metrics.observe does). `indexed` is the package as it is; `indexed@<commit>` the
+package at that commit, loaded from git (bench/scheduler_baseline.py). One JSON line per size and
+implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import time
+import types
+from datetime import UTC, datetime
+
+import scheduler_baseline
+from scheduler_scale import CAPACITY, MODEL, NOW, build_pool
+
+from cocoon.core.codec import models
+from cocoon.scheduler import dispatcher, placement, pool
+
+WAITING = 1000
+TICK_S = 0.1
+HEARTBEAT_EVERY_S = 2.0
+
+
+def implementation(name: str) -> types.SimpleNamespace:
+    if name == "indexed":
+        return types.SimpleNamespace(pool=pool, placement=placement, dispatcher=dispatcher)
+    return scheduler_baseline.load(name.removeprefix("indexed@"))
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def waiting_request(i: int) -> models.Reservation:
+    return models.Reservation(
+        reservation_id=f"res-q{i}",
+        request_id=f"q{i}",
+        account_id="a",
+        model=MODEL,
+        status="HELD",
+        amount_nanoton=1,
+        max_tokens=8,
+        # Free workers all cost 1000 here (see run_case), so this waits as "all busy".
+        max_coefficient=1000,
+        gateway_id="gw",
+        deadline_at=_at(NOW + 3600),
+        decided_at=_at(NOW),
+    )
+
+
+def run_case(impl: types.SimpleNamespace, n: int, args: argparse.Namespace) -> dict[str, object]:
+    rng = random.Random(n)
+    workers, _ = build_pool(impl, n, history=True, rng=rng)
+    timing = dispatcher.Timing(lease_seconds=3600, busy_wait_seconds=3600)
+    d = impl.dispatcher.Dispatcher(workers, timing)
+    d.known_models.add(MODEL)  # as the verdicts' handler would have
+    # One cheap worker, full: the waiting requests may only go to it, so they wait "all busy".
+    workers.heartbeat("cheap", NOW, models=[MODEL], capacity=1, coefficient=500)
+    workers.accept_verdict("cheap", "v-cheap", NOW + 3600, [MODEL])
+    workers.grant("cheap-lease", "cheap", MODEL, NOW, lease_seconds=3600)
+    for i in range(n):  # every other worker costs more than the waiting requests accept
+        workers.set_coefficient(f"w{i:06d}", 2000)
+    for i in range(WAITING):
+        assert d.on_reservation(waiting_request(i), NOW) == []
+    ids = [f"w{i:06d}" for i in range(n)]
+    per_tick = max(1, round(n * TICK_S / HEARTBEAT_EVERY_S))
+    gc.collect()
+    ticks: list[float] = []
+    observes: list[float] = []
+    now, turn, started = NOW, 0, time.perf_counter()
+    while len(ticks) < args.ticks and (not ticks or time.perf_counter() - started < args.budget_s):
+        now += TICK_S
+        for _ in range(per_tick):  # this tick's share of the heartbeats
+            wid = ids[turn % n]
+            turn += 1
+            state = workers.get(wid)
+            workers.heartbeat(
+                wid,
+                now,
+                models=[MODEL],
+                capacity=CAPACITY,
+                coefficient=2000,
+                running=len(state.leases),
+            )
+        workers.heartbeat("cheap", now, models=[MODEL], capacity=1, coefficient=500, running=1)
+        cpu = time.thread_time()
+        out = d.tick(now)
+        ticks.append(time.thread_time() - cpu)
+        assert out == [], "the steady state places and ends nothing"
+        if len(ticks) % 10 == 0:  # metrics are refreshed once a second, every 10th tick
+            cpu = time.thread_time()
+            workers.models(now)
+            for phase in (impl.dispatcher.Phase.PENDING, impl.dispatcher.Phase.LEASED):
+                d.count(phase)
+            d.count(impl.dispatcher.Phase.STARTED)
+            observes.append(time.thread_time() - cpu)
+    return {
+        "tick_ms": round(statistics.fmean(ticks) * 1000, 4),
+        "tick_max_ms": round(max(ticks) * 1000, 4),
+        "observe_ms": round(statistics.fmean(observes) * 1000, 4) if observes else None,
+        "ticks": len(ticks),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,10000,100000")
+    parser.add_argument("--ticks", type=int, default=200)
+    parser.add_argument("--budget-s", type=float, default=5.0)
+    parser.add_argument("--impl", default="indexed@13fe11d,indexed")
+    args = parser.parse_args()
+    for name in args.impl.split(","):
+        impl = implementation(name)
+        for n in [int(s) for s in args.sizes.split(",")]:
+            line = {"bench": "scheduler_tick", "impl": name, "workers": n, "waiting": WAITING}
+            print(json.dumps(line | run_case(impl, n, args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
