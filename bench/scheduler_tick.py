@@ -1,7 +1,7 @@
 """Cost of the scheduler's periodic work against pool size: the tick and the metrics refresh.
 
     .venv/bin/python bench/scheduler_tick.py [--sizes 100,1000,10000,100000]
-        [--ticks 200] [--budget-s 5] [--impl indexed@13fe11d,indexed]
+        [--ticks 200] [--budget-s 15] [--impl indexed@13fe11d,indexed]
 
 `choose_worker` is measured by bench/scheduler_scale.py; this bench measures what the scheduler
 does besides deciding, on the same single event loop: `Dispatcher.tick` (every 100 ms: expire
@@ -13,7 +13,8 @@ half of the slots leased (bench/scheduler_scale.py's pool), and 1,000 requests w
 every worker within their price cap is busy (they ask for a price no free worker has). Between
 ticks (not timed) the clock moves 100 ms and the workers heartbeat as they would every 2 s (one
 twentieth of them per tick), so nobody goes silent and no lease expires: the steady state, where
-a tick finds nothing to do.
+a tick finds nothing to do. The timed ticks start 1 s before the setup's heartbeats would go
+stale, so they include the tick where every worker's liveness is checked at once.
 
 Timed, in CPU time of the calling thread: one `tick` (`tick_ms`: mean; `tick_p50_ms`,
 `tick_max_ms`: every tenth tick is also a waiting request's once-a-second look) and one
@@ -88,26 +89,35 @@ def run_case(impl: types.SimpleNamespace, n: int, args: argparse.Namespace) -> d
         assert d.on_reservation(waiting_request(i), NOW) == []
     ids = [f"w{i:06d}" for i in range(n)]
     per_tick = max(1, round(n * TICK_S / HEARTBEAT_EVERY_S))
-    d.tick(NOW)  # not timed: clears what the setup left due (the history's finished leases)
+    turn = 0
+
+    def heartbeats(now: float) -> None:
+        """This tick's share of the heartbeats: each worker every 2 s, spread over them."""
+        nonlocal turn
+        for _ in range(per_tick):
+            wid = ids[turn % n]
+            turn += 1
+            running = len(workers.get(wid).leases)
+            workers.heartbeat(
+                wid, now, models=[MODEL], capacity=CAPACITY, coefficient=2000, running=running
+            )
+        workers.heartbeat("cheap", now, models=[MODEL], capacity=1, coefficient=500, running=1)
+
+    # Not timed: 2 s of heartbeats, so every worker has heartbeated since the setup and the
+    # timed ticks cross the moment the setup's heartbeats would have gone stale (NOW + 15 s),
+    # when every worker's liveness deadline comes due at once and is re-armed.
+    now = NOW + workers.heartbeat_ttl - 1 - HEARTBEAT_EVERY_S
+    d.tick(now)  # also clears what the setup left due (the history's finished leases)
+    for _ in range(round(HEARTBEAT_EVERY_S / TICK_S)):
+        now += TICK_S
+        heartbeats(now)
     gc.collect()
     ticks: list[float] = []
     observes: list[float] = []
-    now, turn, started = NOW, 0, time.perf_counter()
+    started = time.perf_counter()
     while len(ticks) < args.ticks and (not ticks or time.perf_counter() - started < args.budget_s):
         now += TICK_S
-        for _ in range(per_tick):  # this tick's share of the heartbeats
-            wid = ids[turn % n]
-            turn += 1
-            state = workers.get(wid)
-            workers.heartbeat(
-                wid,
-                now,
-                models=[MODEL],
-                capacity=CAPACITY,
-                coefficient=2000,
-                running=len(state.leases),
-            )
-        workers.heartbeat("cheap", now, models=[MODEL], capacity=1, coefficient=500, running=1)
+        heartbeats(now)
         cpu = time.thread_time()
         out = d.tick(now)
         ticks.append(time.thread_time() - cpu)
@@ -132,7 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000,100000")
     parser.add_argument("--ticks", type=int, default=200)
-    parser.add_argument("--budget-s", type=float, default=5.0)
+    parser.add_argument("--budget-s", type=float, default=15.0)
     parser.add_argument("--impl", default="indexed@13fe11d,indexed")
     args = parser.parse_args()
     for name in args.impl.split(","):
