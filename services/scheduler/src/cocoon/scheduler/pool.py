@@ -501,7 +501,12 @@ class WorkerPool:
                 continue
             silent += (self._leases[rid] for rid in state.leases)
         self._orphans &= self._leases.keys()  # those taken back since are done
-        silent += (self._leases[rid] for rid in self._orphans)
+        for request_id in self._orphans:
+            lease = self._leases[request_id]
+            # Silent while its worker is gone or silent (it may be back under the same id).
+            worker = self._workers.get(lease.worker_id)
+            if worker is None or not self.heartbeat_fresh(worker, now):
+                silent.append(lease)
         return sorted(silent, key=lambda le: le.request_id)
 
     def reclaim(self, request_id: str, now: float) -> Lease | None:
