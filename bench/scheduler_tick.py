@@ -17,12 +17,14 @@ a tick finds nothing to do. The timed ticks start 1 s before the setup's heartbe
 stale, so they include the tick where every worker's liveness is checked at once.
 
 Timed, in CPU time of the calling thread: one `tick` (`tick_ms`: mean; `tick_p50_ms`,
-`tick_max_ms`: every tenth tick is also a waiting request's once-a-second look) and one
-metrics refresh (`observe_ms`: `pool.models(now)` and `dispatcher.count(phase)` for the three
-phases, as metrics.observe does), with the garbage collector off as timeit has it (a full
-collection of a 100,000-worker pool takes longer than any tick). `indexed` is the package as it
-is; `indexed@<commit>` the package at that commit, loaded from git (bench/scheduler_baseline.py).
-One JSON line per size and implementation.
+`tick_max_ms`: every tenth tick is also a waiting request's once-a-second look), one metrics
+refresh (`observe_ms`: `pool.models(now)` and `dispatcher.count(phase)` for the three phases, as
+metrics.observe does) and the pool's share of one heartbeat (`heartbeat_us`:
+`WorkerPool.heartbeat`; the signature check before it is bench/worker_records.py's), with the
+garbage collector off as timeit has it (a full collection of a 100,000-worker pool takes longer
+than any tick). `indexed` is the package as it is; `indexed@<commit>` the package at that
+commit, loaded from git (bench/scheduler_baseline.py). One JSON line per size and
+implementation.
 """
 
 from __future__ import annotations
@@ -91,10 +93,12 @@ def run_case(impl: types.SimpleNamespace, n: int, args: argparse.Namespace) -> d
     ids = [f"w{i:06d}" for i in range(n)]
     per_tick = max(1, round(n * TICK_S / HEARTBEAT_EVERY_S))
     turn = 0
+    beats: list[float] = []  # CPU seconds per pool.heartbeat, over the timed ticks' heartbeats
 
-    def heartbeats(now: float) -> None:
+    def heartbeats(now: float, timed: bool = False) -> None:
         """This tick's share of the heartbeats: each worker every 2 s, spread over them."""
         nonlocal turn
+        cpu = time.thread_time()
         for _ in range(per_tick):
             wid = ids[turn % n]
             turn += 1
@@ -102,6 +106,8 @@ def run_case(impl: types.SimpleNamespace, n: int, args: argparse.Namespace) -> d
             workers.heartbeat(
                 wid, now, models=[MODEL], capacity=CAPACITY, coefficient=2000, running=running
             )
+        if timed:
+            beats.append((time.thread_time() - cpu) / per_tick)
         workers.heartbeat("cheap", now, models=[MODEL], capacity=1, coefficient=500, running=1)
 
     # Not timed: 2 s of heartbeats, so every worker has heartbeated since the setup and the
@@ -119,7 +125,7 @@ def run_case(impl: types.SimpleNamespace, n: int, args: argparse.Namespace) -> d
     started = time.perf_counter()
     while len(ticks) < args.ticks and (not ticks or time.perf_counter() - started < args.budget_s):
         now += TICK_S
-        heartbeats(now)
+        heartbeats(now, timed=True)
         cpu = time.thread_time()
         out = d.tick(now)
         ticks.append(time.thread_time() - cpu)
@@ -137,6 +143,7 @@ def run_case(impl: types.SimpleNamespace, n: int, args: argparse.Namespace) -> d
         "tick_p50_ms": round(statistics.median(ticks) * 1000, 4),
         "tick_max_ms": round(max(ticks) * 1000, 4),
         "observe_ms": round(statistics.fmean(observes) * 1000, 4) if observes else None,
+        "heartbeat_us": round(statistics.fmean(beats) * 1e6, 2),
         "ticks": len(ticks),
     }
 
