@@ -26,6 +26,8 @@ _op = st.one_of(
     st.tuples(st.just("revoke"), st.sampled_from(WORKERS)),
     st.tuples(st.just("drain"), st.sampled_from(WORKERS), st.booleans()),
     st.tuples(st.just("grant"), st.sampled_from(WORKERS), _seconds.map(lambda s: s + 0.5)),
+    # The same request placed again (the dispatcher re-places under the same id).
+    st.tuples(st.just("regrant"), st.integers(0, 30), st.sampled_from(WORKERS), _seconds),
     st.tuples(st.just("first_chunk"), st.integers(0, 30)),
     st.tuples(st.just("finish"), st.integers(0, 30)),
     st.tuples(st.just("remove"), st.sampled_from(WORKERS)),
@@ -48,6 +50,9 @@ def _apply(pool: WorkerPool, op: tuple, now: float, granted: list[str]) -> float
             rid = f"r{len(granted)}"
             pool.grant(rid, wid, "m", now, lease_seconds=seconds)
             granted.append(rid)
+        case ("regrant", i, wid, seconds) if i < len(granted) and pool.get(wid) is not None:
+            if pool.lease(granted[i]) is None:
+                pool.grant(granted[i], wid, "m", now, lease_seconds=seconds + 0.5, attempt=2)
         case ("first_chunk", i) if i < len(granted):
             pool.first_chunk(granted[i])
         case ("finish", i) if i < len(granted):
@@ -116,3 +121,15 @@ def test_deadlines_fire_once_at_their_earliest_time():
     assert deadlines.due(1.0) == ["b"]
     assert deadlines.due(5.0) == ["a"]
     assert deadlines.due(100.0) == [] and len(deadlines) == 0
+
+
+def test_a_request_placed_again_expires_at_its_new_deadline_not_its_first():
+    pool = WorkerPool(heartbeat_ttl=TTL)
+    for wid in ("a", "b"):
+        pool.heartbeat(wid, 0.0, models=["m"], capacity=2, coefficient=1000)
+    pool.grant("r", "a", "m", 0.0, lease_seconds=5.0)
+    assert [le.attempt for le in pool.expired_leases(5.0)] == [1]
+    pool.reclaim("r", 5.0)
+    pool.grant("r", "b", "m", 5.0, lease_seconds=5.0, attempt=2)  # deadline 10
+    assert pool.expired_leases(6.0) == []
+    assert [le.attempt for le in pool.expired_leases(10.0)] == [2]

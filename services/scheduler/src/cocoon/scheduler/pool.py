@@ -484,9 +484,13 @@ class WorkerPool:
         expired = []
         for request_id in self._lease_deadlines.due(now):
             lease = self._leases.get(request_id)
-            if lease is not None and not lease.started:
+            if lease is None or lease.started:
+                continue
+            # Armed again either way: a request placed again under the same id may have been
+            # due at its earlier attempt's deadline; an expired one stays so until taken back.
+            self._lease_deadlines.arm(request_id, lease.first_chunk_deadline)
+            if lease.first_chunk_deadline <= now:
                 expired.append(lease)
-                self._lease_deadlines.arm(request_id, lease.first_chunk_deadline)
         return sorted(expired, key=lambda le: (le.first_chunk_deadline, le.request_id))
 
     def silent_leases(self, now: float) -> list[Lease]:
