@@ -9,12 +9,13 @@ leases, find workers that went silent, look again at waiting requests) and the m
 (once a second: placeable workers per model, requests by phase).
 
 Setup (not timed): N workers of one model heartbeating (capacity 8, accepted verdicts), about
-half of the slots leased (bench/scheduler_scale.py's pool), and 1,000 requests waiting because
-every worker within their price cap is busy (they ask for a price no free worker has). Between
-ticks (not timed) the clock moves 100 ms and the workers heartbeat as they would every 2 s (one
-twentieth of them per tick), so nobody goes silent and no lease expires: the steady state, where
-a tick finds nothing to do. The timed ticks start 1 s before the setup's heartbeats would go
-stale, so they include the tick where every worker's liveness is checked at once.
+half of the slots leased by answers under way (bench/scheduler_scale.py's pool, first chunks
+seen), and 1,000 requests waiting because every worker within their price cap is busy (they
+ask for a price no free worker has). Between ticks (not timed) the clock moves 100 ms and the
+workers heartbeat as they would every 2 s (one twentieth of them per tick), so nobody goes
+silent and no lease expires: the steady state, where a tick finds nothing to do. The timed ticks
+start 1 s before the setup's heartbeats would go stale, so they include the tick where every
+worker's liveness is checked at once.
 
 Timed, in CPU time of the calling thread: one `tick` (`tick_ms`: mean; `tick_p50_ms`,
 `tick_max_ms`: every tenth tick is also a waiting request's once-a-second look), one metrics
@@ -78,7 +79,9 @@ def waiting_request(i: int) -> models.Reservation:
 
 def run_case(impl: types.SimpleNamespace, n: int, args: argparse.Namespace) -> dict[str, object]:
     rng = random.Random(n)
-    workers, _ = build_pool(impl, n, history=True, rng=rng)
+    workers, leases = build_pool(impl, n, history=True, rng=rng)
+    for request_id in leases:  # streams under way: no first-chunk deadline runs out meanwhile
+        workers.first_chunk(request_id)
     timing = dispatcher.Timing(lease_seconds=3600, busy_wait_seconds=3600)
     d = impl.dispatcher.Dispatcher(workers, timing)
     d.known_models.add(MODEL)  # as the verdicts' handler would have
