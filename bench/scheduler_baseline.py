@@ -1,10 +1,11 @@
-"""The scheduler as it was before issue 14, loaded from git, for side-by-side benchmarks.
+"""The scheduler as it was at an earlier commit, loaded from git, for side-by-side benchmarks.
 
-The scheduler benches compare today's package (`cocoon.scheduler`) with the full-scan scheduler
-of commit `BASELINE_COMMIT` in the same process and the same run. Rather than keeping a copy of
-the old code in the tree, its modules are read with `git show` and imported under a private
-package name (`cocoon_scheduler_baseline`), with their `cocoon.scheduler.` imports pointed there.
-Needs a git checkout of the repository (the benches are run from one).
+The scheduler benches compare today's package (`cocoon.scheduler`) with an earlier scheduler in
+the same process and the same run: by default the full-scan scheduler of `BASELINE_COMMIT`.
+Rather than keeping a copy of the old code in the tree, its modules are read with `git show` and
+imported under a private package name (`cocoon_scheduler_<commit>`), with their
+`cocoon.scheduler.` imports pointed there. Needs a git checkout of the repository (the benches
+are run from one).
 """
 
 from __future__ import annotations
@@ -15,34 +16,41 @@ import types
 from pathlib import Path
 
 BASELINE_COMMIT = "3de6817"  # main before issue 14: full scan per decision
-PACKAGE = "cocoon_scheduler_baseline"
 SOURCE_DIR = "services/scheduler/src/cocoon/scheduler"
 # Import order matters: each module may import the ones before it.
-MODULES = ("pool", "placement", "dispatcher")
+MODULES = ("index", "pool", "placement", "dispatcher")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _source(module: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{BASELINE_COMMIT}:{SOURCE_DIR}/{module}.py"],
-        check=True,
+def _source(commit: str, module: str) -> str | None:
+    found = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{commit}:{SOURCE_DIR}/{module}.py"],
         capture_output=True,
         text=True,
-    ).stdout
+    )
+    return found.stdout if found.returncode == 0 else None  # index.py is newer than 3de6817
 
 
-def load() -> types.SimpleNamespace:
-    """The baseline's `pool`, `placement` and `dispatcher` modules (imported once)."""
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
+def load(commit: str = BASELINE_COMMIT) -> types.SimpleNamespace:
+    """The `pool`, `placement` and `dispatcher` modules of `commit` (imported once)."""
+    name = f"cocoon_scheduler_{commit}"
+    if name not in sys.modules:
+        package = types.ModuleType(name)
         package.__path__ = []
-        sys.modules[PACKAGE] = package
-        for name in MODULES:
-            source = _source(name).replace("cocoon.scheduler.", f"{PACKAGE}.")
-            module = types.ModuleType(f"{PACKAGE}.{name}")
-            module.__file__ = f"<{BASELINE_COMMIT}:{SOURCE_DIR}/{name}.py>"
+        sys.modules[name] = package
+        for module_name in MODULES:
+            source = _source(commit, module_name)
+            if source is None:
+                continue
+            module = types.ModuleType(f"{name}.{module_name}")
+            module.__file__ = f"<{commit}:{SOURCE_DIR}/{module_name}.py>"
             sys.modules[module.__name__] = module
-            exec(compile(source, module.__file__, "exec"), module.__dict__)
-            setattr(package, name, module)
-    package = sys.modules[PACKAGE]
-    return types.SimpleNamespace(**{name: getattr(package, name) for name in MODULES})
+            exec(
+                compile(source.replace("cocoon.scheduler.", f"{name}."), module.__file__, "exec"),
+                module.__dict__,
+            )
+            setattr(package, module_name, module)
+    package = sys.modules[name]
+    return types.SimpleNamespace(
+        **{m: getattr(package, m) for m in ("pool", "placement", "dispatcher")}
+    )

@@ -17,7 +17,8 @@ worker-proxy does), and reports the first chunk and the outcome 5 ms after they 
 an assignment reaches it 20 ms after the decision. Leases are 10 s, as deployed.
 
 Policies: `indexed` is the package as it is; `fullscan` is the scheduler before issue 14 (its
-own dispatcher, pool and placement, loaded from git, bench/scheduler_baseline.py). The others
+own dispatcher, pool and placement, loaded from git, bench/scheduler_baseline.py);
+`indexed@<commit>` is the package as it was at that commit (loaded the same way). The others
 are placement functions given to today's dispatcher and pool: `round_robin`, `random`,
 `least_loaded` (fewest requests by the last heartbeat, not counting our dispatches since) and
 `cocoon` (COCOON's running x average time, 0 for a worker without history). All of them respect
@@ -230,6 +231,9 @@ def build_dispatcher(policy: str) -> Any:
     if policy == "fullscan":
         old = scheduler_baseline.load()
         return old.dispatcher.Dispatcher(old.pool.WorkerPool(), timing)
+    if policy.startswith("indexed@"):  # the package as it was at a commit, e.g. before a change
+        old = scheduler_baseline.load(policy.removeprefix("indexed@"))
+        return old.dispatcher.Dispatcher(old.pool.WorkerPool(seed=1), timing)
     pool = WorkerPool(seed=1)
     if policy == "indexed":
         return dispatcher.Dispatcher(pool, timing)
@@ -274,6 +278,7 @@ class Replay:
                     expires_at=_at(T0 + 86400),
                     attestor_key_id="att",
                     signature=b"\0" * 64,
+                    signing_key=b"\1" * 32,  # a verdict without the worker's key admits nothing
                 )
                 self.d.on_verdict(worker.worker_id, verdict, accepted=True)
                 # Heartbeats spread over the period, as independent workers' are.

@@ -20,7 +20,9 @@ with room. A wake places from the head of the queue and stops at the first reque
 every worker busy, so an event costs the placements it makes plus one, not a pass over every
 waiting request. The tick looks again at each waiting request about once a second
 (`RECHECK_SECONDS`): to end the ones whose wait ran out, and to place the ones a verdict or a
-registry price let in (those records wake nobody; the next heartbeat would, too).
+registry price let in (those records wake nobody; the next heartbeat would, too). Those looks
+are deadlines (index.Deadlines), as are the pool's leases and workers' liveness, so a tick costs
+what is due, not a pass over every waiting request, lease or worker.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from enum import StrEnum
 from cocoon.core.codec import models
 from cocoon.core.contracts import ErrorCode, work_topic
 from cocoon.core.worker_records import SCHEDULER_REPORTER
+from cocoon.scheduler.index import Deadlines
 from cocoon.scheduler.placement import ChooseWorker, NoPlacement, NoPlacementReason, choose_worker
 from cocoon.scheduler.pool import Lease, WorkerPool
 
@@ -103,6 +106,7 @@ class Dispatcher:
         self.requests: dict[str, Request] = {}
         # Waiting requests per model; insertion order = arrival order.
         self._queues: dict[str, dict[str, Request]] = {}
+        self._rechecks = Deadlines()  # waiting request id -> its check_at
         self._finished: deque[tuple[float, str]] = deque()  # (done_at, id), oldest first
         # Every model a verdict or heartbeat ever named: a model outside it fails at once (404).
         self.known_models: set[str] = set()
@@ -275,10 +279,14 @@ class Dispatcher:
                 # Nothing was streamed yet, so the request can go elsewhere without waiting
                 # for its lease to run out.
                 out += self._take_back(lease, now, ErrorCode.LEASE_EXPIRED)
-        for queue in list(self._queues.values()):
-            for request in [r for r in queue.values() if r.check_at <= now]:
-                if request.phase is Phase.PENDING:
-                    out += self._try_place(request, now)
+        for request_id in self._rechecks.due(now):
+            request = self.requests.get(request_id)
+            if request is None or request.phase is not Phase.PENDING:
+                continue  # placed or ended since
+            if request.check_at > now:  # a wake looked at it since: its next look is later
+                self._rechecks.arm(request_id, request.check_at)
+            else:
+                out += self._try_place(request, now)
         self._forget(now)
         return out
 
@@ -328,6 +336,7 @@ class Dispatcher:
             if now >= gives_up_at:
                 return [self._fail(request, now, self._miss_code(request))]
             request.check_at = min(now + RECHECK_SECONDS, gives_up_at)
+            self._rechecks.arm(request.request_id, request.check_at)
             return []
         request.attempt += 1
         request.worker_id = choice.worker_id
@@ -435,6 +444,13 @@ class Dispatcher:
             self.requests.pop(rid, None)
 
     def count(self, phase: Phase) -> int:
+        """Requests in `phase`; without a pass over them, except for DONE (remembered ones)."""
         if phase is Phase.PENDING:
             return sum(len(queue) for queue in self._queues.values())
+        # A request is LEASED while its lease waits for a first chunk, STARTED once it has one.
+        leased, started = self.pool.lease_counts()
+        if phase is Phase.LEASED:
+            return leased
+        if phase is Phase.STARTED:
+            return started
         return sum(1 for r in self.requests.values() if r.phase is phase)

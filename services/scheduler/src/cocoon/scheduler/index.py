@@ -4,12 +4,14 @@
 members by price coefficient, so "a random worker at or below this price" costs O(number of
 distinct coefficients), which the registry keeps small, not O(workers). `ModelIndex` holds, for
 one model, the workers that could take its requests (`members`) and those of them with a free
-slot (`free`).
+slot (`free`). `Deadlines` tells which keys' times have come (a lease's first-chunk deadline, a
+worker's heartbeat or verdict running out, a waiting request's next look) without walking them.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,3 +148,36 @@ class MeanOfAverages:
 
     def value(self) -> float | None:
         return self.total / self.count if self.count else None
+
+
+class Deadlines:
+    """At most one pending time per key, in a heap: `due` pops the keys whose time has come.
+
+    Re-arming a key for a later time pushes nothing (the earlier entry stays); whoever handles
+    a due key checks the key's real deadline and arms it again if it moved. So each key costs
+    one heap entry however often its deadline moves (a worker heartbeating every 2 s), and
+    finding what is due costs O(log n) per due key, not a pass over every key.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._armed: dict[str, float] = {}  # key -> the time of its entry in the heap
+
+    def __len__(self) -> int:
+        return len(self._armed)
+
+    def arm(self, key: str, at: float) -> None:
+        armed = self._armed.get(key)
+        if armed is None or at < armed:
+            self._armed[key] = at
+            heapq.heappush(self._heap, (at, key))
+
+    def due(self, now: float) -> list[str]:
+        """Keys armed for `now` or earlier, earliest first; they are disarmed."""
+        keys: list[str] = []
+        while self._heap and self._heap[0][0] <= now:
+            at, key = heapq.heappop(self._heap)
+            if self._armed.get(key) == at:  # else superseded by an earlier arm of the same key
+                del self._armed[key]
+                keys.append(key)
+        return keys

@@ -127,7 +127,7 @@ def choose_worker(
         if state is None or worker_id in exclude:
             return None
         if not pool.placeable(state, model, now):
-            pool.set_aside(state)  # lapsed: only time changed, and no record says so
+            pool.set_aside(state, now)  # lapsed: only time changed, and no record says so
             return None
         return state
 

@@ -6,7 +6,10 @@ seconds on one monotonic-ish clock chosen by the caller (the wiring passes recor
 
 Every change to a worker updates the indexes placement reads (index.py: the workers that could
 serve each model, those with a free slot, by price; the mean duration per model), so nothing
-here or in placement walks the whole pool on the request path.
+here or in placement walks the whole pool on the request path. What only time changes (a lease's
+first-chunk deadline passing, a worker falling silent, a verdict expiring) is kept as deadlines
+(index.Deadlines), so the periodic checks cost what is due, not a pass over every lease or
+worker either.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from cocoon.scheduler.index import MeanOfAverages, ModelIndex
+from cocoon.scheduler.index import Deadlines, MeanOfAverages, ModelIndex
 
 # COCOON averages request time over an exponentially decayed 10-minute window.
 DURATION_HALF_LIFE_S = 600.0
@@ -156,6 +159,10 @@ class WorkerState:
     released_at: deque[float] = field(default_factory=deque)
     # (models, coefficient, has a free slot) as last entered in the indexes; None = in none.
     indexed: tuple[frozenset[str], int, bool] | None = None
+    # Found past its heartbeat's freshness / its verdict's expiry (no record says so): out of
+    # the indexes until its next heartbeat / verdict.
+    silent: bool = False
+    verdict_lapsed: bool = False
 
     @property
     def running(self) -> int:
@@ -204,6 +211,12 @@ class WorkerPool:
         self._indexes: dict[str, ModelIndex] = {}
         self._advertised: dict[str, int] = {}  # model -> workers advertising it
         self._durations: dict[str, MeanOfAverages] = {}  # model -> mean of workers' averages
+        self._lease_deadlines = Deadlines()  # request id -> first-chunk deadline
+        self._heartbeat_deadlines = Deadlines()  # worker id -> when it goes silent
+        self._verdict_deadlines = Deadlines()  # worker id -> when its verdict expires
+        self._silent: set[str] = set()  # silent workers whose leases are still to report
+        self._orphans: set[str] = set()  # leases on workers removed while holding them
+        self._started = 0  # leases that have seen their first chunk
 
     # ---- worker facts -------------------------------------------------------------------
 
@@ -242,6 +255,7 @@ class WorkerPool:
             pending = self._pending_verdicts.pop(worker_id, None)
             if pending is not None:
                 state.verdict_id, state.verdict_expires_at, state.verdict_models = pending
+                self._verdict_deadlines.arm(worker_id, pending[1])
         elif (
             seq is not None
             and state.heartbeat_seq is not None
@@ -261,6 +275,9 @@ class WorkerPool:
         state.foreign = max(0, running - self._ours_counted_at(state, now))
         state.heartbeat_seq = seq
         state.last_heartbeat = max(state.last_heartbeat, now)
+        state.silent = False
+        self._silent.discard(worker_id)
+        self._heartbeat_deadlines.arm(worker_id, state.last_heartbeat + self.heartbeat_ttl)
         self._reindex(state)
         return state
 
@@ -285,6 +302,8 @@ class WorkerPool:
             self._pending_verdicts[worker_id] = entry
             return
         state.verdict_id, state.verdict_expires_at, state.verdict_models = entry
+        state.verdict_lapsed = False
+        self._verdict_deadlines.arm(worker_id, expires_at)
         self._reindex(state)
 
     def revoke_verdict(self, worker_id: str) -> None:
@@ -313,6 +332,7 @@ class WorkerPool:
         if state is not None:
             self._unindex(state)
             self._advertise(state, frozenset())
+            self._orphans.update(state.leases)  # reported by silent_leases: nobody runs them
 
     def receipt_rejected(self, worker_id: str, now: float) -> None:
         """Billing refused a usage receipt signed by this worker."""
@@ -348,13 +368,17 @@ class WorkerPool:
         )
 
     def models(self, now: float) -> dict[str, int]:
-        """Model -> number of placeable workers, for models with at least one."""
-        counts: dict[str, int] = {}
-        for state in self._workers.values():
-            for model in state.models:
-                if self.placeable(state, model, now):
-                    counts[model] = counts.get(model, 0) + 1
-        return dict(sorted(counts.items()))
+        """Model -> number of placeable workers, for models with at least one.
+
+        Once what lapsed by `now` is out of the indexes, an index's members are exactly the
+        placeable workers, so this counts them without looking at any worker.
+        """
+        self._lapse(now)
+        return {
+            model: len(index.members)
+            for model, index in sorted(self._indexes.items())
+            if len(index.members)
+        }
 
     def advertised(self, model: str) -> bool:
         """Some worker we know of advertises `model` (placeable or not)."""
@@ -364,10 +388,12 @@ class WorkerPool:
         """Workers that could serve `model`, and those of them with a free slot (index.py)."""
         return self._indexes.get(model) or ModelIndex()
 
-    def set_aside(self, state: WorkerState) -> None:
+    def set_aside(self, state: WorkerState, now: float) -> None:
         """Out of every index until its next record: placement found its verdict expired or
-        its heartbeat stale, which no record announces."""
-        self._unindex(state)
+        its heartbeat stale before the deadlines did (no record announces either)."""
+        state.silent = not self.heartbeat_fresh(state, now)
+        state.verdict_lapsed = not state.verdict_valid(now)
+        self._reindex(state)
 
     def expected_duration(self, state: WorkerState, model: str) -> float:
         """The worker's decayed average duration; without history, the mean of its peers'."""
@@ -402,11 +428,18 @@ class WorkerPool:
         )
         self._leases[request_id] = lease
         state.leases.add(request_id)
+        self._lease_deadlines.arm(request_id, lease.first_chunk_deadline)
+        if state.silent:
+            self._silent.add(worker_id)  # granted anyway (e.g. by a test): report it silent
         self._reindex(state)
         return lease
 
     def lease(self, request_id: str) -> Lease | None:
         return self._leases.get(request_id)
+
+    def lease_counts(self) -> tuple[int, int]:
+        """(leases waiting for their first chunk, leases whose worker started answering)."""
+        return len(self._leases) - self._started, self._started
 
     def first_chunk(self, request_id: str) -> Lease | None:
         """The worker started answering: the lease can no longer expire. Idempotent."""
@@ -415,6 +448,7 @@ class WorkerPool:
             return lease
         lease = replace(lease, started=True)
         self._leases[request_id] = lease
+        self._started += 1
         return lease
 
     def finish(self, request_id: str, now: float, *, success: bool) -> Lease | None:
@@ -442,35 +476,75 @@ class WorkerPool:
         return self._release(request_id, now)
 
     def expired_leases(self, now: float) -> list[Lease]:
-        """Leases with no first chunk by their deadline, oldest first: place them again."""
-        return sorted(
-            (
-                le
-                for le in self._leases.values()
-                if not le.started and le.first_chunk_deadline <= now
-            ),
-            key=lambda le: (le.first_chunk_deadline, le.request_id),
-        )
+        """Leases with no first chunk by their deadline, oldest first: place them again.
+
+        Costs what is due (finished and started leases leave as their deadlines pass), not a
+        pass over every lease. An expired lease stays expired until it is taken back.
+        """
+        expired = []
+        for request_id in self._lease_deadlines.due(now):
+            lease = self._leases.get(request_id)
+            if lease is None or lease.started:
+                continue
+            # Armed again either way: a request placed again under the same id may have been
+            # due at its earlier attempt's deadline; an expired one stays so until taken back.
+            self._lease_deadlines.arm(request_id, lease.first_chunk_deadline)
+            if lease.first_chunk_deadline <= now:
+                expired.append(lease)
+        return sorted(expired, key=lambda le: (le.first_chunk_deadline, le.request_id))
 
     def silent_leases(self, now: float) -> list[Lease]:
         """Leases whose worker stopped heartbeating, by request id: a started stream cannot
-        finish, an unstarted one should go elsewhere. Walks the leases, not the pool."""
-        return sorted(
-            (
-                le
-                for le in self._leases.values()
-                if (w := self._workers.get(le.worker_id)) is None
-                or not self.heartbeat_fresh(w, now)
-            ),
-            key=lambda le: le.request_id,
-        )
+        finish, an unstarted one should go elsewhere. Costs the silent workers, not the pool."""
+        self._lapse(now)
+        silent: list[Lease] = []
+        for worker_id in list(self._silent):
+            state = self._workers.get(worker_id)
+            if state is None or not state.leases:
+                self._silent.discard(worker_id)  # nothing (left) to report
+                continue
+            silent += (self._leases[rid] for rid in state.leases)
+        self._orphans &= self._leases.keys()  # those taken back since are done
+        for request_id in self._orphans:
+            lease = self._leases[request_id]
+            # Silent while its worker is gone or silent (it may be back under the same id).
+            worker = self._workers.get(lease.worker_id)
+            if worker is None or not self.heartbeat_fresh(worker, now):
+                silent.append(lease)
+        return sorted(silent, key=lambda le: le.request_id)
 
     def reclaim(self, request_id: str, now: float) -> Lease | None:
         """Take back an expired or orphaned lease; it counts against the worker's reputation."""
         return self.finish(request_id, now, success=False)
 
+    def _lapse(self, now: float) -> None:
+        """Take out of the indexes the workers whose heartbeat or verdict ran out by `now`."""
+        rearm = []
+        for worker_id in self._heartbeat_deadlines.due(now):
+            state = self._workers.get(worker_id)
+            if state is None:
+                continue
+            if self.heartbeat_fresh(state, now):
+                rearm.append((worker_id, state.last_heartbeat + self.heartbeat_ttl))
+            else:
+                state.silent = True
+                self._silent.add(worker_id)
+                self._reindex(state)
+        for worker_id, at in rearm:  # after the loop: one fresh at exactly `now` is due again
+            self._heartbeat_deadlines.arm(worker_id, at)
+        for worker_id in self._verdict_deadlines.due(now):
+            state = self._workers.get(worker_id)
+            if state is not None and state.verdict_expires_at is not None:
+                if state.verdict_valid(now):  # replaced by a later verdict since it was armed
+                    self._verdict_deadlines.arm(worker_id, state.verdict_expires_at)
+                else:
+                    state.verdict_lapsed = True
+                    self._reindex(state)
+
     def _release(self, request_id: str, now: float) -> Lease | None:
         lease = self._leases.pop(request_id, None)
+        if lease is not None and lease.started:
+            self._started -= 1
         if lease is not None and (state := self._workers.get(lease.worker_id)) is not None:
             state.leases.discard(request_id)
             state.released_at.append(now)
@@ -494,7 +568,13 @@ class WorkerPool:
 
     def _reindex(self, state: WorkerState) -> None:
         """Put the worker where it belongs in the placement indexes (time aside)."""
-        eligible = state.verdict_id is not None and state.enabled and not state.draining
+        eligible = (
+            state.verdict_id is not None
+            and state.enabled
+            and not state.draining
+            and not state.silent
+            and not state.verdict_lapsed
+        )
         models = state.models & state.verdict_models if eligible else frozenset()
         wanted = (models, state.coefficient, state.running < state.capacity) if models else None
         if wanted == state.indexed or state.worker_id not in self._workers:
