@@ -35,6 +35,7 @@ EXPECTED = {
     "attestation.registry",
     "attestation.attested",
     "attestation.collateral",
+    "attestation.credentials",
     "worker.heartbeats",
     "billing.ledger",
     "billing.balances",
@@ -72,6 +73,7 @@ def test_compacted_topics_are_the_state_topics():
         "attestation.registry",
         "attestation.attested",
         "attestation.collateral",
+        "attestation.credentials",
         "billing.balances",
     }
     assert CATALOG["attestation.verdicts"].key == "worker_id"

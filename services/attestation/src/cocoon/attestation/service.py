@@ -3,6 +3,8 @@
     attestation.evidence  --(BusConsumer, group "attestation")-->  verify  -->  attestation.verdicts
     attestation.registry  --(mirror, every replica reads all)-->   policy allow-lists, revocations
     attestation.verdicts  --(mirror)-->  outstanding challenges, trusted workers, seen claims
+    TRUSTED / withdrawn   --(admin API)-->  the worker's own SCRAM user and ACLs,
+                          --> attestation.credentials (its password sealed to the worker)
 
 Evidence that carries `gpu_evidence` (cocoon.core.gpu_evidence) is checked with `evaluate_gpu`
 against `gpu_nonce(claims)` under the GPU policy from settings, and the GPU verdict goes to the
@@ -34,6 +36,7 @@ from cocoon.attestation.collateral import (
     CollateralSource,
     PcsSource,
 )
+from cocoon.attestation.credentials import CredentialIssuer
 from cocoon.attestation.gpu.report import GpuEvidenceError
 from cocoon.attestation.gpu.verify import (
     GpuEvidence,
@@ -71,6 +74,7 @@ EVIDENCE_TOPIC = Topic.ATTESTATION_EVIDENCE
 VERDICTS_TOPIC = Topic.ATTESTATION_VERDICTS
 ATTESTED_TOPIC = Topic.ATTESTATION_ATTESTED
 COLLATERAL_TOPIC = Topic.ATTESTATION_COLLATERAL
+CREDENTIALS_TOPIC = Topic.ATTESTATION_CREDENTIALS
 INTEL_PCS = "https://api.trustedservices.intel.com"
 
 VERDICTS = Counter(
@@ -95,6 +99,14 @@ class Settings(ServiceSettings):
         None, description="GPU policy JSON (RIM and OCSP: files or URLs); default NVIDIA online"
     )
     evidence_group: str = Group.ATTESTATION
+    issue_worker_credentials: bool = Field(
+        False,
+        description="give each trusted worker its own SCRAM user and ACLs, its password sealed "
+        "to the worker (workers hold only the enrolment principal); needs Alter on the cluster",
+    )
+    credential_sweep_seconds: float = Field(
+        5.0, gt=0, le=300, description="how often expired verdicts' credentials are looked for"
+    )
     registry_public_key: str = Field(
         "",
         description="hex Ed25519 key that signs registry entries; default: the .pub of the "
@@ -199,6 +211,11 @@ class AttestationService(Service):
         self.producer: BusProducer | None = None
         self.consumer: BusConsumer | None = None
         self._mirrors: list[CompactedMirror] = []
+        self.issuer = (
+            CredentialIssuer(settings.kafka_bootstrap, self.prefix)
+            if settings.issue_worker_credentials
+            else None
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -217,6 +234,13 @@ class AttestationService(Service):
             self._mirrors.append(mirror)
         await registry.catch_up(self._registry_record)
         await verdicts.catch_up(self._verdict_record)
+        if self.issuer is not None:
+            credentials = CompactedMirror(
+                bootstrap, CREDENTIALS_TOPIC, prefix=self.prefix, client_id=client
+            )
+            await credentials.start()
+            self._mirrors.append(credentials)
+            await credentials.catch_up(self.issuer.restore)
         async with self._lock:
             self._apply_registry()
             await self._revoke_disallowed()  # changes made while the service was down
@@ -237,12 +261,18 @@ class AttestationService(Service):
 
     async def run(self, stopping: asyncio.Event) -> None:
         assert self.consumer is not None
-        registry, verdicts = self._mirrors
+        registry, verdicts = self._mirrors[:2]
         tasks = [
             asyncio.ensure_future(self.consumer.run()),
             asyncio.ensure_future(self._follow(registry, self._on_registry, stopping)),
             asyncio.ensure_future(self._follow(verdicts, self._verdict_record, stopping)),
         ]
+        if self.issuer is not None:
+            credentials = self._mirrors[2]
+            tasks += [
+                asyncio.ensure_future(self._follow(credentials, self.issuer.restore, stopping)),
+                asyncio.ensure_future(self._sweep_credentials(stopping)),
+            ]
         stop_wait = asyncio.ensure_future(stopping.wait())
         await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
@@ -278,6 +308,7 @@ class AttestationService(Service):
             verdict = await self._judge(ev, int(now))
             await self._publish(verdict)
             await self._publish_evidence(ev, verdict, int(now))
+            await self._reconcile_credentials()
 
     async def _judge(self, ev: Any, at: int) -> models.Verdict:
         reject = self._rejecter(ev, at)
@@ -401,6 +432,30 @@ class AttestationService(Service):
         )
         self._published_collateral[collateral.fmspc] = digest
 
+    # ---- workers' credentials ---------------------------------------------------------------
+
+    async def _reconcile_credentials(self) -> None:
+        """Issue a credential to each newly trusted key, withdraw those trust no longer backs.
+        Called with the lock held, after every verdict this replica publishes."""
+        if self.issuer is None:
+            return
+        assert self.producer is not None
+        now = self.clock()
+        for worker in self.issuer.to_withdraw(self.trusted, now):
+            await self.issuer.withdraw(worker)
+            await self.producer.send_raw(CREDENTIALS_TOPIC, None, key=worker.encode())
+        for verdict in self.issuer.to_issue(self.trusted, now):
+            await self.producer.send(CREDENTIALS_TOPIC, await self.issuer.issue(verdict, now))
+
+    async def _sweep_credentials(self, stopping: asyncio.Event) -> None:
+        """Verdicts expire without a record: look for their credentials every few seconds
+        (and pick up verdicts another replica published)."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.credential_sweep_seconds)
+            async with self._lock:
+                await self._reconcile_credentials()
+
     def _verdict_record(self, key: str | None, verdict: Any) -> None:
         """Track the verdicts topic (ours and other replicas'): trust, challenges, seen claims."""
         if key is None:
@@ -523,6 +578,7 @@ class AttestationService(Service):
             self.trusted.pop(worker, None)
             self.gpu_verified.pop(worker, None)
             self.challenges.withdraw(worker)
+        await self._reconcile_credentials()
 
 
 def build(settings: Settings) -> AttestationService:

@@ -3,7 +3,8 @@
 Run as the admin principal. `ensure_users` creates or updates SCRAM-SHA-512 credentials (the
 dev broker's and `cocoon up`'s users; in Kubernetes, Strimzi's User Operator does it from the
 KafkaUser resources). `apply_acls` adds every ACL the catalog gives; creating an ACL that exists
-is a no-op in Kafka, so it is idempotent. Uses kafka-python's admin client (blocking).
+is a no-op in Kafka, so it is idempotent. `delete_principal` removes a user and every ACL it
+holds (a worker whose trust was withdrawn). Uses kafka-python's admin client (blocking).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from pathlib import Path
 
 from kafka.admin import (
     ACL,
+    ACLFilter,
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
     KafkaAdminClient,
     ResourcePattern,
+    ResourcePatternFilter,
     ResourceType,
     ScramMechanism,
+    UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
 from kafka.errors import SecurityDisabledError
@@ -44,8 +48,11 @@ _OPERATION = {
     "Describe": ACLOperation.DESCRIBE,
     "DescribeConfigs": ACLOperation.DESCRIBE_CONFIGS,
     "AlterConfigs": ACLOperation.ALTER_CONFIGS,
+    "Alter": ACLOperation.ALTER,
     "IdempotentWrite": ACLOperation.IDEMPOTENT_WRITE,
 }
+# Kafka's answer when a user to delete has no SCRAM credential (already deleted).
+_NO_SUCH_USER = "ResourceNotFound"
 
 
 class PrincipalError(RuntimeError):
@@ -94,13 +101,15 @@ def apply_acls(
     return len(result["succeeded"])
 
 
-def ensure_users(bootstrap: str, passwords: Mapping[str, str]) -> None:
+def ensure_users(
+    bootstrap: str, passwords: Mapping[str, str], *, security: KafkaSecurity | None = None
+) -> None:
     """Create or update the SCRAM-SHA-512 credential of each principal."""
     upserts = [
         UserScramCredentialUpsertion(name, ScramMechanism.SCRAM_SHA_512, password)
         for name, password in passwords.items()
     ]
-    admin = _admin(bootstrap, None)
+    admin = _admin(bootstrap, security)
     try:
         errors = admin.alter_user_scram_credentials(upserts)
     finally:
@@ -108,6 +117,40 @@ def ensure_users(bootstrap: str, passwords: Mapping[str, str]) -> None:
     failed = {user: error for user, error in errors.items() if error}
     if failed:
         raise PrincipalError(f"SCRAM users refused: {failed}")
+
+
+def _held_by(principal: str) -> ACLFilter:
+    """Every ACL binding of `principal`, whatever its resource or operation."""
+    return ACLFilter(
+        principal=f"User:{principal}",
+        host="*",
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ANY,
+        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+    )
+
+
+def delete_principal(
+    bootstrap: str, principal: str, *, security: KafkaSecurity | None = None
+) -> int:
+    """Delete `principal`'s ACLs, then its SCRAM credential (gone already is fine); returns how
+    many ACL bindings were deleted. ACLs first: the broker checks them on every request, so the
+    principal's open connections are refused from the next fetch or produce on, while a deleted
+    password stops only new connections."""
+    admin = _admin(bootstrap, security)
+    try:
+        ((_, deleted, error),) = admin.delete_acls([_held_by(principal)])
+        if error is not None and getattr(error, "errno", 0):
+            raise PrincipalError(f"deleting the ACLs of {principal}: {error}")
+        errors = admin.alter_user_scram_credentials(
+            [UserScramCredentialDeletion(principal, ScramMechanism.SCRAM_SHA_512)]
+        )
+    finally:
+        admin.close()
+    failed = errors.get(principal)
+    if failed and _NO_SUCH_USER not in str(failed):
+        raise PrincipalError(f"deleting SCRAM user {principal}: {failed}")
+    return len(deleted)
 
 
 def password_file(directory: Path, principal: str) -> Path:
