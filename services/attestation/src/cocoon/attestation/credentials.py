@@ -78,8 +78,12 @@ class CredentialIssuer:
             if verdict.signing_key
             and verdict.hpke_public_key
             and still_trusted(verdict, verdict.signing_key, now_s)
-            and (worker not in self.issued or self.issued[worker].signing_key != verdict.signing_key)
+            and self._issued_key(worker) != verdict.signing_key
         ]
+
+    def _issued_key(self, worker: str) -> bytes | None:
+        issued = self.issued.get(worker)
+        return issued.signing_key if issued else None
 
     def to_withdraw(self, trusted: Mapping[str, Any], now_s: float) -> list[str]:
         """Workers holding a credential their current verdict no longer backs."""

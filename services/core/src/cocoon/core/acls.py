@@ -317,7 +317,8 @@ def _cluster_acls(
     principals: PrincipalsSpec, service: str, perms: Mapping[tuple[PatternType, str], set[str]]
 ) -> list[Acl]:
     """IdempotentWrite for a producer, plus the cluster operations principals.yaml grants."""
-    ops = {op for grant in principals.cluster if grant.service == service for op in grant.operations}
+    granted = (grant.operations for grant in principals.cluster if grant.service == service)
+    ops: set[str] = {op for operations in granted for op in operations}
     if any("Write" in topic_ops for topic_ops in perms.values()):
         ops.add("IdempotentWrite")
     return [Acl("cluster", CLUSTER_RESOURCE, "literal", _ordered(ops))] if ops else []

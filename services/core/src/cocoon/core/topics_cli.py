@@ -17,7 +17,7 @@ from cocoon.core.bus.admin import (
     apply_topics,
     catalog_topics,
     default_bootstrap,
-    ensure_instance,
+    instance_topics,
     list_topics,
 )
 from cocoon.core.bus.principals import provision
@@ -119,11 +119,10 @@ def instance(
     if template not in specs or not specs[template].template:
         raise typer.BadParameter(f"{template!r} is not a template topic of the catalog")
     values = dict(p.split("=", 1) for p in params)
-    changes = ensure_instance(
+    changes = apply_topics(
         bootstrap or default_bootstrap(),
-        specs[template],
+        instance_topics(specs[template], **values),
         prefix=topic_prefix() if prefix is None else prefix,
-        **values,
     )
     _print_changes(changes, f"instance of {template}")
 

@@ -29,7 +29,7 @@ from kafka.admin import (
     UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
-from kafka.errors import SecurityDisabledError
+from kafka.errors import NoError, SecurityDisabledError
 
 from cocoon.core.acls import Acl, principal_acls, principal_name
 from cocoon.core.bus.security import KafkaSecurity, kafka_python_security
@@ -140,7 +140,7 @@ def delete_principal(
     admin = _admin(bootstrap, security)
     try:
         ((_, deleted, error),) = admin.delete_acls([_held_by(principal)])
-        if error is not None and getattr(error, "errno", 0):
+        if error is not NoError:
             raise PrincipalError(f"deleting the ACLs of {principal}: {error}")
         errors = admin.alter_user_scram_credentials(
             [UserScramCredentialDeletion(principal, ScramMechanism.SCRAM_SHA_512)]

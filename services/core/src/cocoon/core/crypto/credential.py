@@ -47,16 +47,12 @@ def seal_password(
 ) -> SealedSecret:
     """Seal `password` to the worker's attested HPKE key."""
     info = credential_info(worker_id, username, signing_key, key.suite)
-    blob = key.suite.suite().encrypt(
-        password.encode(), key.hpke_public_key(key.suite), info=info
-    )
+    blob = key.suite.suite().encrypt(password.encode(), key.hpke_public_key(key.suite), info=info)
     cut = key.suite.enc_length()  # cryptography returns enc ‖ ciphertext
     return SealedSecret(key.suite, blob[:cut], blob[cut:])
 
 
-def open_password(
-    keys: WorkerKeys, worker_id: str, username: str, sealed: SealedSecret
-) -> str:
+def open_password(keys: WorkerKeys, worker_id: str, username: str, sealed: SealedSecret) -> str:
     """Open a password sealed to this worker's keys, or raise OpenError."""
     suite = sealed.suite
     if len(sealed.enc) != suite.enc_length():
