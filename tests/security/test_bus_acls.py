@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 from kafka.errors import KafkaError as AdminError
+from support.bus_probe import DENIED, Bus, read, write
 
 from cocoon.core.acls import principal_acls, principal_name
 from cocoon.core.bus.admin import apply_topics, catalog_topics, ensure_instance
@@ -26,17 +24,6 @@ from cocoon.core.kafka.broker import broker_answers
 WORKER = "w-acl-test"
 SERVICES = ("attestation", "billing", "gateway", "scheduler", "telegram", "worker-proxy")
 ENROLMENT = principal_name("worker-enrolment")
-# Aborts a client that waits for metadata of a topic it may not see.
-CLIENT_TIMEOUT_MS = 8_000
-
-
-class Bus:
-    def __init__(self, bootstrap: str, prefix: str, admin: KafkaSecurity, users: dict[str, Path]):
-        self.bootstrap, self.prefix, self.admin, self.users = bootstrap, prefix, admin, users
-
-    def security(self, principal: str, password: str | None = None) -> KafkaSecurity:
-        password = password or self.users[principal].read_text().strip()
-        return KafkaSecurity("SASL_SSL", self.admin.cafile, username=principal, password=password)
 
 
 @pytest.fixture(scope="module")
@@ -53,73 +40,6 @@ def bus(kafka_admin, tmp_path_factory) -> Bus:
         kafka_admin.bootstrap, prefix=prefix, users_dir=tmp_path_factory.mktemp("kafka-users")
     )
     return Bus(kafka_admin.bootstrap, prefix, kafka_admin.admin, users)
-
-
-DENIED = "TopicAuthorizationFailedError"
-
-
-async def write(bus: Bus, security: KafkaSecurity, topic: str) -> str:
-    """ "ok", or the name of the error the broker answered a produce to `topic` with."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bus.bootstrap, request_timeout_ms=CLIENT_TIMEOUT_MS, **security.aiokafka()
-    )
-    await producer.start()
-    try:
-        await asyncio.wait_for(
-            producer.send_and_wait(bus.prefix + topic, b"acl-probe", key=b"probe"),
-            CLIENT_TIMEOUT_MS / 1000,
-        )
-        return "ok"
-    except (KafkaError, TimeoutError) as exc:
-        return type(exc).__name__
-    finally:
-        await producer.stop()
-
-
-async def read(bus: Bus, security: KafkaSecurity, topic: str) -> str:
-    """ "ok" when a fetch from `topic` returns its records, else the error the broker answered.
-
-    Read implies Describe in Kafka's ACL model: a topic the principal may not even describe
-    is refused at the metadata request, before any fetch (the producer's metadata wait raises
-    at once, where a consumer would keep retrying)."""
-    describer = AIOKafkaProducer(bootstrap_servers=bus.bootstrap, **security.aiokafka())
-    await describer.start()
-    try:
-        await describer.partitions_for(bus.prefix + topic)
-    except KafkaError as exc:
-        return type(exc).__name__
-    finally:
-        await describer.stop()
-    await _admin_write(bus, topic)  # something to fetch
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bus.bootstrap,
-        enable_auto_commit=False,
-        request_timeout_ms=CLIENT_TIMEOUT_MS,
-        **security.aiokafka(),
-    )
-    await consumer.start()
-    partition = TopicPartition(bus.prefix + topic, 0)
-    try:
-        consumer.assign([partition])
-        consumer.seek(partition, 0)
-        deadline = asyncio.get_running_loop().time() + CLIENT_TIMEOUT_MS / 1000
-        while asyncio.get_running_loop().time() < deadline:
-            if (await consumer.getmany(timeout_ms=500)).get(partition):
-                return "ok"
-        return "no records"
-    except KafkaError as exc:
-        return type(exc).__name__
-    finally:
-        await consumer.stop()
-
-
-async def _admin_write(bus: Bus, topic: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bus.bootstrap, **bus.admin.aiokafka())
-    await producer.start()
-    try:
-        await producer.send_and_wait(bus.prefix + topic, b"probe", key=b"probe", partition=0)
-    finally:
-        await producer.stop()
 
 
 def _granted(principal: str, operation: str) -> set[str]:

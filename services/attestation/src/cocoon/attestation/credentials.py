@@ -26,6 +26,7 @@ from typing import Any
 
 from cocoon.core.acls import worker_acls, worker_principal
 from cocoon.core.bus.principals import apply_acls, delete_principal, ensure_users
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.codec import models
 from cocoon.core.crypto.credential import seal_password
 from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
@@ -56,9 +57,10 @@ class CredentialIssuer:
     """Creates and deletes workers' users and ACLs on the broker (as this service's principal,
     which has Alter on the cluster for it) and builds the records that announce them."""
 
-    def __init__(self, bootstrap: str, prefix: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str, security: KafkaSecurity) -> None:
         self.bootstrap = bootstrap
         self.prefix = prefix
+        self.security = security  # the service's own principal
         self.issued: dict[str, Issued] = {}  # worker -> its live credential
 
     def restore(self, worker_id: str | None, record: Any) -> None:
@@ -98,9 +100,11 @@ class CredentialIssuer:
         worker = verdict.worker_id
         username = worker_principal(worker)
         password = secrets.token_urlsafe(PASSWORD_BYTES)
-        await asyncio.to_thread(ensure_users, self.bootstrap, {username: password})
+        await asyncio.to_thread(
+            ensure_users, self.bootstrap, {username: password}, security=self.security
+        )
         acls = {username: worker_acls(worker, prefix=self.prefix)}
-        await asyncio.to_thread(apply_acls, self.bootstrap, acls)
+        await asyncio.to_thread(apply_acls, self.bootstrap, acls, security=self.security)
         key = SingleHpkeKey(HpkeSuite(verdict.hpke_suite), verdict.hpke_public_key)
         sealed = seal_password(key, worker, username, verdict.signing_key, password)
         self.issued[worker] = Issued(username, verdict.signing_key)
@@ -121,7 +125,9 @@ class CredentialIssuer:
         and its user (no new connection authenticates)."""
         issued = self.issued.pop(worker, None)
         username = issued.username if issued else worker_principal(worker)
-        deleted = await asyncio.to_thread(delete_principal, self.bootstrap, username)
+        deleted = await asyncio.to_thread(
+            delete_principal, self.bootstrap, username, security=self.security
+        )
         log.info(
             "credential withdrawn",
             extra={"worker_id": worker, "username": username, "acls_deleted": deleted},

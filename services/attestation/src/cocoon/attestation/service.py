@@ -62,6 +62,7 @@ from cocoon.attestation.verdicts import (
 from cocoon.attestation.verify import Verdict as Check
 from cocoon.attestation.verify import Verifier
 from cocoon.core.bus import BusConsumer, BusProducer, Message
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
@@ -212,7 +213,7 @@ class AttestationService(Service):
         self.consumer: BusConsumer | None = None
         self._mirrors: list[CompactedMirror] = []
         self.issuer = (
-            CredentialIssuer(settings.kafka_bootstrap, self.prefix)
+            CredentialIssuer(settings.kafka_bootstrap, self.prefix, KafkaSecurity.from_env())
             if settings.issue_worker_credentials
             else None
         )

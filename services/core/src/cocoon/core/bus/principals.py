@@ -4,7 +4,9 @@ Run as the admin principal. `ensure_users` creates or updates SCRAM-SHA-512 cred
 dev broker's and `cocoon up`'s users; in Kubernetes, Strimzi's User Operator does it from the
 KafkaUser resources). `apply_acls` adds every ACL the catalog gives; creating an ACL that exists
 is a no-op in Kafka, so it is idempotent. `delete_principal` removes a user and every ACL it
-holds (a worker whose trust was withdrawn). Uses kafka-python's admin client (blocking).
+holds (a worker whose trust was withdrawn). `remove_stale_acls` deletes what a catalog
+principal holds beyond the catalog's grants (`cocoon topics apply`). Uses kafka-python's admin
+client (blocking).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from kafka.errors import NoError, SecurityDisabledError
 
 from cocoon.core.acls import Acl, principal_acls, principal_name
 from cocoon.core.bus.security import KafkaSecurity, kafka_python_security
+from cocoon.core.catalog import default_catalog
 
 _RESOURCE = {
     "topic": ResourceType.TOPIC,
@@ -153,6 +156,76 @@ def delete_principal(
     return len(deleted)
 
 
+def _binding(acl: ACL) -> tuple[object, ...]:
+    pattern = acl.resource_pattern
+    return (
+        acl.principal,
+        acl.host,
+        acl.operation,
+        acl.permission_type,
+        pattern.resource_type,
+        pattern.resource_name,
+        pattern.pattern_type,
+    )
+
+
+def _owned(acl: ACL, prefix: str, namespaces: set[str]) -> bool:
+    """Whether an applier for topic prefix `prefix` answers for this binding: every group,
+    transactional-id and cluster binding (the catalog grants them whatever the prefix), and
+    topic bindings on `prefix` + a catalog namespace (`billing.`, `work.`, ...), so applying
+    one environment never touches another prefix's topics."""
+    pattern = acl.resource_pattern
+    if pattern.resource_type != ResourceType.TOPIC:
+        return True
+    name = pattern.resource_name
+    return name.startswith(prefix) and name[len(prefix) :].split(".", 1)[0] in namespaces
+
+
+def remove_stale_acls(
+    bootstrap: str,
+    principals: Mapping[str, list[Acl]],
+    *,
+    prefix: str = "",
+    namespaces: set[str],
+    security: KafkaSecurity | None = None,
+) -> list[ACL]:
+    """Delete the bindings each of `principals` holds on this environment's resources beyond
+    what `principals` gives it (a topic, group or operation the catalog no longer grants);
+    returns them. Other principals (workers' issued users) are not looked at."""
+    admin = _admin(bootstrap, security)
+    stale: list[ACL] = []
+    try:
+        for name, acls in principals.items():
+            wanted = {_binding(b) for b in kafka_acls(name, acls)}
+            held, error = admin.describe_acls(_held_by(name))
+            if error is not NoError:
+                raise PrincipalError(f"describing the ACLs of {name}: {error}")
+            stale += [
+                b for b in held if _owned(b, prefix, namespaces) and _binding(b) not in wanted
+            ]
+        if stale:
+            results = admin.delete_acls([_exactly(b) for b in stale])
+            failed = [str(error) for _, _, error in results if error is not NoError]
+            if failed:
+                raise PrincipalError(f"deleting stale ACLs: {', '.join(sorted(set(failed)))}")
+    finally:
+        admin.close()
+    return stale
+
+
+def _exactly(acl: ACL) -> ACLFilter:
+    pattern = acl.resource_pattern
+    return ACLFilter(
+        principal=acl.principal,
+        host=acl.host,
+        operation=acl.operation,
+        permission_type=acl.permission_type,
+        resource_pattern=ResourcePatternFilter(
+            pattern.resource_type, pattern.resource_name, pattern.pattern_type
+        ),
+    )
+
+
 def password_file(directory: Path, principal: str) -> Path:
     """`<directory>/<principal>.password`, created with a random password the first time."""
     path = directory / f"{principal}.password"
@@ -177,6 +250,14 @@ def provision(
         ensure_users(bootstrap, {name: path.read_text().strip() for name, path in files.items()})
     apply_acls(bootstrap, principals)
     return files
+
+
+def prune(bootstrap: str, *, prefix: str = "") -> list[ACL]:
+    """Remove what the catalog's principals hold beyond the catalog under `prefix`."""
+    namespaces = {spec.name.split(".", 1)[0] for spec in default_catalog().values()}
+    return remove_stale_acls(
+        bootstrap, principal_acls(prefix=prefix), prefix=prefix, namespaces=namespaces
+    )
 
 
 @dataclass
