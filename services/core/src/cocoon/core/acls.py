@@ -36,6 +36,8 @@ from cocoon.core.catalog import DLQ_SUFFIX, GroupSpec, TopicSpec, default_catalo
 from cocoon.core.paths import schemas_dir
 
 PRINCIPAL_PREFIX = "cocoon-"  # principal (and KafkaUser) `cocoon-<service>`
+# The restricted principal a worker's host holds (schemas/principals.yaml).
+WORKER_ENROLMENT = "worker-enrolment"
 ResourceType = Literal["topic", "group", "transactionalId", "cluster"]
 PatternType = Literal["literal", "prefix"]
 CLUSTER_RESOURCE = "kafka-cluster"  # Kafka's one name for the cluster resource

@@ -180,13 +180,11 @@ class WorkerProxy(Service):
             security=self.enrolment,
         )
         await self.evidence_producer.start()
-        attestation_topics = [Topic.ATTESTATION_VERDICTS]
         if s.await_credential:
             self.credential = CredentialBox(self.worker_id, self.identity.keys, self.enrolment)
-            attestation_topics.append(Topic.ATTESTATION_CREDENTIALS)
         self.verdicts = BroadcastReader(
             s.kafka_bootstrap,
-            attestation_topics,
+            [Topic.ATTESTATION_VERDICTS, Topic.ATTESTATION_CREDENTIALS],
             self._on_attestation_record,
             from_beginning=True,
             client_id=f"worker-proxy-{self.worker_id}-verdicts",
