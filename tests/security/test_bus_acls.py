@@ -10,12 +10,21 @@ import asyncio
 import uuid
 
 import pytest
+from kafka.admin import (
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePatternFilter,
+    ResourceType,
+)
 from kafka.errors import KafkaError as AdminError
 from support.bus_probe import DENIED, Bus, read, write
 
-from cocoon.core.acls import principal_acls, principal_name
+from cocoon.core.acls import Acl, principal_acls, principal_name
 from cocoon.core.bus.admin import apply_topics, catalog_topics, ensure_instance
-from cocoon.core.bus.principals import provision
+from cocoon.core.bus.principals import apply_acls, provision, prune
 from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.catalog import default_catalog
 from cocoon.core.contracts import Topic, TopicTemplate
@@ -124,3 +133,55 @@ def test_only_the_worker_proxy_creates_work_topics(bus, monkeypatch):
     # and again at the next start: reconciled, not refused
     changes = ensure_instance(bus.bootstrap, template, prefix=bus.prefix, worker_id="w-acl-new")
     assert {c.action for c in changes} == {"unchanged"}
+
+
+def _held(bus: Bus, principal: str) -> set[tuple[str, str, str]]:
+    """(resource name, pattern, operation) of every binding `principal` holds."""
+    admin = KafkaAdminClient(bootstrap_servers=bus.bootstrap, **bus.admin.kafka_python())
+    try:
+        held, _ = admin.describe_acls(
+            ACLFilter(
+                principal=f"User:{principal}",
+                host="*",
+                operation=ACLOperation.ANY,
+                permission_type=ACLPermissionType.ANY,
+                resource_pattern=ResourcePatternFilter(
+                    ResourceType.ANY, None, ACLResourcePatternType.ANY
+                ),
+            )
+        )
+    finally:
+        admin.close()
+    return {
+        (b.resource_pattern.resource_name, b.resource_pattern.pattern_type.name, b.operation.name)
+        for b in held
+    }
+
+
+def test_apply_removes_the_acls_the_catalog_no_longer_gives(bus):
+    gateway = principal_name("gateway")
+    other_prefix = f"other{uuid.uuid4().hex[:6]}."
+    stale = {
+        gateway: [
+            Acl("topic", bus.prefix + Topic.BILLING_LEDGER, "literal", ("Write",)),
+            Acl("group", "scheduler", "prefix", ("Read",)),
+        ]
+    }
+    elsewhere = {
+        gateway: [Acl("topic", other_prefix + Topic.BILLING_LEDGER, "literal", ("Write",))]
+    }
+    apply_acls(bus.bootstrap, stale)
+    apply_acls(bus.bootstrap, elsewhere)
+    assert (bus.prefix + Topic.BILLING_LEDGER, "LITERAL", "WRITE") in _held(bus, gateway)
+
+    removed = prune(bus.bootstrap, prefix=bus.prefix)
+
+    names = {(b.resource_pattern.resource_name, b.operation.name) for b in removed}
+    assert names == {(bus.prefix + Topic.BILLING_LEDGER, "WRITE"), ("scheduler", "READ")}
+    held = _held(bus, gateway)
+    assert (bus.prefix + Topic.BILLING_LEDGER, "LITERAL", "WRITE") not in held
+    assert ("scheduler", "PREFIXED", "READ") not in held
+    # Another environment's topics are its own apply's business; the catalog's grants stay.
+    assert (other_prefix + Topic.BILLING_LEDGER, "LITERAL", "WRITE") in held
+    assert (bus.prefix + Topic.BILLING_LEDGER, "LITERAL", "READ") in held
+    assert prune(bus.bootstrap, prefix=bus.prefix) == []
