@@ -120,6 +120,7 @@ def test_the_worker_enrolment_user_may_only_enrol():
     assert _topic_acls(users["cocoon-worker-enrolment"]) == {
         ("literal", "attestation.evidence"): {"Write"},
         ("literal", "attestation.verdicts"): {"Read"},
+        ("literal", "attestation.credentials"): {"Read"},  # sealed to each worker's enclave
     }
 
 

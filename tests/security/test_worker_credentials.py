@@ -244,7 +244,10 @@ async def test_only_a_trusted_worker_gets_its_own_credential_and_loses_it_on_rev
 
             # Revocation (the registry bans A's payout address) with a fetch loop of A open.
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=bus.bootstrap, enable_auto_commit=False, **as_a.aiokafka()
+                bootstrap_servers=bus.bootstrap,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **as_a.aiokafka(),
             )
             await consumer.start()
             partition = TopicPartition(bus.prefix + work_a, 0)
@@ -312,8 +315,12 @@ async def test_the_worker_proxy_with_the_enrolment_principal_works_only_while_tr
             await _until(lambda: worker.producer is not None, "a work session")
             assert worker.credential is not None and worker.credential.current is not None
             assert worker.credential.current.username == worker_principal(settings.worker_id)
-            beats = await _heartbeats(bus, settings.worker_id, seconds=2.0)
-            assert beats and beats[-1]["state"] == "READY", beats
+            deadline = time.monotonic() + WAIT_S
+            while not any(
+                b["state"] == "READY"
+                for b in await _heartbeats(bus, settings.worker_id, seconds=2.0)
+            ):
+                assert time.monotonic() < deadline, "no READY heartbeat"
 
             await publish_registry(
                 bus.bootstrap, lambda r: r.ban_address(address), prefix=bus.prefix

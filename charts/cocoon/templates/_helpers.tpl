@@ -40,8 +40,13 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- if eq (default "" .svc.kafkaUser) $v.kafka.scram.user }}
 - name: COCOON_KAFKA_BOOTSTRAP
-  value: {{ (ternary $v.kafka.scram.bootstrap $v.kafka.bootstrap (eq (default "" .svc.kafkaUser) $v.kafka.scram.user)) | quote }}
+  value: {{ $v.kafka.scram.bootstrap | quote }}
+{{- else }}
+- name: COCOON_KAFKA_BOOTSTRAP
+  value: {{ $v.kafka.bootstrap | quote }}
+{{- end }}
 - name: COCOON_TOPIC_PREFIX
   value: {{ $v.kafka.topicPrefix | quote }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
