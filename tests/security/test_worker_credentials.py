@@ -325,11 +325,16 @@ async def test_the_worker_proxy_with_the_enrolment_principal_works_only_while_tr
             await publish_registry(
                 bus.bootstrap, lambda r: r.ban_address(address), prefix=bus.prefix
             )
-            await _until(lambda: worker.producer is None, "the work session to end")
-            assert worker.credential.current is None
+            # Its fetches are refused as soon as the ACLs go; the tombstone follows.
+            await _until(
+                lambda: worker.producer is None and worker.credential.current is None,
+                "the work session to end and the credential to be withdrawn",
+            )
+            cut_off = time.time()
+            await asyncio.sleep(2.0)
             assert not task.done()  # cut off, not crashed: it waits for a new credential
-            await asyncio.sleep(1.0)  # heartbeats already in flight land
-            assert await _heartbeats(bus, settings.worker_id, seconds=2.0) == []
+            assert worker.producer is None
+            assert await _heartbeats(bus, settings.worker_id, seconds=time.time() - cut_off) == []
         finally:
             stopping.set()
             await asyncio.wait_for(task, 30)
