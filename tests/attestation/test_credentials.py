@@ -91,3 +91,18 @@ def test_the_credentials_topic_restores_what_was_issued() -> None:
     assert issuer.to_issue({"w-a": verdict("w-a", keys)}, NOW) == []
     issuer.restore("w-a", None)
     assert issuer.issued == {}
+
+
+def test_a_replica_that_did_not_decide_withdraws_only_on_a_verdict_it_has_read() -> None:
+    """Another replica's sweep may read a new credential before the verdict it was issued on:
+    a missing verdict or a TRUSTED one for the old key is not a reason to withdraw there."""
+    old, new = WorkerKeys.generate(), WorkerKeys.generate()
+    issuer = issuer_holding(**{"w-a": new, "w-b": new})
+    behind = {"w-a": verdict("w-a", old)}  # w-b: no verdict read yet
+    assert issuer.to_withdraw(behind, NOW, decided=()) == []
+    assert sorted(issuer.to_withdraw(behind, NOW, decided=None)) == ["w-a", "w-b"]
+    assert issuer.to_withdraw(behind, NOW, decided={"w-b"}) == ["w-b"]
+    revoked = {"w-a": verdict("w-a", new, status="REVOKED")}
+    assert issuer.to_withdraw(revoked, NOW, decided=()) == ["w-a"]
+    expired = {"w-a": verdict("w-a", old, expires_in_s=-1)}
+    assert issuer.to_withdraw(expired, NOW, decided=()) == ["w-a"]

@@ -34,7 +34,7 @@ from cocoon.core.acls import principal_name, worker_principal
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics, catalog_topics, ensure_instance
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
-from cocoon.core.bus.principals import provision
+from cocoon.core.bus.principals import delete_principal, provision
 from cocoon.core.bus.security import ENV, KafkaSecurity
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
@@ -268,6 +268,8 @@ async def test_only_a_trusted_worker_gets_its_own_credential_and_loses_it_on_rev
             # A new connection with the deleted user does not authenticate.
             assert await read(bus, as_a, work_a) != "ok"
             assert await write(bus, as_a, Topic.WORKER_HEARTBEATS) != "ok"
+            # Withdrawing again (another replica, a retry) finds nothing and is no error.
+            assert delete_principal(bus.bootstrap, as_a.username) == 0
             # B, still trusted, is untouched.
             assert await write(bus, as_b, Topic.WORKER_HEARTBEATS) == "ok"
     finally:

@@ -11,7 +11,11 @@ key (revoked, rejected, expired, or a verdict for another key), its ACLs and use
 and the record is tombstoned.
 
 What has been issued is the credentials topic itself (mirrored by every replica), so a restarted
-service neither re-issues nor forgets a credential to delete.
+service neither re-issues nor forgets a credential to delete. Replicas read the verdicts and the
+credentials topics through separate mirrors, so one may see a credential before the verdict it
+was issued on: only the replica that decided a worker's verdict issues, or withdraws for a
+missing verdict or a changed key; every replica withdraws what a verdict it has read no longer
+backs (revoked, rejected, expired), which is idempotent.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -87,13 +91,23 @@ class CredentialIssuer:
         issued = self.issued.get(worker)
         return issued.signing_key if issued else None
 
-    def to_withdraw(self, trusted: Mapping[str, Any], now_s: float) -> list[str]:
-        """Workers holding a credential their current verdict no longer backs."""
-        return [
-            worker
-            for worker, issued in self.issued.items()
-            if not still_trusted(trusted.get(worker), issued.signing_key, now_s)
-        ]
+    def to_withdraw(
+        self, trusted: Mapping[str, Any], now_s: float, decided: Collection[str] | None = None
+    ) -> list[str]:
+        """Workers holding a credential their current verdict no longer backs. For a worker in
+        `decided` (None: every worker, once both topics are read to their end) a missing
+        verdict or a TRUSTED verdict for another key counts too; for the others only a verdict
+        that is not TRUSTED or has expired does (this replica may be behind)."""
+        withdrawn = []
+        for worker, issued in self.issued.items():
+            verdict = trusted.get(worker)
+            if still_trusted(verdict, issued.signing_key, now_s):
+                continue
+            if decided is None or worker in decided:
+                withdrawn.append(worker)  # this replica holds the worker's current verdict
+            elif verdict is not None and not still_trusted(verdict, verdict.signing_key, now_s):
+                withdrawn.append(worker)  # revoked, rejected or expired, whatever the key
+        return withdrawn
 
     async def issue(self, verdict: Any, now_s: float) -> models.WorkerCredential:
         """Create (or rotate) the worker's user, grant its ACLs, seal the password to it."""
@@ -123,11 +137,12 @@ class CredentialIssuer:
     async def withdraw(self, worker: str) -> None:
         """Delete the worker's ACLs (its open connections are refused from the next request on)
         and its user (no new connection authenticates)."""
-        issued = self.issued.pop(worker, None)
+        issued = self.issued.get(worker)
         username = issued.username if issued else worker_principal(worker)
         deleted = await asyncio.to_thread(
             delete_principal, self.bootstrap, username, security=self.security
         )
+        self.issued.pop(worker, None)  # only once deleted: a failure is tried again
         log.info(
             "credential withdrawn",
             extra={"worker_id": worker, "username": username, "acls_deleted": deleted},

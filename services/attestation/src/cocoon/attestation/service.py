@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +62,7 @@ from cocoon.attestation.verdicts import (
 from cocoon.attestation.verify import Verdict as Check
 from cocoon.attestation.verify import Verifier
 from cocoon.core.bus import BusConsumer, BusProducer, Message
+from cocoon.core.bus.principals import PrincipalError
 from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.codec import models
@@ -217,6 +218,7 @@ class AttestationService(Service):
             if settings.issue_worker_credentials
             else None
         )
+        self._issue_again: set[str] = set()  # workers whose issuance failed here
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -245,6 +247,7 @@ class AttestationService(Service):
         async with self._lock:
             self._apply_registry()
             await self._revoke_disallowed()  # changes made while the service was down
+            await self._reconcile_credentials()  # both topics read to their end: all workers
         self.consumer = BusConsumer(
             bootstrap,
             [EVIDENCE_TOPIC],
@@ -309,7 +312,7 @@ class AttestationService(Service):
             verdict = await self._judge(ev, int(now))
             await self._publish(verdict)
             await self._publish_evidence(ev, verdict, int(now))
-            await self._reconcile_credentials()
+            await self._reconcile_credentials(decided={ev.worker_id})
 
     async def _judge(self, ev: Any, at: int) -> models.Verdict:
         reject = self._rejecter(ev, at)
@@ -435,27 +438,43 @@ class AttestationService(Service):
 
     # ---- workers' credentials ---------------------------------------------------------------
 
-    async def _reconcile_credentials(self) -> None:
-        """Issue a credential to each newly trusted key, withdraw those trust no longer backs.
-        Called with the lock held, after every verdict this replica publishes."""
+    async def _reconcile_credentials(self, decided: Collection[str] | None = None) -> None:
+        """Withdraw the credentials trust no longer backs; issue one to each newly trusted key
+        among `decided` (the workers whose verdict this replica just published; None: all, at
+        start) and those whose issuance failed here before. Called with the lock held. A broker
+        error is logged and tried again at the next sweep: it never stops the service."""
         if self.issuer is None:
             return
         assert self.producer is not None
         now = self.clock()
-        for worker in self.issuer.to_withdraw(self.trusted, now):
-            await self.issuer.withdraw(worker)
+        for worker in self.issuer.to_withdraw(self.trusted, now, decided):
+            try:
+                await self.issuer.withdraw(worker)
+            except PrincipalError as exc:
+                log.warning("withdrawing the credential of %s failed: %s", worker, exc)
+                continue
             await self.producer.send_raw(CREDENTIALS_TOPIC, None, key=worker.encode())
+        wanted = self._issue_again | (set(self.trusted) if decided is None else set(decided))
         for verdict in self.issuer.to_issue(self.trusted, now):
-            await self.producer.send(CREDENTIALS_TOPIC, await self.issuer.issue(verdict, now))
+            if verdict.worker_id not in wanted:
+                continue  # the replica that judged it issues
+            try:
+                record = await self.issuer.issue(verdict, now)
+            except PrincipalError as exc:
+                log.warning("issuing a credential to %s failed: %s", verdict.worker_id, exc)
+                self._issue_again.add(verdict.worker_id)
+                continue
+            self._issue_again.discard(verdict.worker_id)
+            await self.producer.send(CREDENTIALS_TOPIC, record)
 
     async def _sweep_credentials(self, stopping: asyncio.Event) -> None:
         """Verdicts expire without a record: look for their credentials every few seconds
-        (and pick up verdicts another replica published)."""
+        (and retry what failed)."""
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.settings.credential_sweep_seconds)
             async with self._lock:
-                await self._reconcile_credentials()
+                await self._reconcile_credentials(decided=())
 
     def _verdict_record(self, key: str | None, verdict: Any) -> None:
         """Track the verdicts topic (ours and other replicas'): trust, challenges, seen claims."""
@@ -559,10 +578,12 @@ class AttestationService(Service):
     async def _revoke_disallowed(self) -> None:
         assert self.producer is not None
         now_ms = int(self.clock() * 1000)
+        revoked_here = set()
         for worker, verdict in list(self.trusted.items()):
             reason = self._disallowed(verdict)
             if reason is None:
                 continue
+            revoked_here.add(worker)
             revoked = self.key.sign(
                 revoked_record(
                     worker_id=worker,
@@ -579,7 +600,7 @@ class AttestationService(Service):
             self.trusted.pop(worker, None)
             self.gpu_verified.pop(worker, None)
             self.challenges.withdraw(worker)
-        await self._reconcile_credentials()
+        await self._reconcile_credentials(decided=revoked_here)
 
 
 def build(settings: Settings) -> AttestationService:

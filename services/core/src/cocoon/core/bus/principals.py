@@ -11,11 +11,13 @@ client (blocking).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from kafka.admin import (
     ACL,
@@ -31,7 +33,7 @@ from kafka.admin import (
     UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
-from kafka.errors import NoError, SecurityDisabledError
+from kafka.errors import KafkaError, NoError, SecurityDisabledError
 
 from cocoon.core.acls import Acl, principal_acls, principal_name
 from cocoon.core.bus.security import KafkaSecurity, kafka_python_security
@@ -54,12 +56,32 @@ _OPERATION = {
     "Alter": ACLOperation.ALTER,
     "IdempotentWrite": ACLOperation.IDEMPOTENT_WRITE,
 }
-# Kafka's answer when a user to delete has no SCRAM credential (already deleted).
-_NO_SUCH_USER = "ResourceNotFound"
+# Kafka's answer (RESOURCE_NOT_FOUND) when a user to delete has no SCRAM credential.
+_NO_SUCH_USER = "unknown user"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class PrincipalError(RuntimeError):
-    """The broker refused a user or an ACL; the message names which and why."""
+    """The broker refused a user or an ACL, or could not be asked; the message says why."""
+
+
+def _broker_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Kafka's errors (a refusal, no broker) as PrincipalError, for callers that do not import
+    kafka-python; SecurityDisabledError stays itself (no authorizer is not a failure)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except SecurityDisabledError:
+            raise
+        except KafkaError as exc:
+            raise PrincipalError(f"{func.__name__}: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 
 def _admin(bootstrap: str, security: KafkaSecurity | None) -> KafkaAdminClient:
@@ -84,6 +106,7 @@ def kafka_acls(principal: str, acls: list[Acl]) -> list[ACL]:
     ]
 
 
+@_broker_errors
 def apply_acls(
     bootstrap: str, principals: Mapping[str, list[Acl]], *, security: KafkaSecurity | None = None
 ) -> int:
@@ -104,6 +127,7 @@ def apply_acls(
     return len(result["succeeded"])
 
 
+@_broker_errors
 def ensure_users(
     bootstrap: str, passwords: Mapping[str, str], *, security: KafkaSecurity | None = None
 ) -> None:
@@ -133,6 +157,7 @@ def _held_by(principal: str) -> ACLFilter:
     )
 
 
+@_broker_errors
 def delete_principal(
     bootstrap: str, principal: str, *, security: KafkaSecurity | None = None
 ) -> int:
