@@ -57,7 +57,7 @@ _OPERATION = {
     "IdempotentWrite": ACLOperation.IDEMPOTENT_WRITE,
 }
 # Kafka's answer (RESOURCE_NOT_FOUND) when a user to delete has no SCRAM credential.
-_NO_SUCH_USER = "unknown user"
+_NO_SUCH_USER = "does not exist"
 
 
 P = ParamSpec("P")
