@@ -36,6 +36,7 @@ EXPECTED = {
     "attestation.registry",
     "attestation.attested",
     "attestation.collateral",
+    "attestation.credentials",
     "worker.heartbeats",
     "billing.ledger",
     "billing.balances",
@@ -73,6 +74,7 @@ def test_compacted_topics_are_the_state_topics():
         "attestation.registry",
         "attestation.attested",
         "attestation.collateral",
+        "attestation.credentials",
         "billing.balances",
     }
     assert CATALOG["attestation.verdicts"].key == "worker_id"

@@ -102,10 +102,12 @@ def test_acl_spot_checks_against_the_catalog():
     ]
     scheduler = _topic_acls(users["cocoon-scheduler"])
     assert ("prefix", "work.") not in scheduler
-    for user in users.values():
+    for name, user in users.items():
         spec = user["spec"]
         assert spec["authorization"]["type"] == "simple"
-        assert spec["authentication"]["type"] == "tls"
+        # A worker's host enrols with SCRAM, where its issued credential (SCRAM) works too.
+        scram = name == "cocoon-worker-enrolment"
+        assert spec["authentication"]["type"] == ("scram-sha-512" if scram else "tls")
         kinds = {a["resource"]["type"] for a in spec["authorization"]["acls"]}
         assert kinds <= {"topic", "group", "transactionalId", "cluster"}
         assert not any(a["resource"].get("name") == "*" for a in spec["authorization"]["acls"]), (
@@ -118,6 +120,7 @@ def test_the_worker_enrolment_user_may_only_enrol():
     assert _topic_acls(users["cocoon-worker-enrolment"]) == {
         ("literal", "attestation.evidence"): {"Write"},
         ("literal", "attestation.verdicts"): {"Read"},
+        ("literal", "attestation.credentials"): {"Read"},  # sealed to each worker's enclave
     }
 
 

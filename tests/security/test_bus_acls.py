@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from kafka.admin import (
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePatternFilter,
+    ResourceType,
+)
 from kafka.errors import KafkaError as AdminError
+from support.bus_probe import DENIED, Bus, read, write
 
-from cocoon.core.acls import principal_acls, principal_name
+from cocoon.core.acls import Acl, principal_acls, principal_name
 from cocoon.core.bus.admin import apply_topics, catalog_topics, ensure_instance
-from cocoon.core.bus.principals import provision
+from cocoon.core.bus.principals import apply_acls, provision, prune
 from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.catalog import default_catalog
 from cocoon.core.contracts import Topic, TopicTemplate
@@ -26,17 +33,6 @@ from cocoon.core.kafka.broker import broker_answers
 WORKER = "w-acl-test"
 SERVICES = ("attestation", "billing", "gateway", "scheduler", "telegram", "worker-proxy")
 ENROLMENT = principal_name("worker-enrolment")
-# Aborts a client that waits for metadata of a topic it may not see.
-CLIENT_TIMEOUT_MS = 8_000
-
-
-class Bus:
-    def __init__(self, bootstrap: str, prefix: str, admin: KafkaSecurity, users: dict[str, Path]):
-        self.bootstrap, self.prefix, self.admin, self.users = bootstrap, prefix, admin, users
-
-    def security(self, principal: str, password: str | None = None) -> KafkaSecurity:
-        password = password or self.users[principal].read_text().strip()
-        return KafkaSecurity("SASL_SSL", self.admin.cafile, username=principal, password=password)
 
 
 @pytest.fixture(scope="module")
@@ -53,73 +49,6 @@ def bus(kafka_admin, tmp_path_factory) -> Bus:
         kafka_admin.bootstrap, prefix=prefix, users_dir=tmp_path_factory.mktemp("kafka-users")
     )
     return Bus(kafka_admin.bootstrap, prefix, kafka_admin.admin, users)
-
-
-DENIED = "TopicAuthorizationFailedError"
-
-
-async def write(bus: Bus, security: KafkaSecurity, topic: str) -> str:
-    """ "ok", or the name of the error the broker answered a produce to `topic` with."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bus.bootstrap, request_timeout_ms=CLIENT_TIMEOUT_MS, **security.aiokafka()
-    )
-    await producer.start()
-    try:
-        await asyncio.wait_for(
-            producer.send_and_wait(bus.prefix + topic, b"acl-probe", key=b"probe"),
-            CLIENT_TIMEOUT_MS / 1000,
-        )
-        return "ok"
-    except (KafkaError, TimeoutError) as exc:
-        return type(exc).__name__
-    finally:
-        await producer.stop()
-
-
-async def read(bus: Bus, security: KafkaSecurity, topic: str) -> str:
-    """ "ok" when a fetch from `topic` returns its records, else the error the broker answered.
-
-    Read implies Describe in Kafka's ACL model: a topic the principal may not even describe
-    is refused at the metadata request, before any fetch (the producer's metadata wait raises
-    at once, where a consumer would keep retrying)."""
-    describer = AIOKafkaProducer(bootstrap_servers=bus.bootstrap, **security.aiokafka())
-    await describer.start()
-    try:
-        await describer.partitions_for(bus.prefix + topic)
-    except KafkaError as exc:
-        return type(exc).__name__
-    finally:
-        await describer.stop()
-    await _admin_write(bus, topic)  # something to fetch
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bus.bootstrap,
-        enable_auto_commit=False,
-        request_timeout_ms=CLIENT_TIMEOUT_MS,
-        **security.aiokafka(),
-    )
-    await consumer.start()
-    partition = TopicPartition(bus.prefix + topic, 0)
-    try:
-        consumer.assign([partition])
-        consumer.seek(partition, 0)
-        deadline = asyncio.get_running_loop().time() + CLIENT_TIMEOUT_MS / 1000
-        while asyncio.get_running_loop().time() < deadline:
-            if (await consumer.getmany(timeout_ms=500)).get(partition):
-                return "ok"
-        return "no records"
-    except KafkaError as exc:
-        return type(exc).__name__
-    finally:
-        await consumer.stop()
-
-
-async def _admin_write(bus: Bus, topic: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bus.bootstrap, **bus.admin.aiokafka())
-    await producer.start()
-    try:
-        await producer.send_and_wait(bus.prefix + topic, b"probe", key=b"probe", partition=0)
-    finally:
-        await producer.stop()
 
 
 def _granted(principal: str, operation: str) -> set[str]:
@@ -204,3 +133,55 @@ def test_only_the_worker_proxy_creates_work_topics(bus, monkeypatch):
     # and again at the next start: reconciled, not refused
     changes = ensure_instance(bus.bootstrap, template, prefix=bus.prefix, worker_id="w-acl-new")
     assert {c.action for c in changes} == {"unchanged"}
+
+
+def _held(bus: Bus, principal: str) -> set[tuple[str, str, str]]:
+    """(resource name, pattern, operation) of every binding `principal` holds."""
+    admin = KafkaAdminClient(bootstrap_servers=bus.bootstrap, **bus.admin.kafka_python())
+    try:
+        held, _ = admin.describe_acls(
+            ACLFilter(
+                principal=f"User:{principal}",
+                host="*",
+                operation=ACLOperation.ANY,
+                permission_type=ACLPermissionType.ANY,
+                resource_pattern=ResourcePatternFilter(
+                    ResourceType.ANY, None, ACLResourcePatternType.ANY
+                ),
+            )
+        )
+    finally:
+        admin.close()
+    return {
+        (b.resource_pattern.resource_name, b.resource_pattern.pattern_type.name, b.operation.name)
+        for b in held
+    }
+
+
+def test_apply_removes_the_acls_the_catalog_no_longer_gives(bus):
+    gateway = principal_name("gateway")
+    other_prefix = f"other{uuid.uuid4().hex[:6]}."
+    stale = {
+        gateway: [
+            Acl("topic", bus.prefix + Topic.BILLING_LEDGER, "literal", ("Write",)),
+            Acl("group", "scheduler", "prefix", ("Read",)),
+        ]
+    }
+    elsewhere = {
+        gateway: [Acl("topic", other_prefix + Topic.BILLING_LEDGER, "literal", ("Write",))]
+    }
+    apply_acls(bus.bootstrap, stale)
+    apply_acls(bus.bootstrap, elsewhere)
+    assert (bus.prefix + Topic.BILLING_LEDGER, "LITERAL", "WRITE") in _held(bus, gateway)
+
+    removed = prune(bus.bootstrap, prefix=bus.prefix)
+
+    names = {(b.resource_pattern.resource_name, b.operation.name) for b in removed}
+    assert names == {(bus.prefix + Topic.BILLING_LEDGER, "WRITE"), ("scheduler", "READ")}
+    held = _held(bus, gateway)
+    assert (bus.prefix + Topic.BILLING_LEDGER, "LITERAL", "WRITE") not in held
+    assert ("scheduler", "PREFIXED", "READ") not in held
+    # Another environment's topics are its own apply's business; the catalog's grants stay.
+    assert (other_prefix + Topic.BILLING_LEDGER, "LITERAL", "WRITE") in held
+    assert (bus.prefix + Topic.BILLING_LEDGER, "LITERAL", "READ") in held
+    assert prune(bus.bootstrap, prefix=bus.prefix) == []

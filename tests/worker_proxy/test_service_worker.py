@@ -46,12 +46,13 @@ CATALOG = load_catalog()
 TOPICS = [
     "attestation.evidence",
     "attestation.verdicts",
+    "attestation.credentials",
     "worker.heartbeats",
     "inference.responses",
     "usage.receipts",
     "inference.outcomes",
 ]
-READ = ["attestation.evidence", "worker.heartbeats", *TOPICS[3:]]
+READ = ["attestation.evidence", "worker.heartbeats", *TOPICS[4:]]
 STORY = "Write a very long story about a lighthouse keeper and the sea, in many chapters."
 
 

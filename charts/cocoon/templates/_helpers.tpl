@@ -40,8 +40,13 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- if eq (default "" .svc.kafkaUser) $v.kafka.scram.user }}
+- name: COCOON_KAFKA_BOOTSTRAP
+  value: {{ $v.kafka.scram.bootstrap | quote }}
+{{- else }}
 - name: COCOON_KAFKA_BOOTSTRAP
   value: {{ $v.kafka.bootstrap | quote }}
+{{- end }}
 - name: COCOON_TOPIC_PREFIX
   value: {{ $v.kafka.topicPrefix | quote }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
@@ -66,7 +71,17 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
   value: /tmp
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
-{{- if $v.kafka.tls.enabled }}
+{{- if and $v.kafka.tls.enabled (eq (default "" .svc.kafkaUser) $v.kafka.scram.user) }}
+{{- /* A worker's host: the enrolment SCRAM user only (its own credential comes sealed). */}}
+- name: COCOON_KAFKA_SECURITY_PROTOCOL
+  value: SASL_SSL
+- name: COCOON_KAFKA_SSL_CAFILE
+  value: /var/run/secrets/kafka/ca/ca.crt
+- name: COCOON_KAFKA_SASL_USERNAME
+  value: {{ printf "%s%s" $v.kafka.tls.userSecretPrefix .svc.kafkaUser | quote }}
+- name: COCOON_KAFKA_SASL_PASSWORD_FILE
+  value: /var/run/secrets/kafka/user/password
+{{- else if $v.kafka.tls.enabled }}
 - name: COCOON_KAFKA_SECURITY_PROTOCOL
   value: SSL
 - name: COCOON_KAFKA_SSL_CAFILE
@@ -122,7 +137,7 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
       - {key: ca.crt, path: ca.crt}
 - name: kafka-user
   secret:
-    secretName: {{ printf "%s%s" $v.kafka.tls.userSecretPrefix .name }}
+    secretName: {{ printf "%s%s" $v.kafka.tls.userSecretPrefix (default .name .svc.kafkaUser) }}
 {{- end }}
 {{- range $id := .svc.secrets }}
 {{- $secret := index $v.secrets $id }}

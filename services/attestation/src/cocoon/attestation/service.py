@@ -3,6 +3,8 @@
     attestation.evidence  --(BusConsumer, group "attestation")-->  verify  -->  attestation.verdicts
     attestation.registry  --(mirror, every replica reads all)-->   policy allow-lists, revocations
     attestation.verdicts  --(mirror)-->  outstanding challenges, trusted workers, seen claims
+    TRUSTED / withdrawn   --(admin API)-->  the worker's own SCRAM user and ACLs,
+                          --> attestation.credentials (its password sealed to the worker)
 
 Evidence that carries `gpu_evidence` (cocoon.core.gpu_evidence) is checked with `evaluate_gpu`
 against `gpu_nonce(claims)` under the GPU policy from settings, and the GPU verdict goes to the
@@ -18,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,7 @@ from cocoon.attestation.collateral import (
     CollateralSource,
     PcsSource,
 )
+from cocoon.attestation.credentials import CredentialIssuer
 from cocoon.attestation.gpu.report import GpuEvidenceError
 from cocoon.attestation.gpu.verify import (
     GpuEvidence,
@@ -59,6 +62,8 @@ from cocoon.attestation.verdicts import (
 from cocoon.attestation.verify import Verdict as Check
 from cocoon.attestation.verify import Verifier
 from cocoon.core.bus import BusConsumer, BusProducer, Message
+from cocoon.core.bus.principals import PrincipalError
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
@@ -71,6 +76,7 @@ EVIDENCE_TOPIC = Topic.ATTESTATION_EVIDENCE
 VERDICTS_TOPIC = Topic.ATTESTATION_VERDICTS
 ATTESTED_TOPIC = Topic.ATTESTATION_ATTESTED
 COLLATERAL_TOPIC = Topic.ATTESTATION_COLLATERAL
+CREDENTIALS_TOPIC = Topic.ATTESTATION_CREDENTIALS
 INTEL_PCS = "https://api.trustedservices.intel.com"
 
 VERDICTS = Counter(
@@ -95,6 +101,14 @@ class Settings(ServiceSettings):
         None, description="GPU policy JSON (RIM and OCSP: files or URLs); default NVIDIA online"
     )
     evidence_group: str = Group.ATTESTATION
+    issue_worker_credentials: bool = Field(
+        False,
+        description="give each trusted worker its own SCRAM user and ACLs, its password sealed "
+        "to the worker (workers hold only the enrolment principal); needs Alter on the cluster",
+    )
+    credential_sweep_seconds: float = Field(
+        5.0, gt=0, le=300, description="how often expired verdicts' credentials are looked for"
+    )
     registry_public_key: str = Field(
         "",
         description="hex Ed25519 key that signs registry entries; default: the .pub of the "
@@ -199,6 +213,12 @@ class AttestationService(Service):
         self.producer: BusProducer | None = None
         self.consumer: BusConsumer | None = None
         self._mirrors: list[CompactedMirror] = []
+        self.issuer = (
+            CredentialIssuer(settings.kafka_bootstrap, self.prefix, KafkaSecurity.from_env())
+            if settings.issue_worker_credentials
+            else None
+        )
+        self._issue_again: set[str] = set()  # workers whose issuance failed here
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -217,9 +237,17 @@ class AttestationService(Service):
             self._mirrors.append(mirror)
         await registry.catch_up(self._registry_record)
         await verdicts.catch_up(self._verdict_record)
+        if self.issuer is not None:
+            credentials = CompactedMirror(
+                bootstrap, CREDENTIALS_TOPIC, prefix=self.prefix, client_id=client
+            )
+            await credentials.start()
+            self._mirrors.append(credentials)
+            await credentials.catch_up(self.issuer.restore)
         async with self._lock:
             self._apply_registry()
             await self._revoke_disallowed()  # changes made while the service was down
+            await self._reconcile_credentials()  # both topics read to their end: all workers
         self.consumer = BusConsumer(
             bootstrap,
             [EVIDENCE_TOPIC],
@@ -237,12 +265,18 @@ class AttestationService(Service):
 
     async def run(self, stopping: asyncio.Event) -> None:
         assert self.consumer is not None
-        registry, verdicts = self._mirrors
+        registry, verdicts = self._mirrors[:2]
         tasks = [
             asyncio.ensure_future(self.consumer.run()),
             asyncio.ensure_future(self._follow(registry, self._on_registry, stopping)),
             asyncio.ensure_future(self._follow(verdicts, self._verdict_record, stopping)),
         ]
+        if self.issuer is not None:
+            credentials = self._mirrors[2]
+            tasks += [
+                asyncio.ensure_future(self._follow(credentials, self.issuer.restore, stopping)),
+                asyncio.ensure_future(self._sweep_credentials(stopping)),
+            ]
         stop_wait = asyncio.ensure_future(stopping.wait())
         await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
@@ -278,6 +312,7 @@ class AttestationService(Service):
             verdict = await self._judge(ev, int(now))
             await self._publish(verdict)
             await self._publish_evidence(ev, verdict, int(now))
+            await self._reconcile_credentials(decided={ev.worker_id})
 
     async def _judge(self, ev: Any, at: int) -> models.Verdict:
         reject = self._rejecter(ev, at)
@@ -401,6 +436,46 @@ class AttestationService(Service):
         )
         self._published_collateral[collateral.fmspc] = digest
 
+    # ---- workers' credentials ---------------------------------------------------------------
+
+    async def _reconcile_credentials(self, decided: Collection[str] | None = None) -> None:
+        """Withdraw the credentials trust no longer backs; issue one to each newly trusted key
+        among `decided` (the workers whose verdict this replica just published; None: all, at
+        start) and those whose issuance failed here before. Called with the lock held. A broker
+        error is logged and tried again at the next sweep: it never stops the service."""
+        if self.issuer is None:
+            return
+        assert self.producer is not None
+        now = self.clock()
+        for worker in self.issuer.to_withdraw(self.trusted, now, decided):
+            try:
+                await self.issuer.withdraw(worker)
+            except PrincipalError as exc:
+                log.warning("withdrawing the credential of %s failed: %s", worker, exc)
+                continue
+            await self.producer.send_raw(CREDENTIALS_TOPIC, None, key=worker.encode())
+        wanted = self._issue_again | (set(self.trusted) if decided is None else set(decided))
+        for verdict in self.issuer.to_issue(self.trusted, now):
+            if verdict.worker_id not in wanted:
+                continue  # the replica that judged it issues
+            try:
+                record = await self.issuer.issue(verdict, now)
+            except PrincipalError as exc:
+                log.warning("issuing a credential to %s failed: %s", verdict.worker_id, exc)
+                self._issue_again.add(verdict.worker_id)
+                continue
+            self._issue_again.discard(verdict.worker_id)
+            await self.producer.send(CREDENTIALS_TOPIC, record)
+
+    async def _sweep_credentials(self, stopping: asyncio.Event) -> None:
+        """Verdicts expire without a record: look for their credentials every few seconds
+        (and retry what failed)."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.credential_sweep_seconds)
+            async with self._lock:
+                await self._reconcile_credentials(decided=())
+
     def _verdict_record(self, key: str | None, verdict: Any) -> None:
         """Track the verdicts topic (ours and other replicas'): trust, challenges, seen claims."""
         if key is None:
@@ -503,10 +578,12 @@ class AttestationService(Service):
     async def _revoke_disallowed(self) -> None:
         assert self.producer is not None
         now_ms = int(self.clock() * 1000)
+        revoked_here = set()
         for worker, verdict in list(self.trusted.items()):
             reason = self._disallowed(verdict)
             if reason is None:
                 continue
+            revoked_here.add(worker)
             revoked = self.key.sign(
                 revoked_record(
                     worker_id=worker,
@@ -523,6 +600,7 @@ class AttestationService(Service):
             self.trusted.pop(worker, None)
             self.gpu_verified.pop(worker, None)
             self.challenges.withdraw(worker)
+        await self._reconcile_credentials(decided=revoked_here)
 
 
 def build(settings: Settings) -> AttestationService:

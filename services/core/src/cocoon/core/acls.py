@@ -11,7 +11,12 @@ such as a worker's enrolment). From these:
 * `Read` on the consumer groups it joins: a prefix ACL on each declared group's literal head
   (`scheduler`; `worker-{worker_id}` -> `worker-`);
 * `Write` and `Describe` on its transactional-id prefix, when it writes in transactions;
-* `IdempotentWrite` on the cluster when it produces (the producers are idempotent).
+* `IdempotentWrite` on the cluster when it produces (the producers are idempotent), and the
+  cluster operations `principals.yaml` names (the attestation service's, to issue workers'
+  credentials).
+
+A trusted worker's own principal (`worker_acls`) is not in that table: the attestation service
+creates it per worker at run time, with literal ACLs on that worker's work topic and group only.
 
 `cocoon.core.bus.principals` applies these to a broker; `cocoon.core.strimzi` renders them.
 """
@@ -27,10 +32,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from cocoon.core.catalog import GroupSpec, TopicSpec, default_catalog, load_groups
+from cocoon.core.catalog import DLQ_SUFFIX, GroupSpec, TopicSpec, default_catalog, load_groups
 from cocoon.core.paths import schemas_dir
 
 PRINCIPAL_PREFIX = "cocoon-"  # principal (and KafkaUser) `cocoon-<service>`
+# The restricted principal a worker's host holds (schemas/principals.yaml).
+WORKER_ENROLMENT = "worker-enrolment"
 ResourceType = Literal["topic", "group", "transactionalId", "cluster"]
 PatternType = Literal["literal", "prefix"]
 CLUSTER_RESOURCE = "kafka-cluster"  # Kafka's one name for the cluster resource
@@ -41,6 +48,7 @@ OPERATIONS_ORDER = (
     "Describe",
     "DescribeConfigs",
     "AlterConfigs",
+    "Alter",
     "IdempotentWrite",
 )
 _TEMPLATE_HEAD = re.compile(r"^[^{]*")
@@ -72,13 +80,36 @@ class RestrictedPrincipal(BaseModel):
     description: str
 
 
+class ClusterGrant(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: str
+    operations: tuple[Literal["Alter", "Describe"], ...]
+    why: str
+
+
+class WorkerPrincipal(BaseModel):
+    """The credential issued to one trusted worker: `name`, `reads`, `group` are templates
+    over `{worker_id}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    service: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    group: str
+
+
 class PrincipalsSpec(BaseModel):
     """`schemas/principals.yaml`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     transactional_ids: tuple[TransactionalIds, ...] = ()
+    cluster: tuple[ClusterGrant, ...] = ()
     restricted: tuple[RestrictedPrincipal, ...] = ()
+    worker: WorkerPrincipal | None = None
 
 
 def load_principals(
@@ -92,6 +123,9 @@ def load_principals(
     for ids in spec.transactional_ids:
         if ids.service not in services:
             raise ValueError(f"{file}: transactional ids for unknown service {ids.service}")
+    for grant in spec.cluster:
+        if grant.service not in services:
+            raise ValueError(f"{file}: cluster operations for unknown service {grant.service}")
     for restricted in spec.restricted:
         if restricted.service not in services or restricted.name in services:
             raise ValueError(f"{file}: {restricted.name} must restrict a service of the catalog")
@@ -102,12 +136,65 @@ def load_principals(
                     f"{file}: {restricted.name} is given {topic}, which {restricted.service} "
                     "neither produces nor consumes"
                 )
+    if spec.worker is not None:
+        _check_worker(file, spec.worker, catalog)
     return spec
+
+
+def _check_worker(file: Path, worker: WorkerPrincipal, catalog: Mapping[str, TopicSpec]) -> None:
+    if "{worker_id}" not in worker.name or "." not in worker.name:
+        # A dot cannot occur in a worker id, so no worker's principal can be a service's.
+        raise ValueError(f"{file}: worker principal {worker.name} needs a '.' and {{worker_id}}")
+    for topics, role_of in ((worker.reads, "consumers"), (worker.writes, "producers")):
+        for topic in topics:
+            spec = catalog.get(topic)
+            if spec is None or worker.service not in getattr(spec, role_of):
+                raise ValueError(f"{file}: {worker.service} is not among {topic}'s {role_of}")
 
 
 def principal_name(holder: str) -> str:
     """The Kafka principal (SCRAM user, certificate CN, KafkaUser) of a service or holder."""
     return PRINCIPAL_PREFIX + holder
+
+
+def worker_principal(worker_id: str, principals: PrincipalsSpec | None = None) -> str:
+    """The principal the attestation service issues to a trusted worker (`cocoon-worker.<id>`)."""
+    spec = (principals or load_principals()).worker
+    if spec is None:
+        raise ValueError("schemas/principals.yaml declares no worker principal")
+    return principal_name(spec.name.format(worker_id=worker_id))
+
+
+def worker_acls(
+    worker_id: str,
+    *,
+    prefix: str = "",
+    catalog: Mapping[str, TopicSpec] | None = None,
+    principals: PrincipalsSpec | None = None,
+) -> list[Acl]:
+    """One trusted worker's ACLs: Read on its own work topic (literal, so worker `a` gets
+    nothing of `work.ab`), Write on its dead letters, Create and the config operations on both
+    (it creates them), Read on its own group, Write on the shared topics a worker writes."""
+    catalog = catalog if catalog is not None else default_catalog()
+    spec = (principals or load_principals(catalog=catalog)).worker
+    if spec is None:
+        raise ValueError("schemas/principals.yaml declares no worker principal")
+    acls: list[Acl] = []
+    for name in spec.reads:
+        topic = catalog[name]
+        own = prefix + name.format(worker_id=worker_id)
+        ops: tuple[str, ...] = ("Read",)
+        dlq_ops: tuple[str, ...] = ("Write",)
+        if topic.template_info is not None and topic.template_info.created_by == spec.service:
+            ops += ("Create", "DescribeConfigs", "AlterConfigs")
+            dlq_ops += ("Create", "DescribeConfigs", "AlterConfigs")
+        acls.append(Acl("topic", own, "literal", _ordered(ops)))
+        if topic.dead_letter:
+            acls.append(Acl("topic", own + DLQ_SUFFIX, "literal", _ordered(dlq_ops)))
+    acls += [Acl("topic", prefix + name, "literal", ("Write",)) for name in spec.writes]
+    acls.append(Acl("group", spec.group.format(worker_id=worker_id), "literal", ("Read",)))
+    acls.append(Acl("cluster", CLUSTER_RESOURCE, "literal", ("IdempotentWrite",)))
+    return sorted(acls)
 
 
 def template_prefix(spec: TopicSpec) -> str:
@@ -205,7 +292,8 @@ def principal_acls(
             acls.append(
                 Acl("transactionalId", transactional[service], "prefix", ("Write", "Describe"))
             )
-        result[principal_name(service)] = acls + _producer_acls(perms)
+        acls += _cluster_acls(principals, service, perms)
+        result[principal_name(service)] = acls
     for restricted in principals.restricted:
         perms = topic_permissions(
             catalog, restricted.service, prefix=prefix, only=restricted.topics
@@ -225,3 +313,14 @@ def _producer_acls(perms: Mapping[tuple[PatternType, str], set[str]]) -> list[Ac
     if not any("Write" in ops for ops in perms.values()):
         return []
     return [Acl("cluster", CLUSTER_RESOURCE, "literal", ("IdempotentWrite",))]
+
+
+def _cluster_acls(
+    principals: PrincipalsSpec, service: str, perms: Mapping[tuple[PatternType, str], set[str]]
+) -> list[Acl]:
+    """IdempotentWrite for a producer, plus the cluster operations principals.yaml grants."""
+    granted = (grant.operations for grant in principals.cluster if grant.service == service)
+    ops: set[str] = {op for operations in granted for op in operations}
+    if any("Write" in topic_ops for topic_ops in perms.values()):
+        ops.add("IdempotentWrite")
+    return [Acl("cluster", CLUSTER_RESOURCE, "literal", _ordered(ops))] if ops else []

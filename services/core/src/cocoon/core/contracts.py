@@ -17,6 +17,7 @@ class Topic(StrEnum):
 
     ATTESTATION_ATTESTED = "attestation.attested"
     ATTESTATION_COLLATERAL = "attestation.collateral"
+    ATTESTATION_CREDENTIALS = "attestation.credentials"
     ATTESTATION_EVIDENCE = "attestation.evidence"
     ATTESTATION_REGISTRY = "attestation.registry"
     ATTESTATION_VERDICTS = "attestation.verdicts"

@@ -20,7 +20,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cocoon.core.acls import PRINCIPAL_PREFIX, Acl, principal_acls
+from cocoon.core.acls import (
+    PRINCIPAL_PREFIX,
+    WORKER_ENROLMENT,
+    Acl,
+    principal_acls,
+    principal_name,
+)
 from cocoon.core.catalog import GroupSpec, TopicSpec, topic_config
 
 API_VERSION = "kafka.strimzi.io/v1beta2"
@@ -87,9 +93,12 @@ def render_kafka_users(
     authentication: str = "tls",
     groups: Mapping[str, GroupSpec] | None = None,
 ) -> list[dict]:
-    """One KafkaUser per principal (cocoon.core.acls) with exactly the ACLs its code needs."""
+    """One KafkaUser per principal (cocoon.core.acls) with exactly the ACLs its code needs.
+    A worker's enrolment principal authenticates with SCRAM, on the listener where the
+    credential the attestation service issues it later (a SCRAM user) works too."""
     users = []
     for name, acls in principal_acls(catalog, prefix=prefix, groups=groups).items():
+        scram = name == principal_name(WORKER_ENROLMENT)
         users.append(
             {
                 "apiVersion": API_VERSION,
@@ -101,7 +110,7 @@ def render_kafka_users(
                     ),
                 },
                 "spec": {
-                    "authentication": {"type": authentication},
+                    "authentication": {"type": "scram-sha-512" if scram else authentication},
                     "authorization": {"type": "simple", "acls": [_acl(a) for a in acls]},
                 },
             }

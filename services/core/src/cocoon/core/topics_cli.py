@@ -17,10 +17,10 @@ from cocoon.core.bus.admin import (
     apply_topics,
     catalog_topics,
     default_bootstrap,
-    ensure_instance,
+    instance_topics,
     list_topics,
 )
-from cocoon.core.bus.principals import provision
+from cocoon.core.bus.principals import provision, prune
 from cocoon.core.bus.settings import topic_prefix
 from cocoon.core.catalog import load_catalog, topic_config
 from cocoon.core.codegen import render_all, source_root, stale_files
@@ -97,11 +97,20 @@ def apply(
             users_dir = default_layout().secrets.users_dir
         try:
             files = provision(target, prefix=prefix, users_dir=users_dir)
+            removed = prune(target, prefix=prefix)
         except SecurityDisabledError:
             Console().print("the broker has no authorizer: ACLs not applied")
             return
+        for binding in removed:
+            pattern = binding.resource_pattern
+            Console().print(
+                f"removed stale ACL: {binding.principal} {binding.operation.name} on "
+                f"{pattern.resource_type.name.lower()} {pattern.resource_name} "
+                f"({pattern.pattern_type.name.lower()})"
+            )
         Console().print(
             f"ACLs applied for {len(principal_acls(prefix=prefix))} principals"
+            + (f", {len(removed)} stale removed" if removed else "")
             + (f"; their passwords are in {users_dir}" if files else "")
         )
 
@@ -119,11 +128,10 @@ def instance(
     if template not in specs or not specs[template].template:
         raise typer.BadParameter(f"{template!r} is not a template topic of the catalog")
     values = dict(p.split("=", 1) for p in params)
-    changes = ensure_instance(
+    changes = apply_topics(
         bootstrap or default_bootstrap(),
-        specs[template],
+        instance_topics(specs[template], **values),
         prefix=topic_prefix() if prefix is None else prefix,
-        **values,
     )
     _print_changes(changes, f"instance of {template}")
 

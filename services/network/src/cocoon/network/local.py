@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from cocoon.core.acls import WORKER_ENROLMENT
 from cocoon.core.bus.admin import apply_topics, catalog_topics
 from cocoon.core.bus.principals import Credentials
 from cocoon.core.bus.settings import topic_prefix
@@ -85,7 +86,13 @@ class LocalNetwork:
         }
         self._spawn_service(
             "attestation",
-            {**common, "COCOON_DEV_SIMTDX": "true", "COCOON_SERVICE_KEY_FILE": str(key_file)},
+            {
+                **common,
+                "COCOON_DEV_SIMTDX": "true",
+                "COCOON_SERVICE_KEY_FILE": str(key_file),
+                # Workers hold only the enrolment principal; trust brings their own credential.
+                "COCOON_ISSUE_WORKER_CREDENTIALS": str(self.credentials is not None).lower(),
+            },
         )
         public_key_file = key_file.with_suffix(".pub")
         self._wait_for(public_key_file.exists, "the attestation service key", 30)
@@ -179,16 +186,19 @@ class LocalNetwork:
         )
         store.save(keys_file)
 
-    def _spawn_service(self, service: str, env: dict[str, str], label: str = "") -> None:
+    def _spawn_service(
+        self, service: str, env: dict[str, str], label: str = "", principal: str = ""
+    ) -> None:
         self.echo(f"Starting {label or service} ...")
         argv = [sys.executable, "-m", "cocoon.core.runtime", service]
-        self.supervisor.spawn(label or service, argv, {**env, **self._principal_env(service)})
+        own = self._principal_env(principal or service)
+        self.supervisor.spawn(label or service, argv, {**env, **own})
 
-    def _principal_env(self, service: str) -> dict[str, str]:
-        """The service's own Kafka principal; nothing (inherit) on a broker without SASL."""
+    def _principal_env(self, holder: str) -> dict[str, str]:
+        """The holder's own Kafka principal; nothing (inherit) on a broker without SASL."""
         if self.credentials is None:
             return {}
-        return self.credentials.env(service, topic_prefix())
+        return self.credentials.env(holder, topic_prefix())
 
     def _start_worker(self, index: int, common: dict[str, str]) -> None:
         worker_id = f"w-local-{index}"
@@ -202,8 +212,11 @@ class LocalNetwork:
                 "COCOON_WORKER_ID": worker_id,
                 "COCOON_MODEL": SMOLLM2_MODEL,
                 "COCOON_ENGINE_URL": engine.base_url,
+                "COCOON_AWAIT_CREDENTIAL": str(self.credentials is not None).lower(),
             },
             label=worker_id,
+            # As a GPU host would: it can enrol, and only the enclave can open what trust brings.
+            principal=WORKER_ENROLMENT,
         )
 
     def _model_listed(self, workers: int = 1) -> bool:

@@ -2,11 +2,17 @@
 
     cocoon run worker-proxy        (COCOON_WORKER_ID, COCOON_MODEL, COCOON_ENGINE_URL, ...)
 
-Start-up: keys made in this process (the TEE), its work topic `work.<worker_id>` ensured,
-Evidence -> attestation.evidence, a READY heartbeat. Then: WorkItems from its work topic, one
-task per RUN (see job.py), CANCEL stops that task; heartbeats every `heartbeat_seconds`; evidence
-again before the verdict on the last one expires (see attest.py). SIGTERM: stop taking work,
-heartbeat DRAINING, finish what is in flight.
+Start-up: keys made in this process (the TEE), Evidence -> attestation.evidence. Then the work
+session: its work topic `work.<worker_id>` ensured, WorkItems from it, one task per RUN (see
+job.py), CANCEL stops that task; heartbeats every `heartbeat_seconds`; evidence again before the
+verdict on the last one expires (see attest.py). SIGTERM: stop taking work, heartbeat DRAINING,
+finish what is in flight.
+
+With `await_credential` (the host holds only the enrolment principal: evidence out, verdicts and
+sealed credentials in) the work session waits for the worker's own credential, which the
+attestation service issues after a TRUSTED verdict sealed to this process's key (credential.py),
+and ends when it is withdrawn; a new one starts it again. Without it the process's own Kafka
+settings serve for everything.
 
 Offsets of the work topic are committed once an item is dispatched, not when its job ends: a
 restarted worker has new keys and could not open an old item anyway, and a lost job is what the
@@ -28,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 from cocoon.core.bus import BusConsumer, BusProducer, Message, RejectRecord, topic_prefix
 from cocoon.core.bus.admin import ensure_instance
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
@@ -38,6 +45,7 @@ from cocoon.core.tee import SIMULATED, installed_devices
 from cocoon.core.ton_address import TonAddressError, parse_ton_address
 from cocoon.core.worker_records import sign_record
 from cocoon.worker_proxy.attest import AttestationSchedule
+from cocoon.worker_proxy.credential import CredentialBox
 from cocoon.worker_proxy.engine import EngineClient
 from cocoon.worker_proxy.identity import Identity
 from cocoon.worker_proxy.job import Job, JobContext, JobResult
@@ -51,6 +59,7 @@ REQUESTS = Counter(
     "cocoon_worker_proxy_requests", "Work items finished, by outcome status", ["status"]
 )
 ACTIVE = Gauge("cocoon_worker_proxy_active_requests", "Requests running on the engine")
+SESSION_RETRY_SECONDS = 2.0  # after a work session failed, before it starts again
 
 
 class Settings(ServiceSettings):
@@ -71,6 +80,13 @@ class Settings(ServiceSettings):
     payout_address: str | None = Field(
         None,
         description="TON address the earnings are paid to, attested in the claims (claims v2)",
+    )
+
+    await_credential: bool = Field(
+        False,
+        description="hold only the enrolment principal: take work, heartbeat and report with "
+        "the credential the attestation service issues sealed to this process after a TRUSTED "
+        "verdict (docs/security.md)",
     )
 
     receipts_file: Path | None = Field(
@@ -135,7 +151,11 @@ class WorkerProxy(Service):
         self._verdict_seen = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._last_state: models.WorkerStateSymbol | None = None  # none sent yet
-        self.producer: BusProducer | None = None
+        self.enrolment = KafkaSecurity.from_env()
+        self.credential: CredentialBox | None = None
+        self._credential_changed = asyncio.Event()
+        self.evidence_producer: BusProducer | None = None
+        self.producer: BusProducer | None = None  # the work session's (None between sessions)
         self.consumer: BusConsumer | None = None
         self.verdicts: BroadcastReader | None = None
         self.engine: EngineClient | None = None
@@ -153,45 +173,74 @@ class WorkerProxy(Service):
         self.schedule = AttestationSchedule(
             self.worker_id, self.identity.keys.public.signing_key, s.evidence_refresh_seconds
         )
+        self.engine = EngineClient(s.engine_url)
+        self.evidence_producer = BusProducer(
+            s.kafka_bootstrap,
+            client_id=f"worker-proxy-{self.worker_id}-evidence",
+            security=self.enrolment,
+        )
+        await self.evidence_producer.start()
+        if s.await_credential:
+            self.credential = CredentialBox(self.worker_id, self.identity.keys, self.enrolment)
+        self.verdicts = BroadcastReader(
+            s.kafka_bootstrap,
+            [Topic.ATTESTATION_VERDICTS, Topic.ATTESTATION_CREDENTIALS],
+            self._on_attestation_record,
+            from_beginning=True,
+            client_id=f"worker-proxy-{self.worker_id}-verdicts",
+            security=self.enrolment,
+        )
+        await self.verdicts.start()
+        await self._submit_evidence()
+        if not s.await_credential:
+            await self._connect(self.enrolment)
+        log.info(
+            "worker started",
+            extra={"worker_id": self.worker_id, "model": s.model, "work_topic": self.work_topic},
+        )
+
+    async def _connect(self, security: KafkaSecurity) -> None:
+        """Start a work session as `security`: the work topic ensured, the producer of
+        heartbeats, outcomes, responses and receipts, the work consumer, a first heartbeat."""
+        s = self.settings
         await asyncio.to_thread(
             ensure_instance,
             s.kafka_bootstrap,
             default_catalog()[TopicTemplate.WORK],
             prefix=topic_prefix(),
+            security=security,
             worker_id=self.worker_id,
         )
-        self.engine = EngineClient(s.engine_url)
-        self.producer = BusProducer(s.kafka_bootstrap, client_id=f"worker-proxy-{self.worker_id}")
-        await self.producer.start()
-        self.verdicts = BroadcastReader(
-            s.kafka_bootstrap,
-            [Topic.ATTESTATION_VERDICTS],
-            self._on_verdict,
-            from_beginning=True,
-            client_id=f"worker-proxy-{self.worker_id}-verdicts",
+        self.producer = BusProducer(
+            s.kafka_bootstrap, client_id=f"worker-proxy-{self.worker_id}", security=security
         )
-        await self.verdicts.start()
-        await self._submit_evidence()
+        await self.producer.start()
         self.consumer = BusConsumer(
             s.kafka_bootstrap,
             [self.work_topic],
             group_id=worker_group(self.worker_id),
             handler=self._on_work,
             client_id=f"worker-proxy-{self.worker_id}",
+            security=security,
         )
         await self.consumer.start()
         await self._heartbeat()
-        log.info(
-            "worker ready",
-            extra={"worker_id": self.worker_id, "model": s.model, "work_topic": self.work_topic},
-        )
+        log.info("work session started", extra={"principal": security.username})
+
+    async def _disconnect(self) -> None:
+        """End the work session: no more work taken; jobs in flight lose their producer."""
+        consumer, producer = self.consumer, self.producer
+        self.consumer = self.producer = None
+        for closer in (consumer.stop if consumer else None, producer.stop if producer else None):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        assert self.consumer is not None and self.verdicts is not None
+        assert self.verdicts is not None
         background = [
-            asyncio.create_task(self.consumer.run(), name="work"),
+            asyncio.create_task(self._sessions(stopping), name="work"),
             asyncio.create_task(self.verdicts.run(stopping), name="verdicts"),
-            asyncio.create_task(self._heartbeats(stopping), name="heartbeats"),
             asyncio.create_task(self._attestation(stopping), name="attestation"),
         ]
         stop_wait = asyncio.create_task(stopping.wait())
@@ -204,8 +253,9 @@ class WorkerProxy(Service):
                     task.result()  # a loop that ended by itself failed: let the runtime see it
             # Stop taking work first, then tell the scheduler, then let the jobs finish.
             self.draining = True
-            await self.consumer.stop()
-            await self._heartbeat()
+            if self.consumer is not None:
+                await self.consumer.stop()
+                await self._heartbeat()
             if self._tasks:
                 log.info("draining", extra={"in_flight": len(self._tasks)})
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,11 +278,65 @@ class WorkerProxy(Service):
             self.consumer.stop if self.consumer else None,
             self.verdicts.stop if self.verdicts else None,
             self.producer.stop if self.producer else None,
+            self.evidence_producer.stop if self.evidence_producer else None,
             self.engine.aclose if self.engine else None,
         ):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+
+    # -- work sessions -------------------------------------------------------------------------
+    async def _sessions(self, stopping: asyncio.Event) -> None:
+        """Work while there is a credential to work with; returns (session still open, for the
+        drain) when `stopping` is set."""
+        if self.credential is None:  # the process's own settings: one session, as started
+            await self._session(stopping)
+            return
+        while not stopping.is_set():
+            self._credential_changed.clear()
+            security = self.credential.current
+            if security is None:
+                log.info("waiting for this worker's credential (issued after a TRUSTED verdict)")
+                await wait_any(stopping, self._credential_changed, timeout_s=3600)
+                continue
+            try:
+                await self._connect(security)
+                await self._session(stopping)
+            except Exception:
+                # Most likely the credential was just withdrawn (its ACLs go before its record
+                # arrives): start again with whatever the credential is by then.
+                log.warning("work session failed", exc_info=True)
+                await self._disconnect()
+                await wait_any(stopping, timeout_s=SESSION_RETRY_SECONDS)
+                continue
+            if stopping.is_set():
+                return
+            log.info("credential changed: work session ends")
+            await self._disconnect()
+
+    async def _session(self, stopping: asyncio.Event) -> None:
+        """Run the work consumer and the heartbeats until stopping or the credential changes;
+        a failure of either is raised."""
+        assert self.consumer is not None
+        work = asyncio.create_task(self.consumer.run(), name="work-consumer")
+        beats = asyncio.create_task(self._heartbeats(stopping), name="heartbeats")
+        ends = [
+            asyncio.create_task(stopping.wait()),
+            asyncio.create_task(self._credential_changed.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait([work, beats, *ends], return_when=asyncio.FIRST_COMPLETED)
+            for task in done & {work, beats}:
+                task.result()  # a loop that ended by itself failed
+        finally:
+            # On SIGTERM run() stops the consumer (ending `work`) and drains; otherwise the
+            # session ends here.
+            cancelled = [beats, *ends] if stopping.is_set() else [work, beats, *ends]
+            for task in cancelled:
+                task.cancel()
+            for task in cancelled:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     # -- work ----------------------------------------------------------------------------------
     async def _on_work(self, message: Message) -> None:
@@ -329,7 +433,8 @@ class WorkerProxy(Service):
         return "READY" if self.schedule.trusted(now_millis()) else "STARTING"
 
     async def _heartbeat(self) -> None:
-        assert self.producer is not None
+        if self.producer is None:
+            return  # between work sessions: nothing to heartbeat with
         self._heartbeat_seq += 1
         self._last_state = self._state()
         waiting = sum(1 for job in self.jobs.values() if not job.running)
@@ -353,6 +458,13 @@ class WorkerProxy(Service):
         await self.producer.send(Topic.WORKER_HEARTBEATS, heartbeat)
 
     # -- attestation ---------------------------------------------------------------------------
+    def _on_attestation_record(self, record: BroadcastRecord) -> None:
+        if record.topic == Topic.ATTESTATION_CREDENTIALS:
+            if self.credential is not None and self.credential.on_record(record.key, record.value):
+                self._credential_changed.set()
+            return
+        self._on_verdict(record)
+
     def _on_verdict(self, record: BroadcastRecord) -> None:
         if self.schedule is not None and self.schedule.on_verdict(record.key, record.value):
             log.info(
@@ -364,11 +476,11 @@ class WorkerProxy(Service):
                 self._state_changed.set()  # READY (or not) at once, not at the next beat
 
     async def _submit_evidence(self) -> None:
-        assert self.identity is not None and self.producer is not None
+        assert self.identity is not None and self.evidence_producer is not None
         assert self.schedule is not None
         nonce = self.schedule.challenge
         evidence = await asyncio.to_thread(self.identity.evidence, nonce=nonce)
-        await self.producer.send(Topic.ATTESTATION_EVIDENCE, evidence)
+        await self.evidence_producer.send(Topic.ATTESTATION_EVIDENCE, evidence)
         self.schedule.submitted(evidence.evidence_id, now_millis())
         log.info(
             "evidence submitted",

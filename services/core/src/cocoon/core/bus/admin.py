@@ -22,7 +22,7 @@ from kafka.admin import (
 )
 from kafka.errors import TopicAlreadyExistsError
 
-from cocoon.core.bus.security import kafka_python_security
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.catalog import (
     TopicSpec,
     concrete_topics,
@@ -57,9 +57,11 @@ def default_bootstrap() -> str:
     return default_layout().bootstrap
 
 
-def _admin(bootstrap: str) -> KafkaAdminClient:
+def _admin(bootstrap: str, security: KafkaSecurity | None = None) -> KafkaAdminClient:
     return KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="cocoon-topics", **kafka_python_security()
+        bootstrap_servers=bootstrap,
+        client_id="cocoon-topics",
+        **(security or KafkaSecurity.from_env()).kafka_python(),
     )
 
 
@@ -70,12 +72,13 @@ def apply_topics(
     prefix: str = "",
     replication_factor: int | None = None,
     dry_run: bool = False,
+    security: KafkaSecurity | None = None,
 ) -> list[TopicChange]:
     """Bring the topics of `specs` (physical names `prefix + name`) in line with the catalog."""
     templates = [s.name for s in specs if s.template]
     if templates:
         raise ValueError(f"templates are instantiated, not applied: {templates}")
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, security)
     try:
         if replication_factor is None:
             brokers = len(admin.describe_cluster()["brokers"])
@@ -192,10 +195,18 @@ def instance_topics(template: TopicSpec, **params: str) -> list[TopicSpec]:
 
 
 def ensure_instance(
-    bootstrap: str, template: TopicSpec, *, prefix: str = "", **params: str
+    bootstrap: str,
+    template: TopicSpec,
+    *,
+    prefix: str = "",
+    security: KafkaSecurity | None = None,
+    **params: str,
 ) -> list[TopicChange]:
-    """Create (or reconcile) one instance of a template topic and its DLQ."""
-    return apply_topics(bootstrap, instance_topics(template, **params), prefix=prefix)
+    """Create (or reconcile) one instance of a template topic and its DLQ (as `security`,
+    default: this process's settings)."""
+    return apply_topics(
+        bootstrap, instance_topics(template, **params), prefix=prefix, security=security
+    )
 
 
 def list_topics(bootstrap: str, prefix: str = "") -> dict[str, int]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cocoon.core import codec
-from cocoon.core.bus.security import aiokafka_security
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.bus.settings import ConsumerSettings, topic_prefix
 from cocoon.core.telemetry.messaging import consume_span
 
@@ -49,6 +49,7 @@ class BroadcastReader:
         prefix: str | None = None,
         settings: ConsumerSettings | None = None,
         client_id: str = "cocoon-broadcast",
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.prefix = topic_prefix() if prefix is None else prefix
         self.handler = handler
@@ -67,7 +68,7 @@ class BroadcastReader:
             enable_auto_commit=False,
             client_id=client_id,
             **kwargs,
-            **aiokafka_security(),
+            **(security or KafkaSecurity.from_env()).aiokafka(),
         )
         self._end_at_start: dict[TopicPartition, int] = {}
         self._caught_up = asyncio.Event()

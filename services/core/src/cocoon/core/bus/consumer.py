@@ -29,7 +29,7 @@ from cocoon.core.bus.deadletter import (
     dead_letter,
     reason_of,
 )
-from cocoon.core.bus.security import aiokafka_security
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.bus.settings import ConsumerSettings, ProducerSettings, topic_prefix
 from cocoon.core.catalog import DLQ_SUFFIX, TopicSpec, default_catalog, spec_for
 from cocoon.core.codec.models import model_for
@@ -88,6 +88,7 @@ class BusConsumer:
         catalog: dict[str, TopicSpec] | None = None,
         store: codec.SchemaStore | None = None,
         records: dict[str, str] | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.prefix = topic_prefix() if prefix is None else prefix
         self.group_id = group_id
@@ -110,19 +111,20 @@ class BusConsumer:
         self._idle = asyncio.Event()
         self._idle.set()
         client = client_id or group_id
+        security = security or KafkaSecurity.from_env()
         self.kafka = AIOKafkaConsumer(
             *self._logical,
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=client,
             **self.settings.kwargs(),
-            **aiokafka_security(),
+            **security.aiokafka(),
         )
         self._dlq = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=f"{client}-dlq",
             **ProducerSettings().kwargs(),
-            **aiokafka_security(),
+            **security.aiokafka(),
         )
 
     async def start(self) -> None:

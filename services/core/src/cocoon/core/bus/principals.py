@@ -3,32 +3,41 @@
 Run as the admin principal. `ensure_users` creates or updates SCRAM-SHA-512 credentials (the
 dev broker's and `cocoon up`'s users; in Kubernetes, Strimzi's User Operator does it from the
 KafkaUser resources). `apply_acls` adds every ACL the catalog gives; creating an ACL that exists
-is a no-op in Kafka, so it is idempotent. Uses kafka-python's admin client (blocking).
+is a no-op in Kafka, so it is idempotent. `delete_principal` removes a user and every ACL it
+holds (a worker whose trust was withdrawn). `remove_stale_acls` deletes what a catalog
+principal holds beyond the catalog's grants (`cocoon topics apply`). Uses kafka-python's admin
+client (blocking).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from kafka.admin import (
     ACL,
+    ACLFilter,
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
     KafkaAdminClient,
     ResourcePattern,
+    ResourcePatternFilter,
     ResourceType,
     ScramMechanism,
+    UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
-from kafka.errors import SecurityDisabledError
+from kafka.errors import KafkaError, NoError, SecurityDisabledError
 
 from cocoon.core.acls import Acl, principal_acls, principal_name
 from cocoon.core.bus.security import KafkaSecurity, kafka_python_security
+from cocoon.core.catalog import default_catalog
 
 _RESOURCE = {
     "topic": ResourceType.TOPIC,
@@ -44,12 +53,35 @@ _OPERATION = {
     "Describe": ACLOperation.DESCRIBE,
     "DescribeConfigs": ACLOperation.DESCRIBE_CONFIGS,
     "AlterConfigs": ACLOperation.ALTER_CONFIGS,
+    "Alter": ACLOperation.ALTER,
     "IdempotentWrite": ACLOperation.IDEMPOTENT_WRITE,
 }
+# Kafka's answer (RESOURCE_NOT_FOUND) when a user to delete has no SCRAM credential.
+_NO_SUCH_USER = "does not exist"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class PrincipalError(RuntimeError):
-    """The broker refused a user or an ACL; the message names which and why."""
+    """The broker refused a user or an ACL, or could not be asked; the message says why."""
+
+
+def _broker_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Kafka's errors (a refusal, no broker) as PrincipalError, for callers that do not import
+    kafka-python; SecurityDisabledError stays itself (no authorizer is not a failure)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except SecurityDisabledError:
+            raise
+        except KafkaError as exc:
+            raise PrincipalError(f"{func.__name__}: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 
 def _admin(bootstrap: str, security: KafkaSecurity | None) -> KafkaAdminClient:
@@ -74,6 +106,7 @@ def kafka_acls(principal: str, acls: list[Acl]) -> list[ACL]:
     ]
 
 
+@_broker_errors
 def apply_acls(
     bootstrap: str, principals: Mapping[str, list[Acl]], *, security: KafkaSecurity | None = None
 ) -> int:
@@ -94,13 +127,16 @@ def apply_acls(
     return len(result["succeeded"])
 
 
-def ensure_users(bootstrap: str, passwords: Mapping[str, str]) -> None:
+@_broker_errors
+def ensure_users(
+    bootstrap: str, passwords: Mapping[str, str], *, security: KafkaSecurity | None = None
+) -> None:
     """Create or update the SCRAM-SHA-512 credential of each principal."""
     upserts = [
         UserScramCredentialUpsertion(name, ScramMechanism.SCRAM_SHA_512, password)
         for name, password in passwords.items()
     ]
-    admin = _admin(bootstrap, None)
+    admin = _admin(bootstrap, security)
     try:
         errors = admin.alter_user_scram_credentials(upserts)
     finally:
@@ -108,6 +144,111 @@ def ensure_users(bootstrap: str, passwords: Mapping[str, str]) -> None:
     failed = {user: error for user, error in errors.items() if error}
     if failed:
         raise PrincipalError(f"SCRAM users refused: {failed}")
+
+
+def _held_by(principal: str) -> ACLFilter:
+    """Every ACL binding of `principal`, whatever its resource or operation."""
+    return ACLFilter(
+        principal=f"User:{principal}",
+        host="*",
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ANY,
+        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+    )
+
+
+@_broker_errors
+def delete_principal(
+    bootstrap: str, principal: str, *, security: KafkaSecurity | None = None
+) -> int:
+    """Delete `principal`'s ACLs, then its SCRAM credential (gone already is fine); returns how
+    many ACL bindings were deleted. ACLs first: the broker checks them on every request, so the
+    principal's open connections are refused from the next fetch or produce on, while a deleted
+    password stops only new connections."""
+    admin = _admin(bootstrap, security)
+    try:
+        ((_, deleted, error),) = admin.delete_acls([_held_by(principal)])
+        if error is not NoError:
+            raise PrincipalError(f"deleting the ACLs of {principal}: {error}")
+        errors = admin.alter_user_scram_credentials(
+            [UserScramCredentialDeletion(principal, ScramMechanism.SCRAM_SHA_512)]
+        )
+    finally:
+        admin.close()
+    failed = errors.get(principal)
+    if failed and _NO_SUCH_USER not in str(failed):
+        raise PrincipalError(f"deleting SCRAM user {principal}: {failed}")
+    return len(deleted)
+
+
+def _binding(acl: ACL) -> tuple[object, ...]:
+    pattern = acl.resource_pattern
+    return (
+        acl.principal,
+        acl.host,
+        acl.operation,
+        acl.permission_type,
+        pattern.resource_type,
+        pattern.resource_name,
+        pattern.pattern_type,
+    )
+
+
+def _owned(acl: ACL, prefix: str, namespaces: set[str]) -> bool:
+    """Whether an applier for topic prefix `prefix` answers for this binding: every group,
+    transactional-id and cluster binding (the catalog grants them whatever the prefix), and
+    topic bindings on `prefix` + a catalog namespace (`billing.`, `work.`, ...), so applying
+    one environment never touches another prefix's topics."""
+    pattern = acl.resource_pattern
+    if pattern.resource_type != ResourceType.TOPIC:
+        return True
+    name = pattern.resource_name
+    return name.startswith(prefix) and name[len(prefix) :].split(".", 1)[0] in namespaces
+
+
+def remove_stale_acls(
+    bootstrap: str,
+    principals: Mapping[str, list[Acl]],
+    *,
+    prefix: str = "",
+    namespaces: set[str],
+    security: KafkaSecurity | None = None,
+) -> list[ACL]:
+    """Delete the bindings each of `principals` holds on this environment's resources beyond
+    what `principals` gives it (a topic, group or operation the catalog no longer grants);
+    returns them. Other principals (workers' issued users) are not looked at."""
+    admin = _admin(bootstrap, security)
+    stale: list[ACL] = []
+    try:
+        for name, acls in principals.items():
+            wanted = {_binding(b) for b in kafka_acls(name, acls)}
+            held, error = admin.describe_acls(_held_by(name))
+            if error is not NoError:
+                raise PrincipalError(f"describing the ACLs of {name}: {error}")
+            stale += [
+                b for b in held if _owned(b, prefix, namespaces) and _binding(b) not in wanted
+            ]
+        if stale:
+            results = admin.delete_acls([_exactly(b) for b in stale])
+            failed = [str(error) for _, _, error in results if error is not NoError]
+            if failed:
+                raise PrincipalError(f"deleting stale ACLs: {', '.join(sorted(set(failed)))}")
+    finally:
+        admin.close()
+    return stale
+
+
+def _exactly(acl: ACL) -> ACLFilter:
+    pattern = acl.resource_pattern
+    return ACLFilter(
+        principal=acl.principal,
+        host=acl.host,
+        operation=acl.operation,
+        permission_type=acl.permission_type,
+        resource_pattern=ResourcePatternFilter(
+            pattern.resource_type, pattern.resource_name, pattern.pattern_type
+        ),
+    )
 
 
 def password_file(directory: Path, principal: str) -> Path:
@@ -134,6 +275,14 @@ def provision(
         ensure_users(bootstrap, {name: path.read_text().strip() for name, path in files.items()})
     apply_acls(bootstrap, principals)
     return files
+
+
+def prune(bootstrap: str, *, prefix: str = "") -> list[ACL]:
+    """Remove what the catalog's principals hold beyond the catalog under `prefix`."""
+    namespaces = {spec.name.split(".", 1)[0] for spec in default_catalog().values()}
+    return remove_stale_acls(
+        bootstrap, principal_acls(prefix=prefix), prefix=prefix, namespaces=namespaces
+    )
 
 
 @dataclass

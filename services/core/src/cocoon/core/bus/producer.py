@@ -11,7 +11,7 @@ from aiokafka.structs import RecordMetadata
 
 from cocoon.core import codec
 from cocoon.core.bus.partitioner import CachedKeyPartitioner
-from cocoon.core.bus.security import aiokafka_security
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.bus.settings import ProducerSettings, topic_prefix
 from cocoon.core.catalog import TopicSpec, default_catalog, spec_for
 from cocoon.core.telemetry.messaging import produce_span, record_sent
@@ -38,6 +38,7 @@ class BusProducer:
         catalog: dict[str, TopicSpec] | None = None,
         store: codec.SchemaStore | None = None,
         transactional_id: str | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.prefix = topic_prefix() if prefix is None else prefix
         self.settings = settings or ProducerSettings()
@@ -49,7 +50,7 @@ class BusProducer:
             transactional_id=transactional_id,
             partitioner=CachedKeyPartitioner(),
             **self.settings.kwargs(),
-            **aiokafka_security(),
+            **(security or KafkaSecurity.from_env()).aiokafka(),
         )
 
     async def start(self) -> None:

@@ -222,6 +222,39 @@ class Verdict(AvroModel):
     )
 
 
+class WorkerCredential(AvroModel):
+    """A worker's own Kafka credential, issued by the attestation service after a TRUSTED
+    verdict: a SCRAM-SHA-512 user whose password is HPKE-sealed to the worker's attested key,
+    so only the enclave can open it (docs/security.md).
+    """
+
+    avro_name: ClassVar[str] = "cocoon.attestation.WorkerCredential"
+    avro_version: ClassVar[int] = 1
+
+    worker_id: str = Field(description="Worker (the record key).")
+    username: str = Field(description="The SCRAM user (Kafka principal) created for this worker.")
+    verdict_id: str = Field(description="The TRUSTED verdict it was issued on.")
+    signing_key: bytes = Field(
+        description=(
+            "The worker's attested Ed25519 key (as in that verdict): which process this credential "
+            "is for."
+        ),
+    )
+    hpke_suite: str = Field(
+        description=(
+            "HPKE suite the password is sealed with (a suite the worker attested a key for)."
+        ),
+    )
+    hpke_enc: bytes = Field(description="HPKE encapsulated key.")
+    sealed_password: bytes = Field(
+        description=(
+            "AEAD ciphertext of the password; the HPKE info binds it to worker_id, username and "
+            "signing_key."
+        ),
+    )
+    issued_at: datetime = Field(description="When the user was created or its password rotated.")
+
+
 class AccountKind(StrEnum):
     """Who owns the account."""
 
@@ -1009,6 +1042,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.attestation.Evidence": Evidence,
     "cocoon.attestation.RegistryEntry": RegistryEntry,
     "cocoon.attestation.Verdict": Verdict,
+    "cocoon.attestation.WorkerCredential": WorkerCredential,
     "cocoon.billing.Balance": Balance,
     "cocoon.billing.Grant": Grant,
     "cocoon.billing.LedgerEntry": LedgerEntry,
