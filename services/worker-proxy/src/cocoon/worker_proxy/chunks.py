@@ -177,7 +177,8 @@ INVALID_REQUEST = "invalid_request_error"
 
 
 def error_chunk(code: str, message: str, error_type: str | None = None) -> dict[str, Any]:
-    """The closing chunk of a failed stream (sealed: only the gateway reads it).
+    """The closing chunk of a failed stream (sealed: only its opener, the gateway or the client
+    that sealed the request, reads it).
 
     `error_type` is OpenAI's error type when the request itself is at fault
     (`INVALID_REQUEST`); then `message` is the engine's explanation, for the client. Otherwise
