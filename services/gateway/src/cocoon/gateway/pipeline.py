@@ -373,7 +373,8 @@ def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
         else:
             text, role = choice.get("text") or "", None
         finish = choice.get("finish_reason")
-        if text or role or finish or calls:
+        logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+        if text or role or finish or calls or logprobs:
             items.append(
                 ChatChunk(
                     text=text,
@@ -381,6 +382,7 @@ def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
                     role=role,
                     finish_reason=finish,
                     tool_calls=calls,
+                    logprobs=logprobs,
                 )
             )
     usage = chunk.get("usage")
