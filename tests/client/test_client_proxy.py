@@ -372,3 +372,41 @@ async def test_every_answer_carries_x_request_id_and_a_405_its_allow(proxy) -> N
         assert "error" in response.json(), name
     assert responses["chat GET"].headers["allow"] == "POST"
     assert responses["models POST"].headers["allow"] == "GET"
+
+
+def logprob_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+
+
+async def test_logprobs_are_relayed_and_joined(proxy) -> None:
+    server, fake, _ = proxy
+    fake.script = [
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": w},
+                    "logprobs": {"content": [logprob_entry(w, -0.5 * i)], "refusal": None},
+                    "finish_reason": "stop" if i == len(WORDS) - 1 else None,
+                }
+            ]
+        }
+        for i, w in enumerate(WORDS)
+    ]
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "logprobs": True,
+        "top_logprobs": 0,
+    }
+    answer = await sdk(server).chat.completions.create(**request)
+    tokens = [e.token for e in answer.choices[0].logprobs.content]
+    assert "".join(tokens) == answer.choices[0].message.content == "".join(WORDS)
+    assert [e.logprob for e in answer.choices[0].logprobs.content] == [0.0, -0.5, -1.0]
+    assert fake.bodies[-1]["logprobs"] is True  # sealed to the worker as asked
+
+    streamed = []
+    async for chunk in await sdk(server).chat.completions.create(**request, stream=True):
+        for choice in chunk.choices:
+            streamed += [e.token for e in (choice.logprobs.content if choice.logprobs else [])]
+    assert streamed == WORDS

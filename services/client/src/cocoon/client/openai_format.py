@@ -5,7 +5,8 @@ The same shapes as the gateway's own path (docs/api.md, "Streaming"): chunks wit
 `stream_options.include_usage` and a last usage chunk with empty choices; each choice's
 `finish_reason` exactly once, on its last chunk (an engine's repeat dropped, a missing one sent
 as `stop`); tool calls as `delta.tool_calls` keyed by `index`, with the call's id, type and name
-in its first delta only, joined into `message.tool_calls` when not streamed; errors as
+in its first delta only, joined into `message.tool_calls` when not streamed; `logprobs` as the
+engine sent them, joined per choice when not streamed; errors as
 `{"error": {message, type, param, code}}`.
 """
 
@@ -41,6 +42,7 @@ class Formatter:
         self._texts: dict[int, list[str]] = {}
         self._calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> call index -> call
         self._finish: dict[int, str] = {}
+        self._logprobs: dict[int, dict[str, Any]] = {}
         self._started: set[int] = set()
         self.usage: dict[str, Any] | None = None
 
@@ -77,15 +79,21 @@ class Formatter:
             else:
                 text, calls = _text(choice.get("text")), []
             finish = choice.get("finish_reason") if index not in self._finish else None
-            if not (text or calls or finish) and index in self._started:
+            logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+            if not (text or calls or finish or logprobs) and index in self._started:
                 continue  # an empty piece, or the engine's repeat after the choice ended
-            out.append(self._envelope([self._shaped(index, text, calls, finish)]))
+            out.append(self._envelope([self._shaped(index, text, calls, finish, logprobs)]))
         if engine_chunk.get("usage"):
             self.usage = engine_chunk["usage"]
         return out
 
     def _shaped(
-        self, index: int, text: str, calls: list[dict[str, Any]], finish: str | None
+        self,
+        index: int,
+        text: str,
+        calls: list[dict[str, Any]],
+        finish: str | None,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         shaped: dict[str, Any] = {"index": index}
         if self._chat:
@@ -101,7 +109,9 @@ class Formatter:
         self._texts.setdefault(index, []).append(text)
         if finish:
             self._finish[index] = finish
-        shaped.update(logprobs=None, finish_reason=finish or None)
+        if logprobs is not None:
+            _merge_logprobs(self._logprobs.setdefault(index, {}), logprobs)
+        shaped.update(logprobs=logprobs, finish_reason=finish or None)
         return shaped
 
     def _call_delta(self, choice: int, piece: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +165,9 @@ class Formatter:
                 choice["message"] = message
             else:
                 choice["text"] = text
-            choice.update(logprobs=None, finish_reason=self._finish.get(index, "stop"))
+            choice.update(
+                logprobs=self._logprobs.get(index), finish_reason=self._finish.get(index, "stop")
+            )
             choices.append(choice)
         return {
             "id": self.id,
@@ -165,3 +177,13 @@ class Formatter:
             "choices": choices,
             "usage": self.usage,
         }
+
+
+def _merge_logprobs(whole: dict[str, Any], piece: dict[str, Any]) -> None:
+    """Join a streamed piece's logprobs into the whole answer's: each list is the next tokens'
+    (chat: `content`; completions: `tokens`, `token_logprobs`, ...)."""
+    for key, value in piece.items():
+        if isinstance(value, list):
+            whole.setdefault(key, []).extend(value)
+        else:
+            whole.setdefault(key, value)
