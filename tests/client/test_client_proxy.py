@@ -312,7 +312,12 @@ async def test_a_request_the_engine_refused_is_a_400_with_its_reason(proxy, stre
     fake.script = []
     reason = "strict is true but this engine cannot enforce 'minimum' at schema"
     # What the worker seals when its engine answers 4xx (job.py, ENGINE_REJECTED).
-    fake.error = {"code": "engine_rejected", "message": reason, "type": "invalid_request_error"}
+    fake.error = {
+        "code": "engine_rejected",
+        "message": reason,
+        "type": "invalid_request_error",
+        "param": "response_format.json_schema.schema",
+    }
     with pytest.raises(openai.BadRequestError) as refused:
         result = await sdk(server).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=stream
@@ -322,6 +327,7 @@ async def test_a_request_the_engine_refused_is_a_400_with_its_reason(proxy, stre
     assert refused.value.status_code == 400
     assert refused.value.body["type"] == "invalid_request_error"
     assert refused.value.body["message"] == reason
+    assert refused.value.body["param"] == "response_format.json_schema.schema"
     assert len(fake.bodies) == 1  # not retried: a 400 is the request's own fault
 
 

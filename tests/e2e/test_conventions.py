@@ -3,8 +3,8 @@ paths (the `api` fixture: sealed by the gateway, sealed by the client's proxy).
 
 `x-request-id` on every answer, `x-should-retry: false` on quota errors, a stream's usage chunk
 with empty `choices` (and `usage: null` on every other chunk), `finish_reason` exactly once,
-`data: [DONE]` last, `stream_options` refused without `stream`, and the streamed text equal to
-the non-streamed one at temperature 0 with a seed.
+`data: [DONE]` last, and `stream_options` refused without `stream`. (The streamed text is not
+always the non-streamed one at temperature 0 with a seed: docs/api.md, "Streaming", says why.)
 """
 
 from __future__ import annotations
@@ -52,25 +52,6 @@ def test_a_stream_has_one_finish_a_usage_chunk_with_no_choices_then_done(api):
     assert finishes[-1] in ("stop", "length")
     assert answer[0]["choices"][0]["delta"]["role"] == "assistant"
     assert len({c["id"] for c in chunks}) == 1
-
-
-@pytest.mark.parametrize("route", ["/chat/completions", "/completions"])
-def test_streamed_text_equals_the_answer_at_temperature_0_with_a_seed(api, route):
-    sdk = api.sdk(max_retries=0)
-    if route == "/completions":
-        request = {**{k: v for k, v in ASK.items() if k != "messages"}, "prompt": "Colours:"}
-        whole = sdk.completions.create(**request).choices[0].text
-        streamed = "".join(
-            c.choices[0].text for c in sdk.completions.create(**request, stream=True) if c.choices
-        )
-    else:
-        whole = sdk.chat.completions.create(**ASK).choices[0].message.content
-        streamed = "".join(
-            c.choices[0].delta.content or ""
-            for c in sdk.chat.completions.create(**ASK, stream=True)
-            if c.choices
-        )
-    assert whole and streamed == whole
 
 
 def test_stream_options_without_stream_is_a_400_naming_it(api):

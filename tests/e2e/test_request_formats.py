@@ -99,6 +99,7 @@ def test_a_request_the_engine_refuses_is_a_400_not_a_lost_worker(api, stream):
             pass
     error = refused.value.body
     assert error["type"] == "invalid_request_error" and "'minimum'" in error["message"]
+    assert error["param"] == "response_format.json_schema.schema"
     assert time.monotonic() - started < 30  # one attempt: a 400 is not retried
 
 

@@ -172,9 +172,12 @@ def test_tool_call_deltas_take_openais_shape_and_join_into_the_message():
 def test_a_sealed_engine_refusal_is_a_400_and_anything_else_a_lost_worker():
     from cocoon.gateway.pipeline import worker_error
 
-    refused = json.dumps({"error": {"type": "invalid_request_error", "message": "bad schema"}})
+    refused = json.dumps(
+        {"error": {"type": "invalid_request_error", "message": "bad schema", "param": "p.q"}}
+    )
     error = worker_error(refused.encode(), "engine_rejected")
     assert isinstance(error, InvalidRequest) and error.message == "bad schema"
+    assert error.param == "p.q"  # the parameter the engine named
     for plain in (b'{"error": {"code": "engine_error", "message": "x"}}', b"not json", b"[]"):
         assert isinstance(worker_error(plain, "engine_error"), WorkerLost)
 

@@ -307,3 +307,18 @@ def test_completion_logprobs_spell_the_answer(engine_url, engine_model):
     assert len(logprobs["token_logprobs"]) == len(logprobs["tokens"])
     # The legacy shape: the most likely tokens and the chosen one, by text.
     assert all(2 <= len(top) <= 3 for top in logprobs["top_logprobs"])
+
+
+def test_top_logprobs_without_logprobs_is_a_400_naming_it(engine_url, engine_model):
+    response = _post(
+        engine_url,
+        "/chat/completions",
+        {
+            "model": engine_model,
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": "x"}],
+            "top_logprobs": 2,
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "top_logprobs"

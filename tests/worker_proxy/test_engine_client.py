@@ -152,6 +152,7 @@ async def test_engine_refusal_carries_status_and_message(client, engine_model):
     # alone says 500); the error must carry the status and the engine's own explanation.
     assert refused.value.status == 400
     assert "Invalid value for 'messages'" in refused.value.reason
+    assert refused.value.param == "messages"
     assert refused.value.reason in str(refused.value)
     with pytest.raises(EngineError) as refused_stream:
         async with client.open_chat_stream({"model": engine_model, "messages": 5}) as stream:

@@ -324,7 +324,11 @@ def worker_error(plain: bytes, code: str) -> ApiError:
         chunk = None
     error = chunk.get("error") if isinstance(chunk, dict) else None
     if isinstance(error, dict) and error.get("type") == InvalidRequest.type:
-        return InvalidRequest(str(error.get("message") or "The engine refused the request."))
+        param = error.get("param")
+        return InvalidRequest(
+            str(error.get("message") or "The engine refused the request."),
+            param=param if isinstance(param, str) else None,
+        )
     return WorkerLost(f"The worker reported an error ({code}).")
 
 

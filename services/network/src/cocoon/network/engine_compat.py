@@ -61,6 +61,9 @@ def adapt_chat(body: dict[str, Any]) -> dict[str, Any]:
         body["messages"] = [_message(m) for m in messages]
     if isinstance(fmt := body.get("response_format"), dict):
         body["response_format"] = _response_format(fmt)
+    if body.get("logprobs") is not True and body.get("top_logprobs") is not None:
+        # llama-cpp-python would answer without logprobs; OpenAI refuses it.
+        raise UnsupportedRequest("top_logprobs needs logprobs to be true", "top_logprobs")
     if body.get("logprobs") is True and body.get("top_logprobs") is None:
         body["top_logprobs"] = 0
     _tools(body)

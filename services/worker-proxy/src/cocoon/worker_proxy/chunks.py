@@ -176,7 +176,9 @@ def _says_nothing(chunk: dict[str, Any]) -> bool:
 INVALID_REQUEST = "invalid_request_error"
 
 
-def error_chunk(code: str, message: str, error_type: str | None = None) -> dict[str, Any]:
+def error_chunk(
+    code: str, message: str, error_type: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """The closing chunk of a failed stream (sealed: only its opener, the gateway or the client
     that sealed the request, reads it).
 
@@ -187,6 +189,8 @@ def error_chunk(code: str, message: str, error_type: str | None = None) -> dict[
     error: dict[str, Any] = {"code": code, "message": message}
     if error_type is not None:
         error["type"] = error_type
+    if param is not None:
+        error["param"] = param  # the request parameter the engine refused
     return {"error": error}
 
 
