@@ -117,7 +117,9 @@ class Formatter:
     def _call_delta(self, choice: int, piece: dict[str, Any]) -> dict[str, Any]:
         """OpenAI's shape: id, type and name in a call's first delta, then arguments only
         (clients concatenate the deltas: a repeated name would be read twice)."""
-        function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
+        function = piece.get("function")
+        if not isinstance(function, dict):
+            function = {}
         made = self._calls.setdefault(choice, {})
         index = piece.get("index")
         index = index if isinstance(index, int) else len(made)
