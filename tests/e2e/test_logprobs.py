@@ -41,8 +41,8 @@ def test_chat_logprobs_spell_the_answer_with_the_top_alternatives(api, stream):
     for entry in entries:
         assert entry.logprob <= 0 and bytes(entry.bytes) == entry.token.encode()
         assert len(entry.top_logprobs) == 2
-        # At temperature 0 the chosen token is the most likely one.
-        assert entry.top_logprobs[0].token == entry.token
+        # Most likely first. (Not necessarily the chosen token, even at temperature 0: the
+        # values are the model's before sampling, and the engine's repetition penalty applies.)
         assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
 
 

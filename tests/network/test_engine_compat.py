@@ -290,8 +290,6 @@ def test_chat_logprobs_are_openais_shape_and_spell_the_answer(
             (a["logprob"] for a in alternatives), reverse=True
         )
         assert all(a["bytes"] == list(a["token"].encode()) for a in alternatives)
-        if alternatives:  # greedy: the chosen token is the most likely one
-            assert alternatives[0]["token"] == entry["token"]
 
 
 def test_completion_logprobs_spell_the_answer(engine_url, engine_model):
