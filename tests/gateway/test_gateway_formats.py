@@ -269,3 +269,21 @@ def test_logprobs_within_range_reach_the_engine():
     assert (body["logprobs"], body["top_logprobs"]) == (True, 20)
     text = _parse("completions", {"model": "m", "prompt": "x", "logprobs": 0})
     assert to_inference_request("completions", text, ApiSettings()).body["logprobs"] == 0
+
+
+@pytest.mark.parametrize("code", ["engine_rejected", "engine_error"])
+async def test_an_engine_refusal_outcome_read_before_its_chunk_waits_for_the_chunk(code):
+    """The worker seals the engine's reason into its final chunk, then reports the outcome; the
+    gateway may read the outcome first (two topics). A refusal must then wait for the chunk
+    (its 400), while any other failure is a lost worker at once."""
+    from cocoon.gateway.pipeline import KafkaBackend, _InFlight
+
+    messages = [{"role": "user", "content": "x"}]
+    chat = _parse("chat.completions", {"model": "m", "messages": messages})
+    state = _InFlight(to_inference_request("chat.completions", chat, ApiSettings()), attempt=1)
+    outcome = {"attempt": 1, "status": "FAILED", "error_code": code}
+    if code == "engine_rejected":
+        assert KafkaBackend._on_outcome(state, outcome) is None
+    else:
+        with pytest.raises(WorkerLost):
+            KafkaBackend._on_outcome(state, outcome)

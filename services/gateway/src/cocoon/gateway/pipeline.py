@@ -282,6 +282,11 @@ class KafkaBackend:
         status, code = value["status"], value.get("error_code")
         if status == "SUCCEEDED":
             return  # the final chunk ends the stream; an outcome alone does not
+        if code == ErrorCode.ENGINE_REJECTED:
+            # The engine refused the request itself: the worker sealed its reason into the final
+            # chunk before reporting this outcome, but the two topics are read in no set order.
+            # That chunk makes the 400; a lost worker here would be a 502 the SDKs retry.
+            return
         model = state.request.model
         if code == ErrorCode.UNKNOWN_MODEL:
             raise UnknownModel(model)
