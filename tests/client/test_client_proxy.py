@@ -34,6 +34,15 @@ class GatewayAndWorker:
         self.registry = allow_all(key)
         self.evidence = worker.evidence()
         self.bodies: list[dict[str, Any]] = []
+        self.request_ids: list[str] = []
+        # What the worker's engine streams (before the closing usage chunk), and an error
+        # chunk to end with instead of usage (the worker's `chunks.error_chunk`), if any.
+        self.script: list[dict[str, Any]] = [
+            {"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+            for w in WORDS
+        ]
+        self.script[-1]["choices"][0]["finish_reason"] = "stop"
+        self.error: dict[str, Any] | None = None
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -108,28 +117,23 @@ class GatewayAndWorker:
             ciphertext=base64.b64decode(sealed["ciphertext"]),
         )
         self.bodies.append(json.loads(body))
+        self.request_ids.append(rid)
         sealer = ResponseSealer(client_stream_key(request_key, rid, wid, 1), rid)
         now = int(time.time() * 1000)
         receipt = sign_receipt(
             self.worker.keys,
             UsageReceipt(f"{rid}:1", rid, 1, wid, MODEL, 5, 0, 3, 0, 1000, True, now, now + 1),
         )
-        plains = [
-            {"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
-            for w in WORDS
-        ]
-        plains[-1]["choices"][0]["finish_reason"] = "stop"
-        plains.append(
-            {
-                "choices": [],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-                "cocoon_receipt": {
-                    **receipt.receipt.fields(),
-                    "signing_key": receipt.signing_key.hex(),
-                    "signature": receipt.signature.hex(),
-                },
-            }
+        signed = {
+            **receipt.receipt.fields(),
+            "signing_key": receipt.signing_key.hex(),
+            "signature": receipt.signature.hex(),
+        }
+        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        closing: dict[str, Any] = (
+            {"choices": [], "usage": usage} if self.error is None else {"error": self.error}
         )
+        plains = [*self.script, {**closing, "cocoon_receipt": signed}]
         events = []
         for i, plain in enumerate(plains):
             chunk = sealer.seal(json.dumps(plain).encode(), final=i == len(plains) - 1)
@@ -140,7 +144,7 @@ class GatewayAndWorker:
                 "seq": chunk.seq,
                 "final": chunk.final,
                 "ciphertext": base64.b64encode(chunk.ciphertext).decode(),
-                "error_code": None,
+                "error_code": (self.error or {}).get("code") if i == len(plains) - 1 else None,
             }
             events.append(f"data: {json.dumps(event)}\n\n")
         return httpx.Response(
@@ -233,3 +237,182 @@ async def test_a_429_passes_through_with_its_retry_after(proxy) -> None:
         "param": None,
         "code": "rate_limit_exceeded",
     }
+
+
+def call_delta(index: int, arguments: str, name: str | None = None) -> dict[str, Any]:
+    """A tool-call piece as llama-cpp-python streams it (the name and id on every piece)."""
+    call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if name is not None:
+        call.update(id=f"call_{name}", type="function")
+        call["function"]["name"] = name
+    return call
+
+
+def tool_call_script() -> list[dict[str, Any]]:
+    pieces = [call_delta(0, '{"city": ', "get_weather"), call_delta(0, '"Paris"}', "get_weather")]
+    return [
+        *(
+            {"choices": [{"index": 0, "delta": {"tool_calls": [p]}, "finish_reason": None}]}
+            for p in pieces
+        ),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        # llama-cpp-python repeats the finish in an empty chunk: clients must see it once.
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+
+async def test_tool_calls_are_relayed_in_openais_shape_finished_once(proxy) -> None:
+    server, fake, _ = proxy
+    fake.script = tool_call_script()
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": WEATHER,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    }
+    answer = await sdk(server).chat.completions.create(**request)
+    (call,) = answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason == "tool_calls"
+    assert call.id == "call_get_weather" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert answer.choices[0].message.content is None
+
+    deltas, finishes = [], []
+    async for chunk in await sdk(server).chat.completions.create(**request, stream=True):
+        for choice in chunk.choices:
+            deltas.extend(choice.delta.tool_calls or ())
+            if choice.finish_reason is not None:
+                finishes.append(choice.finish_reason)
+    assert finishes == ["tool_calls"]
+    first, *rest = deltas
+    assert first.id == "call_get_weather" and first.function.name == "get_weather"
+    assert all(d.id is None and d.function.name is None for d in rest)
+    assert json.loads("".join(d.function.arguments for d in deltas)) == {"city": "Paris"}
+
+
+async def test_a_choice_the_engine_ends_without_a_finish_gets_stop_once(proxy) -> None:
+    server, fake, _ = proxy
+    fake.script = [
+        {"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in WORDS
+    ]
+    finishes = []
+    async for chunk in await sdk(server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+    ):
+        finishes += [c.finish_reason for c in chunk.choices if c.finish_reason is not None]
+    assert finishes == ["stop"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_the_engine_refused_is_a_400_with_its_reason(proxy, stream) -> None:
+    server, fake, _ = proxy
+    fake.script = []
+    reason = "strict is true but this engine cannot enforce 'minimum' at schema"
+    # What the worker seals when its engine answers 4xx (job.py, ENGINE_REJECTED).
+    fake.error = {
+        "code": "engine_rejected",
+        "message": reason,
+        "type": "invalid_request_error",
+        "param": "response_format.json_schema.schema",
+    }
+    with pytest.raises(openai.BadRequestError) as refused:
+        result = await sdk(server).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=stream
+        )
+        async for _ in result:  # a stream's refusal comes with its status line
+            pass
+    assert refused.value.status_code == 400
+    assert refused.value.body["type"] == "invalid_request_error"
+    assert refused.value.body["message"] == reason
+    assert refused.value.body["param"] == "response_format.json_schema.schema"
+    assert len(fake.bodies) == 1  # not retried: a 400 is the request's own fault
+
+
+async def test_a_failure_after_the_first_byte_is_in_band_then_done(proxy) -> None:
+    server, fake, _ = proxy
+    fake.error = {"code": "engine_error", "message": "the inference engine failed"}
+    async with httpx.AsyncClient(timeout=20) as http:
+        response = await http.post(
+            f"http://127.0.0.1:{server.port}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        )
+    assert response.status_code == 200
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "server_error" and error["code"] == "worker_lost"
+    assert "".join(
+        json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-2]
+    ) == "".join(WORDS)
+
+
+async def test_every_answer_carries_x_request_id_and_a_405_its_allow(proxy) -> None:
+    server, fake, _ = proxy
+    base = f"http://127.0.0.1:{server.port}/v1"
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=20) as http:
+        answered = await http.post(f"{base}/chat/completions", json=chat)
+        assert answered.status_code == 200
+        # The id the request was sealed under: the gateway, the bus and the receipt know it.
+        assert answered.headers["x-request-id"] == fake.request_ids[-1]
+        responses = {
+            "not json": await http.post(f"{base}/chat/completions", content=b"{"),
+            "unknown route": await http.post(f"{base}/nothing", json=chat),
+            "model not found": await http.get(f"{base}/models/no-such-model"),
+            "chat GET": await http.get(f"{base}/chat/completions"),
+            "models POST": await http.post(f"{base}/models", json={}),
+        }
+    statuses = {name: r.status_code for name, r in responses.items()}
+    assert statuses == {
+        "not json": 400,
+        "unknown route": 404,
+        "model not found": 404,
+        "chat GET": 405,
+        "models POST": 405,
+    }
+    for name, response in responses.items():
+        assert response.headers.get("x-request-id"), name
+        assert "error" in response.json(), name
+    assert responses["chat GET"].headers["allow"] == "POST"
+    assert responses["models POST"].headers["allow"] == "GET"
+
+
+def logprob_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+
+
+async def test_logprobs_are_relayed_and_joined(proxy) -> None:
+    server, fake, _ = proxy
+    fake.script = [
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": w},
+                    "logprobs": {"content": [logprob_entry(w, -0.5 * i)], "refusal": None},
+                    "finish_reason": "stop" if i == len(WORDS) - 1 else None,
+                }
+            ]
+        }
+        for i, w in enumerate(WORDS)
+    ]
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "logprobs": True,
+        "top_logprobs": 0,
+    }
+    answer = await sdk(server).chat.completions.create(**request)
+    tokens = [e.token for e in answer.choices[0].logprobs.content]
+    assert "".join(tokens) == answer.choices[0].message.content == "".join(WORDS)
+    assert [e.logprob for e in answer.choices[0].logprobs.content] == [0.0, -0.5, -1.0]
+    assert fake.bodies[-1]["logprobs"] is True  # sealed to the worker as asked
+
+    streamed = []
+    async for chunk in await sdk(server).chat.completions.create(**request, stream=True):
+        for choice in chunk.choices:
+            streamed += [e.token for e in (choice.logprobs.content if choice.logprobs else [])]
+    assert streamed == WORDS

@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
+import openai
 import pytest
+from support.client_proxy import Proxy
 
 from cocoon.network.demo import DEMO_ACCOUNT
 from cocoon.network.engine_process import free_port
@@ -69,3 +74,43 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if "tests/e2e/" in str(item.path) and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(900))
+
+
+@dataclass(frozen=True)
+class Api:
+    """One way into the network's OpenAI API: `gateway` (the gateway seals the request) or
+    `client` (the local proxy, `cocoon client serve`, seals it; the gateway relays ciphertext)."""
+
+    sealed_by: str
+    base_url: str  # ends in /v1
+    api_key: str
+
+    def sdk(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, **kwargs)
+
+    def async_sdk(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **kwargs)
+
+    def post(self, route: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(
+            f"{self.base_url}{route}",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            json=body,
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="module")
+def client_proxy(network: LocalNetwork) -> Iterator[Proxy]:
+    with Proxy(network) as running:
+        yield running
+
+
+@pytest.fixture(params=["gateway", "client"])
+def api(request: pytest.FixtureRequest, network: LocalNetwork) -> Api:
+    """Each request form is served on both paths: what the engine cannot take is rewritten on
+    the worker, inside the enclave, where a client-sealed body is opened too."""
+    if request.param == "gateway":
+        return Api("gateway", f"{network.gateway_url}/v1", network.api_key)
+    proxy = request.getfixturevalue("client_proxy")
+    return Api("client", proxy.url, network.api_key)

@@ -352,6 +352,12 @@ def served(draw: st.DrawFn, required: dict[str, st.SearchStrategy]) -> dict[str,
     if draw(st.booleans()):
         body["stream"] = True
         body["stream_options"] = draw(stream_options)
+    if draw(st.booleans()):  # log-probabilities, within OpenAI's ranges
+        if "messages" in body:
+            body["logprobs"] = True
+            body["top_logprobs"] = draw(nullable(st.integers(0, 20)))
+        else:
+            body["logprobs"] = draw(st.integers(0, 5))
     return body
 
 

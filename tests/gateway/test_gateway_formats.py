@@ -172,8 +172,118 @@ def test_tool_call_deltas_take_openais_shape_and_join_into_the_message():
 def test_a_sealed_engine_refusal_is_a_400_and_anything_else_a_lost_worker():
     from cocoon.gateway.pipeline import worker_error
 
-    refused = json.dumps({"error": {"type": "invalid_request_error", "message": "bad schema"}})
+    refused = json.dumps(
+        {"error": {"type": "invalid_request_error", "message": "bad schema", "param": "p.q"}}
+    )
     error = worker_error(refused.encode(), "engine_rejected")
     assert isinstance(error, InvalidRequest) and error.message == "bad schema"
+    assert error.param == "p.q"  # the parameter the engine named
     for plain in (b'{"error": {"code": "engine_error", "message": "x"}}', b"not json", b"[]"):
         assert isinstance(worker_error(plain, "engine_error"), WorkerLost)
+
+
+def _entry(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+
+
+def test_logprobs_pass_through_each_chunk_and_join_per_choice():
+    from cocoon.gateway.pipeline import parse_engine_chunk
+
+    def engine_piece(token: str, logprob: float, finish: str | None = None) -> bytes:
+        choice = {
+            "index": 0,
+            "delta": {"content": token},
+            "logprobs": {"content": [_entry(token, logprob)], "refusal": None},
+            "finish_reason": finish,
+        }
+        return json.dumps({"choices": [choice]}).encode()
+
+    items = [
+        *parse_engine_chunk(engine_piece("Hel", -0.5), "chat.completions"),
+        *parse_engine_chunk(engine_piece("lo", -0.25, "stop"), "chat.completions"),
+    ]
+    fmt = ResponseFormatter("chat.completions", "chatcmpl-1", 5, "m")
+    streamed = [json.loads(fmt.stream_event(item)[6:]) for item in items]
+    assert [c["choices"][0]["logprobs"]["content"][0]["token"] for c in streamed] == ["Hel", "lo"]
+    whole = ResponseFormatter("chat.completions", "chatcmpl-1", 5, "m").complete(items)
+    choice = whole["choices"][0]
+    assert choice["message"]["content"] == "Hello"
+    assert choice["logprobs"] == {
+        "content": [_entry("Hel", -0.5), _entry("lo", -0.25)],
+        "refusal": None,
+    }
+
+    pieces = [
+        {"tokens": [" a"], "token_logprobs": [-1.0], "top_logprobs": [{" a": -1.0}]},
+        {"tokens": [" b"], "token_logprobs": [-2.0], "top_logprobs": [{" b": -2.0}]},
+    ]
+    text_items = [ChatChunk(text=p["tokens"][0], logprobs=p) for p in pieces]
+    joined = ResponseFormatter("completions", "cmpl-1", 5, "m").complete(text_items)
+    assert joined["choices"][0]["logprobs"] == {
+        "tokens": [" a", " b"],
+        "token_logprobs": [-1.0, -2.0],
+        "top_logprobs": [{" a": -1.0}, {" b": -2.0}],
+    }
+
+
+def test_a_choice_without_logprobs_says_null():
+    whole = ResponseFormatter("chat.completions", "chatcmpl-1", 5, "m").complete(
+        [ChatChunk(text="hi", finish_reason="stop")]
+    )
+    assert whole["choices"][0]["logprobs"] is None
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "extra", "param"),
+    [
+        ("chat.completions", {"top_logprobs": 2}, "top_logprobs"),
+        ("chat.completions", {"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+        ("chat.completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("chat.completions", {"logprobs": 1}, "logprobs"),
+        ("completions", {"logprobs": 6}, "logprobs"),
+        ("completions", {"logprobs": True}, "logprobs"),
+    ],
+)
+def test_logprobs_out_of_openais_ranges_are_refused_naming_them(endpoint, extra, param):
+    base = (
+        {"messages": [{"role": "user", "content": "x"}]}
+        if endpoint == "chat.completions"
+        else {"prompt": "x"}
+    )
+    with pytest.raises(InvalidRequest) as refused:
+        _parse(endpoint, {"model": "m", **base, **extra})
+    assert refused.value.param == param
+
+
+def test_logprobs_within_range_reach_the_engine():
+    chat = _parse(
+        "chat.completions",
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "logprobs": True,
+            "top_logprobs": 20,
+        },
+    )
+    body = to_inference_request("chat.completions", chat, ApiSettings()).body
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 20)
+    text = _parse("completions", {"model": "m", "prompt": "x", "logprobs": 0})
+    assert to_inference_request("completions", text, ApiSettings()).body["logprobs"] == 0
+
+
+@pytest.mark.parametrize("code", ["engine_rejected", "engine_error"])
+async def test_an_engine_refusal_outcome_read_before_its_chunk_waits_for_the_chunk(code):
+    """The worker seals the engine's reason into its final chunk, then reports the outcome; the
+    gateway may read the outcome first (two topics). A refusal must then wait for the chunk
+    (its 400), while any other failure is a lost worker at once."""
+    from cocoon.gateway.pipeline import KafkaBackend, _InFlight
+
+    messages = [{"role": "user", "content": "x"}]
+    chat = _parse("chat.completions", {"model": "m", "messages": messages})
+    state = _InFlight(to_inference_request("chat.completions", chat, ApiSettings()), attempt=1)
+    outcome = {"attempt": 1, "status": "FAILED", "error_code": code}
+    if code == "engine_rejected":
+        assert KafkaBackend._on_outcome(state, outcome) is None
+    else:
+        with pytest.raises(WorkerLost):
+            KafkaBackend._on_outcome(state, outcome)

@@ -248,3 +248,75 @@ def test_auto_answers_in_text_and_a_past_call_is_part_of_the_conversation(engine
     )
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"]
+
+
+def _chat_logprobs_of(engine_url: str, body: dict, stream: bool) -> tuple[str, list[dict]]:
+    """(content, logprobs entries) of a chat answer, joined over the chunks when streamed."""
+    if not stream:
+        response = _post(engine_url, "/chat/completions", body)
+        assert response.status_code == 200, response.text
+        choice = response.json()["choices"][0]
+        return choice["message"]["content"], choice["logprobs"]["content"]
+    text, entries = "", []
+    for event in _stream_events(engine_url, "/chat/completions", {**body, "stream": True}):
+        for choice in event["choices"]:
+            text += choice["delta"].get("content") or ""
+            entries += (choice.get("logprobs") or {}).get("content") or []
+    return text, entries
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("top", [None, 0, 3])
+def test_chat_logprobs_are_openais_shape_and_spell_the_answer(
+    engine_url, engine_model, stream, top
+):
+    body = {
+        "model": engine_model,
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": True,
+    }
+    if top is not None:
+        body["top_logprobs"] = top
+    text, entries = _chat_logprobs_of(engine_url, body, stream)
+    assert text and "".join(e["token"] for e in entries) == text
+    for entry in entries:
+        assert entry["logprob"] <= 0 and entry["bytes"] == list(entry["token"].encode())
+        alternatives = entry["top_logprobs"]
+        # Exactly the `top` most likely (llama-cpp-python alone adds the chosen token).
+        assert len(alternatives) == (top or 0)
+        assert [a["logprob"] for a in alternatives] == sorted(
+            (a["logprob"] for a in alternatives), reverse=True
+        )
+        assert all(a["bytes"] == list(a["token"].encode()) for a in alternatives)
+
+
+def test_completion_logprobs_spell_the_answer(engine_url, engine_model):
+    response = _post(
+        engine_url,
+        "/completions",
+        {"model": engine_model, "prompt": "Red, green and", "max_tokens": 4, "logprobs": 2},
+    )
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    logprobs = choice["logprobs"]
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert len(logprobs["token_logprobs"]) == len(logprobs["tokens"])
+    # The legacy shape: the most likely tokens and the chosen one, by text.
+    assert all(2 <= len(top) <= 3 for top in logprobs["top_logprobs"])
+
+
+def test_top_logprobs_without_logprobs_is_a_400_naming_it(engine_url, engine_model):
+    response = _post(
+        engine_url,
+        "/chat/completions",
+        {
+            "model": engine_model,
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": "x"}],
+            "top_logprobs": 2,
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "top_logprobs"

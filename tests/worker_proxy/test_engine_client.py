@@ -7,11 +7,13 @@ connections close), never content.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from cocoon.network.engine_process import free_port
+from cocoon.worker_proxy.chunks import engine_request
 from cocoon.worker_proxy.engine import (
     EngineClient,
     EngineError,
@@ -150,6 +152,7 @@ async def test_engine_refusal_carries_status_and_message(client, engine_model):
     # alone says 500); the error must carry the status and the engine's own explanation.
     assert refused.value.status == 400
     assert "Invalid value for 'messages'" in refused.value.reason
+    assert refused.value.param == "messages"
     assert refused.value.reason in str(refused.value)
     with pytest.raises(EngineError) as refused_stream:
         async with client.open_chat_stream({"model": engine_model, "messages": 5}) as stream:
@@ -162,3 +165,32 @@ async def test_silent_engine_times_out(engine_url, engine_model):
     async with EngineClient(engine_url, idle_timeout=0.1) as slow:
         with pytest.raises(EngineTimeoutError, match="timed out"):
             await slow.chat(chat_body(engine_model, max_tokens=40, min_tokens=40))
+
+
+@pytest.mark.parametrize(
+    "endpoint, body",
+    [
+        (
+            "chat.completions",
+            {"messages": HELLO, "temperature": None, "top_p": None, "stream": None},
+        ),
+        ("completions", {"prompt": "Hello", "echo": None, "temperature": None, "stop": None}),
+    ],
+)
+async def test_explicit_nulls_a_client_sealed_body_may_carry_reach_the_engine_as_defaults(
+    client, engine_model, endpoint, body
+):
+    # A client-sealed body reaches the worker as the client wrote it; OpenAI's specification
+    # lets each optional parameter be null (its default), which llama-cpp-python refuses.
+    request = engine_request(
+        json.dumps({"model": "any", **body}).encode(), model=engine_model, max_tokens=4
+    )
+    opened = (
+        client.open_chat_stream(request.body)
+        if endpoint == "chat.completions"
+        else client.open_completion_stream(request.body)
+    )
+    async with opened as stream:
+        async for _ in stream:
+            pass
+    assert stream.usage is not None and stream.usage.completion_tokens > 0

@@ -28,10 +28,18 @@ class NoTrustedWorker(ClientError):
 class GatewayError(ClientError):
     """The gateway answered with an error (OpenAI-shaped body kept as it came)."""
 
-    def __init__(self, status: int, body: dict, retry_after: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: dict,
+        retry_after: str | None = None,
+        should_retry: str | None = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.retry_after = retry_after  # the gateway's Retry-After (429, 503), passed on
+        # The gateway's x-should-retry ("false" on errors a retry cannot fix), passed on.
+        self.should_retry = should_retry
         error = body.get("error") if isinstance(body, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
         super().__init__(message or f"gateway answered HTTP {status}")

@@ -53,7 +53,12 @@ async def _error(response: httpx.Response) -> GatewayError:
         body = response.json()
     except ValueError:
         body = {"error": {"message": response.text[:500] or f"HTTP {response.status_code}"}}
-    return GatewayError(response.status_code, body, response.headers.get("retry-after"))
+    return GatewayError(
+        response.status_code,
+        body,
+        response.headers.get("retry-after"),
+        response.headers.get("x-should-retry"),
+    )
 
 
 class GatewayApi:

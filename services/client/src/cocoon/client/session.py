@@ -42,6 +42,38 @@ DEFAULT_MAX_TOKENS = 1000
 MAX_CANDIDATES = 3
 
 
+def worker_error(error: Any) -> GatewayError:
+    """The caller's error for a worker's sealed error chunk, as the gateway answers it on its
+    own path: a request the engine refused as invalid (OpenAI's `invalid_request_error`) is the
+    caller's to fix, a 400 with the engine's reason that SDKs do not retry; anything else is
+    the worker's failure."""
+    error = error if isinstance(error, dict) else {}
+    message = error.get("message") if isinstance(error.get("message"), str) else "unknown"
+    if error.get("type") == "invalid_request_error":
+        return GatewayError(
+            400,
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": error.get("param") if isinstance(error.get("param"), str) else None,
+                    "code": "invalid_request",
+                }
+            },
+        )
+    return GatewayError(
+        502,
+        {
+            "error": {
+                "message": f"The worker failed: {message}",
+                "type": "server_error",
+                "param": None,
+                "code": "worker_lost",
+            }
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Candidate:
     check: WorkerCheck
@@ -195,18 +227,7 @@ class SealedSession:
                 if receipt is not None:
                     self._keep(receipt, by_worker[chunk.worker_id], request_id, chunk, sealed_at)
                 if isinstance(plain, dict) and "error" in plain:
-                    error = plain["error"] if isinstance(plain["error"], dict) else {}
-                    raise GatewayError(
-                        502,
-                        {
-                            "error": {
-                                "message": f"The worker failed: {error.get('message', 'unknown')}",
-                                "type": "server_error",
-                                "param": None,
-                                "code": "worker_lost",
-                            }
-                        },
-                    )
+                    raise worker_error(plain["error"])
                 if isinstance(plain, dict) and (plain.get("choices") or plain.get("usage")):
                     answered = answered or bool(plain.get("choices"))
                     yield plain

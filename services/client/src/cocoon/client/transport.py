@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SEALED_BY_HEADER = "X-Cocoon-Sealed-By"
 TRUST_ROOT_HEADER = "X-Cocoon-Trust-Root"
+REQUEST_ID_HEADER = "x-request-id"
 ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
 
 
@@ -50,7 +52,10 @@ def _failure(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     """An OpenAI-shaped error for anything that stopped a sealed request, and the headers a
     client needs to act on it (the gateway's Retry-After: SDKs wait that long to retry)."""
     if isinstance(exc, GatewayError):
-        return exc.status, exc.body, {"Retry-After": exc.retry_after} if exc.retry_after else {}
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+        if exc.should_retry:
+            headers["x-should-retry"] = exc.should_retry
+        return exc.status, exc.body, headers
     if isinstance(exc, NoTrustedWorker):
         return 503, error_body(str(exc), type_="server_error", code="no_trusted_worker"), {}
     body = error_body(
@@ -73,14 +78,38 @@ class SealingTransport(httpx.AsyncBaseTransport):
         return httpx.Response(status, json=body, headers={**self.headers, **(headers or {})})
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # Every answer names its request, as the gateway's do: for a sealed request it is the
+        # id the gateway, the bus and the worker's receipt know it by.
+        request_id = str(uuid.uuid4())
+        response = await self._handle(request, request_id)
+        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        return response
+
+    async def _handle(self, request: httpx.Request, request_id: str) -> httpx.Response:
         path = request.url.path.rstrip("/")
         key = _bearer(request)
-        if path.startswith("/v1/models") and request.method == "GET":
+        allowed = "GET" if path.startswith("/v1/models") else "POST"
+        if request.method != allowed and (path in ENDPOINTS or allowed == "GET"):
+            return self._json(
+                405,
+                error_body(
+                    f"Method {request.method} is not allowed on {path}",
+                    type_="invalid_request_error",
+                    code="method_not_allowed",
+                ),
+                {"Allow": allowed},
+            )
+        if allowed == "GET":
             upstream = await self.session.api.models(path, api_key=key)
             return httpx.Response(
                 upstream.status_code,
                 content=upstream.content,
-                headers={**self.headers, "Content-Type": "application/json"},
+                headers={
+                    **self.headers,
+                    "Content-Type": "application/json",
+                    # The gateway's own id for this call, for its logs.
+                    REQUEST_ID_HEADER: upstream.headers.get(REQUEST_ID_HEADER, request_id),
+                },
             )
         endpoint = ENDPOINTS.get(path)
         if endpoint is None:
@@ -90,15 +119,6 @@ class SealingTransport(httpx.AsyncBaseTransport):
                     f"Unknown route: {request.method} {path}",
                     type_="invalid_request_error",
                     code="not_found",
-                ),
-            )
-        if request.method != "POST":
-            return self._json(
-                405,
-                error_body(
-                    f"Method {request.method} is not allowed on {path}",
-                    type_="invalid_request_error",
-                    code="method_not_allowed",
                 ),
             )
         try:
@@ -128,7 +148,7 @@ class SealingTransport(httpx.AsyncBaseTransport):
             )
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         fmt = Formatter(endpoint, str(body.get("model", "")), include_usage)
-        chunks = aiter(self.session.stream(endpoint, body, api_key=key))
+        chunks = aiter(self.session.stream(endpoint, body, api_key=key, request_id=request_id))
         pending: list[dict[str, Any]] = []
         try:
             # Wait for the first piece, so errors that stop the request keep their status.
@@ -168,11 +188,11 @@ async def _sse_events(
                 for obj in fmt.take(engine_chunk):
                     yield sse(obj)
         except (GatewayError, NoTrustedWorker, WireError) as exc:
-            yield sse(_failure(exc)[1])  # the status line is gone: report in-band and stop
-            return
-        usage = fmt.usage_chunk()
-        if usage is not None:
-            yield sse(usage)
+            # The status line is gone: report in-band, then end the stream as OpenAI does.
+            yield sse(_failure(exc)[1])
+        else:
+            for obj in fmt.closing_chunks():
+                yield sse(obj)
         yield sse("[DONE]")
     finally:
         aclose = getattr(chunks, "aclose", None)

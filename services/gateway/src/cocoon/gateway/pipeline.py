@@ -282,6 +282,11 @@ class KafkaBackend:
         status, code = value["status"], value.get("error_code")
         if status == "SUCCEEDED":
             return  # the final chunk ends the stream; an outcome alone does not
+        if code == ErrorCode.ENGINE_REJECTED:
+            # The engine refused the request itself: the worker sealed its reason into the final
+            # chunk before reporting this outcome, but the two topics are read in no set order.
+            # That chunk makes the 400; a lost worker here would be a 502 the SDKs retry.
+            return
         model = state.request.model
         if code == ErrorCode.UNKNOWN_MODEL:
             raise UnknownModel(model)
@@ -324,7 +329,11 @@ def worker_error(plain: bytes, code: str) -> ApiError:
         chunk = None
     error = chunk.get("error") if isinstance(chunk, dict) else None
     if isinstance(error, dict) and error.get("type") == InvalidRequest.type:
-        return InvalidRequest(str(error.get("message") or "The engine refused the request."))
+        param = error.get("param")
+        return InvalidRequest(
+            str(error.get("message") or "The engine refused the request."),
+            param=param if isinstance(param, str) else None,
+        )
     return WorkerLost(f"The worker reported an error ({code}).")
 
 
@@ -373,7 +382,8 @@ def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
         else:
             text, role = choice.get("text") or "", None
         finish = choice.get("finish_reason")
-        if text or role or finish or calls:
+        logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+        if text or role or finish or calls or logprobs:
             items.append(
                 ChatChunk(
                     text=text,
@@ -381,6 +391,7 @@ def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
                     role=role,
                     finish_reason=finish,
                     tool_calls=calls,
+                    logprobs=logprobs,
                 )
             )
     usage = chunk.get("usage")

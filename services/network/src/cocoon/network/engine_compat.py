@@ -14,6 +14,9 @@ parameter, as OpenAI would.
   which it enforces with a grammar built from the schema. A schema the grammar converter
   cannot compile, or (with `strict: true`) one using keywords it would silently not enforce,
   is refused instead of being answered unconstrained.
+* `logprobs: true` without `top_logprobs` asks for `top_logprobs: 0` (llama-cpp-python returns
+  no log-probabilities at all without it), and its answer's `logprobs` are put in OpenAI's shape
+  by `chat_logprobs`.
 """
 
 from __future__ import annotations
@@ -58,8 +61,39 @@ def adapt_chat(body: dict[str, Any]) -> dict[str, Any]:
         body["messages"] = [_message(m) for m in messages]
     if isinstance(fmt := body.get("response_format"), dict):
         body["response_format"] = _response_format(fmt)
+    if body.get("logprobs") is not True and body.get("top_logprobs") is not None:
+        # llama-cpp-python would answer without logprobs; OpenAI refuses it.
+        raise UnsupportedRequest("top_logprobs needs logprobs to be true", "top_logprobs")
+    if body.get("logprobs") is True and body.get("top_logprobs") is None:
+        body["top_logprobs"] = 0
     _tools(body)
     return body
+
+
+def chat_logprobs(logprobs: Any, top: int) -> Any:
+    """A chat choice's `logprobs` from llama-cpp-python in OpenAI's shape.
+
+    It lists, for each token, the `top` most likely alternatives *and* the chosen token (so one
+    more when the chosen one is not among them, one when `top` is 0), and no `bytes`. OpenAI's
+    `top_logprobs` are exactly the `top` most likely; `bytes` are the token's UTF-8 bytes.
+    """
+    if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
+        return logprobs
+    content = []
+    for entry in logprobs["content"]:
+        if not isinstance(entry, dict):
+            continue
+        alternatives = [a for a in entry.get("top_logprobs") or () if isinstance(a, dict)]
+        alternatives.sort(key=lambda a: a.get("logprob", float("-inf")), reverse=True)
+        content.append(
+            {**_with_bytes(entry), "top_logprobs": [_with_bytes(a) for a in alternatives[:top]]}
+        )
+    return {**logprobs, "content": content}
+
+
+def _with_bytes(entry: dict[str, Any]) -> dict[str, Any]:
+    token = entry.get("token")
+    return {**entry, "bytes": list(token.encode()) if isinstance(token, str) else None}
 
 
 def _tools(body: dict[str, Any]) -> None:

@@ -15,9 +15,10 @@ drops extra fields, and OpenAI clients read a missing detail as 0.)
 
 The same adapter brings the rest of the request surface up to OpenAI's contract
 (`engine_compat` says what it rewrites), streams `echo`ed prompts (llama-cpp-python echoes only
-in non-streamed answers), and answers a request the engine cannot serve with a 400 in OpenAI's
-shape (llama-cpp-python says 500 for its own validation errors, which would read as an engine
-failure).
+in non-streamed answers), puts chat `logprobs` in OpenAI's shape
+(`engine_compat.chat_logprobs`), and answers a request the engine cannot serve with a 400 in
+OpenAI's shape (llama-cpp-python says 500 for its own validation errors, which would read as an
+engine failure).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from jinja2 import TemplateError
 from llama_cpp.server import errors as server_errors
 
-from cocoon.network.engine_compat import UnsupportedRequest, adapt_chat
+from cocoon.network.engine_compat import UnsupportedRequest, adapt_chat, chat_logprobs
 
 _Scope = dict[str, Any]
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -51,6 +52,10 @@ _want_continuous: contextvars.ContextVar[bool] = contextvars.ContextVar(
 # `echo` on a streamed completion: the prompt to put before the first piece of text.
 _echo_prompt: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "echo_prompt", default=None
+)
+# `top_logprobs` of a chat request that asked for logprobs: its answer's are trimmed to it.
+_top_logprobs: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "top_logprobs", default=None
 )
 _CHAT_PATH = "/v1/chat/completions"
 _COMPLETIONS_PATH = "/v1/completions"
@@ -142,14 +147,17 @@ def _patch_llama() -> None:
                 return orig(self, *args, **kwargs)
             want, continuous = _want_usage.get(), _want_continuous.get()
             echo = _echo_prompt.get() if obj == "text_completion" else None
+            top = _top_logprobs.get() if obj == "chat.completion.chunk" else None
             _outer.active = True  # the chat handler makes its inner call right here ...
             try:
                 result = orig(self, *args, **kwargs)
             finally:
                 _outer.active = False
             if isinstance(result, dict):
-                return result  # non-streaming answers already carry usage
-            return _stream_with_usage(self, iter(result), want, continuous, obj, echo)
+                # Non-streaming answers already carry usage.
+                return result if top is None else _with_chat_logprobs(result, top)
+            chunks = _stream_with_usage(self, iter(result), want, continuous, obj, echo)
+            return chunks if top is None else _stream_with_chat_logprobs(chunks, top)
 
         return call
 
@@ -185,6 +193,22 @@ def _patch_llama() -> None:
     cls.create_chat_completion = with_usage(orig_chat, "chat.completion.chunk")
     cls.create_completion = with_usage(orig_completion, "text_completion")
     cls._cocoon_usage_patched = True
+
+
+def _stream_with_chat_logprobs(chunks: Generator[Any, Any, Any], top: int) -> Any:
+    try:
+        for chunk in chunks:
+            yield _with_chat_logprobs(chunk, top)
+    finally:
+        chunks.close()  # closing the stream (a client gone) stops the generation at once
+
+
+def _with_chat_logprobs(answer: dict[str, Any], top: int) -> dict[str, Any]:
+    choices = [
+        {**c, "logprobs": chat_logprobs(c.get("logprobs"), top)} if isinstance(c, dict) else c
+        for c in answer.get("choices") or ()
+    ]
+    return {**answer, "choices": choices}
 
 
 def _prefix_text(chunk: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -257,6 +281,7 @@ class IncludeUsageMiddleware:
                 break
         body = b"".join(parts)
         echo: str | None = None
+        top_logprobs: int | None = None
         try:
             request = json.loads(body)
             options = request.get("stream_options") or {}
@@ -269,10 +294,14 @@ class IncludeUsageMiddleware:
             want = continuous = False  # let the server produce its own validation error
         else:
             try:
-                body = json.dumps(_adapt(scope["path"], request)).encode()
+                adapted = _adapt(scope["path"], request)
             except UnsupportedRequest as exc:
                 await _send_json(send, *_bad_request(str(exc), exc.param))
                 return
+            body = json.dumps(adapted).encode()
+            if scope["path"] == _CHAT_PATH and adapted.get("logprobs") is True:
+                top = adapted.get("top_logprobs")
+                top_logprobs = top if isinstance(top, int) else 0
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -284,9 +313,11 @@ class IncludeUsageMiddleware:
 
         usage_token, continuous_token = _want_usage.set(want), _want_continuous.set(continuous)
         echo_token = _echo_prompt.set(echo)
+        top_token = _top_logprobs.set(top_logprobs)
         try:
             await self.app(scope, replay, send)
         finally:
+            _top_logprobs.reset(top_token)
             _want_usage.reset(usage_token)
             _want_continuous.reset(continuous_token)
             _echo_prompt.reset(echo_token)

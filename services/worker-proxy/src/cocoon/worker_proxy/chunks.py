@@ -1,7 +1,10 @@
 """What the worker does to an opened request body and to the engine's stream chunks (no I/O).
 
 * `engine_request` enforces what was paid for: the WorkItem's `max_tokens` (the billing hold was
-  computed from it), the WorkItem's model, and a streamed answer with usage.
+  computed from it), the WorkItem's model, and a streamed answer with usage. It also drops
+  explicit nulls: OpenAI's specification lets any optional parameter be `null` (meaning its
+  default), engines do not all accept them, and a client-sealed body reaches the worker as the
+  client wrote it.
 * `UsageMeter` turns the engine's chunks into the token counts the receipt signs: the engine's
   own `usage` when it reports one, else the content pieces it streamed (one per token in
   OpenAI-compatible servers), so a cancelled stream still has a count for what was produced.
@@ -42,7 +45,8 @@ def engine_request(plaintext: bytes, *, model: str, max_tokens: int) -> EngineRe
         endpoint = "completions"
     else:
         raise BadRequestBody("the request body has neither messages nor prompt")
-    body = dict(body)
+    # null means the default: leave the parameter out, so the engine applies its own.
+    body = {key: value for key, value in body.items() if value is not None}
     # Never more than the hold covers; `max_completion_tokens` is the newer alias of the cap.
     body.pop("max_completion_tokens", None)
     asked = body.get("max_tokens")
@@ -172,8 +176,11 @@ def _says_nothing(chunk: dict[str, Any]) -> bool:
 INVALID_REQUEST = "invalid_request_error"
 
 
-def error_chunk(code: str, message: str, error_type: str | None = None) -> dict[str, Any]:
-    """The closing chunk of a failed stream (sealed: only the gateway reads it).
+def error_chunk(
+    code: str, message: str, error_type: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """The closing chunk of a failed stream (sealed: only its opener, the gateway or the client
+    that sealed the request, reads it).
 
     `error_type` is OpenAI's error type when the request itself is at fault
     (`INVALID_REQUEST`); then `message` is the engine's explanation, for the client. Otherwise
@@ -182,6 +189,8 @@ def error_chunk(code: str, message: str, error_type: str | None = None) -> dict[
     error: dict[str, Any] = {"code": code, "message": message}
     if error_type is not None:
         error["type"] = error_type
+    if param is not None:
+        error["param"] = param  # the request parameter the engine refused
     return {"error": error}
 
 

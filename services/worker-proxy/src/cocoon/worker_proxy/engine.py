@@ -23,12 +23,16 @@ import httpx
 
 class EngineError(Exception):
     """The engine failed; `status` is its HTTP status when it answered with one, `reason` its
-    own explanation (for the client when the request was at fault: it may quote the prompt)."""
+    own explanation (for the client when the request was at fault: it may quote the prompt),
+    `param` the request parameter it named, if any."""
 
-    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+    def __init__(
+        self, message: str, status: int | None = None, reason: str = "", param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.param = param
 
 
 class EngineUnavailableError(EngineError):
@@ -73,6 +77,17 @@ def usage_of(payload: dict[str, Any]) -> EngineUsage | None:
     """The usage in a response or stream chunk, if it carries one."""
     usage = payload.get("usage")
     return EngineUsage.from_openai(usage) if isinstance(usage, dict) else None
+
+
+def _error_param(raw: bytes) -> str | None:
+    """The parameter an OpenAI-shaped error names (`error.param`), if any."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) else None
 
 
 def _error_message(status: int, raw: bytes) -> str:
@@ -131,7 +146,10 @@ class EngineStream:
             status = self._response.status_code
             reason = _error_message(status, raw)
             raise EngineError(
-                f"engine refused {self._path}: HTTP {status}: {reason}", status, reason
+                f"engine refused {self._path}: HTTP {status}: {reason}",
+                status,
+                reason,
+                _error_param(raw),
             )
         self._events = self._sse_data()
         return self
@@ -257,7 +275,12 @@ class EngineClient:
         if response.status_code >= 400:
             status = response.status_code
             reason = _error_message(status, response.content)
-            raise EngineError(f"engine refused {path}: HTTP {status}: {reason}", status, reason)
+            raise EngineError(
+                f"engine refused {path}: HTTP {status}: {reason}",
+                status,
+                reason,
+                _error_param(response.content),
+            )
         try:
             data = response.json()
         except ValueError:

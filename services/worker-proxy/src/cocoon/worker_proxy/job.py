@@ -209,8 +209,10 @@ class Job:
                 if code == ENGINE_REJECTED:
                     # The request's own fault: the client gets the engine's reason (sealed to
                     # it, never logged here) and the gateway answers 400, not a lost worker.
-                    reason = getattr(stream.exception(), "reason", "") or _messages[code]
-                    chunk = chunks.error_chunk(code, reason, chunks.INVALID_REQUEST)
+                    refusal = stream.exception()
+                    reason = getattr(refusal, "reason", "") or _messages[code]
+                    param = getattr(refusal, "param", None)
+                    chunk = chunks.error_chunk(code, reason, chunks.INVALID_REQUEST, param)
                 else:
                     chunk = chunks.error_chunk(code, _messages[code])
                 sealed_error = with_receipt(chunk, receipt)

@@ -39,7 +39,9 @@ class ChatChunk:
     """One piece of generated text for one choice, for either endpoint.
 
     For chat it becomes a `delta`, for completions a `text`. `role` is set on a choice's first
-    chunk (chat only); `finish_reason` on its last. `tool_calls`: chat only.
+    chunk (chat only); `finish_reason` on its last. `tool_calls`: chat only. `logprobs`: the
+    engine's for this piece, in OpenAI's shape (chat: `{"content": [...]}`; completions:
+    `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`), when the request asked.
     """
 
     text: str = ""
@@ -47,6 +49,7 @@ class ChatChunk:
     role: str | None = None
     finish_reason: str | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

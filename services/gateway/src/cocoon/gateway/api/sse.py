@@ -5,7 +5,8 @@ client asked `stream_options.include_usage`, then `data: [DONE]`. Each choice ca
 `finish_reason` exactly once, in its last chunk (a repeat from the engine is dropped, a missing
 one is sent as `stop` before the usage chunk). A failure after the stream started becomes
 `data: {"error": {...}}` followed by `data: [DONE]`, which the `openai` SDK raises as
-`APIError` (COCOON just truncated the body).
+`APIError` (COCOON just truncated the body). A choice's `logprobs` are the engine's, as it
+streamed them; joined per choice in a non-streamed answer.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class ResponseFormatter:
         finish = None if item.index in self._finished else item.finish_reason
         if finish is not None:
             self._finished.add(item.index)
-        choice.update(logprobs=None, finish_reason=finish)
+        choice.update(logprobs=item.logprobs, finish_reason=finish)
         return self._envelope([choice])
 
     def missing_finishes(self) -> bytes:
@@ -111,7 +112,7 @@ class ResponseFormatter:
         if isinstance(item, Usage):  # the last item: every choice has finished by now
             closing = self.missing_finishes()
             return (closing + sse_data(self.usage_chunk(item))) if self.include_usage else closing
-        if item.index in self._finished and not (item.text or item.tool_calls):
+        if item.index in self._finished and not (item.text or item.tool_calls or item.logprobs):
             return b""  # an engine's repeated finish: nothing to say after the choice ended
         return sse_data(self.chunk(item))
 
@@ -120,12 +121,15 @@ class ResponseFormatter:
         texts: dict[int, list[str]] = {}
         calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> call index -> call
         finish: dict[int, str | None] = {}
+        logprobs: dict[int, dict[str, Any]] = {}
         usage: Usage | None = None
         for item in items:
             if isinstance(item, Usage):
                 usage = item
                 continue
             texts.setdefault(item.index, []).append(item.text)
+            if item.logprobs is not None:
+                _merge_logprobs(logprobs.setdefault(item.index, {}), item.logprobs)
             for piece in item.tool_calls:
                 _merge_call(calls.setdefault(item.index, {}), piece)
             if item.finish_reason is not None:
@@ -144,7 +148,7 @@ class ResponseFormatter:
                 choice["message"] = message
             else:
                 choice["text"] = text
-            choice.update(logprobs=None, finish_reason=finish.get(index, "stop"))
+            choice.update(logprobs=logprobs.get(index), finish_reason=finish.get(index, "stop"))
             choices.append(choice)
         return {
             "id": self.response_id,
@@ -156,6 +160,16 @@ class ResponseFormatter:
             "choices": choices,
             "usage": usage.as_openai() if usage is not None else None,
         }
+
+
+def _merge_logprobs(whole: dict[str, Any], piece: dict[str, Any]) -> None:
+    """Join a streamed piece's logprobs into the whole answer's: each list is the next tokens'
+    (chat: `content`, `refusal`; completions: `tokens`, `token_logprobs`, ...)."""
+    for key, value in piece.items():
+        if isinstance(value, list):
+            whole.setdefault(key, []).extend(value)
+        else:
+            whole.setdefault(key, value)
 
 
 def _merge_call(calls: dict[int, dict[str, Any]], piece: ToolCallDelta) -> None:

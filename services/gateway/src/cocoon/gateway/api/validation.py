@@ -39,6 +39,9 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 User = Annotated[str, Field(max_length=256)]
 # Only one choice per request: the engines we run return one, and the hold covers one.
 OneChoice = Annotated[int, Field(ge=1, le=1)]
+# Alternatives per token, as OpenAI allows: chat 0-20, completions (the legacy API) 0-5.
+TopLogprobs = Annotated[int, Field(ge=0, le=20)]
+CompletionLogprobs = Annotated[int, Field(ge=0, le=5)]
 
 
 class StreamOptions(BaseModel):
@@ -175,6 +178,16 @@ class ChatCompletionRequest(_Common):
     response_format: ResponseFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, top: Any, info: ValidationInfo) -> Any:
+        # `logprobs` is declared first, so it is validated (and in info.data) by now.
+        if top is not None and info.data.get("logprobs") is not True:
+            raise ValueError("top_logprobs needs logprobs to be true")
+        return top
 
     @field_validator("tool_choice")
     @classmethod
@@ -192,6 +205,7 @@ class CompletionRequest(_Common):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     best_of: OneChoice | None = None
     echo: bool | None = None
+    logprobs: CompletionLogprobs | None = None
     suffix: str | None = None
     skip_special_tokens: bool | None = None
 
