@@ -35,13 +35,13 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from support.charts import ENVIRONMENTS, NAMESPACE, rendered
 from support.helm import ensure_tools
 from support.images import DEV_TARGET, image_config, target_of, targets
-from support.operator import operator_objects, strimzi_secrets
+from support.operator import operator_objects, scram_passwords, strimzi_secrets
 from support.pki import TestCA, write_broker_tls
 from support.pods import Objects, Pod, PodFailed, cocoon_containers
 from support.repo import REPO_ROOT
 
 from cocoon.core.acls import principal_acls
-from cocoon.core.bus.principals import apply_acls
+from cocoon.core.bus.principals import apply_acls, ensure_users
 from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.kafka import broker
 from cocoon.core.kafka.provider import selected_provider
@@ -58,10 +58,14 @@ HARDWARE_TEES = {"tdx-configfs"}
 class BootBroker:
     plain: str
     tls: str
+    scram: str
     ca: TestCA
+    scram_ca: bytes  # the local broker's SCRAM listener has a CA of its own
+    admin: KafkaSecurity
 
-    def bootstrap(self, ssl: bool) -> str:
-        return self.tls if ssl else self.plain
+    def bootstrap(self, protocol: str) -> str:
+        listeners = {"PLAINTEXT": self.plain, "SSL": self.tls, "SASL_SSL": self.scram}
+        return listeners[protocol]
 
 
 def _free_port() -> int:
@@ -114,7 +118,14 @@ def boot_broker(image_venvs) -> Iterator[BootBroker]:
         # What Strimzi's user operator makes of the KafkaUsers: the prod pods' mTLS principals
         # (CN=cocoon-<service>) get the catalog's ACLs.
         apply_acls(layout.bootstrap, principal_acls(), security=admin)
-        yield BootBroker(layout.dev_plain_bootstrap, tls.bootstrap, ca)
+        yield BootBroker(
+            layout.dev_plain_bootstrap,
+            tls.bootstrap,
+            layout.bootstrap,
+            ca,
+            layout.secrets.ca_file.read_bytes(),
+            admin,
+        )
     finally:
         broker.stop(layout)
         shutil.rmtree(home, ignore_errors=True)
@@ -139,11 +150,14 @@ def _dev_secrets(registry_key: Path) -> tuple[dict, ...]:
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
-def _objects(env: str, ca: TestCA, scratch: Path) -> Objects:
+def _objects(env: str, broker: BootBroker, scratch: Path) -> Objects:
     objects = Objects()
     objects.add_rendered(rendered("cocoon", env))
-    users = [d["metadata"]["name"] for d in rendered("platform", env) if d["kind"] == "KafkaUser"]
-    objects.secrets |= strimzi_secrets(ca, users)
+    users = [d for d in rendered("platform", env) if d["kind"] == "KafkaUser"]
+    kafka_secrets = strimzi_secrets(broker.ca, users, broker.scram_ca)
+    # What Strimzi's user operator does for a SCRAM KafkaUser: its password, in the cluster.
+    ensure_users(broker.scram, scram_passwords(kafka_secrets), security=broker.admin)
+    objects.secrets |= kafka_secrets
     if env == "dev":
         objects.add_rendered(_dev_secrets(scratch / "registry-key.pem"))
     else:
@@ -223,7 +237,7 @@ async def _boot(pods: list[Pod]) -> dict[str, str]:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("env", list(ENVIRONMENTS))
 async def test_every_pod_boots_to_serving(env, boot_broker, image_venvs, tmp_path):
-    objects = _objects(env, boot_broker.ca, tmp_path)
+    objects = _objects(env, boot_broker, tmp_path)
     pods = _pods(env, image_venvs, tmp_path)
     assert {p.container["name"] for p in pods} == {
         "gateway",

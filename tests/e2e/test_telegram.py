@@ -161,7 +161,7 @@ async def test_every_command_answers(telegram):
         ("/help", "/model chooses"),
         ("/privacy", say("privacy_client_sealed")[2:60]),
         ("/settings", "Conversation memory"),
-        ("/paysupport", "refundable"),
+        ("/paysupport", say("paysupport_refunds")[:40]),
         ("/new", say("new")),
     ):
         await reply_to(api, user, command, expect)

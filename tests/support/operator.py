@@ -74,15 +74,37 @@ def operator_objects() -> tuple[dict[str, dict[str, bytes]], dict[str, dict[str,
     return found, config_maps
 
 
-def strimzi_secrets(ca: TestCA, users: list[str]) -> dict[str, dict[str, bytes]]:
-    """The cluster CA Secret and one Secret per KafkaUser, with the keys Strimzi writes."""
-    out = {"cocoon-cluster-ca-cert": {"ca.crt": ca.cert_pem}}
+def strimzi_secrets(
+    ca: TestCA, users: list[dict], cluster_cas: bytes = b""
+) -> dict[str, dict[str, bytes]]:
+    """The cluster CA Secret and one Secret per KafkaUser, with the keys Strimzi writes: a
+    certificate for `tls` users, a password for `scram-sha-512` ones. `cluster_cas`: more CA
+    certificates the cluster's listeners use (a local broker's SCRAM listener has its own)."""
+    out = {"cocoon-cluster-ca-cert": {"ca.crt": ca.cert_pem + cluster_cas}}
     for user in users:
-        issued = ca.issue(user)
-        out[user] = {
+        name = user["metadata"]["name"]
+        if user["spec"]["authentication"]["type"] == "scram-sha-512":
+            password = secrets.token_urlsafe(24)
+            jaas = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{name}" password="{password}";'
+            )
+            out[name] = {"password": password.encode(), "sasl.jaas.config": jaas.encode()}
+            continue
+        issued = ca.issue(name)
+        out[name] = {
             "ca.crt": ca.cert_pem,
             "user.crt": issued.cert_pem,
             "user.key": issued.key_pem,
             "user.password": secrets.token_urlsafe(12).encode(),
         }
     return out
+
+
+def scram_passwords(secrets_by_name: dict[str, dict[str, bytes]]) -> dict[str, str]:
+    """What Strimzi's user operator sets in the cluster for each SCRAM KafkaUser's Secret."""
+    return {
+        name: keys["password"].decode()
+        for name, keys in secrets_by_name.items()
+        if "password" in keys
+    }

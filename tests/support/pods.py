@@ -109,7 +109,9 @@ class Pod:
             return "(no log)"
 
     # -- materialise ---------------------------------------------------------------------------
-    def prepare(self, objects: Objects, namespace: str, bootstrap: Callable[[bool], str]) -> None:
+    def prepare(self, objects: Objects, namespace: str, bootstrap: Callable[[str], str]) -> None:
+        """`bootstrap(protocol)`: the stand-in broker's listener for the security protocol the
+        pod is given (PLAINTEXT, SSL for mTLS, SASL_SSL for SCRAM)."""
         self.name = pod_name(self.workload)
         self.root.mkdir(parents=True, exist_ok=True)
         mounts = self._write_volumes(objects)
@@ -117,9 +119,9 @@ class Pod:
         env = dict(self.image.env)
         env.update(self._container_env(objects, namespace))
         env = {name: self._rewrite(value, mounts) for name, value in env.items()}
-        ssl = env.get("COCOON_KAFKA_SECURITY_PROTOCOL", "").upper() == "SSL"
+        protocol = env.get("COCOON_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
         if "COCOON_KAFKA_BOOTSTRAP" in env:
-            env["COCOON_KAFKA_BOOTSTRAP"] = bootstrap(ssl)
+            env["COCOON_KAFKA_BOOTSTRAP"] = bootstrap(protocol)
         env["PATH"] = f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin"
         self.env = env
         command = self.container.get("command") or list(self.image.entrypoint)
