@@ -130,12 +130,13 @@ class Processor:
 
     # ---- billing.topups ---------------------------------------------------------------
 
-    def on_topup(self, topup: models.TopUp, now_ms: int) -> bool:
-        """Credit a Stars payment or a trial once per topup_id (False when seen before), or
-        answer a refund ask on billing.refunds (True when it moved money)."""
+    def on_topup(self, topup: models.TopUp, now_ms: int) -> None:
+        """Credit a Stars payment or a trial once per topup_id, or answer a refund ask on
+        billing.refunds."""
         if topup.kind == models.TopUpKind.REFUND:
-            return self._refund(topup, now_ms)
-        return self.engine.credit_topup(
+            self._refund(topup, now_ms)
+            return
+        self.engine.credit_topup(
             topup.topup_id,
             topup.account_id,
             topup.amount_nanoton,
@@ -145,8 +146,7 @@ class Processor:
             reference=topup.reference,
         )
 
-    def _refund(self, ask: models.TopUp, now_ms: int) -> bool:
-        moved = f"refund:{ask.topup_id}" not in self.engine.ledger
+    def _refund(self, ask: models.TopUp, now_ms: int) -> None:
         decision = self.engine.refund_topup(ask.topup_id, ask.account_id, now_ms)
         topup = decision.topup
         self._batch.refunds.append(
@@ -163,7 +163,6 @@ class Processor:
                 "decided_at": now_ms,
             }
         )
-        return decision.debited and moved
 
     # ---- inference.requests -----------------------------------------------------------
 
