@@ -20,6 +20,7 @@ import openai
 import pytest
 from support.bus_dump import every_record
 from support.client_proxy import Proxy
+from support.openai_stream import text_and_usage
 from test_failures import (  # noqa: F401  (fixtures)
     HEARTBEAT_STALE_S,
     bus,
@@ -61,12 +62,7 @@ def test_the_openai_sdk_through_the_client_proxy(network, proxy):
         stream=True,
         stream_options={"include_usage": True},
     )
-    text, usage = "", None
-    for event in stream:
-        if event.choices:
-            text += event.choices[0].delta.content or ""
-        if event.usage:
-            usage = event.usage
+    text, usage = text_and_usage(stream)
     assert text.strip() and usage is not None and 0 < usage.completion_tokens <= 16
 
     completion = proxy.sdk().completions.create(model=SMOLLM2_MODEL, prompt="Once", max_tokens=6)
@@ -296,11 +292,7 @@ def test_the_sync_openai_sdk_with_the_sealing_transport(network):
             stream=True,
             stream_options={"include_usage": True},
         )
-        text, usage = "", None
-        for event in stream:
-            if event.choices:
-                text += event.choices[0].delta.content or ""
-            usage = event.usage or usage
+        text, usage = text_and_usage(stream)
         assert text.strip() and usage is not None and 0 < usage.completion_tokens <= 8
 
 

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 from support.bus_dump import every_record
+from support.openai_stream import text_and_usage
 
 from cocoon.network.engine_process import SMOLLM2_MODEL
 
@@ -37,12 +38,7 @@ def test_openai_sdk_streaming_with_usage(network):
         stream=True,
         stream_options={"include_usage": True},
     )
-    text, usage = "", None
-    for event in stream:
-        if event.choices:
-            text += event.choices[0].delta.content or ""
-        if event.usage:
-            usage = event.usage
+    text, usage = text_and_usage(stream)
     assert text.strip()
     assert usage is not None and 0 < usage.completion_tokens <= 24
 
