@@ -42,6 +42,7 @@ TOPICS = [
     "billing.refunds",
     "billing.ledger",
     "billing.balances",
+    "billing.earnings",
 ]
 MODEL = "m"
 
@@ -185,6 +186,7 @@ class Seen:
     refunds: list[dict] = field(default_factory=list)
     balances: dict[str, dict] = field(default_factory=dict)
     ledger: list[dict] = field(default_factory=list)
+    earnings: list[dict] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
 
     def on_record(self, record: BroadcastRecord) -> None:
@@ -198,6 +200,8 @@ class Seen:
             self.refunds.append(record.value)
         elif record.topic == "billing.balances":
             self.balances[record.key] = record.value
+        elif record.topic == "billing.earnings":
+            self.earnings.append(record.value)
         elif record.topic.endswith(".dlq"):
             self.dead_letters.append(record.value)
         else:
@@ -291,6 +295,7 @@ async def network(
             "billing.refunds",
             "billing.balances",
             "billing.ledger",
+            "billing.earnings",
             "usage.receipts.dlq",
             "billing.topups.dlq",
             "inference.outcomes.dlq",

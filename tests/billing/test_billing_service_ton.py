@@ -96,6 +96,21 @@ async def test_deposits_are_credited_and_earnings_paid_out_once(
         assert net.balance("alice")[0] == 1_000_000 + 2 * TON - 4 * 30_000
         assert audit(entries, require_no_open_holds=True) == []
 
+        # Each worker's owner sees its side of those entries on billing.earnings, and nothing
+        # of the account that paid: the fees credited under the attested address, the payout.
+        await net.until(lambda: len(net.seen.earnings) == 6)
+        earnings = {(e["worker_id"], e["kind"], e["amount_nanoton"], e["payout_address"])
+                    for e in net.seen.earnings}  # fmt: skip
+        assert earnings == {
+            ("w-1", "CREDIT", FEE, None),
+            ("w-1", "PAYOUT", -2 * FEE, None),
+            ("w-2", "CREDIT", FEE, ATTESTED),
+            ("w-2", "PAYOUT", -2 * FEE, ATTESTED),
+        }
+        credited = [e["request_id"] for e in net.seen.earnings if e["kind"] == "CREDIT"]
+        assert sorted(credited) == sorted(rids)
+        assert not any("alice" in str(e) for e in net.seen.earnings)
+
         # A new instance with the same payout store pays nothing again.
         sent_before = len(node.sent_bocs)
         async with running(net.settings):

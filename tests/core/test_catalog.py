@@ -39,6 +39,7 @@ EXPECTED = {
     "attestation.credentials",
     "worker.heartbeats",
     "billing.ledger",
+    "billing.earnings",
     "billing.balances",
     "billing.payouts",
 }

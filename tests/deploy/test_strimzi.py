@@ -105,14 +105,26 @@ def test_acl_spot_checks_against_the_catalog():
     for name, user in users.items():
         spec = user["spec"]
         assert spec["authorization"]["type"] == "simple"
-        # A worker's host enrols with SCRAM, where its issued credential (SCRAM) works too.
-        scram = name == "cocoon-worker-enrolment"
+        # GPU owners' hosts and tools use SCRAM, where a worker's issued credential works too.
+        scram = name in {"cocoon-worker-enrolment", "cocoon-worker-owner"}
         assert spec["authentication"]["type"] == ("scram-sha-512" if scram else "tls")
         kinds = {a["resource"]["type"] for a in spec["authorization"]["acls"]}
         assert kinds <= {"topic", "group", "transactionalId", "cluster"}
         assert not any(a["resource"].get("name") == "*" for a in spec["authorization"]["acls"]), (
             "no wildcard ACLs"
         )
+
+
+def test_the_worker_owner_user_reads_its_view_and_writes_nothing():
+    users = {u["metadata"]["name"]: u for u in render_kafka_users(_catalog())}
+    owner = users["cocoon-worker-owner"]
+    assert _topic_acls(owner) == {
+        ("literal", "attestation.verdicts"): {"Read"},
+        ("literal", "worker.heartbeats"): {"Read"},
+        ("literal", "billing.earnings"): {"Read"},  # not the ledger, balances or receipts
+    }
+    kinds = {a["resource"]["type"] for a in owner["spec"]["authorization"]["acls"]}
+    assert kinds == {"topic"}  # no group, no idempotent write
 
 
 def test_the_worker_enrolment_user_may_only_enrol():

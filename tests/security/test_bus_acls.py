@@ -33,6 +33,7 @@ from cocoon.core.kafka.broker import broker_answers
 WORKER = "w-acl-test"
 SERVICES = ("attestation", "billing", "gateway", "scheduler", "telegram", "worker-proxy")
 ENROLMENT = principal_name("worker-enrolment")
+OWNER = principal_name("worker-owner")
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,33 @@ async def test_the_enrolment_principal_writes_evidence_and_reads_verdicts(bus):
 @pytest.mark.parametrize("topic", ENROLMENT_REFUSED)
 async def test_the_enrolment_principal_reads_no_work_billing_or_inference_topic(bus, topic):
     assert await read(bus, bus.security(ENROLMENT), topic) == DENIED
+
+
+# What a GPU owner's tools may read: its worker's verdict, heartbeats and earnings.
+OWNER_READS = [Topic.ATTESTATION_VERDICTS, Topic.WORKER_HEARTBEATS, Topic.BILLING_EARNINGS]
+# Accounts' money, receipts (they name the paying account) and the work itself.
+ACCOUNT_TOPICS = [Topic.BILLING_LEDGER, Topic.BILLING_BALANCES, Topic.USAGE_RECEIPTS]
+OWNER_REFUSED = sorted(
+    {*ACCOUNT_TOPICS, f"work.{WORKER}", Topic.INFERENCE_REQUESTS, Topic.BILLING_GRANTS}
+)
+
+
+async def test_a_gpu_owners_tools_read_the_workers_view_and_write_nothing(bus):
+    security = bus.security(OWNER)
+    for topic in OWNER_READS:
+        assert await read(bus, security, topic) == "ok", topic
+    for topic in OWNER_READS:
+        assert await write(bus, security, topic) == DENIED, topic
+
+
+@pytest.mark.parametrize("topic", OWNER_REFUSED)
+async def test_a_gpu_owners_tools_read_no_account_or_work(bus, topic):
+    assert await read(bus, bus.security(OWNER), topic) == DENIED
+
+
+@pytest.mark.parametrize("topic", ACCOUNT_TOPICS)
+async def test_the_worker_proxy_principal_reads_no_account(bus, topic):
+    assert await read(bus, bus.security(principal_name("worker-proxy")), topic) == DENIED
 
 
 def _as(monkeypatch, security: KafkaSecurity) -> None:

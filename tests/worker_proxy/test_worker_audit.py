@@ -26,17 +26,12 @@ from cocoon.core.bus.admin import apply_topics
 from cocoon.core.catalog import dead_letter_spec, default_catalog
 from cocoon.core.contracts import Topic
 from cocoon.core.crypto import UsageReceipt, WorkerKeys, sign_receipt
+from cocoon.core.runtime.settings import CONFIG_FILE_ENV
 from cocoon.worker_proxy.cli import app
 from cocoon.worker_proxy.config import WorkerConfig
 from cocoon.worker_proxy.receipts_log import ReceiptLog
 
-TOPICS = [
-    Topic.ATTESTATION_VERDICTS,
-    Topic.USAGE_RECEIPTS,
-    Topic.BILLING_BALANCES,
-    Topic.BILLING_LEDGER,
-    Topic.WORKER_HEARTBEATS,
-]
+TOPICS = [Topic.ATTESTATION_VERDICTS, Topic.BILLING_EARNINGS, Topic.WORKER_HEARTBEATS]
 TON = 10**9
 HOUR_MS = 3_600_000
 
@@ -63,17 +58,14 @@ def receipt(keys: WorkerKeys, worker_id: str, completion: int, at_ms: int):
     )
 
 
-def ledger(worker_id: str, kind: str, delta: int, cause: str, request_id: str | None, at: int):
+def earning(worker_id: str, kind: str, amount: int, cause: str, request_id: str | None, at: int):
     return {
-        "entry_id": f"{kind.lower()}:{cause}",
-        "account_id": f"worker:{worker_id}",
-        "account_kind": "WORKER",
+        "entry_id": f"{kind.lower()}:{cause}@worker:{worker_id}",
+        "worker_id": worker_id,
         "kind": kind,
-        "available_delta_nanoton": delta,
-        "held_delta_nanoton": 0,
-        "cause_id": cause,
+        "amount_nanoton": amount,
         "request_id": request_id,
-        "memo": None,
+        "payout_address": None,
         "created_at": at,
     }
 
@@ -124,7 +116,7 @@ async def publish(bootstrap: str, prefix: str, records: list[tuple[str, dict]]) 
 
 
 def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path
+    kafka_bootstrap: str, prefix: str, kafka_credentials, tmp_path: Path, monkeypatch
 ) -> None:
     worker_id = f"w-{uuid.uuid4().hex[:8]}"
     address = "0:" + os.urandom(32).hex()
@@ -139,25 +131,14 @@ def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
     credited = signed[:2]  # fault 1: billing drops the third receipt
     paid = sum(fee[r.receipt.request_id] for r in credited)
     records = [(Topic.ATTESTATION_VERDICTS, verdict(worker_id, address, now))]
-    records += [(Topic.USAGE_RECEIPTS, r.to_record()) for r in signed]
-    records += [
-        (
-            Topic.BILLING_LEDGER,
-            ledger(worker_id, "WORKER_CREDIT", fee[rid], f"rcpt:{rid}:1", rid, earlier),
-        )
+    credits = [
+        earning(worker_id, "CREDIT", fee[rid], f"rcpt:{rid}:1", rid, earlier)
         for rid in (r.receipt.request_id for r in credited)
     ]
-    records.append((Topic.BILLING_LEDGER, ledger(worker_id, "PAYOUT", -paid, "p-1", None, earlier)))
-    balance = {
-        "account_id": f"worker:{worker_id}",
-        "account_kind": "WORKER",
-        "available_nanoton": 0,
-        "held_nanoton": 0,
-        "last_entry_id": "payout:p-1",
-        "entries_applied": 3,
-        "updated_at": earlier,
-    }
-    records.append((Topic.BILLING_BALANCES, balance))
+    payout = earning(worker_id, "PAYOUT", -paid, "p-1", None, earlier)
+    records += [(Topic.BILLING_EARNINGS, e) for e in (*credits, payout)]
+    # Read twice (a reader restarted mid-topic): each movement still counts once.
+    records.append(records[-1])
     asyncio.run(publish(kafka_bootstrap, prefix, records))
 
     config = tmp_path / "worker.toml"
@@ -171,16 +152,27 @@ def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
         kafka_bootstrap=kafka_bootstrap,
         receipts_file=str(log.path),
     ).write(config)
+    # The CLI points this process's settings at the file; undo that for the tests after this.
+    monkeypatch.setenv(CONFIG_FILE_ENV, str(config))
+    # As a GPU owner runs them: with the owner's principal only (not the admin's).
+    owner = kafka_credentials.env("worker-owner", prefix) if kafka_credentials else {}
     runner = CliRunner()
 
-    status = runner.invoke(app, ["status", "--config", str(config), "--json"])
+    def invoke(args: list[str]):
+        with monkeypatch.context() as as_owner:
+            for name, value in owner.items():
+                as_owner.setenv(name, value)
+            return runner.invoke(app, args)
+
+    status = invoke(["status", "--config", str(config), "--json"])
     assert status.exit_code == 0, status.output
     shown = json.loads(status.output)
     assert shown["verdict"] == "TRUSTED" and shown["payout_address"] == address
     assert shown["tcb_status"] == "UpToDate" and shown["expires_at"]
     assert shown["requests_served"] == 3 and shown["completion_tokens"] == 125
     assert shown["earned_nanoton"] == paid and shown["paid_nanoton"] == paid
-    table = runner.invoke(app, ["status", "--config", str(config)])
+    assert shown["requests_credited"] == 2 and shown["pending_nanoton"] == 0
+    table = invoke(["status", "--config", str(config)])
     assert table.exit_code == 0 and f"{paid:,} nanoTON" in table.output
 
     with TonNode() as node:
@@ -190,7 +182,7 @@ def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
         pay(node, wallet, 0, address, first, "p-1")  # fault 2: only part of p-1 arrives
         audit_args = ["audit", "--config", str(config), "--ton-api-url", node.url, "--json"]
         audit_args += ["--threshold", str(TON // 10), "--delay", "60", "--grace", "60"]
-        result = runner.invoke(app, audit_args)
+        result = invoke(audit_args)
         assert result.exit_code == 1, result.output
         findings = {f["kind"]: f for f in json.loads(result.output)}
         assert set(findings) == {"receipt_not_credited", "credit_not_paid", "payout_not_on_chain"}
@@ -201,7 +193,7 @@ def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
         # The rest arrives and billing credits the dropped receipt: nothing is missing any more.
         pay(node, wallet, 1, address, paid - first, "p-1b")
         rid = signed[2].receipt.request_id
-        late = [(Topic.BILLING_LEDGER, ledger(worker_id, "WORKER_CREDIT", 1, f"r:{rid}", rid, now))]
+        late = [(Topic.BILLING_EARNINGS, earning(worker_id, "CREDIT", 1, f"r:{rid}", rid, now))]
         asyncio.run(publish(kafka_bootstrap, prefix, late))
-        result = runner.invoke(app, audit_args)
+        result = invoke(audit_args)
         assert result.exit_code == 0 and json.loads(result.output) == [], result.output

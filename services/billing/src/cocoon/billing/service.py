@@ -16,10 +16,11 @@ Start:
    restart. An outcome a worker reports counts only when the key of its current verdict signed
    it (cocoon.core.worker_records); any other is dead-lettered and releases nothing.
 
-Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`),
-the balances they changed (`billing.balances`), the reservations (`billing.reservations`), the
-admission grants given, refused or closed (`billing.grants`), dead letters, and the batch's input
-offsets (`send_offsets_to_transaction`). A receipt for a request not read yet stops its partition
+Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`)
+and the workers' side of them (`billing.earnings`), the balances they changed
+(`billing.balances`), the reservations (`billing.reservations`), the admission grants given,
+refused or closed (`billing.grants`), dead letters, and the batch's input offsets
+(`send_offsets_to_transaction`). A receipt for a request not read yet stops its partition
 there (not committed) until the requests are read past it: a request admitted against a grant is
 placed before billing reads it (docs/architecture.md, "Admission grants"). A crash at any point
 leaves either all of it or none: no charge without its offset, no offset without its charge.
@@ -57,7 +58,15 @@ from cocoon.billing.receipts import (
     Receipt,
     canonical_message,
 )
-from cocoon.billing.stream import BALANCES_TOPIC, LEDGER_TOPIC, ledger_records, touched
+from cocoon.billing.stream import (
+    BALANCES_TOPIC,
+    EARNING_RECORD,
+    EARNINGS_TOPIC,
+    LEDGER_TOPIC,
+    earning_records,
+    ledger_records,
+    touched,
+)
 from cocoon.billing.stream_handlers import (
     BadRecord,
     Batch,
@@ -601,8 +610,11 @@ class Billing(Service):
             owners: set[str] = set()
             for seq, entry in batch.entries:
                 owners |= touched(entry)
-                for record in ledger_records(entry, seq):
+                records = ledger_records(entry, seq)
+                for record in records:
                     sends.append(await self._send(LEDGER_TOPIC, record, LEDGER_RECORD))
+                for earning in earning_records(entry, records):
+                    sends.append(await self._send(EARNINGS_TOPIC, earning, EARNING_RECORD))
             engine = self.processor.engine
             for owner in sorted(owners):
                 balance = self.processor.book.record(engine.ledger, owner, now)

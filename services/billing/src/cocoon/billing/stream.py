@@ -22,10 +22,14 @@ from cocoon.billing.ledger import (
     Entry,
     Ledger,
 )
+from cocoon.core.codec import models
 from cocoon.core.contracts import Topic
 
 LEDGER_TOPIC = Topic.BILLING_LEDGER
 BALANCES_TOPIC = Topic.BILLING_BALANCES
+EARNINGS_TOPIC = Topic.BILLING_EARNINGS
+EARNING_RECORD = "cocoon.billing.WorkerEarning"
+WORKER_ACCOUNT_PREFIX = "worker:"
 MEMO_VERSION = 1
 
 # Domain entry kind -> LedgerEntryKind of the client-side record (workers and the network get
@@ -74,6 +78,40 @@ def _subject(entry: Entry) -> str:
     if meta.get("worker_id"):
         return f"worker:{meta['worker_id']}"
     return COMMISSION
+
+
+# The ledger kinds of a worker's account that its owner sees on `billing.earnings`.
+_EARNING_KIND = {
+    models.LedgerEntryKind.WORKER_CREDIT: models.EarningKind.CREDIT,
+    models.LedgerEntryKind.PAYOUT: models.EarningKind.PAYOUT,
+    models.LedgerEntryKind.PAYOUT_REVERSAL: models.EarningKind.PAYOUT_REVERSAL,
+}
+
+
+def earning_records(entry: Entry, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `cocoon.billing.WorkerEarning` records of an entry's ledger records (`ledger_records`).
+
+    Only the worker's own side: the amount, the request and the address, never the memo (which
+    names the paying account). A credit's address is the one it was earned under; a payout's is
+    the one whose earnings it pays.
+    """
+    meta = entry.meta
+    address = meta.get("payout_address") or meta.get("earned_under")
+    return [
+        {
+            "entry_id": record["entry_id"],
+            "worker_id": record["account_id"].removeprefix(WORKER_ACCOUNT_PREFIX),
+            "kind": _EARNING_KIND[record["kind"]],
+            "amount_nanoton": record["available_delta_nanoton"],
+            "request_id": record["request_id"],
+            "payout_address": str(address) if address else None,
+            "created_at": record["created_at"],
+        }
+        for record in records
+        if record["account_kind"] == models.AccountKind.WORKER
+        and record["kind"] in _EARNING_KIND
+        and record["available_delta_nanoton"]
+    ]
 
 
 def touched(entry: Entry) -> set[str]:

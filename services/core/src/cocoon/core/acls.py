@@ -78,6 +78,7 @@ class RestrictedPrincipal(BaseModel):
     service: str
     topics: tuple[str, ...]
     description: str
+    read_only: bool = False  # reads the topics the service reads among them, writes none
 
 
 class ClusterGrant(BaseModel):
@@ -298,6 +299,8 @@ def principal_acls(
         perms = topic_permissions(
             catalog, restricted.service, prefix=prefix, only=restricted.topics
         )
+        if restricted.read_only:
+            perms = {key: {"Read"} for key, ops in perms.items() if "Read" in ops}
         result[principal_name(restricted.name)] = _topic_acls(perms) + _producer_acls(perms)
     return result
 

@@ -22,6 +22,7 @@ class Topic(StrEnum):
     ATTESTATION_REGISTRY = "attestation.registry"
     ATTESTATION_VERDICTS = "attestation.verdicts"
     BILLING_BALANCES = "billing.balances"
+    BILLING_EARNINGS = "billing.earnings"
     BILLING_GRANTS = "billing.grants"
     BILLING_LEDGER = "billing.ledger"
     BILLING_PAYOUTS = "billing.payouts"

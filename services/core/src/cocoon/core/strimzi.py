@@ -22,8 +22,8 @@ from typing import Any
 
 from cocoon.core.acls import (
     PRINCIPAL_PREFIX,
-    WORKER_ENROLMENT,
     Acl,
+    load_principals,
     principal_acls,
     principal_name,
 )
@@ -94,11 +94,13 @@ def render_kafka_users(
     groups: Mapping[str, GroupSpec] | None = None,
 ) -> list[dict]:
     """One KafkaUser per principal (cocoon.core.acls) with exactly the ACLs its code needs.
-    A worker's enrolment principal authenticates with SCRAM, on the listener where the
-    credential the attestation service issues it later (a SCRAM user) works too."""
+    The restricted principals GPU owners hold (a worker's enrolment, the owner's tools)
+    authenticate with SCRAM from outside the cluster, on the listener where the credential the
+    attestation service issues a worker later (a SCRAM user) works too."""
+    external = {principal_name(r.name) for r in load_principals(catalog=catalog).restricted}
     users = []
     for name, acls in principal_acls(catalog, prefix=prefix, groups=groups).items():
-        scram = name == principal_name(WORKER_ENROLMENT)
+        scram = name in external
         users.append(
             {
                 "apiVersion": API_VERSION,

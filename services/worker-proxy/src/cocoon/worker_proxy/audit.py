@@ -1,13 +1,14 @@
 """`cocoon worker audit`: was the worker paid for every receipt it signed?
 
-Three sources, compared: the receipts the worker-proxy kept (receipts_log), billing's ledger for
-`worker:<id>` (worker_view), and the payouts that reached the attested address on chain (chain).
+Three sources, compared: the receipts the worker-proxy kept (receipts_log), billing's record of
+the worker's earnings (`billing.earnings`, read by worker_view), and the payouts that reached
+the attested address on chain (chain).
 Two findings matter to an owner:
 
 * a receipt never credited: a signed receipt with tokens and no WORKER_CREDIT for its request,
   once billing has had `grace_ms` to process it;
 * credit never paid: earnings credited longer than `delay_ms` ago that the chain has not paid,
-  although together they reach the payout threshold; and payouts the ledger records as sent
+  although together they reach the payout threshold; and payouts billing records as sent
   that never arrived.
 
 Payouts are matched by amount, oldest credit first (billing pays whole balances, not single
@@ -54,7 +55,7 @@ def audit(
         Finding(
             "receipt_not_credited",
             f"receipt {r['receipt_id']} ({r['prompt_tokens']} prompt + "
-            f"{r['completion_tokens']} completion tokens) has no credit in billing's ledger",
+            f"{r['completion_tokens']} completion tokens) has no credit in billing's earnings",
             request_id=r["request_id"],
         )
         for r in receipts
@@ -83,12 +84,12 @@ def audit(
             )
         )
     # A payout just sent may not be on chain yet: only those older than the delay count.
-    settled = sum(amount for at, amount in view.ledger_payouts if at + delay_ms < now_ms)
+    settled = sum(amount for at, amount in view.payouts if at + delay_ms < now_ms)
     if settled > on_chain:
         findings.append(
             Finding(
                 "payout_not_on_chain",
-                f"billing's ledger records {settled:,} nanoTON paid out; "
+                f"billing records {settled:,} nanoTON paid out; "
                 f"{on_chain:,} arrived at the address ({settled - on_chain:,} missing)",
                 amount_nanoton=settled - on_chain,
             )

@@ -114,8 +114,10 @@ def status(
 ) -> None:
     """The worker as the network sees it: verdict, heartbeats, load, work done, earnings."""
     settings = _settings(config)
+    kept = settings.receipts_file
+    receipts = list(read_receipts(kept)) if kept is not None and kept.is_file() else []
     try:
-        view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id))
+        view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id, receipts))
     except (OSError, RuntimeError, TimeoutError) as exc:
         raise _fail(f"cannot read the network at {settings.kafka_bootstrap}: {exc}") from None
     summary = view.summary()
@@ -161,11 +163,11 @@ def audit_command(
     if not settings.payout_address:
         raise _fail("the configuration has no payout address")
     try:
+        receipts = list(read_receipts(settings.receipts_file))
         view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id))
         received = asyncio.run(
             received_payouts(ton_api_url, settings.payout_address, api_key=ton_api_key)
         )
-        receipts = list(read_receipts(settings.receipts_file))
     except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
         raise _fail(str(exc)) from None
     findings = audit(

@@ -1,15 +1,16 @@
-"""A worker as its owner sees it, read from the bus: `cocoon worker status` and `audit`.
+"""A worker as its owner sees it: `cocoon worker status` and `audit`.
 
-Everything comes from topics the worker-proxy may read (schemas/topics): its verdict, its recent
-heartbeats, the receipts it signed, and billing's ledger and balance records for its account
-`worker:<id>`. Nothing is asked of billing or the operator. Payouts are the ledger's PAYOUT
-entries (billing keeps payout states in its own store); `cocoon worker audit` checks them
-against the chain.
+From the bus, through the `cocoon-worker-owner` principal (docs/security.md), which reads no
+account's ledger: the worker's verdict, its recent heartbeats and its earnings
+(`billing.earnings`: each fee credited, each payout sent or taken back). From the owner's disk:
+the receipts the worker signed (the worker-proxy's `receipts_file`). Nothing is asked of billing
+or the operator; `cocoon worker audit` checks the payouts against the chain.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,13 +20,8 @@ from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
 from cocoon.core.contracts import Topic
 
-WORKER_ACCOUNT_PREFIX = "worker:"  # billing's ledger account of a worker (docs/billing.md)
 HEARTBEAT_WINDOW_MS = 10_000  # heartbeats are not compacted: look at the last few seconds
-PAYOUT_KINDS = (models.LedgerEntryKind.PAYOUT, models.LedgerEntryKind.PAYOUT_REVERSAL)
-
-
-def worker_account(worker_id: str) -> str:
-    return f"{WORKER_ACCOUNT_PREFIX}{worker_id}"
+PAYOUT_KINDS = (models.EarningKind.PAYOUT, models.EarningKind.PAYOUT_REVERSAL)
 
 
 @dataclass
@@ -36,8 +32,8 @@ class WorkerView:
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by receipt id
     credits: dict[str, int] = field(default_factory=dict)  # nanoTON credited, by request id
     credited_at: dict[str, int] = field(default_factory=dict)  # epoch ms of the first credit
-    ledger_payouts: list[tuple[int, int]] = field(default_factory=list)  # (epoch ms, nanoTON)
-    balance: dict[str, Any] | None = None
+    payouts: list[tuple[int, int]] = field(default_factory=list)  # (epoch ms, nanoTON paid)
+    _earnings_seen: set[str] = field(default_factory=set)  # entry ids, each counted once
 
     def on_record(self, record: BroadcastRecord) -> None:
         value = record.value
@@ -47,29 +43,34 @@ class WorkerView:
             self.verdict = value
         elif record.topic == Topic.WORKER_HEARTBEATS and value["worker_id"] == self.worker_id:
             self.heartbeats.append(value)
-        elif record.topic == Topic.USAGE_RECEIPTS and value["worker_id"] == self.worker_id:
-            self.receipts[value["receipt_id"]] = value
-        elif record.topic == Topic.BILLING_BALANCES and record.key == self.account:
-            self.balance = value
-        elif record.topic == Topic.BILLING_LEDGER and record.key == self.account:
-            self._on_ledger(value)
+        elif record.topic == Topic.BILLING_EARNINGS and value["worker_id"] == self.worker_id:
+            self._on_earning(value)
 
-    def _on_ledger(self, entry: dict[str, Any]) -> None:
-        delta = entry["available_delta_nanoton"]
-        request_id = entry["request_id"]
-        if entry["kind"] == models.LedgerEntryKind.WORKER_CREDIT and request_id:
-            self.credits[request_id] = self.credits.get(request_id, 0) + delta
-            self.credited_at.setdefault(request_id, epoch_millis(entry["created_at"]))
-        elif entry["kind"] in PAYOUT_KINDS:  # a debit of the account; a reversal credits it
-            self.ledger_payouts.append((epoch_millis(entry["created_at"]), -delta))
+    def add_receipts(self, receipts: Iterable[dict[str, Any]]) -> None:
+        """The receipts this worker signed (its own copy, `receipts_log`)."""
+        for receipt in receipts:
+            if receipt["worker_id"] == self.worker_id:
+                self.receipts[receipt["receipt_id"]] = receipt
+
+    def _on_earning(self, earning: dict[str, Any]) -> None:
+        if earning["entry_id"] in self._earnings_seen:
+            return
+        self._earnings_seen.add(earning["entry_id"])
+        amount = earning["amount_nanoton"]
+        request_id = earning["request_id"]
+        if earning["kind"] == models.EarningKind.CREDIT and request_id:
+            self.credits[request_id] = self.credits.get(request_id, 0) + amount
+            self.credited_at.setdefault(request_id, epoch_millis(earning["created_at"]))
+        elif earning["kind"] in PAYOUT_KINDS:  # a payout is negative; a reversal gives it back
+            self.payouts.append((epoch_millis(earning["created_at"]), -amount))
 
     @property
-    def paid_from_ledger(self) -> int:
-        return sum(amount for _, amount in self.ledger_payouts)
+    def earned(self) -> int:
+        return sum(self.credits.values())
 
     @property
-    def account(self) -> str:
-        return worker_account(self.worker_id)
+    def paid(self) -> int:
+        return sum(amount for _, amount in self.payouts)
 
     def summary(self, now_ms: int | None = None) -> dict[str, Any]:
         """The status as plain JSON-ready values."""
@@ -102,9 +103,10 @@ class WorkerView:
             "requests_completed": sum(1 for r in receipts if r["completed"]),
             "prompt_tokens": sum(r["prompt_tokens"] for r in receipts),
             "completion_tokens": sum(r["completion_tokens"] for r in receipts),
-            "earned_nanoton": sum(self.credits.values()),
-            "paid_nanoton": self.paid_from_ledger,
-            "pending_nanoton": self.balance["available_nanoton"] if self.balance else 0,
+            "requests_credited": len(self.credits),
+            "earned_nanoton": self.earned,
+            "paid_nanoton": self.paid,
+            "pending_nanoton": self.earned - self.paid,
             # The scheduler keeps reputation to itself (no topic carries it yet).
             "reputation": None,
         }
@@ -116,17 +118,19 @@ def _iso(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-async def read_worker_view(bootstrap: str, worker_id: str, timeout_s: float = 30.0) -> WorkerView:
-    """Everything the bus holds about one worker, read once from the beginning."""
+async def read_worker_view(
+    bootstrap: str,
+    worker_id: str,
+    receipts: Iterable[dict[str, Any]] = (),
+    timeout_s: float = 30.0,
+) -> WorkerView:
+    """Everything the bus holds about one worker, read once from the beginning, with the
+    receipts it kept."""
     view = WorkerView(worker_id)
+    view.add_receipts(receipts)
     history = BroadcastReader(
         bootstrap,
-        [
-            Topic.ATTESTATION_VERDICTS,
-            Topic.USAGE_RECEIPTS,
-            Topic.BILLING_BALANCES,
-            Topic.BILLING_LEDGER,
-        ],
+        [Topic.ATTESTATION_VERDICTS, Topic.BILLING_EARNINGS],
         view.on_record,
         from_beginning=True,
         client_id=f"worker-status-{worker_id}",

@@ -619,6 +619,49 @@ class TopUp(AvroModel):
     )
 
 
+class EarningKind(StrEnum):
+    """A request's fee credited, a payout sent, or a payout taken back (never confirmed)."""
+
+    UNKNOWN = "UNKNOWN"
+    CREDIT = "CREDIT"
+    PAYOUT = "PAYOUT"
+    PAYOUT_REVERSAL = "PAYOUT_REVERSAL"
+
+
+EarningKindSymbol = Literal["UNKNOWN", "CREDIT", "PAYOUT", "PAYOUT_REVERSAL"]
+
+
+class WorkerEarning(AvroModel):
+    """One movement of a worker's earnings, as its owner may see it: the worker's side of a
+    ledger entry of its account, with nothing of the paying account.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.billing.WorkerEarning"
+    avro_version: ClassVar[int] = 1
+
+    entry_id: str = Field(
+        description=(
+            "The ledger entry's id (billing.ledger), so a reader counts each movement once."
+        ),
+    )
+    worker_id: str = Field(description="The worker whose account moved (the record key).")
+    kind: EarningKindSymbol = Field(
+        default="UNKNOWN",
+        description=(
+            "A request's fee credited, a payout sent, or a payout taken back (never confirmed)."
+        ),
+    )
+    amount_nanoton: int = Field(
+        description="Change of the worker's payable balance (signed: a payout is negative).",
+    )
+    request_id: str | None = Field(default=None, description="The request a credit is for.")
+    payout_address: str | None = Field(
+        default=None,
+        description="The attested address a credit was earned under, or a payout was sent to.",
+    )
+    created_at: datetime = Field(description="When billing recorded it.")
+
+
 class DeadLetterReason(StrEnum):
     """Why the record was dead-lettered."""
 
@@ -1050,6 +1093,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.billing.Refund": Refund,
     "cocoon.billing.Reservation": Reservation,
     "cocoon.billing.TopUp": TopUp,
+    "cocoon.billing.WorkerEarning": WorkerEarning,
     "cocoon.bus.Header": Header,
     "cocoon.bus.DeadLetter": DeadLetter,
     "cocoon.inference.Assignment": Assignment,
@@ -1072,6 +1116,7 @@ ENUMS: dict[str, type[StrEnum]] = {
     "cocoon.billing.RejectReason": RejectReason,
     "cocoon.billing.TopUpSource": TopUpSource,
     "cocoon.billing.TopUpKind": TopUpKind,
+    "cocoon.billing.EarningKind": EarningKind,
     "cocoon.bus.DeadLetterReason": DeadLetterReason,
     "cocoon.inference.RequestChannel": RequestChannel,
     "cocoon.inference.OutcomeStatus": OutcomeStatus,
