@@ -67,6 +67,12 @@ def declared_requirements(distribution: str, seen: set[str] | None = None) -> se
 
 # Distributions that are clients of the network, not parts of it: they may use its client library.
 CLIENTS_OF_THE_NETWORK = {"telegram"}
+# Modules of the client library a service may import, and why: pure formats, no I/O, stdlib only.
+SHARED_CLIENT_MODULES = {
+    "gateway": {
+        "cocoon.client.openai_responses": "the Responses API translation, the same on both paths"
+    },
+}
 
 
 def dist_name(distribution_dir: str) -> str:
@@ -78,9 +84,10 @@ def dist_name(distribution_dir: str) -> str:
 def test_a_service_imports_only_core_and_itself(distribution: str) -> None:
     own = package_dir(distribution).name
     allowed = {"core", own} | ({"client"} if distribution in CLIENTS_OF_THE_NETWORK else set())
+    shared = set(SHARED_CLIENT_MODULES.get(distribution, {}))
     crossing = {
         str(path.relative_to(SERVICES_DIR)): sorted(
-            cocoon_packages(imported_modules(path)) - allowed
+            cocoon_packages(imported_modules(path) - shared) - allowed
         )
         for path in package_dir(distribution).rglob("*.py")
     }
@@ -100,6 +107,14 @@ def test_a_distribution_declares_every_library_it_imports(distribution: str) -> 
         if not candidates & declared:
             undeclared[top] = sorted(candidates) or ["not installed"]
     assert undeclared == {}, f"add to services/{distribution}/pyproject.toml: {undeclared}"
+
+
+def test_a_shared_client_module_needs_nothing_beyond_the_standard_library() -> None:
+    for modules in SHARED_CLIENT_MODULES.values():
+        for module in modules:
+            path = package_dir("client") / f"{module.rsplit('.', 1)[1]}.py"
+            imported = {m.split(".")[0] for m in imported_modules(path)}
+            assert imported <= set(sys.stdlib_module_names) | {"__future__"}, module
 
 
 def test_the_checks_see_an_import() -> None:

@@ -7,8 +7,10 @@
     )
 
 `/v1/chat/completions` and `/v1/completions` are sealed here to workers this process verified;
-`/v1/models` goes to the gateway as it is. Every response carries `X-Cocoon-Sealed-By: client`
-and, when the configuration trusts a development root, `X-Cocoon-Trust-Root: development`.
+so is `/v1/responses`, translated to a chat request here, before sealing, and its answer back
+(cocoon.client.openai_responses); `/v1/models` goes to the gateway as it is. Every response
+carries `X-Cocoon-Sealed-By: client` and, when the configuration trusts a development root,
+`X-Cocoon-Trust-Root: development`.
 The local proxy (`cocoon client serve`) serves this transport over HTTP.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +27,12 @@ import httpx
 
 from cocoon.client.errors import GatewayError, NoTrustedWorker, WireError
 from cocoon.client.openai_format import Formatter, error_body, sse
+from cocoon.client.openai_responses import (
+    ResponseBuilder,
+    ResponsesRequestError,
+    chat_request,
+    sse_event,
+)
 from cocoon.client.session import SealedSession
 
 log = logging.getLogger(__name__)
@@ -31,7 +40,12 @@ log = logging.getLogger(__name__)
 SEALED_BY_HEADER = "X-Cocoon-Sealed-By"
 TRUST_ROOT_HEADER = "X-Cocoon-Trust-Root"
 REQUEST_ID_HEADER = "x-request-id"
-ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+RESPONSES_PATH = "/v1/responses"  # answered with a chat completion, translated both ways
+ENDPOINTS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    RESPONSES_PATH: "chat.completions",
+}
 
 
 class _Events(httpx.AsyncByteStream):
@@ -134,6 +148,17 @@ class SealingTransport(httpx.AsyncBaseTransport):
                     code="invalid_json",
                 ),
             )
+        builder = None
+        if path == RESPONSES_PATH:
+            try:
+                body, asked = chat_request(body), body
+            except ResponsesRequestError as exc:
+                invalid = error_body(
+                    str(exc), type_="invalid_request_error", code="invalid_request", param=exc.param
+                )
+                return self._json(400, invalid)
+            response_id = "resp_" + request_id.replace("-", "")
+            builder = ResponseBuilder(response_id, int(time.time()), asked)
         stream = body.get("stream") is True
         options = body.get("stream_options")
         if options is not None and not stream:
@@ -165,7 +190,13 @@ class SealingTransport(httpx.AsyncBaseTransport):
                     fmt.take(engine_chunk)
             except (GatewayError, NoTrustedWorker, WireError) as exc:
                 return self._json(*_failure(exc))
-            return self._json(200, fmt.complete())
+            answer = fmt.complete()
+            return self._json(200, answer if builder is None else builder.complete(answer))
+        events = (
+            _sse_events(pending, chunks, fmt)
+            if builder is None
+            else _responses_events(pending, chunks, fmt, builder)
+        )
         return httpx.Response(
             200,
             headers={
@@ -173,7 +204,7 @@ class SealingTransport(httpx.AsyncBaseTransport):
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
             },
-            stream=_Events(_sse_events(pending, chunks, fmt)),
+            stream=_Events(events),
         )
 
 
@@ -194,6 +225,41 @@ async def _sse_events(
             for obj in fmt.closing_chunks():
                 yield sse(obj)
         yield sse("[DONE]")
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _responses_events(
+    pending: list[dict[str, Any]],
+    chunks: AsyncIterator[dict[str, Any]],
+    fmt: Formatter,
+    builder: ResponseBuilder,
+) -> AsyncIterator[bytes]:
+    """The Responses API's events for the chat chunks (no `[DONE]` in this API)."""
+    usage: dict[str, Any] | None = None
+
+    def translate(objs: list[dict[str, Any]]) -> bytes:
+        nonlocal usage
+        events = []
+        for obj in objs:
+            if obj.get("usage"):  # the usage chunk (empty choices)
+                usage = obj["usage"]
+            events += builder.on_chunk(obj)
+        return b"".join(sse_event(event) for event in events)
+
+    try:
+        yield b"".join(sse_event(event) for event in builder.start()) + translate(pending)
+        try:
+            async for engine_chunk in chunks:
+                yield translate(fmt.take(engine_chunk))
+        except (GatewayError, NoTrustedWorker, WireError) as exc:
+            # The status line is gone: the failure is the stream's last event.
+            yield b"".join(sse_event(e) for e in builder.fail(_failure(exc)[1]["error"]))
+            return
+        closing = translate(fmt.closing_chunks())
+        yield closing + b"".join(sse_event(event) for event in builder.finish(usage))
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:

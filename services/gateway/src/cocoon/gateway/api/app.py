@@ -8,6 +8,7 @@ the client asked for a stream; later failures become a final SSE error event.
 
 # No `from __future__ import annotations`: FastAPI must resolve the local `Authenticated`.
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -19,6 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cocoon.client.openai_responses import (
+    ResponseBuilder,
+    ResponsesRequestError,
+    chat_request,
+    sse_event,
+)
 from cocoon.gateway.api.backend import ChatChunk, Endpoint, InferenceBackend, Usage
 from cocoon.gateway.api.client_sealed import (
     SEALED_BY_HEADER,
@@ -45,7 +52,12 @@ from cocoon.gateway.api.request_id import HEADER as REQUEST_ID
 from cocoon.gateway.api.request_id import RequestIdMiddleware, request_id_of
 from cocoon.gateway.api.settings import ApiSettings
 from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_data, sse_error
-from cocoon.gateway.api.validation import parse_body, to_inference_request
+from cocoon.gateway.api.validation import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_body,
+    to_inference_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +189,51 @@ async def event_stream(
         await close_quietly(items)
 
 
+async def responses_stream(
+    first: Item,
+    items: AsyncIterator[Item],
+    fmt: ResponseFormatter,
+    builder: ResponseBuilder,
+    deadline: float,
+) -> AsyncGenerator[bytes, None]:
+    """The Responses API's events for a streamed chat answer (no `[DONE]` in this API)."""
+    try:
+        events = builder.start()
+        usage: dict[str, Any] | None = None
+        item: Item | None = first
+        while item is not None:
+            if isinstance(item, Usage):
+                usage = item.as_openai()
+            else:
+                events += builder.on_chunk(fmt.chunk(item))
+            yield b"".join(sse_event(event) for event in events)
+            events = []
+            try:
+                item = await next_item(items, deadline)
+            except ApiError as exc:
+                # The status line is gone: the failure is the stream's last event.
+                yield b"".join(sse_event(e) for e in builder.fail(exc.body()["error"]))
+                return
+        yield b"".join(sse_event(event) for event in builder.finish(usage))
+    finally:
+        await close_quietly(items)
+
+
+def parse_responses_body(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    """The Responses body and the chat request that answers it, or a 400 naming the param."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    try:
+        chat = chat_request(body)
+    except ResponsesRequestError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
+    parsed = parse_body("chat.completions", json.dumps(chat).encode())
+    assert isinstance(parsed, ChatCompletionRequest)
+    return body, parsed
+
+
 # Names the end user's account when a delegating key (KeyRecord.delegate_prefix) calls.
 ACCOUNT_HEADER = "x-cocoon-account"
 
@@ -243,8 +300,17 @@ def create_app(
                 return model
         raise UnknownModel(model_id)
 
-    async def infer(endpoint: Endpoint, request: Request, key: KeyRecord) -> Any:
-        parsed = parse_body(endpoint, await read_body(request, settings.max_body_bytes))
+    async def infer(
+        endpoint: Endpoint,
+        request: Request,
+        key: KeyRecord,
+        parsed: ChatCompletionRequest | CompletionRequest | None = None,
+        responses: dict[str, Any] | None = None,
+    ) -> Any:
+        """Answer a chat or completions request; with `responses` (the Responses API body
+        that `parsed` translates), answer in that API's shape."""
+        if parsed is None:
+            parsed = parse_body(endpoint, await read_body(request, settings.max_body_bytes))
         inference = to_inference_request(endpoint, parsed, settings, request_id_of(request))
         deadline = asyncio.get_running_loop().time() + inference.timeout
         prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
@@ -255,6 +321,11 @@ def create_app(
             model=parsed.model,
             include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
         )
+        builder = None
+        if responses is not None:
+            builder = ResponseBuilder(
+                "resp_" + inference.request_id.replace("-", ""), fmt.created, responses
+            )
         # The gateway opened and sealed this request: say so (docs/sealed-requests.md).
         headers: dict[str, str] = {SEALED_BY_HEADER: "gateway"}
         items = aiter(backend.submit(key.account_id, inference))
@@ -265,8 +336,13 @@ def create_app(
             if inference.stream:
                 # Starlette cancels the generator when the client disconnects; its `finally`
                 # then closes the backend stream.
+                events = (
+                    event_stream(first, items, fmt, deadline)
+                    if builder is None
+                    else responses_stream(first, items, fmt, builder, deadline)
+                )
                 return StreamingResponse(
-                    event_stream(first, items, fmt, deadline),
+                    events,
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
                 )
@@ -277,7 +353,10 @@ def create_app(
             await close_quietly(items)
             raise
         await close_quietly(items)
-        return JSONResponse(fmt.complete(collected), headers=headers)
+        answer = fmt.complete(collected)
+        if builder is not None:
+            answer = builder.complete(answer)
+        return JSONResponse(answer, headers=headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, key: Authenticated) -> Any:
@@ -286,6 +365,11 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request, key: Authenticated) -> Any:
         return await infer("completions", request, key)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request, key: Authenticated) -> Any:
+        body, parsed = parse_responses_body(await read_body(request, settings.max_body_bytes))
+        return await infer("chat.completions", request, key, parsed, responses=body)
 
     if sealed is not None:
         install_client_sealed(app, sealed, settings, Authenticated)
