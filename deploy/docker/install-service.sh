@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build a virtualenv holding exactly one Cocoon service: its locked third-party dependencies
 # (from uv.lock, hash-checked), then the workspace distributions it depends on (cocoon-core, and
-# cocoon-client for a client of the network such as the Telegram bot) and itself, not editable.
+# cocoon-client for a client of the network such as the Telegram bot, or for the gateway's
+# Responses API translation) and itself, not editable.
 #   install-service.sh SERVICE VENV [PYTHON]
 # Run from the repository root. The Dockerfile runs it for each image; tests/deploy runs it to
 # check what an image holds without a Docker engine.
