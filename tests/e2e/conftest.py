@@ -44,6 +44,7 @@ def network(kafka_bootstrap, tmp_path_factory) -> Iterator[LocalNetwork]:
     net = LocalNetwork(
         workers=2,
         http_port=free_port(),
+        grpc_port=free_port(),
         echo=lambda _msg: None,
         grants={DEMO_ACCOUNT: DEMO_BALANCE_NANOTON, POOR_ACCOUNT: POOR_BALANCE_NANOTON},
     )

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import uvicorn
 from pydantic import Field
 
@@ -21,10 +22,13 @@ from cocoon.core.runtime import Service, ServiceSettings
 from cocoon.core.verdicts import load_pinned_key
 from cocoon.gateway.admission import AdmissionGrants
 from cocoon.gateway.api.app import create_app
+from cocoon.gateway.api.auth import Authenticator
 from cocoon.gateway.api.keys import KeyStore
+from cocoon.gateway.api.ratelimit import RateLimiter
 from cocoon.gateway.api.settings import ApiSettings
 from cocoon.gateway.attested import TOPICS as ATTESTED_TOPICS
 from cocoon.gateway.attested import AttestedState
+from cocoon.gateway.grpc_api.server import InferenceService, inference_server
 from cocoon.gateway.pipeline import REPLY_TOPICS
 from cocoon.gateway.relay import ClientSurface, RelayBackend
 from cocoon.gateway.statement import LedgerStatements
@@ -42,6 +46,8 @@ class Settings(ServiceSettings):
     gateway_id: str = Field(default_factory=_default_gateway_id)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    # The gRPC inference API (grpc_api/inference.proto) on this port; None: not served.
+    inference_grpc_port: int | None = Field(None, ge=0, le=65535)
     keys_file: Path = Field(default_factory=lambda: cache_dir() / "gateway" / "api-keys.json")
     attestation_public_key: str = Field(
         "", description="hex Ed25519 key of the attestation service; verdicts must verify with it"
@@ -110,10 +116,23 @@ class Gateway(Service):
             bootstrap, list(ATTESTED_TOPICS), self.attested.on_record, from_beginning=True
         )
         keys = KeyStore.load(settings.keys_file) if settings.keys_file.exists() else KeyStore()
+        api = settings.api
+        # One rate-limit budget per key, whichever surface spends it.
+        authenticator = Authenticator(
+            keys, RateLimiter(api.rate_limit_per_second, api.rate_limit_burst)
+        )
+        self.grpc: grpc.aio.Server | None = None
+        if settings.inference_grpc_port is not None:
+            self.grpc, self.grpc_port = inference_server(
+                InferenceService(self.backend, authenticator, api),
+                settings.http_host,
+                settings.inference_grpc_port,
+            )
         self.app = create_app(
             self.backend,
             keys,
             settings.api,
+            authenticator=authenticator,
             sealed=ClientSurface(
                 self.backend,
                 self.attested,
@@ -154,11 +173,16 @@ class Gateway(Service):
             self.settings.http_host,
             self.settings.http_port,
         )
+        if self.grpc is not None:
+            await self.grpc.start()
+            log.info("gRPC inference API on %s:%d", self.settings.http_host, self.grpc_port)
 
     async def run(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
         # Stop accepting connections; uvicorn lets in-flight streams finish.
         self.server.should_exit = True
+        if self.grpc is not None:
+            await self.grpc.stop(grace=self.settings.api.default_timeout)
         with contextlib.suppress(Exception):
             await self._server_task
 

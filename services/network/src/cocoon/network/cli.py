@@ -20,6 +20,7 @@ console = Console()
 def up(
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="worker nodes")] = 1,
     port: Annotated[int, typer.Option(help="gateway HTTP port")] = 8080,
+    grpc_port: Annotated[int, typer.Option(help="gateway gRPC inference port")] = 50051,
     telegram_token: Annotated[
         str,
         typer.Option(
@@ -34,6 +35,7 @@ def up(
     network = LocalNetwork(
         workers=workers,
         http_port=port,
+        grpc_port=grpc_port,
         echo=lambda msg: console.print(f"[cyan]{msg}"),
         telegram_token=telegram_token,
     )
@@ -41,7 +43,7 @@ def up(
     try:
         with console.status("Starting the Cocoon network ..."):
             network.start()
-        _banner(network.gateway_url, network.api_key)
+        _banner(network.gateway_url, network.api_key, network.grpc_target)
         network.watch()
     except NetworkError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -68,7 +70,7 @@ def stop_on_signals() -> None:
         signal.signal(sig, interrupt)
 
 
-def _banner(url: str, key: str) -> None:
+def _banner(url: str, key: str, grpc_target: str) -> None:
     # soft_wrap: commands must stay copy-pasteable, never folded at the terminal width.
     text = f"""
 [bold green]Cocoon is up.[/bold green]  API: [bold]{url}/v1[/bold]   demo key: [bold]{key}[/bold]
@@ -85,6 +87,8 @@ c = OpenAI(base_url="{url}/v1", api_key="{key}")
 for e in c.chat.completions.create(model="{SMOLLM2_MODEL}", stream=True,
         messages=[{{"role": "user", "content": "Hello!"}}]):
     print(e.choices[0].delta.content or "" if e.choices else "", end="", flush=True)'
+
+The same over gRPC (cocoon.inference.v1.Inference, docs/api.md): {grpc_target}
 
 Sealed on your side instead, so no operator component can read the prompt (another terminal):
 

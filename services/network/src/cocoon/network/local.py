@@ -44,6 +44,7 @@ Echo = Callable[[str], None]
 class LocalNetwork:
     workers: int = 1
     http_port: int = 8080
+    grpc_port: int = 50051  # the gateway's gRPC inference API
     echo: Echo = print
     supervisor: Supervisor = field(default_factory=lambda: Supervisor(state_dir() / "logs"))
     engines: list[EngineProcess] = field(default_factory=list)
@@ -67,6 +68,10 @@ class LocalNetwork:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, ready_timeout_s: float = 120.0) -> None:
@@ -106,6 +111,7 @@ class LocalNetwork:
             {
                 **pinned,
                 "COCOON_HTTP_PORT": str(self.http_port),
+                "COCOON_INFERENCE_GRPC_PORT": str(self.grpc_port),
                 "COCOON_GATEWAY_ID": "gw-local",
                 "COCOON_REGISTRY_PUBLIC_KEY": _registry_public_key_hex(),
             },

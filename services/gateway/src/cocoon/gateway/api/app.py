@@ -26,6 +26,7 @@ from cocoon.client.openai_responses import (
     chat_request,
     sse_event,
 )
+from cocoon.gateway.api.auth import ACCOUNT_HEADER, Authenticator
 from cocoon.gateway.api.backend import ChatChunk, Endpoint, InferenceBackend, Usage
 from cocoon.gateway.api.client_sealed import (
     SEALED_BY_HEADER,
@@ -35,13 +36,10 @@ from cocoon.gateway.api.client_sealed import (
 )
 from cocoon.gateway.api.errors import (
     ApiError,
-    AuthenticationFailed,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    PermissionDenied,
-    RateLimited,
     UnknownModel,
     UpstreamTimeout,
     WorkerLost,
@@ -234,10 +232,6 @@ def parse_responses_body(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequ
     return body, parsed
 
 
-# Names the end user's account when a delegating key (KeyRecord.delegate_prefix) calls.
-ACCOUNT_HEADER = "x-cocoon-account"
-
-
 def create_app(
     backend: InferenceBackend,
     key_store: KeyStore,
@@ -245,32 +239,21 @@ def create_app(
     *,
     clock: Any = time.monotonic,
     sealed: SealedSurface | None = None,
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
-    """`sealed`: also serve the client-sealed interface (api/client_sealed.py)."""
+    """`sealed`: also serve the client-sealed interface (api/client_sealed.py); `authenticator`:
+    the one shared with the gateway's other surfaces (else one of `key_store` is made)."""
     settings = settings or ApiSettings()
-    limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock)
+    if authenticator is None:
+        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock)
+        authenticator = Authenticator(key_store, limiter)
     app = FastAPI(title="Cocoon", summary="Confidential AI inference, OpenAI-compatible")
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
 
     async def authenticate(request: Request) -> KeyRecord:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer sk-cocoon-...'."
-            )
-        record = key_store.authenticate(token.strip())
-        if record is None:
-            raise AuthenticationFailed("Incorrect API key provided.")
-        if (wait := limiter.acquire(record.key_id)) is not None:
-            raise RateLimited(wait)
-        acting_for = request.headers.get(ACCOUNT_HEADER)
-        if acting_for is None:
-            return record
-        delegated = record.acting_for(acting_for)
-        if delegated is None:
-            raise PermissionDenied(f"This API key may not act for the account {acting_for!r}.")
-        return delegated
+        authorization = request.headers.get("authorization", "")
+        return authenticator.authorize(authorization, request.headers.get(ACCOUNT_HEADER))
 
     Authenticated = Annotated[KeyRecord, Depends(authenticate)]
 

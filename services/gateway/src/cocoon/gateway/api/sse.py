@@ -80,13 +80,20 @@ class ResponseFormatter:
         choice.update(logprobs=item.logprobs, finish_reason=finish)
         return self._envelope([choice])
 
-    def missing_finishes(self) -> bytes:
+    def closing_chunks(self) -> list[ChatChunk]:
         """A closing chunk (`finish_reason: "stop"`) for each started choice the backend
         ended without one, so that every streamed choice finishes exactly once."""
-        return b"".join(
-            sse_data(self.chunk(ChatChunk(text="", index=index, finish_reason="stop")))
+        return [
+            ChatChunk(text="", index=index, finish_reason="stop")
             for index in sorted(self._started - self._finished)
-        )
+        ]
+
+    def missing_finishes(self) -> bytes:
+        return b"".join(sse_data(self.chunk(item)) for item in self.closing_chunks())
+
+    def says_nothing(self, item: ChatChunk) -> bool:
+        """An engine's repeated finish: nothing to say after the choice ended."""
+        return item.index in self._finished and not (item.text or item.tool_calls or item.logprobs)
 
     def _call_delta(self, choice: int, call: ToolCallDelta) -> dict[str, Any]:
         """OpenAI's shape: id, type and name in a call's first delta, then arguments only
@@ -112,9 +119,7 @@ class ResponseFormatter:
         if isinstance(item, Usage):  # the last item: every choice has finished by now
             closing = self.missing_finishes()
             return (closing + sse_data(self.usage_chunk(item))) if self.include_usage else closing
-        if item.index in self._finished and not (item.text or item.tool_calls or item.logprobs):
-            return b""  # an engine's repeated finish: nothing to say after the choice ended
-        return sse_data(self.chunk(item))
+        return b"" if self.says_nothing(item) else sse_data(self.chunk(item))
 
     def complete(self, items: list[ChatChunk | Usage]) -> dict[str, Any]:
         """The non-streaming response: texts joined per choice, usage from the backend."""

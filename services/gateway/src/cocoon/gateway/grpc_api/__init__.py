@@ -1,0 +1,1 @@
+"""The gateway's gRPC inference API (inference.proto), beside the HTTP one."""
