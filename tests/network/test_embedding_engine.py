@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import openai
 import pytest
 from safetensors.numpy import load_file
 
-from cocoon.network.engine_process import EngineProcess, start_embedding_engine
+from cocoon.network.engine_process import EngineProcess
 from cocoon.network.minilm import MiniLM, minilm_dir
 
 SENTENCES = [
@@ -110,13 +109,9 @@ def test_similarities_are_the_ones_sentence_transformers_publishes(model: MiniLM
     assert similarity[1, 2] == pytest.approx(0.1411, abs=5e-4)
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    process = start_embedding_engine(log_dir=tmp_path_factory.mktemp("embedding-engine"))
-    try:
-        yield process
-    finally:
-        process.stop()
+@pytest.fixture
+def engine(embedding_engine: EngineProcess) -> EngineProcess:
+    return embedding_engine
 
 
 def test_the_engine_serves_openai_embeddings_in_float_and_base64(engine: EngineProcess):
