@@ -16,8 +16,9 @@ worker's current verdict before the record changes anything:
 
 Signed message: `canonical_bytes({"domain": <kind's domain>, "payload": fields})` (see
 cocoon.core.crypto.canonical) where `fields` are exactly the kind's field list below (every field
-of the record's schema but `signature`: v3's for outcomes, v4's for heartbeats), timestamps as integer unix milliseconds, doubles as
-their 8 IEEE-754 big-endian bytes (the canonical encoding has no floats), absent values as None.
+of the record's schema but `signature`: v3's for outcomes, v4's for heartbeats), timestamps as
+integer unix milliseconds, doubles as their 8 IEEE-754 big-endian bytes (the canonical encoding
+has no floats), absent values as None.
 The list is fixed by the domain, not by the Avro version, so a later schema version that adds
 fields does not change what old verifiers check; it would get a new domain if those fields
 must be signed too.

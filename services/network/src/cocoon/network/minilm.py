@@ -100,8 +100,8 @@ class MiniLM:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()  # too long is refused, never silently cut
-        self.cls_id = self.tokenizer.token_to_id("[CLS]")
-        self.sep_id = self.tokenizer.token_to_id("[SEP]")
+        self.cls_id = self._special("[CLS]")
+        self.sep_id = self._special("[SEP]")
         w = load_file(str(model_dir / "model.safetensors"))
 
         def pair(name: str) -> tuple[Floats, Floats]:
@@ -128,6 +128,12 @@ class MiniLM:
             )
             for i in range(config["num_hidden_layers"])
         ]
+
+    def _special(self, token: str) -> int:
+        found = self.tokenizer.token_to_id(token)
+        if found is None:
+            raise ModelFilesMissing(f"the tokenizer has no {token} token")
+        return found
 
     # -- tokens ------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

@@ -19,12 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Endpoint = Literal["chat.completions", "completions", "embeddings"]
-# What the worker's model must serve for each endpoint (Heartbeat.capabilities).
-REQUIRED_CAPABILITY: dict[Endpoint, str] = {
-    "chat.completions": "CHAT",
-    "completions": "CHAT",
-    "embeddings": "EMBEDDINGS",
-}
 # Embeddings go back in sealed chunks of about this many bytes (a Kafka record's limit is 1 MiB;
 # 2048 inputs of 384 floats are several MiB as JSON).
 EMBEDDINGS_CHUNK_BYTES = 256 * 1024

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from cocoon.core.bus import BusProducer
+from cocoon.core.capabilities import CHAT, TOOLS, serves
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
 from cocoon.core.contracts import ErrorCode, Topic
@@ -71,7 +72,7 @@ class JobContext:
     engine_model: str  # the name the engine knows the model by
     receipts: ReceiptLog | None = None  # the owner's copy of each signed receipt
     # What the model serves (Heartbeat.capabilities); a request for anything else is refused.
-    capabilities: frozenset[str] = frozenset({"CHAT", "TOOLS"})
+    capabilities: frozenset[str] = frozenset({CHAT, TOOLS})
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Job:
             await self._seal_error(BAD_REQUEST, str(exc), error_type=chunks.INVALID_REQUEST)
             return await self._finish("FAILED", BAD_REQUEST, None, None)
         del body
-        if chunks.REQUIRED_CAPABILITY[request.endpoint] not in self.ctx.capabilities:
+        if not serves(self.ctx.capabilities, request.endpoint):
             # The client-sealed path reaches here without the gateway's check (it cannot read
             # the body); the gateway's own path never sends such a request.
             message = f"The model {item.model} does not serve {request.endpoint}."

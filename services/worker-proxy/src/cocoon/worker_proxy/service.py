@@ -35,6 +35,7 @@ from cocoon.core.bus import BusConsumer, BusProducer, Message, RejectRecord, top
 from cocoon.core.bus.admin import ensure_instance
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.bus.security import KafkaSecurity
+from cocoon.core.capabilities import CHAT, TOOLS
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
@@ -72,7 +73,7 @@ class Settings(ServiceSettings):
     )
     engine_model: str | None = Field(None, description="model name the engine expects (= model)")
     capabilities: list[models.CapabilitySymbol] = Field(
-        ["CHAT", "TOOLS"],
+        [CHAT, TOOLS],
         min_length=1,
         description="what the engine's model serves (JSON list in the environment, e.g. "
         "'[\"EMBEDDINGS\"]'); heartbeats announce it, and the worker refuses the rest",

@@ -19,13 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cocoon.gateway.api.backend import ChatChunk, Endpoint, InferenceBackend, Usage
+from cocoon.gateway.api.backend import ChatChunk, Embeddings, Endpoint, InferenceBackend, Usage
 from cocoon.gateway.api.client_sealed import (
     SEALED_BY_HEADER,
     RelayedChunk,
     SealedSurface,
     parse_sealed,
 )
+from cocoon.gateway.api.embeddings import embeddings_response
 from cocoon.gateway.api.errors import (
     ApiError,
     AuthenticationFailed,
@@ -45,11 +46,11 @@ from cocoon.gateway.api.request_id import HEADER as REQUEST_ID
 from cocoon.gateway.api.request_id import RequestIdMiddleware, request_id_of
 from cocoon.gateway.api.settings import ApiSettings
 from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_data, sse_error
-from cocoon.gateway.api.validation import parse_body, to_inference_request
+from cocoon.gateway.api.validation import EmbeddingRequest, parse_body, to_inference_request
 
 log = logging.getLogger(__name__)
 
-Item = ChatChunk | Usage
+Item = ChatChunk | Embeddings | Usage
 CLOSE_GRACE_S = 5.0
 
 
@@ -153,6 +154,19 @@ async def next_item(items: AsyncIterator[Item], deadline: float) -> Item | None:
         raise InternalError("The request failed inside the network.") from exc
 
 
+async def collect(items: AsyncIterator[Item], deadline: float) -> list[Item]:
+    """Every backend item of a request answered whole; the backend is closed either way."""
+    try:
+        collected = []
+        while (item := await next_item(items, deadline)) is not None:
+            collected.append(item)
+    finally:
+        await close_quietly(items)
+    if not collected:
+        raise WorkerLost("The worker ended the request without an answer.")
+    return collected
+
+
 async def event_stream(
     first: Item, items: AsyncIterator[Item], fmt: ResponseFormatter, deadline: float
 ) -> AsyncGenerator[bytes, None]:
@@ -227,6 +241,9 @@ def create_app(
                 "owned_by": m.owned_by,
                 "attested_workers": m.attested_workers,
                 "min_coefficient": m.min_coefficient,
+                "context_length": m.context_length,
+                "capabilities": list(m.capabilities),
+                "pricing": m.pricing,
             }
             for m in models
             if m.attested_workers > 0
@@ -247,6 +264,12 @@ def create_app(
         parsed = parse_body(endpoint, await read_body(request, settings.max_body_bytes))
         inference = to_inference_request(endpoint, parsed, settings, request_id_of(request))
         deadline = asyncio.get_running_loop().time() + inference.timeout
+        # The gateway opened and sealed this request: say so (docs/sealed-requests.md).
+        headers: dict[str, str] = {SEALED_BY_HEADER: "gateway"}
+        if endpoint == "embeddings":
+            whole = await collect(aiter(backend.submit(key.account_id, inference)), deadline)
+            return JSONResponse(embeddings_response(whole, parsed.model), headers=headers)
+        assert not isinstance(parsed, EmbeddingRequest)
         prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
         fmt = ResponseFormatter(
             endpoint=endpoint,
@@ -255,8 +278,6 @@ def create_app(
             model=parsed.model,
             include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
         )
-        # The gateway opened and sealed this request: say so (docs/sealed-requests.md).
-        headers: dict[str, str] = {SEALED_BY_HEADER: "gateway"}
         items = aiter(backend.submit(key.account_id, inference))
         try:
             first = await next_item(items, deadline)
@@ -286,6 +307,10 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request, key: Authenticated) -> Any:
         return await infer("completions", request, key)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request, key: Authenticated) -> Any:
+        return await infer("embeddings", request, key)
 
     if sealed is not None:
         install_client_sealed(app, sealed, settings, Authenticated)
