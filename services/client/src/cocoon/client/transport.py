@@ -6,7 +6,8 @@
         http_client=httpx.AsyncClient(transport=SealingTransport(session)),
     )
 
-`/v1/chat/completions` and `/v1/completions` are sealed here to workers this process verified;
+`/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` are sealed here to workers this
+process verified;
 `/v1/models` goes to the gateway as it is. Every response carries `X-Cocoon-Sealed-By: client`
 and, when the configuration trusts a development root, `X-Cocoon-Trust-Root: development`.
 The local proxy (`cocoon client serve`) serves this transport over HTTP.
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 
 from cocoon.client.errors import GatewayError, NoTrustedWorker, WireError
-from cocoon.client.openai_format import Formatter, error_body, sse
+from cocoon.client.openai_format import Formatter, embeddings_response, error_body, sse
 from cocoon.client.session import SealedSession
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,11 @@ log = logging.getLogger(__name__)
 SEALED_BY_HEADER = "X-Cocoon-Sealed-By"
 TRUST_ROOT_HEADER = "X-Cocoon-Trust-Root"
 REQUEST_ID_HEADER = "x-request-id"
-ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+ENDPOINTS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
 
 
 class _Events(httpx.AsyncByteStream):
@@ -134,6 +139,8 @@ class SealingTransport(httpx.AsyncBaseTransport):
                     code="invalid_json",
                 ),
             )
+        if endpoint == "embeddings":
+            return await self._embeddings(body, key, request_id)
         stream = body.get("stream") is True
         options = body.get("stream_options")
         if options is not None and not stream:
@@ -175,6 +182,19 @@ class SealingTransport(httpx.AsyncBaseTransport):
             },
             stream=_Events(_sse_events(pending, chunks, fmt)),
         )
+
+    async def _embeddings(
+        self, body: dict[str, Any], key: str | None, request_id: str
+    ) -> httpx.Response:
+        """Answered whole, never streamed (as OpenAI's API)."""
+        chunks = self.session.stream("embeddings", body, api_key=key, request_id=request_id)
+        try:
+            answer = [chunk async for chunk in chunks]
+            return self._json(200, embeddings_response(answer, str(body.get("model", ""))))
+        except (GatewayError, NoTrustedWorker, WireError) as exc:
+            return self._json(*_failure(exc))
+        except ValueError as exc:
+            return self._json(*_failure(WireError(str(exc))))
 
 
 async def _sse_events(

@@ -13,12 +13,16 @@ from rich.console import Console
 from cocoon.network.chat import ChatError, stream_chat
 from cocoon.network.demo import load_demo
 from cocoon.network.engine_process import SMOLLM2_MODEL
+from cocoon.network.minilm import MINILM_MODEL
 
 console = Console()
 
 
 def up(
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="worker nodes")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="chat worker nodes")] = 1,
+    embedding_workers: Annotated[
+        int, typer.Option(min=0, help="embedding worker nodes (all-MiniLM-L6-v2)")
+    ] = 1,
     port: Annotated[int, typer.Option(help="gateway HTTP port")] = 8080,
     telegram_token: Annotated[
         str,
@@ -28,11 +32,13 @@ def up(
         ),
     ] = "",
 ) -> None:
-    """Run the whole network on this machine: Kafka, the five services and N workers."""
+    """Run the whole network on this machine: Kafka, the five services, N chat workers and
+    the embedding workers."""
     from cocoon.network.local import LocalNetwork, NetworkError
 
     network = LocalNetwork(
         workers=workers,
+        embedding_workers=embedding_workers,
         http_port=port,
         echo=lambda msg: console.print(f"[cyan]{msg}"),
         telegram_token=telegram_token,
@@ -85,6 +91,14 @@ c = OpenAI(base_url="{url}/v1", api_key="{key}")
 for e in c.chat.completions.create(model="{SMOLLM2_MODEL}", stream=True,
         messages=[{{"role": "user", "content": "Hello!"}}]):
     print(e.choices[0].delta.content or "" if e.choices else "", end="", flush=True)'
+
+Models: {SMOLLM2_MODEL} (chat, tools), {MINILM_MODEL} (embeddings, 384 dimensions);
+context lengths, capabilities and prices per token:
+
+  curl {url}/v1/models -H "Authorization: Bearer {key}"
+
+  curl {url}/v1/embeddings -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "{MINILM_MODEL}", "input": ["Kafka is a log", "Sealed prompts"]}}'
 
 Sealed on your side instead, so no operator component can read the prompt (another terminal):
 

