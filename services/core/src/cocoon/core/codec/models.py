@@ -1047,11 +1047,26 @@ class WorkerState(StrEnum):
 WorkerStateSymbol = Literal["UNKNOWN", "READY", "DRAINING", "DISABLED", "STARTING"]
 
 
+class Capability(StrEnum):
+    """What the worker's engine serves: CHAT (chat and text completions), TOOLS (tool calls in
+    chat), EMBEDDINGS (/v1/embeddings). A symbol a reader does not know reads as UNKNOWN,
+    which grants nothing.
+    """
+
+    UNKNOWN = "UNKNOWN"
+    CHAT = "CHAT"
+    TOOLS = "TOOLS"
+    EMBEDDINGS = "EMBEDDINGS"
+
+
+CapabilitySymbol = Literal["UNKNOWN", "CHAT", "TOOLS", "EMBEDDINGS"]
+
+
 class Heartbeat(AvroModel):
     """A worker's liveness and load, every few seconds."""
 
     avro_name: ClassVar[str] = "cocoon.worker.Heartbeat"
-    avro_version: ClassVar[int] = 3
+    avro_version: ClassVar[int] = 4
 
     worker_id: str = Field(description="Worker.")
     models: list[str] = Field(description="Models it serves.")
@@ -1070,6 +1085,20 @@ class Heartbeat(AvroModel):
     avg_request_ms: float | None = Field(
         default=None,
         description="v2: decayed average request time, for expected-completion placement.",
+    )
+    capabilities: list[CapabilitySymbol] = Field(
+        default_factory=lambda: [],
+        description=(
+            "v4: the API surface the worker's model serves (signed); none listed reads as CHAT, "
+            "what every worker before v4 served."
+        ),
+    )
+    context_length: int | None = Field(
+        default=None,
+        description=(
+            "v4: the longest input, in tokens, the worker's engine takes (prompt plus answer for a "
+            "chat model)."
+        ),
     )
     signature: bytes | None = Field(
         default=None,
@@ -1122,6 +1151,7 @@ ENUMS: dict[str, type[StrEnum]] = {
     "cocoon.inference.OutcomeStatus": OutcomeStatus,
     "cocoon.inference.WorkAction": WorkAction,
     "cocoon.worker.WorkerState": WorkerState,
+    "cocoon.worker.Capability": Capability,
 }
 
 
