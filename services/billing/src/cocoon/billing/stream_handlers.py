@@ -12,7 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.billing.engine import AttestedAddress, BillingEngine, CaptureResult, Grant, Hold
+from cocoon.billing.engine import (
+    AttestedAddress,
+    BillingEngine,
+    CaptureResult,
+    Grant,
+    Hold,
+    grant_id_for,
+)
 from cocoon.billing.ledger import Entry
 from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
 from cocoon.billing.pricing import BPS_ONE, Prices
@@ -232,7 +239,7 @@ class Processor:
             return
         try:
             grant = engine.open_grant(
-                _grant_id(request.request_id),
+                grant_id_for(request.request_id),
                 request.account_id,
                 gateway_id=request.gateway_id,
                 amount=amount,
@@ -249,7 +256,7 @@ class Processor:
         if request.grant_ask_requests <= 0:
             return
         refused = Grant(
-            grant_id=_grant_id(request.request_id),
+            grant_id=grant_id_for(request.request_id),
             client_id=request.account_id,
             gateway_id=request.gateway_id,
             amount=0,
@@ -423,10 +430,6 @@ def receipt_of(data: dict[str, Any]) -> Receipt:
         return receipt_from_record(data)
     except BillingError as exc:
         raise BadRecord(str(exc)) from None
-
-
-def _grant_id(request_id: str) -> str:
-    return f"g-{request_id}"
 
 
 def _valid_id(value: str) -> bool:
