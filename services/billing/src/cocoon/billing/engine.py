@@ -779,7 +779,7 @@ class BillingEngine:
         *,
         attributable: bool = True,
     ) -> CaptureResult:
-        meta = {
+        meta: dict[str, object] = {
             "receipt_id": receipt.receipt_id,
             "request_id": receipt.request_id,
             "worker_id": receipt.worker_id,
