@@ -55,6 +55,7 @@ TOPICS = [
     "billing.grants",
     "billing.ledger",
     "billing.balances",
+    "billing.snapshots",
 ]
 WORKERS = 8
 GROUP = "billing-bench"

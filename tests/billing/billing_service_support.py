@@ -40,6 +40,7 @@ TOPICS = [
     "billing.topups",
     "billing.ledger",
     "billing.balances",
+    "billing.snapshots",
 ]
 MODEL = "m"
 

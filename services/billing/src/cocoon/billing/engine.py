@@ -187,12 +187,15 @@ class BillingEngine:
         sink: EntrySink | None = None,
         *,
         attested_address: AttestedAddress = _no_address,
+        keep_entries: bool = True,
     ) -> None:
+        """`keep_entries=False`: the ledger keeps balances and ids, not the entries (the
+        service's engine, whose entries are on the ledger topic)."""
         self.prices = prices
         self._verify = verify
         self._attested_address = attested_address
         self._sink = sink
-        self.ledger = Ledger()
+        self.ledger = Ledger(keep_entries=keep_entries)
         self._clients: set[str] = set()
         self._holds: dict[str, Hold] = {}  # open holds by request id
         self._closed: dict[str, Closed] = {}  # settled requests by id
@@ -220,9 +223,10 @@ class BillingEngine:
         sink: EntrySink | None = None,
         *,
         attested_address: AttestedAddress = _no_address,
+        keep_entries: bool = True,
     ) -> BillingEngine:
         """Rebuild the engine exactly from its entries (sink is attached afterwards)."""
-        engine = cls(prices, verify, attested_address=attested_address)
+        engine = cls(prices, verify, attested_address=attested_address, keep_entries=keep_entries)
         for entry in entries:
             engine._apply(entry)
         engine._sink = sink

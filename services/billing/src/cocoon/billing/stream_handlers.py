@@ -92,7 +92,12 @@ class Processor:
         if snapshot is None:
             self.book = BalanceBook()
             self.engine = BillingEngine.replay(
-                self._noted(entries), prices, verify, sink=self._collect, **addressed
+                self._noted(entries),
+                prices,
+                verify,
+                sink=self._collect,
+                keep_entries=False,  # they are on billing.ledger
+                **addressed,
             )
         else:
             self.book = BalanceBook.restored(snapshot["book"])

@@ -67,7 +67,11 @@ async def read_ledger_from(
 
     async with reader(bootstrap, f"{client_id}-replay") as consumer:
         ends = await read_to_end(
-            consumer, topic, on_record, from_offsets=from_offsets, timeout_s=timeout_s
+            consumer,
+            prefix + LEDGER_TOPIC,
+            on_record,
+            from_offsets=from_offsets,
+            timeout_s=timeout_s,
         )
     entries = order_entries(found)
     log.info("replayed %s: %d entries from seq %d", topic, len(entries), from_seq)
