@@ -270,6 +270,8 @@ class Billing(Service):
         # the tail of a snapshot taken now starts.
         self._ledger_ends: dict[int, int] = {}
         self._snapshot_seq = 0  # ledger length at the last snapshot (read or written)
+        # (entries restored from the snapshot, entries replayed after it), once started.
+        self.restored: tuple[int, int] = (0, 0)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -290,6 +292,7 @@ class Billing(Service):
         )
         self._ledger_ends = dict(tail.ends)
         self._snapshot_seq = snapshot.seq if snapshot else 0
+        self.restored = (self._snapshot_seq, len(tail.entries))
         self.processor = Processor(
             self.registry.prices,
             self.verify,

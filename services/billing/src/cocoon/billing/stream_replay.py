@@ -108,7 +108,7 @@ async def read_to_end(
 ) -> dict[int, int]:
     """Feed every committed record of `topic` from `from_offsets` (default: the beginning) to
     its end as of now to `on_record`; the end offset of each partition."""
-    partitions = await _partitions(consumer, topic)
+    partitions = await topic_partitions(consumer, topic)
     consumer.assign(partitions)
     await consumer.seek_to_beginning(*partitions)
     for tp in partitions:
@@ -129,7 +129,7 @@ async def read_to_end(
     return {tp.partition: end for tp, end in ends.items()}
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     ids = consumer.partitions_for_topic(topic)
     if ids is None:
         await consumer._client.force_metadata_update()  # first contact with the topic
