@@ -39,6 +39,7 @@ from cocoon.core.catalog import load_catalog
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.kafka import broker
 
+
 def nonzero(balances: dict[str, int]) -> dict[str, int]:
     return {account: n for account, n in balances.items() if n}
 
