@@ -41,6 +41,7 @@ TOPICS = [
     "billing.topups",
     "billing.ledger",
     "billing.balances",
+    "billing.snapshots",
 ]
 MODEL = "m"
 

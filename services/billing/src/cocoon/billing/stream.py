@@ -168,6 +168,16 @@ class BalanceBook:
         self._last: dict[str, str] = {}
         self._count: dict[str, int] = {}
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"last": dict(self._last), "count": dict(self._count)}
+
+    @classmethod
+    def restored(cls, state: Mapping[str, Any]) -> BalanceBook:
+        book = cls()
+        book._last = dict(state["last"])
+        book._count = dict(state["count"])
+        return book
+
     def applied(self, entry: Entry) -> set[str]:
         """Note that `entry` was applied; the record accounts it concerns."""
         owners = touched(entry)

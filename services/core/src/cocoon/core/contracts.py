@@ -25,6 +25,7 @@ class Topic(StrEnum):
     BILLING_LEDGER = "billing.ledger"
     BILLING_PAYOUTS = "billing.payouts"
     BILLING_RESERVATIONS = "billing.reservations"
+    BILLING_SNAPSHOTS = "billing.snapshots"
     BILLING_TOPUPS = "billing.topups"
     INFERENCE_ASSIGNMENTS = "inference.assignments"
     INFERENCE_OUTCOMES = "inference.outcomes"
