@@ -174,7 +174,7 @@ class Ledger:
     def __init__(self, *, keep_entries: bool = True) -> None:
         self._keep = keep_entries
         self._entries: list[Entry] = []
-        # id -> the entry, or its fingerprint when restored from a snapshot.
+        # id -> the entry, or its fingerprint once a snapshot was taken or restored.
         self._seen: dict[str, Entry | str] = {}
         self._balances: dict[str, int] = {}
         self._count = 0
@@ -233,14 +233,18 @@ class Ledger:
             self._seen.pop(entry_id, None)
 
     def state(self) -> dict[str, Any]:
-        """Balances, remembered ids (with their fingerprints) and the count, JSON-ready."""
+        """Balances, remembered ids (with their fingerprints) and the count, JSON-ready.
+
+        Each remembered entry is fingerprinted once, here, and the fingerprint kept in its
+        place: a service snapshotting every few thousand entries would otherwise hash the
+        whole idempotence window again each time (and stall its consume loop doing it)."""
+        for entry_id, seen in self._seen.items():
+            if isinstance(seen, Entry):
+                self._seen[entry_id] = fingerprint(seen)
         return {
             "count": self._count,
             "balances": {a: n for a, n in self._balances.items() if n},
-            "seen": {
-                entry_id: fingerprint(e) if isinstance(e, Entry) else e
-                for entry_id, e in self._seen.items()
-            },
+            "seen": dict(self._seen),
         }
 
     @classmethod
@@ -261,11 +265,6 @@ class Ledger:
 
     def balances(self) -> dict[str, int]:
         return dict(self._balances)
-
-    def get(self, entry_id: str) -> Entry | None:
-        """The entry under `entry_id` if this process holds it (not after a restore)."""
-        found = self._seen.get(entry_id)
-        return found if isinstance(found, Entry) else None
 
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self._seen
