@@ -120,7 +120,11 @@ class Entry:
 
     @classmethod
     def from_json(cls, text: str) -> Entry:
-        raw = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Entry:
+        """The entry `to_dict` described (checked as any new entry is)."""
         return cls(
             entry_id=raw["id"],
             kind=raw["kind"],

@@ -138,7 +138,7 @@ def entry_from_record(value: Mapping[str, Any]) -> tuple[int, Entry]:
         memo = json.loads(value["memo"])
         if memo.get("v") != MEMO_VERSION:
             raise LedgerRecordError(f"unknown ledger memo version {memo.get('v')!r}")
-        return int(memo["seq"]), Entry.from_json(json.dumps(memo["entry"]))
+        return int(memo["seq"]), Entry.from_dict(memo["entry"])
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, LedgerRecordError):
             raise

@@ -59,9 +59,12 @@ async def read_ledger_from(
     with a sequence number of at least `from_seq`, once each, in ledger order."""
     topic = prefix + LEDGER_TOPIC
     found: list[tuple[int, Entry]] = []
+    # An entry has one record per account it touches, each with the whole entry: build it from
+    # the first one read (most of a replay's cost is turning a record into an entry).
+    causes: set[str] = set()
 
     def on_record(record: ConsumerRecord) -> None:
-        for seq, entry in _decode(record.value, record.offset):
+        for seq, entry in _decode(record.value, record.offset, causes):
             if seq >= from_seq:
                 found.append((seq, entry))
 
@@ -139,11 +142,15 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(ids)]
 
 
-def _decode(value: bytes | None, offset: int) -> list[tuple[int, Entry]]:
+def _decode(value: bytes | None, offset: int, causes: set[str]) -> list[tuple[int, Entry]]:
+    """The entry of one record, unless another record of it (`causes`) was read already."""
     if value is None:
         return []
     try:
         _name, data = codec.decode(value, reader=LEDGER_RECORD)
+        if data["cause_id"] in causes:
+            return []
+        causes.add(data["cause_id"])
         return [entry_from_record(data)]
     except (codec.DecodeError, LedgerRecordError) as exc:
         # Only billing writes this topic; a record it cannot read is a bug to fix, never money
