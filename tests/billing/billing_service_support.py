@@ -42,6 +42,7 @@ TOPICS = [
     "billing.refunds",
     "billing.ledger",
     "billing.balances",
+    "billing.snapshots",
 ]
 MODEL = "m"
 
