@@ -293,6 +293,7 @@ async def network(
             "billing.balances",
             "billing.ledger",
             "usage.receipts.dlq",
+            "inference.requests.dlq",
             "billing.topups.dlq",
             "inference.outcomes.dlq",
         ],

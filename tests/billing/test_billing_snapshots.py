@@ -11,8 +11,14 @@ from billing_service_support import network, receipt, request, running
 
 from cocoon.billing.audit import audit
 from cocoon.billing.stream_handlers import Processor
-from cocoon.billing.stream_replay import read_ledger
-from cocoon.billing.stream_snapshot import read_snapshot
+from cocoon.billing.stream_replay import read_ledger, read_ledger_from
+from cocoon.billing.stream_snapshot import (
+    SNAPSHOT_RECORD,
+    SNAPSHOTS_TOPIC,
+    read_snapshot,
+    snapshot_records,
+)
+from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.crypto.keys import WorkerKeys
 
 HOLD, CHARGE, FEE = 50_000, 30_000, 24_000
@@ -79,3 +85,39 @@ async def test_a_restart_restores_the_snapshot_and_replays_only_the_ledger_after
         assert net.balance("alice") == (alice, 2 * HOLD)
         assert net.balance("worker:w-1") == ((len(paid) + 1) * FEE, 0)
         assert audit(await read_ledger(kafka_bootstrap, prefix=net.prefix)) == []
+
+
+async def test_a_request_whose_hold_a_snapshot_lost_is_dead_lettered_and_billing_goes_on(
+    kafka_bootstrap, unique_name
+):
+    """A snapshot in which a held request is neither open nor settled (the state the chaos
+    test once crashed in with a KeyError): its replay is dead-lettered with the reason, and
+    billing keeps serving."""
+    worker = WorkerKeys.generate()
+    async with network(kafka_bootstrap, unique_name, grants="alice=10000000") as net:
+        await net.send("attestation.verdicts", net.attestor.verdict("w-1", worker))
+        paid = rid()
+        asked = request(paid, "alice")  # sent again below, byte for byte (a replay)
+        async with running(net.settings) as first:
+            await net.send("inference.requests", asked)
+            await net.send("usage.receipts", receipt(worker, paid, "w-1"))
+            await net.until(lambda: net.seen.causes("charge:"))
+            state = first.processor.state()
+        # The newest snapshot, with every entry (no tail), but `paid` no longer settled.
+        ends = (await read_ledger_from(kafka_bootstrap, prefix=net.prefix)).ends
+        del state["engine"]["closed"][paid]
+        owner, seq = net.settings.transactional_id, state["engine"]["ledger"]["count"]
+        for record in snapshot_records(owner, seq, state, ends, now_millis()):
+            await net.producer.send(SNAPSHOTS_TOPIC, record, record=SNAPSHOT_RECORD)
+
+        async with running(net.settings) as second:
+            assert second.restored == (seq, 0)
+            await net.send("inference.requests", asked)
+            letter = (await net.until(lambda: net.seen.dead_letters))[0]
+            assert letter["reason"] == "INVALID_VALUE"
+            assert f"hold:{paid} is in the ledger, but the request is neither" in letter["error"]
+            nxt = rid()
+            await net.send("inference.requests", request(nxt, "alice"))
+            held = await net.until(lambda: net.seen.reservations.get(nxt))
+            assert [r["status"] for r in held] == ["HELD"]
+        assert net.seen.causes("hold:") == sorted([f"hold:{paid}", f"hold:{nxt}"])

@@ -39,6 +39,7 @@ from cocoon.billing.money import (
     BillingError,
     GrantError,
     InsufficientFundsError,
+    LedgerStateError,
     UnknownAccountError,
     check_amount,
     check_count,
@@ -552,6 +553,12 @@ class BillingEngine:
             return self._holds[request_id]
         if request_id in self._closed:
             raise BillingError(f"request {request_id} was already settled")
+        if f"hold:{request_id}" in self.ledger:
+            # Held once, yet neither open nor settled: the indices lost it. Holding it again
+            # would be refused as a duplicate entry, so there would be no hold to return.
+            raise LedgerStateError(
+                f"hold:{request_id} is in the ledger, but the request is neither open nor settled"
+            )
         if grant_id is not None:
             grant = self._grants.get(grant_id)
             if grant is None or grant.client_id != client_id:

@@ -458,6 +458,20 @@ class Billing(Service):
                         mark_failed(span, exc)
                         dead.append((topic, record, exc))
                         MESSAGES.labels("billing", topic, "dead_letter").inc()
+                    except Exception as exc:
+                        # A bug met on this record, not a fault of it. Failing would meet it
+                        # again after every restart, so the consumer goes on and the record is
+                        # kept with the error for a person. Entries recorded for it before the
+                        # error are checked ledger entries and commit with the batch as usual.
+                        log.exception(
+                            "internal error on %s/%d/%d: dead-lettered",
+                            topic,
+                            record.partition,
+                            record.offset,
+                        )
+                        mark_failed(span, exc)
+                        dead.append((topic, record, exc))
+                        MESSAGES.labels("billing", topic, "error").inc()
                     else:
                         MESSAGES.labels("billing", topic, "ok").inc()
                 offsets[tp] = record.offset + 1

@@ -21,7 +21,13 @@ from cocoon.billing.engine import (
     grant_id_for,
 )
 from cocoon.billing.ledger import Entry
-from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
+from cocoon.billing.money import (
+    BillingError,
+    GrantError,
+    InsufficientFundsError,
+    LedgerStateError,
+    check_id,
+)
 from cocoon.billing.pricing import BPS_ONE, Prices
 from cocoon.billing.receipts import Receipt, ReceiptVerify, receipt_from_record
 from cocoon.billing.stream import BalanceBook
@@ -217,6 +223,8 @@ class Processor:
             return
         try:
             hold = self._open_hold(request, now_ms)
+        except LedgerStateError as exc:
+            raise BadRecord(str(exc)) from None
         except InsufficientFundsError as exc:
             # amount_nanoton carries what was needed: the gateway states the shortfall.
             self._reserve(
@@ -264,6 +272,8 @@ class Processor:
         assert request.grant_id is not None
         try:
             hold = self._open_hold(request, now_ms, grant_id=request.grant_id)
+        except LedgerStateError as exc:
+            raise BadRecord(str(exc)) from None
         except GrantError as exc:
             log.error("granted request %s not funded by its grant: %s", request.request_id, exc)
             return False
