@@ -9,6 +9,7 @@ be recorded for it, and the next request must be handled as usual.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from billing_service_support import request
@@ -18,6 +19,7 @@ from cocoon.billing.engine import grant_id_for
 from cocoon.billing.money import LedgerStateError
 from cocoon.billing.pricing import Usage
 from cocoon.billing.stream_handlers import BadRecord, Processor
+from cocoon.billing.stream_replay import _check_sequence
 from cocoon.core.codec.timestamps import now_millis
 
 
@@ -79,3 +81,26 @@ def test_a_replayed_granted_request_whose_hold_was_lost_is_refused_too():
     with pytest.raises(BadRecord, match="hold:granted is in the ledger"):
         again.on_request(granted, now)
     assert not again.take() and len(again.engine.ledger) == entries
+
+
+@pytest.mark.parametrize(
+    ("seqs", "complaint"),
+    [
+        ([5, 6, 7], None),
+        ([], None),
+        ([5, 7], "(6 expected next; 2 entries read)"),  # one missing: the snapshot lacks it
+        ([5, 6, 6, 7], "(7 expected next; 4 entries read)"),  # two entries under one number
+        ([6, 7], "(5 expected next; 2 entries read)"),
+    ],
+)
+def test_a_ledger_read_whose_numbers_skip_or_repeat_is_reported(caplog, seqs, complaint):
+    """Every applied entry takes the next number, so a gap or a repeat in what a restart reads
+    means the snapshot and the log disagree: logged as an error, to find where from."""
+    with caplog.at_level(logging.ERROR, logger="cocoon.billing.stream_replay"):
+        _check_sequence(seqs, 5, "billing.ledger")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if complaint is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and errors[0].endswith(complaint), errors
+        assert "not contiguous from 5" in errors[0]

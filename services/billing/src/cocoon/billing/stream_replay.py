@@ -77,8 +77,27 @@ async def read_ledger_from(
             timeout_s=timeout_s,
         )
     entries = order_entries(found)
+    _check_sequence(sorted(seq for seq, _ in found), from_seq, topic)
     log.info("replayed %s: %d entries from seq %d", topic, len(entries), from_seq)
     return LedgerRead(entries, ends)
+
+
+def _check_sequence(seqs: list[int], from_seq: int, topic: str) -> None:
+    """Say loudly when the entries read are not numbered from_seq, from_seq + 1, ... with
+    neither gap nor two entries under one number: every applied entry takes the next number and
+    commits or dies with its process, so either means a snapshot and the log disagree (a state
+    this process would then carry on from; kept as a warning to find its cause, not a stop)."""
+    count = len(seqs)
+    if seqs == list(range(from_seq, from_seq + count)):
+        return
+    expected = from_seq + next((i for i, seq in enumerate(seqs) if seq != from_seq + i), count)
+    log.error(
+        "%s: entry numbers are not contiguous from %d (%d expected next; %d entries read)",
+        topic,
+        from_seq,
+        expected,
+        count,
+    )
 
 
 @contextlib.asynccontextmanager
