@@ -82,6 +82,29 @@ class Billing(RuleBasedStateMachine):
         if self.engine.credit_deposit(f"{tx}:{client}", amount, client):
             self.deposits += amount
 
+    @rule(client=st.sampled_from(["a", "b"]), amount=st.integers(1, 50_000),
+          payment=st.integers(0, 3))  # fmt: skip
+    def stars_topup(self, client, amount, payment):
+        """A Telegram Stars payment (once per payment id), refundable while unspent."""
+        if self.engine.credit_topup(f"stars-{payment}", client, amount, "telegram_stars",
+                                    paid_amount=amount // 100, reference=str(payment)):  # fmt: skip
+            self.deposits += amount
+
+    @rule(client=st.sampled_from(["a", "b"]), payment=st.integers(0, 3))
+    def refund(self, client, payment):
+        """A refund ask, maybe repeated (answered the same, debited once) or for another
+        client's payment (refused); restarts from snapshots must keep both answers."""
+        entries = len(self.engine.ledger)
+        decision = self.engine.refund_topup(f"stars-{payment}", client)
+        if len(self.engine.ledger) > entries:
+            assert decision.debited
+            self.deposits -= decision.topup.amount
+        # A takeover right now answers the ask again the same way, moving nothing.
+        state = json.loads(json.dumps(self.engine.state()))
+        restored = BillingEngine.restore(state, [], PRICES, self.workers.verifier())
+        assert restored.refund_topup(f"stars-{payment}", client) == decision
+        assert len(restored.ledger) == len(self.engine.ledger)
+
     @rule(client=st.sampled_from(["a", "b"]), max_tokens=st.integers(0, 500),
           prompt=st.integers(0, 300), cap=st.integers(1000, 3000),
           ttl=st.integers(1, 100))  # fmt: skip
