@@ -542,6 +542,35 @@ class Reservation(AvroModel):
     )
 
 
+class Snapshot(AvroModel):
+    """One chunk of billing's engine state after `seq` ledger entries (see billing.snapshots)."""
+
+    avro_name: ClassVar[str] = "cocoon.billing.Snapshot"
+    avro_version: ClassVar[int] = 1
+
+    snapshot_key: str = Field(description="`<owner>/<chunk>` (the record key).")
+    owner: str = Field(description="Whose state: the billing transactional id that wrote it.")
+    seq: int = Field(
+        description="Ledger entries the state includes: the tail starts at this sequence number.",
+    )
+    chunk: int = Field(description="This chunk's index, from 0.")
+    chunks: int = Field(
+        description="How many chunks the snapshot has (all written in one transaction).",
+    )
+    ledger_offsets: dict[str, int] = Field(
+        description=(
+            "billing.ledger partition (as a string) -> offset at or before the first record not in "
+            "the state: the tail is read from here."
+        ),
+    )
+    state: bytes = Field(
+        description=(
+            "This chunk of the zlib-compressed JSON engine state (chunks concatenated in order)."
+        ),
+    )
+    created_at: datetime = Field(description="When.")
+
+
 class TopUpSource(StrEnum):
     """What paid for it."""
 
@@ -1121,6 +1150,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.billing.Payout": Payout,
     "cocoon.billing.Refund": Refund,
     "cocoon.billing.Reservation": Reservation,
+    "cocoon.billing.Snapshot": Snapshot,
     "cocoon.billing.TopUp": TopUp,
     "cocoon.billing.WorkerEarning": WorkerEarning,
     "cocoon.bus.Header": Header,
