@@ -7,7 +7,6 @@ import os
 
 import httpx
 import pytest
-from support.ton_node import TonNode
 from ton_support import TON, UserWallet
 from tonsdk.boc import Cell
 from tonsdk.contract.wallet import WalletV4ContractR2
@@ -15,6 +14,7 @@ from tonsdk.contract.wallet import WalletV4ContractR2
 from cocoon.billing.ton.address import AddressError, friendly, parse_address
 from cocoon.billing.ton.api import TonApi, TonApiError, parse_transaction
 from cocoon.billing.ton.wallet import Order, PayoutWallet
+from cocoon.network.ton_chain import TonNode
 
 DEST = "0:" + "22" * 32
 

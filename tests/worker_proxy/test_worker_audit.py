@@ -2,7 +2,7 @@
 
 The records are billing's and attestation's as they appear on the bus (written here, the way
 those services write them); the receipts are really signed and kept in the worker's own file;
-the payouts are real wallet transfers run by TON's emulator (tests/support/ton_node.py). Two
+the payouts are real wallet transfers run by TON's emulator (cocoon.network.ton_chain). Two
 faults are injected: billing never credits one receipt, and one payout it records never reaches
 the chain.
 """
@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support.ton_node import TonNode
 from typer.testing import CliRunner
 
 from cocoon.billing.ton.wallet import Order, payout_wallet
@@ -26,6 +25,7 @@ from cocoon.core.bus.admin import apply_topics
 from cocoon.core.catalog import dead_letter_spec, default_catalog
 from cocoon.core.contracts import Topic
 from cocoon.core.crypto import UsageReceipt, WorkerKeys, sign_receipt
+from cocoon.network.ton_chain import TonNode
 from cocoon.worker_proxy.cli import app
 from cocoon.worker_proxy.config import WorkerConfig
 from cocoon.worker_proxy.receipts_log import ReceiptLog
