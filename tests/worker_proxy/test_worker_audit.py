@@ -205,3 +205,65 @@ def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
         asyncio.run(publish(kafka_bootstrap, prefix, late))
         result = runner.invoke(app, audit_args)
         assert result.exit_code == 0 and json.loads(result.output) == [], result.output
+
+
+def test_an_owner_who_changed_address_is_audited_and_shown_at_both_addresses(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """Earnings made under the first address are paid there, those after the re-attestation at
+    the second: the audit and `status --ton-api-url` look at both, not at the configured one."""
+    worker_id = f"w-{uuid.uuid4().hex[:8]}"
+    old, new = ("0:" + os.urandom(32).hex() for _ in range(2))
+    keys = WorkerKeys.generate()
+    now = int(time.time() * 1000)
+    earlier = now - 2 * HOUR_MS
+    before, after = receipt(keys, worker_id, 40, earlier), receipt(keys, worker_id, 60, earlier)
+    ReceiptLog(tmp_path / "receipts.jsonl", old).append(before)
+    ReceiptLog(tmp_path / "receipts.jsonl", new).append(after)
+    fee = {
+        r.receipt.request_id: 2 * TON * r.receipt.completion_tokens // 100 for r in (before, after)
+    }
+    records = [
+        (Topic.ATTESTATION_VERDICTS, verdict(worker_id, old, earlier)),
+        (Topic.ATTESTATION_VERDICTS, verdict(worker_id, new, now)),
+    ]
+    for n, signed in enumerate((before, after)):
+        rid = signed.receipt.request_id
+        credit = ledger(worker_id, "WORKER_CREDIT", fee[rid], f"r:{rid}", rid, earlier)
+        payout = ledger(worker_id, "PAYOUT", -fee[rid], f"p-{n}", None, earlier)
+        records += [
+            (Topic.USAGE_RECEIPTS, signed.to_record()),
+            (Topic.BILLING_LEDGER, credit),
+            (Topic.BILLING_LEDGER, payout),
+        ]
+    asyncio.run(publish(kafka_bootstrap, prefix, records))
+    config = tmp_path / "worker.toml"
+    WorkerConfig(
+        worker_id=worker_id,
+        payout_address=new,  # the host's configuration now names only the new address
+        model="smollm2-135m-instruct",
+        engine_url="http://127.0.0.1:8080/v1",
+        coefficient=1000,
+        max_active_requests=4,
+        kafka_bootstrap=kafka_bootstrap,
+        receipts_file=str(tmp_path / "receipts.jsonl"),
+    ).write(config)
+    runner = CliRunner()
+
+    with TonNode() as node:
+        wallet = payout_wallet("v4r2", os.urandom(32))
+        node.fund(wallet.address, 100 * TON)
+        pay(node, wallet, 0, old, fee[before.receipt.request_id], "p-0")
+        pay(node, wallet, 1, new, fee[after.receipt.request_id], "p-1")
+        audit_args = ["audit", "--config", str(config), "--ton-api-url", node.url, "--json"]
+        audit_args += ["--threshold", "1", "--delay", "60", "--grace", "60"]
+        result = runner.invoke(app, audit_args)
+        assert result.exit_code == 0 and json.loads(result.output) == [], result.output
+
+        status_args = ["status", "--config", str(config), "--json", "--ton-api-url", node.url]
+        status = runner.invoke(app, status_args)
+        assert status.exit_code == 0, status.output
+        shown = json.loads(status.output)
+        assert shown["payout_address"] == new and shown["payout_addresses"] == [old, new]
+        assert shown["confirmed_on_chain_nanoton"] == sum(fee.values())
+        assert shown["payouts_on_chain"] == 2

@@ -18,6 +18,7 @@ from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
 from cocoon.core.contracts import Topic
+from cocoon.worker_proxy.chain import ReceivedPayout
 
 WORKER_ACCOUNT_PREFIX = "worker:"  # billing's ledger account of a worker (docs/billing.md)
 HEARTBEAT_WINDOW_MS = 10_000  # heartbeats are not compacted: look at the last few seconds
@@ -32,6 +33,9 @@ def worker_account(worker_id: str) -> str:
 class WorkerView:
     worker_id: str
     verdict: dict[str, Any] | None = None
+    # Every payout address its verdicts attested, oldest first: earnings go to the address
+    # each was earned under, so an owner who changed address is paid at each of them.
+    attested_addresses: list[str] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by receipt id
     credits: dict[str, int] = field(default_factory=dict)  # nanoTON credited, by request id
@@ -45,6 +49,9 @@ class WorkerView:
             return
         if record.topic == Topic.ATTESTATION_VERDICTS and record.key == self.worker_id:
             self.verdict = value
+            address = value.get("payout_address")
+            if address and address not in self.attested_addresses:
+                self.attested_addresses.append(address)
         elif record.topic == Topic.WORKER_HEARTBEATS and value["worker_id"] == self.worker_id:
             self.heartbeats.append(value)
         elif record.topic == Topic.USAGE_RECEIPTS and value["worker_id"] == self.worker_id:
@@ -71,8 +78,11 @@ class WorkerView:
     def account(self) -> str:
         return worker_account(self.worker_id)
 
-    def summary(self, now_ms: int | None = None) -> dict[str, Any]:
-        """The status as plain JSON-ready values."""
+    def summary(
+        self, now_ms: int | None = None, on_chain: list[ReceivedPayout] | None = None
+    ) -> dict[str, Any]:
+        """The status as plain JSON-ready values; `on_chain` (the payouts found at the worker's
+        addresses, when a TON API was given) adds what the chain confirms."""
         now_ms = now_millis() if now_ms is None else now_ms
         verdict = self.verdict or {}
         last_beat = self.heartbeats[-1] if self.heartbeats else None
@@ -107,6 +117,11 @@ class WorkerView:
             "pending_nanoton": self.balance["available_nanoton"] if self.balance else 0,
             # The scheduler keeps reputation to itself (no topic carries it yet).
             "reputation": None,
+            "payout_addresses": list(self.attested_addresses),
+            "confirmed_on_chain_nanoton": (
+                None if on_chain is None else sum(p.amount_nanoton for p in on_chain)
+            ),
+            "payouts_on_chain": None if on_chain is None else len(on_chain),
         }
 
 
