@@ -167,7 +167,12 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
 - name: {{ .name }}
   image: {{ include "cocoon.image" . }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- with .command }}
+  command:
+    {{- toYaml . | nindent 4 }}
+  {{- else }}
   args: ["run", {{ .name | quote }}]
+  {{- end }}
   ports:
     - name: health
       containerPort: {{ $v.ports.health }}
@@ -209,7 +214,7 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
   resources:
     {{- toYaml .svc.resources | nindent 4 }}
   securityContext:
-    {{- toYaml $v.securityContext | nindent 4 }}
+    {{- toYaml (.securityContext | default $v.securityContext) | nindent 4 }}
   volumeMounts:
     {{- include "cocoon.volumeMounts" . | nindent 4 }}
 {{- end -}}
