@@ -52,6 +52,10 @@ async def test_wallet_contract_checks_signature_seqno_and_expiry(node):
         stale = wallet.sign(0, [Order(DEST, TON, "x")], valid_until=node.now() - 1)
         with pytest.raises(TonApiError, match="not accepted"):
             await api.send_boc(stale.boc)
+        # Funded at genesis and never sent from: uninitialised, as billing's payout wallet is
+        # before its first payout.
+        fresh = await api.get_address_information(wallet.address)
+        assert fresh.state == "uninitialized" and fresh.balance == 10 * TON
         info = await api.get_address_information(user.address)
         assert info.state == "active" and info.balance < 98 * TON
     finally:

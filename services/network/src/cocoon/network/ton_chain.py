@@ -378,8 +378,8 @@ class TonNode:
         kind = storage.state.type_
         state = {"account_active": "active", "account_frozen": "frozen"}.get(kind, "uninitialized")
         code = data = ""
-        init = storage.state.state_init
-        if kind == "account_active" and init is not None:
+        if kind == "account_active":  # only an active account's state has a StateInit
+            init = storage.state.state_init
             code = _b64(init.code.to_boc()) if init.code is not None else ""
             data = _b64(init.data.to_boc()) if init.data is not None else ""
         last = acc.txs[-1] if acc.txs else None
