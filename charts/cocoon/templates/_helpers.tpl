@@ -167,12 +167,7 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
 - name: {{ .name }}
   image: {{ include "cocoon.image" . }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
-  {{- with .command }}
-  command:
-    {{- toYaml . | nindent 4 }}
-  {{- else }}
   args: ["run", {{ .name | quote }}]
-  {{- end }}
   ports:
     - name: health
       containerPort: {{ $v.ports.health }}
