@@ -41,6 +41,7 @@ EXPECTED = {
     "billing.ledger",
     "billing.balances",
     "billing.payouts",
+    "scheduler.standings",
 }
 
 
@@ -76,6 +77,7 @@ def test_compacted_topics_are_the_state_topics():
         "attestation.collateral",
         "attestation.credentials",
         "billing.balances",
+        "scheduler.standings",
     }
     assert CATALOG["attestation.verdicts"].key == "worker_id"
     assert CATALOG["billing.balances"].key == "account_id"

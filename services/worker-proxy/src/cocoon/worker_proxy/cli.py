@@ -99,7 +99,7 @@ def run(
     ] = False,
 ) -> None:
     """Start the worker-proxy with the configuration (and, for development, a local engine)."""
-    settings = _settings(config)
+    settings = _settings(config, for_this_process=True)
     with _engine(local_engine, settings.model) as engine_url:
         if engine_url is not None:
             settings = settings.model_copy(update={"engine_url": engine_url})
@@ -222,16 +222,28 @@ def _payout_addresses(
     return list(dict.fromkeys([*view.attested_addresses, *kept, *configured]))
 
 
-def _settings(config: Path | None) -> Settings:
-    """The worker's settings from its configuration file (and COCOON_* overrides)."""
+def _settings(config: Path | None, *, for_this_process: bool = False) -> Settings:
+    """The worker's settings from its configuration file (and COCOON_* overrides).
+
+    `for_this_process` (`worker run`: this process is the worker) leaves the file as the
+    process's settings file, as `cocoon run worker-proxy --config` does; `status` and `audit`
+    only read it, and leave the environment as it was (the CLI may run inside another program).
+    """
     path = config or default_config_path()
     if not path.is_file():
         raise _fail(f"{path}: no worker configuration; run `cocoon worker init` first")
+    saved = os.environ.get(CONFIG_FILE_ENV)
     os.environ[CONFIG_FILE_ENV] = str(path)
     try:
         return load_settings(Settings, service_name="worker-proxy")
     except SettingsError as exc:
         raise _fail(str(exc)) from None
+    finally:
+        if not for_this_process:
+            if saved is None:
+                os.environ.pop(CONFIG_FILE_ENV, None)
+            else:
+                os.environ[CONFIG_FILE_ENV] = saved
 
 
 @contextlib.contextmanager

@@ -1,10 +1,10 @@
 """A worker as its owner sees it, read from the bus: `cocoon worker status` and `audit`.
 
 Everything comes from topics the worker-proxy may read (schemas/topics): its verdict, its recent
-heartbeats, the receipts it signed, and billing's ledger and balance records for its account
-`worker:<id>`. Nothing is asked of billing or the operator. Payouts are the ledger's PAYOUT
-entries (billing keeps payout states in its own store); `cocoon worker audit` checks them
-against the chain.
+heartbeats, the receipts it signed, the scheduler's standing of it (reputation), and billing's
+ledger and balance records for its account `worker:<id>`. Nothing is asked of billing or the
+operator. Payouts are the ledger's PAYOUT entries (billing keeps payout states in its own
+store); `status --ton-api-url` and `cocoon worker audit` check them against the chain.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class WorkerView:
     credited_at: dict[str, int] = field(default_factory=dict)  # epoch ms of the first credit
     ledger_payouts: list[tuple[int, int]] = field(default_factory=list)  # (epoch ms, nanoTON)
     balance: dict[str, Any] | None = None
+    standing: dict[str, Any] | None = None  # the scheduler's latest view (scheduler.standings)
 
     def on_record(self, record: BroadcastRecord) -> None:
         value = record.value
@@ -56,6 +57,8 @@ class WorkerView:
             self.heartbeats.append(value)
         elif record.topic == Topic.USAGE_RECEIPTS and value["worker_id"] == self.worker_id:
             self.receipts[value["receipt_id"]] = value
+        elif record.topic == Topic.SCHEDULER_STANDINGS and record.key == self.worker_id:
+            self.standing = value
         elif record.topic == Topic.BILLING_BALANCES and record.key == self.account:
             self.balance = value
         elif record.topic == Topic.BILLING_LEDGER and record.key == self.account:
@@ -85,6 +88,7 @@ class WorkerView:
         addresses, when a TON API was given) adds what the chain confirms."""
         now_ms = now_millis() if now_ms is None else now_ms
         verdict = self.verdict or {}
+        standing = self.standing or {}
         last_beat = self.heartbeats[-1] if self.heartbeats else None
         receipts = list(self.receipts.values())
         return {
@@ -115,8 +119,12 @@ class WorkerView:
             "earned_nanoton": sum(self.credits.values()),
             "paid_nanoton": self.paid_from_ledger,
             "pending_nanoton": self.balance["available_nanoton"] if self.balance else 0,
-            # The scheduler keeps reputation to itself (no topic carries it yet).
-            "reputation": None,
+            # What placement divides a worker's score by; 1.0 is a spotless record.
+            "reputation": standing.get("reputation"),
+            "recent_failures": standing.get("failures"),
+            "cooldown_penalty": standing.get("cooldown_penalty"),
+            "receipts_rejected": standing.get("receipts_rejected"),
+            "typical_request_s": standing.get("typical_seconds"),
             "payout_addresses": list(self.attested_addresses),
             "confirmed_on_chain_nanoton": (
                 None if on_chain is None else sum(p.amount_nanoton for p in on_chain)
@@ -131,8 +139,11 @@ def _iso(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-async def read_worker_view(bootstrap: str, worker_id: str, timeout_s: float = 30.0) -> WorkerView:
-    """Everything the bus holds about one worker, read once from the beginning."""
+async def read_worker_view(
+    bootstrap: str, worker_id: str, timeout_s: float = 30.0, *, prefix: str | None = None
+) -> WorkerView:
+    """Everything the bus holds about one worker, read once from the beginning (topics under
+    `prefix`, default COCOON_TOPIC_PREFIX)."""
     view = WorkerView(worker_id)
     history = BroadcastReader(
         bootstrap,
@@ -141,9 +152,11 @@ async def read_worker_view(bootstrap: str, worker_id: str, timeout_s: float = 30
             Topic.USAGE_RECEIPTS,
             Topic.BILLING_BALANCES,
             Topic.BILLING_LEDGER,
+            Topic.SCHEDULER_STANDINGS,
         ],
         view.on_record,
         from_beginning=True,
+        prefix=prefix,
         client_id=f"worker-status-{worker_id}",
     )
     beats = BroadcastReader(
@@ -152,6 +165,7 @@ async def read_worker_view(bootstrap: str, worker_id: str, timeout_s: float = 30
         view.on_record,
         from_beginning=False,
         since_ms=now_millis() - HEARTBEAT_WINDOW_MS,
+        prefix=prefix,
         client_id=f"worker-status-{worker_id}-beats",
     )
     for reader in (history, beats):
