@@ -306,5 +306,7 @@ def test_self_joined_worker_is_paid_on_chain_to_the_address_it_attested(
         assert received_on_chain(node, first) == earned_before
         assert status["confirmed_on_chain_nanoton"] == earned_before + totals[second]
         assert owner.payment_findings() == []
+        # The scheduler's standing of the worker (published when it moves, every 10 s).
+        assert 0.05 <= status["reputation"] <= 1 and status["recent_failures"] is not None
     finally:
         owner.stop()
