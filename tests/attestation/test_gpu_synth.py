@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
-from gpu_synth import AT, DRIVER, VBIOS, World, make_world
+from support.gpu_synth import AT, DRIVER, VBIOS, World, make_world
 
 from cocoon.attestation.claims import Claims
 from cocoon.attestation.gpu.ocsp import OcspResponses, OcspService

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from gpu_synth import AT, World, make_world
+from support.gpu_synth import AT, World, make_world
 
 from cocoon.attestation.claims import Claims
 from cocoon.attestation.collateral import BundleSource

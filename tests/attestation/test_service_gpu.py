@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from gpu_synth import World, make_world
+from support.gpu_synth import World, make_world
 from test_service import MODEL, Worker, allow_all, running, settings, verdict_for, watch
 from typer.testing import CliRunner
 

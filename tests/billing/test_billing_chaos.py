@@ -56,7 +56,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from billing_service_support import MODEL, Attestor, _provision
-from support.ton_node import TonNode
 from ton_support import TON, deployed_wallet
 from typer.testing import CliRunner
 
@@ -76,6 +75,7 @@ from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
 from cocoon.core.worker_records import sign_record
+from cocoon.network.ton_chain import TonNode
 
 SEED = int(os.environ.get("COCOON_CHAOS_SEED", "20261124"))
 SNAPSHOT_EVERY = 250  # ledger entries between snapshots

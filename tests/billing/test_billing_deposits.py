@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from billing_support import Workers, engine_with
-from support.ton_node import TonNode
 from ton_support import TON, UserWallet, deployed_wallet
 
 from cocoon.billing.audit import audit
 from cocoon.billing.engine import BillingEngine
 from cocoon.billing.ton.api import TonApi
 from cocoon.billing.ton.deposits import DepositWatcher
+from cocoon.network.ton_chain import TonNode
 
 
 @pytest.fixture

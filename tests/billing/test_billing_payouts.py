@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from billing_support import Workers
 from payout_process import PRICES, THRESHOLD
-from support.ton_node import TonNode
 from ton_support import TON
 
 from cocoon.billing.audit import audit
@@ -29,6 +28,7 @@ from cocoon.billing.ton.wallet import (
     PayoutWallet,
     payout_wallet,
 )
+from cocoon.network.ton_chain import TonNode
 
 HERE = Path(__file__).parent
 DESTS = {"w1": "0:" + "a1" * 32, "w2": "0:" + "b2" * 32, "w3": "0:" + "c3" * 32}

@@ -1,6 +1,6 @@
 """The Kafka billing service with TON on: deposits credited and workers paid, on the ledger.
 
-The chain is the pytvm-backed node double (tests/support/ton_node.py): the wallet contract's
+The chain is the pytvm-backed node double (cocoon.network.ton_chain): the wallet contract's
 real code checks every signature and seqno. Prices as in test_billing_service.py: a receipt of
 300 prompt (100 cached) and 50 completion tokens earns the worker 24,000 nanoTON.
 """
@@ -12,7 +12,6 @@ import os
 
 import pytest
 from billing_service_support import network, receipt, request, running
-from support.ton_node import TonNode
 from ton_support import TON, UserWallet, deployed_wallet
 
 from cocoon.attestation.registry_topic import publish_registry
@@ -20,6 +19,7 @@ from cocoon.billing.audit import audit
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.network.ton_chain import TonNode
 
 FEE = 24_000
 THRESHOLD = 40_000  # two receipts' fees

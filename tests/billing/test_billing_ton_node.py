@@ -7,7 +7,6 @@ import os
 
 import httpx
 import pytest
-from support.ton_node import TonNode
 from ton_support import TON, UserWallet
 from tonsdk.boc import Cell
 from tonsdk.contract.wallet import WalletV4ContractR2
@@ -15,6 +14,7 @@ from tonsdk.contract.wallet import WalletV4ContractR2
 from cocoon.billing.ton.address import AddressError, friendly, parse_address
 from cocoon.billing.ton.api import TonApi, TonApiError, parse_transaction
 from cocoon.billing.ton.wallet import Order, PayoutWallet
+from cocoon.network.ton_chain import TonNode
 
 DEST = "0:" + "22" * 32
 
@@ -52,6 +52,10 @@ async def test_wallet_contract_checks_signature_seqno_and_expiry(node):
         stale = wallet.sign(0, [Order(DEST, TON, "x")], valid_until=node.now() - 1)
         with pytest.raises(TonApiError, match="not accepted"):
             await api.send_boc(stale.boc)
+        # Funded at genesis and never sent from: uninitialised, as billing's payout wallet is
+        # before its first payout.
+        fresh = await api.get_address_information(wallet.address)
+        assert fresh.state == "uninitialized" and fresh.balance == 10 * TON
         info = await api.get_address_information(user.address)
         assert info.state == "active" and info.balance < 98 * TON
     finally:

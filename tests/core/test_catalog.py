@@ -43,6 +43,7 @@ EXPECTED = {
     "billing.snapshots",
     "billing.balances",
     "billing.payouts",
+    "scheduler.standings",
 }
 
 
@@ -79,6 +80,7 @@ def test_compacted_topics_are_the_state_topics():
         "attestation.credentials",
         "billing.balances",
         "billing.snapshots",
+        "scheduler.standings",
     }
     assert CATALOG["attestation.verdicts"].key == "worker_id"
     assert CATALOG["billing.balances"].key == "account_id"

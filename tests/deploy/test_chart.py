@@ -16,6 +16,7 @@ from support.charts import (
     lint,
     merged_values,
     rendered,
+    rendered_with,
 )
 from support.repo import REPO_ROOT
 
@@ -344,3 +345,48 @@ def test_addon_values(env):
     assert _addon("grafana", env)["admin"]["existingSecret"] == (
         "" if env == "dev" else "grafana-admin"
     )
+
+
+def _worker_proxy_container(objects: tuple[dict, ...]) -> dict:
+    [workload] = [o for o in objects if o["kind"] in ("StatefulSet", "Deployment")
+                  and o["metadata"]["name"].endswith("worker-proxy")]  # fmt: skip
+    [container] = [
+        c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "worker-proxy"
+    ]
+    return container
+
+
+def test_worker_proxy_in_a_td_mounts_configfs_tsm_with_the_rights_it_takes():
+    """prod (tdx-configfs in Kata's TDX runtime class): the worker-proxy mounts the TD kernel's
+    configfs and makes report entries, as uid 0 with CAP_SYS_ADMIN and nothing else."""
+    container = _worker_proxy_container(rendered("cocoon", "prod"))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["COCOON_TEE"] == "tdx-configfs"
+    assert container["args"] == ["run", "worker-proxy"]
+    ctx = container["securityContext"]
+    assert ctx["runAsUser"] == 0 and ctx["runAsNonRoot"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"] is True
+    # Every other container of every service keeps the chart's unprivileged context.
+    for obj in rendered("cocoon", "prod"):
+        for c in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            if c is not container and c["name"] != "worker-proxy":
+                assert "add" not in c["securityContext"].get("capabilities", {}), c["name"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        # No runtime class: the pod shares the node's kernel and must get no rights there.
+        {"services": {"worker-proxy": {"tee": "tdx-configfs", "runtimeClassName": ""}}},
+        # A TD with another quote device has no use for configfs.
+        {"environment": "dev", "services": {"worker-proxy": {"tee": "simulated",
+                                                             "runtimeClassName": "kata-qemu-tdx"}}},
+    ],
+)  # fmt: skip
+def test_worker_proxy_gets_no_configfs_rights_outside_a_td_or_without_the_device(values, tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    container = _worker_proxy_container(rendered_with("cocoon", path))
+    assert container["args"] == ["run", "worker-proxy"]
+    assert container["securityContext"] == _values("default")["securityContext"]

@@ -122,6 +122,7 @@ def test_the_worker_owner_user_reads_its_view_and_writes_nothing():
         ("literal", "attestation.verdicts"): {"Read"},
         ("literal", "worker.heartbeats"): {"Read"},
         ("literal", "billing.earnings"): {"Read"},  # not the ledger, balances or receipts
+        ("literal", "scheduler.standings"): {"Read"},
     }
     kinds = {a["resource"]["type"] for a in owner["spec"]["authorization"]["acls"]}
     assert kinds == {"topic"}  # no group, no idempotent write

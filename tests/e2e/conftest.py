@@ -19,6 +19,7 @@ from cocoon.network.local import DEMO_BALANCE_NANOTON, LocalNetwork
 
 POOR_ACCOUNT = "poor"
 POOR_BALANCE_NANOTON = 1_000  # far less than any hold
+E2E_PAYOUT_THRESHOLD_NANOTON = 1
 
 
 @pytest.fixture(scope="package")
@@ -47,6 +48,11 @@ def network(kafka_bootstrap, tmp_path_factory) -> Iterator[LocalNetwork]:
         grpc_port=free_port(),
         echo=lambda _msg: None,
         grants={DEMO_ACCOUNT: DEMO_BALANCE_NANOTON, POOR_ACCOUNT: POOR_BALANCE_NANOTON},
+        # As `cocoon up --ton`: billing pays workers on the emulated chain, every credit at
+        # once (tests/e2e/test_worker_join.py follows a self-joined worker's payouts).
+        ton=True,
+        ton_port=free_port(),
+        payout_threshold=E2E_PAYOUT_THRESHOLD_NANOTON,
     )
     try:
         net.start(ready_timeout_s=120)

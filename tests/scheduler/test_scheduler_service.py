@@ -35,6 +35,7 @@ from cocoon.core.codec import models
 from cocoon.core.verdicts import key_id, verdict_message
 from cocoon.core.worker_records import sign_record
 from cocoon.scheduler.service import Scheduler, Settings, build
+from cocoon.worker_proxy.worker_view import read_worker_view
 
 CATALOG = load_catalog()
 TOPICS = [
@@ -48,6 +49,10 @@ TOPICS = [
     "inference.responses",
     "inference.outcomes",
     "billing.ledger",
+    "scheduler.standings",
+    # What `cocoon worker status` also reads, for the standings test.
+    "usage.receipts",
+    "billing.balances",
 ]
 LEASE_S = 1.0
 WAIT_S = 1.0
@@ -253,6 +258,7 @@ async def network(
                 no_worker_wait_seconds=WAIT_S,
                 heartbeat_stale_seconds=STALE_S,
                 tick_seconds=0.05,
+                standings_seconds=0.2,
             )
         )
         net = Net(producer, attestor, seen, scheduler, {})
@@ -482,6 +488,27 @@ async def test_receipts_billing_refused_cost_the_worker_placements(kafka_bootstr
             assert assignment.worker_id == "w-b"
             await net.send("inference.outcomes", succeeded(rid, "w-b"))
             await net.until(lambda rid=rid: pool.lease(rid) is None)
+
+        # Each owner sees it in `cocoon worker status`: the scheduler's standing of its worker.
+        async def shown(worker_id: str, ready: Callable[[dict], bool]) -> dict:
+            prefix = net.scheduler.settings.topic_prefix
+            deadline = time.monotonic() + 15
+            while True:
+                view = await read_worker_view(kafka_bootstrap, worker_id, prefix=prefix)
+                summary = view.summary()
+                if ready(summary) or time.monotonic() > deadline:
+                    return summary
+                await asyncio.sleep(0.2)
+
+        penalised = await shown("w-a", lambda s: s["receipts_rejected"] == 3)
+        clean = await shown("w-b", lambda s: s["typical_request_s"] is not None)
+        assert penalised["receipts_rejected"] == 3, penalised
+        assert penalised["reputation"] == pytest.approx(
+            pool.get("w-a").reputation.score(), abs=1e-3
+        )
+        assert clean["typical_request_s"] is not None, clean
+        assert penalised["reputation"] < clean["reputation"]
+        assert clean["receipts_rejected"] == 0 and clean["reputation"] > 0.5
 
 
 async def test_the_registry_coefficient_is_what_a_worker_is_placed_and_paid_at(

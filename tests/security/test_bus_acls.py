@@ -118,7 +118,12 @@ async def test_the_enrolment_principal_reads_no_work_billing_or_inference_topic(
 
 
 # What a GPU owner's tools may read: its worker's verdict, heartbeats and earnings.
-OWNER_READS = [Topic.ATTESTATION_VERDICTS, Topic.WORKER_HEARTBEATS, Topic.BILLING_EARNINGS]
+OWNER_READS = [
+    Topic.ATTESTATION_VERDICTS,
+    Topic.WORKER_HEARTBEATS,
+    Topic.BILLING_EARNINGS,
+    Topic.SCHEDULER_STANDINGS,
+]
 # Accounts' money, receipts (they name the paying account) and the work itself.
 ACCOUNT_TOPICS = [Topic.BILLING_LEDGER, Topic.BILLING_BALANCES, Topic.USAGE_RECEIPTS]
 OWNER_REFUSED = sorted(

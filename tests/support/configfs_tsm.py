@@ -13,6 +13,10 @@ device is tested against this, which plugs in where the device makes its filesys
 * writing a read-only attribute or reading a write-only one is EACCES; `rmdir` of an unknown
   entry is ENOENT.
 
+configfs itself may not be mounted yet (`mounted=False`, as in a container whose /sys is a fresh
+sysfs): every call but `mount` then fails with ENOENT, as paths under an empty mount point do;
+`mount` fails with EPERM without the right to mount (`may_mount=False`, no CAP_SYS_ADMIN).
+
 `interfere(n)` makes another process write its own REPORTDATA into the entry between the
 device's inblob write and its outblob read, the next `n` times: the race the generation counter
 exists to expose.
@@ -39,9 +43,19 @@ class _Entry:
 
 
 class FakeConfigfsTsm:
-    def __init__(self, make_quote: Callable[[bytes], bytes], provider: str | None = "tdx_guest"):
+    def __init__(
+        self,
+        make_quote: Callable[[bytes], bytes],
+        provider: str | None = "tdx_guest",
+        *,
+        mounted: bool = True,
+        may_mount: bool = True,
+    ):
         self.make_quote = make_quote
         self.provider = provider  # None: no TSM driver registered
+        self.mounted = mounted
+        self.may_mount = may_mount
+        self.mounts = 0
         self.entries: dict[str, _Entry] = {}
         self.created: list[str] = []
         self.quotes_made = 0
@@ -51,7 +65,16 @@ class FakeConfigfsTsm:
         self._interfere = times
 
     # -- TsmFs ---------------------------------------------------------------------------
+    def mount(self) -> None:
+        if self.mounted:
+            return
+        if not self.may_mount:
+            raise _error(errno.EPERM, "/sys/kernel/config")
+        self.mounted = True
+        self.mounts += 1
+
     def mkdir(self, name: str) -> None:
+        self._require_mounted(name)
         if self.provider is None:
             raise _error(errno.ENXIO, name)
         if name in self.entries:
@@ -101,7 +124,12 @@ class FakeConfigfsTsm:
         self.quotes_made += 1
         return self.make_quote(entry.inblob)
 
+    def _require_mounted(self, name: str) -> None:
+        if not self.mounted:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
     def _entry(self, name: str) -> _Entry:
+        self._require_mounted(name)
         entry = self.entries.get(name)
         if entry is None:
             raise _error(errno.ENOENT, name)

@@ -105,9 +105,29 @@ def test_report_data_must_be_64_bytes(sim: SimTdx, size: int) -> None:
     assert fs.created == []
 
 
+def test_configfs_not_mounted_in_the_container_is_mounted_first(sim: SimTdx) -> None:
+    fs = FakeConfigfsTsm(sim.quote, mounted=False)
+    report_data = os.urandom(64)
+    assert quote_report_data(ConfigfsTsmDevice(fs).quote(report_data)) == report_data
+    assert fs.mounts == 1
+    ConfigfsTsmDevice(fs).quote(report_data)
+    assert fs.mounts == 1, "mounted once"
+
+
+def test_configfs_that_may_not_be_mounted_is_a_clear_error(sim: SimTdx) -> None:
+    fs = FakeConfigfsTsm(sim.quote, mounted=False, may_mount=False)
+    with pytest.raises(
+        tee.TeeError, match=r"configfs must be mounted.*not permitted.*CAP_SYS_ADMIN"
+    ):
+        ConfigfsTsmDevice(fs).quote(os.urandom(64))
+    assert fs.created == [] and fs.quotes_made == 0
+
+
 def test_without_configfs_the_os_device_says_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(tee.TeeError, match="configfs must be mounted"):
-        ConfigfsTsmDevice(OsTsmFs(tmp_path / "no-tsm")).quote(os.urandom(64))
+    # A mount point that does not exist: the real mount(2) is made and fails, nothing mounted.
+    fs = OsTsmFs(tmp_path / "config" / "tsm" / "report", tmp_path / "config")
+    with pytest.raises(tee.TeeError, match=r"configfs must be mounted.*mounting it failed"):
+        ConfigfsTsmDevice(fs).quote(os.urandom(64))
 
 
 def test_registered_as_the_tdx_configfs_device(monkeypatch) -> None:

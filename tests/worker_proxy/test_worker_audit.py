@@ -2,7 +2,7 @@
 
 The records are billing's and attestation's as they appear on the bus (written here, the way
 those services write them); the receipts are really signed and kept in the worker's own file;
-the payouts are real wallet transfers run by TON's emulator (tests/support/ton_node.py). Two
+the payouts are real wallet transfers run by TON's emulator (cocoon.network.ton_chain). Two
 faults are injected: billing never credits one receipt, and one payout it records never reaches
 the chain.
 """
@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support.ton_node import TonNode
 from typer.testing import CliRunner
 
 from cocoon.billing.ton.wallet import Order, payout_wallet
@@ -26,12 +25,17 @@ from cocoon.core.bus.admin import apply_topics
 from cocoon.core.catalog import dead_letter_spec, default_catalog
 from cocoon.core.contracts import Topic
 from cocoon.core.crypto import UsageReceipt, WorkerKeys, sign_receipt
-from cocoon.core.runtime.settings import CONFIG_FILE_ENV
+from cocoon.network.ton_chain import TonNode
 from cocoon.worker_proxy.cli import app
 from cocoon.worker_proxy.config import WorkerConfig
 from cocoon.worker_proxy.receipts_log import ReceiptLog
 
-TOPICS = [Topic.ATTESTATION_VERDICTS, Topic.BILLING_EARNINGS, Topic.WORKER_HEARTBEATS]
+TOPICS = [
+    Topic.ATTESTATION_VERDICTS,
+    Topic.BILLING_EARNINGS,
+    Topic.WORKER_HEARTBEATS,
+    Topic.SCHEDULER_STANDINGS,
+]
 TON = 10**9
 HOUR_MS = 3_600_000
 
@@ -152,8 +156,6 @@ def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
         kafka_bootstrap=kafka_bootstrap,
         receipts_file=str(log.path),
     ).write(config)
-    # The CLI points this process's settings at the file; undo that for the tests after this.
-    monkeypatch.setenv(CONFIG_FILE_ENV, str(config))
     # As a GPU owner runs them: with the owner's principal only (not the admin's).
     owner = kafka_credentials.env("worker-owner", prefix) if kafka_credentials else {}
     runner = CliRunner()
@@ -197,3 +199,61 @@ def test_audit_finds_a_receipt_never_credited_and_a_payout_never_arrived(
         asyncio.run(publish(kafka_bootstrap, prefix, late))
         result = invoke(audit_args)
         assert result.exit_code == 0 and json.loads(result.output) == [], result.output
+
+
+def test_an_owner_who_changed_address_is_audited_and_shown_at_both_addresses(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """Earnings made under the first address are paid there, those after the re-attestation at
+    the second: the audit and `status --ton-api-url` look at both, not at the configured one."""
+    worker_id = f"w-{uuid.uuid4().hex[:8]}"
+    old, new = ("0:" + os.urandom(32).hex() for _ in range(2))
+    keys = WorkerKeys.generate()
+    now = int(time.time() * 1000)
+    earlier = now - 2 * HOUR_MS
+    before, after = receipt(keys, worker_id, 40, earlier), receipt(keys, worker_id, 60, earlier)
+    ReceiptLog(tmp_path / "receipts.jsonl", old).append(before)
+    ReceiptLog(tmp_path / "receipts.jsonl", new).append(after)
+    fee = {
+        r.receipt.request_id: 2 * TON * r.receipt.completion_tokens // 100 for r in (before, after)
+    }
+    records = [
+        (Topic.ATTESTATION_VERDICTS, verdict(worker_id, old, earlier)),
+        (Topic.ATTESTATION_VERDICTS, verdict(worker_id, new, now)),
+    ]
+    for n, signed in enumerate((before, after)):
+        rid = signed.receipt.request_id
+        credit = earning(worker_id, "CREDIT", fee[rid], f"r:{rid}", rid, earlier)
+        payout = earning(worker_id, "PAYOUT", -fee[rid], f"p-{n}", None, earlier)
+        records += [(Topic.BILLING_EARNINGS, credit), (Topic.BILLING_EARNINGS, payout)]
+    asyncio.run(publish(kafka_bootstrap, prefix, records))
+    config = tmp_path / "worker.toml"
+    WorkerConfig(
+        worker_id=worker_id,
+        payout_address=new,  # the host's configuration now names only the new address
+        model="smollm2-135m-instruct",
+        engine_url="http://127.0.0.1:8080/v1",
+        coefficient=1000,
+        max_active_requests=4,
+        kafka_bootstrap=kafka_bootstrap,
+        receipts_file=str(tmp_path / "receipts.jsonl"),
+    ).write(config)
+    runner = CliRunner()
+
+    with TonNode() as node:
+        wallet = payout_wallet("v4r2", os.urandom(32))
+        node.fund(wallet.address, 100 * TON)
+        pay(node, wallet, 0, old, fee[before.receipt.request_id], "p-0")
+        pay(node, wallet, 1, new, fee[after.receipt.request_id], "p-1")
+        audit_args = ["audit", "--config", str(config), "--ton-api-url", node.url, "--json"]
+        audit_args += ["--threshold", "1", "--delay", "60", "--grace", "60"]
+        result = runner.invoke(app, audit_args)
+        assert result.exit_code == 0 and json.loads(result.output) == [], result.output
+
+        status_args = ["status", "--config", str(config), "--json", "--ton-api-url", node.url]
+        status = runner.invoke(app, status_args)
+        assert status.exit_code == 0, status.output
+        shown = json.loads(status.output)
+        assert shown["payout_address"] == new and shown["payout_addresses"] == [old, new]
+        assert shown["confirmed_on_chain_nanoton"] == sum(fee.values())
+        assert shown["payouts_on_chain"] == 2

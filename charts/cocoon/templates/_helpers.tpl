@@ -209,7 +209,7 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
   resources:
     {{- toYaml .svc.resources | nindent 4 }}
   securityContext:
-    {{- toYaml $v.securityContext | nindent 4 }}
+    {{- toYaml (.securityContext | default $v.securityContext) | nindent 4 }}
   volumeMounts:
     {{- include "cocoon.volumeMounts" . | nindent 4 }}
 {{- end -}}

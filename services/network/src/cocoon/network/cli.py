@@ -12,6 +12,7 @@ from rich.console import Console
 
 from cocoon.network.chat import ChatError, stream_chat
 from cocoon.network.demo import load_demo
+from cocoon.network.dev_chain import DEFAULT_TON_PORT, DEV_PAYOUT_THRESHOLD_NANOTON
 from cocoon.network.engine_process import SMOLLM2_MODEL
 from cocoon.network.minilm import MINILM_MODEL
 
@@ -32,6 +33,15 @@ def up(
             envvar="COCOON_TELEGRAM_TOKEN",
         ),
     ] = "",
+    ton: Annotated[
+        bool, typer.Option(help="pay workers on an emulated TON chain (docs/gpu-owners.md)")
+    ] = False,
+    ton_port: Annotated[int, typer.Option(help="the emulated chain's toncenter API port")] = (
+        DEFAULT_TON_PORT
+    ),
+    payout_threshold: Annotated[
+        int, typer.Option(help="nanoTON a worker must earn to be paid (with --ton)")
+    ] = DEV_PAYOUT_THRESHOLD_NANOTON,
 ) -> None:
     """Run the whole network on this machine: Kafka, the five services, N chat workers and
     the embedding workers."""
@@ -44,12 +54,22 @@ def up(
         grpc_port=grpc_port,
         echo=lambda msg: console.print(f"[cyan]{msg}"),
         telegram_token=telegram_token,
+        ton=ton,
+        ton_port=ton_port,
+        payout_threshold=payout_threshold,
     )
     stop_on_signals()
     try:
         with console.status("Starting the Cocoon network ..."):
             network.start()
         _banner(network.gateway_url, network.api_key, network.grpc_target)
+        if network.chain is not None:
+            console.print(
+                f"Emulated TON chain (toncenter v2): [bold]{network.chain.api_url}[/bold]; "
+                f"workers are paid past {network.payout_threshold:,} nanoTON:\n"
+                f"  COCOON_TON_API_URL={network.chain.api_url} .venv/bin/cocoon worker audit",
+                soft_wrap=True,
+            )
         network.watch()
     except NetworkError as exc:
         console.print(f"[red]error:[/red] {exc}")

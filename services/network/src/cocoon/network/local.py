@@ -26,6 +26,12 @@ from cocoon.core.catalog import load_catalog
 from cocoon.core.kafka import broker
 from cocoon.core.paths import cache_dir
 from cocoon.network.demo import DEMO_ACCOUNT, save_demo, state_dir
+from cocoon.network.dev_chain import (
+    DEFAULT_TON_PORT,
+    DEV_PAYOUT_THRESHOLD_NANOTON,
+    DevChain,
+    start_dev_chain,
+)
 from cocoon.network.engine_process import (
     SMOLLM2_CONTEXT,
     SMOLLM2_MODEL,
@@ -64,6 +70,11 @@ class LocalNetwork:
     telegram_api_url: str = "https://api.telegram.org"
     client_config_path: Path | None = None
     credentials: Credentials | None = None
+    # With `ton`, billing pays workers on an emulated TON chain (cocoon.network.dev_chain).
+    ton: bool = False
+    ton_port: int = DEFAULT_TON_PORT
+    payout_threshold: int = DEV_PAYOUT_THRESHOLD_NANOTON
+    chain: DevChain | None = None
 
     @property
     def api_key(self) -> str:
@@ -107,7 +118,14 @@ class LocalNetwork:
         self._wait_for(public_key_file.exists, "the attestation service key", 30)
         pinned = {**common, "COCOON_ATTESTATION_PUBLIC_KEY_FILE": str(public_key_file)}
         grants = ",".join(f"{account}={amount}" for account, amount in self.grants.items())
-        self._spawn_service("billing", {**pinned, "COCOON_DEV_GRANTS": grants})
+        billing = {**pinned, "COCOON_DEV_GRANTS": grants}
+        if self.ton:
+            self.echo("Starting the emulated TON chain ...")
+            self.chain = start_dev_chain(
+                state_dir() / "ton", port=self.ton_port, payout_threshold=self.payout_threshold
+            )
+            billing.update(self.chain.billing_env)
+        self._spawn_service("billing", billing)
         self._spawn_service("scheduler", pinned)
         self._create_keys()
         self._spawn_service(
@@ -336,6 +354,9 @@ class LocalNetwork:
         for engine in self.engines:
             engine.stop()
         self.engines.clear()
+        if self.chain is not None:
+            self.chain.stop()
+            self.chain = None
         if self.started_broker:
             broker.stop(broker.default_layout())
 

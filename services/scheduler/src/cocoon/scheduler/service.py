@@ -21,7 +21,9 @@ Reads (see docs/architecture.md, step 4 and 10):
   attested key signed it; any other is dead-lettered.
 
 Writes `inference.assignments` and, when it ends a request itself, `inference.outcomes`
-(reported_by `scheduler`). Domain logic is in dispatcher.py; this module moves records.
+(reported_by `scheduler`); every `standings_seconds`, `scheduler.standings` for the workers
+whose reputation or speed moved (standings.py). Domain logic is in dispatcher.py; this module
+moves records.
 Runs as one instance: the pool and leases are in memory (see the module docs in dispatcher.py).
 """
 
@@ -57,6 +59,7 @@ from cocoon.scheduler.chunks import chunk_head
 from cocoon.scheduler.dispatcher import Dispatcher, Timing
 from cocoon.scheduler.feeds import Feed
 from cocoon.scheduler.pool import PoolError, WorkerPool
+from cocoon.scheduler.standings import StandingsPublisher
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ REQUESTS = Topic.INFERENCE_REQUESTS
 RESERVATIONS = Topic.BILLING_RESERVATIONS
 OUTCOMES = Topic.INFERENCE_OUTCOMES
 ASSIGNMENTS = Topic.INFERENCE_ASSIGNMENTS
+STANDINGS = Topic.SCHEDULER_STANDINGS
 # Keyed by the logical topic name a record arrives on (physical name less the prefix).
 RECORDS: dict[str, str] = {
     VERDICTS: "cocoon.attestation.Verdict",
@@ -95,6 +99,9 @@ class Settings(PinnedKeySettings):
     )
     max_attempts: int = Field(3, ge=1, description="placements per request before lease_expired")
     tick_seconds: float = Field(0.1, gt=0, le=5, description="lease/liveness check period")
+    standings_seconds: float = Field(
+        10.0, gt=0, description="how often changed worker standings are published"
+    )
     consumer_group: str = Group.SCHEDULER
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
 
@@ -139,6 +146,7 @@ class Scheduler(Service):
         )
         bootstrap, prefix = settings.kafka_bootstrap, settings.topic_prefix
         client = f"scheduler-{settings.instance_id}"
+        self.standings = StandingsPublisher(client)
         self.producer = BusProducer(bootstrap, client_id=client, prefix=prefix)
         self.verdicts = Feed(
             bootstrap,
@@ -213,13 +221,16 @@ class Scheduler(Service):
             await self.requests.poll_once()
 
     async def _tick(self, stopping: asyncio.Event) -> None:
-        observed = 0.0
+        observed = published = 0.0
         while not stopping.is_set():
             now = _now()
             self._queue(self.dispatcher.tick(now))
             if now - observed >= METRICS_EVERY_S:
                 metrics.observe(self.dispatcher, self.pool, now)
                 observed = now
+            if now - published >= self.settings.standings_seconds:
+                self._queue(self.standings.due(self.pool.workers(), now))
+                published = now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.settings.tick_seconds)
 
@@ -369,7 +380,12 @@ class Scheduler(Service):
         for record in records:
             self._outbox.put_nowait(record)
 
-    async def _send(self, record: models.Assignment | models.Outcome) -> None:
+    async def _send(
+        self, record: models.Assignment | models.Outcome | models.WorkerStanding
+    ) -> None:
+        if isinstance(record, models.WorkerStanding):  # about a worker, not a request
+            await self.producer.send(STANDINGS, record)
+            return
         request = self.dispatcher.requests.get(record.request_id)
         token = None
         if request is not None and isinstance(request.trace, otel_context.Context):

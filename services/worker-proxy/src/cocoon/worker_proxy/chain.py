@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from cocoon.core.ton_address import raw_address
+
 PAYOUT_COMMENT_PREFIX = "cocoon payout "  # billing's payout message comment
 PAGE = 100
 
@@ -85,6 +87,16 @@ async def received_payouts(
             # The next page starts at `last` again (toncenter's lt/hash cursor): deduplicated.
             cursor = {"lt": str(last["lt"]), "hash": str(last["hash"])}
     return _unique(found)
+
+
+async def received_at(
+    api_url: str, addresses: list[str], *, api_key: str | None = None
+) -> list[ReceivedPayout]:
+    """Every billing payout that arrived at any of `addresses` (each read once)."""
+    found: list[ReceivedPayout] = []
+    for address in dict.fromkeys(raw_address(a) for a in addresses):
+        found += await received_payouts(api_url, address, api_key=api_key)
+    return found
 
 
 def _unique(payouts: list[ReceivedPayout]) -> list[ReceivedPayout]:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,7 +17,7 @@ from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.runtime.service import EXIT_CONFIG, run_service
 from cocoon.core.runtime.settings import CONFIG_FILE_ENV, SettingsError, load_settings
 from cocoon.worker_proxy.audit import audit
-from cocoon.worker_proxy.chain import received_payouts
+from cocoon.worker_proxy.chain import ChainError, received_at
 from cocoon.worker_proxy.config import (
     WorkerConfig,
     WorkerConfigError,
@@ -26,7 +26,7 @@ from cocoon.worker_proxy.config import (
 )
 from cocoon.worker_proxy.receipts_log import read_receipts
 from cocoon.worker_proxy.service import Settings, build
-from cocoon.worker_proxy.worker_view import read_worker_view
+from cocoon.worker_proxy.worker_view import WorkerView, read_worker_view
 
 # Engines a development worker can start for itself (`--local-engine`); cocoon-network
 # registers the CPU engine here, so the worker-proxy need not depend on it.
@@ -99,7 +99,7 @@ def run(
     ] = False,
 ) -> None:
     """Start the worker-proxy with the configuration (and, for development, a local engine)."""
-    settings = _settings(config)
+    settings = _settings(config, for_this_process=True)
     with _engine(local_engine, settings.model) as engine_url:
         if engine_url is not None:
             settings = settings.model_copy(update={"engine_url": engine_url})
@@ -107,9 +107,22 @@ def run(
     raise typer.Exit(code)
 
 
+TonApiKeyOption = Annotated[
+    str | None, typer.Option(help="TON API key", envvar="COCOON_TON_API_KEY")
+]
+
+
 @app.command()
 def status(
     config: ConfigOption = None,
+    ton_api_url: Annotated[
+        str | None,
+        typer.Option(
+            help="also show the payouts confirmed on chain (toncenter v2 API base URL)",
+            envvar="COCOON_TON_API_URL",
+        ),
+    ] = None,
+    ton_api_key: TonApiKeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """The worker as the network sees it: verdict, heartbeats, load, work done, earnings."""
@@ -120,7 +133,14 @@ def status(
         view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id, receipts))
     except (OSError, RuntimeError, TimeoutError) as exc:
         raise _fail(f"cannot read the network at {settings.kafka_bootstrap}: {exc}") from None
-    summary = view.summary()
+    on_chain = None
+    if ton_api_url:
+        addresses = _payout_addresses(settings, view)
+        try:
+            on_chain = asyncio.run(received_at(ton_api_url, addresses, api_key=ton_api_key))
+        except ChainError as exc:
+            raise _fail(str(exc)) from None
+    summary = view.summary(on_chain=on_chain)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -140,9 +160,7 @@ def audit_command(
         str, typer.Option(help="toncenter v2 compatible API base URL", envvar="COCOON_TON_API_URL")
     ],
     config: ConfigOption = None,
-    ton_api_key: Annotated[
-        str | None, typer.Option(help="TON API key", envvar="COCOON_TON_API_KEY")
-    ] = None,
+    ton_api_key: TonApiKeyOption = None,
     threshold: Annotated[
         int,
         typer.Option(
@@ -165,9 +183,10 @@ def audit_command(
     try:
         receipts = list(read_receipts(settings.receipts_file))
         view = asyncio.run(read_worker_view(settings.kafka_bootstrap, settings.worker_id))
-        received = asyncio.run(
-            received_payouts(ton_api_url, settings.payout_address, api_key=ton_api_key)
-        )
+        # Every address the receipts were earned under, not only the configured one: earnings
+        # made before an address change are paid to the old address.
+        addresses = _payout_addresses(settings, view, receipts)
+        received = asyncio.run(received_at(ton_api_url, addresses, api_key=ton_api_key))
     except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
         raise _fail(str(exc)) from None
     findings = audit(
@@ -193,16 +212,40 @@ def audit_command(
     raise typer.Exit(1 if findings else 0)
 
 
-def _settings(config: Path | None) -> Settings:
-    """The worker's settings from its configuration file (and COCOON_* overrides)."""
+def _payout_addresses(
+    settings: Settings, view: WorkerView, receipts: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """The addresses this worker may have been paid at: those its verdicts attested, those its
+    kept receipts were earned under, and the configured one."""
+    if receipts is None and settings.receipts_file is not None and settings.receipts_file.is_file():
+        receipts = list(read_receipts(settings.receipts_file))
+    kept = [r["payout_address"] for r in receipts or [] if r.get("payout_address")]
+    configured = [settings.payout_address] if settings.payout_address else []
+    return list(dict.fromkeys([*view.attested_addresses, *kept, *configured]))
+
+
+def _settings(config: Path | None, *, for_this_process: bool = False) -> Settings:
+    """The worker's settings from its configuration file (and COCOON_* overrides).
+
+    `for_this_process` (`worker run`: this process is the worker) leaves the file as the
+    process's settings file, as `cocoon run worker-proxy --config` does; `status` and `audit`
+    only read it, and leave the environment as it was (the CLI may run inside another program).
+    """
     path = config or default_config_path()
     if not path.is_file():
         raise _fail(f"{path}: no worker configuration; run `cocoon worker init` first")
+    saved = os.environ.get(CONFIG_FILE_ENV)
     os.environ[CONFIG_FILE_ENV] = str(path)
     try:
         return load_settings(Settings, service_name="worker-proxy")
     except SettingsError as exc:
         raise _fail(str(exc)) from None
+    finally:
+        if not for_this_process:
+            if saved is None:
+                os.environ.pop(CONFIG_FILE_ENV, None)
+            else:
+                os.environ[CONFIG_FILE_ENV] = saved
 
 
 @contextlib.contextmanager

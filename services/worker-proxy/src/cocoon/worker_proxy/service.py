@@ -27,6 +27,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import Counter, Gauge
 from pydantic import Field, field_validator, model_validator
@@ -48,6 +49,7 @@ from cocoon.core.worker_records import sign_record
 from cocoon.worker_proxy.attest import AttestationSchedule
 from cocoon.worker_proxy.credential import CredentialBox
 from cocoon.worker_proxy.engine import EngineClient
+from cocoon.worker_proxy.gpu_nvml import collect_gpu_evidence
 from cocoon.worker_proxy.identity import Identity
 from cocoon.worker_proxy.job import Job, JobContext, JobResult
 from cocoon.worker_proxy.receipts_log import ReceiptLog
@@ -97,6 +99,12 @@ class Settings(ServiceSettings):
         description="hold only the enrolment principal: take work, heartbeat and report with "
         "the credential the attestation service issues sealed to this process after a TRUSTED "
         "verdict (docs/security.md)",
+    )
+
+    gpu_evidence: Literal["none", "nvml"] = Field(
+        "none",
+        description="GPU evidence in each attestation: `nvml` asks the NVIDIA driver for a "
+        "report over gpu_nonce(claims) (a confidential-computing GPU; gpu_nvml.py)",
     )
 
     receipts_file: Path | None = Field(
@@ -179,7 +187,8 @@ class WorkerProxy(Service):
     async def start(self) -> None:
         s = self.settings
         # Keys are generated here, inside the (simulated) TEE, and never leave this process.
-        self.identity = Identity.generate(self.worker_id, s.model, s.payout_address)
+        gpu = collect_gpu_evidence if s.gpu_evidence == "nvml" else None
+        self.identity = Identity.generate(self.worker_id, s.model, s.payout_address, gpu=gpu)
         self.schedule = AttestationSchedule(
             self.worker_id, self.identity.keys.public.signing_key, s.evidence_refresh_seconds
         )

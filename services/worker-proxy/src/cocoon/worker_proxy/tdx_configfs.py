@@ -21,6 +21,11 @@ writes into our directory; the check costs one read.
 The quote is further checked to carry our REPORTDATA (TD report body, v4 and v5 layouts), so a
 stale or foreign outblob can never be sent as ours.
 
+configfs itself may not be mounted in a container (a Kata pod's /sys is a fresh sysfs of the
+TD's kernel, without the configfs mount systemd makes at boot): the device then mounts it, as
+systemd would, which takes CAP_SYS_ADMIN in the TD (the chart grants it only in a confidential
+runtime class; docs/deployment.md).
+
 This device has NOT run on TDX hardware here: it is tested against a fake configfs tree that
 follows the ABI document (tests/support/configfs_tsm.py). File access goes through `TsmFs`, so
 the fake replaces only the filesystem calls; `OsTsmFs` is the thin real one.
@@ -29,6 +34,7 @@ the fake replaces only the filesystem calls; `OsTsmFs` is the thin real one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import struct
@@ -38,7 +44,8 @@ from typing import Protocol
 
 from cocoon.core.tee import REPORT_DATA_LEN, TeeError
 
-REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
+CONFIGFS_MOUNT = Path("/sys/kernel/config")
+REPORT_ROOT = CONFIGFS_MOUNT / "tsm" / "report"
 TDX_PROVIDER = "tdx_guest"
 ATTEMPTS = 3  # requests before a persistent generation conflict is an error
 
@@ -58,13 +65,26 @@ class TsmFs(Protocol):
     def rmdir(self, name: str) -> None: ...
     def read(self, name: str, attribute: str) -> bytes: ...
     def write(self, name: str, attribute: str, data: bytes) -> None: ...
+    def mount(self) -> None:
+        """Mount configfs where the report root lives, unless it is mounted (OSError if not
+        permitted)."""
 
 
 class OsTsmFs:
     """configfs itself: one open/read or open/write per attribute, as the kernel expects."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, mount_point: Path) -> None:
         self.root = root
+        self.mount_point = mount_point
+
+    def mount(self) -> None:
+        if _mounted(self.mount_point):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        target = os.fsencode(self.mount_point)
+        if libc.mount(b"configfs", target, b"configfs", 0, None) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(self.mount_point))
 
     def mkdir(self, name: str) -> None:
         os.mkdir(self.root / name)
@@ -147,18 +167,28 @@ class ConfigfsTsmDevice:
     def _mkdir(self, name: str) -> None:
         try:
             self.fs.mkdir(name)
+            return
         except FileNotFoundError:
+            pass  # configfs may not be mounted here: mount it, then try once more
+        except OSError as exc:
+            raise _mkdir_error(exc) from None
+        try:
+            self.fs.mount()
+        except OSError as exc:
             raise TeeError(
                 "no configfs-tsm report directory: configfs must be mounted at "
-                "/sys/kernel/config and the kernel must be 6.7 or later"
+                f"{CONFIGFS_MOUNT}, and mounting it failed ({_describe(exc)}; it takes "
+                "CAP_SYS_ADMIN in the TD)"
+            ) from None
+        try:
+            self.fs.mkdir(name)
+        except FileNotFoundError:
+            raise TeeError(
+                f"no configfs-tsm report directory although configfs is mounted at "
+                f"{CONFIGFS_MOUNT}: the kernel must be 6.7 or later (CONFIG_TSM_REPORTS)"
             ) from None
         except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                raise TeeError(
-                    "configfs-tsm has no provider: the tdx_guest driver is not loaded "
-                    "(not a TD, or the module is missing)"
-                ) from None
-            raise TeeError(f"cannot create a configfs-tsm report entry: {exc}") from None
+            raise _mkdir_error(exc) from None
 
     def _read(self, name: str, attribute: str) -> bytes:
         try:
@@ -173,12 +203,31 @@ class ConfigfsTsmDevice:
             raise TeeError(f"configfs-tsm {attribute}: {_describe(exc)}") from None
 
 
+def _mkdir_error(exc: OSError) -> TeeError:
+    if exc.errno == errno.ENXIO:
+        return TeeError(
+            "configfs-tsm has no provider: the tdx_guest driver is not loaded "
+            "(not a TD, or the module is missing)"
+        )
+    return TeeError(f"cannot create a configfs-tsm report entry: {exc}")
+
+
 def _describe(exc: OSError) -> str:
     if exc.errno == errno.ENOTTY:
         return "the provider went away (ENOTTY)"
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
+def _mounted(mount_point: Path) -> bool:
+    """Whether configfs is mounted at `mount_point` (/proc/self/mounts, as mountpoint(1))."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    fields = (line.split() for line in lines)  # device, mount point, type, options, ...
+    return any(f[1:3] == [os.fsdecode(mount_point), "configfs"] for f in fields if len(f) > 2)
+
+
 def quote_device(report_data: bytes) -> bytes:
     """The `tdx-configfs` quote device of `cocoon.core.tee` (entry point group `cocoon.tee`)."""
-    return ConfigfsTsmDevice(OsTsmFs(REPORT_ROOT)).quote(report_data)
+    return ConfigfsTsmDevice(OsTsmFs(REPORT_ROOT, CONFIGFS_MOUNT)).quote(report_data)

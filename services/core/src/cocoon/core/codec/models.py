@@ -1063,6 +1063,45 @@ class WorkItem(AvroModel):
     sent_at: datetime = Field(description="When the gateway sent the work.")
 
 
+class WorkerStanding(AvroModel):
+    """How the scheduler rates a worker for placement: its reputation and what it learnt of the
+    worker's speed, as one scheduler instance saw it.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.scheduler.WorkerStanding"
+    avro_version: ClassVar[int] = 1
+
+    worker_id: str = Field(description="Worker.")
+    reputation: float = Field(
+        description=(
+            "Decayed, Beta-smoothed success rate in [0.05, 1]; placement divides a worker's score "
+            "by it."
+        ),
+    )
+    successes: float = Field(description="Decayed count of attempts that ended well.")
+    failures: float = Field(
+        description=(
+            "Decayed count of attempts the worker answers for (errors, expired leases, receipts "
+            "billing refused)."
+        ),
+    )
+    cooldown_penalty: float = Field(
+        description="Factor >= 1 on the worker's placement score for recent failures (1: none).",
+    )
+    receipts_rejected: int = Field(
+        description=(
+            "Receipts billing refused for a reason the worker answers for, since this instance "
+            "started."
+        ),
+    )
+    typical_seconds: float | None = Field(
+        default=None,
+        description="Decayed average request duration; null until one ended.",
+    )
+    scheduler_instance: str = Field(description="The scheduler instance whose view this is.")
+    observed_at: datetime = Field(description="When the instance took this view.")
+
+
 class WorkerState(StrEnum):
     """Readiness. STARTING (v2) reads as UNKNOWN in v1 readers: not placeable."""
 
@@ -1161,6 +1200,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.inference.SealedChunk": SealedChunk,
     "cocoon.inference.UsageReceipt": UsageReceipt,
     "cocoon.inference.WorkItem": WorkItem,
+    "cocoon.scheduler.WorkerStanding": WorkerStanding,
     "cocoon.worker.Heartbeat": Heartbeat,
 }
 ENUMS: dict[str, type[StrEnum]] = {

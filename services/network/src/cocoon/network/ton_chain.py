@@ -1,6 +1,8 @@
-"""A local TON node double: toncenter v2 HTTP API over TON's real transaction emulator.
+"""An emulated TON chain: toncenter v2 HTTP API over TON's real transaction emulator.
 
-This is the one documented test boundary in billing. It must behave like a node, so:
+`cocoon up --ton` runs it as the development network's chain (billing's deposits and payouts,
+`cocoon worker audit`), and the tests use it as the TON node: the one documented test boundary
+in billing. It must behave like a node, so:
 
 * every message runs through `pytvm`'s TransactionEmulator (TON's own libemulator): the wallet
   contract's real code checks the Ed25519 signature, the seqno and valid_until, and produces the
@@ -83,11 +85,24 @@ def _uninit(address: Address, balance: int, now: int) -> ShardAccount:
         Account(
             address,
             StorageInfo(StorageUsed(0, 0), StorageExtraInfo("storage_extra_none"), now, None),
-            AccountStorage(0, CurrencyCollection(balance, None), AccountState("account_uninit")),
+            # No extra currencies: pytoniq-core serialises None so, though it annotates a dict.
+            AccountStorage(
+                0,
+                CurrencyCollection(balance, None),  # type: ignore[arg-type]
+                AccountState("account_uninit"),
+            ),
         ),
         bytes(32),
         0,
     )
+
+
+def _storage(acc: _Acc) -> AccountStorage:
+    """An account's storage; every account this node keeps was created with one (`_uninit`)."""
+    account = acc.state.account
+    if account is None:
+        raise NodeError(500, f"account {_raw(acc.address)} has no state")
+    return account.storage
 
 
 def _message_cells(tx: Transaction) -> tuple[Cell | None, list[Cell]]:
@@ -154,7 +169,8 @@ class _Acc:
 class TonNode:
     """Start with `with TonNode() as node:`; `node.url` is the toncenter v2 base URL."""
 
-    def __init__(self, *, block_interval: float | None = 0.05) -> None:
+    def __init__(self, *, block_interval: float | None = 0.05, port: int = 0) -> None:
+        self._port = port  # 0: any free port
         self._lock = threading.RLock()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pytvm loads libemulator via pkg_resources here
@@ -189,7 +205,7 @@ class TonNode:
             pass
 
         Handler.node = node
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._server.daemon_threads = True
         serve = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -358,13 +374,14 @@ class TonNode:
                 "data": "",
                 "last_transaction_id": {"lt": "0", "hash": _b64(bytes(32))},
             }
-        storage = acc.state.account.storage
+        storage = _storage(acc)
         kind = storage.state.type_
         state = {"account_active": "active", "account_frozen": "frozen"}.get(kind, "uninitialized")
         code = data = ""
-        if kind == "account_active":
-            code = _b64(storage.state.state_init.code.to_boc())
-            data = _b64(storage.state.state_init.data.to_boc())
+        if kind == "account_active":  # only an active account's state has a StateInit
+            init = storage.state.state_init
+            code = _b64(init.code.to_boc()) if init.code is not None else ""
+            data = _b64(init.data.to_boc()) if init.data is not None else ""
         last = acc.txs[-1] if acc.txs else None
         return {
             "@type": "raw.fullAccountState",
@@ -399,13 +416,12 @@ class TonNode:
         addr = _parse_address(_required(params, "address"))
         method = _required(params, "method")
         acc = self._accounts.get(_raw(addr))
-        if acc is None or acc.state.account.storage.state.type_ != "account_active":
+        storage = _storage(acc) if acc is not None else None
+        if storage is None or storage.state.type_ != "account_active":
             return {"gas_used": 0, "stack": [], "exit_code": -13}
-        init = acc.state.account.storage.state.state_init
+        init = storage.state.state_init
         vm = TvmEmulator(init.code, init.data)
-        vm.set_c7(
-            _raw(addr), self.now(), acc.state.account.storage.balance.grams, "00" * 32, self._config
-        )
+        vm.set_c7(_raw(addr), self.now(), storage.balance.grams, "00" * 32, self._config)
         result = vm.run_get_method(method if not str(method).isdigit() else int(method), [])
         stack = [
             ["num", hex(v)] if isinstance(v, int) else ["cell", str(v)] for v in result["stack"]
