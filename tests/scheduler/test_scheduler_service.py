@@ -51,8 +51,7 @@ TOPICS = [
     "billing.ledger",
     "scheduler.standings",
     # What `cocoon worker status` also reads, for the standings test.
-    "usage.receipts",
-    "billing.balances",
+    "billing.earnings",
 ]
 LEASE_S = 1.0
 WAIT_S = 1.0
