@@ -80,6 +80,44 @@ def time_phases(session) -> dict[str, list[float]]:
             yield chunk
 
     session.candidates, session.api.send = timed_candidates, timed_send
+
+    # Inside `candidates`: the gateway look-ups (cached), the registry's folding (an Ed25519
+    # verify per entry) and each worker's check (dcap-qvl, cached by the verifier).
+    import cocoon.client.session as session_module
+
+    def timed_sync(name: str, fn):
+        phases[name] = []
+
+        def timed(*a, **kw):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phases[name].append((time.perf_counter() - started) * 1000)
+
+        return timed
+
+    def timed_async(name: str, fn):
+        phases[name] = []
+
+        async def timed(*a, **kw):
+            started = time.perf_counter()
+            try:
+                return await fn(*a, **kw)
+            finally:
+                phases[name].append((time.perf_counter() - started) * 1000)
+
+        return timed
+
+    api = session.api
+    api.registry = timed_async("api_registry_ms", api.registry)
+    api.workers = timed_async("api_workers_ms", api.workers)
+    api.collateral = timed_async("api_collateral_ms", api.collateral)
+    session.verifier.verify = timed_sync("verifier_verify_ms", session.verifier.verify)
+    view = session_module.RegistryView
+    view_from_entries = timed_sync("registry_fold_ms", view.from_entries)
+    session_module.RegistryView = type("TimedView", (), {"from_entries": view_from_entries})
+    session_module.seal = timed_sync("seal_ms", session_module.seal)
     return phases
 
 

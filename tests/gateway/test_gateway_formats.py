@@ -177,3 +177,21 @@ def test_a_sealed_engine_refusal_is_a_400_and_anything_else_a_lost_worker():
     assert isinstance(error, InvalidRequest) and error.message == "bad schema"
     for plain in (b'{"error": {"code": "engine_error", "message": "x"}}', b"not json", b"[]"):
         assert isinstance(worker_error(plain, "engine_error"), WorkerLost)
+
+
+def test_a_coalesced_record_gives_every_chunk_in_order():
+    from cocoon.gateway.pipeline import parse_engine_chunk
+
+    def content(text: str, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        return json.dumps({"choices": [choice]}, separators=(",", ":")).encode()
+
+    # The worker joins the chunks the engine produced within its linger with newlines; a text
+    # that holds a newline is escaped inside its JSON document, so it never splits one.
+    record = b"\n".join([content("Hello"), content(",\nworld"), content("!", "stop")])
+    items = parse_engine_chunk(record, "chat.completions")
+    assert [(i.text, i.finish_reason) for i in items if isinstance(i, ChatChunk)] == [
+        ("Hello", None),
+        (",\nworld", None),
+        ("!", "stop"),
+    ]

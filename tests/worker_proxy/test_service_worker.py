@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -25,6 +26,7 @@ from cocoon.attestation.claims import Claims
 from cocoon.attestation.collateral import BundleSource
 from cocoon.attestation.simtdx import SimTdx
 from cocoon.attestation.verify import Verifier
+from cocoon.client.session import engine_chunks
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics, list_topics
@@ -38,6 +40,7 @@ from cocoon.core.crypto import (
     seal_request,
     verify_receipt,
 )
+from cocoon.gateway.pipeline import ChatChunk, parse_engine_chunk
 from cocoon.worker_proxy.receipts_log import read_receipts
 from cocoon.worker_proxy.service import Settings, WorkerProxy, build
 
@@ -242,11 +245,13 @@ def open_stream(network: Network, request_id: str, response_key: bytes) -> list[
 
 
 def text_of(plain: list[bytes]) -> str:
+    """The answer's text: a record holds one engine chunk per line (coalesced)."""
     out = []
     for data in plain:
-        chunk = json.loads(data)
-        for choice in chunk.get("choices") or []:
-            out.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
+        for line in data.split(b"\n"):
+            chunk = json.loads(line)
+            for choice in chunk.get("choices") or []:
+                out.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
     return "".join(out)
 
 
@@ -418,6 +423,104 @@ async def test_concurrent_requests_all_finish(network: Network, worker: WorkerPr
         outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
         assert outcome["status"] == "SUCCEEDED", outcome
         assert text_of(open_stream(network, request_id, key)).strip()
+
+
+# -- coalesced records -------------------------------------------------------------------------
+# After the first chunk (sent at once), the engine chunks produced within the linger share one
+# sealed record, one JSON document per line. The gateway's and the client's readers must turn
+# the records back into exactly the text the engine streams when called directly, in order, and
+# the receipt must count every token the records carry.
+
+# Longer than any answer here: after the first token, everything waits for the end of the
+# stream, whatever the machine's load, so the records are exactly [first token], [the rest].
+LINGER_MS = 60_000
+MAX_TOKENS = 16
+SLOW_ENGINE_S = 120  # on a loaded 2-core machine 24 tokens took 30 s
+PROMPT = "List ten animals, one per line."
+
+
+@pytest.fixture(scope="module")
+async def lingering_worker(network: Network, engine_url: str) -> AsyncIterator[WorkerProxy]:
+    async with running(network, engine_url, chunk_linger_ms=LINGER_MS) as (service, _, _):
+        yield service
+
+
+async def direct_text(engine_url: str, engine_model: str) -> str:
+    """The engine's own streamed answer to the same request (temperature 0: deterministic)."""
+    body = {**chat(PROMPT), "model": engine_model, "max_tokens": MAX_TOKENS, "temperature": 0}
+    pieces = []
+    async with (
+        httpx.AsyncClient(timeout=120) as http,
+        http.stream(
+            "POST", f"{engine_url}/chat/completions", json={**body, "stream": True}
+        ) as response,
+    ):
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices") or []:
+                pieces.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(pieces)
+
+
+def gateway_text(records: list[bytes]) -> str:
+    items = [item for record in records for item in parse_engine_chunk(record, "chat.completions")]
+    return "".join(item.text for item in items if isinstance(item, ChatChunk))
+
+
+def client_text(records: list[bytes]) -> str:
+    out = []
+    for record in records:
+        for chunk in engine_chunks(record):
+            for choice in chunk.get("choices") or []:
+                out.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(out)
+
+
+def content_lines(record: bytes) -> list[dict[str, Any]]:
+    """The engine chunks in `record` that carry text (a token each)."""
+    return [
+        chunk
+        for chunk in (json.loads(line) for line in record.split(b"\n"))
+        if any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or [])
+    ]
+
+
+async def test_records_coalesce_tokens_in_order_and_readers_rebuild_the_engines_text(
+    network: Network, lingering_worker: WorkerProxy, engine_url: str, engine_model: str
+) -> None:
+    request_id, key = await send_work(
+        network,
+        lingering_worker.worker_id,
+        chat(PROMPT, temperature=0),
+        max_tokens=MAX_TOKENS,
+    )
+    outcome = await network.bus.wait_for(
+        "inference.outcomes", timeout_s=SLOW_ENGINE_S, request_id=request_id
+    )
+    assert outcome["status"] == "SUCCEEDED", outcome
+    records = open_stream(network, request_id, key)  # the opener proves seq order and final
+    first, rest, final = records
+    # The first token is never held for company: its record carries it alone, and leaves
+    # while the engine is still generating (the rest is sealed when the stream ends).
+    assert len(content_lines(first)) == 1
+    assert len(content_lines(rest)) == MAX_TOKENS - 1
+    sent = sorted(
+        network.bus.of("inference.responses", request_id=request_id), key=lambda c: c["seq"]
+    )
+    assert sent[0]["produced_at"] < sent[1]["produced_at"]
+    assert outcome["time_to_first_chunk_ms"] < LINGER_MS
+
+    # The gateway's and the client's readers give back exactly the engine's own text.
+    expected = await direct_text(engine_url, engine_model)
+    assert expected.strip()
+    assert gateway_text(records) == expected
+    assert client_text(records) == expected
+
+    # Billing stays exact: the signed receipt counts every token the records carried.
+    receipt = verified_receipt(network, lingering_worker.worker_id, request_id).receipt
+    assert receipt.completion_tokens == json.loads(final)["usage"]["completion_tokens"]
+    assert receipt.completion_tokens == MAX_TOKENS
 
 
 # -- cancellation, deadline, refusals ----------------------------------------------------------

@@ -49,6 +49,22 @@ def _b64(value: str | None) -> bytes:
     return base64.b64decode(value or "", validate=True)
 
 
+def engine_chunks(plaintext: bytes) -> list[dict[str, Any]]:
+    """The engine's chunks in one opened record: JSON documents, one per line (the worker
+    coalesces what the engine produced within a few ms; JSON text never holds a raw newline)."""
+    out = []
+    for line in plaintext.split(b"\n"):
+        if not line:
+            continue
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            raise WireError("the worker sent a chunk that is not JSON") from None
+        if isinstance(chunk, dict):
+            out.append(chunk)
+    return out
+
+
 class SealedSession:
     def __init__(
         self,
@@ -162,26 +178,26 @@ class SealedSession:
                 if answered:
                     raise WireError("the answer switched workers after it had started")
                 opener = StreamOpener(request_key, request_id, chunk.worker_id, chunk.attempt)
-            plain = json.loads(opener.open(chunk.seq, chunk.final, chunk.ciphertext))
-            receipt = plain.pop("cocoon_receipt", None) if isinstance(plain, dict) else None
-            if receipt is not None:
-                self._keep(receipt, signing_keys[chunk.worker_id], request_id, chunk)
-            if isinstance(plain, dict) and "error" in plain:
-                error = plain["error"] if isinstance(plain["error"], dict) else {}
-                raise GatewayError(
-                    502,
-                    {
-                        "error": {
-                            "message": f"The worker failed: {error.get('message', 'unknown')}",
-                            "type": "server_error",
-                            "param": None,
-                            "code": "worker_lost",
-                        }
-                    },
-                )
-            if isinstance(plain, dict) and (plain.get("choices") or plain.get("usage")):
-                answered = answered or bool(plain.get("choices"))
-                yield plain
+            for plain in engine_chunks(opener.open(chunk.seq, chunk.final, chunk.ciphertext)):
+                receipt = plain.pop("cocoon_receipt", None)
+                if receipt is not None:
+                    self._keep(receipt, signing_keys[chunk.worker_id], request_id, chunk)
+                if "error" in plain:
+                    error = plain["error"] if isinstance(plain["error"], dict) else {}
+                    raise GatewayError(
+                        502,
+                        {
+                            "error": {
+                                "message": f"The worker failed: {error.get('message', 'unknown')}",
+                                "type": "server_error",
+                                "param": None,
+                                "code": "worker_lost",
+                            }
+                        },
+                    )
+                if plain.get("choices") or plain.get("usage"):
+                    answered = answered or bool(plain.get("choices"))
+                    yield plain
             if chunk.final:
                 return
         raise WireError("the gateway ended the answer before its final chunk")

@@ -63,6 +63,12 @@ class Settings(ServiceSettings):
     engine_model: str | None = Field(None, description="model name the engine expects (= model)")
     max_active_requests: int = Field(4, ge=1, le=1024)
     coefficient: int = Field(1000, ge=1, description="price coefficient, 1000 = 1.0x")
+    chunk_linger_ms: float = Field(
+        5.0,
+        ge=0,
+        le=60_000,
+        description="engine chunks after the first share a sealed record within this window",
+    )
     heartbeat_seconds: float = Field(2.0, gt=0, le=60)
     evidence_refresh_seconds: float = Field(
         1800.0, gt=0, description="re-attest at least this often (earlier if the verdict asks)"
@@ -262,6 +268,7 @@ class WorkerProxy(Service):
             self._slots,
             engine_model=self.settings.engine_model or self.settings.model,
             receipts=self.receipts,
+            chunk_linger_s=self.settings.chunk_linger_ms / 1000,
         )
         job = Job(item, context)
         self.jobs[item.request_id] = job
