@@ -523,6 +523,73 @@ async def test_records_coalesce_tokens_in_order_and_readers_rebuild_the_engines_
     assert receipt.completion_tokens == MAX_TOKENS
 
 
+# -- capacity: what the engine runs at once ----------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def engine_reporting_slots(total_slots: int) -> AsyncIterator[str]:
+    """llama.cpp's `llama-server` as far as the worker asks it at start: `GET /props` with its
+    `total_slots` (a GPU engine's parallel slots cannot run here). Anything else is a 404."""
+    asked: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        request_line = head.split("\r\n", 1)[0]
+        asked.append(request_line)
+        if request_line == "GET /props HTTP/1.1":
+            body, status = json.dumps({"total_slots": total_slots}).encode(), "200 OK"
+        else:
+            body, status = b'{"error": "not found"}', "404 Not Found"
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "GET /props HTTP/1.1" in asked
+
+
+async def test_capacity_unset_is_asked_from_the_engine_and_advertised(network: Network) -> None:
+    async with (
+        engine_reporting_slots(3) as url,
+        running(network, url) as (service, _, _),
+    ):
+        beat = await network.bus.wait_for("worker.heartbeats", worker_id=service.worker_id)
+        assert beat["max_active_requests"] == 3 == service.capacity
+
+
+async def test_an_engine_that_does_not_say_runs_one_request_at_a_time(
+    network: Network, engine_url: str
+) -> None:
+    # llama-cpp-python's server (the real engine here) has no /props and serves one stream at
+    # a time: the worker advertises 1 and runs its requests one after the other.
+    async with running(network, engine_url) as (service, _, _):
+        beat = await network.bus.wait_for("worker.heartbeats", worker_id=service.worker_id)
+        assert beat["max_active_requests"] == 1
+        sent = [
+            await send_work(network, service.worker_id, chat(f"Count to {n}."), max_tokens=6)
+            for n in (3, 4)
+        ]
+        receipts = []
+        for request_id, _ in sent:
+            outcome = await network.bus.wait_for(
+                "inference.outcomes", timeout_s=SLOW_ENGINE_S, request_id=request_id
+            )
+            assert outcome["status"] == "SUCCEEDED", outcome
+            receipts.append(verified_receipt(network, service.worker_id, request_id).receipt)
+        first, second = sorted(receipts, key=lambda r: r.started_at)
+        assert second.started_at >= first.finished_at
+
+
 # -- cancellation, deadline, refusals ----------------------------------------------------------
 
 

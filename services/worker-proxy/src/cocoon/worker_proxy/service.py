@@ -61,7 +61,13 @@ class Settings(ServiceSettings):
         "http://127.0.0.1:8080/v1", description="the engine's OpenAI base URL (ends in /v1)"
     )
     engine_model: str | None = Field(None, description="model name the engine expects (= model)")
-    max_active_requests: int = Field(4, ge=1, le=1024)
+    max_active_requests: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="requests the engine runs at once; unset: asked from the engine at start "
+        "(llama.cpp's /props total_slots), else 1",
+    )
     coefficient: int = Field(1000, ge=1, description="price coefficient, 1000 = 1.0x")
     chunk_linger_ms: float = Field(
         5.0,
@@ -134,7 +140,10 @@ class WorkerProxy(Service):
         self._runs: dict[tuple[str, int], int] = {}  # (request, attempt) run -> its deadline
         self.draining = False
         self._tasks: set[asyncio.Task] = set()
-        self._slots = asyncio.Semaphore(settings.max_active_requests)
+        # What the engine runs at once: the slots, and what the heartbeats advertise (so the
+        # scheduler never places more here than the engine serves). Settled in start().
+        self.capacity = settings.max_active_requests or 1
+        self._slots = asyncio.Semaphore(self.capacity)
         self._heartbeat_seq = 0
         self._avg_ms: float | None = None
         self._verdict_seen = asyncio.Event()
@@ -166,6 +175,8 @@ class WorkerProxy(Service):
             worker_id=self.worker_id,
         )
         self.engine = EngineClient(s.engine_url)
+        if s.max_active_requests is None:
+            await self._learn_capacity(self.engine)
         self.producer = BusProducer(s.kafka_bootstrap, client_id=f"worker-proxy-{self.worker_id}")
         await self.producer.start()
         self.verdicts = BroadcastReader(
@@ -189,6 +200,19 @@ class WorkerProxy(Service):
         log.info(
             "worker ready",
             extra={"worker_id": self.worker_id, "model": s.model, "work_topic": self.work_topic},
+        )
+
+    async def _learn_capacity(self, engine: EngineClient) -> None:
+        """Ask the engine how many requests it runs at once; one if it does not say."""
+        slots = await engine.parallel_slots()
+        self.capacity = slots or 1
+        self._slots = asyncio.Semaphore(self.capacity)
+        log.info(
+            "engine capacity",
+            extra={
+                "max_active_requests": self.capacity,
+                "source": "engine" if slots else "default (the engine does not say)",
+            },
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -345,7 +369,7 @@ class WorkerProxy(Service):
                 worker_id=self.worker_id,
                 models=[self.settings.model],
                 state=self._last_state,
-                max_active_requests=self.settings.max_active_requests,
+                max_active_requests=self.capacity,
                 active_requests=len(self.jobs),
                 coefficient=self.settings.coefficient,
                 work_topic=self.work_topic,
