@@ -86,6 +86,7 @@ class SealedSession:
         self.suite = suite
         self.max_candidates = max_candidates
         self.last_receipt: dict[str, Any] | None = None
+        self._folded: tuple[list[dict[str, Any]], RegistryView] | None = None
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -93,13 +94,20 @@ class SealedSession:
     # -- verification --------------------------------------------------------------------------
     async def verify_workers(self, model: str) -> list[WorkerCheck]:
         """Every worker the gateway offers for `model`, verified here (accepted or not)."""
-        registry = RegistryView.from_entries(
-            await self.api.registry(), self.config.registry_public_key
-        )
+        registry = self._registry_view(await self.api.registry())
         checks = []
         for offered in await self.api.workers(model):
             checks.append(await self._verify(offered, registry, model))
         return checks
+
+    def _registry_view(self, entries: list[dict[str, Any]]) -> RegistryView:
+        """The registry folded from `entries`, once per list the gateway sent: folding checks
+        an Ed25519 signature per entry, and the cached list is the same object until it is
+        fetched again."""
+        if self._folded is None or self._folded[0] is not entries:
+            view = RegistryView.from_entries(entries, self.config.registry_public_key)
+            self._folded = (entries, view)
+        return self._folded[1]
 
     async def _verify(
         self, offered: dict[str, Any], registry: RegistryView, model: str
