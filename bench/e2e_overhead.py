@@ -318,14 +318,18 @@ def report(samples: list[Sample], hops: Hops) -> None:
             print(f"{name:<44} {p50:>7.1f} {p99:>7.1f} n={len(values)}")
 
 
-def start_paced_engine(*, port: int | None = None, **_: object) -> EngineProcess:
-    """bench/paced_engine.py as the worker's engine (same interface as start_engine)."""
+def start_paced_engine(
+    *, port: int | None = None, pacing: tuple[str, ...] = (), **_: object
+) -> EngineProcess:
+    """bench/paced_engine.py as the worker's engine (same interface as start_engine);
+    `pacing`: its options (`--ttft-ms`, `--token-ms`, `--slots`)."""
     chosen = port or free_port()
     log_path = Path(tempfile.mkdtemp(prefix="paced-engine-")) / "engine.log"
     script = Path(__file__).with_name("paced_engine.py")
+    argv = [sys.executable, str(script), "--port", str(chosen), "--model", SMOLLM2_MODEL]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(script), "--port", str(chosen), "--model", SMOLLM2_MODEL],
+            [*argv, *pacing],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
