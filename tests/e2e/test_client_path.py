@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from support.bus_dump import every_record
 from test_failures import (  # noqa: F401  (fixtures)
     HEARTBEAT_STALE_S,
     bus,
@@ -27,7 +28,6 @@ from test_failures import (  # noqa: F401  (fixtures)
     restore_workers,
     wait_for,
 )
-from test_request_path import _every_record
 
 from cocoon.client.config import load_config
 from cocoon.client.receipts import ReceiptStore
@@ -196,7 +196,7 @@ async def test_canary_never_reaches_the_gateway_or_the_bus_in_clear(
     assert b"/v1/cocoon/sealed" in seen  # the recorder did see the request go by
     assert canary.encode() not in seen and b"Repeat this word" not in seen
     assert text.encode() not in seen
-    for blob in await _every_record(kafka_bootstrap, os.environ["COCOON_TOPIC_PREFIX"]):
+    for blob in await every_record(kafka_bootstrap, os.environ["COCOON_TOPIC_PREFIX"]):
         assert canary.encode() not in blob
         assert b"Repeat this word" not in blob
         if len(text) >= 8:
