@@ -495,6 +495,7 @@ async def test_records_coalesce_tokens_in_order_and_readers_rebuild_the_engines_
         lingering_worker.worker_id,
         chat(PROMPT, temperature=0),
         max_tokens=MAX_TOKENS,
+        deadline_s=WAIT_S,
     )
     outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
     assert outcome["status"] == "SUCCEEDED", outcome
@@ -575,7 +576,9 @@ async def test_an_engine_that_does_not_say_runs_one_request_at_a_time(
         beat = await network.bus.wait_for("worker.heartbeats", worker_id=service.worker_id)
         assert beat["max_active_requests"] == 1
         sent = [
-            await send_work(network, service.worker_id, chat(f"Count to {n}."), max_tokens=6)
+            await send_work(
+                network, service.worker_id, chat(f"Count to {n}."), max_tokens=6, deadline_s=WAIT_S
+            )
             for n in (3, 4)
         ]
         receipts = []
