@@ -361,11 +361,18 @@ def tool_call_deltas(raw: object) -> tuple[ToolCallDelta, ...]:
 
 
 def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
-    """Turn one opened plaintext (an OpenAI streaming chunk from the engine) into API items."""
-    if not plain:
-        return []
+    """Turn one opened record (the engine's OpenAI streaming chunks, one JSON document per
+    line: the worker coalesces what the engine produced within a few ms) into API items."""
+    items: list[ChatChunk | Usage] = []
+    for line in plain.split(b"\n"):
+        if line:
+            items.extend(_engine_chunk_items(line, endpoint))
+    return items
+
+
+def _engine_chunk_items(line: bytes, endpoint: str) -> list[ChatChunk | Usage]:
     try:
-        chunk = json.loads(plain)
+        chunk = json.loads(line)
     except json.JSONDecodeError:
         raise InternalError("the worker sent a chunk that is not JSON") from None
     if not isinstance(chunk, dict):
