@@ -56,6 +56,7 @@ TOPICS = [
     "billing.grants",
     "billing.ledger",
     "billing.balances",
+    "billing.snapshots",
 ]
 WORKERS = 8
 GROUP = "billing-bench"

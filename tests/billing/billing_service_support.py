@@ -43,6 +43,7 @@ TOPICS = [
     "billing.ledger",
     "billing.balances",
     "billing.earnings",
+    "billing.snapshots",
 ]
 MODEL = "m"
 
@@ -297,6 +298,7 @@ async def network(
             "billing.ledger",
             "billing.earnings",
             "usage.receipts.dlq",
+            "inference.requests.dlq",
             "billing.topups.dlq",
             "inference.outcomes.dlq",
         ],

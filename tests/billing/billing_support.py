@@ -47,6 +47,7 @@ class Workers:
         attempt: int = 1,
         signer: str | None = None,
         model: str = "m",
+        finished_at_ms: int = 2,
     ) -> Receipt:
         key = self.private[signer or worker_id]
         pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -62,7 +63,7 @@ class Workers:
             signing_key=pub,
             signature=b"",
             started_at_ms=1,
-            finished_at_ms=2,
+            finished_at_ms=finished_at_ms,
         )
         sig = key.sign(receipt_message(unsigned))
         return Receipt(**{**{f: getattr(unsigned, f) for f in Receipt.__slots__}, "signature": sig})

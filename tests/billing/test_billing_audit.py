@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from billing_support import PRICES, Workers, engine_with
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -10,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from cocoon.billing.audit import audit
 from cocoon.billing.engine import BillingEngine
 from cocoon.billing.ledger import Entry
-from cocoon.billing.money import BillingError, InsufficientFundsError
+from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError
 from cocoon.billing.pricing import Usage
 
 
@@ -68,6 +70,9 @@ class Billing(RuleBasedStateMachine):
         self.deposits = 0
         self.charged = 0
         self.payouts: list[str] = []
+        self.grants: list[str] = []
+        # (ledger length, engine state through JSON) taken at random moments: a restart.
+        self.snapshots: list[tuple[int, dict]] = []
         for c in ("a", "b"):
             self.engine.open_account(c)
 
@@ -76,6 +81,29 @@ class Billing(RuleBasedStateMachine):
     def deposit(self, client, amount, tx):
         if self.engine.credit_deposit(f"{tx}:{client}", amount, client):
             self.deposits += amount
+
+    @rule(client=st.sampled_from(["a", "b"]), amount=st.integers(1, 50_000),
+          payment=st.integers(0, 3))  # fmt: skip
+    def stars_topup(self, client, amount, payment):
+        """A Telegram Stars payment (once per payment id), refundable while unspent."""
+        if self.engine.credit_topup(f"stars-{payment}", client, amount, "telegram_stars",
+                                    paid_amount=amount // 100, reference=str(payment)):  # fmt: skip
+            self.deposits += amount
+
+    @rule(client=st.sampled_from(["a", "b"]), payment=st.integers(0, 3))
+    def refund(self, client, payment):
+        """A refund ask, maybe repeated (answered the same, debited once) or for another
+        client's payment (refused); restarts from snapshots must keep both answers."""
+        entries = len(self.engine.ledger)
+        decision = self.engine.refund_topup(f"stars-{payment}", client)
+        if len(self.engine.ledger) > entries:
+            assert decision.debited
+            self.deposits -= decision.topup.amount
+        # A takeover right now answers the ask again the same way, moving nothing.
+        state = json.loads(json.dumps(self.engine.state()))
+        restored = BillingEngine.restore(state, [], PRICES, self.workers.verifier())
+        assert restored.refund_topup(f"stars-{payment}", client) == decision
+        assert len(restored.ledger) == len(self.engine.ledger)
 
     @rule(client=st.sampled_from(["a", "b"]), max_tokens=st.integers(0, 500),
           prompt=st.integers(0, 300), cap=st.integers(1000, 3000),
@@ -89,6 +117,55 @@ class Billing(RuleBasedStateMachine):
             assert exc.shortfall == exc.needed - self.engine.available(client) > 0
             return
         self.requests.append(rid)
+
+    @rule(client=st.sampled_from(["a", "b"]), amount=st.integers(1, 20_000))
+    def open_grant(self, client, amount):
+        gid = f"g{len(self.grants)}"
+        try:
+            self.engine.open_grant(gid, client, gateway_id="gw", amount=amount,
+                                   usable_until_ms=self.now + 50)  # fmt: skip
+        except InsufficientFundsError:
+            return
+        self.grants.append(gid)
+
+    @precondition(lambda self: self.grants)
+    @rule(data=st.data(), max_tokens=st.integers(0, 200), prompt=st.integers(0, 100))
+    def hold_from_grant(self, data, max_tokens, prompt):
+        gid = data.draw(st.sampled_from(self.grants))
+        grant = self.engine.grant(gid)
+        if grant is None:
+            return
+        rid = f"r{len(self.requests)}"
+        try:
+            self.engine.open_hold(rid, grant.client_id, max_tokens=max_tokens, prompt_size=prompt,
+                                  max_coefficient=1000, expires_at_ms=self.now + 20,
+                                  grant_id=gid)  # fmt: skip
+        except GrantError:
+            return
+        self.requests.append(rid)
+
+    @precondition(lambda self: self.grants)
+    @rule(data=st.data())
+    def close_grant(self, data):
+        self.engine.close_grant(data.draw(st.sampled_from(self.grants)), self.now)
+
+    @rule()
+    def snapshot(self):
+        """Take a snapshot, and check that a restart from each earlier one plus the entries
+        since lands where the engine is now (open holds and grants included)."""
+        self._check_restarts()
+        state = json.loads(json.dumps(self.engine.state()))
+        self.snapshots.append((len(self.engine.ledger), state))
+
+    def _check_restarts(self) -> None:
+        entries, now = self.engine.ledger.entries, self.engine.state()
+        for count, state in self.snapshots:
+            restored = BillingEngine.restore(
+                state, entries[count:], PRICES, self.workers.verifier()
+            )
+            assert restored.state() == now
+            assert restored.rejections() == self.engine.rejections()
+            assert restored.open_holds() == self.engine.open_holds()
 
     @precondition(lambda self: self.requests)
     @rule(data=st.data(), worker=st.sampled_from(["w1", "w2"]),
@@ -155,9 +232,15 @@ class Billing(RuleBasedStateMachine):
 
     def teardown(self):
         self.engine.expire_holds(self.now + 10**9)
+        for grant in self.engine.open_grants():
+            self.engine.close_grant(grant.grant_id, self.now)
         assert audit(self.engine.ledger, require_no_open_holds=True) == []
         rebuilt = BillingEngine.replay(self.engine.ledger, PRICES, self.workers.verifier())
         assert rebuilt.ledger.balances() == self.engine.ledger.balances()
+        # A restart from any snapshot plus the entries after it is the same engine as a full
+        # replay: balances, holds, grants, settled requests, rejections, earnings, payouts.
+        assert rebuilt.state() == self.engine.state()
+        self._check_restarts()
 
 
 Billing.TestCase.settings = settings(

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,7 @@ from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
 from cocoon.core.worker_records import sign_record
 
 SEED = int(os.environ.get("COCOON_CHAOS_SEED", "20261124"))
+SNAPSHOT_EVERY = 250  # ledger entries between snapshots
 
 # Small prices with uneven multipliers, so rounding happens on almost every receipt.
 PRICE, FEE = 7, 5
@@ -671,6 +673,8 @@ def worker_env(
         COCOON_REASONING_BPS=str(REASONING_BPS),
         COCOON_SHUTDOWN_GRACE_SECONDS="10",
         COCOON_GRANT_USABLE_SECONDS=str(GRANT_USABLE_S),
+        # Small, so most restarts restore a snapshot and replay only the ledger after it.
+        COCOON_SNAPSHOT_EVERY_ENTRIES=str(SNAPSHOT_EVERY),
     )
     return env
 
@@ -978,6 +982,13 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
     for name, text in fenced_logs.items():
         assert "ProducerFenced" in text, f"{name} did not die of fencing:\n{text[-3000:]}"
     assert chaos.kills == KILLS
+    # Restarts restored snapshots (written in the transactions the kills interrupted or not).
+    restored = [
+        int(found.group(1))
+        for log in sorted(tmp_path.glob("*.log"))
+        for found in re.finditer(r"snapshot of \S+: (\d+) entries", log.read_text(errors="replace"))
+    ]
+    assert len(restored) >= 2 and max(restored) > 0, restored
 
     entries = await read_ledger(kafka_bootstrap, prefix=prefix)
     ledger = Ledger.replay(entries)

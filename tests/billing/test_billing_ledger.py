@@ -65,3 +65,20 @@ def test_replay_rebuilds_exactly_including_through_json():
     again = Ledger.replay(Entry.from_json(e.to_json()) for e in ledger)
     assert again.balances() == ledger.balances()
     assert [e.entry_id for e in again] == [e.entry_id for e in ledger]
+
+
+@pytest.mark.parametrize("restored", [False, True])
+def test_a_snapshot_keeps_idempotence_and_conflicts_exact(restored):
+    """`state()` keeps a fingerprint in place of each remembered entry (and a restored ledger
+    has only those): a replay is still a no-op and another entry under the id still refused."""
+    ledger = Ledger(keep_entries=False)
+    ledger.append(deposit(1, 500))
+    state = ledger.state()
+    assert ledger.state() == state  # taking it again changes nothing
+    if restored:
+        ledger = Ledger.restored(state)
+    assert ledger.append(deposit(1, 500)) is False
+    with pytest.raises(LedgerConflictError):
+        ledger.append(deposit(1, 501))
+    assert ledger.append(deposit(2, 7)) is True
+    assert (ledger.balance("client:a"), len(ledger)) == (507, 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from billing_support import Workers, engine_with
 
 from cocoon.billing.audit import audit
@@ -57,3 +59,31 @@ def test_the_audit_catches_a_refund_that_moves_other_money():
         forged.entry_id, forged.kind, forged.postings, forged.at_ms, tampered
     )
     assert any("refund" in p or "topups:telegram_stars" in p for p in audit(entries))
+
+
+def restored_from(engine: BillingEngine, state: dict, after: int) -> BillingEngine:
+    """A takeover: `state` (through the JSON a snapshot is) plus the entries after `after`."""
+    state = json.loads(json.dumps(state))
+    tail = engine.ledger.entries[after:]
+    return BillingEngine.restore(state, tail, engine.prices, lambda _r: True)
+
+
+def test_a_refund_after_a_takeover_is_answered_as_before_it():
+    engine = paid_engine()
+    engine.credit_topup("stars-b", "tg-1", 20_000, "telegram_stars", paid_amount=20, reference="b")
+    before_refund, count = engine.state(), len(engine.ledger)
+    first = engine.refund_topup("stars-a", "tg-1")
+    assert first.debited
+    # From a snapshot taken after the refund, and from one before it plus the refund entry.
+    for restored in (
+        restored_from(engine, engine.state(), len(engine.ledger)),
+        restored_from(engine, before_refund, count),
+    ):
+        assert restored.state() == engine.state()
+        assert restored.refund_topup("stars-a", "tg-1") == first  # the same answer, no debit
+        assert len(restored.ledger) == len(engine.ledger)
+        assert not restored.refund_topup("trial-tg-1", "tg-1").debited
+        # The payment not refunded yet is still refundable, once.
+        second = restored.refund_topup("stars-b", "tg-1")
+        assert second.debited and second.topup is not None and second.topup.reference == "b"
+        assert restored.available("tg-1") == 1_000

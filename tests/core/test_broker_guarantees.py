@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerFenced
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from cocoon.core.bus.security import aiokafka_security, kafka_python_security
@@ -109,3 +111,96 @@ async def test_log_compaction_keeps_only_the_latest_value_per_key(kafka_bootstra
     keys_in_log = [r.key for r in survivors if r.key != b"ticker"]
     assert latest == {b"worker-a": b"v4"}
     assert keys_in_log.count(b"worker-a") == 1, "older values of worker-a were not compacted away"
+
+
+# What several active billing instances can rely on (docs/billing-service.md, "Scaling out"):
+# aiokafka 0.14 commits a transaction's input offsets by group id alone (no KIP-447 group
+# metadata), so the group does not fence an instance that lost a partition; a transactional id
+# per partition does.
+
+
+async def _owner(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+    """A member of `group` that has been assigned `topic`'s partition."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **aiokafka_security(),
+    )
+    await consumer.start()
+    deadline = time.monotonic() + 30
+    while not consumer.assignment():
+        assert time.monotonic() < deadline, "no partition assigned"
+        await consumer.getmany(timeout_ms=200)
+    return consumer
+
+
+async def _transaction(producer: AIOKafkaProducer, out: str, value: bytes, offsets, group: str):
+    await producer.begin_transaction()
+    await producer.send(out, value)
+    await producer.send_offsets_to_transaction(offsets, group)
+    await producer.commit_transaction()
+
+
+async def test_the_group_does_not_fence_a_transaction_from_outside_it(kafka_bootstrap, unique_name):
+    """A producer that is no member of the group (an instance that lost the partition) still
+    commits output and the partition's offset: the group is no fence."""
+    source, out, group = unique_name("in"), unique_name("out"), unique_name("group")
+    _create_topic(kafka_bootstrap, source)
+    _create_topic(kafka_bootstrap, out)
+    owner = await _owner(kafka_bootstrap, source, group)
+    zombie = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap,
+        transactional_id=unique_name("zombie"),
+        **aiokafka_security(),
+    )
+    await zombie.start()
+    try:
+        partition = TopicPartition(source, 0)
+        await _transaction(zombie, out, b"from the zombie", {partition: 7}, group)
+        assert await owner.committed(partition) == 7
+    finally:
+        await zombie.stop()
+        await owner.stop()
+    committed = await _read_all(kafka_bootstrap, out, isolation="read_committed", expect=1)
+    assert [r.value for r in committed] == [b"from the zombie"]
+
+
+async def test_a_partitions_transactional_id_fences_its_previous_owner(
+    kafka_bootstrap, unique_name
+):
+    """The new owner of a partition starts the partition's transactional producer: the old
+    owner's open transaction is aborted and its commit refused, output and offsets alike."""
+    source, out, group = unique_name("in"), unique_name("out"), unique_name("group")
+    _create_topic(kafka_bootstrap, source)
+    _create_topic(kafka_bootstrap, out)
+    shard = unique_name("billing-p00")
+    partition = TopicPartition(source, 0)
+
+    def producer() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, transactional_id=shard, **aiokafka_security()
+        )
+
+    old, new = producer(), producer()
+    await old.start()
+    try:
+        await old.begin_transaction()
+        await old.send(out, b"from the old owner")
+        await old.send_offsets_to_transaction({partition: 7}, group)
+        await new.start()  # init_transactions: fences `old`, aborts its open transaction
+        with pytest.raises(ProducerFenced):
+            await old.commit_transaction()
+        await _transaction(new, out, b"from the new owner", {partition: 9}, group)
+    finally:
+        await new.stop()
+        await old.stop()
+    committed = await _read_all(kafka_bootstrap, out, isolation="read_committed", expect=1)
+    assert [r.value for r in committed] == [b"from the new owner"]
+    owner = await _owner(kafka_bootstrap, source, group)
+    try:
+        assert await owner.committed(partition) == 9
+    finally:
+        await owner.stop()

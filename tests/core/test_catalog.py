@@ -40,6 +40,7 @@ EXPECTED = {
     "worker.heartbeats",
     "billing.ledger",
     "billing.earnings",
+    "billing.snapshots",
     "billing.balances",
     "billing.payouts",
 }
@@ -77,6 +78,7 @@ def test_compacted_topics_are_the_state_topics():
         "attestation.collateral",
         "attestation.credentials",
         "billing.balances",
+        "billing.snapshots",
     }
     assert CATALOG["attestation.verdicts"].key == "worker_id"
     assert CATALOG["billing.balances"].key == "account_id"

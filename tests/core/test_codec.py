@@ -59,7 +59,7 @@ def test_header_is_magic_then_little_endian_fingerprint_of_canonical_form():
     schema = codec.default_store().latest(HB)
     assert data[:2] == b"\xc3\x01" == MAGIC
     assert struct.unpack("<Q", data[2:10])[0] == _rabin(schema.canonical.encode())
-    assert schema.version == 3  # v3 carries the worker's signature
+    assert schema.version == 4  # v3 carries the signature, v4 the capabilities it covers
 
 
 def test_round_trip_and_model_round_trip():

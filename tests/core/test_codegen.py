@@ -33,7 +33,7 @@ def test_a_schema_change_makes_the_generated_code_stale(tmp_path):
     """The up-to-date check can fail: a field added to the latest Heartbeat changes the models."""
     schemas = tmp_path / "schemas"
     shutil.copytree(REPO_ROOT / "schemas", schemas)
-    latest = schemas / "avro" / "cocoon.worker.Heartbeat" / "v3.avsc"
+    latest = schemas / "avro" / "cocoon.worker.Heartbeat" / "v4.avsc"
     latest.write_text(
         latest.read_text().replace(
             '"fields": [',

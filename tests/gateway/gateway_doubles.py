@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from cocoon.gateway.api import (
     ChatChunk,
+    Embeddings,
     InferenceRequest,
     InsufficientFunds,
     ModelInfo,
@@ -30,8 +31,20 @@ from cocoon.gateway.api import (
     WorkerLost,
 )
 
-Step = ChatChunk | Usage | BaseException | float
+Step = ChatChunk | Embeddings | Usage | BaseException | float
 Plan = Callable[[InferenceRequest], list[Step]]
+
+
+def embedded(request: InferenceRequest, *, per_chunk: int = 2) -> list[Step]:
+    """An embeddings answer as a worker sends it: runs of embedding objects, then the usage.
+    The vectors are placeholders (the worker-proxy and e2e tests check real ones)."""
+    given = request.body["input"]
+    count = 1 if isinstance(given, str) or isinstance(given[0], int) else len(given)
+    data = [{"object": "embedding", "index": i, "embedding": [0.5, float(i)]} for i in range(count)]
+    runs: list[Step] = [
+        Embeddings(tuple(data[i : i + per_chunk])) for i in range(0, count, per_chunk)
+    ]
+    return [*runs, Usage(prompt_tokens=3 * count, completion_tokens=0)]
 
 
 def reply(text: str, *, prompt_tokens: int = 7, pieces: int = 3) -> list[Step]:
@@ -58,7 +71,7 @@ class ScriptedBackend:
 
     async def submit(
         self, account_id: str, request: InferenceRequest
-    ) -> AsyncIterator[ChatChunk | Usage]:
+    ) -> AsyncIterator[ChatChunk | Embeddings | Usage]:
         self.submitted.append((account_id, request))
         plan = self.plans.get(request.model)
         if plan is None:
@@ -78,6 +91,7 @@ class ScriptedBackend:
 
 
 MODEL = "smollm2-135m"
+EMBEDDER = "minilm"
 
 
 def default_backend() -> ScriptedBackend:
@@ -106,6 +120,11 @@ def default_backend() -> ScriptedBackend:
                 Usage(prompt_tokens=1, completion_tokens=2),
             ],
             "stall": lambda req: [ChatChunk(text="tick"), 30.0, ChatChunk(text="late")],
+            EMBEDDER: embedded,
+            "embeds-a-gap": lambda req: [
+                Embeddings(({"object": "embedding", "index": 1, "embedding": [0.0]},)),
+                Usage(prompt_tokens=3, completion_tokens=0),
+            ],
         },
         listed=[
             ModelInfo(MODEL, attested_workers=2, min_coefficient=1000),

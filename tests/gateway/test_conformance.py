@@ -1,10 +1,11 @@
 """Conformance with OpenAI's published OpenAPI description (openai/openai-openapi, openapi.yaml).
 
-Request bodies are generated with hypothesis from the parts of `CreateChatCompletionRequest` and
-`CreateCompletionRequest` encoded below (what the spec allows, including parameters Cocoon
-refuses), then mutated (a key dropped, a value replaced by any JSON, an unknown key, a body that
-is not an object). The property: every request gets a 2xx whose body (or every SSE event) has
-the spec's response shape, or a 4xx in the spec's `ErrorResponse` shape; never a 5xx.
+Request bodies are generated with hypothesis from the parts of `CreateChatCompletionRequest`,
+`CreateCompletionRequest` and `CreateEmbeddingRequest` encoded below (what the spec allows,
+including parameters Cocoon refuses), then mutated (a key dropped, a value replaced by any JSON,
+an unknown key, a body that is not an object). The property: every request gets a 2xx whose
+body (or every SSE event) has the spec's response shape, or a 4xx in the spec's `ErrorResponse`
+shape; never a 5xx.
 
 The backend is the scripted double of the gateway tests (`ScriptedBackend`): the property is
 about the gateway's validation and formats, which see the same items whatever produces them.
@@ -21,7 +22,7 @@ import httpx
 import jsonschema
 import pytest
 from fastapi.testclient import TestClient
-from gateway_doubles import MODEL, default_backend
+from gateway_doubles import EMBEDDER, MODEL, default_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -149,6 +150,37 @@ COMPLETION_CHUNK = _envelope(
     },
     {"anyOf": [USAGE, {"type": "null"}]},
 )
+EMBEDDING_RESPONSE = {  # CreateEmbeddingResponse
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "model": {"type": "string"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "embedding", "object"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "object": {"const": "embedding"},
+                    # float: an array of numbers; base64: a string
+                    "embedding": {
+                        "anyOf": [
+                            {"type": "array", "items": {"type": "number"}},
+                            {"type": "string"},
+                        ]
+                    },
+                },
+            },
+        },
+        "usage": {
+            "type": "object",
+            "required": ["prompt_tokens", "total_tokens"],
+            "properties": {k: {"type": "integer"} for k in ("prompt_tokens", "total_tokens")},
+        },
+    },
+}
 MODEL_OBJECT = {
     "type": "object",
     "required": ["id", "object", "created", "owned_by"],
@@ -324,6 +356,9 @@ completion_bodies = st.fixed_dictionaries(
 
 # What Cocoon serves (docs/api.md): within these, a request for an attested model is a 2xx.
 plain_text = st.text(max_size=40)
+# Served bodies carry text without lone surrogates (JSON can escape them, but they are no
+# Unicode text: the gateway's JSON parser refuses them with a 400, like any invalid body).
+served_stop = nullable(plain_text | st.lists(plain_text, min_size=1, max_size=4))
 served_messages = st.lists(
     st.fixed_dictionaries(
         {
@@ -345,7 +380,7 @@ def served(draw: st.DrawFn, required: dict[str, st.SearchStrategy]) -> dict[str,
                 key: common[key]
                 for key in ("frequency_penalty", "presence_penalty", "temperature", "top_p")
             }
-            | {"seed": INT64, "stop": stop, "user": plain_text, "n": st.just(1)},
+            | {"seed": INT64, "stop": served_stop, "user": plain_text, "n": st.just(1)},
         )
     )
     body["max_tokens"] = draw(st.integers(1, 4096))
@@ -392,10 +427,49 @@ def mutated(draw: st.DrawFn, bodies: st.SearchStrategy[dict[str, Any]]) -> Any:
     return body
 
 
+# CreateEmbeddingRequest: input is a string, strings, a token array or token arrays (the spec
+# caps them at 2048 items; its minimums are 1 item and, for strings, non-empty in practice).
+token_array = st.lists(st.integers(0, 100_000), min_size=1, max_size=8)
+embedding_input = (
+    text
+    | st.lists(text, min_size=1, max_size=4)
+    | token_array
+    | st.lists(token_array, min_size=1, max_size=4)
+)
+embedding_options = {
+    "encoding_format": nullable(st.sampled_from(["float", "base64"])),
+    "dimensions": nullable(st.integers(1, 4096)),
+    "user": nullable(text),
+}
+embedding_bodies = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from([EMBEDDER, "nobody-attested", "unknown-model"]) | text,
+        "input": embedding_input,
+    },
+    optional=embedding_options,
+)
+# What Cocoon serves: the embedding model, inputs that are not empty.
+served_embeddings = st.fixed_dictionaries(
+    {
+        "model": st.just(EMBEDDER),
+        "input": st.text(min_size=1, max_size=40)
+        | st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=4)
+        | token_array
+        | st.lists(token_array, min_size=1, max_size=4),
+    },
+    optional={
+        "encoding_format": nullable(st.sampled_from(["float", "base64"])),
+        "dimensions": nullable(st.just(384)),  # the model's own; others: the engine's 400
+        "user": nullable(plain_text),
+    },
+)
+
+
 # --- the property ------------------------------------------------------------------------
 
 CHAT = ("/v1/chat/completions", CHAT_COMPLETION, CHAT_CHUNK)
 COMPLETIONS = ("/v1/completions", COMPLETION, COMPLETION_CHUNK)
+EMBEDDINGS = ("/v1/embeddings", EMBEDDING_RESPONSE, None)  # never streamed
 
 
 @pytest.fixture(scope="module")
@@ -439,7 +513,8 @@ EXAMPLES = settings(
 
 
 @pytest.mark.parametrize(
-    ("route", "bodies"), [(CHAT, chat_bodies), (COMPLETIONS, completion_bodies)]
+    ("route", "bodies"),
+    [(CHAT, chat_bodies), (COMPLETIONS, completion_bodies), (EMBEDDINGS, embedding_bodies)],
 )
 def test_bodies_the_spec_allows_get_a_conformant_answer(gateway, route, bodies):
     path, shape, chunk_shape = route
@@ -453,7 +528,8 @@ def test_bodies_the_spec_allows_get_a_conformant_answer(gateway, route, bodies):
 
 
 @pytest.mark.parametrize(
-    ("route", "bodies"), [(CHAT, served_chat), (COMPLETIONS, served_completions)]
+    ("route", "bodies"),
+    [(CHAT, served_chat), (COMPLETIONS, served_completions), (EMBEDDINGS, served_embeddings)],
 )
 def test_bodies_cocoon_serves_are_answered(gateway, route, bodies):
     path, shape, chunk_shape = route
@@ -469,7 +545,8 @@ def test_bodies_cocoon_serves_are_answered(gateway, route, bodies):
 
 
 @pytest.mark.parametrize(
-    ("route", "bodies"), [(CHAT, chat_bodies), (COMPLETIONS, completion_bodies)]
+    ("route", "bodies"),
+    [(CHAT, chat_bodies), (COMPLETIONS, completion_bodies), (EMBEDDINGS, embedding_bodies)],
 )
 def test_mutated_bodies_get_a_conformant_answer(gateway, route, bodies):
     path, shape, chunk_shape = route
@@ -485,14 +562,19 @@ def test_mutated_bodies_get_a_conformant_answer(gateway, route, bodies):
 @EXAMPLES
 @given(raw=st.binary(max_size=200) | text.map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_bodies_that_are_not_json_are_4xx(gateway, raw):
-    for path in (CHAT[0], COMPLETIONS[0]):
+    for path in (CHAT[0], COMPLETIONS[0], EMBEDDINGS[0]):
         response = gateway.post(path, content=raw, headers=JSON)
         assert 400 <= response.status_code < 500, response.text
         jsonschema.validate(response.json(), ERROR_RESPONSE)
 
 
+# "." and ".." cannot name a model in a URL path: clients remove such dot-segments (RFC 3986),
+# so `/v1/models/.` reaches the gateway as `/v1/models/`, the list.
+model_ids = st.text(min_size=1, max_size=40).filter(lambda m: m not in (".", ".."))
+
+
 @EXAMPLES
-@given(model=st.sampled_from([MODEL, "nobody-attested"]) | st.text(min_size=1, max_size=40))
+@given(model=st.sampled_from([MODEL, "nobody-attested"]) | model_ids)
 def test_models_conform(gateway, model):
     listed = gateway.get("/v1/models")
     assert listed.status_code == 200

@@ -312,7 +312,7 @@ async def test_models_lists_only_attested(client: httpx.AsyncClient):
 
 
 async def test_unknown_route_and_method_use_openai_shape(client: httpx.AsyncClient):
-    r = await client.post("/v1/embeddings", json={})
+    r = await client.post("/v1/assistants", json={})  # not served: nothing is stored
     assert r.status_code == 404 and _error(r)["code"] == "not_found"
     r = await client.get("/v1/chat/completions")
     assert r.status_code == 405 and _error(r)["code"] == "method_not_allowed"

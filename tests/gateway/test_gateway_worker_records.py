@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cocoon.core import codec
+from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.codec import models
 from cocoon.core.contracts import ErrorCode, Topic
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.verdicts import key_id, verdict_message
 from cocoon.core.worker_records import sign_record
+from cocoon.gateway.api import EndpointNotServed, InferenceRequest, UnknownModel
+from cocoon.gateway.api.backend import Endpoint
+from cocoon.gateway.models import NetworkPrices, model_listing
+from cocoon.gateway.pipeline import KafkaBackend
 from cocoon.gateway.trust import verdict_checker
 from cocoon.gateway.workers import WorkerDirectory
 
@@ -33,13 +40,15 @@ def _wire(topic: str, value: models.AvroModel) -> BroadcastRecord:
     return BroadcastRecord(topic, key, name, decoded, 0, [])
 
 
-def _verdict(attestor: Ed25519PrivateKey, worker_id: str, keys: WorkerKeys) -> models.Verdict:
+def _verdict(
+    attestor: Ed25519PrivateKey, worker_id: str, keys: WorkerKeys, model: str = MODEL
+) -> models.Verdict:
     public = attestor.public_key().public_bytes_raw()
     unsigned = models.Verdict(
         verdict_id=f"v-{uuid.uuid4().hex[:6]}",
         worker_id=worker_id,
         status="TRUSTED",
-        models=[MODEL],
+        models=[model],
         signing_key=keys.public.signing_key,
         hpke_public_key=keys.public.hpke_mlkem768_x25519,
         hpke_suite="mlkem768-x25519",
@@ -53,17 +62,19 @@ def _verdict(attestor: Ed25519PrivateKey, worker_id: str, keys: WorkerKeys) -> m
     return unsigned.model_copy(update={"signature": attestor.sign(verdict_message(unsigned))})
 
 
-def _heartbeat(worker_id: str) -> models.Heartbeat:
+def _heartbeat(worker_id: str, model: str = MODEL, **announced: object) -> models.Heartbeat:
+    """`announced`: capabilities, context_length, coefficient (default 1000)."""
+    fields = {"coefficient": 1000, **announced}
     return models.Heartbeat(
         worker_id=worker_id,
-        models=[MODEL],
+        models=[model],
         state="READY",
         max_active_requests=1,
         active_requests=0,
-        coefficient=1000,
         work_topic=f"work.{worker_id}",
         seq=1,
         sent_at=_ms(),
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -121,3 +132,80 @@ def test_an_outcome_in_another_workers_name_is_not_vouched_for():
     # The scheduler's own outcomes carry no worker signature.
     ours = failed.model_copy(update={"reported_by": "scheduler", "worker_id": ""})
     assert directory.vouched(_wire(Topic.INFERENCE_OUTCOMES, ours))
+
+
+# -- what heartbeats announce: capabilities, context length, coefficient --------------------------
+
+
+def _two_models() -> WorkerDirectory:
+    """A chat worker and an embedding worker, each announcing what it serves (signed)."""
+    attestor = Ed25519PrivateKey.generate()
+    directory = WorkerDirectory(
+        verdict_checker(attestor.public_key().public_bytes_raw().hex(), None)
+    )
+    announced = {
+        "w-chat": (
+            "chat-m",
+            {"capabilities": ["CHAT", "TOOLS"], "context_length": 2048, "coefficient": 1200},
+        ),
+        "w-emb": ("emb-m", {"capabilities": ["EMBEDDINGS"], "context_length": 256}),
+    }
+    for worker_id, (model, says) in announced.items():
+        keys = WorkerKeys.generate()
+        verdict = _verdict(attestor, worker_id, keys, model)
+        directory.on_record(_wire(Topic.ATTESTATION_VERDICTS, verdict))
+        beat = sign_record(keys, _heartbeat(worker_id, model, **says))
+        directory.on_record(_wire(Topic.WORKER_HEARTBEATS, beat))
+    return directory
+
+
+def test_models_are_listed_with_what_their_workers_announce_and_the_registry_prices():
+    prices = NetworkPrices(100, completion_bps=20_000, worker_coefficients={"w-emb": 1500})
+    listed = {m.id: m for m in model_listing(_two_models(), prices)}
+    chat, emb = listed["chat-m"], listed["emb-m"]
+    assert (chat.capabilities, chat.context_length, chat.min_coefficient) == (
+        ("chat", "tools"),
+        2048,
+        1200,
+    )
+    assert chat.pricing == {"prompt": 120.0, "cached_prompt": 120.0, "completion": 240.0}
+    # The registry's coefficient for a worker wins over its own (as the scheduler places).
+    assert (emb.capabilities, emb.context_length, emb.min_coefficient) == (
+        ("embeddings",),
+        256,
+        1500,
+    )
+    assert emb.pricing is not None and emb.pricing["prompt"] == 150.0
+    assert model_listing(_two_models(), None)[0].pricing is None
+
+
+def test_an_endpoint_a_model_does_not_serve_is_a_400_that_names_the_models_that_do():
+    backend = KafkaBackend(cast(BusProducer, None), _two_models(), gateway_id="gw")
+
+    def request(endpoint: Endpoint, model: str) -> InferenceRequest:
+        return InferenceRequest(str(uuid.uuid4()), endpoint, model, {}, 1, 1000, 10, False, 1)
+
+    with pytest.raises(EndpointNotServed) as refused:
+        backend.check_model(request("embeddings", "chat-m"))
+    assert refused.value.status == 400 and refused.value.param == "model"
+    assert "/v1/embeddings" in str(refused.value) and "emb-m" in str(refused.value)
+    with pytest.raises(EndpointNotServed):
+        backend.check_model(request("chat.completions", "emb-m"))
+    with pytest.raises(UnknownModel):
+        backend.check_model(request("embeddings", "nobody-serves-it"))
+    backend.check_model(request("embeddings", "emb-m"))
+    backend.check_model(request("completions", "chat-m"))
+
+
+def test_capabilities_are_signed_a_changed_claim_is_refused():
+    attestor = Ed25519PrivateKey.generate()
+    directory = WorkerDirectory(
+        verdict_checker(attestor.public_key().public_bytes_raw().hex(), None)
+    )
+    keys = WorkerKeys.generate()
+    directory.on_record(_wire(Topic.ATTESTATION_VERDICTS, _verdict(attestor, "w-1", keys)))
+    signed = sign_record(keys, _heartbeat("w-1", capabilities=["CHAT"]))
+    claimed = signed.model_copy(update={"capabilities": ["CHAT", "EMBEDDINGS"]})
+    directory.on_record(_wire(Topic.WORKER_HEARTBEATS, claimed))
+    assert directory.refused == {ErrorCode.BAD_RECORD_SIGNATURE: 1}
+    assert directory.model_capabilities(MODEL) == frozenset()

@@ -42,6 +42,7 @@ from cocoon.core.crypto import (
     verify_receipt,
 )
 from cocoon.gateway.pipeline import ChatChunk, parse_engine_chunk
+from cocoon.network.engine_process import EngineProcess
 from cocoon.worker_proxy.receipts_log import read_receipts
 from cocoon.worker_proxy.service import Settings, WorkerProxy, build
 
@@ -756,3 +757,80 @@ async def test_the_payout_address_is_attested_in_every_evidence(
             evidence["tdx_quote"], claims
         )
         assert verdict.accepted, verdict.reason
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def embedding_worker(
+    network: Network, embedding_engine: EngineProcess
+) -> AsyncIterator[WorkerProxy]:
+    async with running(
+        network, embedding_engine.base_url, capabilities=["EMBEDDINGS"], context_length=256
+    ) as (service, _, _):
+        yield service
+
+
+def opened_error(plain: list[bytes]) -> dict[str, Any]:
+    return json.loads(plain[-1])["error"]
+
+
+async def test_embeddings_come_back_sealed_in_bounded_chunks_with_a_signed_input_receipt(
+    network: Network, embedding_worker: WorkerProxy, embedding_engine: EngineProcess
+) -> None:
+    wid = embedding_worker.worker_id
+    beat = await network.bus.wait_for("worker.heartbeats", worker_id=wid)
+    assert beat["capabilities"] == ["EMBEDDINGS"] and beat["context_length"] == 256
+    # Enough floats (about 8 kB of JSON per embedding) that the answer cannot go back as one
+    # Kafka record; short inputs, so the CPU model is quick.
+    canary = f"canary{uuid.uuid4().hex[:8]}"
+    inputs = [f"sentence {n}" for n in range(150)] + [f"the {canary} one"]
+    body = {"model": "x", "input": inputs, "encoding_format": "float"}
+    # An explicit null means the default: the worker drops it (the engine knows no `stream`).
+    request_id, key = await send_work(network, wid, {**body, "stream": None}, max_tokens=1)
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert outcome["status"] == "SUCCEEDED", outcome
+
+    plain = open_stream(network, request_id, key)
+    assert len(plain) > 2 and all(len(p) < 300 * 1024 for p in plain)
+    data = [item for p in plain[:-1] for item in json.loads(p)["data"]]
+    async with httpx.AsyncClient(timeout=60) as client:
+        answer = await client.post(f"{embedding_engine.base_url}/embeddings", json=body)
+    direct = answer.json()
+    assert [d["index"] for d in data] == list(range(151))
+    assert [d["embedding"] for d in data] == [d["embedding"] for d in direct["data"]]
+    final = json.loads(plain[-1])
+    assert final["data"] == [] and final["usage"] == direct["usage"]
+
+    receipt = verified_receipt(network, wid, request_id).receipt
+    assert receipt.completed and receipt.completion_tokens == 0
+    assert receipt.prompt_tokens == direct["usage"]["prompt_tokens"] > 151
+    everything = b"".join(value for _, value in network.bus.raw)
+    assert canary.encode() not in everything
+
+
+async def test_an_endpoint_the_model_does_not_serve_is_refused_sealed_as_a_bad_request(
+    network: Network, worker: WorkerProxy, embedding_worker: WorkerProxy
+) -> None:
+    cases = [
+        (embedding_worker.worker_id, chat("Hello"), "chat.completions"),
+        (worker.worker_id, {"model": "x", "input": "Hello"}, "embeddings"),
+    ]
+    for wid, body, endpoint in cases:
+        request_id, key = await send_work(network, wid, body, max_tokens=5)
+        outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+        assert (outcome["status"], outcome["error_code"]) == ("FAILED", "bad_request")
+        error = opened_error(open_stream(network, request_id, key))
+        assert error["type"] == "invalid_request_error" and endpoint in error["message"]
+
+
+async def test_the_engine_refusing_an_embedding_request_is_sealed_with_its_reason(
+    network: Network, embedding_worker: WorkerProxy
+) -> None:
+    body = {"model": "x", "input": "Hello", "dimensions": 64}
+    request_id, key = await send_work(network, embedding_worker.worker_id, body, max_tokens=1)
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert (outcome["status"], outcome["error_code"]) == ("FAILED", "engine_rejected")
+    error = opened_error(open_stream(network, request_id, key))
+    assert error["param"] == "dimensions" and "384" in error["message"]

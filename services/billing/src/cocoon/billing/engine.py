@@ -5,14 +5,22 @@ Every state change is one ledger entry with a deterministic id, and every piece 
 `BillingEngine.replay(entries, ...)` after a crash or a rebalance lands in exactly the same state.
 Entries go to `sink` (the durable log) before they are applied in memory, and only after the
 ledger has checked them, so the log never holds an entry the ledger would refuse.
+
+`state()` is all of it as JSON-ready data, and `BillingEngine.restore(state, ...)` followed by the
+entries recorded after it lands in the same state as replaying every entry: the billing service
+snapshots it (docs/billing-service.md) so a restart does not replay history. With an idempotence
+window (`forget_settled`), what is remembered of settled requests and rejected receipts is
+dropped once no replay of them can be acted on any more, so the state does not grow with history.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cocoon.billing.ledger import (
     COMMISSION,
@@ -31,6 +39,7 @@ from cocoon.billing.money import (
     BillingError,
     GrantError,
     InsufficientFundsError,
+    LedgerStateError,
     UnknownAccountError,
     check_amount,
     check_count,
@@ -89,6 +98,19 @@ class Grant:
 
 
 @dataclass(frozen=True, slots=True)
+class Closed:
+    """What is remembered of a settled request: which entry closed its hold, and for a charge
+    the receipt's digest and what was released (a replayed receipt answers `duplicate`)."""
+
+    entry_id: str
+    receipt_digest: str | None
+    released: int
+    # Billing time after which no replay of the request or its receipt is acted on (see
+    # `forget_settled`): the latest of the hold's expiry, the closing and the receipt's end.
+    settled_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class CaptureResult:
     status: str  # "captured", "duplicate" or "rejected"
     request_id: str
@@ -130,6 +152,8 @@ class RejectionRecord:
     # must not hold it against the named worker.
     attributable: bool
     at_ms: int
+    # The receipt's own end time (signed by the worker; 0 when not known).
+    finished_at_ms: int = 0
 
 
 def receipt_digest(receipt: Receipt) -> str:
@@ -140,6 +164,22 @@ def receipt_digest(receipt: Receipt) -> str:
 
 
 Postings = tuple[tuple[str, int], ...]
+
+
+def grant_id_for(request_id: str) -> str:
+    """The id of the admission grant a request asks for (a replayed ask grants once)."""
+    return f"g-{request_id}"
+
+
+def grant_id_asker(grant_id: str) -> str:
+    """The request that asked for grant `grant_id` (see `grant_id_for`)."""
+    return grant_id.removeprefix("g-")
+
+
+def _shallow(record: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, values not copied: `dataclasses.asdict` deep-copies
+    each one, which was most of the cost of a snapshot (60 us per settled request)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
 def _to_held(client_id: str, amount: int) -> Postings:
@@ -177,18 +217,22 @@ class BillingEngine:
         sink: EntrySink | None = None,
         *,
         attested_address: AttestedAddress = _no_address,
+        keep_entries: bool = True,
     ) -> None:
+        """`keep_entries=False`: the ledger keeps balances and ids, not the entries (the
+        service's engine, whose entries are on the ledger topic)."""
         self.prices = prices
         self._verify = verify
         self._attested_address = attested_address
         self._sink = sink
-        self.ledger = Ledger()
+        self.ledger = Ledger(keep_entries=keep_entries)
         self._clients: set[str] = set()
         self._holds: dict[str, Hold] = {}  # open holds by request id
-        self._closed: dict[str, str] = {}  # request id -> entry id that closed its hold
+        self._closed: dict[str, Closed] = {}  # settled requests by id
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_at_ms, request id)
         self._grants: dict[str, Grant] = {}  # open admission grants by grant id
-        self._rejections: list[RejectionRecord] = []
+        self._closed_grants: dict[str, int] = {}  # grant id -> when closed (not forgotten yet)
+        self._rejected: dict[str, RejectionRecord] = {}  # by receipt digest
         # worker id -> {payout address a receipt was earned under (or UNATTESTED): nanoTON
         # still owed}. Sums to the worker's balance; payouts draw on one address at a time.
         self._earned: dict[str, dict[str, int]] = {}
@@ -196,6 +240,11 @@ class BillingEngine:
         # answered the same way.
         self._refundable: dict[str, CreditedTopUp] = {}
         self._refunded: dict[str, CreditedTopUp] = {}
+        self._unclaimed: dict[str, int] = {}  # deposit id -> amount credited to `unclaimed`
+        self._payouts: dict[str, dict[str, Any]] = {}  # payout id -> its start entry's meta
+        self._deposit_cursor: dict[str, int] = {}  # deposit address -> newest credited lt
+        # Heap of (when, "request" | "reject" | "grant", key): what `forget_settled` may drop.
+        self._forgettable: list[tuple[int, str, str]] = []
 
     # ---- construction -------------------------------------------------------------------
 
@@ -208,13 +257,123 @@ class BillingEngine:
         sink: EntrySink | None = None,
         *,
         attested_address: AttestedAddress = _no_address,
+        keep_entries: bool = True,
     ) -> BillingEngine:
         """Rebuild the engine exactly from its entries (sink is attached afterwards)."""
-        engine = cls(prices, verify, attested_address=attested_address)
+        engine = cls(prices, verify, attested_address=attested_address, keep_entries=keep_entries)
         for entry in entries:
             engine._apply(entry)
         engine._sink = sink
         return engine
+
+    @classmethod
+    def restore(
+        cls,
+        state: Mapping[str, Any],
+        entries_after: Iterable[Entry],
+        prices: Prices,
+        verify: ReceiptVerify,
+        sink: EntrySink | None = None,
+        *,
+        attested_address: AttestedAddress = _no_address,
+    ) -> BillingEngine:
+        """The engine `state()` described, then the entries recorded after it (sink afterwards).
+
+        Its ledger keeps balances and remembered ids, not entries: those stay on the log."""
+        engine = cls(prices, verify, attested_address=attested_address)
+        engine._load(state)
+        for entry in entries_after:
+            engine._apply(entry)
+        engine._sink = sink
+        return engine
+
+    def state(self) -> dict[str, Any]:
+        """Everything the engine knows, JSON-ready (`restore` reads it back)."""
+        return {
+            "ledger": self.ledger.state(),
+            "clients": sorted(self._clients),
+            "holds": [
+                {**_shallow(h), "prices": _prices_meta(h.prices)} for h in self._holds.values()
+            ],
+            "closed": {
+                rid: (c.entry_id, c.receipt_digest, c.released, c.settled_ms)
+                for rid, c in self._closed.items()
+            },
+            "grants": [
+                {**_shallow(g), "prices": _prices_meta(g.prices)} for g in self._grants.values()
+            ],
+            "closed_grants": dict(self._closed_grants),
+            "rejected": {
+                digest: {**_shallow(r), "reason": r.reason.value}
+                for digest, r in self._rejected.items()
+            },
+            "earned": {w: dict(owed) for w, owed in self._earned.items()},
+            "unclaimed": dict(self._unclaimed),
+            "payouts": {p: dict(meta) for p, meta in self._payouts.items()},
+            "deposit_cursor": dict(self._deposit_cursor),
+            "refundable": {t: _shallow(c) for t, c in self._refundable.items()},
+            "refunded": {t: _shallow(c) for t, c in self._refunded.items()},
+        }
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self.ledger = Ledger.restored(state["ledger"])
+        self._clients = set(state["clients"])
+        for raw in state["holds"]:
+            hold = Hold(**{**raw, "prices": Prices(**raw["prices"])})
+            self._holds[hold.request_id] = hold
+            heapq.heappush(self._expiry, (hold.expires_at_ms, hold.request_id))
+        for rid, fields in state["closed"].items():
+            closed = Closed(*fields)
+            self._closed[rid] = closed
+            heapq.heappush(self._forgettable, (closed.settled_ms, "request", rid))
+        for raw in state["grants"]:
+            grant = Grant(**{**raw, "prices": Prices(**raw["prices"])})
+            self._grants[grant.grant_id] = grant
+        for grant_id, closed_ms in state["closed_grants"].items():
+            self._closed_grants[grant_id] = closed_ms
+            heapq.heappush(self._forgettable, (closed_ms, "grant", grant_id))
+        for digest, raw in state["rejected"].items():
+            rejection = RejectionRecord(**{**raw, "reason": Rejection(raw["reason"])})
+            self._rejected[digest] = rejection
+            when = max(rejection.at_ms, rejection.finished_at_ms)
+            heapq.heappush(self._forgettable, (when, "reject", digest))
+        self._earned = {w: dict(owed) for w, owed in state["earned"].items()}
+        self._unclaimed = dict(state["unclaimed"])
+        self._payouts = {p: dict(meta) for p, meta in state["payouts"].items()}
+        self._deposit_cursor = dict(state["deposit_cursor"])
+        self._refundable = {t: CreditedTopUp(**raw) for t, raw in state["refundable"].items()}
+        self._refunded = {t: CreditedTopUp(**raw) for t, raw in state["refunded"].items()}
+
+    def forget_settled(self, horizon_ms: int) -> int:
+        """Forget settled requests, closed grants and rejected receipts whose time is at or
+        before `horizon_ms` (now less the idempotence window); how many were forgotten.
+
+        Safe only while replays that old are not acted on: the billing service ignores a
+        request whose deadline, and refuses a receipt whose end, is that old (a request
+        forgotten here has its hold's expiry, which is past its deadline, and its receipt's
+        end at or before the horizon). A forgotten request's grant is forgotten with it."""
+        forgotten: list[str] = []
+        while self._forgettable and self._forgettable[0][0] <= horizon_ms:
+            _, what, key = heapq.heappop(self._forgettable)
+            if what == "request":
+                closed = self._closed.pop(key, None)
+                if closed is not None:
+                    forgotten += (f"hold:{key}", closed.entry_id)
+                    forgotten += self._forget_grant(grant_id_for(key))
+            elif what == "grant":
+                # While its asking request is remembered, a replay of it must still find the
+                # grant closed; the request's own forgetting takes the grant along.
+                if not self.ever_held(grant_id_asker(key)):
+                    forgotten += self._forget_grant(key)
+            elif self._rejected.pop(key, None) is not None:
+                forgotten.append(f"reject:{key}")
+        self.ledger.forget(forgotten)
+        return len(forgotten)
+
+    def _forget_grant(self, grant_id: str) -> list[str]:
+        if self._closed_grants.pop(grant_id, None) is None:
+            return []
+        return [f"grant:{grant_id}", f"grant-closed:{grant_id}"]
 
     def _record(self, entry: Entry) -> bool:
         updates = self.ledger.prepare(entry)
@@ -264,9 +423,22 @@ class BillingEngine:
             )
         elif entry.kind == "grant_closed":
             self._grants.pop(m["grant_id"], None)
+            self._closed_grants[m["grant_id"]] = entry.at_ms
+            heapq.heappush(self._forgettable, (entry.at_ms, "grant", m["grant_id"]))
         elif entry.kind in ("charge", "release"):
-            self._holds.pop(m["request_id"], None)
-            self._closed[m["request_id"]] = entry.entry_id
+            rid = m["request_id"]
+            held = self._holds.pop(rid, None)
+            finished_at_ms = m.get("finished_at_ms", 0)
+            closed = Closed(
+                entry_id=entry.entry_id,
+                receipt_digest=m.get("receipt_digest"),
+                released=m.get("released", 0),
+                settled_ms=max(
+                    entry.at_ms, finished_at_ms, held.expires_at_ms if held is not None else 0
+                ),
+            )
+            self._closed[rid] = closed
+            heapq.heappush(self._forgettable, (closed.settled_ms, "request", rid))
             if entry.kind == "charge":
                 self._owe(m["worker_id"], m.get("payout_address", UNATTESTED), m["worker_fee"])
         elif entry.kind == "topup" and m["source"] in REFUNDABLE_SOURCES:
@@ -282,23 +454,36 @@ class BillingEngine:
         elif entry.kind == "refund":
             self._refunded[m["topup_id"]] = self._refundable.pop(m["topup_id"])
         elif entry.kind == "payout":
+            payout_id = entry.entry_id.removeprefix("payout:")
+            self._payouts[payout_id] = dict(m)
             self._owe(m["worker_id"], m.get("earned_under", UNATTESTED), -m["amount"])
         elif entry.kind == "payout_reversed":
-            start = self.ledger.get(entry.entry_id.replace("payout-reversed:", "payout:", 1))
-            earned_under = start.meta.get("earned_under", UNATTESTED) if start else UNATTESTED
-            self._owe(m["worker_id"], earned_under, m["amount"])
+            start = self._payouts.get(entry.entry_id.removeprefix("payout-reversed:"), {})
+            self._owe(m["worker_id"], start.get("earned_under", UNATTESTED), m["amount"])
+        elif entry.kind == "deposit":
+            deposit_id = entry.entry_id.removeprefix("deposit:")
+            unclaimed = dict(entry.postings).get(UNCLAIMED)
+            if unclaimed is not None:
+                self._unclaimed[deposit_id] = unclaimed
+            address = m.get("source_address")
+            if address:
+                lt = int(deposit_id.split(":")[0])
+                self._deposit_cursor[address] = max(self._deposit_cursor.get(address, 0), lt)
         elif entry.kind == "receipt_rejected":
-            self._rejections.append(
-                RejectionRecord(
-                    receipt_id=m["receipt_id"],
-                    request_id=m["request_id"],
-                    worker_id=m["worker_id"],
-                    reason=Rejection(m["reason"]),
-                    detail=m["detail"],
-                    attributable=m["attributable"],
-                    at_ms=entry.at_ms,
-                )
+            digest = entry.entry_id.removeprefix("reject:")
+            rejection = RejectionRecord(
+                receipt_id=m["receipt_id"],
+                request_id=m["request_id"],
+                worker_id=m["worker_id"],
+                reason=Rejection(m["reason"]),
+                detail=m["detail"],
+                attributable=m["attributable"],
+                at_ms=entry.at_ms,
+                finished_at_ms=m.get("finished_at_ms", 0),
             )
+            self._rejected[digest] = rejection
+            when = max(entry.at_ms, rejection.finished_at_ms)
+            heapq.heappush(self._forgettable, (when, "reject", digest))
 
     # ---- accounts -----------------------------------------------------------------------
 
@@ -368,6 +553,12 @@ class BillingEngine:
             return self._holds[request_id]
         if request_id in self._closed:
             raise BillingError(f"request {request_id} was already settled")
+        if f"hold:{request_id}" in self.ledger:
+            # Held once, yet neither open nor settled: the indices lost it. Holding it again
+            # would be refused as a duplicate entry, so there would be no hold to return.
+            raise LedgerStateError(
+                f"hold:{request_id} is in the ledger, but the request is neither open nor settled"
+            )
         if grant_id is not None:
             grant = self._grants.get(grant_id)
             if grant is None or grant.client_id != client_id:
@@ -518,17 +709,14 @@ class BillingEngine:
         """
         rid = receipt.request_id
         digest = receipt_digest(receipt)
-        earlier = self.ledger.get(f"reject:{digest}")
+        earlier = self._rejected.get(digest)
         if earlier is not None:
             # The first decision on a receipt stands, so a replay decides the same way even
             # if the hold has since expired.
-            m = earlier.meta
-            return CaptureResult("rejected", rid, reason=Rejection(m["reason"]), detail=m["detail"])
-        closed_by = self._closed.get(rid)
-        if closed_by is not None:
-            closing = self.ledger.get(closed_by)
-            if closing is not None and closing.meta.get("receipt_digest") == digest:
-                return CaptureResult("duplicate", rid, released=closing.meta["released"])
+            return CaptureResult("rejected", rid, reason=earlier.reason, detail=earlier.detail)
+        closed = self._closed.get(rid)
+        if closed is not None and closed.receipt_digest == digest:
+            return CaptureResult("duplicate", rid, released=closed.released)
         if not self._verify(receipt):
             return self._reject(
                 receipt,
@@ -538,8 +726,8 @@ class BillingEngine:
                 at_ms,
                 attributable=False,
             )
-        if closed_by is not None:
-            if closed_by.startswith("charge:"):
+        if closed is not None:
+            if closed.entry_id.startswith("charge:"):
                 return self._reject(
                     receipt,
                     digest,
@@ -607,6 +795,8 @@ class BillingEngine:
             "commission": c.commission,
             "released": released,
         }
+        if receipt.finished_at_ms:
+            meta["finished_at_ms"] = receipt.finished_at_ms
         # The address of the verdict whose key verified this receipt: its fee is paid there
         # whatever the worker attests later.
         address = self._attested_address(receipt.worker_id)
@@ -650,7 +840,7 @@ class BillingEngine:
         *,
         attributable: bool = True,
     ) -> CaptureResult:
-        meta = {
+        meta: dict[str, object] = {
             "receipt_id": receipt.receipt_id,
             "request_id": receipt.request_id,
             "worker_id": receipt.worker_id,
@@ -658,12 +848,14 @@ class BillingEngine:
             "detail": detail,
             "attributable": attributable,
         }
+        if receipt.finished_at_ms:
+            meta["finished_at_ms"] = receipt.finished_at_ms
         # Keyed by content: a replayed bad receipt is recorded (and counted) once.
         self._record(Entry(f"reject:{digest}", "receipt_rejected", (), at_ms, meta))
         return CaptureResult("rejected", receipt.request_id, reason=reason, detail=detail)
 
     def rejections(self, worker_id: str | None = None) -> list[RejectionRecord]:
-        return [r for r in self._rejections if worker_id is None or r.worker_id == worker_id]
+        return [r for r in self._rejected.values() if worker_id is None or r.worker_id == worker_id]
 
     # ---- deposits -----------------------------------------------------------------------
 
@@ -767,10 +959,9 @@ class BillingEngine:
     def claim_unclaimed(self, deposit_id: str, client_id: str, at_ms: int = 0) -> bool:
         """Move an unclaimed deposit to a client (an operator decision, once per deposit)."""
         self._require(client_id)
-        deposit = self.ledger.get(f"deposit:{deposit_id}")
-        if deposit is None:
+        if f"deposit:{deposit_id}" not in self.ledger:
             raise BillingError(f"no deposit {deposit_id}")
-        amount = dict(deposit.postings).get(UNCLAIMED)
+        amount = self._unclaimed.get(deposit_id)
         if amount is None:
             raise BillingError(f"deposit {deposit_id} was credited to a client, not unclaimed")
         meta = {"client_id": client_id, "deposit_id": deposit_id, "amount": amount}
@@ -812,8 +1003,8 @@ class BillingEngine:
         start = self._payout_start(payout_id)
         if f"payout-reversed:{payout_id}" in self.ledger:
             raise BillingError(f"payout {payout_id} was reversed; it cannot be confirmed")
-        amount = start.meta["amount"]
-        meta = {"worker_id": start.meta["worker_id"], "amount": amount, "tx": tx}
+        amount = start["amount"]
+        meta = {"worker_id": start["worker_id"], "amount": amount, "tx": tx}
         postings = ((PAYOUTS_PENDING, -amount), (TON_PAYOUTS, amount))
         entry = Entry(f"payout-confirmed:{payout_id}", "payout_confirmed", postings, at_ms, meta)
         return self._record(entry)
@@ -823,15 +1014,19 @@ class BillingEngine:
         start = self._payout_start(payout_id)
         if f"payout-confirmed:{payout_id}" in self.ledger:
             raise BillingError(f"payout {payout_id} is confirmed; it cannot be reversed")
-        amount = start.meta["amount"]
-        worker = start.meta["worker_id"]
+        amount = start["amount"]
+        worker = start["worker_id"]
         meta = {"worker_id": worker, "amount": amount, "reason": reason}
         postings = ((PAYOUTS_PENDING, -amount), (worker_account(worker), amount))
         entry = Entry(f"payout-reversed:{payout_id}", "payout_reversed", postings, at_ms, meta)
         return self._record(entry)
 
-    def _payout_start(self, payout_id: str) -> Entry:
-        start = self.ledger.get(f"payout:{payout_id}")
+    def _payout_start(self, payout_id: str) -> dict[str, Any]:
+        start = self._payouts.get(payout_id)
         if start is None:
             raise BillingError(f"no payout {payout_id}")
         return start
+
+    def deposit_cursor(self, address: str) -> int:
+        """The lt of the newest deposit credited from `address`'s transactions (0: none)."""
+        return self._deposit_cursor.get(address, 0)

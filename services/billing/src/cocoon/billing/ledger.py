@@ -6,6 +6,11 @@ rebuilds them exactly. Every entry has a deterministic id derived from its cause
 same entry twice is a no-op, and appending a *different* entry under an existing id is refused
 (two causes colliding on one id would otherwise silently lose money).
 
+A ledger made with `keep_entries=False` (the billing service's) keeps only balances and, per id
+it still remembers, the entry or its fingerprint: `state()` / `Ledger.restored()` snapshot and
+restore it, and `forget(ids)` drops ids past the engine's idempotence window, so its memory does
+not grow with history.
+
 Accounts:
     client:<id>        spendable client funds          holds:<id>       funds held for requests
     worker:<id>        worker earnings not yet paid    network:commission
@@ -18,6 +23,7 @@ Accounts:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -114,7 +120,11 @@ class Entry:
 
     @classmethod
     def from_json(cls, text: str) -> Entry:
-        raw = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Entry:
+        """The entry `to_dict` described (checked as any new entry is)."""
         return cls(
             entry_id=raw["id"],
             kind=raw["kind"],
@@ -130,6 +140,16 @@ class Entry:
             other.postings,
             dict(other.meta),
         )
+
+
+def fingerprint(entry: Entry) -> str:
+    """A digest of what `Entry.same_as` compares (not `at_ms`): kept for a remembered id."""
+    content = json.dumps(
+        [entry.kind, [list(p) for p in entry.postings], dict(entry.meta)],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 def entry_problem(entry: Entry) -> str | None:
@@ -152,12 +172,16 @@ def entry_problem(entry: Entry) -> str | None:
 
 
 class Ledger:
-    """Entries in order, the set of their ids, and balances derived from them."""
+    """Balances derived from entries, the ids seen (for idempotence) and, unless
+    `keep_entries=False`, the entries in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_entries: bool = True) -> None:
+        self._keep = keep_entries
         self._entries: list[Entry] = []
-        self._by_id: dict[str, Entry] = {}
+        # id -> the entry, or its fingerprint once a snapshot was taken or restored.
+        self._seen: dict[str, Entry | str] = {}
         self._balances: dict[str, int] = {}
+        self._count = 0
 
     @classmethod
     def replay(cls, entries: Iterable[Entry]) -> Ledger:
@@ -177,15 +201,21 @@ class Ledger:
     def commit(self, entry: Entry, updates: dict[str, int]) -> None:
         """Apply what `prepare(entry)` returned (nothing may be appended in between)."""
         self._balances.update(updates)
-        self._entries.append(entry)
-        self._by_id[entry.entry_id] = entry
+        if self._keep:
+            self._entries.append(entry)
+        self._seen[entry.entry_id] = entry
+        self._count += 1
 
     def prepare(self, entry: Entry) -> dict[str, int] | None:
         """Check `entry` without applying it: the new balances it would set, None for a
         duplicate; raises if it is invalid. Lets a caller make it durable before applying."""
-        existing = self._by_id.get(entry.entry_id)
+        existing = self._seen.get(entry.entry_id)
         if existing is not None:
-            if existing.same_as(entry):
+            if isinstance(existing, Entry):
+                same = existing.same_as(entry)
+            else:
+                same = existing == fingerprint(entry)
+            if same:
                 return None
             raise LedgerConflictError(f"entry {entry.entry_id} already exists with other content")
         updates: dict[str, int] = {}
@@ -200,24 +230,58 @@ class Ledger:
             updates[account] = after
         return updates
 
+    def forget(self, entry_ids: Iterable[str]) -> None:
+        """Stop remembering these ids: an entry under one of them would be appended again.
+        Only for ids whose cause can no longer come back (the engine's idempotence window)."""
+        for entry_id in entry_ids:
+            self._seen.pop(entry_id, None)
+
+    def state(self) -> dict[str, Any]:
+        """Balances, remembered ids (with their fingerprints) and the count, JSON-ready.
+
+        Each remembered entry is fingerprinted once, here, and the fingerprint kept in its
+        place: a service snapshotting every few thousand entries would otherwise hash the
+        whole idempotence window again each time (and stall its consume loop doing it)."""
+        for entry_id, seen in self._seen.items():
+            if isinstance(seen, Entry):
+                self._seen[entry_id] = fingerprint(seen)
+        return {
+            "count": self._count,
+            "balances": {a: n for a, n in self._balances.items() if n},
+            "seen": dict(self._seen),
+        }
+
+    @classmethod
+    def restored(cls, state: Mapping[str, Any]) -> Ledger:
+        """The ledger `state()` described, without its entries (they stay on the log)."""
+        ledger = cls(keep_entries=False)
+        ledger._count = int(state["count"])
+        ledger._balances = {check_account(a): int(n) for a, n in state["balances"].items()}
+        ledger._seen = {str(entry_id): str(f) for entry_id, f in state["seen"].items()}
+        return ledger
+
+    @property
+    def keeps_entries(self) -> bool:
+        return self._keep
+
     def balance(self, account: str) -> int:
         return self._balances.get(check_account(account), 0)
 
     def balances(self) -> dict[str, int]:
         return dict(self._balances)
 
-    def get(self, entry_id: str) -> Entry | None:
-        return self._by_id.get(entry_id)
-
     def __contains__(self, entry_id: object) -> bool:
-        return entry_id in self._by_id
+        return entry_id in self._seen
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(list(self._entries))
+        return iter(self.entries)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Entries ever applied: the sequence number of the next one."""
+        return self._count
 
     @property
     def entries(self) -> list[Entry]:
+        if not self._keep:
+            raise BillingError("this ledger does not keep its entries (read billing.ledger)")
         return list(self._entries)

@@ -31,6 +31,11 @@ class GrantError(BillingError):
     """A request named an admission grant that cannot fund it (unknown, closed, exhausted)."""
 
 
+class LedgerStateError(BillingError):
+    """The engine's indices disagree with its ledger: a bug in billing, not in the input. The
+    record that met it is dead-lettered with this message and nothing is recorded for it."""
+
+
 class InsufficientFundsError(BillingError):
     """A hold larger than the client's available balance; `shortfall` is exact."""
 

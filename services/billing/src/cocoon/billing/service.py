@@ -3,8 +3,10 @@
 Start:
 1. the transactional producer initialises, which fences any older instance with the same
    `transactional_id` and aborts its open transaction;
-2. `billing.ledger` is replayed from the beginning (read_committed) into the domain engine, so
-   holds, captures, rejections and balances are exactly what was committed;
+2. the state is restored from the newest committed snapshot (`billing.snapshots`, written in the
+   transaction of the entries it includes) plus the `billing.ledger` entries after it
+   (read_committed), or with no snapshot from the whole ledger, so holds, captures, rejections
+   and balances are exactly what was committed, and start-up does not replay history;
 3. dev grants (`COCOON_DEV_GRANTS`) are applied once ever (deterministic entry ids);
 4. `attestation.verdicts` and `attestation.registry` are mirrored from the beginning (every
    verdict checked against the pinned attestation key; prices, worker coefficients and payout
@@ -18,10 +20,11 @@ Start:
 
 Then, per polled batch, ONE Kafka transaction holds the new ledger entries (`billing.ledger`)
 and the workers' side of them (`billing.earnings`), the balances they changed
-(`billing.balances`), the reservations (`billing.reservations`), the admission grants given,
+(`billing.balances`), every `snapshot_every_entries` entries a snapshot of the state
+(`billing.snapshots`), the reservations (`billing.reservations`), the admission grants given,
 refused or closed (`billing.grants`), dead letters, and the batch's input offsets
-(`send_offsets_to_transaction`). A receipt for a request not read yet stops its partition
-there (not committed) until the requests are read past it: a request admitted against a grant is
+(`send_offsets_to_transaction`). A receipt for a request not read yet stops its partition there
+(not committed) until the requests are read past it: a request admitted against a grant is
 placed before billing reads it (docs/architecture.md, "Admission grants"). A crash at any point
 leaves either all of it or none: no charge without its offset, no offset without its charge.
 Timers (holds past deadline + grace, outcomes whose receipt never came) run in the same loop and
@@ -76,7 +79,13 @@ from cocoon.billing.stream_handlers import (
     receipt_of,
 )
 from cocoon.billing.stream_registry import REGISTRY_TOPIC, RegistryPrices
-from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger
+from cocoon.billing.stream_replay import LEDGER_RECORD, read_ledger_from
+from cocoon.billing.stream_snapshot import (
+    SNAPSHOT_RECORD,
+    SNAPSHOTS_TOPIC,
+    read_snapshot,
+    snapshot_records,
+)
 from cocoon.billing.stream_ton import TonLink
 from cocoon.billing.stream_verdicts import VERDICTS_TOPIC, VerdictKeys
 from cocoon.billing.ton.config import TonSettings
@@ -183,6 +192,12 @@ class Settings(PinnedKeySettings):
     # TON (deposits and payouts) is on when COCOON_TON_NETWORK is set; see billing/ton/config.py.
     ton_poll_seconds: float = Field(5.0, gt=0, description="deposit and payout step period")
     payout_store: Path | None = Field(None, description="SQLite file of payouts in flight")
+    # A snapshot of the state goes out with the transaction once this many entries were
+    # recorded since the last one (0: never; a start then replays the whole ledger).
+    snapshot_every_entries: int = Field(20_000, ge=0)
+    # Settled requests and rejected receipts are remembered this long (past the hold's expiry
+    # and the receipt's end), then forgotten; older requests and receipts are not acted on.
+    idempotence_window_seconds: float = Field(86_400.0, gt=0)
     consumer_group: str = Group.BILLING
     transactional_id: str = Field("billing", description="one active billing per id")
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
@@ -264,6 +279,12 @@ class Billing(Service):
         self._store = codec.default_store()
         self._catalog = default_catalog()
         self._started: list[Any] = []
+        # billing.ledger partition -> offset after the last committed record we know of: where
+        # the tail of a snapshot taken now starts.
+        self._ledger_ends: dict[int, int] = {}
+        self._snapshot_seq = 0  # ledger length at the last snapshot (read or written)
+        # (entries restored from the snapshot, entries replayed after it), once started.
+        self.restored: tuple[int, int] = (0, 0)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -271,11 +292,26 @@ class Billing(Service):
         s = self.settings
         await self.producer.start()  # init_transactions: fences and aborts an older instance
         self._started.append(self.producer)
-        entries = await read_ledger(s.kafka_bootstrap, prefix=self.prefix)
+        snapshot = None
+        if s.snapshot_every_entries:
+            snapshot = await read_snapshot(
+                s.kafka_bootstrap, s.transactional_id, prefix=self.prefix
+            )
+        tail = await read_ledger_from(
+            s.kafka_bootstrap,
+            prefix=self.prefix,
+            from_offsets=snapshot.ledger_offsets if snapshot else None,
+            from_seq=snapshot.seq if snapshot else 0,
+        )
+        self._ledger_ends = dict(tail.ends)
+        self._snapshot_seq = snapshot.seq if snapshot else 0
+        self.restored = (self._snapshot_seq, len(tail.entries))
         self.processor = Processor(
             self.registry.prices,
             self.verify,
-            entries,
+            tail.entries,
+            snapshot=snapshot.state if snapshot else None,
+            window_ms=int(s.idempotence_window_seconds * 1000),
             hold_grace_ms=int(s.hold_grace_seconds * 1000),
             outcome_grace_ms=int(s.outcome_grace_seconds * 1000),
             grants=GrantPolicy(
@@ -309,6 +345,8 @@ class Billing(Service):
             "billing ready",
             extra={
                 "ledger_entries": len(engine.ledger),
+                "snapshot_entries": snapshot.seq if snapshot else 0,
+                "replayed_entries": len(tail.entries),
                 "open_holds": len(engine.open_holds()),
                 "trusted_workers": len(self.keys),
             },
@@ -429,6 +467,20 @@ class Billing(Service):
                         mark_failed(span, exc)
                         dead.append((topic, record, exc))
                         MESSAGES.labels("billing", topic, "dead_letter").inc()
+                    except Exception as exc:
+                        # A bug met on this record, not a fault of it. Failing would meet it
+                        # again after every restart, so the consumer goes on and the record is
+                        # kept with the error for a person. Entries recorded for it before the
+                        # error are checked ledger entries and commit with the batch as usual.
+                        log.exception(
+                            "internal error on %s/%d/%d: dead-lettered",
+                            topic,
+                            record.partition,
+                            record.offset,
+                        )
+                        mark_failed(span, exc)
+                        dead.append((topic, record, exc))
+                        MESSAGES.labels("billing", topic, "error").inc()
                     else:
                         MESSAGES.labels("billing", topic, "ok").inc()
                 offsets[tp] = record.offset + 1
@@ -604,17 +656,23 @@ class Billing(Service):
         """Publish `batch` and commit `offsets` atomically (or neither, and fail)."""
         assert self.processor is not None
         kafka = self.producer.kafka
+        # Taken before the first await: the TON side may record entries meanwhile, which
+        # belong to the next transaction, not to this snapshot.
+        snapshot = self._snapshot_due(now)
         await kafka.begin_transaction()
         try:
             sends: list[asyncio.Future] = []
+            ledger_sends: list[asyncio.Future] = []
             owners: set[str] = set()
             for seq, entry in batch.entries:
                 owners |= touched(entry)
                 records = ledger_records(entry, seq)
                 for record in records:
-                    sends.append(await self._send(LEDGER_TOPIC, record, LEDGER_RECORD))
+                    ledger_sends.append(await self._send(LEDGER_TOPIC, record, LEDGER_RECORD))
                 for earning in earning_records(entry, records):
                     sends.append(await self._send(EARNINGS_TOPIC, earning, EARNING_RECORD))
+            for record in snapshot:
+                sends.append(await self._send(SNAPSHOTS_TOPIC, record, SNAPSHOT_RECORD))
             engine = self.processor.engine
             for owner in sorted(owners):
                 balance = self.processor.book.record(engine.ledger, owner, now)
@@ -639,6 +697,7 @@ class Billing(Service):
                 sends.append(await self._dead_letter(topic, record, exc))
             if offsets:
                 await kafka.send_offsets_to_transaction(offsets, self.settings.consumer_group)
+            written = await asyncio.gather(*ledger_sends)
             await asyncio.gather(*sends)
             await kafka.commit_transaction()
         except BaseException:
@@ -649,6 +708,24 @@ class Billing(Service):
                 await kafka.abort_transaction()
             raise
         TRANSACTIONS_TOTAL.inc()
+        for metadata in written:
+            after = metadata.offset + 1
+            self._ledger_ends[metadata.partition] = max(
+                after, self._ledger_ends.get(metadata.partition, 0)
+            )
+
+    def _snapshot_due(self, now: int) -> list[dict[str, Any]]:
+        """The snapshot records to send with this transaction, if one is due: the state with
+        every entry recorded so far (all in this transaction or committed before it)."""
+        assert self.processor is not None
+        every = self.settings.snapshot_every_entries
+        seq = len(self.processor.engine.ledger)
+        if not every or seq - self._snapshot_seq < every:
+            return []
+        self._snapshot_seq = seq
+        state = self.processor.state()
+        owner = self.settings.transactional_id
+        return snapshot_records(owner, seq, state, self._ledger_ends, now)
 
     async def _send(
         self, topic: str, value: dict[str, Any], record: str | None, *, traced: bool = False

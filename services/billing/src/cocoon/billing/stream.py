@@ -176,7 +176,7 @@ def entry_from_record(value: Mapping[str, Any]) -> tuple[int, Entry]:
         memo = json.loads(value["memo"])
         if memo.get("v") != MEMO_VERSION:
             raise LedgerRecordError(f"unknown ledger memo version {memo.get('v')!r}")
-        return int(memo["seq"]), Entry.from_json(json.dumps(memo["entry"]))
+        return int(memo["seq"]), Entry.from_dict(memo["entry"])
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, LedgerRecordError):
             raise
@@ -205,6 +205,16 @@ class BalanceBook:
     def __init__(self) -> None:
         self._last: dict[str, str] = {}
         self._count: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"last": dict(self._last), "count": dict(self._count)}
+
+    @classmethod
+    def restored(cls, state: Mapping[str, Any]) -> BalanceBook:
+        book = cls()
+        book._last = dict(state["last"])
+        book._count = dict(state["count"])
+        return book
 
     def applied(self, entry: Entry) -> set[str]:
         """Note that `entry` was applied; the record accounts it concerns."""

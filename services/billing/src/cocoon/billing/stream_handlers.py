@@ -8,13 +8,26 @@ Kafka transaction together with the input offsets, so either all of it happens o
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.billing.engine import AttestedAddress, BillingEngine, CaptureResult, Grant, Hold
+from cocoon.billing.engine import (
+    AttestedAddress,
+    BillingEngine,
+    CaptureResult,
+    Grant,
+    Hold,
+    grant_id_for,
+)
 from cocoon.billing.ledger import Entry
-from cocoon.billing.money import BillingError, GrantError, InsufficientFundsError, check_id
+from cocoon.billing.money import (
+    BillingError,
+    GrantError,
+    InsufficientFundsError,
+    LedgerStateError,
+    check_id,
+)
 from cocoon.billing.pricing import BPS_ONE, Prices
 from cocoon.billing.receipts import Receipt, ReceiptVerify, receipt_from_record
 from cocoon.billing.stream import BalanceBook
@@ -74,15 +87,31 @@ class Processor:
         outcome_grace_ms: int,
         grants: GrantPolicy | None = None,
         attested_address: AttestedAddress | None = None,
+        snapshot: Mapping[str, Any] | None = None,
+        window_ms: int | None = None,
     ) -> None:
-        self.book = BalanceBook()
-        self.engine = BillingEngine.replay(
-            self._noted(entries),
-            prices,
-            verify,
-            sink=self._collect,
-            **({} if attested_address is None else {"attested_address": attested_address}),
-        )
+        """`entries` are the whole ledger, or with `snapshot` (a `state()`) those after it.
+
+        `window_ms` is the idempotence window: a request whose deadline, or a receipt whose
+        end, is older than that is not acted on, so what the engine remembers of settled
+        requests and rejected receipts is forgotten that long after (`tick`). None: never."""
+        addressed = {} if attested_address is None else {"attested_address": attested_address}
+        if snapshot is None:
+            self.book = BalanceBook()
+            self.engine = BillingEngine.replay(
+                self._noted(entries),
+                prices,
+                verify,
+                sink=self._collect,
+                keep_entries=False,  # they are on billing.ledger
+                **addressed,
+            )
+        else:
+            self.book = BalanceBook.restored(snapshot["book"])
+            self.engine = BillingEngine.restore(
+                snapshot["engine"], self._noted(entries), prices, verify, self._collect, **addressed
+            )
+        self.window_ms = window_ms
         self.hold_grace_ms = hold_grace_ms
         self.outcome_grace_ms = outcome_grace_ms
         # Outcomes seen for requests still held: request id -> when to release (if no receipt).
@@ -109,6 +138,10 @@ class Processor:
         # Called before the engine applies the entry: the ledger's length is its sequence number.
         self._batch.entries.append((len(self.engine.ledger), entry))
         self.book.applied(entry)
+
+    def state(self) -> dict[str, Any]:
+        """What a snapshot holds (the `snapshot` argument of a later Processor)."""
+        return {"engine": self.engine.state(), "book": self.book.snapshot()}
 
     def take(self) -> Batch:
         batch, self._batch = self._batch, Batch()
@@ -176,6 +209,10 @@ class Processor:
         if engine.settled(rid):
             log.info("request %s replayed after it was settled: ignored", rid)
             return
+        if self._too_old(epoch_millis(request.deadline_at), now_ms):
+            # Its hold may have been settled and forgotten: holding it again could charge twice.
+            log.warning("request %s is past the idempotence window: ignored", rid)
+            return
         if not _valid_id(account) or not engine.has_account(account):
             self._reserve(request, now_ms, "REJECTED", 0, reason="UNKNOWN_ACCOUNT", available=0)
             self._refuse_grant(request, now_ms)
@@ -186,6 +223,8 @@ class Processor:
             return
         try:
             hold = self._open_hold(request, now_ms)
+        except LedgerStateError as exc:
+            raise BadRecord(str(exc)) from None
         except InsufficientFundsError as exc:
             # amount_nanoton carries what was needed: the gateway states the shortfall.
             self._reserve(
@@ -233,6 +272,8 @@ class Processor:
         assert request.grant_id is not None
         try:
             hold = self._open_hold(request, now_ms, grant_id=request.grant_id)
+        except LedgerStateError as exc:
+            raise BadRecord(str(exc)) from None
         except GrantError as exc:
             log.error("granted request %s not funded by its grant: %s", request.request_id, exc)
             return False
@@ -255,7 +296,7 @@ class Processor:
             return
         try:
             grant = engine.open_grant(
-                _grant_id(request.request_id),
+                grant_id_for(request.request_id),
                 request.account_id,
                 gateway_id=request.gateway_id,
                 amount=amount,
@@ -272,7 +313,7 @@ class Processor:
         if request.grant_ask_requests <= 0:
             return
         refused = Grant(
-            grant_id=_grant_id(request.request_id),
+            grant_id=grant_id_for(request.request_id),
             client_id=request.account_id,
             gateway_id=request.gateway_id,
             amount=0,
@@ -357,6 +398,11 @@ class Processor:
         ReceiptTooEarly until `inference.requests` has been read past that time (plus the clock
         skew allowance): only then is it an unknown request."""
         rid = receipt.request_id
+        if self._too_old(receipt.finished_at_ms, now_ms):
+            raise BadRecord(
+                f"receipt for {rid} ended at {receipt.finished_at_ms}, before the idempotence "
+                f"window ({self.window_ms} ms): it may have been decided and forgotten"
+            )
         if sent_at_ms is not None and not self.engine.ever_held(rid):
             read_to = self.requests_read_to_ms
             if read_to is None or read_to < sent_at_ms + self.grant_policy.clock_skew_ms:
@@ -426,7 +472,12 @@ class Processor:
         if receipts_read_to_ms is not None:
             released += self.engine.expire_holds(min(now_ms, receipts_read_to_ms), at_ms=now_ms)
         self._forget_attempts(now_ms)
+        if self.window_ms is not None:
+            self.engine.forget_settled(now_ms - self.window_ms)
         return released
+
+    def _too_old(self, at_ms: int, now_ms: int) -> bool:
+        return self.window_ms is not None and at_ms + self.window_ms <= now_ms
 
     def _forget_attempts(self, now_ms: int) -> None:
         """Drop placements of settled requests, and of requests still not read
@@ -446,10 +497,6 @@ def receipt_of(data: dict[str, Any]) -> Receipt:
         return receipt_from_record(data)
     except BillingError as exc:
         raise BadRecord(str(exc)) from None
-
-
-def _grant_id(request_id: str) -> str:
-    return f"g-{request_id}"
 
 
 def _valid_id(value: str) -> bool:

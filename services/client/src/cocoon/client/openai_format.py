@@ -31,6 +31,27 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def embeddings_response(chunks: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """The worker's runs of embedding objects and its usage as OpenAI's one response object;
+    ValueError if the runs leave a gap (the caller answers 502, as the gateway would)."""
+    data = sorted(
+        (d for c in chunks for d in c.get("data") or () if isinstance(d, dict)),
+        key=lambda d: d.get("index", -1),
+    )
+    if not data or [d.get("index") for d in data] != list(range(len(data))):
+        raise ValueError("the worker's embeddings are incomplete")
+    usage = next((c["usage"] for c in chunks if isinstance(c.get("usage"), dict)), None)
+    if usage is None:
+        raise ValueError("the worker ended the embeddings without their usage")
+    tokens = usage.get("prompt_tokens", 0)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 class Formatter:
     def __init__(self, endpoint: str, model: str, include_usage: bool) -> None:
         self.endpoint = endpoint

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = ("max_coefficient", "timeout")  # Cocoon's, for the gateway; never sealed
 DEFAULT_MAX_TOKENS = 1000
+EMBEDDING_MAX_TOKENS = 1  # as the gateway's own path holds for an embedding request
 MAX_CANDIDATES = 3
 
 
@@ -207,9 +208,13 @@ class SealedSession:
             raise WireError("the request names no model")
         candidates = await self.candidates(model, api_key)
         engine_body = {k: v for k, v in body.items() if k not in EXTENSIONS}
-        cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
-        engine_body.pop("max_completion_tokens", None)
-        engine_body.update(max_tokens=cap, stream=True, stream_options={"include_usage": True})
+        if endpoint == "embeddings":
+            # Nothing is generated: the hold covers the input (its size) and the least it can.
+            cap = EMBEDDING_MAX_TOKENS
+        else:
+            cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+            engine_body.pop("max_completion_tokens", None)
+            engine_body.update(max_tokens=cap, stream=True, stream_options={"include_usage": True})
         request_id = request_id or str(uuid.uuid4())
         envelope, request_key = seal(
             json.dumps(engine_body, separators=(",", ":")).encode(),
@@ -256,8 +261,8 @@ class SealedSession:
                         self._keep(receipt, candidate, request_id, chunk, sealed_at)
                     if "error" in plain:
                         raise worker_error(plain["error"])
-                    if plain.get("choices") or plain.get("usage"):
-                        answered = answered or bool(plain.get("choices"))
+                    if plain.get("choices") or plain.get("data") or plain.get("usage"):
+                        answered = answered or bool(plain.get("choices") or plain.get("data"))
                         yield plain
                 if chunk.final:
                     return

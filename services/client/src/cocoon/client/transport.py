@@ -6,11 +6,11 @@
         http_client=httpx.AsyncClient(transport=SealingTransport(session)),
     )
 
-`/v1/chat/completions` and `/v1/completions` are sealed here to workers this process verified;
-so is `/v1/responses`, translated to a chat request here, before sealing, and its answer back
-(cocoon.client.openai_responses); `/v1/models` goes to the gateway as it is. Every response
-carries `X-Cocoon-Sealed-By: client` and, when the configuration trusts a development root,
-`X-Cocoon-Trust-Root: development`.
+`/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` are sealed here to workers this
+process verified; so is `/v1/responses`, translated to a chat request here, before sealing, and
+its answer back (cocoon.client.openai_responses); `/v1/models` goes to the gateway as it is.
+Every response carries `X-Cocoon-Sealed-By: client` and, when the configuration trusts a
+development root, `X-Cocoon-Trust-Root: development`.
 The local proxy (`cocoon client serve`) serves this transport over HTTP.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from cocoon.client.errors import GatewayError, NoTrustedWorker, WireError
-from cocoon.client.openai_format import Formatter, error_body, sse
+from cocoon.client.openai_format import Formatter, embeddings_response, error_body, sse
 from cocoon.client.openai_responses import (
     ResponseBuilder,
     ResponsesRequestError,
@@ -44,6 +44,7 @@ RESPONSES_PATH = "/v1/responses"  # answered with a chat completion, translated 
 ENDPOINTS = {
     "/v1/chat/completions": "chat.completions",
     "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
     RESPONSES_PATH: "chat.completions",
 }
 
@@ -148,6 +149,8 @@ class SealingTransport(httpx.AsyncBaseTransport):
                     code="invalid_json",
                 ),
             )
+        if endpoint == "embeddings":
+            return await self._embeddings(body, key, request_id)
         builder = None
         if path == RESPONSES_PATH:
             try:
@@ -206,6 +209,19 @@ class SealingTransport(httpx.AsyncBaseTransport):
             },
             stream=_Events(events),
         )
+
+    async def _embeddings(
+        self, body: dict[str, Any], key: str | None, request_id: str
+    ) -> httpx.Response:
+        """Answered whole, never streamed (as OpenAI's API)."""
+        chunks = self.session.stream("embeddings", body, api_key=key, request_id=request_id)
+        try:
+            answer = [chunk async for chunk in chunks]
+            return self._json(200, embeddings_response(answer, str(body.get("model", ""))))
+        except (GatewayError, NoTrustedWorker, WireError) as exc:
+            return self._json(*_failure(exc))
+        except ValueError as exc:
+            return self._json(*_failure(WireError(str(exc))))
 
 
 async def _sse_events(

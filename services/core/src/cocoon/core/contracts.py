@@ -28,6 +28,7 @@ class Topic(StrEnum):
     BILLING_PAYOUTS = "billing.payouts"
     BILLING_REFUNDS = "billing.refunds"
     BILLING_RESERVATIONS = "billing.reservations"
+    BILLING_SNAPSHOTS = "billing.snapshots"
     BILLING_TOPUPS = "billing.topups"
     INFERENCE_ASSIGNMENTS = "inference.assignments"
     INFERENCE_OUTCOMES = "inference.outcomes"

@@ -16,8 +16,9 @@ worker's current verdict before the record changes anything:
 
 Signed message: `canonical_bytes({"domain": <kind's domain>, "payload": fields})` (see
 cocoon.core.crypto.canonical) where `fields` are exactly the kind's field list below (every field
-of the record's v3 schema but `signature`), timestamps as integer unix milliseconds, doubles as
-their 8 IEEE-754 big-endian bytes (the canonical encoding has no floats), absent values as None.
+of the record's schema but `signature`: v3's for outcomes, v4's for heartbeats), timestamps as
+integer unix milliseconds, doubles as their 8 IEEE-754 big-endian bytes (the canonical encoding
+has no floats), absent values as None.
 The list is fixed by the domain, not by the Avro version, so a later schema version that adds
 fields does not change what old verifiers check; it would get a new domain if those fields
 must be signed too.
@@ -61,7 +62,9 @@ class RecordKind:
 
 HEARTBEAT = RecordKind(
     record="cocoon.worker.Heartbeat",
-    domain="cocoon/worker-heartbeat/v1",
+    # v2: the heartbeat's capabilities and context length are signed too (the gateway routes
+    # and lists models by them), so the domain changed with them (schema v4).
+    domain="cocoon/worker-heartbeat/v2",
     fields=(
         "worker_id",
         "models",
@@ -75,6 +78,8 @@ HEARTBEAT = RecordKind(
         "engine_queue_depth",
         "gpu",
         "avg_request_ms",
+        "capabilities",
+        "context_length",
     ),
     times=("sent_at",),
     doubles=("avg_request_ms",),

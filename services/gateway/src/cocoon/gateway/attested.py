@@ -12,6 +12,7 @@ from typing import Any
 from cocoon.core.bus.broadcast import BroadcastRecord
 from cocoon.core.codec.timestamps import epoch_millis
 from cocoon.core.contracts import Topic
+from cocoon.gateway.models import NetworkPrices
 
 ATTESTED_TOPIC = Topic.ATTESTATION_ATTESTED
 COLLATERAL_TOPIC = Topic.ATTESTATION_COLLATERAL
@@ -30,6 +31,10 @@ class AttestedState:
         self.evidence: dict[str, dict[str, Any]] = {}  # worker id -> evidence
         self.collateral: dict[str, dict[str, Any]] = {}  # fmspc -> collateral document
         self.registry: dict[str, dict[str, Any]] = {}  # entry id -> entry
+
+    def prices(self) -> NetworkPrices | None:
+        """The registry's price list, for `/v1/models` (None until the registry has one)."""
+        return NetworkPrices.from_registry(self.registry)
 
     def on_record(self, record: BroadcastRecord) -> None:
         key, value = record.key, record.value

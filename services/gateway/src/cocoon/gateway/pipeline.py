@@ -12,11 +12,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.capabilities import serves
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import ErrorCode, Topic
 from cocoon.core.crypto import OpenError, ResponseOpener, StreamError, seal_request
@@ -24,6 +25,7 @@ from cocoon.core.crypto.keys import HpkeSuite, SingleHpkeKey
 from cocoon.gateway.admission import Admission, AdmissionGrants
 from cocoon.gateway.api.backend import (
     ChatChunk,
+    Embeddings,
     InferenceRequest,
     ModelInfo,
     ToolCallDelta,
@@ -31,6 +33,7 @@ from cocoon.gateway.api.backend import (
 )
 from cocoon.gateway.api.errors import (
     ApiError,
+    EndpointNotServed,
     InsufficientFunds,
     InternalError,
     InvalidRequest,
@@ -39,6 +42,7 @@ from cocoon.gateway.api.errors import (
     UpstreamTimeout,
     WorkerLost,
 )
+from cocoon.gateway.models import ROUTES, NetworkPrices, model_listing
 from cocoon.gateway.workers import TrustedWorker, WorkerDirectory
 
 log = logging.getLogger(__name__)
@@ -76,8 +80,10 @@ class KafkaBackend:
         gateway_id: str,
         channel: str = "HTTP",
         grants: AdmissionGrants | None = None,
+        prices: Callable[[], NetworkPrices | None] = lambda: None,
     ) -> None:
         self.producer = producer
+        self.prices = prices  # the registry's price list, for /v1/models
         self.workers = workers
         self.gateway_id = gateway_id
         self.channel = channel
@@ -107,17 +113,22 @@ class KafkaBackend:
 
     # -- InferenceBackend ----------------------------------------------------------------------
     async def models(self) -> list[ModelInfo]:
-        counts: dict[str, int] = {}
-        for worker in self.workers.live_workers():
-            for model in worker.models:
-                counts[model] = counts.get(model, 0) + 1
-        return [ModelInfo(id=model, attested_workers=n) for model, n in sorted(counts.items())]
+        return model_listing(self.workers, self.prices())
+
+    def check_model(self, request: InferenceRequest) -> None:
+        """404 for a model no worker ever served; 400 for an endpoint its workers do not serve
+        (on both paths: the client-sealed envelope names its endpoint in clear)."""
+        if not self.workers.knows_model(request.model):
+            raise UnknownModel(request.model)
+        capabilities = self.workers.model_capabilities(request.model)
+        if capabilities and not serves(capabilities, request.endpoint):
+            serving = self.workers.models_serving(request.endpoint)
+            raise EndpointNotServed(request.model, ROUTES[request.endpoint], serving)
 
     async def submit(
         self, account_id: str, request: InferenceRequest
-    ) -> AsyncIterator[ChatChunk | Usage]:
-        if not self.workers.knows_model(request.model):
-            raise UnknownModel(request.model)
+    ) -> AsyncIterator[ChatChunk | Embeddings | Usage]:
+        self.check_model(request)
         state = _InFlight(request)
         self._inflight[request.request_id] = state
         finished = False
@@ -300,7 +311,9 @@ class KafkaBackend:
             raise WorkerLost(f"The worker failed while serving this request ({code or status}).")
         raise InternalError(f"request ended with {status}")
 
-    def _open_chunk(self, state: _InFlight, value: dict) -> tuple[list[ChatChunk | Usage], bool]:
+    def _open_chunk(
+        self, state: _InFlight, value: dict
+    ) -> tuple[list[ChatChunk | Embeddings | Usage], bool]:
         if value["attempt"] != state.attempt or value["worker_id"] != state.worker_id:
             return [], False  # a chunk from a superseded attempt
         if state.opener is None:
@@ -360,17 +373,18 @@ def tool_call_deltas(raw: object) -> tuple[ToolCallDelta, ...]:
     return tuple(out)
 
 
-def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Usage]:
+def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Embeddings | Usage]:
     """Turn one opened record (the engine's OpenAI streaming chunks, one JSON document per
-    line: the worker coalesces what the engine produced within a few ms) into API items."""
-    items: list[ChatChunk | Usage] = []
+    line: the worker coalesces what the engine produced within a few ms; or a run of
+    embeddings) into API items."""
+    items: list[ChatChunk | Embeddings | Usage] = []
     for line in plain.split(b"\n"):
         if line:
             items.extend(_engine_chunk_items(line, endpoint))
     return items
 
 
-def _engine_chunk_items(line: bytes, endpoint: str) -> list[ChatChunk | Usage]:
+def _engine_chunk_items(line: bytes, endpoint: str) -> list[ChatChunk | Embeddings | Usage]:
     try:
         chunk = json.loads(line)
     except json.JSONDecodeError:
@@ -379,7 +393,11 @@ def _engine_chunk_items(line: bytes, endpoint: str) -> list[ChatChunk | Usage]:
         return []
     if "error" in chunk:
         raise WorkerLost(f"The engine failed: {chunk['error']}")
-    items: list[ChatChunk | Usage] = []
+    items: list[ChatChunk | Embeddings | Usage] = []
+    if endpoint == "embeddings":
+        data = chunk.get("data")
+        if isinstance(data, list) and data:
+            items.append(Embeddings(tuple(d for d in data if isinstance(d, dict))))
     for choice in chunk.get("choices") or []:
         calls: tuple[ToolCallDelta, ...] = ()
         if endpoint == "chat.completions":

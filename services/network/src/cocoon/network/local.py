@@ -27,11 +27,14 @@ from cocoon.core.kafka import broker
 from cocoon.core.paths import cache_dir
 from cocoon.network.demo import DEMO_ACCOUNT, save_demo, state_dir
 from cocoon.network.engine_process import (
+    SMOLLM2_CONTEXT,
     SMOLLM2_MODEL,
     EngineProcess,
     smollm2_gguf_path,
+    start_embedding_engine,
     start_engine,
 )
+from cocoon.network.minilm import MINILM_MODEL, minilm_dir
 from cocoon.network.supervisor import Supervisor
 
 DEMO_BALANCE_NANOTON = 1_000 * 10**9  # 1,000 TON of play money, granted by billing's dev grant
@@ -42,7 +45,8 @@ Echo = Callable[[str], None]
 
 @dataclass
 class LocalNetwork:
-    workers: int = 1
+    workers: int = 1  # chat workers (SmolLM2)
+    embedding_workers: int = 1  # embedding workers (all-MiniLM-L6-v2), separate processes
     http_port: int = 8080
     grpc_port: int = 50051  # the gateway's gRPC inference API
     echo: Echo = print
@@ -118,7 +122,15 @@ class LocalNetwork:
         )
         for index in range(self.workers):
             self._start_worker(index, common)
+        for index in range(self.embedding_workers):
+            self._start_embedding_worker(index, common)
         self._wait_for(self._model_listed, "the first attested worker", ready_timeout_s)
+        if self.embedding_workers:
+            self._wait_for(
+                lambda: self._model_listed(1, MINILM_MODEL),
+                "the first attested embedding worker",
+                ready_timeout_s,
+            )
         save_demo(self.api_key, self.gateway_url)
         self.client_config_path = write_dev_client_config(self.gateway_url)
         if self.telegram_token:  # a client of the network: after its client configuration
@@ -171,10 +183,12 @@ class LocalNetwork:
 
         image = DEFAULT_MEASUREMENTS.image_hash().hex()
         model_hash = _sha256_file(smollm2_gguf_path())
+        embedder_hash = _sha256_file(minilm_dir() / "model.safetensors")
         prices = ["--price-per-token", "100", "--worker-fee-per-token", "80"]
         for args in (
             ["add-image", image],
             ["add-model", SMOLLM2_MODEL, model_hash],
+            ["add-model", MINILM_MODEL, embedder_hash],
             ["set-prices", *prices],
         ):
             _cocoon("registry", *args, "--bootstrap", self.bootstrap)
@@ -209,15 +223,44 @@ class LocalNetwork:
     def _start_worker(self, index: int, common: dict[str, str]) -> None:
         worker_id = f"w-local-{index}"
         self.echo(f"Starting worker {worker_id} (llama.cpp engine with SmolLM2-135M on CPU) ...")
-        engine = start_engine(log_dir=state_dir() / "logs")
+        engine = start_engine(n_ctx=SMOLLM2_CONTEXT, log_dir=state_dir() / "logs")
         self.engines.append(engine)
+        self._spawn_worker(
+            worker_id,
+            engine,
+            common,
+            # llama.cpp's grammar-constrained tool calls (docs/api.md, "Tool calling").
+            capabilities='["CHAT", "TOOLS"]',
+            context_length=SMOLLM2_CONTEXT,
+        )
+
+    def _start_embedding_worker(self, index: int, common: dict[str, str]) -> None:
+        worker_id = f"w-local-embed-{index}"
+        self.echo(f"Starting worker {worker_id} (all-MiniLM-L6-v2 embeddings on CPU) ...")
+        engine = start_embedding_engine(log_dir=state_dir() / "logs")
+        self.engines.append(engine)
+        self._spawn_worker(
+            worker_id, engine, common, capabilities='["EMBEDDINGS"]', context_length=256
+        )
+
+    def _spawn_worker(
+        self,
+        worker_id: str,
+        engine: EngineProcess,
+        common: dict[str, str],
+        *,
+        capabilities: str,
+        context_length: int,
+    ) -> None:
         self._spawn_service(
             "worker-proxy",
             {
                 **common,
                 "COCOON_WORKER_ID": worker_id,
-                "COCOON_MODEL": SMOLLM2_MODEL,
+                "COCOON_MODEL": engine.model,
                 "COCOON_ENGINE_URL": engine.base_url,
+                "COCOON_CAPABILITIES": capabilities,
+                "COCOON_CONTEXT_LENGTH": str(context_length),
                 "COCOON_AWAIT_CREDENTIAL": str(self.credentials is not None).lower(),
             },
             label=worker_id,
@@ -225,7 +268,7 @@ class LocalNetwork:
             principal=WORKER_ENROLMENT,
         )
 
-    def _model_listed(self, workers: int = 1) -> bool:
+    def _model_listed(self, workers: int = 1, model: str = SMOLLM2_MODEL) -> bool:
         try:
             response = httpx.get(
                 f"{self.gateway_url}/v1/models",
@@ -235,7 +278,7 @@ class LocalNetwork:
         except httpx.HTTPError:
             return False
         return response.status_code == 200 and any(
-            m["id"] == SMOLLM2_MODEL and m["attested_workers"] >= workers
+            m["id"] == model and m["attested_workers"] >= workers
             for m in response.json().get("data", [])
         )
 

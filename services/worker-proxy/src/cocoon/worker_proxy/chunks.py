@@ -18,7 +18,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Endpoint = Literal["chat.completions", "completions"]
+Endpoint = Literal["chat.completions", "completions", "embeddings"]
+# Embeddings go back in sealed chunks of about this many bytes (a Kafka record's limit is 1 MiB;
+# 2048 inputs of 384 floats are several MiB as JSON).
+EMBEDDINGS_CHUNK_BYTES = 256 * 1024
 
 
 class BadRequestBody(ValueError):
@@ -43,10 +46,18 @@ def engine_request(plaintext: bytes, *, model: str, max_tokens: int) -> EngineRe
         endpoint: Endpoint = "chat.completions"
     elif "prompt" in body:
         endpoint = "completions"
+    elif "input" in body:
+        endpoint = "embeddings"
     else:
-        raise BadRequestBody("the request body has neither messages nor prompt")
+        raise BadRequestBody("the request body has neither messages, prompt nor input")
     # null means the default: leave the parameter out, so the engine applies its own.
     body = {key: value for key, value in body.items() if value is not None}
+    if endpoint == "embeddings":
+        # Not generated, so nothing to cap or stream: the engine's usage counts the input.
+        for key in ("stream", "stream_options", "max_tokens", "user"):
+            body.pop(key, None)
+        body["model"] = model
+        return EngineRequest(endpoint, body)
     # Never more than the hold covers; `max_completion_tokens` is the newer alias of the cap.
     body.pop("max_completion_tokens", None)
     asked = body.get("max_tokens")
@@ -141,9 +152,16 @@ class UsageMeter:
         }
 
     def usage_chunk(self, endpoint: Endpoint) -> dict[str, Any]:
-        """The closing chunk of a successful stream, shaped as OpenAI's include_usage chunk."""
-        obj = "chat.completion.chunk" if endpoint == "chat.completions" else "text_completion"
-        chunk: dict[str, Any] = {"object": obj, "choices": [], "usage": self.usage()}
+        """The closing chunk of a successful stream, shaped as OpenAI's include_usage chunk
+        (for embeddings: an embeddings list with no data and the input's usage)."""
+        chunk: dict[str, Any]
+        if endpoint == "embeddings":
+            tokens = self.prompt_tokens
+            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+            chunk = {"object": "list", "data": [], "usage": usage}
+        else:
+            obj = "chat.completion.chunk" if endpoint == "chat.completions" else "text_completion"
+            chunk = {"object": obj, "choices": [], "usage": self.usage()}
         if self.last_id is not None:
             chunk["id"] = self.last_id
         if self.last_model is not None:
@@ -151,6 +169,29 @@ class UsageMeter:
         if self.created is not None:
             chunk["created"] = self.created
         return chunk
+
+
+def embedding_pieces(
+    response: dict[str, Any], max_bytes: int = EMBEDDINGS_CHUNK_BYTES
+) -> list[dict[str, Any]]:
+    """The engine's embeddings response as chunks of its `data`, each about `max_bytes` at most
+    (one embedding per chunk at least); the usage goes in the final chunk, as for chat."""
+    data = response.get("data")
+    if not isinstance(data, list):
+        raise ValueError("the engine's embeddings response has no data list")
+    pieces: list[dict[str, Any]] = []
+    batch: list[Any] = []
+    size = 0
+    for item in data:
+        item_size = len(encode(item))
+        if batch and size + item_size > max_bytes:
+            pieces.append({"object": "list", "data": batch})
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        pieces.append({"object": "list", "data": batch})
+    return pieces
 
 
 def _says_nothing(chunk: dict[str, Any]) -> bool:

@@ -1,7 +1,7 @@
 """The worker-proxy's client for its inference engine: the OpenAI HTTP API and nothing else.
 
 Works the same against vLLM, SGLang, llama.cpp's servers or anything else that speaks
-`/v1/chat/completions`, `/v1/completions` and `/v1/models`. Streams always ask for
+`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and `/v1/models`. Streams always ask for
 `stream_options.include_usage`, because billing charges from the engine's `usage`; whether the
 client sees that last usage chunk is the gateway's business, not the engine's.
 
@@ -322,6 +322,10 @@ class EngineClient:
         """Non-streaming `POST /completions`."""
         body = {k: v for k, v in body.items() if k != "stream_options"}
         return await self._post("/completions", {**body, "stream": False})
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /embeddings` (never streamed in OpenAI's API); the parsed response."""
+        return await self._post("/embeddings", body)
 
     def open_chat_stream(self, body: dict[str, Any]) -> EngineStream:
         """`async with client.open_chat_stream(body) as s: async for chunk in s: ...`"""

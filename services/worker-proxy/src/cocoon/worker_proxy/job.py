@@ -7,6 +7,9 @@ The first engine chunk worth forwarding is sealed and sent at once; later ones a
 everything the engine produces within `chunk_linger_s` of the first pending one goes out as one
 sealed record (the plaintext is the chunks' JSON documents, one per line), so a token is not a
 Kafka record, an AEAD and an Avro encoding of its own (docs/sealed-requests.md, "The answer").
+Embeddings take the same path: the engine answers them whole (OpenAI does not stream them), and
+the worker seals its `data` in records of bounded size (not coalesced), then the final record
+with the usage.
 
 The plaintext body and every engine chunk exist only in this task's memory; what it sends is
 ciphertext and metadata. A CANCEL or the deadline stops the engine stream (closing the HTTP
@@ -22,6 +25,7 @@ import logging
 from dataclasses import dataclass
 
 from cocoon.core.bus import BusProducer
+from cocoon.core.capabilities import CHAT, TOOLS, serves
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
 from cocoon.core.contracts import ErrorCode, Topic
@@ -38,7 +42,7 @@ from cocoon.core.crypto.client_seal import client_stream_key, open_client_reques
 from cocoon.core.crypto.keys import HpkeSuite
 from cocoon.core.worker_records import sign_record
 from cocoon.worker_proxy import chunks
-from cocoon.worker_proxy.engine import EngineClient, EngineError
+from cocoon.worker_proxy.engine import EngineClient, EngineError, EngineProtocolError
 from cocoon.worker_proxy.identity import Identity
 from cocoon.worker_proxy.receipts_log import ReceiptLog
 
@@ -74,6 +78,8 @@ class JobContext:
     receipts: ReceiptLog | None = None  # the owner's copy of each signed receipt
     # How long a chunk after the first may wait for others to share its sealed record.
     chunk_linger_s: float = 0.005
+    # What the model serves (Heartbeat.capabilities); a request for anything else is refused.
+    capabilities: frozenset[str] = frozenset({CHAT, TOOLS})
 
 
 @dataclass
@@ -124,6 +130,12 @@ class Job:
             await self._seal_error(BAD_REQUEST, str(exc), error_type=chunks.INVALID_REQUEST)
             return await self._finish("FAILED", BAD_REQUEST, None, None)
         del body
+        if not serves(self.ctx.capabilities, request.endpoint):
+            # The client-sealed path reaches here without the gateway's check (it cannot read
+            # the body); the gateway's own path never sends such a request.
+            message = f"The model {item.model} does not serve {request.endpoint}."
+            await self._seal_error(BAD_REQUEST, message, error_type=chunks.INVALID_REQUEST)
+            return await self._finish("FAILED", BAD_REQUEST, None, None)
         return await self._serve(request)
 
     def _open(self) -> tuple[bytes, bytes]:
@@ -241,6 +253,17 @@ class Job:
 
     async def _stream(self, request: chunks.EngineRequest, meter: chunks.UsageMeter) -> None:
         engine = self.ctx.engine
+        if request.endpoint == "embeddings":
+            response = await engine.embeddings(request.body)
+            meter.observe(response)  # its usage: the input tokens the receipt signs
+            try:
+                pieces = chunks.embedding_pieces(response)
+            except ValueError as exc:
+                raise EngineProtocolError(str(exc)) from None
+            for piece in pieces:
+                # Each piece is already as large as a record should be: none is coalesced.
+                self._send_record(chunks.encode(piece), final=False, error_code=None)
+            return
         opened = (
             engine.open_chat_stream(request.body)
             if request.endpoint == "chat.completions"

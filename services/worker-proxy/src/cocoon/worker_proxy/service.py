@@ -35,6 +35,7 @@ from cocoon.core.bus import BusConsumer, BusProducer, Message, RejectRecord, top
 from cocoon.core.bus.admin import ensure_instance
 from cocoon.core.bus.broadcast import BroadcastReader, BroadcastRecord
 from cocoon.core.bus.security import KafkaSecurity
+from cocoon.core.capabilities import CHAT, TOOLS
 from cocoon.core.catalog import default_catalog
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis, now_millis
@@ -71,6 +72,15 @@ class Settings(ServiceSettings):
         "http://127.0.0.1:8080/v1", description="the engine's OpenAI base URL (ends in /v1)"
     )
     engine_model: str | None = Field(None, description="model name the engine expects (= model)")
+    capabilities: list[models.CapabilitySymbol] = Field(
+        [CHAT, TOOLS],
+        min_length=1,
+        description="what the engine's model serves (JSON list in the environment, e.g. "
+        "'[\"EMBEDDINGS\"]'); heartbeats announce it, and the worker refuses the rest",
+    )
+    context_length: int | None = Field(
+        None, ge=1, description="the longest input the engine takes, in tokens (announced)"
+    )
     max_active_requests: int | None = Field(
         None,
         ge=1,
@@ -398,6 +408,7 @@ class WorkerProxy(Service):
             engine_model=self.settings.engine_model or self.settings.model,
             receipts=self.receipts,
             chunk_linger_s=self.settings.chunk_linger_ms / 1000,
+            capabilities=frozenset(self.settings.capabilities),
         )
         job = Job(item, context)
         self.jobs[item.request_id] = job
@@ -484,6 +495,8 @@ class WorkerProxy(Service):
                 sent_at=datetime.now(UTC),
                 engine_queue_depth=waiting,
                 avg_request_ms=self._avg_ms,
+                capabilities=list(self.settings.capabilities),
+                context_length=self.settings.context_length,
             ),
         )
         await self.producer.send(Topic.WORKER_HEARTBEATS, heartbeat)

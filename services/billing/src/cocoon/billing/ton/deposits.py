@@ -61,15 +61,8 @@ class DepositWatcher:
         self._confirmations = confirmations
         self._now_ms = now_ms
         self._first_seen: dict[str, int] = {}
-        self.cursor_lt = self._resume_cursor()
-
-    def _resume_cursor(self) -> int:
         # Deposits are credited in lt order, so the newest credited one bounds what is done.
-        cursor = 0
-        for entry in self._engine.ledger:
-            if entry.kind == "deposit" and entry.meta.get("source_address") == self.address:
-                cursor = max(cursor, int(entry.entry_id.split(":")[1]))
-        return cursor
+        self.cursor_lt = engine.deposit_cursor(self.address)
 
     async def poll(self) -> list[DepositOutcome]:
         """One pass: credit every confirmed new transaction, oldest first."""

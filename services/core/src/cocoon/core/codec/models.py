@@ -542,6 +542,35 @@ class Reservation(AvroModel):
     )
 
 
+class Snapshot(AvroModel):
+    """One chunk of billing's engine state after `seq` ledger entries (see billing.snapshots)."""
+
+    avro_name: ClassVar[str] = "cocoon.billing.Snapshot"
+    avro_version: ClassVar[int] = 1
+
+    snapshot_key: str = Field(description="`<owner>/<chunk>` (the record key).")
+    owner: str = Field(description="Whose state: the billing transactional id that wrote it.")
+    seq: int = Field(
+        description="Ledger entries the state includes: the tail starts at this sequence number.",
+    )
+    chunk: int = Field(description="This chunk's index, from 0.")
+    chunks: int = Field(
+        description="How many chunks the snapshot has (all written in one transaction).",
+    )
+    ledger_offsets: dict[str, int] = Field(
+        description=(
+            "billing.ledger partition (as a string) -> offset at or before the first record not in "
+            "the state: the tail is read from here."
+        ),
+    )
+    state: bytes = Field(
+        description=(
+            "This chunk of the zlib-compressed JSON engine state (chunks concatenated in order)."
+        ),
+    )
+    created_at: datetime = Field(description="When.")
+
+
 class TopUpSource(StrEnum):
     """What paid for it."""
 
@@ -1047,11 +1076,26 @@ class WorkerState(StrEnum):
 WorkerStateSymbol = Literal["UNKNOWN", "READY", "DRAINING", "DISABLED", "STARTING"]
 
 
+class Capability(StrEnum):
+    """What the worker's engine serves: CHAT (chat and text completions), TOOLS (tool calls in
+    chat), EMBEDDINGS (/v1/embeddings). A symbol a reader does not know reads as UNKNOWN,
+    which grants nothing.
+    """
+
+    UNKNOWN = "UNKNOWN"
+    CHAT = "CHAT"
+    TOOLS = "TOOLS"
+    EMBEDDINGS = "EMBEDDINGS"
+
+
+CapabilitySymbol = Literal["UNKNOWN", "CHAT", "TOOLS", "EMBEDDINGS"]
+
+
 class Heartbeat(AvroModel):
     """A worker's liveness and load, every few seconds."""
 
     avro_name: ClassVar[str] = "cocoon.worker.Heartbeat"
-    avro_version: ClassVar[int] = 3
+    avro_version: ClassVar[int] = 4
 
     worker_id: str = Field(description="Worker.")
     models: list[str] = Field(description="Models it serves.")
@@ -1070,6 +1114,20 @@ class Heartbeat(AvroModel):
     avg_request_ms: float | None = Field(
         default=None,
         description="v2: decayed average request time, for expected-completion placement.",
+    )
+    capabilities: list[CapabilitySymbol] = Field(
+        default_factory=lambda: [],
+        description=(
+            "v4: the API surface the worker's model serves (signed); none listed reads as CHAT, "
+            "what every worker before v4 served."
+        ),
+    )
+    context_length: int | None = Field(
+        default=None,
+        description=(
+            "v4: the longest input, in tokens, the worker's engine takes (prompt plus answer for a "
+            "chat model)."
+        ),
     )
     signature: bytes | None = Field(
         default=None,
@@ -1092,6 +1150,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.billing.Payout": Payout,
     "cocoon.billing.Refund": Refund,
     "cocoon.billing.Reservation": Reservation,
+    "cocoon.billing.Snapshot": Snapshot,
     "cocoon.billing.TopUp": TopUp,
     "cocoon.billing.WorkerEarning": WorkerEarning,
     "cocoon.bus.Header": Header,
@@ -1122,6 +1181,7 @@ ENUMS: dict[str, type[StrEnum]] = {
     "cocoon.inference.OutcomeStatus": OutcomeStatus,
     "cocoon.inference.WorkAction": WorkAction,
     "cocoon.worker.WorkerState": WorkerState,
+    "cocoon.worker.Capability": Capability,
 }
 
 

@@ -3,6 +3,7 @@
 from cocoon.gateway.api.app import create_app
 from cocoon.gateway.api.backend import (
     ChatChunk,
+    Embeddings,
     InferenceBackend,
     InferenceRequest,
     ModelInfo,
@@ -12,6 +13,7 @@ from cocoon.gateway.api.backend import (
 from cocoon.gateway.api.errors import (
     ApiError,
     AuthenticationFailed,
+    EndpointNotServed,
     InsufficientFunds,
     InvalidRequest,
     NoWorkerAvailable,
@@ -28,6 +30,8 @@ __all__ = [
     "ApiSettings",
     "AuthenticationFailed",
     "ChatChunk",
+    "Embeddings",
+    "EndpointNotServed",
     "InferenceBackend",
     "InferenceRequest",
     "InsufficientFunds",

@@ -27,13 +27,14 @@ from cocoon.client.openai_responses import (
     sse_event,
 )
 from cocoon.gateway.api.auth import ACCOUNT_HEADER, Authenticator
-from cocoon.gateway.api.backend import ChatChunk, Endpoint, InferenceBackend, Usage
+from cocoon.gateway.api.backend import ChatChunk, Embeddings, Endpoint, InferenceBackend, Usage
 from cocoon.gateway.api.client_sealed import (
     SEALED_BY_HEADER,
     RelayedChunk,
     SealedSurface,
     parse_sealed,
 )
+from cocoon.gateway.api.embeddings import embeddings_response
 from cocoon.gateway.api.errors import (
     ApiError,
     InternalError,
@@ -53,13 +54,14 @@ from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_data, sse_er
 from cocoon.gateway.api.validation import (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     parse_body,
     to_inference_request,
 )
 
 log = logging.getLogger(__name__)
 
-Item = ChatChunk | Usage
+Item = ChatChunk | Embeddings | Usage
 CLOSE_GRACE_S = 5.0
 
 
@@ -163,6 +165,19 @@ async def next_item(items: AsyncIterator[Item], deadline: float) -> Item | None:
         raise InternalError("The request failed inside the network.") from exc
 
 
+async def collect(items: AsyncIterator[Item], deadline: float) -> list[Item]:
+    """Every backend item of a request answered whole; the backend is closed either way."""
+    try:
+        collected = []
+        while (item := await next_item(items, deadline)) is not None:
+            collected.append(item)
+    finally:
+        await close_quietly(items)
+    if not collected:
+        raise WorkerLost("The worker ended the request without an answer.")
+    return collected
+
+
 async def event_stream(
     first: Item, items: AsyncIterator[Item], fmt: ResponseFormatter, deadline: float
 ) -> AsyncGenerator[bytes, None]:
@@ -202,7 +217,7 @@ async def responses_stream(
         while item is not None:
             if isinstance(item, Usage):
                 usage = item.as_openai()
-            else:
+            elif isinstance(item, ChatChunk):  # (embeddings are never part of a chat answer)
                 events += builder.on_chunk(fmt.chunk(item))
             yield b"".join(sse_event(event) for event in events)
             events = []
@@ -267,6 +282,9 @@ def create_app(
                 "owned_by": m.owned_by,
                 "attested_workers": m.attested_workers,
                 "min_coefficient": m.min_coefficient,
+                "context_length": m.context_length,
+                "capabilities": list(m.capabilities),
+                "pricing": m.pricing,
             }
             for m in models
             if m.attested_workers > 0
@@ -287,7 +305,7 @@ def create_app(
         endpoint: Endpoint,
         request: Request,
         key: KeyRecord,
-        parsed: ChatCompletionRequest | CompletionRequest | None = None,
+        parsed: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | None = None,
         responses: dict[str, Any] | None = None,
     ) -> Any:
         """Answer a chat or completions request; with `responses` (the Responses API body
@@ -296,6 +314,12 @@ def create_app(
             parsed = parse_body(endpoint, await read_body(request, settings.max_body_bytes))
         inference = to_inference_request(endpoint, parsed, settings, request_id_of(request))
         deadline = asyncio.get_running_loop().time() + inference.timeout
+        # The gateway opened and sealed this request: say so (docs/sealed-requests.md).
+        headers: dict[str, str] = {SEALED_BY_HEADER: "gateway"}
+        if endpoint == "embeddings":
+            whole = await collect(aiter(backend.submit(key.account_id, inference)), deadline)
+            return JSONResponse(embeddings_response(whole, parsed.model), headers=headers)
+        assert not isinstance(parsed, EmbeddingRequest)
         prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
         fmt = ResponseFormatter(
             endpoint=endpoint,
@@ -309,8 +333,6 @@ def create_app(
             builder = ResponseBuilder(
                 "resp_" + inference.request_id.replace("-", ""), fmt.created, responses
             )
-        # The gateway opened and sealed this request: say so (docs/sealed-requests.md).
-        headers: dict[str, str] = {SEALED_BY_HEADER: "gateway"}
         items = aiter(backend.submit(key.account_id, inference))
         try:
             first = await next_item(items, deadline)
@@ -353,6 +375,10 @@ def create_app(
     async def responses(request: Request, key: Authenticated) -> Any:
         body, parsed = parse_responses_body(await read_body(request, settings.max_body_bytes))
         return await infer("chat.completions", request, key, parsed, responses=body)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request, key: Authenticated) -> Any:
+        return await infer("embeddings", request, key)
 
     if sealed is not None:
         install_client_sealed(app, sealed, settings, Authenticated)

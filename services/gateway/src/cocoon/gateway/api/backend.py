@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-Endpoint = Literal["chat.completions", "completions"]
+Endpoint = Literal["chat.completions", "completions", "embeddings"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,12 @@ class ModelInfo:
     created: int = 0
     owned_by: str = "cocoon"
     min_coefficient: int | None = None  # cheapest worker's price coefficient (1000 = 1.0x)
+    # What its workers announced (Heartbeat v4), lower case as listed: "chat", "tools",
+    # "embeddings"; and the shortest context length among them, in tokens.
+    capabilities: tuple[str, ...] = ()
+    context_length: int | None = None
+    # nanoTON per token by category at the cheapest worker's coefficient (docs/api.md).
+    pricing: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,14 @@ class ChatChunk:
     finish_reason: str | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
     logprobs: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """A run of embedding objects (`{"object": "embedding", "index", "embedding"}`) of one
+    embeddings request, in the engine's format (floats or base64); a response has one or more."""
+
+    data: tuple[dict[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -104,8 +118,8 @@ class InferenceBackend(Protocol):
 
     def submit(
         self, account_id: str, request: InferenceRequest
-    ) -> AsyncIterator[ChatChunk | Usage]:
-        """Run one request; usually an `async def` generator.
+    ) -> AsyncIterator[ChatChunk | Embeddings | Usage]:
+        """Run one request; usually an `async def` generator (embeddings: `Embeddings` items).
 
         Raise `InsufficientFunds`, `UnknownModel`, `NoWorkerAvailable` or `UpstreamTimeout`
         before the first item when the request cannot start; raise `WorkerLost` (or any

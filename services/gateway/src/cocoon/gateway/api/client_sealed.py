@@ -95,7 +95,7 @@ class SealedBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     version: Literal[1]
     request_id: str
-    endpoint: Literal["chat.completions", "completions"]
+    endpoint: Literal["chat.completions", "completions", "embeddings"]
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int = Field(ge=1)
     max_coefficient: int | None = Field(None, ge=1, le=1_000_000)

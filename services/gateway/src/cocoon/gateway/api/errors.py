@@ -94,6 +94,17 @@ class UnknownModel(NotFound):
         super().__init__(f"The model '{model}' does not exist on this network.", param="model")
 
 
+class EndpointNotServed(InvalidRequest):
+    """The model exists but does not serve this endpoint (embeddings from a chat model, ...)."""
+
+    default_code = "model_not_supported"
+
+    def __init__(self, model: str, route: str, serving: list[str]) -> None:
+        self.model = model
+        which = f" Models that do: {', '.join(serving)}." if serving else ""
+        super().__init__(f"The model '{model}' does not serve {route}.{which}", param="model")
+
+
 class MethodNotAllowed(ApiError):
     status = 405
     type = "invalid_request_error"

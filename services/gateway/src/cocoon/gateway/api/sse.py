@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.gateway.api.backend import ChatChunk, Endpoint, ToolCallDelta, Usage
+from cocoon.gateway.api.backend import ChatChunk, Embeddings, Endpoint, ToolCallDelta, Usage
 from cocoon.gateway.api.errors import ApiError
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -114,14 +114,16 @@ class ResponseFormatter:
         obj["usage"] = usage.as_openai()
         return obj
 
-    def stream_event(self, item: ChatChunk | Usage) -> bytes:
+    def stream_event(self, item: ChatChunk | Embeddings | Usage) -> bytes:
         """SSE bytes for one backend item (empty for a usage the client did not ask for)."""
+        if isinstance(item, Embeddings):
+            return b""  # never part of a chat or completion stream
         if isinstance(item, Usage):  # the last item: every choice has finished by now
             closing = self.missing_finishes()
             return (closing + sse_data(self.usage_chunk(item))) if self.include_usage else closing
         return b"" if self.says_nothing(item) else sse_data(self.chunk(item))
 
-    def complete(self, items: list[ChatChunk | Usage]) -> dict[str, Any]:
+    def complete(self, items: list[ChatChunk | Embeddings | Usage]) -> dict[str, Any]:
         """The non-streaming response: texts joined per choice, usage from the backend."""
         texts: dict[int, list[str]] = {}
         calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> call index -> call
@@ -132,6 +134,8 @@ class ResponseFormatter:
             if isinstance(item, Usage):
                 usage = item
                 continue
+            if isinstance(item, Embeddings):
+                continue  # never part of a chat or completion answer
             texts.setdefault(item.index, []).append(item.text)
             if item.logprobs is not None:
                 _merge_logprobs(logprobs.setdefault(item.index, {}), item.logprobs)

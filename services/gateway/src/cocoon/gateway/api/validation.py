@@ -210,9 +210,33 @@ class CompletionRequest(_Common):
     skip_special_tokens: bool | None = None
 
 
+# OpenAI's limits: 2048 inputs per request; token ids are non-negative (the engine knows its
+# vocabulary and refuses ids outside it).
+MAX_EMBEDDING_INPUTS = 2048
+_EmbeddingText = Annotated[str, Field(min_length=1)]
+_TokenArray = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = _STRICT
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: (
+        _EmbeddingText
+        | Annotated[list[_EmbeddingText], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | _TokenArray
+        | Annotated[list[_TokenArray], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    )
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: User | None = None
+    max_coefficient: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+
+
 _MODELS: tuple[type[BaseModel], ...] = (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     Message,
     TextPart,
     StreamOptions,
@@ -257,29 +281,43 @@ def invalid_from_validation(error: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param)
 
 
-def parse_body(endpoint: Endpoint, raw: bytes) -> ChatCompletionRequest | CompletionRequest:
-    model = ChatCompletionRequest if endpoint == "chat.completions" else CompletionRequest
+Parsed = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+_REQUEST_MODELS: dict[Endpoint, type[Parsed]] = {
+    "chat.completions": ChatCompletionRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
+
+
+def parse_body(endpoint: Endpoint, raw: bytes) -> Parsed:
+    model = _REQUEST_MODELS[endpoint]
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
 
 
-def prompt_chars(request: ChatCompletionRequest | CompletionRequest) -> int:
+def prompt_chars(request: Parsed) -> int:
     if isinstance(request, ChatCompletionRequest):
         return sum(m.text_length() for m in request.messages)
+    if isinstance(request, EmbeddingRequest):
+        given = request.input
+        if isinstance(given, str):
+            return len(given)
+        # A token counts as one character: a token is at least one character of text.
+        return sum(len(item) for item in given if not isinstance(item, int)) or len(given)
     prompt = request.prompt
     return len(prompt) if isinstance(prompt, str) else sum(map(len, prompt))
 
 
 def to_inference_request(
     endpoint: Endpoint,
-    request: ChatCompletionRequest | CompletionRequest,
+    request: Parsed,
     settings: ApiSettings,
     request_id: str | None = None,
 ) -> InferenceRequest:
     """Apply the configured limits and defaults; build the engine-facing body."""
-    prompt_param = "messages" if endpoint == "chat.completions" else "prompt"
+    prompt_param = {"chat.completions": "messages", "completions": "prompt"}.get(endpoint, "input")
     if (size := prompt_chars(request)) > settings.max_prompt_chars:
         raise InvalidRequest(
             f"The prompt is {size} characters long; this gateway accepts at most "
@@ -287,6 +325,8 @@ def to_inference_request(
             param=prompt_param,
             code="prompt_too_large",
         )
+    if isinstance(request, EmbeddingRequest):
+        return _embedding_request(request, settings, request_id)
     stream = bool(request.stream)
     if request.stream_options is not None and not stream:
         raise InvalidRequest(
@@ -302,13 +342,7 @@ def to_inference_request(
             f"{settings.max_output_tokens}.",
             param=cap_param,
         )
-    timeout = request.timeout if request.timeout is not None else settings.default_timeout
-    if timeout > settings.max_timeout:
-        raise InvalidRequest(
-            f"timeout is {timeout} s; this gateway allows at most {settings.max_timeout} s.",
-            param="timeout",
-        )
-
+    timeout = _timeout(request.timeout, settings)
     body = request.model_dump(
         by_alias=True,
         exclude_none=True,
@@ -324,6 +358,39 @@ def to_inference_request(
         max_coefficient=request.max_coefficient or settings.default_max_coefficient,
         timeout=timeout,
         stream=stream,
+        prompt_bytes=len(json.dumps(body, separators=(",", ":")).encode()),
+        user=request.user,
+    )
+
+
+def _timeout(asked: float | None, settings: ApiSettings) -> float:
+    timeout = asked if asked is not None else settings.default_timeout
+    if timeout > settings.max_timeout:
+        raise InvalidRequest(
+            f"timeout is {timeout} s; this gateway allows at most {settings.max_timeout} s.",
+            param="timeout",
+        )
+    return timeout
+
+
+# Nothing is generated for an embedding: the hold covers the input (its size bounds its tokens)
+# and this one token, the least a request can hold for.
+EMBEDDING_MAX_TOKENS = 1
+
+
+def _embedding_request(
+    request: EmbeddingRequest, settings: ApiSettings, request_id: str | None
+) -> InferenceRequest:
+    body = request.model_dump(exclude_none=True, exclude={*_EXTENSIONS, "user"})
+    return InferenceRequest(
+        request_id=request_id or str(uuid.uuid4()),
+        endpoint="embeddings",
+        model=request.model,
+        body=body,
+        max_tokens=EMBEDDING_MAX_TOKENS,
+        max_coefficient=request.max_coefficient or settings.default_max_coefficient,
+        timeout=_timeout(request.timeout, settings),
+        stream=False,
         prompt_bytes=len(json.dumps(body, separators=(",", ":")).encode()),
         user=request.user,
     )

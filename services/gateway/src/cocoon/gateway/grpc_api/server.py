@@ -20,7 +20,7 @@ import grpc
 
 from cocoon.gateway.api.app import close_quietly, next_item
 from cocoon.gateway.api.auth import ACCOUNT_HEADER, Authenticator
-from cocoon.gateway.api.backend import ChatChunk, InferenceBackend, Usage
+from cocoon.gateway.api.backend import ChatChunk, Embeddings, InferenceBackend, Usage
 from cocoon.gateway.api.errors import ApiError, InvalidRequest, WorkerLost
 from cocoon.gateway.api.settings import ApiSettings
 from cocoon.gateway.api.sse import ResponseFormatter
@@ -179,7 +179,11 @@ class InferenceService(pb_grpc.InferenceServicer):
             )
 
     @staticmethod
-    def _events(item: ChatChunk | Usage, fmt: ResponseFormatter) -> list[dict[str, Any]]:
+    def _events(
+        item: ChatChunk | Embeddings | Usage, fmt: ResponseFormatter
+    ) -> list[dict[str, Any]]:
+        if isinstance(item, Embeddings):
+            return []  # never part of a chat answer
         if isinstance(item, Usage):  # the last item: first close every unfinished choice
             closing = [{"delta": _delta(fmt.chunk(c))} for c in fmt.closing_chunks()]
             return [*closing, {"usage": _usage(item)}]
