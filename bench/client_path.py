@@ -80,7 +80,49 @@ def time_phases(session) -> dict[str, list[float]]:
             yield chunk
 
     session.candidates, session.api.send = timed_candidates, timed_send
+
+    # Inside `candidates`: the gateway look-ups (cached), the registry's folding (an Ed25519
+    # verify per entry) and each worker's check (dcap-qvl, cached by the verifier).
+    import cocoon.client.session as session_module
+
+    def timed_sync(name: str, fn):
+        phases[name] = []
+
+        def timed(*a, **kw):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phases[name].append((time.perf_counter() - started) * 1000)
+
+        return timed
+
+    def timed_async(name: str, fn):
+        return timed_async_phase(phases, name, fn)
+
+    api = session.api
+    api.registry = timed_async("api_registry_ms", api.registry)
+    api.workers = timed_async("api_workers_ms", api.workers)
+    api.collateral = timed_async("api_collateral_ms", api.collateral)
+    session.verifier.verify = timed_sync("verifier_verify_ms", session.verifier.verify)
+    view = session_module.RegistryView
+    view_from_entries = timed_sync("registry_fold_ms", view.from_entries)
+    session_module.RegistryView = type("TimedView", (), {"from_entries": view_from_entries})
+    session_module.seal = timed_sync("seal_ms", session_module.seal)
     return phases
+
+
+def timed_async_phase(phases: dict[str, list[float]], name: str, fn):
+    phases[name] = []
+
+    async def timed(*a, **kw):
+        started = time.perf_counter()
+        try:
+            return await fn(*a, **kw)
+        finally:
+            phases[name].append((time.perf_counter() - started) * 1000)
+
+    return timed
 
 
 def phase_summary(phases: dict[str, list[float]], warmup: int) -> dict:
@@ -127,7 +169,12 @@ async def run(args: argparse.Namespace, network) -> None:
         network.gateway_url, network.api_key, load_config(gateway=network.gateway_url)
     )
     phases = time_phases(session)
-    proxy = ProxyServer(SealingTransport(session), "127.0.0.1", 0)
+    transport = SealingTransport(session)
+    # The proxy's own part: from its handler's start to the first piece it can answer with.
+    transport.handle_async_request = timed_async_phase(
+        phases, "proxy_handler_to_first_piece_ms", transport.handle_async_request
+    )
+    proxy = ProxyServer(transport, "127.0.0.1", 0)
     await proxy.start()
     paths = {
         "engine": (f"{network.engines[0].base_url}/chat/completions", {}),

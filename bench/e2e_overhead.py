@@ -7,11 +7,22 @@ through the gateway (gateway -> billing hold -> scheduler -> sealed work item ->
 engine -> sealed chunks -> gateway). Since one engine serves both, the difference is the path:
 
     .venv/bin/python bench/e2e_overhead.py [--rounds1 60] [--rounds8 6] [--max-tokens 32]
+        [--paths gateway,client] [--streams 1,8] [--long-rounds 5] [--engine paced] [--workers 1]
 
-* 1 stream: `--rounds1` pairs, each one direct and one via Cocoon request, in random order.
-* 8 streams: `--rounds8` pairs of rounds; a round sends 8 requests at once by one path and waits
-  for all of them; the two rounds of a pair run in random order. The engine runs one request at
-  a time, so the 8 queue inside it; overhead is (cocoon - direct) at that matched concurrency.
+Paths: `gateway` (the gateway seals: the OpenAI API on the gateway) and `client` (the client
+seals: the local proxy `cocoon client serve`, in this process, in front of the gateway's sealed
+relay); the baseline `direct` is the engine itself, measured in the same run.
+
+* 1 stream: `--rounds1` rounds; each sends one request by every path, in random order.
+* N streams (each of `--streams` above 1): `--rounds8` rounds; a round sends N requests at once
+  by each path in turn (random order) and waits for all of them; overhead is (path - direct) at
+  that matched concurrency.
+* 256 tokens: `--long-rounds` rounds of one `--long-tokens` answer by every path, for the
+  total time added (`added_total_pct_256`: path over direct, p50).
+
+Ends with one JSON line per (path, streams):
+`{"bench": "e2e_overhead", "path": "client", "streams": 1, "added_ttft_p50_ms": ...,
+"added_ttft_p99_ms": ..., "added_total_pct_256": ...}` (the last for 1 stream only).
 
 TTFT = from sending the request to the first SSE `data:` line carrying content; total = until
 `[DONE]`. Per-hop breakdown (1 stream, via Cocoon): the bench reads the records of every hop from
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import math
 import os
@@ -65,7 +77,7 @@ HOP_TOPICS = (
 
 @dataclass
 class Sample:
-    path: str  # "direct" | "cocoon"
+    path: str  # "direct" | "gateway" | "client"
     streams: int
     ttft_ms: float
     total_ms: float
@@ -192,17 +204,36 @@ def note_hop(steps: dict, topic: str, value: dict, record_ms: int, seen_ms: floa
 
 
 # -- runs ----------------------------------------------------------------------------------------
-async def run(args: argparse.Namespace, gateway: str, engine: str, api_key: str, bootstrap: str):
-    payload = body(args.max_tokens)
-    targets = {
-        "direct": (f"{engine}/chat/completions", {}),
-        "cocoon": (
+async def start_client_proxy(gateway: str, api_key: str):
+    """The client-sealed path: `cocoon client serve` in this process, verifying the workers."""
+    from cocoon.client.config import load_config
+    from cocoon.client.server import ProxyServer
+    from cocoon.client.session import SealedSession
+    from cocoon.client.transport import SealingTransport
+
+    session = SealedSession(gateway, api_key, load_config(gateway=gateway))
+    proxy = ProxyServer(SealingTransport(session), "127.0.0.1", 0)
+    await proxy.start()
+    return proxy, session
+
+
+async def run(
+    args: argparse.Namespace, gateway: str, engines: list[str], api_key: str, bootstrap: str
+):
+    # The baseline spreads over the workers' engines as the scheduler spreads the paths' work.
+    direct = itertools.cycle([f"{engine}/chat/completions" for engine in engines])
+    targets = {"direct": ("", {})}
+    if "gateway" in args.paths:
+        targets["gateway"] = (
             f"{gateway}/v1/chat/completions",
             {"Authorization": f"Bearer {api_key}"},
-        ),
-    }
+        )
+    proxy = session = None
+    if "client" in args.paths:
+        proxy, session = await start_client_proxy(gateway, api_key)
+        targets["client"] = (f"http://127.0.0.1:{proxy.port}/v1/chat/completions", {})
     rng = random.Random(args.seed)
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     samples: list[Sample] = []
     failures: list[str] = []
     hops = Hops()
@@ -210,43 +241,55 @@ async def run(args: argparse.Namespace, gateway: str, engine: str, api_key: str,
     collector = asyncio.create_task(
         collect_hops(bootstrap, os.environ["COCOON_TOPIC_PREFIX"], hops, stop)
     )
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
 
-        async def send(path: str, streams: int) -> Sample | None:
+        async def send(path: str, streams: int, max_tokens: int) -> Sample | None:
             url, headers = targets[path]
+            url = next(direct) if path == "direct" else url
             try:
-                return await one_request(client, url, headers, payload, path, streams)
+                return await one_request(client, url, headers, body(max_tokens), path, streams)
             except (RuntimeError, httpx.HTTPError) as exc:
                 failures.append(f"{streams} stream(s) {path}: {exc}"[:300])
                 return None
 
+        def shuffled() -> list[str]:
+            order = list(targets)
+            rng.shuffle(order)
+            return order
+
         print(f"warm-up: {args.warmup} requests per path ...", flush=True)
         for _ in range(args.warmup):
-            for path in ("direct", "cocoon"):
-                await send(path, 1)
-        print(f"1 stream: {args.rounds1} pairs ...", flush=True)
+            for path in targets:
+                await send(path, 1, args.max_tokens)
+        print(f"1 stream: {args.rounds1} rounds ...", flush=True)
         for index in range(args.rounds1):
             if index and index % 20 == 0:
-                print(f"  {index} pairs", flush=True)
-            order = ["direct", "cocoon"]
-            rng.shuffle(order)
-            for path in order:
-                samples.append(await send(path, 1))
-        samples = [s for s in samples if s is not None]
-        print(f"8 streams: {args.rounds8} pairs of rounds of 8 ...", flush=True)
-        for index in range(args.rounds8):
-            if index:
-                print(f"  {index} pairs of rounds", flush=True)
-            order = ["direct", "cocoon"]
-            rng.shuffle(order)
-            for path in order:
-                done = await asyncio.gather(*(send(path, 8) for _ in range(8)))
-                samples += [s for s in done if s is not None]
+                print(f"  {index} rounds", flush=True)
+            for path in shuffled():
+                samples.append(await send(path, 1, args.max_tokens))
+        for streams in (n for n in args.streams if n > 1):
+            print(f"{streams} streams: {args.rounds8} rounds ...", flush=True)
+            for _ in range(args.rounds8):
+                for path in shuffled():
+                    done = await asyncio.gather(
+                        *(send(path, streams, args.max_tokens) for _ in range(streams))
+                    )
+                    samples += done
+        print(f"{args.long_tokens} tokens: {args.long_rounds} rounds ...", flush=True)
+        for _ in range(args.long_rounds):
+            for path in shuffled():
+                sample = await send(path, 1, args.long_tokens)
+                if sample is not None:
+                    sample.streams = 0  # marks the long answers (1 stream)
+                samples.append(sample)
     stop.set()
     await collector
+    if proxy is not None and session is not None:
+        await proxy.stop()
+        await session.aclose()
     for failure in failures:
         print("FAILED:", failure)
-    return samples, hops
+    return [s for s in samples if s is not None], hops, len(failures)
 
 
 def report(samples: list[Sample], hops: Hops) -> None:
@@ -257,8 +300,10 @@ def report(samples: list[Sample], hops: Hops) -> None:
     )
     print(header)
     rows = {}
-    for streams in (1, 8):
-        for path in ("direct", "cocoon"):
+    levels = sorted({s.streams for s in samples if s.streams > 0})
+    paths = [p for p in ("direct", "gateway", "client") if any(s.path == p for s in samples)]
+    for streams in levels:
+        for path in paths:
             chosen = [s for s in samples if s.streams == streams and s.path == path]
             if not chosen:
                 continue
@@ -276,14 +321,15 @@ def report(samples: list[Sample], hops: Hops) -> None:
                 f"{streams:>7} {path:>8} {len(chosen):>4} {row[0]:>9.1f} {row[1]:>9.1f}"
                 f" {row[2]:>10.1f} {row[3]:>10.1f} {tokens:>4.0f}"
             )
-        if (streams, "cocoon") in rows and (streams, "direct") in rows:
-            c, d = rows[(streams, "cocoon")], rows[(streams, "direct")]
-            print(
-                f"{streams:>7} {'added':>8} {'':>4} {c[0] - d[0]:>+9.1f} {c[1] - d[1]:>+9.1f}"
-                f" {c[2] - d[2]:>+10.1f} {c[3] - d[3]:>+10.1f}"
-            )
-    # Hops for the 1-stream via-Cocoon requests.
-    via = [s for s in samples if s.streams == 1 and s.path == "cocoon" and s.request_id]
+        for path in paths[1:]:
+            if (streams, path) in rows and (streams, "direct") in rows:
+                c, d = rows[(streams, path)], rows[(streams, "direct")]
+                print(
+                    f"{streams:>7} {'+' + path:>8} {'':>4} {c[0] - d[0]:>+9.1f}"
+                    f" {c[1] - d[1]:>+9.1f} {c[2] - d[2]:>+10.1f} {c[3] - d[3]:>+10.1f}"
+                )
+    # Hops for the 1-stream gateway-path requests.
+    via = [s for s in samples if s.streams == 1 and s.path == "gateway" and s.request_id]
     legs: dict[str, list[float]] = {}
 
     def leg(name: str, value: float | None) -> None:
@@ -311,23 +357,66 @@ def report(samples: list[Sample], hops: Hops) -> None:
         # content, so this is its hop to the client (gateway fetch, open, SSE).
         leg("first chunk -> client first content", s.first_wall_ms - steps["chunk0"])
     granted = sum(1 for s in via if "decided" not in hops.records.get(s.request_id, {"decided": 0}))
-    print(f"\n1-stream requests via Cocoon admitted against a grant: {granted} of {len(via)}")
+    print(f"\n1-stream gateway-path requests admitted against a grant: {granted} of {len(via)}")
     if legs:
-        print("per hop, 1 stream via Cocoon (ms; each hop over the requests that took it):")
+        print("per hop, 1 stream, gateway path (ms; each hop over the requests that took it):")
         print(f"{'hop':<44} {'p50':>7} {'p99':>7}")
         for name, values in legs.items():
             p50, p99 = statistics.median(values), percentile(values, 0.99)
             print(f"{name:<44} {p50:>7.1f} {p99:>7.1f} n={len(values)}")
 
 
-def start_paced_engine(*, port: int | None = None, **_: object) -> EngineProcess:
-    """bench/paced_engine.py as the worker's engine (same interface as start_engine)."""
+def results(samples: list[Sample], extra: dict) -> list[dict]:
+    """One machine-readable line per (path, streams): what the path adds over the engine."""
+
+    def of(path: str, streams: int) -> list[Sample]:
+        return [s for s in samples if s.path == path and s.streams == streams]
+
+    def pct_256(path: str) -> float | None:
+        mine, direct = of(path, 0), of("direct", 0)
+        if not mine or not direct:
+            return None
+        base = statistics.median(s.total_ms for s in direct)
+        return round((statistics.median(s.total_ms for s in mine) - base) / base * 100, 1)
+
+    out = []
+    levels = sorted({s.streams for s in samples if s.streams > 0})
+    for path in ("client", "gateway"):
+        for streams in levels:
+            mine, direct = of(path, streams), of("direct", streams)
+            if not mine or not direct:
+                continue
+            ttft, base = [s.ttft_ms for s in mine], [s.ttft_ms for s in direct]
+            out.append(
+                {
+                    "bench": "e2e_overhead",
+                    "path": path,
+                    "streams": streams,
+                    "added_ttft_p50_ms": round(
+                        statistics.median(ttft) - statistics.median(base), 1
+                    ),
+                    "added_ttft_p99_ms": round(percentile(ttft, 0.99) - percentile(base, 0.99), 1),
+                    "added_total_pct_256": pct_256(path) if streams == 1 else None,
+                    "n": len(mine),
+                    "direct_ttft_p50_ms": round(statistics.median(base), 1),
+                    **extra,
+                }
+            )
+    return out
+
+
+def start_paced_engine(
+    *, port: int | None = None, pacing: tuple[str, ...] = (), **_: object
+) -> EngineProcess:
+    """bench/paced_engine.py as the worker's engine (same interface as start_engine);
+    `pacing`: its options (`--ttft-ms`, `--token-ms`, `--slots`)."""
     chosen = port or free_port()
     log_path = Path(tempfile.mkdtemp(prefix="paced-engine-")) / "engine.log"
     script = Path(__file__).with_name("paced_engine.py")
+    argv = [sys.executable, str(script), "--port", str(chosen), "--model", SMOLLM2_MODEL]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(script), "--port", str(chosen), "--model", SMOLLM2_MODEL],
+            [*argv, *pacing],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -347,7 +436,18 @@ def start_paced_engine(*, port: int | None = None, **_: object) -> EngineProcess
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds1", type=int, default=60, help="1-stream pairs")
-    parser.add_argument("--rounds8", type=int, default=6, help="8-stream pairs of rounds")
+    parser.add_argument("--rounds8", type=int, default=6, help="rounds at each streams level > 1")
+    parser.add_argument(
+        "--paths", type=lambda v: v.split(","), default=["gateway", "client"],
+        help="gateway,client (the engine itself is always measured, as the baseline)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--streams", type=lambda v: [int(n) for n in v.split(",")], default=[1, 8],
+        help="concurrency levels, e.g. 1,8,32,128",
+    )  # fmt: skip
+    parser.add_argument("--long-rounds", type=int, default=5, help="rounds of long answers")
+    parser.add_argument("--long-tokens", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1)
@@ -381,6 +481,8 @@ def main() -> None:
             "COCOON_KAFKA_BOOTSTRAP": bootstrap,
             "COCOON_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
             "COCOON_CACHE_DIR": str(home / "cache"),
+            # One API key sends everything: the gateway's per-key rate limit (5/s) is lifted.
+            "COCOON_API": json.dumps({"rate_limit_per_second": 1e6, "rate_limit_burst": 10**6}),
         }
     )
     if args.no_grants:
@@ -391,18 +493,35 @@ def main() -> None:
         local.start_engine = start_paced_engine
     elif args.engine_threads:
         local.start_engine = functools.partial(start_engine, n_threads=args.engine_threads)
-    network = local.LocalNetwork(workers=1, http_port=free_port(), echo=lambda _m: None)
+    network = local.LocalNetwork(workers=args.workers, http_port=free_port(), echo=lambda _m: None)
     try:
         started = time.monotonic()
-        network.start(ready_timeout_s=120)
+        network.start(ready_timeout_s=300)
+        network.wait_for_workers(ready_timeout_s=300)
         print(f"network up in {time.monotonic() - started:.1f} s; broker {bootstrap}")
         print(f"load average before: {os.getloadavg()}")
         began = time.monotonic()
-        samples, hops = asyncio.run(
-            run(args, network.gateway_url, network.engines[0].base_url, network.api_key, bootstrap)
+        samples, hops, failed = asyncio.run(
+            run(
+                args,
+                network.gateway_url,
+                [engine.base_url for engine in network.engines],
+                network.api_key,
+                bootstrap,
+            )
         )
-        print(f"measured in {time.monotonic() - began:.0f} s; load average: {os.getloadavg()}")
+        load_after = os.getloadavg()
+        print(f"measured in {time.monotonic() - began:.0f} s; load average: {load_after}")
         report(samples, hops)
+        extra = {
+            "engine": args.engine,
+            "max_tokens": args.max_tokens,
+            "workers": args.workers,
+            "failed": failed,
+            "load_average": round(load_after[0], 1),
+        }
+        for line in results(samples, extra):
+            print(json.dumps(line))
     finally:
         network.stop()
         broker.stop(layout)

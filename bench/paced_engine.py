@@ -1,11 +1,13 @@
 """A paced stand-in for the GPU engine, for measuring the path without the CPU model's load.
 
-    .venv/bin/python bench/paced_engine.py --port 8100 [--ttft-ms 25] [--token-ms 15]
+    .venv/bin/python bench/paced_engine.py --port 8100 [--ttft-ms 25] [--token-ms 15] [--slots 64]
 
 Speaks the OpenAI HTTP API the worker-proxy uses (`GET /v1/models`, `POST /v1/chat/completions`,
 streamed or not, with `stream_options.include_usage` and `continuous_usage_stats`), validates
 what it receives like llama.cpp's server does (unknown model 404, bad body 400), and answers with
 canned tokens on a fixed schedule: the first after `--ttft-ms`, then one every `--token-ms`.
+Like llama.cpp's `llama-server --parallel N` it runs at most `--slots` streams at once (the
+rest wait their turn) and says so at `GET /props` (`total_slots`), where the worker-proxy asks.
 It sleeps instead of computing, so it leaves both cores to the network, as a GPU node's engine
 would. Bench use only (bench/e2e_overhead.py --engine paced); the network and the tests run the
 real llama.cpp engine.
@@ -31,9 +33,14 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status)
 
 
-def build(model: str, ttft_s: float, token_s: float) -> Starlette:
+def build(model: str, ttft_s: float, token_s: float, slots: int = 64) -> Starlette:
+    running = asyncio.Semaphore(slots)
+
     async def models(_: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": model, "object": "model"}]})
+
+    async def props(_: Request) -> JSONResponse:
+        return JSONResponse({"total_slots": slots, "model_path": model})
 
     async def chat(request: Request) -> JSONResponse | StreamingResponse:
         try:
@@ -74,7 +81,8 @@ def build(model: str, ttft_s: float, token_s: float) -> Starlette:
             return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
         if not body.get("stream"):
-            await asyncio.sleep(ttft_s + token_s * (max_tokens - 1))
+            async with running:
+                await asyncio.sleep(ttft_s + token_s * (max_tokens - 1))
             text = "".join(f"tok{i} " for i in range(max_tokens))
             message = {"role": "assistant", "content": text}
             return JSONResponse(
@@ -89,13 +97,14 @@ def build(model: str, ttft_s: float, token_s: float) -> Starlette:
             )
 
         async def events():
-            await asyncio.sleep(ttft_s)
-            yield chunk({"role": "assistant", "content": ""}, None, 0)
-            for i in range(max_tokens):
-                if i:
-                    await asyncio.sleep(token_s)
-                yield chunk({"content": f"tok{i} "}, None, i + 1)
-            yield chunk({}, "length", max_tokens)
+            async with running:
+                await asyncio.sleep(ttft_s)
+                yield chunk({"role": "assistant", "content": ""}, None, 0)
+                for i in range(max_tokens):
+                    if i:
+                        await asyncio.sleep(token_s)
+                    yield chunk({"content": f"tok{i} "}, None, i + 1)
+                yield chunk({}, "length", max_tokens)
             if options.get("include_usage"):
                 final = {"id": rid, "object": "chat.completion.chunk", "created": created,
                          "model": model, "choices": [], "usage": usage(max_tokens)}  # fmt: skip
@@ -106,6 +115,7 @@ def build(model: str, ttft_s: float, token_s: float) -> Starlette:
 
     return Starlette(
         routes=[
+            Route("/props", props),
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat, methods=["POST"]),
         ]
@@ -119,8 +129,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--ttft-ms", type=float, default=25.0)
     parser.add_argument("--token-ms", type=float, default=15.0)
+    parser.add_argument("--slots", type=int, default=64, help="streams served at once")
     args = parser.parse_args()
-    app = build(args.model, args.ttft_ms / 1000, args.token_ms / 1000)
+    app = build(args.model, args.ttft_ms / 1000, args.token_ms / 1000, args.slots)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -3,6 +3,7 @@ protocol (docs/sealed-requests.md): each test runs one side against the other.""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -151,3 +152,14 @@ def test_a_receipt_verifies_against_the_attested_key_only() -> None:
         verify_receipt(
             wire, keys.public.signing_key, request_id="req-9", worker_id="w-a", attempt=1
         )
+
+
+def test_an_opened_record_gives_each_coalesced_engine_chunk():
+    from cocoon.client.session import engine_chunks
+
+    chunks = [{"choices": [{"delta": {"content": t}}]} for t in ("a", "b\nc", "d")]
+    record = b"\n".join(json.dumps(c, separators=(",", ":")).encode() for c in chunks)
+    assert engine_chunks(record) == chunks
+    assert engine_chunks(json.dumps(chunks[0]).encode()) == chunks[:1]  # one chunk alone
+    with pytest.raises(WireError):
+        engine_chunks(b'{"choices": []}\nnot json')

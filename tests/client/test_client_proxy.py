@@ -4,6 +4,7 @@ sealed request with the worker's real keys and answers with sealed chunks and a 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -416,3 +417,58 @@ async def test_logprobs_are_relayed_and_joined(proxy) -> None:
         for choice in chunk.choices:
             streamed += [e.token for e in (choice.logprobs.content if choice.logprobs else [])]
     assert streamed == WORDS
+
+
+async def test_a_stale_worker_list_is_answered_while_it_is_refreshed_beside_the_request(
+    sim: SimTdx,
+) -> None:
+    from cocoon.client.gateway import GatewayApi
+
+    fake = GatewayAndWorker(sim, ServiceKey.generate(), SimWorker.make(sim, "w-sim-1"))
+    fetched: list[float] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/cocoon/workers":
+            fetched.append(time.monotonic())
+        return fake.handle(request)
+
+    ttl = 0.2
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        api = GatewayApi("http://gateway.test", "sk-cocoon-good", http, workers_ttl_s=ttl)
+        first = await api.workers(MODEL)
+        assert len(fetched) == 1 and first
+        assert await api.workers(MODEL) is first  # fresh: no request
+        await asyncio.sleep(ttl * 1.2)  # stale, within 3 TTLs
+        assert await api.workers(MODEL) is first  # answered at once, from the cache ...
+        assert len(fetched) == 1
+        await asyncio.sleep(0.05)  # ... while the refresh runs beside it
+        assert len(fetched) == 2
+        refreshed = await api.workers(MODEL)
+        assert refreshed is not first and refreshed == first
+        await asyncio.sleep(ttl * 3.2)  # too old to answer with: fetched on the request's path
+        assert await api.workers(MODEL) is not refreshed
+        assert len(fetched) == 3
+
+
+async def test_the_registry_is_folded_once_per_list_the_gateway_sent(
+    proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cocoon.client.session as session_module
+
+    server, _, _ = proxy
+    session = server.transport.session
+    folds = []
+    real = session_module.RegistryView.from_entries
+
+    def counted(entries, key):
+        folds.append(entries)
+        return real(entries, key)
+
+    monkeypatch.setattr(session_module.RegistryView, "from_entries", counted)
+    for _ in range(3):
+        [check] = await session.verify_workers(MODEL)
+        assert check.accepted, check.reason
+    assert len(folds) == 1  # the cached entries are one list: one fold, three verifications
+    session.api._registry = type(session.api._registry)(0)  # expire it: fetched and folded again
+    await session.verify_workers(MODEL)
+    assert len(folds) == 2

@@ -287,3 +287,21 @@ async def test_an_engine_refusal_outcome_read_before_its_chunk_waits_for_the_chu
     else:
         with pytest.raises(WorkerLost):
             KafkaBackend._on_outcome(state, outcome)
+
+
+def test_a_coalesced_record_gives_every_chunk_in_order():
+    from cocoon.gateway.pipeline import parse_engine_chunk
+
+    def content(text: str, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        return json.dumps({"choices": [choice]}, separators=(",", ":")).encode()
+
+    # The worker joins the chunks the engine produced within its linger with newlines; a text
+    # that holds a newline is escaped inside its JSON document, so it never splits one.
+    record = b"\n".join([content("Hello"), content(",\nworld"), content("!", "stop")])
+    items = parse_engine_chunk(record, "chat.completions")
+    assert [(i.text, i.finish_reason) for i in items if isinstance(i, ChatChunk)] == [
+        ("Hello", None),
+        (",\nworld", None),
+        ("!", "stop"),
+    ]

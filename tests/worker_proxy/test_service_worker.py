@@ -26,6 +26,7 @@ from cocoon.attestation.claims import Claims
 from cocoon.attestation.collateral import BundleSource
 from cocoon.attestation.simtdx import SimTdx
 from cocoon.attestation.verify import Verifier
+from cocoon.client.session import engine_chunks
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics, list_topics
@@ -40,6 +41,7 @@ from cocoon.core.crypto import (
     seal_request,
     verify_receipt,
 )
+from cocoon.gateway.pipeline import ChatChunk, parse_engine_chunk
 from cocoon.network.engine_process import EngineProcess
 from cocoon.worker_proxy.receipts_log import read_receipts
 from cocoon.worker_proxy.service import Settings, WorkerProxy, build
@@ -55,6 +57,8 @@ TOPICS = [
     "inference.outcomes",
 ]
 READ = ["attestation.evidence", "worker.heartbeats", *TOPICS[4:]]
+# The real engine on the shared 2-core machine: at a load average of ~20, 24 tokens took 30 s.
+WAIT_S = 120.0
 STORY = "Write a very long story about a lighthouse keeper and the sea, in many chapters."
 
 
@@ -75,7 +79,7 @@ class Bus:
             r for r in self.records.get(topic, []) if all(r.get(k) == v for k, v in match.items())
         ]
 
-    async def wait_for(self, topic: str, timeout_s: float = 30.0, **match: Any) -> dict[str, Any]:
+    async def wait_for(self, topic: str, timeout_s: float = WAIT_S, **match: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while not (found := self.of(topic, **match)):
             assert time.monotonic() < deadline, f"nothing on {topic} matching {match}"
@@ -247,11 +251,13 @@ def open_stream(network: Network, request_id: str, response_key: bytes) -> list[
 
 
 def text_of(plain: list[bytes]) -> str:
+    """The answer's text: a record holds one engine chunk per line (coalesced)."""
     out = []
     for data in plain:
-        chunk = json.loads(data)
-        for choice in chunk.get("choices") or []:
-            out.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
+        for line in data.split(b"\n"):
+            chunk = json.loads(line)
+            for choice in chunk.get("choices") or []:
+                out.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
     return "".join(out)
 
 
@@ -425,6 +431,172 @@ async def test_concurrent_requests_all_finish(network: Network, worker: WorkerPr
         assert text_of(open_stream(network, request_id, key)).strip()
 
 
+# -- coalesced records -------------------------------------------------------------------------
+# After the first chunk (sent at once), the engine chunks produced within the linger share one
+# sealed record, one JSON document per line. The gateway's and the client's readers must turn
+# the records back into exactly the text the engine streams when called directly, in order, and
+# the receipt must count every token the records carry.
+
+# Longer than an answer here takes on a usable machine: after the first token, everything waits
+# for the end of the stream, so the records are [first token], [the rest], [usage].
+LINGER_MS = 60_000
+MAX_TOKENS = 16
+PROMPT = "List ten animals, one per line."
+
+
+@pytest.fixture(scope="module")
+async def lingering_worker(network: Network, engine_url: str) -> AsyncIterator[WorkerProxy]:
+    async with running(network, engine_url, chunk_linger_ms=LINGER_MS) as (service, _, _):
+        yield service
+
+
+async def direct_text(engine_url: str, engine_model: str) -> str:
+    """The engine's own streamed answer to the same request (temperature 0: deterministic)."""
+    body = {**chat(PROMPT), "model": engine_model, "max_tokens": MAX_TOKENS, "temperature": 0}
+    pieces = []
+    async with (
+        httpx.AsyncClient(timeout=120) as http,
+        http.stream(
+            "POST", f"{engine_url}/chat/completions", json={**body, "stream": True}
+        ) as response,
+    ):
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices") or []:
+                pieces.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(pieces)
+
+
+def gateway_text(records: list[bytes]) -> str:
+    items = [item for record in records for item in parse_engine_chunk(record, "chat.completions")]
+    return "".join(item.text for item in items if isinstance(item, ChatChunk))
+
+
+def client_text(records: list[bytes]) -> str:
+    out = []
+    for record in records:
+        for chunk in engine_chunks(record):
+            for choice in chunk.get("choices") or []:
+                out.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(out)
+
+
+def content_lines(record: bytes) -> list[dict[str, Any]]:
+    """The engine chunks in `record` that carry text (a token each)."""
+    return [
+        chunk
+        for chunk in (json.loads(line) for line in record.split(b"\n"))
+        if any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or [])
+    ]
+
+
+async def test_records_coalesce_tokens_in_order_and_readers_rebuild_the_engines_text(
+    network: Network, lingering_worker: WorkerProxy, engine_url: str, engine_model: str
+) -> None:
+    request_id, key = await send_work(
+        network,
+        lingering_worker.worker_id,
+        chat(PROMPT, temperature=0),
+        max_tokens=MAX_TOKENS,
+        deadline_s=WAIT_S,
+    )
+    outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+    assert outcome["status"] == "SUCCEEDED", outcome
+    records = open_stream(network, request_id, key)  # the opener proves seq order and final
+    first, *rest, final = records
+    # The first token is never held for company: its record carries it alone, and leaves
+    # while the engine is still generating. The others wait up to the linger: one record when
+    # the answer takes less than it, one more per linger a starved engine takes beyond that.
+    assert len(content_lines(first)) == 1
+    assert sum(len(content_lines(record)) for record in rest) == MAX_TOKENS - 1
+    receipt = verified_receipt(network, lingering_worker.worker_id, request_id).receipt
+    assert len(rest) <= 1 + (receipt.finished_at - receipt.started_at) // LINGER_MS
+    assert any(len(content_lines(record)) > 1 for record in rest)
+    sent = sorted(
+        network.bus.of("inference.responses", request_id=request_id), key=lambda c: c["seq"]
+    )
+    assert sent[0]["produced_at"] < sent[1]["produced_at"]
+    assert outcome["time_to_first_chunk_ms"] < LINGER_MS
+
+    # The gateway's and the client's readers give back exactly the engine's own text.
+    expected = await direct_text(engine_url, engine_model)
+    assert expected.strip()
+    assert gateway_text(records) == expected
+    assert client_text(records) == expected
+
+    # Billing stays exact: the signed receipt counts every token the records carried.
+    assert receipt.completion_tokens == json.loads(final)["usage"]["completion_tokens"]
+    assert receipt.completion_tokens == MAX_TOKENS
+
+
+# -- capacity: what the engine runs at once ----------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def engine_reporting_slots(total_slots: int) -> AsyncIterator[str]:
+    """llama.cpp's `llama-server` as far as the worker asks it at start: `GET /props` with its
+    `total_slots` (a GPU engine's parallel slots cannot run here). Anything else is a 404."""
+    asked: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        request_line = head.split("\r\n", 1)[0]
+        asked.append(request_line)
+        if request_line == "GET /props HTTP/1.1":
+            body, status = json.dumps({"total_slots": total_slots}).encode(), "200 OK"
+        else:
+            body, status = b'{"error": "not found"}', "404 Not Found"
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "GET /props HTTP/1.1" in asked
+
+
+async def test_capacity_unset_is_asked_from_the_engine_and_advertised(network: Network) -> None:
+    async with (
+        engine_reporting_slots(3) as url,
+        running(network, url) as (service, _, _),
+    ):
+        beat = await network.bus.wait_for("worker.heartbeats", worker_id=service.worker_id)
+        assert beat["max_active_requests"] == 3 == service.capacity
+
+
+async def test_an_engine_that_does_not_say_runs_one_request_at_a_time(
+    network: Network, engine_url: str
+) -> None:
+    # llama-cpp-python's server (the real engine here) has no /props and serves one stream at
+    # a time: the worker advertises 1 and runs its requests one after the other.
+    async with running(network, engine_url) as (service, _, _):
+        beat = await network.bus.wait_for("worker.heartbeats", worker_id=service.worker_id)
+        assert beat["max_active_requests"] == 1
+        sent = [
+            await send_work(
+                network, service.worker_id, chat(f"Count to {n}."), max_tokens=6, deadline_s=WAIT_S
+            )
+            for n in (3, 4)
+        ]
+        receipts = []
+        for request_id, _ in sent:
+            outcome = await network.bus.wait_for("inference.outcomes", request_id=request_id)
+            assert outcome["status"] == "SUCCEEDED", outcome
+            receipts.append(verified_receipt(network, service.worker_id, request_id).receipt)
+        first, second = sorted(receipts, key=lambda r: r.started_at)
+        assert second.started_at >= first.finished_at
+
+
 # -- cancellation, deadline, refusals ----------------------------------------------------------
 
 
@@ -445,7 +617,7 @@ async def test_cancel_mid_stream_ends_stream_and_receipts_tokens_so_far(
     receipt = verified_receipt(network, worker.worker_id, request_id).receipt
     assert receipt.completed is False
     plain = open_stream(network, request_id, key)  # ends with a final chunk: not truncated
-    produced = sum(1 for p in plain[:-1] if text_of([p]))
+    produced = sum(len(content_lines(p)) for p in plain[:-1])  # a token per engine chunk
     assert 3 <= receipt.completion_tokens < 400
     assert receipt.completion_tokens == produced
     # The prompt was evaluated: it is paid for even though the engine's closing usage never came.

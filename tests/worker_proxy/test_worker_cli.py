@@ -85,3 +85,13 @@ def test_init_refuses_a_worker_id_that_cannot_name_a_topic(tmp_path: Path) -> No
 def test_run_without_a_configuration_says_to_init(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "none.toml")])
     assert result.exit_code != 0 and "cocoon worker init" in result.output
+
+
+def test_init_without_a_capacity_leaves_it_to_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, output, config = init(tmp_path, OWNER.friendly())
+    assert code == 0, output
+    assert "max_active_requests" not in config.read_text()
+    monkeypatch.setenv(CONFIG_FILE_ENV, str(config))
+    assert load_settings(Settings).max_active_requests is None  # asked from the engine at start

@@ -86,6 +86,22 @@ def _b64(value: str | None) -> bytes:
     return base64.b64decode(value or "", validate=True)
 
 
+def engine_chunks(plaintext: bytes) -> list[dict[str, Any]]:
+    """The engine's chunks in one opened record: JSON documents, one per line (the worker
+    coalesces what the engine produced within a few ms; JSON text never holds a raw newline)."""
+    out = []
+    for line in plaintext.split(b"\n"):
+        if not line:
+            continue
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            raise WireError("the worker sent a chunk that is not JSON") from None
+        if isinstance(chunk, dict):
+            out.append(chunk)
+    return out
+
+
 class SealedSession:
     def __init__(
         self,
@@ -108,6 +124,7 @@ class SealedSession:
         self.max_candidates = max_candidates
         self.last_receipt: dict[str, Any] | None = None
         self.last_worker: WorkerCheck | None = None
+        self._folded: tuple[list[dict[str, Any]], RegistryView] | None = None
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -120,11 +137,20 @@ class SealedSession:
     async def _verify_offered(self, model: str) -> list[tuple[WorkerCheck, dict[str, Any]]]:
         """(check, the evidence record it was made from) for every offered worker."""
         entries = await self.api.registry()
-        registry = RegistryView.from_entries(entries, self.config.registry_public_key)
+        registry = self._registry_view(entries)
         out = []
         for offered in await self.api.workers(model):
             out.append(await self._verify(offered, entries, registry, model))
         return out
+
+    def _registry_view(self, entries: list[dict[str, Any]]) -> RegistryView:
+        """The registry folded from `entries`, once per list the gateway sent: folding checks
+        an Ed25519 signature per entry, and the cached list is the same object until it is
+        fetched again."""
+        if self._folded is None or self._folded[0] is not entries:
+            view = RegistryView.from_entries(entries, self.config.registry_public_key)
+            self._folded = (entries, view)
+        return self._folded[1]
 
     async def _verify(
         self,
@@ -227,17 +253,17 @@ class SealedSession:
                         raise WireError("the answer switched workers after it had started")
                     opener = StreamOpener(request_key, request_id, chunk.worker_id, chunk.attempt)
                     self.last_worker = by_worker[chunk.worker_id].check
-                plain = json.loads(opener.open(chunk.seq, chunk.final, chunk.ciphertext))
-                receipt = plain.pop("cocoon_receipt", None) if isinstance(plain, dict) else None
-                if receipt is not None:
-                    self._keep(receipt, by_worker[chunk.worker_id], request_id, chunk, sealed_at)
-                if isinstance(plain, dict) and "error" in plain:
-                    raise worker_error(plain["error"])
-                if isinstance(plain, dict) and (
-                    plain.get("choices") or plain.get("data") or plain.get("usage")
-                ):
-                    answered = answered or bool(plain.get("choices") or plain.get("data"))
-                    yield plain
+                opened = opener.open(chunk.seq, chunk.final, chunk.ciphertext)
+                for plain in engine_chunks(opened):
+                    receipt = plain.pop("cocoon_receipt", None)
+                    if receipt is not None:
+                        candidate = by_worker[chunk.worker_id]
+                        self._keep(receipt, candidate, request_id, chunk, sealed_at)
+                    if "error" in plain:
+                        raise worker_error(plain["error"])
+                    if plain.get("choices") or plain.get("data") or plain.get("usage"):
+                        answered = answered or bool(plain.get("choices") or plain.get("data"))
+                        yield plain
                 if chunk.final:
                     return
         raise WireError("the gateway ended the answer before its final chunk")

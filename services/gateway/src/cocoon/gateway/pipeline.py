@@ -374,12 +374,19 @@ def tool_call_deltas(raw: object) -> tuple[ToolCallDelta, ...]:
 
 
 def parse_engine_chunk(plain: bytes, endpoint: str) -> list[ChatChunk | Embeddings | Usage]:
-    """Turn one opened plaintext (an OpenAI streaming chunk from the engine, or a run of
+    """Turn one opened record (the engine's OpenAI streaming chunks, one JSON document per
+    line: the worker coalesces what the engine produced within a few ms; or a run of
     embeddings) into API items."""
-    if not plain:
-        return []
+    items: list[ChatChunk | Embeddings | Usage] = []
+    for line in plain.split(b"\n"):
+        if line:
+            items.extend(_engine_chunk_items(line, endpoint))
+    return items
+
+
+def _engine_chunk_items(line: bytes, endpoint: str) -> list[ChatChunk | Embeddings | Usage]:
     try:
-        chunk = json.loads(plain)
+        chunk = json.loads(line)
     except json.JSONDecodeError:
         raise InternalError("the worker sent a chunk that is not JSON") from None
     if not isinstance(chunk, dict):

@@ -60,7 +60,13 @@ def init(
         str, typer.Option(help="the engine's OpenAI base URL")
     ] = "http://127.0.0.1:8080/v1",
     coefficient: Annotated[int, typer.Option(help="price coefficient asked, 1000 = 1.0x")] = 1000,
-    capacity: Annotated[int, typer.Option(help="concurrent requests the engine takes")] = 4,
+    capacity: Annotated[
+        int | None,
+        typer.Option(
+            help="requests the engine runs at once (default: asked from the engine at start, "
+            "llama.cpp's /props; 1 if it does not say)"
+        ),
+    ] = None,
     bootstrap: Annotated[
         str, typer.Option(help="the network's Kafka bootstrap", envvar="COCOON_KAFKA_BOOTSTRAP")
     ] = "127.0.0.1:9092",

@@ -37,7 +37,7 @@ class WorkerConfig:
     model: str
     engine_url: str
     coefficient: int
-    max_active_requests: int
+    max_active_requests: int | None  # None: asked from the engine at start
     kafka_bootstrap: str
     receipts_file: str
 
@@ -61,7 +61,7 @@ class WorkerConfig:
             )
         if self.coefficient < 1:
             raise WorkerConfigError("coefficient: 1000 means 1.0x the price list; at least 1")
-        if not 1 <= self.max_active_requests <= 1024:
+        if self.max_active_requests is not None and not 1 <= self.max_active_requests <= 1024:
             raise WorkerConfigError("capacity: between 1 and 1024 concurrent requests")
         warnings = []
         if address.workchain == -1:
@@ -79,6 +79,8 @@ class WorkerConfig:
         # Flat strings and integers only: a JSON string literal is a valid TOML basic string.
         lines = ["# Cocoon worker configuration (cocoon worker init); worker-proxy settings"]
         for key, value in vars(self).items():
+            if value is None:
+                continue  # unset: the worker-proxy's default applies
             lines.append(f"{key} = {json.dumps(value) if isinstance(value, str) else value}")
         return "\n".join(lines) + "\n"
 

@@ -299,6 +299,20 @@ class EngineClient:
         except (ValueError, KeyError, TypeError):
             raise EngineProtocolError("engine's /models is not an OpenAI model list") from None
 
+    async def parallel_slots(self) -> int | None:
+        """How many requests the engine runs at once, if it says: llama.cpp's `llama-server`
+        answers `GET /props` (beside `/v1`) with `total_slots`. None when nothing says (an
+        engine without the route, or one that is not up yet)."""
+        root = self.base_url.removesuffix("/v1")
+        try:
+            response = await self._http.get(f"{root}/props")
+            props = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+        slots = props.get("total_slots") if isinstance(props, dict) else None
+        valid = isinstance(slots, int) and not isinstance(slots, bool) and slots > 0
+        return slots if valid else None
+
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """Non-streaming `POST /chat/completions`; the parsed response (with `usage`)."""
         body = {k: v for k, v in body.items() if k != "stream_options"}

@@ -1,10 +1,15 @@
 """One WorkItem RUN, from sealed request to signed receipt (one asyncio task per request).
 
-    wait for a slot -> open (HPKE) -> engine stream -> seal every chunk -> final chunk
+    wait for a slot -> open (HPKE) -> engine stream -> sealed records -> final chunk
                     -> signed UsageReceipt -> Outcome
 
+The first engine chunk worth forwarding is sealed and sent at once; later ones are coalesced:
+everything the engine produces within `chunk_linger_s` of the first pending one goes out as one
+sealed record (the plaintext is the chunks' JSON documents, one per line), so a token is not a
+Kafka record, an AEAD and an Avro encoding of its own (docs/sealed-requests.md, "The answer").
 Embeddings take the same path: the engine answers them whole (OpenAI does not stream them), and
-the worker seals its `data` in chunks of bounded size, then the final chunk with the usage.
+the worker seals its `data` in records of bounded size (not coalesced), then the final record
+with the usage.
 
 The plaintext body and every engine chunk exist only in this task's memory; what it sends is
 ciphertext and metadata. A CANCEL or the deadline stops the engine stream (closing the HTTP
@@ -71,6 +76,8 @@ class JobContext:
     slots: asyncio.Semaphore
     engine_model: str  # the name the engine knows the model by
     receipts: ReceiptLog | None = None  # the owner's copy of each signed receipt
+    # How long a chunk after the first may wait for others to share its sealed record.
+    chunk_linger_s: float = 0.005
     # What the model serves (Heartbeat.capabilities); a request for anything else is refused.
     capabilities: frozenset[str] = frozenset({CHAT, TOOLS})
 
@@ -92,7 +99,9 @@ class Job:
         self.running = False  # holds an engine slot
         self._cancel = asyncio.Event()
         self._sealer: ResponseSealer | None = None
-        self._enqueued: list[asyncio.Future] = []  # per chunk: producer.send -> delivery
+        self._enqueued: list[asyncio.Future] = []  # per record: producer.send -> delivery
+        self._pending: list[bytes] = []  # encoded chunks waiting for the next record
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     @property
     def request_id(self) -> str:
@@ -215,7 +224,7 @@ class Job:
             # account of what it will be charged for (docs/sealed-requests.md).
             if status == "SUCCEEDED":
                 final = meter.usage_chunk(request.endpoint)
-                await self._seal(chunks.encode(with_receipt(final, receipt)), final=True)
+                await self._seal_final(chunks.encode(with_receipt(final, receipt)))
             elif self._sealer is not None and not self._sealer.finished:
                 assert code is not None  # a failed stream always has its engine_error_code
                 if code == ENGINE_REJECTED:
@@ -228,10 +237,12 @@ class Job:
                 else:
                     chunk = chunks.error_chunk(code, _messages[code])
                 sealed_error = with_receipt(chunk, receipt)
-                await self._seal(chunks.encode(sealed_error), final=True, error_code=code)
+                await self._seal_final(chunks.encode(sealed_error), error_code=code)
             return await self._finish(status, code, meter, receipt)
         finally:
             stop.cancel()
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
             if stream is not None and not stream.done():
                 stream.cancel()  # the job itself was cancelled (shutdown past the grace period)
             if slot.done() and not slot.cancelled():
@@ -250,7 +261,8 @@ class Job:
             except ValueError as exc:
                 raise EngineProtocolError(str(exc)) from None
             for piece in pieces:
-                await self._seal(chunks.encode(piece), final=False)
+                # Each piece is already as large as a record should be: none is coalesced.
+                self._send_record(chunks.encode(piece), final=False, error_code=None)
             return
         opened = (
             engine.open_chat_stream(request.body)
@@ -261,14 +273,42 @@ class Job:
             async for chunk in engine_chunks:
                 forward = meter.observe(chunk)
                 if forward is not None:
-                    await self._seal(chunks.encode(forward), final=False)
+                    self._forward(chunks.encode(forward))
 
     # -- sending -------------------------------------------------------------------------------
-    async def _seal(self, plaintext: bytes, *, final: bool, error_code: str | None = None) -> None:
+    def _forward(self, plaintext: bytes) -> None:
+        """Send the first chunk now; hold later ones until the linger runs out."""
+        if self.first_chunk_ms is None:
+            self._send_record(plaintext, final=False, error_code=None)
+            return
+        self._pending.append(plaintext)
+        if self._flush_timer is None:
+            # With a linger of 0 this still gathers every chunk the engine's response had
+            # already delivered: the timer runs only once the stream waits for more.
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self.ctx.chunk_linger_s, self._flush)
+
+    def _flush(self) -> None:
+        """Seal what is pending as one record (chunks joined by newlines: JSON has none)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._pending:
+            plaintext, self._pending = b"\n".join(self._pending), []
+            self._send_record(plaintext, final=False, error_code=None)
+
+    async def _seal_final(self, plaintext: bytes, error_code: str | None = None) -> None:
+        """Seal the closing record: what is pending goes out first, then `plaintext`, final."""
+        self._flush()
+        self._send_record(plaintext, final=True, error_code=error_code)
+        # The final record waits for every earlier record's delivery and its own.
+        enqueued, self._enqueued = self._enqueued, []
+        await asyncio.gather(*enqueued)
+        await asyncio.gather(*(task.result() for task in enqueued))
+
+    def _send_record(self, plaintext: bytes, *, final: bool, error_code: str | None) -> None:
+        """Seal `plaintext` with the next seq and hand it to the producer, in seal order."""
         assert self._sealer is not None
-        if final:
-            # Every earlier chunk is queued first, even one whose send a cancel interrupted.
-            await asyncio.gather(*self._enqueued)
         sealed = self._sealer.seal(plaintext, final=final)
         value = {
             "request_id": self.item.request_id,
@@ -283,22 +323,19 @@ class Job:
         }
         if self.first_chunk_ms is None:
             self.first_chunk_ms = now_millis()
-        # Chunks go out without waiting for each ack (the idempotent producer keeps one key's
-        # records in order); the final chunk waits for every earlier ack and its own. The send
-        # is shielded: a sealed chunk that never left would be a gap the gateway must refuse.
-        enqueue = asyncio.ensure_future(
-            self.ctx.producer.send(Topic.INFERENCE_RESPONSES, value, wait=False)
+        # Records go out without waiting for each ack (the idempotent producer keeps one key's
+        # records in order). The send is its own task, so cancelling the job cannot leave a
+        # sealed record unsent: that would be a gap the gateway must refuse.
+        self._enqueued.append(
+            asyncio.ensure_future(
+                self.ctx.producer.send(Topic.INFERENCE_RESPONSES, value, wait=False)
+            )
         )
-        self._enqueued.append(enqueue)
-        await asyncio.shield(enqueue)
-        if final:
-            await asyncio.gather(*(task.result() for task in self._enqueued))
-            self._enqueued = []
 
     async def _seal_error(self, code: str, message: str, error_type: str | None = None) -> None:
         if self._sealer is not None and not self._sealer.finished:
             chunk = chunks.error_chunk(code, message, error_type)
-            await self._seal(chunks.encode(chunk), final=True, error_code=code)
+            await self._seal_final(chunks.encode(chunk), error_code=code)
 
     def _receipt(
         self, meter: chunks.UsageMeter, completed: bool, started_ms: int, finished_ms: int

@@ -83,8 +83,20 @@ class Settings(ServiceSettings):
     context_length: int | None = Field(
         None, ge=1, description="the longest input the engine takes, in tokens (announced)"
     )
-    max_active_requests: int = Field(4, ge=1, le=1024)
+    max_active_requests: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="requests the engine runs at once; unset: asked from the engine at start "
+        "(llama.cpp's /props total_slots), else 1",
+    )
     coefficient: int = Field(1000, ge=1, description="price coefficient, 1000 = 1.0x")
+    chunk_linger_ms: float = Field(
+        5.0,
+        ge=0,
+        le=60_000,
+        description="engine chunks after the first share a sealed record within this window",
+    )
     heartbeat_seconds: float = Field(2.0, gt=0, le=60)
     evidence_refresh_seconds: float = Field(
         1800.0, gt=0, description="re-attest at least this often (earlier if the verdict asks)"
@@ -163,7 +175,10 @@ class WorkerProxy(Service):
         self._runs: dict[tuple[str, int], int] = {}  # (request, attempt) run -> its deadline
         self.draining = False
         self._tasks: set[asyncio.Task] = set()
-        self._slots = asyncio.Semaphore(settings.max_active_requests)
+        # What the engine runs at once: the slots, and what the heartbeats advertise (so the
+        # scheduler never places more here than the engine serves). Settled in start().
+        self.capacity = settings.max_active_requests or 1
+        self._slots = asyncio.Semaphore(self.capacity)
         self._heartbeat_seq = 0
         self._avg_ms: float | None = None
         self._verdict_seen = asyncio.Event()
@@ -193,6 +208,8 @@ class WorkerProxy(Service):
             self.worker_id, self.identity.keys.public.signing_key, s.evidence_refresh_seconds
         )
         self.engine = EngineClient(s.engine_url)
+        if s.max_active_requests is None:
+            await self._learn_capacity(self.engine)
         self.evidence_producer = BusProducer(
             s.kafka_bootstrap,
             client_id=f"worker-proxy-{self.worker_id}-evidence",
@@ -254,6 +271,19 @@ class WorkerProxy(Service):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+
+    async def _learn_capacity(self, engine: EngineClient) -> None:
+        """Ask the engine how many requests it runs at once; one if it does not say."""
+        slots = await engine.parallel_slots()
+        self.capacity = slots or 1
+        self._slots = asyncio.Semaphore(self.capacity)
+        log.info(
+            "engine capacity",
+            extra={
+                "max_active_requests": self.capacity,
+                "source": "engine" if slots else "default (the engine does not say)",
+            },
+        )
 
     async def run(self, stopping: asyncio.Event) -> None:
         assert self.verdicts is not None
@@ -386,6 +416,7 @@ class WorkerProxy(Service):
             self._slots,
             engine_model=self.settings.engine_model or self.settings.model,
             receipts=self.receipts,
+            chunk_linger_s=self.settings.chunk_linger_ms / 1000,
             capabilities=frozenset(self.settings.capabilities),
         )
         job = Job(item, context)
@@ -465,7 +496,7 @@ class WorkerProxy(Service):
                 worker_id=self.worker_id,
                 models=[self.settings.model],
                 state=self._last_state,
-                max_active_requests=self.settings.max_active_requests,
+                max_active_requests=self.capacity,
                 active_requests=len(self.jobs),
                 coefficient=self.settings.coefficient,
                 work_topic=self.work_topic,
