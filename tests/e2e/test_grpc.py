@@ -66,10 +66,8 @@ async def test_an_answer_from_the_real_model_over_grpc(network):
     assert charge["completion_tokens"] == usage.completion_tokens
 
 
-async def test_a_poor_account_gets_failed_precondition(network):
-    poor = network.api_keys.get("poor")
-    if poor is None:
-        pytest.skip("the e2e network has no poor account")
+async def test_a_poor_account_gets_failed_precondition(network, poor_account):
+    poor = network.api_keys[poor_account[0]]
     async with grpc.aio.insecure_channel(network.grpc_target) as channel:
         call = pb_grpc.InferenceStub(channel).ChatCompletion(
             ask(4096), metadata=(("authorization", f"Bearer {poor}"),)
