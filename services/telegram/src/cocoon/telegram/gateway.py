@@ -15,7 +15,11 @@ from typing import Any
 
 import httpx
 
+from cocoon.core.capabilities import CHAT
+
 ACCOUNT_HEADER = "X-Cocoon-Account"
+# A model's capability in /v1/models (the contract's symbol, lower case as the API lists it).
+CHAT_CAPABILITY = CHAT.lower()
 
 
 @dataclass(frozen=True)
@@ -112,9 +116,14 @@ class GatewayClient:
         response = await self._http.get("/models")
         if response.status_code != 200:
             raise _error_of(response.status_code, response.content)
-        # min_coefficient is null while no worker has announced its price yet.
+        # min_coefficient is null while no worker has announced its price yet. Only models
+        # that chat: an embedding model cannot answer a message.
         listed = response.json()["data"]
-        return [Model(m["id"], int(m.get("min_coefficient") or 1000)) for m in listed]
+        return [
+            Model(m["id"], int(m.get("min_coefficient") or 1000))
+            for m in listed
+            if CHAT_CAPABILITY in (m.get("capabilities") or [CHAT_CAPABILITY])
+        ]
 
     async def chat(
         self, account_id: str, model: str, messages: list[dict[str, str]], max_tokens: int
