@@ -246,6 +246,8 @@ def main() -> None:
     port = broker.free_port_pair()
     layout = broker.BrokerLayout(home=home / "kafka", port=port, controller_port=port + 1)
     bootstrap = broker.start(layout)
+    # The broker is secured as production's: connect as its admin (docs/security.md).
+    os.environ.update(layout.admin_security().env())
     rates: dict[int, float] = {}
     try:
         for count in threads:

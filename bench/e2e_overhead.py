@@ -476,6 +476,8 @@ def main() -> None:
     port = free_port()
     layout = broker.BrokerLayout(home=home / "kafka", port=port, controller_port=free_port())
     bootstrap = broker.start(layout, echo=lambda _m: None)
+    # The broker is secured as production's: connect as its admin (docs/security.md).
+    os.environ.update(layout.admin_security().env())
     os.environ.update(
         {
             "COCOON_KAFKA_BOOTSTRAP": bootstrap,
