@@ -234,7 +234,13 @@ def main() -> None:
 
     if args.engine == "paced":
         local.start_engine = start_paced_engine
-    network = local.LocalNetwork(workers=1, http_port=free_port(), echo=lambda _m: None)
+    network = local.LocalNetwork(
+        workers=1,
+        embedding_workers=0,  # chat only: the engines are the baseline
+        http_port=free_port(),
+        grpc_port=free_port(),
+        echo=lambda _m: None,
+    )
     try:
         network.start(ready_timeout_s=180)
         print(f"# load average before: {os.getloadavg()}", file=sys.stderr)

@@ -153,7 +153,13 @@ def main() -> None:
 
     pacing = ("--ttft-ms", "1", "--token-ms", "1", "--slots", str(args.slots))
     local.start_engine = functools.partial(start_paced_engine, pacing=pacing)
-    network = local.LocalNetwork(workers=args.workers, http_port=free_port(), echo=lambda _m: None)
+    network = local.LocalNetwork(
+        workers=args.workers,
+        embedding_workers=0,  # chat only: the engines are the baseline
+        http_port=free_port(),
+        grpc_port=free_port(),
+        echo=lambda _m: None,
+    )
     network.grants = {account: 10**9 * 10**9 for account in network.grants}  # never runs out
     try:
         network.start(ready_timeout_s=300)

@@ -495,7 +495,13 @@ def main() -> None:
         local.start_engine = start_paced_engine
     elif args.engine_threads:
         local.start_engine = functools.partial(start_engine, n_threads=args.engine_threads)
-    network = local.LocalNetwork(workers=args.workers, http_port=free_port(), echo=lambda _m: None)
+    network = local.LocalNetwork(
+        workers=args.workers,
+        embedding_workers=0,  # chat only: the engines are the baseline
+        http_port=free_port(),
+        grpc_port=free_port(),
+        echo=lambda _m: None,
+    )
     try:
         started = time.monotonic()
         network.start(ready_timeout_s=300)
