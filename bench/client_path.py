@@ -25,18 +25,23 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from e2e_overhead import body, one_request, percentile, start_paced_engine
+from e2e_overhead import (
+    body,
+    chat_network,
+    one_request,
+    percentile,
+    private_network_environment,
+    start_paced_engine,
+)
 
 from cocoon.core.kafka import broker
-from cocoon.network.engine_process import SMOLLM2_MODEL, free_port
+from cocoon.network.engine_process import SMOLLM2_MODEL
 
 
 def summary(path: str, samples: list, extra: dict | None = None) -> dict:
@@ -217,30 +222,13 @@ def main() -> None:
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    home = Path(tempfile.mkdtemp(prefix="cocoon-bench-client-"))
-    layout = broker.BrokerLayout(home=home / "kafka", port=free_port(), controller_port=free_port())
-    bootstrap = broker.start(layout, echo=lambda _m: None)
-    # The broker is secured as production's: connect as its admin (docs/security.md).
-    os.environ.update(layout.admin_security().env())
-    os.environ.update(
-        {
-            "COCOON_KAFKA_BOOTSTRAP": bootstrap,
-            "COCOON_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
-            "COCOON_CACHE_DIR": str(home / "cache"),
-            "COCOON_CONFIG_DIR": str(home / "client-config"),
-        }
-    )
+    home, layout, _ = private_network_environment("client", {})
+    os.environ["COCOON_CONFIG_DIR"] = str(home / "client-config")
     from cocoon.network import local  # after the environment is set
 
     if args.engine == "paced":
         local.start_engine = start_paced_engine
-    network = local.LocalNetwork(
-        workers=1,
-        embedding_workers=0,  # chat only: the engines are the baseline
-        http_port=free_port(),
-        grpc_port=free_port(),
-        echo=lambda _m: None,
-    )
+    network = chat_network(1)
     try:
         network.start(ready_timeout_s=180)
         print(f"# load average before: {os.getloadavg()}", file=sys.stderr)

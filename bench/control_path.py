@@ -26,18 +26,22 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from e2e_overhead import percentile, start_paced_engine
+from e2e_overhead import (
+    UNLIMITED_API,
+    chat_network,
+    percentile,
+    private_network_environment,
+    start_paced_engine,
+)
 
 from cocoon.core.kafka import broker
-from cocoon.network.engine_process import SMOLLM2_MODEL, free_port
+from cocoon.network.engine_process import SMOLLM2_MODEL
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVICES = ("gateway", "billing", "scheduler", "attestation")
@@ -135,31 +139,12 @@ def main() -> None:
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    home = Path(tempfile.mkdtemp(prefix="cocoon-bench-control-"))
-    layout = broker.BrokerLayout(home=home / "kafka", port=free_port(), controller_port=free_port())
-    bootstrap = broker.start(layout, echo=lambda _m: None)
-    # The broker is secured as production's: connect as its admin (docs/security.md).
-    os.environ.update(layout.admin_security().env())
-    os.environ.update(
-        {
-            "COCOON_KAFKA_BOOTSTRAP": bootstrap,
-            "COCOON_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
-            "COCOON_CACHE_DIR": str(home / "cache"),
-            # One API key sends everything: the gateway's per-key rate limit (5/s) is lifted.
-            "COCOON_API": json.dumps({"rate_limit_per_second": 1e6, "rate_limit_burst": 10**6}),
-        }
-    )
+    home, layout, _ = private_network_environment("control", UNLIMITED_API)
     from cocoon.network import local  # after the environment is set
 
     pacing = ("--ttft-ms", "1", "--token-ms", "1", "--slots", str(args.slots))
     local.start_engine = functools.partial(start_paced_engine, pacing=pacing)
-    network = local.LocalNetwork(
-        workers=args.workers,
-        embedding_workers=0,  # chat only: the engines are the baseline
-        http_port=free_port(),
-        grpc_port=free_port(),
-        echo=lambda _m: None,
-    )
+    network = chat_network(args.workers)
     network.grants = {account: 10**9 * 10**9 for account in network.grants}  # never runs out
     try:
         network.start(ready_timeout_s=300)

@@ -405,6 +405,48 @@ def results(samples: list[Sample], extra: dict) -> list[dict]:
     return out
 
 
+# One API key sends everything: the gateway's per-key rate limit (5/s) is lifted.
+UNLIMITED_API = {
+    "COCOON_API": json.dumps({"rate_limit_per_second": 1e6, "rate_limit_burst": 10**6})
+}
+
+
+def private_network_environment(
+    name: str, extra: dict[str, str]
+) -> tuple[Path, broker.BrokerLayout, str]:
+    """A private broker (jars from the project cache; secured as production's, so this process
+    connects as its admin) and a private cache, set in this process's environment for the
+    network a bench starts; `extra` adds settings. Returns (its home, the broker's layout, the
+    bootstrap). Import `cocoon.network.local` after this: it reads the environment."""
+    home = Path(tempfile.mkdtemp(prefix=f"cocoon-bench-{name}-"))
+    layout = broker.BrokerLayout(home=home / "kafka", port=free_port(), controller_port=free_port())
+    bootstrap = broker.start(layout, echo=lambda _m: None)
+    os.environ.update(layout.admin_security().env())
+    os.environ.update(
+        {
+            "COCOON_KAFKA_BOOTSTRAP": bootstrap,
+            "COCOON_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
+            "COCOON_CACHE_DIR": str(home / "cache"),
+            **extra,
+        }
+    )
+    return home, layout, bootstrap
+
+
+def chat_network(workers: int):
+    """The local network with chat workers only (the engines are the baseline: an embedding
+    engine would answer a chat request 404) on free ports."""
+    from cocoon.network import local
+
+    return local.LocalNetwork(
+        workers=workers,
+        embedding_workers=0,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        echo=lambda _m: None,
+    )
+
+
 def start_paced_engine(
     *, port: int | None = None, pacing: tuple[str, ...] = (), **_: object
 ) -> EngineProcess:
@@ -471,22 +513,7 @@ def main() -> None:
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the network on SIGTERM too
-    # A private broker (jars from the project cache), then a private cache for the network.
-    home = Path(tempfile.mkdtemp(prefix="cocoon-bench-e2e-"))
-    port = free_port()
-    layout = broker.BrokerLayout(home=home / "kafka", port=port, controller_port=free_port())
-    bootstrap = broker.start(layout, echo=lambda _m: None)
-    # The broker is secured as production's: connect as its admin (docs/security.md).
-    os.environ.update(layout.admin_security().env())
-    os.environ.update(
-        {
-            "COCOON_KAFKA_BOOTSTRAP": bootstrap,
-            "COCOON_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
-            "COCOON_CACHE_DIR": str(home / "cache"),
-            # One API key sends everything: the gateway's per-key rate limit (5/s) is lifted.
-            "COCOON_API": json.dumps({"rate_limit_per_second": 1e6, "rate_limit_burst": 10**6}),
-        }
-    )
+    home, layout, bootstrap = private_network_environment("e2e", UNLIMITED_API)
     if args.no_grants:
         os.environ["COCOON_GRANT_ASK_REQUESTS"] = "0"
     from cocoon.network import local  # after the environment is set
@@ -495,13 +522,7 @@ def main() -> None:
         local.start_engine = start_paced_engine
     elif args.engine_threads:
         local.start_engine = functools.partial(start_engine, n_threads=args.engine_threads)
-    network = local.LocalNetwork(
-        workers=args.workers,
-        embedding_workers=0,  # chat only: the engines are the baseline
-        http_port=free_port(),
-        grpc_port=free_port(),
-        echo=lambda _m: None,
-    )
+    network = chat_network(args.workers)
     try:
         started = time.monotonic()
         network.start(ready_timeout_s=300)
