@@ -473,10 +473,11 @@ class ResponseBuilder:
         return [self._event("response.output_item.added", output_index=at, item=dict(item))]
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        # Items and parts go into events as copies (`_open_text`, `_open_call`, `response`), so
+        # the text appended later never rewrites an event already built; no copy here, per token.
         event = {"type": kind, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        # Later changes to an item must not rewrite an event already built.
-        return json.loads(json.dumps(event))
+        return event
 
 
 def sse_event(event: dict[str, Any]) -> bytes:
