@@ -46,6 +46,8 @@ def network(kafka_bootstrap, tmp_path_factory) -> Iterator[LocalNetwork]:
         workers=2,
         http_port=free_port(),
         grpc_port=free_port(),
+        # A second gateway instance (tests/e2e/test_failures.py kills it mid-answer).
+        more_gateway_ports=(free_port(),),
         echo=lambda _msg: None,
         grants={DEMO_ACCOUNT: DEMO_BALANCE_NANOTON, POOR_ACCOUNT: POOR_BALANCE_NANOTON},
         # As `cocoon up --ton`: billing pays workers on the emulated chain, every credit at

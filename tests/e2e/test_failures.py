@@ -2,7 +2,8 @@
 
 Workers are frozen (SIGSTOP), killed (SIGKILL) or restarted through `LocalNetwork`; the
 `restore_workers` fixture puts both back (and waits for fresh verdicts) so the other e2e tests
-share the same network. What happened is read from the bus (assignments, outcomes, receipts)
+share the same network. The network runs two gateway instances; the second is killed mid-answer
+and started again (issue 14). What happened is read from the bus (assignments, outcomes, receipts)
 and from billing's ledger, never from the services' memory.
 """
 
@@ -139,7 +140,7 @@ def restore_workers(network, bus) -> Iterator[set[str]]:
         network.signal_worker(worker_id, signal.SIGCONT)
     restarted_ms = now_ms()
     for worker_id in killed:
-        network.restart_worker(worker_id)
+        network.restart(worker_id)
     for worker_id in killed:
         # The gateway must seal to the new process's key, not the dead one's: wait for the
         # verdict on the new evidence before the next test sends anything.
@@ -366,3 +367,81 @@ def test_client_disconnect_cancels_the_generation_and_bills_what_was_produced(ne
     assert charge.meta["completion_tokens"] == receipt["completion_tokens"]
     assert charge.meta["completed"] is False
     assert held(entries) == 0
+
+
+# -- several gateway instances (issue 14) ------------------------------------------------------
+def chat(gateway_url: str, api_key: str, max_tokens: int = 8) -> tuple[str, dict[str, Any]]:
+    """A short non-streamed answer from one gateway instance: (request id, usage)."""
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={
+            "model": SMOLLM2_MODEL,
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "max_tokens": max_tokens,
+        },
+        timeout=90,
+    )
+    assert response.status_code == 200, response.text
+    return response.headers["x-request-id"], response.json()["usage"]
+
+
+def charges_of(entries: list[Entry], request_id: str) -> list[Entry]:
+    return [e for e in entries if e.kind == "charge" and e.entry_id == f"charge:{request_id}"]
+
+
+def test_every_gateway_instance_answers_and_each_answer_is_charged_once(network, bus):
+    assert len(network.gateways) == 2
+    answered = [chat(url, network.api_key) for url in network.gateways.values() for _ in range(2)]
+    for request_id, usage in answered:
+        closing, entries = closing_entry(bus, request_id, timeout_s=60)
+        assert closing.kind == "charge", closing
+        assert closing.meta["completion_tokens"] == usage["completion_tokens"]
+        assert len(charges_of(entries, request_id)) == 1
+    assert held(bus.ledger()) == 0
+
+
+def test_a_gateway_killed_mid_answer_loses_no_money_and_the_other_serves_on(network, bus):
+    name, url = list(network.gateways.items())[1]
+    received, request_id = 0, ""
+    try:
+        with (
+            pytest.raises(httpx.HTTPError),  # the connection dies with the gateway
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "POST",
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {network.api_key}"},
+                json={
+                    "model": SMOLLM2_MODEL,
+                    "messages": [{"role": "user", "content": LONG_PROMPT}],
+                    "max_tokens": MAX_TOKENS,
+                    "stream": True,
+                },
+            ) as response,
+        ):
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            for line in response.iter_lines():
+                if line.startswith("data: {") and content_of(json.loads(line[6:])):
+                    received += 1
+                if received == 3:  # once: lines it sent before it died may still be read
+                    network.supervisor.signal(name, signal.SIGKILL)
+        assert 3 <= received < MAX_TOKENS
+        # The other instance serves on, for the same account, while the answer runs on.
+        chat(network.gateway_url, network.api_key)
+        # Nobody tells the worker the gateway is gone: it finishes, signs its receipt, and
+        # billing charges exactly what the receipt counts, once; nothing stays on hold.
+        receipt = wait_for(
+            "the worker's receipt", lambda: bus.about("usage.receipts", request_id), 120
+        )[0]
+        closing, entries = closing_entry(bus, request_id, timeout_s=60)
+        assert closing.kind == "charge", closing
+        assert closing.meta["completion_tokens"] == receipt["completion_tokens"] >= received
+        assert len(charges_of(entries, request_id)) == 1
+        assert held(entries) == 0
+    finally:
+        network.restart(name)
+        network.wait_for_workers(ready_timeout_s=60)
+    # Restarted (a new instance: new gateway id, no grants), it answers again.
+    chat(url, network.api_key)

@@ -55,6 +55,9 @@ class LocalNetwork:
     embedding_workers: int = 1  # embedding workers (all-MiniLM-L6-v2), separate processes
     http_port: int = 8080
     grpc_port: int = 50051  # the gateway's gRPC inference API
+    # More gateway instances beside the first, one HTTP port each (HTTP only): every gateway
+    # serves any account and reads every answer from the bus (docs/architecture.md).
+    more_gateway_ports: tuple[int, ...] = ()
     echo: Echo = print
     supervisor: Supervisor = field(default_factory=lambda: Supervisor(state_dir() / "logs"))
     engines: list[EngineProcess] = field(default_factory=list)
@@ -87,6 +90,12 @@ class LocalNetwork:
     @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def gateways(self) -> dict[str, str]:
+        """Each gateway instance's process name and URL, the first (`gateway`) first."""
+        ports = (self.http_port, *self.more_gateway_ports)
+        return {_gateway_name(i): f"http://127.0.0.1:{port}" for i, port in enumerate(ports)}
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, ready_timeout_s: float = 120.0) -> None:
@@ -128,16 +137,24 @@ class LocalNetwork:
         self._spawn_service("billing", billing)
         self._spawn_service("scheduler", pinned)
         self._create_keys()
+        gateway = {**pinned, "COCOON_REGISTRY_PUBLIC_KEY": _registry_public_key_hex()}
         self._spawn_service(
             "gateway",
             {
-                **pinned,
+                **gateway,
                 "COCOON_HTTP_PORT": str(self.http_port),
                 "COCOON_INFERENCE_GRPC_PORT": str(self.grpc_port),
                 "COCOON_GATEWAY_ID": "gw-local",
-                "COCOON_REGISTRY_PUBLIC_KEY": _registry_public_key_hex(),
             },
         )
+        for index, port in enumerate(self.more_gateway_ports, start=1):
+            name = _gateway_name(index)
+            self._spawn_service(
+                "gateway",
+                {**gateway, "COCOON_HTTP_PORT": str(port), "COCOON_GATEWAY_ID": f"gw-{name}"},
+                label=name,
+                principal="gateway",
+            )
         for index in range(self.workers):
             self._start_worker(index, common)
         for index in range(self.embedding_workers):
@@ -286,10 +303,12 @@ class LocalNetwork:
             principal=WORKER_ENROLMENT,
         )
 
-    def _model_listed(self, workers: int = 1, model: str = SMOLLM2_MODEL) -> bool:
+    def _model_listed(
+        self, workers: int = 1, model: str = SMOLLM2_MODEL, gateway_url: str = ""
+    ) -> bool:
         try:
             response = httpx.get(
-                f"{self.gateway_url}/v1/models",
+                f"{gateway_url or self.gateway_url}/v1/models",
                 headers={"Authorization": f"Bearer {self.api_key}"},
                 timeout=2,
             )
@@ -301,10 +320,20 @@ class LocalNetwork:
         )
 
     def wait_for_workers(self, ready_timeout_s: float = 120.0) -> None:
-        """Wait until the gateway lists every worker as attested and alive."""
+        """Wait until every gateway lists every worker as attested and alive."""
         self._wait_for(
-            lambda: self._model_listed(self.workers), "every attested worker", ready_timeout_s
+            lambda: all(
+                self._model_listed(self.workers, gateway_url=url) for url in self.gateways.values()
+            ),
+            "every attested worker at every gateway",
+            ready_timeout_s,
         )
+
+    def restart(self, name: str) -> None:
+        """Start a process of the network again with its command and environment: a gateway, or
+        a worker-proxy (new keys, new evidence, the same engine)."""
+        self.echo(f"Restarting {name} ...")
+        self.supervisor.respawn(name)
 
     def _wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -328,11 +357,6 @@ class LocalNetwork:
     def signal_worker(self, worker_id: str, sig: int) -> None:
         """Signal a worker's worker-proxy (not its engine): SIGSTOP freezes, SIGKILL kills it."""
         self.supervisor.signal(worker_id, sig)
-
-    def restart_worker(self, worker_id: str) -> None:
-        """Start the worker-proxy again (new keys, new evidence) on the same engine."""
-        self.echo(f"Restarting worker {worker_id} ...")
-        self.supervisor.respawn(worker_id)
 
     # -- run / stop ----------------------------------------------------------------------------
     def watch(self) -> None:
@@ -359,6 +383,10 @@ class LocalNetwork:
             self.chain = None
         if self.started_broker:
             broker.stop(broker.default_layout())
+
+
+def _gateway_name(index: int) -> str:
+    return "gateway" if index == 0 else f"gateway-{index}"
 
 
 class NetworkError(RuntimeError):
