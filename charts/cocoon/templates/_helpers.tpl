@@ -180,6 +180,11 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
       containerPort: {{ $v.ports.http }}
       protocol: TCP
     {{- end }}
+    {{- if .svc.grpc }}
+    - name: grpc
+      containerPort: {{ $v.ports.grpc }}
+      protocol: TCP
+    {{- end }}
   env:
     {{- include "cocoon.env" . | nindent 4 }}
     {{- if .svc.http }}
@@ -188,6 +193,10 @@ target of that name); `image.perService: false` runs one image for all (Tilt's d
       value: "0.0.0.0"
     - name: COCOON_HTTP_PORT
       value: {{ $v.ports.http | quote }}
+    {{- end }}
+    {{- if .svc.grpc }}
+    - name: COCOON_INFERENCE_GRPC_PORT
+      value: {{ $v.ports.grpc | quote }}
     {{- end }}
     {{- with .extraEnv }}
     {{- toYaml . | nindent 4 }}
@@ -334,6 +343,12 @@ spec:
       port: {{ .root.Values.ports.http }}
       targetPort: http
       appProtocol: http
+    {{- end }}
+    {{- if .svc.grpc }}
+    - name: grpc
+      port: {{ .root.Values.ports.grpc }}
+      targetPort: grpc
+      appProtocol: grpc
     {{- end }}
 {{- end -}}
 
