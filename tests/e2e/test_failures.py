@@ -10,6 +10,7 @@ and from billing's ledger, never from the services' memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -159,6 +160,34 @@ def restore_workers(network, bus) -> Iterator[set[str]]:
 
 def content_of(chunk: dict[str, Any]) -> str:
     return "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices", []))
+
+
+@contextlib.contextmanager
+def long_answer(gateway_url: str, api_key: str) -> Iterator[httpx.Response]:
+    """A streamed answer far longer than any test reads, open from one gateway instance."""
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream(
+            "POST",
+            f"{gateway_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {api_key}"},
+            json={
+                "model": SMOLLM2_MODEL,
+                "messages": [{"role": "user", "content": LONG_PROMPT}],
+                "max_tokens": MAX_TOKENS,
+                "stream": True,
+            },
+        ) as response,
+    ):
+        assert response.status_code == 200
+        yield response
+
+
+def contents(response: httpx.Response) -> Iterator[str]:
+    """The text of each SSE chunk that carries some."""
+    for line in response.iter_lines():
+        if line.startswith("data: {") and (text := content_of(json.loads(line[6:]))):
+            yield text
 
 
 def sdk(network, timeout: float = 90) -> openai.OpenAI:
@@ -325,25 +354,10 @@ def test_worker_killed_mid_stream_ends_with_an_error_and_bills_only_what_arrived
 
 def test_client_disconnect_cancels_the_generation_and_bills_what_was_produced(network, bus):
     received = 0
-    with (
-        httpx.Client(timeout=60) as client,
-        client.stream(
-            "POST",
-            f"{network.gateway_url}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {network.api_key}"},
-            json={
-                "model": SMOLLM2_MODEL,
-                "messages": [{"role": "user", "content": LONG_PROMPT}],
-                "max_tokens": MAX_TOKENS,
-                "stream": True,
-            },
-        ) as response,
-    ):
-        assert response.status_code == 200
+    with long_answer(network.gateway_url, network.api_key) as response:
         request_id = response.headers["x-request-id"]
-        for line in response.iter_lines():
-            if line.startswith("data: {") and content_of(json.loads(line[6:])):
-                received += 1
+        for _ in contents(response):
+            received += 1
             if received == 3:
                 break  # leaving the block closes the connection mid-stream
     disconnected = time.monotonic()
@@ -407,25 +421,12 @@ def test_a_gateway_killed_mid_answer_loses_no_money_and_the_other_serves_on(netw
     try:
         with (
             pytest.raises(httpx.HTTPError),  # the connection dies with the gateway
-            httpx.Client(timeout=60) as client,
-            client.stream(
-                "POST",
-                f"{url}/v1/chat/completions",
-                headers={"Authorization": f"Bearer {network.api_key}"},
-                json={
-                    "model": SMOLLM2_MODEL,
-                    "messages": [{"role": "user", "content": LONG_PROMPT}],
-                    "max_tokens": MAX_TOKENS,
-                    "stream": True,
-                },
-            ) as response,
+            long_answer(url, network.api_key) as response,
         ):
-            assert response.status_code == 200
             request_id = response.headers["x-request-id"]
-            for line in response.iter_lines():
-                if line.startswith("data: {") and content_of(json.loads(line[6:])):
-                    received += 1
-                if received == 3:  # once: lines it sent before it died may still be read
+            for _ in contents(response):  # what it sent before it died may still be read
+                received += 1
+                if received == 3:
                     network.supervisor.signal(name, signal.SIGKILL)
         assert 3 <= received < MAX_TOKENS
         # The other instance serves on, for the same account, while the answer runs on.
