@@ -24,6 +24,7 @@ from cocoon.core.request_ids import (
     SHARDED_TOPICS,
     account_partitions,
     account_shard,
+    co_partitioned_id,
     is_co_partitioned,
     new_request_id,
 )
@@ -149,3 +150,11 @@ async def test_records_keyed_by_the_id_land_on_the_accounts_partition(
     assert java.returncode == 0, java.stderr[-2000:]
     landed = dict(line.split() for line in java.stdout.splitlines())
     assert {key: int(partition) for key, partition in landed.items()} == wanted
+
+
+def test_a_labelled_id_keeps_its_stem_and_lands_on_the_accounts_partition():
+    for account in ACCOUNTS:
+        request_id = co_partitioned_id("r7-012-deadbeef", account)
+        assert request_id.startswith("r7-012-deadbeef-")
+        assert is_co_partitioned(request_id, account)
+        assert co_partitioned_id("r7-012-deadbeef", account) == request_id  # reproducible
