@@ -44,6 +44,7 @@ from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
 from cocoon.core.kafka import broker
+from cocoon.core.request_ids import co_partitioned_id
 
 TOPICS = [
     "inference.requests",
@@ -61,6 +62,7 @@ TOPICS = [
 WORKERS = 8
 GROUP = "billing-bench"
 MODEL = "bench-model"
+ACCOUNT = "acct-bench"
 
 
 def verdict(key: ServiceKey, worker_id: str, keys: WorkerKeys) -> models.Verdict:
@@ -92,7 +94,7 @@ def verdict(key: ServiceKey, worker_id: str, keys: WorkerKeys) -> models.Verdict
 def request(rid: str, now_ms: int) -> models.InferenceRequest:
     return models.InferenceRequest(
         request_id=rid,
-        account_id="acct-bench",
+        account_id=ACCOUNT,
         model=MODEL,
         max_tokens=512,
         prompt_bytes=2048,
@@ -150,7 +152,7 @@ def billing_env(
         COCOON_KAFKA_BOOTSTRAP=bootstrap,
         COCOON_TOPIC_PREFIX=prefix,
         COCOON_ATTESTATION_PUBLIC_KEY_FILE=str(key_file),
-        COCOON_DEV_GRANTS=f"acct-bench={10**17}",
+        COCOON_DEV_GRANTS=f"{ACCOUNT}={10**17}",
         COCOON_CONSUMER_GROUP=GROUP,
         COCOON_TRANSACTIONAL_ID="billing-bench-tx",
         COCOON_GRPC_HEALTH_PORT="0",
@@ -180,7 +182,7 @@ async def run(
         async with BusProducer(bootstrap, client_id="bench", prefix=prefix) as producer:
             for worker_id, keys in workers.items():
                 await producer.send("attestation.verdicts", verdict(attestation, worker_id, keys))
-            rids = [f"req-{i:08d}" for i in range(n)]
+            rids = [co_partitioned_id(f"req-{i:08d}", ACCOUNT) for i in range(n)]
             now = int(time.time() * 1000)
             sends = [await producer.send("inference.requests", request(r, now), wait=False)
                      for r in rids]  # fmt: skip

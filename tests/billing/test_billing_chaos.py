@@ -74,6 +74,7 @@ from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.codec import models
 from cocoon.core.crypto.keys import WorkerKeys
 from cocoon.core.crypto.receipts import UsageReceipt, sign_receipt
+from cocoon.core.request_ids import co_partitioned_id
 from cocoon.core.worker_records import sign_record
 from cocoon.network.ton_chain import TonNode
 
@@ -475,9 +476,11 @@ class Traffic:
         for i in range(BATCH_SIZE):
             kind = r.choices(kinds, weights)[0]
             money = kind in PAID_KINDS
+            stem = f"r{b}-{i:03d}-{r.getrandbits(32):08x}"
+            client = r.choice(RICH)
             req = Req(
-                rid=f"r{b}-{i:03d}-{r.getrandbits(32):08x}",
-                client=r.choice(RICH),
+                rid=co_partitioned_id(stem, client),  # as the gateway mints them
+                client=client,
                 kind=kind,
                 max_tokens=r.randint(5, 60),
                 prompt_bytes=r.randint(10, 150),
@@ -496,7 +499,7 @@ class Traffic:
             for i in range(POOR_REQUESTS):
                 batch.append(
                     Req(
-                        f"poor-{i}",
+                        co_partitioned_id(f"poor-{i}", POOR),
                         POOR,
                         "paid" if i < POOR_FUNDED else "refused",
                         POOR_MAX_TOKENS,
@@ -790,7 +793,7 @@ async def test_exact_money_through_sigkills_fencing_rebalance_and_replays(
                         # race the request to billing.
                         early += [("usage.receipts", rec) for rec in traffic.receipts_for(req)]
                 for _ in range(4):  # unknown accounts: refused, never held
-                    ghost = f"nobody-{rng.getrandbits(32):08x}"
+                    ghost = co_partitioned_id(f"nobody-{rng.getrandbits(32):08x}", "nobody")
                     traffic.unknown_account.append(ghost)
                     sends.append(
                         ("inference.requests", Req(ghost, "nobody", "x", 5, 5, 600).record())

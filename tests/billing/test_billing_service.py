@@ -9,7 +9,6 @@ A receipt of 300 prompt (100 cached), 50 completion tokens costs (200 + 50 + 50)
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from billing_service_support import assignment, network, outcome, receipt, request, running
 from typer.testing import CliRunner
@@ -20,6 +19,7 @@ from cocoon.billing.cli import app
 from cocoon.billing.service import build
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.core.request_ids import is_co_partitioned, new_request_id
 from cocoon.core.telemetry import install_memory_exporter
 
 RUNNER = CliRunner()
@@ -42,8 +42,9 @@ async def cli(*args: str) -> str:
     return result.output
 
 
-def rid() -> str:
-    return str(uuid.uuid4())
+def rid(account: str = "alice") -> str:
+    """A request id as the gateway mints it: co-partitioned with its account."""
+    return new_request_id(account)
 
 
 async def test_grant_holds_and_refusals_carry_the_exact_available(kafka_bootstrap, unique_name):
@@ -51,7 +52,7 @@ async def test_grant_holds_and_refusals_carry_the_exact_available(kafka_bootstra
         network(kafka_bootstrap, unique_name, grants="alice=120000") as net,
         running(net.settings),
     ):
-        first, big, stranger = rid(), rid(), rid()
+        first, big, stranger = rid(), rid(), rid("nobody")
         await net.send("inference.requests", request(first, "alice"))
         held = (await net.until(lambda: net.seen.reservations.get(first)))[0]
         assert (held["status"], held["amount_nanoton"], held["reject_reason"]) == (
@@ -72,6 +73,17 @@ async def test_grant_holds_and_refusals_carry_the_exact_available(kafka_bootstra
         await net.send("inference.requests", request(stranger, "nobody"))
         unknown = (await net.until(lambda: net.seen.reservations.get(stranger)))[0]
         assert (unknown["status"], unknown["reject_reason"]) == ("REJECTED", "UNKNOWN_ACCOUNT")
+
+        # An id the gateway did not mint for the account's partition: refused, nothing held.
+        stray = next(
+            r for r in (rid("bob") for _ in range(100)) if not is_co_partitioned(r, "alice")
+        )
+        await net.send("inference.requests", request(stray, "alice"))
+        refused = (await net.until(lambda: net.seen.reservations.get(stray)))[0]
+        assert (refused["status"], refused["reject_reason"]) == (
+            "REJECTED",
+            "REQUEST_NOT_CO_PARTITIONED",
+        )
 
         # A replayed request holds once: the same HELD answer, no second hold.
         await net.send("inference.requests", request(first, "alice"))

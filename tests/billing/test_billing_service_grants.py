@@ -7,19 +7,20 @@ Same prices as test_billing_service.py: a request with max_tokens 100 and a 400-
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from billing_service_support import network, receipt, request, running
 
 from cocoon.billing.audit import audit
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.core.request_ids import new_request_id
 
 HOLD, CHARGE = 50_000, 30_000
 
 
-def rid() -> str:
-    return str(uuid.uuid4())
+def rid(account: str = "alice") -> str:
+    """A request id as the gateway mints it: co-partitioned with its account."""
+    return new_request_id(account)
 
 
 def grant_settings(net, usable_s: float = 1.5):
@@ -104,7 +105,7 @@ async def test_an_ask_without_the_funds_is_refused_and_moves_nothing(kafka_boots
         network(kafka_bootstrap, unique_name, grants="bob=120000") as net,
         running(grant_settings(net, usable_s=30)),
     ):
-        asking = rid()
+        asking = rid("bob")
         # 120,000 - 50,000 = 70,000 left; a grant may take half of it: not one hold's worth.
         await net.send("inference.requests", request(asking, "bob", grant_ask_requests=4))
         refused = (await net.until(lambda: net.seen.grants))[0]
@@ -117,7 +118,7 @@ async def test_a_gateway_returns_a_grant_before_its_time_is_up(kafka_bootstrap, 
         network(kafka_bootstrap, unique_name, grants="carol=1000000") as net,
         running(grant_settings(net, usable_s=30)),
     ):
-        asking, again, returning = rid(), rid(), rid()
+        asking, again, returning = rid("carol"), rid("carol"), rid("carol")
         await net.send("inference.requests", request(asking, "carol", grant_ask_requests=2))
         g = (await net.until(lambda: net.seen.grants))[0]
         assert g["amount_nanoton"] == 2 * HOLD

@@ -19,6 +19,7 @@ from cocoon.billing.audit import audit
 from cocoon.billing.stream_replay import read_ledger
 from cocoon.billing.ton.wallet import PayoutWallet
 from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.core.request_ids import co_partitioned_id
 from cocoon.network.ton_chain import TonNode
 
 FEE = 24_000
@@ -71,7 +72,7 @@ async def test_deposits_are_credited_and_earnings_paid_out_once(
             UserWallet(node).send(deposit_wallet.address, 2 * TON, "alice", bounceable=True)
             await net.until(lambda: net.seen.causes("deposit:") != ["deposit:dev-grant:alice"], 20)
 
-            rids = [f"r-{n}-{os.urandom(3).hex()}" for n in range(4)]
+            rids = [co_partitioned_id(f"r-{n}-{os.urandom(3).hex()}", "alice") for n in range(4)]
             for rid in rids:
                 await net.send("inference.requests", request(rid, "alice"))
             await net.until(lambda: all(r in net.seen.reservations for r in rids))

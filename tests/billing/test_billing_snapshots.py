@@ -5,8 +5,6 @@ Same prices as test_billing_service.py: each request holds 50,000; each receipt 
 
 from __future__ import annotations
 
-import uuid
-
 from billing_service_support import network, receipt, request, running
 
 from cocoon.billing.audit import audit
@@ -20,12 +18,14 @@ from cocoon.billing.stream_snapshot import (
 )
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.crypto.keys import WorkerKeys
+from cocoon.core.request_ids import new_request_id
 
 HOLD, CHARGE, FEE = 50_000, 30_000, 24_000
 
 
-def rid() -> str:
-    return str(uuid.uuid4())
+def rid(account: str = "alice") -> str:
+    """A request id as the gateway mints it: co-partitioned with its account."""
+    return new_request_id(account)
 
 
 def full_replay(entries, service) -> Processor:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -209,3 +210,70 @@ async def test_a_partitions_transactional_id_fences_its_previous_owner(
         assert await owner.committed(partition) == 9
     finally:
         await owner.stop()
+
+
+# Account shards: billing's instance that owns shard n must own partition n of every input
+# topic (docs/billing-service.md, "Scaling out"). The range assignor deals each topic's
+# partitions to the members in the same order, so co-partitioned topics come out alike.
+
+INPUTS = 5  # inference.requests, .assignments, usage.receipts, inference.outcomes, billing.topups
+SHARDS = 12
+
+
+def _member(bootstrap: str, topics: list[str], group: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        **aiokafka_security(),
+    )
+
+
+def _shards(member: AIOKafkaConsumer, topics: list[str]) -> set[int]:
+    """The partition numbers `member` owns, checking it owns each on every topic."""
+    by_topic = {t: {tp.partition for tp in member.assignment() if tp.topic == t} for t in topics}
+    owned = by_topic[topics[0]]
+    assert all(parts == owned for parts in by_topic.values()), by_topic
+    return owned
+
+
+async def _settled(members: list[AIOKafkaConsumer], topics: list[str]) -> list[set[int]]:
+    """Poll until the members' shards cover every partition exactly once."""
+    deadline = time.monotonic() + 60
+    while True:
+        await asyncio.gather(*(m.getmany(timeout_ms=100) for m in members))
+        owned = [{tp.partition for tp in m.assignment() if tp.topic == topics[0]} for m in members]
+        if sorted(p for parts in owned for p in parts) == list(range(SHARDS)):
+            return [_shards(m, topics) for m in members]
+        assert time.monotonic() < deadline, f"the group did not settle: {owned}"
+
+
+async def test_the_range_assignor_gives_each_member_whole_shards(kafka_bootstrap, unique_name):
+    """With 2, then 3, then 2 members again, every member owns the same partition numbers of
+    every input topic, and together they own each shard once: ownership moves whole."""
+    topics = [unique_name(f"input{i}") for i in range(INPUTS)]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_python_security())
+    try:
+        admin.create_topics([NewTopic(t, SHARDS, 1) for t in topics])
+    finally:
+        admin.close()
+    group = unique_name("billing")
+    members = [_member(kafka_bootstrap, topics, group) for _ in range(2)]
+    await asyncio.gather(*(m.start() for m in members))
+    try:
+        two = await _settled(members, topics)
+        assert sorted(map(len, two)) == [6, 6]
+        members.append(_member(kafka_bootstrap, topics, group))
+        await members[-1].start()
+        three = await _settled(members, topics)
+        assert sorted(map(len, three)) == [4, 4, 4]
+        leaving = members.pop(0)
+        await leaving.stop()
+        again = await _settled(members, topics)
+        assert sorted(map(len, again)) == [6, 6]
+        # The leaver's shards moved whole to the members that stayed.
+        assert three[0] <= again[0] | again[1]
+    finally:
+        await asyncio.gather(*(m.stop() for m in members))

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cocoon.core.request_ids import new_request_id
 from cocoon.gateway.api import ApiSettings, ChatChunk, InvalidRequest, Usage, WorkerLost
 from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_error
 from cocoon.gateway.api.validation import (
@@ -14,6 +15,8 @@ from cocoon.gateway.api.validation import (
     parse_body,
     to_inference_request,
 )
+
+RID = new_request_id("acct-1")
 
 
 def _parse(endpoint, body: dict):
@@ -30,7 +33,7 @@ def test_content_parts_are_accepted_and_counted():
     )
     assert isinstance(req, ChatCompletionRequest)
     with pytest.raises(InvalidRequest) as caught:
-        to_inference_request("chat.completions", req, ApiSettings(max_prompt_chars=3))
+        to_inference_request("chat.completions", req, ApiSettings(max_prompt_chars=3), RID)
     assert caught.value.code == "prompt_too_large"
 
 
@@ -56,7 +59,7 @@ def test_completion_prompt_forms():
 def test_defaults_apply():
     settings = ApiSettings(default_max_tokens=77, default_timeout=9, default_max_coefficient=3000)
     req = _parse("chat.completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]})
-    inference = to_inference_request("chat.completions", req, settings)
+    inference = to_inference_request("chat.completions", req, settings, RID)
     assert (inference.max_tokens, inference.timeout, inference.max_coefficient) == (77, 9, 3000)
     assert inference.body["max_tokens"] == 77
     assert inference.prompt_bytes == len(json.dumps(inference.body, separators=(",", ":")))
@@ -117,7 +120,7 @@ def test_json_schema_format_needs_its_schema_object_and_keeps_the_wire_names():
     }
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": fmt}
     inference = to_inference_request(
-        "chat.completions", _parse("chat.completions", body), ApiSettings()
+        "chat.completions", _parse("chat.completions", body), ApiSettings(), RID
     )
     assert inference.body["response_format"] == fmt  # `schema`, not the model's `schema_`
     for bad, param in [
@@ -265,10 +268,10 @@ def test_logprobs_within_range_reach_the_engine():
             "top_logprobs": 20,
         },
     )
-    body = to_inference_request("chat.completions", chat, ApiSettings()).body
+    body = to_inference_request("chat.completions", chat, ApiSettings(), RID).body
     assert (body["logprobs"], body["top_logprobs"]) == (True, 20)
     text = _parse("completions", {"model": "m", "prompt": "x", "logprobs": 0})
-    assert to_inference_request("completions", text, ApiSettings()).body["logprobs"] == 0
+    assert to_inference_request("completions", text, ApiSettings(), RID).body["logprobs"] == 0
 
 
 @pytest.mark.parametrize("code", ["engine_rejected", "engine_error"])
@@ -280,7 +283,7 @@ async def test_an_engine_refusal_outcome_read_before_its_chunk_waits_for_the_chu
 
     messages = [{"role": "user", "content": "x"}]
     chat = _parse("chat.completions", {"model": "m", "messages": messages})
-    state = _InFlight(to_inference_request("chat.completions", chat, ApiSettings()), attempt=1)
+    state = _InFlight(to_inference_request("chat.completions", chat, ApiSettings(), RID), attempt=1)
     outcome = {"attempt": 1, "status": "FAILED", "error_code": code}
     if code == "engine_rejected":
         assert KafkaBackend._on_outcome(state, outcome) is None

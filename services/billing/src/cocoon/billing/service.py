@@ -101,6 +101,7 @@ from cocoon.core.codec.base import AvroModel
 from cocoon.core.codec.timestamps import now_millis
 from cocoon.core.contracts import Group, Topic
 from cocoon.core.paths import cache_dir
+from cocoon.core.request_ids import account_partitions
 from cocoon.core.runtime import Service
 from cocoon.core.runtime.metrics import MESSAGES
 from cocoon.core.runtime.tasks import run_together
@@ -320,6 +321,7 @@ class Billing(Service):
                 clock_skew_ms=int(s.clock_skew_seconds * 1000),
             ),
             attested_address=self.keys.payout_address,
+            partitions=account_partitions(),
         )
         await self._apply_grants()
         await self._reread_assignments()

@@ -33,6 +33,7 @@ from cocoon.billing.receipts import Receipt, ReceiptVerify, receipt_from_record
 from cocoon.billing.stream import BalanceBook
 from cocoon.core.codec import models
 from cocoon.core.codec.timestamps import epoch_millis
+from cocoon.core.request_ids import is_co_partitioned
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,13 @@ class Processor:
         attested_address: AttestedAddress | None = None,
         snapshot: Mapping[str, Any] | None = None,
         window_ms: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         """`entries` are the whole ledger, or with `snapshot` (a `state()`) those after it.
+
+        `partitions`: the partition count request ids must be co-partitioned for with their
+        account (`cocoon.core.request_ids`; the service passes the catalog's): a request whose
+        id is not is refused. None: not checked (tests of the engine's logic alone).
 
         `window_ms` is the idempotence window: a request whose deadline, or a receipt whose
         end, is older than that is not acted on, so what the engine remembers of settled
@@ -112,6 +118,7 @@ class Processor:
                 snapshot["engine"], self._noted(entries), prices, verify, self._collect, **addressed
             )
         self.window_ms = window_ms
+        self.partitions = partitions
         self.hold_grace_ms = hold_grace_ms
         self.outcome_grace_ms = outcome_grace_ms
         # Outcomes seen for requests still held: request id -> when to release (if no receipt).
@@ -212,6 +219,14 @@ class Processor:
         if self._too_old(epoch_millis(request.deadline_at), now_ms):
             # Its hold may have been settled and forgotten: holding it again could charge twice.
             log.warning("request %s is past the idempotence window: ignored", rid)
+            return
+        if self.partitions is not None and not is_co_partitioned(rid, account, self.partitions):
+            # Its receipts would land on another account shard than its hold: the gateway
+            # that minted it broke the request-id contract. Nothing is held.
+            log.warning("request %s is not co-partitioned with account %s", rid, account)
+            reason = models.RejectReason.REQUEST_NOT_CO_PARTITIONED
+            self._reserve(request, now_ms, "REJECTED", 0, reason=reason, available=None)
+            self._refuse_grant(request, now_ms)
             return
         if not _valid_id(account) or not engine.has_account(account):
             self._reserve(request, now_ms, "REJECTED", 0, reason="UNKNOWN_ACCOUNT", available=0)

@@ -487,6 +487,7 @@ class RejectReason(StrEnum):
     UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"
     UNKNOWN_MODEL = "UNKNOWN_MODEL"
     ACCOUNT_SUSPENDED = "ACCOUNT_SUSPENDED"
+    REQUEST_NOT_CO_PARTITIONED = "REQUEST_NOT_CO_PARTITIONED"
 
 
 RejectReasonSymbol = Literal[
@@ -495,24 +496,27 @@ RejectReasonSymbol = Literal[
     "UNKNOWN_ACCOUNT",
     "UNKNOWN_MODEL",
     "ACCOUNT_SUSPENDED",
+    "REQUEST_NOT_CO_PARTITIONED",
 ]
 
 
 class Reservation(AvroModel):
     """Billing's admission decision: funds held for the worst-case cost, or a rejection the
     gateway turns into a 402. v2: the request's candidates, so the scheduler places a held
-    client-sealed request only on them.
+    client-sealed request only on them. v3: REQUEST_NOT_CO_PARTITIONED, a request whose id
+    does not hash to its account's partition (billing's account shards).
     """
 
     avro_name: ClassVar[str] = "cocoon.billing.Reservation"
-    avro_version: ClassVar[int] = 2
+    avro_version: ClassVar[int] = 3
 
     reservation_id: str = Field(
         description="Deterministic: derived from the request id, so a replay holds once.",
     )
     request_id: str = Field(
         description=(
-            "Request id chosen by the gateway (UUID string); the key of every per-request topic."
+            "Request id chosen by the gateway (UUID string), co-partitioned with account_id "
+            "(cocoon.core.request_ids); the key of every per-request topic."
         ),
     )
     account_id: str = Field(description="Paying account.")

@@ -9,7 +9,6 @@ Beyond COCOON's list: `seed` and `user` for chat, and the Cocoon extensions `max
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -314,9 +313,10 @@ def to_inference_request(
     endpoint: Endpoint,
     request: Parsed,
     settings: ApiSettings,
-    request_id: str | None = None,
+    request_id: str,
 ) -> InferenceRequest:
-    """Apply the configured limits and defaults; build the engine-facing body."""
+    """Apply the configured limits and defaults; build the engine-facing body. `request_id`
+    is minted for the account (`cocoon.core.request_ids`): billing refuses any other."""
     prompt_param = {"chat.completions": "messages", "completions": "prompt"}.get(endpoint, "input")
     if (size := prompt_chars(request)) > settings.max_prompt_chars:
         raise InvalidRequest(
@@ -350,7 +350,7 @@ def to_inference_request(
     )
     body.update(max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
     return InferenceRequest(
-        request_id=request_id or str(uuid.uuid4()),
+        request_id=request_id,
         endpoint=endpoint,
         model=request.model,
         body=body,
@@ -379,11 +379,11 @@ EMBEDDING_MAX_TOKENS = 1
 
 
 def _embedding_request(
-    request: EmbeddingRequest, settings: ApiSettings, request_id: str | None
+    request: EmbeddingRequest, settings: ApiSettings, request_id: str
 ) -> InferenceRequest:
     body = request.model_dump(exclude_none=True, exclude={*_EXTENSIONS, "user"})
     return InferenceRequest(
-        request_id=request_id or str(uuid.uuid4()),
+        request_id=request_id,
         endpoint="embeddings",
         model=request.model,
         body=body,
