@@ -358,12 +358,13 @@ completion_bodies = st.fixed_dictionaries(
 plain_text = st.text(max_size=40)
 # Served bodies carry text without lone surrogates (JSON can escape them, but they are no
 # Unicode text: the gateway's JSON parser refuses them with a 400, like any invalid body).
+served_text_part = st.fixed_dictionaries({"type": st.just("text"), "text": plain_text})
 served_stop = nullable(plain_text | st.lists(plain_text, min_size=1, max_size=4))
 served_messages = st.lists(
     st.fixed_dictionaries(
         {
             "role": st.sampled_from(["system", "developer", "user", "assistant"]),
-            "content": plain_text | st.lists(text_part, min_size=1, max_size=2),
+            "content": plain_text | st.lists(served_text_part, min_size=1, max_size=2),
         }
     ),
     min_size=1,

@@ -325,7 +325,8 @@ class ResponseBuilder:
             "max_output_tokens": body.get("max_output_tokens"),
             "model": body["model"],
             "output": [dict(item) for item in self.output],
-            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            # null means the default, as for every optional parameter (the Response says a bool).
+            "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
             "store": False,
