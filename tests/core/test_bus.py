@@ -192,6 +192,52 @@ async def test_a_failing_handler_commits_nothing_past_the_failure_and_retries(
         assert await consumer.kafka.committed(tp) == 3
 
 
+async def test_a_batch_over_partitions_commits_what_was_handled_before_a_failure(
+    kafka_bootstrap, unique_name
+):
+    # Two records in each of two partitions; the handler fails once on the fourth record,
+    # whichever partition it is in. Everything handled before it, in both partitions, is
+    # committed (the batch commits in one request, at its end or at the failure); nothing
+    # after it is, and the retry handles each record left exactly once.
+    prefix = unique_name("bus") + "."
+    provision(kafka_bootstrap, prefix, "worker.heartbeats")
+    async with BusProducer(kafka_bootstrap, prefix=prefix) as producer:
+        for partition, seqs in ((0, (0, 1)), (1, (10, 11))):
+            for seq in seqs:
+                await producer.send("worker.heartbeats", heartbeat("w-1", seq), partition=partition)
+    seen: list[int] = []
+    failed: list[int] = []
+
+    async def handler(message: Message) -> None:
+        if len(seen) == 3 and not failed:
+            failed.append(message.value.seq)
+            raise RuntimeError("database briefly down")
+        seen.append(message.value.seq)
+
+    consumer = BusConsumer(
+        kafka_bootstrap,
+        ["worker.heartbeats"],
+        group_id=unique_name("g"),
+        handler=handler,
+        prefix=prefix,
+    )
+    partitions = {
+        TopicPartition(prefix + "worker.heartbeats", 0): {0, 1},
+        TopicPartition(prefix + "worker.heartbeats", 1): {10, 11},
+    }
+    async with consumer:
+        with pytest.raises(RuntimeError, match="briefly down"):
+            await consume_until(consumer, lambda: len(seen) == 4)
+        assert len(seen) == 3
+        for tp, seqs in partitions.items():
+            handled = len(seqs.intersection(seen))
+            assert (await consumer.kafka.committed(tp) or 0) == handled, (tp, seen, failed)
+        await consume_until(consumer, lambda: len(seen) == 4)
+        assert sorted(seen) == [0, 1, 10, 11], "each record handled once"
+        for tp in partitions:
+            assert await consumer.kafka.committed(tp) == 2
+
+
 async def test_run_stops_cleanly(kafka_bootstrap, unique_name):
     prefix = unique_name("bus") + "."
     provision(kafka_bootstrap, prefix, "worker.heartbeats")
