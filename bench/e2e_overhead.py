@@ -532,6 +532,30 @@ def main() -> None:
         print(json.dumps(line))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(network, layout: broker.BrokerLayout, seconds: float = 10.0) -> dict[str, float]:
+    """% of a core the network takes with no request in flight, the services' processes
+    (engines excluded) and the broker apart: the floor every request's hops share the CPUs
+    with."""
+    pids = {
+        "services": [child.process.pid for child in network.supervisor.children if child.alive],
+        "broker": [int(layout.pid_file.read_text().strip())],
+    }
+
+    def sample() -> dict[str, float]:
+        return {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    return {name: round((after[name] - before[name]) / seconds * 100, 1) for name in pids}
+
+
 def baseline_pythonpath(commit: str) -> str:
     """A PYTHONPATH that makes the services' processes run their code (and schemas) as at
     `commit`, read from git: the regular packages there shadow the work tree's editable
@@ -567,7 +591,8 @@ def measure_network(args: argparse.Namespace, code: str | None, pythonpath: str 
         network.start(ready_timeout_s=300)
         network.wait_for_workers(ready_timeout_s=300)
         print(f"network up in {time.monotonic() - started:.1f} s; broker {bootstrap}")
-        print(f"load average before: {os.getloadavg()}")
+        idle = idle_cpu(network, layout)
+        print(f"idle network: {idle} % of a core over 10 s; load average {os.getloadavg()}")
         began = time.monotonic()
         samples, hops, failed = asyncio.run(
             run(
@@ -587,6 +612,7 @@ def measure_network(args: argparse.Namespace, code: str | None, pythonpath: str 
             "workers": args.workers,
             "failed": failed,
             "load_average": round(load_after[0], 1),
+            "idle_cpu_pct": idle,
             **({"code": code} if code else {}),
         }
         return results(samples, extra)
