@@ -6,6 +6,7 @@ side, on the same broker, in one run, and ends with one JSON line per configurat
     .venv/bin/python bench/bus_roundtrip.py [--samples 2000] [--throughput 100000] [--defaults]
 
 `--defaults` adds aiokafka's library defaults (the baseline of the tuned settings).
+`--hops` measures one request-path hop as the services build it instead (see `hop_matrix`).
 
 Round trip = encode (Avro single-object) + produce + broker + fetch + decode, one record in flight
 at a time (low load). Throughput = records encoded and produced per second from one process
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -28,7 +31,10 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cocoon.core import codec
+from cocoon.core.bus import BusConsumer, BusProducer
 from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.broadcast import BroadcastReader
+from cocoon.core.bus.security import KafkaSecurity
 from cocoon.core.bus.settings import ConsumerSettings, ProducerSettings
 from cocoon.core.catalog import load_catalog
 from cocoon.core.kafka import broker
@@ -202,6 +208,12 @@ async def main() -> None:
     parser.add_argument(
         "--sweep", action="store_true", help="also sweep fetch_max_wait_ms and isolation level"
     )
+    parser.add_argument(
+        "--hops",
+        action="store_true",
+        help="only one request-path hop as the services build it, under each variant (TLS+SASL)",
+    )
+    parser.add_argument("--gap-ms", type=float, default=40.0, help="--hops: idle before a record")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="cocoon-bench-kafka-"))
@@ -219,6 +231,30 @@ async def main() -> None:
     }
     os.environ.update(admin.env())  # the topic admin below
     results: dict[str, dict] = {}
+    if args.hops:
+        try:
+            await hop_matrix(layout.bootstrap, admin, args.samples, args.gap_ms)
+            for wait in (20, 500, 20, 500):
+                client, broker_cpu = await idle_cost(layout, admin, wait)
+                load = os.getloadavg()[0]
+                print(
+                    f"5 idle group readers, fetch wait {wait:3d} ms: {client:4.1f} % of a core in"
+                    f" the client, {broker_cpu:4.1f} % in the broker (load {load:.1f})"
+                )
+                line = {"bench": "bus_idle", "readers": 5, "fetch_max_wait_ms": wait}
+                print(
+                    json.dumps(
+                        line
+                        | {
+                            "client_pct": round(client, 1),
+                            "broker_pct": round(broker_cpu, 1),
+                            "load_average": round(load, 1),
+                        }
+                    )
+                )
+        finally:
+            broker.stop(layout)
+        return
     try:
         spec = load_catalog()[TOPIC]
         print(f"broker Kafka {broker.KAFKA_VERSION}; record {RECORD}")
@@ -282,6 +318,225 @@ async def sweep(bootstrap: str, security: dict, spec, samples: int) -> None:
                 f" round trip p50 {statistics.median(rt):6.2f} p99 {percentile(rt, 0.99):7.2f} ms"
                 f" | 8 streams p50 {statistics.median(st):6.2f} p99 {percentile(st, 0.99):7.2f} ms"
             )
+
+
+# The gateway's reply reader: one BroadcastReader over these (5 x 12 partitions).
+REPLY_TOPICS = (
+    "billing.grants",
+    "billing.reservations",
+    "inference.assignments",
+    "inference.responses",
+    "inference.outcomes",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hop:
+    """One variant of a request-path hop: who writes, who reads and how."""
+
+    name: str
+    reader: str  # "group": a BusConsumer (scheduler, worker-proxy); "replies": the gateway's
+    isolation: str = "read_committed"
+    fetch_max_wait_ms: int = 20
+    transactional: bool = False  # the writer commits a Kafka transaction per record (billing)
+
+
+HOPS = (
+    Hop("group reader, read_committed, wait 20 (before)", "group"),
+    Hop("group reader, read_committed, wait 500", "group", fetch_max_wait_ms=500),
+    Hop(
+        "group reader, read_uncommitted, wait 500",
+        "group",
+        isolation="read_uncommitted",
+        fetch_max_wait_ms=500,
+    ),
+    Hop("gateway replies, read_committed, wait 20 (before)", "replies"),
+    Hop("gateway replies, read_committed, wait 500", "replies", fetch_max_wait_ms=500),
+    Hop("transactional writer, read_committed, wait 20", "group", transactional=True),
+    Hop(
+        "transactional writer, read_committed, wait 500",
+        "group",
+        transactional=True,
+        fetch_max_wait_ms=500,
+    ),
+)
+
+
+class HopRig:
+    """A BusProducer and the services' reader for one `Hop`, started once and timed per record."""
+
+    def __init__(self, bootstrap: str, security: KafkaSecurity, hop: Hop) -> None:
+        self.hop = hop
+        self.bootstrap = bootstrap
+        self.prefix = f"bench.hop.{uuid.uuid4().hex[:6]}."
+        settings = dataclasses.replace(
+            ConsumerSettings(),
+            isolation_level=hop.isolation,
+            fetch_max_wait_ms=hop.fetch_max_wait_ms,
+        )
+        self.arrived: dict[str, float] = {}
+        self.signal = asyncio.Event()
+        self.reader: BusConsumer | BroadcastReader
+        if hop.reader == "group":
+            self.reader = BusConsumer(
+                bootstrap,
+                [TOPIC],
+                group_id=f"bench-hop-{uuid.uuid4().hex[:6]}",
+                handler=self._on_message,
+                prefix=self.prefix,
+                settings=settings,
+                security=security,
+            )
+        else:
+            self.reader = BroadcastReader(
+                bootstrap,
+                REPLY_TOPICS,
+                lambda record: self._seen(record.value),
+                from_beginning=True,
+                prefix=self.prefix,
+                settings=settings,
+                security=security,
+            )
+        transactional_id = f"bench-hop-{uuid.uuid4().hex[:6]}" if hop.transactional else None
+        self.producer = BusProducer(
+            bootstrap, prefix=self.prefix, security=security, transactional_id=transactional_id
+        )
+        self.times: list[float] = []
+        self.acks: list[float] = []
+
+    def _seen(self, value: dict | None) -> None:
+        if value is not None:
+            self.arrived[value["request_id"]] = time.perf_counter()
+            self.signal.set()
+
+    async def _on_message(self, message) -> None:
+        self._seen(message.data)
+
+    async def start(self) -> None:
+        apply_topics(self.bootstrap, [load_catalog()[t] for t in REPLY_TOPICS], prefix=self.prefix)
+        await self.producer.start()
+        await self.reader.start()
+        self.running = asyncio.create_task(self.reader.run())
+        await self.once(0, keep=False)  # joins the group, warms the connections
+
+    async def once(self, seq: int, *, keep: bool = True) -> None:
+        value = chunk(seq)
+        self.signal.clear()
+        started = time.perf_counter()
+        if self.hop.transactional:
+            async with self.producer.kafka.transaction():
+                await self.producer.send(TOPIC, value)
+        else:
+            await self.producer.send(TOPIC, value)
+        acked = time.perf_counter()
+        while value["request_id"] not in self.arrived:
+            await asyncio.wait_for(self.signal.wait(), 60)
+            self.signal.clear()
+        if keep:
+            self.times.append((self.arrived[value["request_id"]] - started) * 1000)
+            self.acks.append((acked - started) * 1000)
+
+    async def stop(self) -> None:
+        self.running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.running
+        await self.reader.stop()
+        await self.producer.stop()
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def idle_cost(
+    layout: broker.BrokerLayout, security: KafkaSecurity, wait_ms: int, readers: int = 5
+) -> tuple[float, float]:
+    """(client %, broker %) of a core that `readers` idle group readers cost at this fetch wait:
+    each empty fetch is a TLS round trip and a wake-up on both ends."""
+    prefix = f"bench.idle.{uuid.uuid4().hex[:6]}."
+    apply_topics(layout.bootstrap, [load_catalog()[TOPIC]], prefix=prefix)
+    settings = dataclasses.replace(ConsumerSettings(), fetch_max_wait_ms=wait_ms)
+
+    async def ignore(_message) -> None:
+        return None
+
+    consumers = [
+        BusConsumer(
+            layout.bootstrap,
+            [TOPIC],
+            group_id=f"bench-idle-{uuid.uuid4().hex[:6]}",
+            handler=ignore,
+            prefix=prefix,
+            settings=settings,
+            security=security,
+        )
+        for _ in range(readers)
+    ]
+    for consumer in consumers:
+        await consumer.start()
+    tasks = [asyncio.create_task(consumer.run()) for consumer in consumers]
+    try:
+        await asyncio.sleep(3)  # groups formed, fetches steady
+        broker_pid = int(layout.pid_file.read_text().strip())
+        client0, broker0, wall0 = time.process_time(), process_cpu_s(broker_pid), time.time()
+        await asyncio.sleep(10)
+        wall = time.time() - wall0
+        client = (time.process_time() - client0) / wall * 100
+        return client, (process_cpu_s(broker_pid) - broker0) / wall * 100
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for consumer in consumers:
+            await consumer.stop()
+
+
+async def hop_matrix(bootstrap: str, security: KafkaSecurity, samples: int, gap_ms: float) -> None:
+    """Every variant of `HOPS` side by side over TLS + SASL/SCRAM, as the services connect.
+
+    All variants run at once and take turns in a random order, one record each, so a change in
+    the machine's load hits them alike. Before each record the writer idles a random 0..gap_ms,
+    so the record lands at a random point of the reader's waiting fetch, as a request's records
+    do (not right behind the reader's previous fetch, as in a ping-pong)."""
+    rigs = [HopRig(bootstrap, security, hop) for hop in HOPS]
+    for rig in rigs:
+        await rig.start()
+    loads = []
+    try:
+        for seq in range(1, samples + 11):
+            for rig in random.sample(rigs, len(rigs)):
+                await asyncio.sleep(random.uniform(0, gap_ms) / 1000)
+                await rig.once(seq, keep=seq > 10)
+            loads.append(os.getloadavg()[0])
+    finally:
+        for rig in rigs:
+            await rig.stop()
+    load = f"{min(loads):.1f}-{max(loads):.1f}"
+    print(f"one hop, BusProducer -> reader, idle 0..{gap_ms:.0f} ms before each; load {load}")
+    lines = []
+    for rig in rigs:
+        times, acks = rig.times, rig.acks
+        print(
+            f"{rig.hop.name:58s} p50 {statistics.median(times):6.2f}"
+            f" p90 {percentile(times, 0.9):6.2f} p99 {percentile(times, 0.99):6.2f} ms"
+            f" (of which the writer's ack p50 {statistics.median(acks):5.2f})"
+        )
+        lines.append(
+            {
+                "bench": "bus_hop",
+                "hop": rig.hop.name,
+                "hop_p50_ms": round(statistics.median(times), 2),
+                "hop_p90_ms": round(percentile(times, 0.9), 2),
+                "hop_p99_ms": round(percentile(times, 0.99), 2),
+                "ack_p50_ms": round(statistics.median(acks), 2),
+                "samples": len(times),
+                "load_average": load,
+            }
+        )
+    for line in lines:
+        print(json.dumps(line))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,17 @@ def process_cpu(network) -> dict[str, float]:
     return out
 
 
+def failure_reason(response: httpx.Response) -> str:
+    """`<status> <error code>: <message>` of an OpenAI-style error answer, to tell failures
+    apart in the output (the gateway's logs go with the network's private directory)."""
+    try:
+        error = response.json().get("error") or {}
+    except ValueError:
+        return str(response.status_code)
+    code = error.get("code") or error.get("type") or "?"
+    return f"{response.status_code} {code}: {str(error.get('message', ''))[:120]}"
+
+
 async def load(args: argparse.Namespace, network) -> dict:
     body = {
         "model": SMOLLM2_MODEL,
@@ -89,7 +100,7 @@ async def load(args: argparse.Namespace, network) -> dict:
                 try:
                     response = await client.post(url, json=body, headers=headers)
                     ok = response.status_code == 200
-                    reason = str(response.status_code)
+                    reason = failure_reason(response)
                 except httpx.HTTPError as exc:
                     ok, reason = False, type(exc).__name__
                 if not timed["on"]:

@@ -8,10 +8,14 @@ engine -> sealed chunks -> gateway). Since one engine serves both, the differenc
 
     .venv/bin/python bench/e2e_overhead.py [--rounds1 60] [--rounds8 6] [--max-tokens 32]
         [--paths gateway,client] [--streams 1,8] [--long-rounds 5] [--engine paced] [--workers 1]
+        [--baseline COMMIT]
 
 Paths: `gateway` (the gateway seals: the OpenAI API on the gateway) and `client` (the client
 seals: the local proxy `cocoon client serve`, in this process, in front of the gateway's sealed
 relay); the baseline `direct` is the engine itself, measured in the same run.
+`--baseline COMMIT` first measures all of it with the services as they were at COMMIT (read
+from git), then with the work tree's: two networks, one after the other, each result line
+tagged with its `code`.
 
 * 1 stream: `--rounds1` rounds; each sends one request by every path, in random order.
 * N streams (each of `--streams` above 1): `--rounds8` rounds; a round sends N requests at once
@@ -64,6 +68,7 @@ from cocoon.network.engine_process import (
     start_engine,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 HOP_TOPICS = (
     "inference.requests",
@@ -150,7 +155,7 @@ async def collect_hops(bootstrap: str, prefix: str, hops: Hops, stop: asyncio.Ev
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
-        fetch_max_wait_ms=20,
+        fetch_max_wait_ms=500,  # answered when a record lands; idle polls cost the bench CPU
         isolation_level="read_uncommitted",  # see billing's transactional writes as they land,
         **aiokafka_security(),
     )
@@ -510,9 +515,67 @@ def main() -> None:
         default=1,
         help="llama.cpp threads (0 = the network's default); see docs/performance.md",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        help="first measure the services as at this commit (from git), then the work tree's",
+    )
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the network on SIGTERM too
+    lines = []
+    if args.baseline:
+        # The services as they were at that commit, then as they are now, one after the other.
+        lines += measure_network(args, args.baseline, baseline_pythonpath(args.baseline))
+    lines += measure_network(args, "work tree" if args.baseline else None, None)
+    for line in lines:
+        print(json.dumps(line))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(network, layout: broker.BrokerLayout, seconds: float = 10.0) -> dict[str, float]:
+    """% of a core the network takes with no request in flight, the services' processes
+    (engines excluded) and the broker apart: the floor every request's hops share the CPUs
+    with."""
+    pids = {
+        "services": [child.process.pid for child in network.supervisor.children if child.alive],
+        "broker": [int(layout.pid_file.read_text().strip())],
+    }
+
+    def sample() -> dict[str, float]:
+        return {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    return {name: round((after[name] - before[name]) / seconds * 100, 1) for name in pids}
+
+
+def baseline_pythonpath(commit: str) -> str:
+    """A PYTHONPATH that makes the services' processes run their code (and schemas) as at
+    `commit`, read from git: the regular packages there shadow the work tree's editable
+    installs. The bench process itself (its HTTP clients, the client proxy) stays current."""
+    root = Path(tempfile.mkdtemp(prefix=f"cocoon-bench-{commit}-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "services", "schemas"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return os.pathsep.join(str(src) for src in sorted((root / "services").glob("*/src")))
+
+
+def measure_network(args: argparse.Namespace, code: str | None, pythonpath: str | None) -> list:
+    """Start a network (on `pythonpath`'s code if given), measure, stop; the result lines."""
+    print(f"\n== services: {code or 'work tree'}")
+    saved = dict(os.environ)
+    if pythonpath:
+        os.environ["PYTHONPATH"] = pythonpath
     home, layout, bootstrap = private_network_environment("e2e", UNLIMITED_API)
     if args.no_grants:
         os.environ["COCOON_GRANT_ASK_REQUESTS"] = "0"
@@ -528,7 +591,8 @@ def main() -> None:
         network.start(ready_timeout_s=300)
         network.wait_for_workers(ready_timeout_s=300)
         print(f"network up in {time.monotonic() - started:.1f} s; broker {bootstrap}")
-        print(f"load average before: {os.getloadavg()}")
+        idle = idle_cpu(network, layout)
+        print(f"idle network: {idle} % of a core over 10 s; load average {os.getloadavg()}")
         began = time.monotonic()
         samples, hops, failed = asyncio.run(
             run(
@@ -548,13 +612,16 @@ def main() -> None:
             "workers": args.workers,
             "failed": failed,
             "load_average": round(load_after[0], 1),
+            "idle_cpu_pct": idle,
+            **({"code": code} if code else {}),
         }
-        for line in results(samples, extra):
-            print(json.dumps(line))
+        return results(samples, extra)
     finally:
         network.stop()
         broker.stop(layout)
         shutil.rmtree(home, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -48,12 +49,58 @@ async def consume_until(consumer: BusConsumer, predicate, timeout_s: float = 20.
 
 
 def test_low_latency_settings_are_explicit():
-    # Far below aiokafka's 500 ms default: bounds the stall of a partition left out of a fetch.
-    assert ConsumerSettings().kwargs()["fetch_max_wait_ms"] <= 50
+    assert ConsumerSettings().kwargs()["fetch_min_bytes"] == 1  # answer at the first record
     assert ConsumerSettings().kwargs()["enable_auto_commit"] is False
     from cocoon.core.bus import ProducerSettings
 
     assert ProducerSettings().linger_ms <= 5
+
+
+async def test_a_waiting_fetch_is_answered_when_a_record_lands_not_when_the_wait_ends(
+    kafka_bootstrap, unique_name
+):
+    # The bus's fetch wait (500 ms) is the idle consumer's polling interval, not a delay: the
+    # broker answers a read_committed fetch as soon as a record lands. Shown with a 5 s wait:
+    # a record sent at a random point of a waiting fetch would otherwise wait 2.5 s at median.
+    prefix = unique_name("wait") + "."
+    provision(kafka_bootstrap, prefix, "worker.heartbeats")
+    arrived: dict[int, float] = {}
+
+    async def handler(message: Message) -> None:
+        arrived[message.value.seq] = time.monotonic()
+
+    settings = ConsumerSettings(fetch_max_wait_ms=5000)
+    assert settings.isolation_level == "read_committed"
+    consumer = BusConsumer(
+        kafka_bootstrap,
+        ["worker.heartbeats"],
+        group_id=unique_name("g"),
+        handler=handler,
+        prefix=prefix,
+        settings=settings,
+    )
+    async with BusProducer(kafka_bootstrap, prefix=prefix) as producer, consumer:
+        running = asyncio.create_task(consumer.run())
+        try:
+            await producer.send("worker.heartbeats", heartbeat(seq=0))  # joins the group
+            deadline = time.monotonic() + 60
+            while 0 not in arrived:
+                assert time.monotonic() < deadline, "the consumer never joined"
+                await asyncio.sleep(0.05)
+            delays = []
+            for seq in range(1, 6):
+                await asyncio.sleep(0.5 * seq)  # the record lands inside a waiting fetch
+                sent = time.monotonic()
+                await producer.send("worker.heartbeats", heartbeat(seq=seq))
+                while seq not in arrived:
+                    assert time.monotonic() < sent + 10, f"record {seq} never arrived"
+                    await asyncio.sleep(0.005)
+                delays.append(arrived[seq] - sent)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    assert sorted(delays)[2] < 1.0, f"records waited for the fetch wait: {delays}"
 
 
 async def test_send_and_consume_with_key_trace_and_commit(kafka_bootstrap, unique_name):
@@ -143,6 +190,52 @@ async def test_a_failing_handler_commits_nothing_past_the_failure_and_retries(
         await consume_until(consumer, lambda: len(seen) == 3)
         assert seen == [0, 1, 2]
         assert await consumer.kafka.committed(tp) == 3
+
+
+async def test_a_batch_over_partitions_commits_what_was_handled_before_a_failure(
+    kafka_bootstrap, unique_name
+):
+    # Two records in each of two partitions; the handler fails once on the fourth record,
+    # whichever partition it is in. Everything handled before it, in both partitions, is
+    # committed (the batch commits in one request, at its end or at the failure); nothing
+    # after it is, and the retry handles each record left exactly once.
+    prefix = unique_name("bus") + "."
+    provision(kafka_bootstrap, prefix, "worker.heartbeats")
+    async with BusProducer(kafka_bootstrap, prefix=prefix) as producer:
+        for partition, seqs in ((0, (0, 1)), (1, (10, 11))):
+            for seq in seqs:
+                await producer.send("worker.heartbeats", heartbeat("w-1", seq), partition=partition)
+    seen: list[int] = []
+    failed: list[int] = []
+
+    async def handler(message: Message) -> None:
+        if len(seen) == 3 and not failed:
+            failed.append(message.value.seq)
+            raise RuntimeError("database briefly down")
+        seen.append(message.value.seq)
+
+    consumer = BusConsumer(
+        kafka_bootstrap,
+        ["worker.heartbeats"],
+        group_id=unique_name("g"),
+        handler=handler,
+        prefix=prefix,
+    )
+    partitions = {
+        TopicPartition(prefix + "worker.heartbeats", 0): {0, 1},
+        TopicPartition(prefix + "worker.heartbeats", 1): {10, 11},
+    }
+    async with consumer:
+        with pytest.raises(RuntimeError, match="briefly down"):
+            await consume_until(consumer, lambda: len(seen) == 4)
+        assert len(seen) == 3
+        for tp, seqs in partitions.items():
+            handled = len(seqs.intersection(seen))
+            assert (await consumer.kafka.committed(tp) or 0) == handled, (tp, seen, failed)
+        await consume_until(consumer, lambda: len(seen) == 4)
+        assert sorted(seen) == [0, 1, 10, 11], "each record handled once"
+        for tp in partitions:
+            assert await consumer.kafka.committed(tp) == 2
 
 
 async def test_run_stops_cleanly(kafka_bootstrap, unique_name):

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cocoon.core import codec
 from cocoon.core.bus.security import aiokafka_security
-from cocoon.core.bus.settings import topic_prefix
+from cocoon.core.bus.settings import ConsumerSettings, topic_prefix
 from cocoon.core.codec.models import model_for
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ class CompactedMirror:
             bootstrap_servers=bootstrap,
             client_id=client_id,
             enable_auto_commit=False,
-            fetch_max_wait_ms=20,
-            isolation_level="read_committed",
+            # The bus's wait (the broker answers as soon as a record lands) and isolation.
+            fetch_max_wait_ms=ConsumerSettings.fetch_max_wait_ms,
+            isolation_level=ConsumerSettings.isolation_level,
             **aiokafka_security(),
         )
         self._tps: list[TopicPartition] = []

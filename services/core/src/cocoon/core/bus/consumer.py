@@ -155,32 +155,35 @@ class BusConsumer:
             self._idle.set()
 
     async def poll_once(self, timeout_ms: int | None = None) -> int:
-        """Handle one fetched batch; returns the number of records handled or dead-lettered."""
+        """Handle one fetched batch; returns the number of records handled or dead-lettered.
+
+        The batch's offsets go in one commit at its end (one round trip, not one per partition:
+        the next batch waits for it); a failure commits what was handled before it."""
         timeout = self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms
         batch = await self.kafka.getmany(
             timeout_ms=timeout, max_records=self.settings.max_poll_records
         )
         done = 0
+        handled: dict[TopicPartition, OffsetAndMetadata] = {}
         pending = [(tp, records) for tp, records in batch.items() if records]
         for position, (tp, records) in enumerate(pending):
-            for index, record in enumerate(records):
+            for record in records:
                 try:
                     await self._handle(record)
                 except BaseException:
                     # Commit what is done and rewind every partition to its first unhandled
                     # record, so a retry (or the next owner) starts exactly there.
-                    if index:
-                        await self._commit(tp, records[index - 1].offset)
+                    if handled:
+                        await self.kafka.commit(handled)
                     self.kafka.seek(tp, record.offset)
                     for later_tp, later in pending[position + 1 :]:
                         self.kafka.seek(later_tp, later[0].offset)
                     raise
+                handled[tp] = OffsetAndMetadata(record.offset + 1, "")
                 done += 1
-            await self._commit(tp, records[-1].offset)
+        if handled:
+            await self.kafka.commit(handled)
         return done
-
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
-        await self.kafka.commit({tp: OffsetAndMetadata(offset + 1, "")})
 
     async def _handle(self, record: ConsumerRecord) -> None:
         topic = self._logical.get(record.topic, record.topic.removeprefix(self.prefix))

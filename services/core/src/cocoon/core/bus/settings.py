@@ -2,11 +2,14 @@
 
 Every value is explicit here (not left to library defaults) so a reader knows what runs:
 
-* `fetch_max_wait_ms=20`: the longest the broker holds a fetch with nothing to return. A
-  `read_committed` consumer (the default here; billing must never act on aborted writes) is not
-  answered the moment a record lands: it waits out the fetch wait. With aiokafka's 500 ms default
-  that measured 7 ms p50 / 130 ms p99 for a token stream; 20 ms gives 1.5 ms p50 for ~50 empty
-  fetches a second per idle consumer (bench/bus_roundtrip.py --sweep, docs/performance.md).
+* `fetch_max_wait_ms=500`: the longest the broker holds a fetch with nothing to return. The
+  broker answers a waiting fetch the moment a record lands, read_committed or not (Kafka 4.1:
+  a hop measured the same at 20 and 500 ms, bench/bus_roundtrip.py --hops), so this is not
+  latency; it is what an idle consumer costs: each empty fetch is a TLS round trip and a
+  wake-up in the client and the broker. At 20 ms five idle readers took ~15 % of a core in the
+  client and ~35 % in the broker, on a 2-core machine that runs a dozen of them
+  (docs/performance.md). The wait still bounds one case: a partition whose records sat unread
+  for aiokafka's 100 ms prefetch backoff is left out of the next fetch until it returns.
 * `fetch_min_bytes=1`: answer as soon as one record is there.
 * `linger_ms=0`: no batching delay on send (1 ms measurably raised the round trip); under load,
   records queued behind an in-flight request batch anyway.
@@ -44,7 +47,7 @@ class ProducerSettings:
 
 @dataclass(frozen=True)
 class ConsumerSettings:
-    fetch_max_wait_ms: int = 20
+    fetch_max_wait_ms: int = 500
     fetch_min_bytes: int = 1
     max_poll_records: int = 500
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
