@@ -7,7 +7,7 @@ request id: waiting (PENDING) or placed (LEASED, STARTED with the lease's grant 
 first-chunk deadline), and a tombstone once it ended. The topic is compacted, so a partition
 holds about one record per unended request of its shard, plus what the cleaner has not removed.
 
-An instance given shard n reads partition n to its end (`read_shards`) and recovers each
+An instance given shard n reads partition n to its end (`ChangelogReader.read`) and recovers each
 request before it handles any record of the shard (the consumer's rebalance listener runs under
 the lock its record handling takes).
 """
@@ -111,33 +111,47 @@ class ShardRead:
     seconds: float
 
 
-async def read_shards(
-    bootstrap: str, prefix: str, shards: set[int], *, client_id: str
-) -> ShardRead:
-    """Read partitions `shards` of the changelog from the beginning to their end now; the
-    latest value per request id wins and a tombstone removes it."""
-    started = time.monotonic()
-    if not shards:
-        return ShardRead([], 0, 0.0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        client_id=client_id,
-        isolation_level="read_committed",
-        **KafkaSecurity.from_env().aiokafka(),
-    )
-    await consumer.start()
-    latest: dict[str, tuple[int, bytes | None]] = {}
-    records = 0
-    try:
-        partitions = [TopicPartition(prefix + LEASES, shard) for shard in sorted(shards)]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp, end in ends.items() if end > 0}
+class ChangelogReader:
+    """Reads shards of the changelog on a rebalance. Connected once, at start, so a takeover
+    does not wait for a new connection (TLS and SASL cost more than reading a shard)."""
+
+    def __init__(self, bootstrap: str, prefix: str, *, client_id: str) -> None:
+        self.topic = prefix + LEASES
+        self.kafka = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id=client_id,
+            isolation_level="read_committed",
+            **KafkaSecurity.from_env().aiokafka(),
+        )
+
+    async def start(self) -> None:
+        await self.kafka.start()
+        await self.kafka.beginning_offsets([TopicPartition(self.topic, 0)])  # metadata, now
+
+    async def stop(self) -> None:
+        await self.kafka.stop()
+
+    async def read(self, shards: set[int]) -> ShardRead:
+        """Partitions `shards` from their beginning to their end now; the latest value per
+        request id wins and a tombstone removes it."""
+        started = time.monotonic()
+        if not shards:
+            return ShardRead([], 0, 0.0)
+        partitions = [TopicPartition(self.topic, shard) for shard in sorted(shards)]
+        self.kafka.assign(partitions)
+        ends = await self.kafka.end_offsets(partitions)
+        # Positioned explicitly: `seek_to_beginning` only asks for a reset, and a `position`
+        # read before it resolves is the end (the reset policy of a group-less consumer).
+        starts = await self.kafka.beginning_offsets(partitions)
+        for tp, start in starts.items():
+            self.kafka.seek(tp, start)
+        latest: dict[str, tuple[int, bytes | None]] = {}
+        records = 0
+        remaining = {tp for tp in partitions if starts[tp] < ends[tp]}
         while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=10_000)
+            batch = await self.kafka.getmany(*remaining, timeout_ms=50, max_records=10_000)
             for tp, got in batch.items():
                 for record in got:
                     if record.offset >= ends[tp]:
@@ -146,10 +160,13 @@ async def read_shards(
                     if record.key is not None:
                         latest[record.key.decode()] = (tp.partition, record.value)
             for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
+                if await self.kafka.position(tp) >= ends[tp]:
                     remaining.discard(tp)
-    finally:
-        await consumer.stop()
+        self.kafka.assign([])
+        return ShardRead(_decoded(latest), records, time.monotonic() - started)
+
+
+def _decoded(latest: dict[str, tuple[int, bytes | None]]) -> list[Recovered]:
     found = []
     for request_id, (shard, value) in latest.items():
         if value is None:
@@ -158,7 +175,7 @@ async def read_shards(
             found.append(recovered(codec.decode_model(value, reader=RECORD), shard))
         except (codec.DecodeError, ValueError) as exc:  # only schedulers write it: a bug
             log.error("changelog record of %s unreadable, not recovered: %s", request_id, exc)
-    return ShardRead(found, records, time.monotonic() - started)
+    return found
 
 
 def _ts(seconds: float) -> datetime:

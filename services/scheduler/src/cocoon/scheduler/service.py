@@ -52,6 +52,7 @@ from pydantic import Field, model_validator
 from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.bus.deadletter import dead_letter
+from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import dead_letter_topic
 from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
@@ -62,7 +63,7 @@ from cocoon.core.runtime.tasks import run_together
 from cocoon.core.verdicts import PinnedKeySettings, VerdictError, verify_verdict
 from cocoon.core.worker_records import ForgedRecord, verify_record
 from cocoon.scheduler import metrics
-from cocoon.scheduler.changelog import LEASES, owned_record, read_shards
+from cocoon.scheduler.changelog import LEASES, ChangelogReader, owned_record
 from cocoon.scheduler.chunks import chunk_head
 from cocoon.scheduler.dispatcher import Dispatcher, Phase, Timing
 from cocoon.scheduler.feeds import Feed
@@ -112,6 +113,11 @@ class Settings(PinnedKeySettings):
         10.0, gt=0, description="how often changed worker standings are published"
     )
     consumer_group: str = Group.SCHEDULER
+    group_session_seconds: float = Field(
+        10.0,
+        ge=6,  # the broker's default group.min.session.timeout.ms
+        description="silence after which the group gives a dead instance's shards to others",
+    )
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
 
     @model_validator(mode="after")
@@ -176,6 +182,7 @@ class Scheduler(Service):
             client_id=f"{client}-live",
         )
         self.client_id = client
+        self.changelog = ChangelogReader(bootstrap, prefix, client_id=f"{client}-changelog")
         self.owned: set[int] = set()  # the shards (partition numbers) this instance owns
         self.requests = BusConsumer(
             bootstrap,
@@ -185,6 +192,10 @@ class Scheduler(Service):
             client_id=client,
             prefix=prefix,
             shards=self,
+            settings=ConsumerSettings(
+                session_timeout_ms=int(settings.group_session_seconds * 1000),
+                heartbeat_interval_ms=int(settings.group_session_seconds * 1000 / 3),
+            ),
         )
         # Records produced outside a consumer handler (from the feeds and the tick), sent in
         # order by one task so each waits for its ack without blocking the feed.
@@ -207,6 +218,8 @@ class Scheduler(Service):
         # workers' last heartbeats, so a lease taken over is on a worker the pool knows.
         await self.verdicts.catch_up(timeout_s=60)
         await self.live.catch_up(timeout_s=60)
+        await self.changelog.start()
+        self._started.append(self.changelog)
         await self.requests.start()
         self._started.append(self.requests)
         log.info(
@@ -411,12 +424,7 @@ class Scheduler(Service):
         """Shards given to this instance: their waiting requests and leases come back from the
         changelog before any of their records is handled."""
         gained = partitions - self.owned
-        found = await read_shards(
-            self.settings.kafka_bootstrap,
-            self.settings.topic_prefix,
-            gained,
-            client_id=f"{self.client_id}-changelog",
-        )
+        found = await self.changelog.read(gained)
         now = _now()
         emitted: list[Any] = []
         for item in found.requests:
