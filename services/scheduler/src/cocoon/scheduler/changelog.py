@@ -123,6 +123,9 @@ class ChangelogReader:
             enable_auto_commit=False,
             client_id=client_id,
             isolation_level="read_committed",
+            # A fetch at the end of a partition is answered after this wait (500 ms by
+            # default), and a read ends with one.
+            fetch_max_wait_ms=20,
             **KafkaSecurity.from_env().aiokafka(),
         )
 
