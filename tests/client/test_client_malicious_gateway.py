@@ -41,6 +41,8 @@ class LyingGateway:
             return httpx.Response(200, json={"entries": self.registry})
         if path.startswith("/v1/cocoon/collateral/"):
             return httpx.Response(200, json={"collateral": self.collateral})
+        if path == "/v1/cocoon/account":
+            return httpx.Response(200, json={"account_id": "acct", "request_id_partitions": 12})
         if path == "/v1/cocoon/sealed":
             self.sealed.append(json.loads(request.content))
             return httpx.Response(503, json={"error": {"message": "kept it", "code": "x"}})

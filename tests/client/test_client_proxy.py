@@ -18,6 +18,7 @@ from client_support import MODEL, SimWorker, allow_all, dev_config
 from cocoon.attestation.simtdx import SimTdx
 from cocoon.attestation.verdicts import ServiceKey
 from cocoon.client.receipts import ReceiptStore
+from cocoon.client.request_ids import partition_of
 from cocoon.client.server import ProxyServer
 from cocoon.client.session import SealedSession
 from cocoon.client.transport import SealingTransport
@@ -26,6 +27,26 @@ from cocoon.core.crypto.client_seal import client_stream_key, open_client_reques
 from cocoon.core.crypto.keys import HpkeSuite
 
 WORDS = ["Hel", "lo", " there"]
+
+
+ACCOUNT = "acct-good"  # the account the fake gateway's keys bill
+KNOWN_KEYS = ("Bearer sk-cocoon-good", "Bearer sk-cocoon-limited")
+BAD_KEY = {
+    "error": {
+        "message": "Incorrect API key provided.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+}
+NOT_CO_PARTITIONED = {
+    "error": {
+        "message": "request_id is not co-partitioned with the account it bills.",
+        "type": "invalid_request_error",
+        "param": "request_id",
+        "code": "request_id_not_co_partitioned",
+    }
+}
 
 
 class GatewayAndWorker:
@@ -63,6 +84,10 @@ class GatewayAndWorker:
             return httpx.Response(200, json={"entries": self.registry})
         if path.startswith("/v1/cocoon/collateral/"):
             return httpx.Response(200, json={"collateral": self.collateral})
+        if path == "/v1/cocoon/account":
+            if request.headers["authorization"] not in KNOWN_KEYS:
+                return httpx.Response(401, json=BAD_KEY)
+            return httpx.Response(200, json={"account_id": ACCOUNT, "request_id_partitions": 12})
         if path.startswith("/v1/models/"):
             return httpx.Response(
                 404,
@@ -90,18 +115,11 @@ class GatewayAndWorker:
                     },
                 )
             if request.headers["authorization"] != "Bearer sk-cocoon-good":
-                return httpx.Response(
-                    401,
-                    json={
-                        "error": {
-                            "message": "Incorrect API key provided.",
-                            "type": "invalid_request_error",
-                            "param": None,
-                            "code": "invalid_api_key",
-                        }
-                    },
-                )
-            return self.answer(json.loads(request.content))
+                return httpx.Response(401, json=BAD_KEY)
+            sealed = json.loads(request.content)
+            if partition_of(sealed["request_id"], 12) != partition_of(ACCOUNT, 12):
+                return httpx.Response(400, json=NOT_CO_PARTITIONED)  # as the gateway refuses
+            return self.answer(sealed)
         return httpx.Response(404, json={"error": {"message": "?", "code": "not_found"}})
 
     def answer(self, sealed: dict[str, Any]) -> httpx.Response:

@@ -19,6 +19,7 @@ import pytest
 from gateway_doubles import MODEL, ScriptedBackend, default_backend
 from support.repo import SERVICES_DIR
 
+from cocoon.core.request_ids import is_co_partitioned
 from cocoon.gateway.api import ApiSettings, KeyStore
 from cocoon.gateway.api.auth import Authenticator
 from cocoon.gateway.api.ratelimit import RateLimiter
@@ -68,6 +69,8 @@ async def test_a_streamed_answer_then_its_usage(served):
     assert dict(await call.initial_metadata())["x-request-id"] == events[0].id
     account, request = backend.submitted[-1]
     assert account == "acct-grpc" and request.max_tokens == 20 and request.stream
+    # Minted for the account, as billing's shards need.
+    assert request.request_id == events[0].id and is_co_partitioned(request.request_id, account)
 
 
 async def test_extra_parameters_reach_the_request_as_over_http(served):

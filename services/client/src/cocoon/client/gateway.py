@@ -86,6 +86,7 @@ class GatewayApi:
         # explain refusals, never used to verify anything.
         self.registry_key_hint: str | None = None
         self._refreshing: dict[str, asyncio.Task] = {}  # model -> its worker list's refresh
+        self._accounts: dict[str, tuple[str, int]] = {}  # api key -> account, partitions
 
     async def models(self, path: str, api_key: str | None = None) -> httpx.Response:
         """The gateway's own `/v1/models` routes, answered as they are."""
@@ -145,6 +146,24 @@ class GatewayApi:
                 raise
             cached = self._collateral.put(fmspc, doc)
         return cached
+
+    async def account(self, api_key: str | None = None) -> tuple[str, int]:
+        """The key's account and the partition count its request ids are minted for
+        (`GET /v1/cocoon/account`); asked once per key."""
+        key = api_key or self.api_key
+        known = self._accounts.get(key)
+        if known is None:
+            response = await self.http.get(
+                self.base + "/v1/cocoon/account", headers={"Authorization": f"Bearer {key}"}
+            )
+            if response.status_code != 200:
+                raise await _error(response)
+            doc = response.json()
+            account, partitions = doc.get("account_id"), doc.get("request_id_partitions")
+            if not isinstance(account, str) or not isinstance(partitions, int) or partitions < 1:
+                raise WireError("the gateway's account answer has no account or partition count")
+            known = self._accounts[key] = (account, partitions)
+        return known
 
     async def statement(self, since_ms: int, api_key: str | None = None) -> list[dict[str, Any]]:
         """The account's charges from `since_ms` on (`GET /v1/cocoon/statement`)."""

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from cocoon.client.errors import GatewayError, NoTrustedWorker, WireError
 from cocoon.client.gateway import GatewayApi
 from cocoon.client.receipts import ReceiptStore, evidence_record
 from cocoon.client.registry import RegistryView
+from cocoon.client.request_ids import new_request_id
 from cocoon.client.seal import DEFAULT_SUITE, StreamOpener, WorkerKey, hpke_public_key, seal
 from cocoon.client.seal import verify_receipt as check_receipt
 from cocoon.client.verify import Evidence, WorkerCheck, WorkerVerifier
@@ -191,6 +191,12 @@ class SealedSession:
         return out
 
     # -- one request ---------------------------------------------------------------------------
+    async def new_request_id(self, api_key: str | None = None, account: str | None = None) -> str:
+        """A request id co-partitioned with the account the request bills (`account`, else the
+        key's own), as the gateway requires."""
+        own_account, partitions = await self.api.account(api_key)
+        return new_request_id(account or own_account, partitions)
+
     async def stream(
         self,
         endpoint: str,
@@ -202,7 +208,7 @@ class SealedSession:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Seal `body` (an OpenAI request) and yield the engine's chunks, opened here.
         `account`: the end user's account, when a delegating key acts for one; `request_id`:
-        the caller's (a lower-case UUID), else a new one."""
+        the caller's (a lower-case UUID co-partitioned with the account), else a new one."""
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise WireError("the request names no model")
@@ -215,7 +221,7 @@ class SealedSession:
             cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
             engine_body.pop("max_completion_tokens", None)
             engine_body.update(max_tokens=cap, stream=True, stream_options={"include_usage": True})
-        request_id = request_id or str(uuid.uuid4())
+        request_id = request_id or await self.new_request_id(api_key, account)
         envelope, request_key = seal(
             json.dumps(engine_body, separators=(",", ":")).encode(),
             request_id,

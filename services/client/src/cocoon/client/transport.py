@@ -96,7 +96,14 @@ class SealingTransport(httpx.AsyncBaseTransport):
         # Every answer names its request, as the gateway's do: for a sealed request it is the
         # id the gateway, the bus and the worker's receipt know it by.
         request_id = str(uuid.uuid4())
-        response = await self._handle(request, request_id)
+        try:
+            if request.method == "POST" and request.url.path.rstrip("/") in ENDPOINTS:
+                # Billed: co-partitioned with the key's account (the gateway requires it).
+                request_id = await self.session.new_request_id(_bearer(request))
+        except (GatewayError, WireError) as exc:
+            response = self._json(*_failure(exc))
+        else:
+            response = await self._handle(request, request_id)
         response.headers.setdefault(REQUEST_ID_HEADER, request_id)
         return response
 

@@ -9,7 +9,6 @@ verified usage receipt and how the bot verified that worker, for /usage and /ver
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,15 +46,16 @@ class SealedGatewayClient(GatewayClient):
     async def chat(
         self, account_id: str, model: str, messages: list[dict[str, str]], max_tokens: int
     ) -> AsyncIterator[Started | Delta | Finished]:
-        request_id = str(uuid.uuid4())
         body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
-        yield Started(request_id)
-        answer = Answer(request_id)
-        opened = self._session.stream(
-            CHAT_ENDPOINT, body, account=account_id, request_id=request_id
-        )
         finished: Finished | None = None
         try:
+            # Co-partitioned with the account it bills, as the gateway requires.
+            request_id = await self._session.new_request_id(account=account_id)
+            yield Started(request_id)
+            answer = Answer(request_id)
+            opened = self._session.stream(
+                CHAT_ENDPOINT, body, account=account_id, request_id=request_id
+            )
             # Closed with this iterator: a stopped answer disconnects, the gateway cancels it.
             async with contextlib.aclosing(opened) as chunks:
                 async for chunk in chunks:  # to the sealed final chunk, which has the receipt

@@ -12,6 +12,12 @@ from collections.abc import Sequence
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's and aiokafka's) gives `key` among
+    `partitions`: the positive murmur2 hash modulo the count."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 class CachedKeyPartitioner:
     """Same choice as `DefaultPartitioner` (murmur2 of the key; random for no key)."""
 
@@ -29,5 +35,5 @@ class CachedKeyPartitioner:
         if hashed is None:
             if len(self._hashes) >= self._max_keys:
                 self._hashes.clear()  # one-off keys (request ids) must not grow it without end
-            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF  # as key_partition
         return all_partitions[hashed % len(all_partitions)]

@@ -26,6 +26,7 @@ from cocoon.client.openai_responses import (
     chat_request,
     sse_event,
 )
+from cocoon.core.request_ids import account_partitions, is_co_partitioned
 from cocoon.gateway.api.auth import ACCOUNT_HEADER, Authenticator
 from cocoon.gateway.api.backend import ChatChunk, Embeddings, Endpoint, InferenceBackend, Usage
 from cocoon.gateway.api.client_sealed import (
@@ -48,7 +49,7 @@ from cocoon.gateway.api.errors import (
 from cocoon.gateway.api.keys import KeyRecord, KeyStore
 from cocoon.gateway.api.ratelimit import RateLimiter
 from cocoon.gateway.api.request_id import HEADER as REQUEST_ID
-from cocoon.gateway.api.request_id import RequestIdMiddleware, request_id_of
+from cocoon.gateway.api.request_id import RequestIdMiddleware, bind_to_account, name_request
 from cocoon.gateway.api.settings import ApiSettings
 from cocoon.gateway.api.sse import SSE_DONE, ResponseFormatter, sse_data, sse_error
 from cocoon.gateway.api.validation import (
@@ -312,7 +313,9 @@ def create_app(
         that `parsed` translates), answer in that API's shape."""
         if parsed is None:
             parsed = parse_body(endpoint, await read_body(request, settings.max_body_bytes))
-        inference = to_inference_request(endpoint, parsed, settings, request_id_of(request))
+        inference = to_inference_request(
+            endpoint, parsed, settings, bind_to_account(request, key.account_id)
+        )
         deadline = asyncio.get_running_loop().time() + inference.timeout
         # The gateway opened and sealed this request: say so (docs/sealed-requests.md).
         headers: dict[str, str] = {SEALED_BY_HEADER: "gateway"}
@@ -432,9 +435,22 @@ def install_client_sealed(
             "charges": await surface.charges(key.account_id, since),
         }
 
+    @app.get("/v1/cocoon/account")
+    async def sealed_account(key: authenticated) -> dict[str, Any]:
+        # What a client needs to mint request ids co-partitioned with the account it bills.
+        return {"account_id": key.account_id, "request_id_partitions": account_partitions()}
+
     @app.post("/v1/cocoon/sealed")
     async def sealed_request(request: Request, key: authenticated) -> Any:
         sealed = parse_sealed(await read_body(request, settings.max_body_bytes), settings)
+        name_request(request, sealed.request.request_id)  # the answer names the client's id
+        if not is_co_partitioned(sealed.request.request_id, key.account_id):
+            raise InvalidRequest(
+                "request_id is not co-partitioned with the account it bills: mint it for the "
+                "account and partition count GET /v1/cocoon/account names.",
+                param="request_id",
+                code="request_id_not_co_partitioned",
+            )
         deadline = asyncio.get_running_loop().time() + sealed.request.timeout
         chunks = aiter(surface.relay(key.account_id, sealed))
         try:
@@ -450,7 +466,6 @@ def install_client_sealed(
             headers={
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
-                "X-Request-Id": sealed.request.request_id,
                 SEALED_BY_HEADER: "client",
             },
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from cocoon.core.request_ids import new_request_id
 from cocoon.gateway.api.app import close_quietly, next_item
 from cocoon.gateway.api.auth import ACCOUNT_HEADER, Authenticator
 from cocoon.gateway.api.backend import ChatChunk, Embeddings, InferenceBackend, Usage
@@ -145,6 +146,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         request_id = str(uuid.uuid4())
         try:
             key = self._authorize(context)
+            request_id = new_request_id(key.account_id)  # co-partitioned: billing's shard
             parsed = parse_body("chat.completions", json.dumps(openai_body(request)).encode())
             inference = to_inference_request("chat.completions", parsed, self.settings, request_id)
             fmt = ResponseFormatter(
