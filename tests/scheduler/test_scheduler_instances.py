@@ -20,11 +20,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 from test_scheduler_service import (
     CATALOG,
     TOPICS,
@@ -40,9 +40,11 @@ from test_scheduler_service import (
 from cocoon.core import codec
 from cocoon.core.bus import BusProducer
 from cocoon.core.bus.admin import apply_topics
+from cocoon.core.bus.partitioner import key_partition
 from cocoon.core.bus.security import aiokafka_security
 from cocoon.core.catalog import dead_letter_spec
 from cocoon.core.codec import models
+from cocoon.core.request_ids import account_shard, new_request_id
 
 SHARDS = CATALOG["inference.requests"].partitions
 SESSION_S = 6.0  # the broker's minimum group session timeout
@@ -60,8 +62,29 @@ def request_id_on(shard: int, tag: str) -> str:
     """A request id whose partition (murmur2, as every producer picks it) is `shard`."""
     while True:
         rid = f"{tag}-{uuid.uuid4().hex[:12]}"
-        if (murmur2(rid.encode()) & 0x7FFFFFFF) % SHARDS == shard:
+        if key_partition(rid.encode(), SHARDS) == shard:
             return rid
+
+
+def granted(account_id: str) -> models.InferenceRequest:
+    """A request the gateway admitted against a grant, with an id it minted for the account:
+    the scheduler places it from `inference.requests` (keyed by account), and its outcome
+    (keyed by request id) reaches the same instance."""
+    now = datetime.now(UTC)
+    return models.InferenceRequest(
+        request_id=new_request_id(account_id),
+        account_id=account_id,
+        model="m",
+        max_tokens=8,
+        prompt_bytes=10,
+        max_coefficient=5000,
+        stream=True,
+        channel="HTTP",
+        gateway_id="gw-test",
+        created_at=now,
+        deadline_at=now + timedelta(seconds=30),
+        grant_id=f"g-{account_id}",
+    )
 
 
 class SchedulerProcess:
@@ -279,10 +302,18 @@ async def test_each_shard_is_placed_by_its_owner(
         rids = {shard: request_id_on(shard, "r") for shard in range(SHARDS)}
         for rid in rids.values():
             await net.send("billing.reservations", reservation(rid))
+        # Granted requests, one per shard: an account on each partition.
+        accounts = {account_shard(f"acct-{i}"): f"acct-{i}" for i in range(200)}
+        assert len(accounts) == SHARDS
+        grants = [granted(accounts[shard]) for shard in range(SHARDS)]
+        for request in grants:
+            await net.send("inference.requests", request)
+        rids.update({SHARDS + shard: r.request_id for shard, r in enumerate(grants)})
         await net.until(lambda: all(net.seen.for_request(r) for r in rids.values()), 30, "placed")
         await asyncio.sleep(1.0)  # room for a wrong second placement to show up
         logged = await changelog(kafka_bootstrap, net.prefix)
-        for shard, rid in rids.items():
+        for key, rid in rids.items():
+            shard = key % SHARDS
             assert len(net.seen.for_request(rid)) == 1, (logged.get(rid), net.seen.for_request(rid))
             assert rid in logged, (rid, shard, sorted(logged))
             partition, value = logged[rid]
@@ -294,7 +325,7 @@ async def test_each_shard_is_placed_by_its_owner(
             )
         for rid in rids.values():
             await net.answer(net.seen.for_request(rid)[0])
-        await net.until(lambda: len(net.seen.outcomes) >= SHARDS, 10, "the outcomes")
+        await net.until(lambda: len(net.seen.outcomes) >= len(rids), 10, "the outcomes")
         assert not [o for o in net.seen.outcomes if o.reported_by == "scheduler"]
         # Every request ended: each owner tombstoned its changelog record.
         await tombstoned(net, list(rids.values()))
