@@ -104,7 +104,7 @@ def recovered(owned: models.OwnedRequest, shard: int) -> Recovered:
 
 @dataclass(frozen=True)
 class ShardRead:
-    """What `read_shards` found: the unended requests and what reading cost."""
+    """What `ChangelogReader.read` found: the unended requests and what reading cost."""
 
     requests: list[Recovered]
     records: int  # records read, tombstones and superseded values included
