@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from test_service_dispatcher import (
     T0,
+    beat,
     dispatcher,
     heartbeat,
     outcome,
@@ -73,6 +74,31 @@ def test_the_new_owner_places_waiting_requests_and_watches_taken_over_leases():
     # The waiting request was placed once, by its new owner.
     waiting = [a for a in out if isinstance(a, models.Assignment) and a.request_id == "waiting"]
     assert [a.attempt for a in waiting] == [1]
+
+
+def test_a_first_chunk_the_old_owner_did_not_write_down_still_starts_the_taken_over_lease():
+    """Every instance reads every first chunk: the new owner remembers those of requests it did
+    not own, so a lease whose start the old owner never wrote (it died within a tick, or the
+    chunk came between owners) is not placed a second time when its deadline passes."""
+    old, new = dispatcher("w-a", "w-b"), dispatcher("w-a", "w-b")
+    old.on_reservation(reservation("r"), T0, shard=5)
+    old.on_reservation(reservation("q"), T0, shard=5)
+    records = [owned_record(r, old.pool.lease(r.request_id), "old", T0) for r in old.take_changes()]
+    # The workers answer both; only one chunk reaches the new owner before the takeover,
+    # and the old owner wrote neither down.
+    assert old.on_first_chunk("r", 1, 0) and old.on_first_chunk("q", 1, 0)
+    assert not new.on_first_chunk("r", 1, 0)  # not its request (yet)
+    assert not new.on_first_chunk("q", 2, 0)  # a chunk of another attempt than the lease's
+    for value in records:
+        item = recovered(codec.decode_model(codec.encode(value), reader=RECORD), shard=5)
+        new.recover(item.request, item.lease, T0 + 1)
+    assert new.pool.lease("r").started and new.requests["r"].phase is Phase.STARTED
+    assert [r.request_id for r in new.take_changes()] == ["r"]  # written down by its new owner
+    beat(new, T0 + 11, "w-a", "w-b")
+    out = new.tick(T0 + 11)  # past both deadlines: only the one never started moves on
+    assert [(a.request_id, a.attempt) for a in out if isinstance(a, models.Assignment)] == [
+        ("q", 2)
+    ]
 
 
 def test_a_request_that_ended_is_tombstoned_and_not_recovered():

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -53,6 +53,9 @@ REPORTED_BY = SCHEDULER_REPORTER  # outcomes no worker signs (cocoon.core.worker
 # A waiting request is looked at again this often even if nothing woke it (its wait may run out,
 # or its workers lapse, which no record announces).
 RECHECK_SECONDS = 1.0
+# First chunks of other instances' requests kept for a takeover: at 1,000 requests a second,
+# the last 100 s, well beyond a takeover (docs/architecture.md, "Several scheduler instances").
+STARTS_REMEMBERED = 100_000
 
 
 class Phase(StrEnum):
@@ -127,6 +130,10 @@ class Dispatcher:
         self._signing_keys: dict[str, tuple[bytes, float]] = {}
         # Requests whose owned state changed since the wiring last wrote the changelog.
         self.changes: dict[str, Request] = {}
+        # First chunks of requests another instance owns (request id -> attempt), newest last:
+        # a lease taken over is started if its owner saw its first chunk but died before
+        # writing it down, or the chunk came while the shard was between owners.
+        self._started_elsewhere: dict[str, int] = {}
 
     # ---- worker facts -------------------------------------------------------------------
 
@@ -250,6 +257,8 @@ class Dispatcher:
     def on_first_chunk(self, request_id: str, attempt: int, seq: int) -> bool:
         """True when this chunk started a leased attempt (it can no longer expire)."""
         request = self.requests.get(request_id)
+        if seq == 0 and request is None:
+            self._remember_start(request_id, attempt)
         if seq != 0 or request is None or request.phase is not Phase.LEASED:
             return False
         if attempt != request.attempt:
@@ -498,8 +507,17 @@ class Dispatcher:
             owned.phase = Phase.PENDING
             self._queues.setdefault(owned.model, {})[owned.request_id] = owned
             return self._try_place(owned, now)
+        if not lease.started and self._started_elsewhere.get(owned.request_id) == lease.attempt:
+            lease = replace(lease, started=True)
+            owned.phase = Phase.STARTED
+            self._changed(owned)
         self.pool.restore(lease)
         return []
+
+    def _remember_start(self, request_id: str, attempt: int) -> None:
+        self._started_elsewhere[request_id] = attempt
+        if len(self._started_elsewhere) > STARTS_REMEMBERED:
+            del self._started_elsewhere[next(iter(self._started_elsewhere))]
 
     def _forget(self, now: float) -> None:
         horizon = now - self.timing.remember_seconds
