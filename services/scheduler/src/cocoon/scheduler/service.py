@@ -197,8 +197,9 @@ class Scheduler(Service):
                 heartbeat_interval_ms=int(settings.group_session_seconds * 1000 / 3),
             ),
         )
-        # Records produced outside a consumer handler (from the feeds and the tick), sent in
-        # order by one task so each waits for its ack without blocking the feed.
+        # Every record the scheduler produces about requests, sent in order by one task, so
+        # each waits for its ack without blocking a feed, and a request's changelog records
+        # (written from the feeds, the tick and the handler) land in the order they were taken.
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         # Dead letters of refused heartbeats, sent by their own task: a forger's flood must not
         # queue up in front of assignments. Bounded: past it, a refusal is only logged.
@@ -270,7 +271,14 @@ class Scheduler(Service):
             except TimeoutError:
                 continue
             try:
-                await self._send(record)
+                if isinstance(record, asyncio.Future):  # a caller waits for what precedes it
+                    if not record.done():
+                        record.set_result(None)
+                else:
+                    await self._send(record)
+            except BaseException as exc:
+                self._fail_waiters(exc)
+                raise
             finally:
                 self._outbox.task_done()
 
@@ -390,8 +398,7 @@ class Scheduler(Service):
             emitted = self.dispatcher.on_outcome(message.value, now)
         # Sent before the offset is committed, the changelog first: a placement is never lost,
         # and the instance that takes the shard over knows it (its lease, not a second one).
-        for record in self._with_changes(emitted):
-            await self._send(record)
+        await self._queue_and_wait(emitted)
 
     def _signing_key(self, worker_id: str) -> bytes | None:
         return self.dispatcher.signing_key(worker_id, _now())
@@ -430,8 +437,7 @@ class Scheduler(Service):
         for item in found.requests:
             emitted += self.dispatcher.recover(item.request, item.lease, now)
         self.owned |= gained
-        for record in self._with_changes(emitted):
-            await self._send(record)
+        await self._queue_and_wait(emitted)
         metrics.RECOVERY_SECONDS.observe(found.seconds)
         log.info(
             "shards assigned",
@@ -448,6 +454,21 @@ class Scheduler(Service):
     def _queue(self, records: list[Any]) -> None:
         for record in self._with_changes(records):
             self._outbox.put_nowait(record)
+
+    async def _queue_and_wait(self, records: list[Any]) -> None:
+        """Queue `records` (behind the changelog writes due) and return once they are sent."""
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(records)
+        self._outbox.put_nowait(sent)
+        await sent
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        """The sender stops: whoever waits for a record behind the failed one fails too."""
+        while not self._outbox.empty():
+            item = self._outbox.get_nowait()
+            self._outbox.task_done()
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.set_exception(exc if isinstance(exc, Exception) else KafkaError(str(exc)))
 
     def _with_changes(self, records: list[Any]) -> list[Any]:
         """`records` behind the changelog writes of the requests whose state changed, each
