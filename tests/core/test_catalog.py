@@ -44,6 +44,7 @@ EXPECTED = {
     "billing.balances",
     "billing.payouts",
     "scheduler.standings",
+    "scheduler.leases",
 }
 
 
@@ -81,6 +82,7 @@ def test_compacted_topics_are_the_state_topics():
         "billing.balances",
         "billing.snapshots",
         "scheduler.standings",
+        "scheduler.leases",
     }
     assert CATALOG["attestation.verdicts"].key == "worker_id"
     assert CATALOG["billing.balances"].key == "account_id"
@@ -88,6 +90,17 @@ def test_compacted_topics_are_the_state_topics():
 
 def test_co_partitioned_topics_have_equal_partition_counts():
     assert CATALOG["billing.ledger"].partitions == CATALOG["billing.balances"].partitions
+    # A scheduler instance owns partition n of each (docs/architecture.md, "Several scheduler
+    # instances"): the range assignor hands out equal numbers only when the counts are equal.
+    shard_topics = [
+        "inference.requests",
+        "billing.reservations",
+        "inference.outcomes",
+        "inference.assignments",
+        "usage.receipts",
+        "scheduler.leases",
+    ]
+    assert len({CATALOG[name].partitions for name in shard_topics}) == 1
 
 
 def test_topic_config_is_kafka_configs():

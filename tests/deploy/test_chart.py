@@ -390,3 +390,29 @@ def test_worker_proxy_gets_no_configfs_rights_outside_a_td_or_without_the_device
     container = _worker_proxy_container(rendered_with("cocoon", path))
     assert container["args"] == ["run", "worker-proxy"]
     assert container["securityContext"] == _values("default")["securityContext"]
+
+
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+def test_scheduler_replicas_are_bounded_by_its_shards(env):
+    """Each scheduler instance owns shards: partition n of every topic of its group (the range
+    assignor). An instance beyond the shard count would own nothing, so the rendered HPA (and the
+    fixed replica count) stay within it; and the group's topics have equal partition counts,
+    or the shards would not line up (docs/architecture.md, "Several scheduler instances")."""
+    catalog = load_catalog()
+    (group,) = [
+        g
+        for g in yaml.safe_load((REPO_ROOT / "schemas/groups.yaml").read_text())["groups"]
+        if g["name"] == "scheduler"
+    ]
+    counts = {catalog[topic].partitions for topic in group["topics"] + ["scheduler.leases"]}
+    assert len(counts) == 1, counts
+    (shards,) = counts
+    objects = rendered("cocoon", env)
+    scheduler = [o for o in objects if o["metadata"]["name"].endswith("scheduler")]
+    hpas = [o for o in scheduler if o["kind"] == "HorizontalPodAutoscaler"]
+    (deployment,) = [o for o in scheduler if o["kind"] == "Deployment"]
+    assert 1 <= deployment["spec"].get("replicas", 1) <= shards
+    for hpa in hpas:
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= shards, hpa["spec"]
+    if env == "prod":
+        assert hpas and hpas[0]["spec"]["minReplicas"] >= 2  # a second instance takes over

@@ -50,6 +50,7 @@ TOPICS = [
     "inference.outcomes",
     "billing.ledger",
     "scheduler.standings",
+    "scheduler.leases",
     # What `cocoon worker status` also reads, for the standings test.
     "billing.earnings",
 ]
@@ -269,6 +270,10 @@ async def network(
             asyncio.create_task(_beat(net)),
         ]
         try:
+            # The only instance in its group: every shard is its own once the group has formed
+            # (it dead-letters refused heartbeats as the owner of shard 0).
+            shards = CATALOG["inference.requests"].partitions
+            await net.until(lambda: len(scheduler.owned) == shards, timeout_s=30)
             yield net
         finally:
             stopping.set()

@@ -34,6 +34,7 @@ class Topic(StrEnum):
     INFERENCE_OUTCOMES = "inference.outcomes"
     INFERENCE_REQUESTS = "inference.requests"
     INFERENCE_RESPONSES = "inference.responses"
+    SCHEDULER_LEASES = "scheduler.leases"
     SCHEDULER_STANDINGS = "scheduler.standings"
     USAGE_RECEIPTS = "usage.receipts"
     WORKER_HEARTBEATS = "worker.heartbeats"

@@ -23,13 +23,20 @@ waiting request. The tick looks again at each waiting request about once a secon
 registry price let in (those records wake nobody; the next heartbeat would, too). Those looks
 are deadlines (index.Deadlines), as are the pool's leases and workers' liveness, so a tick costs
 what is due, not a pass over every waiting request, lease or worker.
+
+Several instances (docs/architecture.md, "Several scheduler instances"): each request belongs to
+a shard, the partition number it was admitted from, and only the instance owning the shard keeps
+it. Every change of what a new owner would need (queued, placed, started, ended) marks the
+request in `changes`; the wiring writes those to the `scheduler.leases` changelog before the
+records the change produced. `drop_shards` forgets the unended requests of shards another
+instance takes; `recover` takes them back from their changelog records.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -46,6 +53,9 @@ REPORTED_BY = SCHEDULER_REPORTER  # outcomes no worker signs (cocoon.core.worker
 # A waiting request is looked at again this often even if nothing woke it (its wait may run out,
 # or its workers lapse, which no record announces).
 RECHECK_SECONDS = 1.0
+# First chunks of other instances' requests kept for a takeover: at 1,000 requests a second,
+# the last 100 s, well beyond a takeover (docs/architecture.md, "Several scheduler instances").
+STARTS_REMEMBERED = 100_000
 
 
 class Phase(StrEnum):
@@ -87,6 +97,8 @@ class Request:
     last_miss: NoPlacement | None = None
     check_at: float = 0.0  # while PENDING: when the tick looks at it again
     trace: object | None = None  # the wiring's trace context, so re-placements join the trace
+    shard: int = 0  # the partition it was admitted from: the instance owning it keeps it
+    logged: bool = False  # written to the changelog (so its end is written too)
 
 
 def _ts(seconds: float) -> datetime:
@@ -116,6 +128,12 @@ class Dispatcher:
         # The Ed25519 key of each worker's accepted verdict and when that verdict expires: only
         # heartbeats and outcomes signed by it are believed (cocoon.core.worker_records).
         self._signing_keys: dict[str, tuple[bytes, float]] = {}
+        # Requests whose owned state changed since the wiring last wrote the changelog.
+        self.changes: dict[str, Request] = {}
+        # First chunks of requests another instance owns (request id -> attempt), newest last:
+        # a lease taken over is started if its owner saw its first chunk but died before
+        # writing it down, or the chunk came while the shard was between owners.
+        self._started_elsewhere: dict[str, int] = {}
 
     # ---- worker facts -------------------------------------------------------------------
 
@@ -182,16 +200,16 @@ class Dispatcher:
 
     # ---- requests -----------------------------------------------------------------------
 
-    def on_request(self, request: models.InferenceRequest, now: float) -> list:
+    def on_request(self, request: models.InferenceRequest, now: float, shard: int = 0) -> list:
         """Place a request the gateway admitted against an admission grant at once: its hold is
         carved out of funds billing already holds. Any other request waits for its reservation."""
         if request.grant_id is None:
             return []
-        return self._admit(request, now)
+        return self._admit(request, now, shard)
 
-    def on_reservation(self, reservation: models.Reservation, now: float) -> list:
+    def on_reservation(self, reservation: models.Reservation, now: float, shard: int = 0) -> list:
         if reservation.status == "HELD":
-            return self._admit(reservation, now)
+            return self._admit(reservation, now, shard)
         # REJECTED: the gateway answers 402. A granted request billing could not fund after all
         # (a gateway bug) is taken back, and remembered so a late copy of it is not placed.
         request = self.requests.get(reservation.request_id)
@@ -205,7 +223,9 @@ class Dispatcher:
             return []
         return self._wake(request.model, now)  # its slot is free again
 
-    def _admit(self, admitted: models.InferenceRequest | models.Reservation, now: float) -> list:
+    def _admit(
+        self, admitted: models.InferenceRequest | models.Reservation, now: float, shard: int
+    ) -> list:
         if admitted.request_id in self.requests:
             return []  # a duplicate, or both the granted request and its reservation
         if admitted.deadline_at.timestamp() <= now:
@@ -214,6 +234,7 @@ class Dispatcher:
             # skipped by the same rule, and old records must not fill memory.
             return []
         request = self._track(admitted, now)
+        request.shard = shard
         self._queue(request)
         return self._try_place(request, now)
 
@@ -236,12 +257,15 @@ class Dispatcher:
     def on_first_chunk(self, request_id: str, attempt: int, seq: int) -> bool:
         """True when this chunk started a leased attempt (it can no longer expire)."""
         request = self.requests.get(request_id)
+        if seq == 0 and request is None:
+            self._remember_start(request_id, attempt)
         if seq != 0 or request is None or request.phase is not Phase.LEASED:
             return False
         if attempt != request.attempt:
             return False  # a superseded attempt's worker woke up late; its lease is gone
         self.pool.first_chunk(request_id)
         request.phase = Phase.STARTED
+        self._changed(request)
         return True
 
     def on_receipt_rejected(self, worker_id: str, now: float) -> None:
@@ -295,6 +319,10 @@ class Dispatcher:
     def _queue(self, request: Request) -> None:
         request.phase = Phase.PENDING
         self._queues.setdefault(request.model, {})[request.request_id] = request
+        self._changed(request)
+
+    def _changed(self, request: Request) -> None:
+        self.changes[request.request_id] = request
 
     def _unqueue(self, request: Request) -> None:
         queue = self._queues.get(request.model)
@@ -343,6 +371,7 @@ class Dispatcher:
         request.tried.add(choice.worker_id)
         request.phase = Phase.LEASED
         self._unqueue(request)
+        self._changed(request)
         lease = self.pool.grant(
             request.request_id,
             choice.worker_id,
@@ -436,6 +465,59 @@ class Dispatcher:
         request.done_at = now
         self._unqueue(request)
         self._finished.append((now, request.request_id))
+        if request.logged:
+            self._changed(request)  # its changelog record is tombstoned
+        else:
+            self.changes.pop(request.request_id, None)  # never written: nothing to end
+
+    # ---- shards -------------------------------------------------------------------------
+
+    def take_changes(self) -> list[Request]:
+        """The requests to write to the changelog (a tombstone for DONE ones), oldest change
+        first; each is marked `logged`."""
+        changed = list(self.changes.values())
+        self.changes.clear()
+        for request in changed:
+            request.logged = request.phase is not Phase.DONE
+        return changed
+
+    def drop_shards(self, shards: set[int], now: float) -> int:
+        """Forget the unended requests of `shards` (another instance owns them now): out of the
+        queues, their leases out of the pool. Their changelog records stay for the new owner.
+        Ended ones are still remembered, so a replay of them is not placed. Returns how many."""
+        dropped = [
+            r for r in self.requests.values() if r.shard in shards and r.phase is not Phase.DONE
+        ]
+        for request in dropped:
+            self._unqueue(request)
+            self.pool.release(request.request_id, now)
+            self.changes.pop(request.request_id, None)
+            del self.requests[request.request_id]
+        return len(dropped)
+
+    def recover(self, owned: Request, lease: Lease | None, now: float) -> list:
+        """Take over a request from its changelog record: waiting again, or its lease restored
+        with its own grant time and first-chunk deadline (the tick expires it if it passed).
+        A request already known here (read twice, or never dropped) is left as it is."""
+        if owned.request_id in self.requests:
+            return []
+        self.requests[owned.request_id] = owned
+        owned.logged = True
+        if lease is None:
+            owned.phase = Phase.PENDING
+            self._queues.setdefault(owned.model, {})[owned.request_id] = owned
+            return self._try_place(owned, now)
+        if not lease.started and self._started_elsewhere.get(owned.request_id) == lease.attempt:
+            lease = replace(lease, started=True)
+            owned.phase = Phase.STARTED
+            self._changed(owned)
+        self.pool.restore(lease)
+        return []
+
+    def _remember_start(self, request_id: str, attempt: int) -> None:
+        self._started_elsewhere[request_id] = attempt
+        if len(self._started_elsewhere) > STARTS_REMEMBERED:
+            del self._started_elsewhere[next(iter(self._started_elsewhere))]
 
     def _forget(self, now: float) -> None:
         horizon = now - self.timing.remember_seconds

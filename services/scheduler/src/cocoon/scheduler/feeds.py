@@ -3,8 +3,8 @@
 A consumer group would split these topics between instances, but each instance's pool must see
 every worker, so these feeds assign all partitions themselves and commit nothing: verdicts are
 read from the beginning (a compacted topic whose latest record per worker is the state), the
-live topics from their end. Records go to the handler raw (`ConsumerRecord`), because the
-responses feed must not decode whole chunks (see chunks.py).
+live topics from their end (or from a moment before it, `since_ms`). Records go to the handler
+raw (`ConsumerRecord`), because the responses feed must not decode whole chunks (see chunks.py).
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ class Feed(BroadcastReader):
         start_at: Literal["beginning", "end"],
         prefix: str,
         client_id: str,
+        since_ms: int | None = None,
     ) -> None:
         super().__init__(
             bootstrap,
             topics,
             handler=None,
             from_beginning=start_at == "beginning",
+            since_ms=since_ms,
             prefix=prefix,
             client_id=client_id,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from cocoon.scheduler.dispatcher import Dispatcher, Phase
 from cocoon.scheduler.pool import WorkerPool
@@ -27,6 +27,11 @@ FORGED = Counter(
     "cocoon_scheduler_forged_records",
     "Heartbeats and outcomes refused: no valid signature by the worker's attested key",
     ["topic", "code"],
+)
+RECOVERY_SECONDS = Histogram(
+    "cocoon_scheduler_shard_recovery_seconds",
+    "Reading the lease changelog of the shards a rebalance gave this instance",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 REQUESTS = Gauge("cocoon_scheduler_requests", "Requests the scheduler tracks, by phase", ["phase"])
 PLACEABLE = Gauge(

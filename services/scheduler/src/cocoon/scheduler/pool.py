@@ -434,6 +434,27 @@ class WorkerPool:
         self._reindex(state)
         return lease
 
+    def restore(self, lease: Lease) -> None:
+        """A lease another scheduler instance granted, taken over with its shard: it counts on
+        its worker from its own `granted_at` (heartbeats since then count it) and keeps its
+        first-chunk deadline. A worker not (or no longer) in the pool makes it an orphan, which
+        `silent_leases` reports while that worker stays away."""
+        if lease.request_id in self._leases:
+            raise PoolError(f"request {lease.request_id} already holds a lease")
+        self._leases[lease.request_id] = lease
+        if lease.started:
+            self._started += 1
+        else:
+            self._lease_deadlines.arm(lease.request_id, lease.first_chunk_deadline)
+        state = self._workers.get(lease.worker_id)
+        if state is None:
+            self._orphans.add(lease.request_id)
+            return
+        state.leases.add(lease.request_id)
+        if state.silent:
+            self._silent.add(lease.worker_id)
+        self._reindex(state)
+
     def lease(self, request_id: str) -> Lease | None:
         return self._leases.get(request_id)
 

@@ -7,13 +7,15 @@ Reads (see docs/architecture.md, step 4 and 10):
   worker; anything else (and a tombstone) takes it out of placement.
 * `attestation.registry` from the beginning, no group: a worker's `worker:<id>` entry sets the
   price coefficient it is placed (and paid) at, over what its heartbeats say.
-* `worker.heartbeats` from the end, no group: liveness and load. Each must be signed by the
-  key of its worker's accepted verdict (cocoon.core.worker_records); any other is refused to
-  `worker.heartbeats.dlq` with the reason (this single instance writes those dead letters).
-* `billing.ledger` from the end, no group (read_committed): each receipt billing refused for a
-  reason the worker answers for costs it reputation.
-* `inference.responses` from the end, no group, reading only each chunk's head: seq 0 of the
-  current attempt satisfies its lease.
+* `worker.heartbeats` from `heartbeat_stale_seconds` before the start, no group: liveness and
+  load (so the pool knows every live worker before it recovers leases on them). Each must be
+  signed by the key of its worker's accepted verdict (cocoon.core.worker_records); any other is
+  refused to `worker.heartbeats.dlq` with the reason (written by the instance owning shard 0, so
+  once).
+* `billing.ledger` from the same moment, no group (read_committed): each receipt billing refused
+  for a reason the worker answers for costs it reputation.
+* `inference.responses` from the same moment, no group, reading only each chunk's head: seq 0 of
+  the current attempt satisfies its lease.
 * `inference.requests`, `billing.reservations` and `inference.outcomes` in the consumer group
   (committed, dead letters): a request the gateway admitted against an admission grant is placed
   at once, any other once its reservation is HELD (a REJECTED one takes a granted request back);
@@ -24,7 +26,12 @@ Writes `inference.assignments` and, when it ends a request itself, `inference.ou
 (reported_by `scheduler`); every `standings_seconds`, `scheduler.standings` for the workers
 whose reputation or speed moved (standings.py). Domain logic is in dispatcher.py; this module
 moves records.
-Runs as one instance: the pool and leases are in memory (see the module docs in dispatcher.py).
+
+Several instances share the consumer group, each owning shards (partition numbers of the three
+grouped topics, the range assignor): before any record a change of a request produced, the
+request's state goes to `scheduler.leases` (changelog.py), and the instance a shard moves to
+rebuilds its waiting requests and leases from there before handling the shard's records
+(docs/architecture.md, "Several scheduler instances").
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from pydantic import Field, model_validator
 from cocoon.core import codec
 from cocoon.core.bus import BusConsumer, BusProducer, Message
 from cocoon.core.bus.deadletter import dead_letter
+from cocoon.core.bus.settings import ConsumerSettings
 from cocoon.core.catalog import dead_letter_topic
 from cocoon.core.codec import models
 from cocoon.core.contracts import Group, Topic
@@ -55,8 +63,9 @@ from cocoon.core.runtime.tasks import run_together
 from cocoon.core.verdicts import PinnedKeySettings, VerdictError, verify_verdict
 from cocoon.core.worker_records import ForgedRecord, verify_record
 from cocoon.scheduler import metrics
+from cocoon.scheduler.changelog import LEASES, ChangelogReader, owned_record
 from cocoon.scheduler.chunks import chunk_head
-from cocoon.scheduler.dispatcher import Dispatcher, Timing
+from cocoon.scheduler.dispatcher import Dispatcher, Phase, Timing
 from cocoon.scheduler.feeds import Feed
 from cocoon.scheduler.pool import PoolError, WorkerPool
 from cocoon.scheduler.standings import StandingsPublisher
@@ -82,6 +91,7 @@ RECORDS: dict[str, str] = {
 }
 METRICS_EVERY_S = 1.0
 REFUSED_QUEUE = 1000  # dead letters of refused heartbeats waiting to be sent
+DEAD_LETTER_SHARD = 0  # its owner dead-letters the refused heartbeats every instance reads
 
 
 class Settings(PinnedKeySettings):
@@ -103,6 +113,11 @@ class Settings(PinnedKeySettings):
         10.0, gt=0, description="how often changed worker standings are published"
     )
     consumer_group: str = Group.SCHEDULER
+    group_session_seconds: float = Field(
+        10.0,
+        ge=6,  # the broker's default group.min.session.timeout.ms
+        description="silence after which the group gives a dead instance's shards to others",
+    )
     topic_prefix: str = Field("", description="physical topic = prefix + catalog name")
 
     @model_validator(mode="after")
@@ -161,9 +176,14 @@ class Scheduler(Service):
             [HEARTBEATS, RESPONSES, LEDGER],
             self._on_live,
             start_at="end",
+            # Every live worker's last heartbeat, so leases taken over land on known workers.
+            since_ms=int((_now() - settings.heartbeat_stale_seconds) * 1000),
             prefix=prefix,
             client_id=f"{client}-live",
         )
+        self.client_id = client
+        self.changelog = ChangelogReader(bootstrap, prefix, client_id=f"{client}-changelog")
+        self.owned: set[int] = set()  # the shards (partition numbers) this instance owns
         self.requests = BusConsumer(
             bootstrap,
             [REQUESTS, RESERVATIONS, OUTCOMES],
@@ -171,9 +191,15 @@ class Scheduler(Service):
             handler=self._on_request_record,
             client_id=client,
             prefix=prefix,
+            shards=self,
+            settings=ConsumerSettings(
+                session_timeout_ms=int(settings.group_session_seconds * 1000),
+                heartbeat_interval_ms=int(settings.group_session_seconds * 1000 / 3),
+            ),
         )
-        # Records produced outside a consumer handler (from the feeds and the tick), sent in
-        # order by one task so each waits for its ack without blocking the feed.
+        # Every record the scheduler produces about requests, sent in order by one task, so
+        # each waits for its ack without blocking a feed, and a request's changelog records
+        # (written from the feeds, the tick and the handler) land in the order they were taken.
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         # Dead letters of refused heartbeats, sent by their own task: a forger's flood must not
         # queue up in front of assignments. Bounded: past it, a refusal is only logged.
@@ -189,8 +215,12 @@ class Scheduler(Service):
             await feed.start()
             self._started.append(feed)
         # Catch up with every verdict before placing anything, so a known model is not
-        # reported unknown just because its verdict was not read yet.
+        # reported unknown just because its verdict was not read yet; and with the live
+        # workers' last heartbeats, so a lease taken over is on a worker the pool knows.
         await self.verdicts.catch_up(timeout_s=60)
+        await self.live.catch_up(timeout_s=60)
+        await self.changelog.start()
+        self._started.append(self.changelog)
         await self.requests.start()
         self._started.append(self.requests)
         log.info(
@@ -240,7 +270,17 @@ class Scheduler(Service):
                 record = await asyncio.wait_for(self._outbox.get(), 0.2)
             except TimeoutError:
                 continue
-            await self._send(record)
+            try:
+                if isinstance(record, asyncio.Future):  # a caller waits for what precedes it
+                    if not record.done():
+                        record.set_result(None)
+                else:
+                    await self._send(record)
+            except BaseException as exc:
+                self._fail_waiters(exc)
+                raise
+            finally:
+                self._outbox.task_done()
 
     async def _send_dead_letters(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -343,9 +383,9 @@ class Scheduler(Service):
         now = _now()
         if message.topic in (REQUESTS, RESERVATIONS):
             if message.topic == REQUESTS:
-                emitted = self.dispatcher.on_request(message.value, now)
+                emitted = self.dispatcher.on_request(message.value, now, message.partition)
             else:
-                emitted = self.dispatcher.on_reservation(message.value, now)
+                emitted = self.dispatcher.on_reservation(message.value, now, message.partition)
             request = self.dispatcher.requests.get(message.value.request_id)
             if request is not None and request.trace is None:
                 request.trace = otel_context.get_current()  # later re-placements join it
@@ -356,10 +396,9 @@ class Scheduler(Service):
                 metrics.FORGED.labels(message.topic, exc.code).inc()
                 raise  # dead-lettered by the consumer, with the reason
             emitted = self.dispatcher.on_outcome(message.value, now)
-        # Sent before the offset is committed: a placement is never lost, only repeated
-        # (with the same assignment_id) after a crash.
-        for record in emitted:
-            await self._send(record)
+        # Sent before the offset is committed, the changelog first: a placement is never lost,
+        # and the instance that takes the shard over knows it (its lease, not a second one).
+        await self._queue_and_wait(emitted)
 
     def _signing_key(self, worker_id: str) -> bytes | None:
         return self.dispatcher.signing_key(worker_id, _now())
@@ -367,22 +406,89 @@ class Scheduler(Service):
     def _refuse(self, topic: str, record: ConsumerRecord, exc: ForgedRecord) -> None:
         """A worker record nothing vouches for: dead-lettered with the reason, nothing changed.
 
-        The scheduler runs as one instance, so it writes the dead letter of the heartbeats it
-        reads without a group (a gateway, which reads them too, only drops them)."""
+        Every instance reads the heartbeats without a group; the one owning shard 0 writes
+        their dead letters, so each is written once (a gateway, which reads them too, only
+        drops them)."""
         log.warning("refused %s at %d/%d: %s", topic, *_at(record), exc)
         metrics.FORGED.labels(topic, exc.code).inc()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._refused.put_nowait(_Refused(topic, record, exc))
+        if DEAD_LETTER_SHARD in self.owned:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._refused.put_nowait(_Refused(topic, record, exc))
+
+    # ---- shards -------------------------------------------------------------------------
+
+    async def revoked(self, partitions: set[int]) -> None:
+        """The group takes shards away (called with no record in hand). Their requests are
+        forgotten at once, so the tick places none of them any more, and this returns once
+        every changelog record queued for them is written: the next owner reads them all."""
+        self._queue([])  # the changes not queued yet, written as they are now
+        dropped = self.dispatcher.drop_shards(partitions & self.owned, _now())
+        self.owned -= partitions
+        await self._outbox.join()
+        log.info("shards revoked", extra={"shards": sorted(partitions), "requests": dropped})
+
+    async def assigned(self, partitions: set[int]) -> None:
+        """Shards given to this instance: their waiting requests and leases come back from the
+        changelog before any of their records is handled."""
+        gained = partitions - self.owned
+        found = await self.changelog.read(gained)
+        now = _now()
+        emitted: list[Any] = []
+        for item in found.requests:
+            emitted += self.dispatcher.recover(item.request, item.lease, now)
+        self.owned |= gained
+        await self._queue_and_wait(emitted)
+        metrics.RECOVERY_SECONDS.observe(found.seconds)
+        log.info(
+            "shards assigned",
+            extra={
+                "shards": sorted(partitions),
+                "recovered": len(found.requests),
+                "changelog_records": found.records,
+                "recovery_ms": round(found.seconds * 1000, 1),
+            },
+        )
 
     # ---- sending ------------------------------------------------------------------------
 
     def _queue(self, records: list[Any]) -> None:
-        for record in records:
+        for record in self._with_changes(records):
             self._outbox.put_nowait(record)
 
+    async def _queue_and_wait(self, records: list[Any]) -> None:
+        """Queue `records` (behind the changelog writes due) and return once they are sent."""
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(records)
+        self._outbox.put_nowait(sent)
+        await sent
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        """The sender stops: whoever waits for a record behind the failed one fails too."""
+        while not self._outbox.empty():
+            item = self._outbox.get_nowait()
+            self._outbox.task_done()
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.set_exception(exc if isinstance(exc, Exception) else KafkaError(str(exc)))
+
+    def _with_changes(self, records: list[Any]) -> list[Any]:
+        """`records` behind the changelog writes of the requests whose state changed, each
+        taken now (a lease may be gone by the time it is sent)."""
+        now = _now()
+        owned = []
+        for request in self.dispatcher.take_changes():
+            value = None
+            if request.phase is not Phase.DONE:
+                lease = self.pool.lease(request.request_id)
+                value = owned_record(request, lease, self.client_id, now)
+            owned.append(_Owned(request.request_id, request.shard, value))
+        return owned + records
+
     async def _send(
-        self, record: models.Assignment | models.Outcome | models.WorkerStanding
+        self, record: models.Assignment | models.Outcome | models.WorkerStanding | _Owned
     ) -> None:
+        if isinstance(record, _Owned):
+            await self._log(record)
+            return
         if isinstance(record, models.WorkerStanding):  # about a worker, not a request
             await self.producer.send(STANDINGS, record)
             return
@@ -401,11 +507,28 @@ class Scheduler(Service):
             if token is not None:
                 otel_context.detach(token)
 
+    async def _log(self, owned: _Owned) -> None:
+        """A changelog record on its shard's partition (a tombstone once the request ended)."""
+        if owned.value is None:
+            key = owned.request_id.encode()
+            await self.producer.send_raw(LEASES, None, key=key, partition=owned.shard)
+            return
+        await self.producer.send(LEASES, owned.value, partition=owned.shard)
+
     async def _dead_letter(self, refused: _Refused) -> None:
         value, headers = dead_letter(refused.record, refused.error, topic=refused.topic, group=None)
         await self.producer.send_raw(
             dead_letter_topic(refused.topic), value, key=refused.record.key, headers=headers
         )
+
+
+@dataclass(frozen=True)
+class _Owned:
+    """A request's changelog record, due before the records its change produced."""
+
+    request_id: str
+    shard: int
+    value: models.OwnedRequest | None  # None: it ended (a tombstone)
 
 
 @dataclass(frozen=True)

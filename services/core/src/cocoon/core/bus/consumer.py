@@ -7,6 +7,11 @@ producer's trace. Decoding/validation failures and `RejectRecord` from the handl
 record to `<topic>.dlq` (see deadletter.py) and the loop carries on. Any other exception from the
 handler is treated as transient or a bug: offsets of the records before it are committed, the
 partition is rewound to the failing record, and the exception propagates (a restart retries it).
+
+With `shards` (an `OwnedShards`), a consumer that shares its group with other instances is told
+which partition numbers it gained and lost. A rebalance waits for the batch in hand to be handled
+and committed, so `revoked` sees everything handled up to the last committed offset and nothing
+is handled for a partition after it was revoked.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from pydantic import ValidationError
 
@@ -57,6 +63,31 @@ class Message:
 Handler = Callable[[Message], Awaitable[None]]
 
 
+class OwnedShards(Protocol):
+    """What an instance does when the group moves partitions (numbers, across its topics)."""
+
+    async def revoked(self, partitions: set[int]) -> None: ...
+
+    async def assigned(self, partitions: set[int]) -> None: ...
+
+
+class _ShardListener(ConsumerRebalanceListener):
+    """Hands the group's decisions to `OwnedShards` as partition numbers, once the batch in
+    hand is done (the consumer's `handling` lock)."""
+
+    def __init__(self, shards: OwnedShards, handling: asyncio.Lock) -> None:
+        self.shards = shards
+        self.handling = handling
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.handling:
+            await self.shards.revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self.handling:
+            await self.shards.assigned({tp.partition for tp in assigned})
+
+
 @dataclass
 class ConsumerStats:
     handled: int = 0
@@ -89,6 +120,7 @@ class BusConsumer:
         store: codec.SchemaStore | None = None,
         records: dict[str, str] | None = None,
         security: KafkaSecurity | None = None,
+        shards: OwnedShards | None = None,
     ) -> None:
         self.prefix = topic_prefix() if prefix is None else prefix
         self.group_id = group_id
@@ -110,16 +142,24 @@ class BusConsumer:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._handling = asyncio.Lock()
         client = client_id or group_id
         security = security or KafkaSecurity.from_env()
+        extra: dict[str, Any] = {}
+        if shards is not None:
+            # The range assignor gives a member the same partition numbers of every topic, so
+            # co-partitioned topics' partition n (one shard) goes to one instance.
+            extra["partition_assignment_strategy"] = (RangePartitionAssignor,)
         self.kafka = AIOKafkaConsumer(
-            *self._logical,
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=client,
             **self.settings.kwargs(),
             **security.aiokafka(),
+            **extra,
         )
+        listener = _ShardListener(shards, self._handling) if shards is not None else None
+        self.kafka.subscribe(list(self._logical), listener=listener)
         self._dlq = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=f"{client}-dlq",
@@ -163,9 +203,15 @@ class BusConsumer:
         batch = await self.kafka.getmany(
             timeout_ms=timeout, max_records=self.settings.max_poll_records
         )
+        async with self._handling:  # a rebalance waits for this batch
+            return await self._handle_batch(batch)
+
+    async def _handle_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> int:
         done = 0
         handled: dict[TopicPartition, OffsetAndMetadata] = {}
-        pending = [(tp, records) for tp, records in batch.items() if records]
+        owned = self.kafka.assignment()
+        # Records of a partition revoked since they were fetched belong to its next owner.
+        pending = [(tp, records) for tp, records in batch.items() if records and tp in owned]
         for position, (tp, records) in enumerate(pending):
             for record in records:
                 try:

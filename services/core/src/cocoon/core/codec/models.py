@@ -1067,6 +1067,66 @@ class WorkItem(AvroModel):
     sent_at: datetime = Field(description="When the gateway sent the work.")
 
 
+class OwnedPhase(StrEnum):
+    PENDING = "PENDING"
+    LEASED = "LEASED"
+    STARTED = "STARTED"
+
+
+OwnedPhaseSymbol = Literal["PENDING", "LEASED", "STARTED"]
+
+
+class OwnedRequest(AvroModel):
+    """A request a scheduler instance owns and has not ended: waiting for a worker, or placed
+    under a lease. Written before the assignment it describes and before the input's offset is
+    committed; tombstoned when the request ends. The instance that takes over the request's
+    partition rebuilds its queue and leases from it.
+    """
+
+    avro_name: ClassVar[str] = "cocoon.scheduler.OwnedRequest"
+    avro_version: ClassVar[int] = 1
+
+    request_id: str = Field(description="Request (the record key).")
+    model: str = Field(description="Model requested.")
+    phase: OwnedPhaseSymbol = Field(
+        description=(
+            "PENDING: waiting for a worker; LEASED: assigned, no first chunk yet; STARTED: its "
+            "worker started answering."
+        ),
+    )
+    max_coefficient: int = Field(description="Price cap copied from the request (1000 = 1.0x).")
+    gateway_id: str = Field(description="Gateway instance waiting for it.")
+    candidates: list[str] = Field(
+        default_factory=lambda: [],
+        description="Client-sealed requests: the only workers it may go to (empty: any).",
+    )
+    deadline_at: datetime = Field(description="The request's own deadline.")
+    received_at: datetime = Field(description="When a scheduler first admitted it.")
+    wait_until: datetime = Field(
+        description="While no worker could take it: when it fails no_worker.",
+    )
+    busy_until: datetime = Field(description="While every worker for it is busy: when it fails.")
+    attempt: int = Field(description="Last attempt assigned; 0 before the first.")
+    tried: list[str] = Field(
+        default_factory=lambda: [],
+        description="Workers earlier attempts went to (not chosen again for it).",
+    )
+    worker_id: str | None = Field(
+        default=None,
+        description="Worker of the current lease (LEASED, STARTED).",
+    )
+    granted_at: datetime | None = Field(
+        default=None,
+        description="When the current lease was granted: heartbeats sent after it count it.",
+    )
+    lease_expires_at: datetime | None = Field(
+        default=None,
+        description="First-chunk deadline of the current lease.",
+    )
+    scheduler_instance: str = Field(description="The instance that wrote it.")
+    written_at: datetime = Field(description="When it was written.")
+
+
 class WorkerStanding(AvroModel):
     """How the scheduler rates a worker for placement: its reputation and what it learnt of the
     worker's speed, as one scheduler instance saw it.
@@ -1204,6 +1264,7 @@ RECORDS: dict[str, type[AvroModel]] = {
     "cocoon.inference.SealedChunk": SealedChunk,
     "cocoon.inference.UsageReceipt": UsageReceipt,
     "cocoon.inference.WorkItem": WorkItem,
+    "cocoon.scheduler.OwnedRequest": OwnedRequest,
     "cocoon.scheduler.WorkerStanding": WorkerStanding,
     "cocoon.worker.Heartbeat": Heartbeat,
 }
@@ -1224,6 +1285,7 @@ ENUMS: dict[str, type[StrEnum]] = {
     "cocoon.inference.RequestChannel": RequestChannel,
     "cocoon.inference.OutcomeStatus": OutcomeStatus,
     "cocoon.inference.WorkAction": WorkAction,
+    "cocoon.scheduler.OwnedPhase": OwnedPhase,
     "cocoon.worker.WorkerState": WorkerState,
     "cocoon.worker.Capability": Capability,
 }
