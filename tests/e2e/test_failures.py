@@ -35,7 +35,10 @@ from cocoon.network.engine_process import SMOLLM2_MODEL
 
 HEARTBEAT_STALE_S = 6.0  # the scheduler's default COCOON_HEARTBEAT_STALE_SECONDS
 MAX_TOKENS = 200  # far more than the tests read before they kill or leave
-LONG_PROMPT = "Count from 1 to 500, one number per line, and do not stop early."
+# At temperature 0 SmolLM2 writes on past MAX_TOKENS for this (measured on the engine). "Count
+# from 1 to 500" ended after 8-39 tokens at random, so a worker killed after the third token
+# had sometimes already finished (seen once in a full run: the stream ended without an error).
+LONG_PROMPT = "Write a long essay about the history of the Roman Empire."
 
 
 # -- the bus and the ledger ------------------------------------------------------------------------
@@ -175,6 +178,7 @@ def long_answer(gateway_url: str, api_key: str) -> Iterator[httpx.Response]:
                 "model": SMOLLM2_MODEL,
                 "messages": [{"role": "user", "content": LONG_PROMPT}],
                 "max_tokens": MAX_TOKENS,
+                "temperature": 0,
                 "stream": True,
             },
         ) as response,
@@ -324,6 +328,7 @@ def test_worker_killed_mid_stream_ends_with_an_error_and_bills_only_what_arrived
         model=SMOLLM2_MODEL,
         messages=[{"role": "user", "content": LONG_PROMPT}],
         max_tokens=MAX_TOKENS,
+        temperature=0,
         stream=True,
     )
     request_id = raw.headers["x-request-id"]
