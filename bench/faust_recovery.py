@@ -146,7 +146,8 @@ def marks_after(path: Path, since: float) -> dict[int, float]:
     return seen
 
 
-async def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], **kw) -> None:
+async def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int | None]]) -> None:
+    """(key, value, partition or None for the key's) records, through one producer."""
     from aiokafka import AIOKafkaProducer
 
     from cocoon.core.bus.security import aiokafka_security
@@ -154,15 +155,18 @@ async def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], *
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, **aiokafka_security())
     await producer.start()
     try:
-        sent = [await producer.send(topic, value, key=key, **kw) for key, value in records]
+        sent = [
+            await producer.send(topic, value, key=key, partition=partition)
+            for key, value, partition in records
+        ]
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
 
 
 async def markers(bootstrap: str, topic: str, partitions: list[int]) -> None:
-    for partition in partitions:
-        await send(bootstrap, topic, [(b"mark", MARKER)], partition=partition)
+    """One marker to each of `partitions`, in one producer's session."""
+    await send(bootstrap, topic, [(b"mark", MARKER, partition) for partition in partitions])
 
 
 async def end_total(consumer, topic: str, partitions: int) -> int:  # type: ignore[no-untyped-def]
@@ -195,8 +199,8 @@ async def wait_until(what: str, probe, timeout_s: float = 600) -> None:  # type:
     print(f"  {what}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
 
 
-def leases(n: int) -> list[tuple[bytes, bytes]]:
-    return [(f"req-{i:09d}".encode(), LEASE) for i in range(n)]
+def leases(n: int) -> list[tuple[bytes, bytes, int | None]]:
+    return [(f"req-{i:09d}".encode(), LEASE, None) for i in range(n)]
 
 
 async def faust_case(
